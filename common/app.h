@@ -1,0 +1,45 @@
+/* app.h — the life of an orgmesh service process, so that each main.c is
+ * wiring only: configuration, logs, migrations (at start, or alone with
+ * --migrate-only), PostgreSQL and Redis, health, metrics, the event relay and
+ * consumers, the gRPC server, and a clean stop on SIGTERM/SIGINT. */
+#ifndef OM_APP_H
+#define OM_APP_H
+
+#include <stddef.h>
+
+#include "auth.h"
+#include "evt.h"
+#include "pg.h"
+#include "rpc.h"
+
+typedef struct app_def {
+    const char *name;                   /* "accounts": schema, stream, logs */
+    int default_port;                   /* used when ORGMESH_LISTEN is unset */
+    const rpc_service *const *services; /* NULL-terminated */
+    const pg_migration *migrations;
+    size_t n_migrations;
+    const evt_subscription *subs;       /* may be NULL */
+    int n_subs;
+    /* Called after configuration and before serving (e.g. peer clients);
+     * non-zero aborts the start. May be NULL. */
+    int (*init)(void);
+    void (*fini)(void);
+} app_def;
+
+/* Runs the service until SIGTERM/SIGINT; returns the process exit code. */
+int app_main(const app_def *def, int argc, char **argv);
+
+/* Process-wide handles, valid once app_main has called def->init. */
+auth_ctx *app_auth(void);
+const char *app_name(void);
+/* This service's own identity token (SPEC 8: system actions). */
+const char *app_service_token(void);
+/* A client for a peer service, from ORGMESH_<PEER>_ADDR (e.g.
+ * ORGMESH_ACCOUNTS_ADDR), created on first use; NULL if unconfigured. */
+rpc_client *app_peer(const char *peer);
+
+/* The embedded FileDescriptorSet of the whole contract (reflection). */
+extern const unsigned char om_descriptor_set[];
+extern const size_t om_descriptor_set_len;
+
+#endif

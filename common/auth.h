@@ -1,0 +1,63 @@
+/* auth.h — who is calling (SPEC 8 "Identity").
+ *
+ * Verifies `authorization: Bearer <JWT>` tokens (ES256 with keys chosen by
+ * `kid`; HS256 only for local development), checks iss, aud, iat and exp with
+ * 30 s leeway, and mints the tokens a service uses for its own actions. */
+#ifndef OM_AUTH_H
+#define OM_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A service identity is a token whose `sub` is "service:<name>". */
+#define AUTH_SERVICE_PREFIX "service:"
+
+typedef struct om_actor {
+    uint64_t user_id;  /* the `sub` of a user token; 0 for a service */
+    char service[32];  /* the service name of a service token, else "" */
+    int64_t mfa_at;    /* `mfa_at` claim (unix seconds), 0 when absent */
+    int64_t iat;
+    int64_t exp;
+} om_actor;
+
+typedef struct auth_config {
+    const char *issuer;    /* expected `iss` (ORGMESH_JWT_ISSUER) */
+    const char *audience;  /* expected `aud` (ORGMESH_JWT_AUDIENCE) */
+    /* Verification keys, ';'-separated "kid:alg:material" with alg HS256
+     * (material = the secret) or ES256 (material = path of a PEM public or
+     * private key) (ORGMESH_JWT_KEYS). */
+    const char *keys;
+    /* The key this process signs with, "kid:alg:material" as above (for ES256
+     * a PEM private key) (ORGMESH_JWT_SIGNING_KEY). NULL: cannot mint. */
+    const char *signing_key;
+    int leeway_s;          /* default 30 */
+} auth_config;
+
+typedef struct auth_ctx auth_ctx;
+
+int auth_new(auth_ctx **out, const auth_config *cfg);
+void auth_free(auth_ctx *a);
+
+/* Verify a compact JWT (without the "Bearer " prefix). Returns 0 and fills
+ * *actor, or OM_E_UNAUTHENTICATED / OM_E_TOKEN_EXPIRED. Thread-safe. */
+int auth_verify(const auth_ctx *a, const char *token, size_t len, om_actor *actor);
+
+/* Mint a token for `actor` valid for `ttl_s` seconds, signed with the signing
+ * key; `mfa_at` is included when non-zero. Returns a malloc'd string in *out. */
+int auth_mint(const auth_ctx *a, const om_actor *actor, int ttl_s, char **out);
+
+/* This service's own token ("service:<name>"), minted and renewed on
+ * demand; the string stays valid until the next call from the same thread. */
+const char *auth_service_token(auth_ctx *a, const char *service);
+
+static inline bool auth_is_service(const om_actor *a, const char *name) {
+    if (a == NULL || a->service[0] == '\0') return false;
+    if (name == NULL) return true;
+    for (size_t i = 0;; i++) {
+        if (a->service[i] != name[i]) return false;
+        if (name[i] == '\0') return true;
+    }
+}
+
+#endif

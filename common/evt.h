@@ -1,0 +1,78 @@
+/* evt.h — events (SPEC 2): an outbox written in the same transaction as the
+ * change, relayed to one Redis Stream per producing service, and consumers in
+ * consumer groups that apply each event exactly once.
+ *
+ * Event types are "orgmesh.<service>.v1.<Noun><PastTense>"; the payload is a
+ * protobuf message whose full name is the type itself, packed into the
+ * orgmesh.events.v1.Envelope. */
+#ifndef OM_EVT_H
+#define OM_EVT_H
+
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "auth.h"
+#include "pg.h"
+
+/* The stream a service's events go to: "orgmesh:events:<service>". */
+#define EVT_STREAM_PREFIX "orgmesh:events:"
+
+typedef struct evt_meta {
+    const char *subject;      /* aggregate, e.g. "accounts/123" */
+    int64_t version;          /* the aggregate's version after the change */
+    const om_actor *actor;    /* who did it; NULL when a rule did */
+    const char *rule;         /* the automatic rule (e.g. "ORG-09"), or NULL */
+    const char *trace_id;     /* may be NULL */
+} evt_meta;
+
+/* Write an event into <schema>.outbox inside the caller's open transaction.
+ * Its type is the payload's full message name. Wakes the relay on commit
+ * (NOTIFY). The envelope's id is returned in id_out (37 bytes) if non-NULL. */
+int evt_emit(pg_conn *tx, const evt_meta *meta, const ProtobufCMessage *payload, char *id_out);
+
+/* The relay: a thread that moves committed outbox rows to the service's
+ * stream in order, waiting while Redis is down (events stay in the outbox). */
+int evt_relay_start(const char *service);
+void evt_relay_stop(void);
+
+/* A decoded event handed to a consumer. */
+typedef struct evt_event {
+    const char *id;
+    const char *type;         /* "orgmesh.accounts.v1.AccountDeactivated" */
+    const char *source;       /* producing service */
+    const char *subject;
+    int64_t version;
+    int64_t time_us;
+    const char *actor;        /* "user:<id>", "service:<name>" or "rule:<ID>" */
+    const uint8_t *payload;   /* the packed payload message */
+    size_t payload_len;
+    const char *stream_id;    /* Redis stream entry id */
+} evt_event;
+
+/* Apply one event inside `tx`. Return 0 to commit and acknowledge; a
+ * negative code rolls back and leaves it pending (it will be retried, then
+ * dead-lettered after too many attempts). The consumer records the event id
+ * in <schema>.applied_events in the same transaction, so the handler's
+ * database effects happen once. Handlers must themselves refuse to apply
+ * an older aggregate version over a newer one (compare `version`). */
+typedef int (*evt_handler_fn)(pg_conn *tx, const evt_event *ev, void *arg);
+
+typedef struct evt_subscription {
+    const char *source;       /* stream of this producing service */
+    evt_handler_fn fn;
+    void *arg;
+} evt_subscription;
+
+/* Start one consumer thread per subscription, in consumer group
+ * "<service>" with a consumer name unique to this process. Claims entries
+ * idle for longer than ORGMESH_EVT_CLAIM_IDLE_MS (default 10000) from dead
+ * consumers. */
+int evt_consumers_start(const char *service, const evt_subscription *subs, int n);
+void evt_consumers_stop(void);
+
+/* Build the envelope bytes for tests and tools (malloc'd). */
+int evt_envelope_pack(const char *source, const evt_meta *meta, const ProtobufCMessage *payload,
+                      uint8_t **out, size_t *out_len, char *id_out);
+
+#endif

@@ -1,0 +1,98 @@
+/* pg.h — PostgreSQL for orgmesh services (libpq is touched only in common/).
+ *
+ * Each worker thread owns one connection (pg_local), connected lazily and
+ * re-connected after a failure. Queries are parameterised only; statements are
+ * prepared once per connection and reused. Handlers never see a PGresult. */
+#ifndef OM_PG_H
+#define OM_PG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct pg_conn pg_conn;
+typedef struct pg_res pg_res;
+
+#define PG_MAX_PARAMS 32
+
+/* Parameters of one query, built on the stack:
+ *   pg_params p = {0}; pg_p_u64(&p, hub_id); pg_p_str(&p, name); */
+typedef struct pg_params {
+    int n;
+    const char *val[PG_MAX_PARAMS];
+    int len[PG_MAX_PARAMS];
+    int fmt[PG_MAX_PARAMS]; /* 0 text, 1 binary */
+    char num[PG_MAX_PARAMS][24];
+    bool overflow;          /* more than PG_MAX_PARAMS: pg_exec fails */
+} pg_params;
+
+void pg_p_str(pg_params *p, const char *s);   /* NULL -> SQL NULL */
+void pg_p_strn(pg_params *p, const char *s, size_t n);
+void pg_p_i64(pg_params *p, int64_t v);
+void pg_p_u64(pg_params *p, uint64_t v);      /* stored as bigint/numeric text */
+void pg_p_bool(pg_params *p, bool v);
+void pg_p_bytes(pg_params *p, const void *data, size_t n); /* bytea, binary */
+void pg_p_null(pg_params *p);
+
+/* Process-wide settings: connection string (ORGMESH_PG_URL), the schema
+ * this service owns (its search_path) and statement timeout. */
+int pg_setup(const char *conninfo, const char *schema, int statement_timeout_ms);
+
+/* This thread's connection, connecting if needed. NULL (with a logged reason)
+ * when PostgreSQL cannot be reached; callers answer UNAVAILABLE. */
+pg_conn *pg_local(void);
+/* A connection of one's own (relay, consumers, tests). */
+int pg_connect(pg_conn **out);
+void pg_close(pg_conn *c);
+/* Close this thread's pg_local connection (worker exit). */
+void pg_local_close(void);
+
+/* Run `sql`. `p` may be NULL. `out` may be NULL when no rows are needed.
+ * Returns 0, OM_E_UNAVAILABLE (connection lost; it is reset), or
+ * OM_E_INTERNAL for an SQL error — see pg_sqlstate. */
+int pg_exec(pg_conn *c, const char *sql, const pg_params *p, pg_res **out);
+/* SQLSTATE of the last failed pg_exec on this connection ("" if none),
+ * e.g. "23505" unique_violation, "40001" serialization_failure. */
+const char *pg_sqlstate(const pg_conn *c);
+const char *pg_errmsg(const pg_conn *c);
+/* The constraint name of the last failed pg_exec ("" if none). */
+const char *pg_constraint(const pg_conn *c);
+
+int pg_nrows(const pg_res *r);
+int64_t pg_affected(const pg_res *r);  /* rows touched by INSERT/UPDATE/DELETE */
+bool pg_isnull(const pg_res *r, int row, int col);
+const char *pg_str(const pg_res *r, int row, int col); /* "" for NULL */
+int64_t pg_i64(const pg_res *r, int row, int col);
+uint64_t pg_u64(const pg_res *r, int row, int col);
+bool pg_bool(const pg_res *r, int row, int col);
+/* bytea column, decoded; valid until pg_free. */
+const uint8_t *pg_bytes(pg_res *r, int row, int col, size_t *len);
+/* timestamptz column as unix microseconds. */
+int64_t pg_time_us(const pg_res *r, int row, int col);
+void pg_free(pg_res *r);
+
+/* Transactions. pg_tx runs fn inside BEGIN..COMMIT, retrying the whole
+ * function (up to 5 times, with jitter) on serialization failure, deadlock
+ * or a connection lost before COMMIT was sent. If fn returns non-zero the
+ * transaction is rolled back and that code returned. */
+typedef int (*pg_tx_fn)(pg_conn *c, void *arg);
+int pg_tx(pg_conn *c, pg_tx_fn fn, void *arg);
+int pg_begin(pg_conn *c);
+int pg_commit(pg_conn *c);
+void pg_rollback(pg_conn *c);
+
+/* Migrations: numbered files compiled into the binary (see
+ * cmake/embed_migrations.cmake). Applied in order, each in its own
+ * transaction, under an advisory lock, recorded in <schema>.schema_migrations.
+ * Creates the schema if missing. */
+typedef struct pg_migration {
+    int version;
+    const char *name;
+    const char *sql;
+} pg_migration;
+int pg_migrate(pg_conn *c, const char *schema, const pg_migration *m, size_t n);
+
+/* Cheap liveness probe on a connection of its own (health). */
+bool pg_ping(void);
+
+#endif
