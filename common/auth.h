@@ -12,6 +12,8 @@
 
 /* A service identity is a token whose `sub` is "service:<name>". */
 #define AUTH_SERVICE_PREFIX "service:"
+/* Longer tokens are refused unread (a bearer token is a header: keep it small). */
+#define AUTH_MAX_TOKEN_LEN 8192
 
 typedef struct om_actor {
     uint64_t user_id;  /* the `sub` of a user token; 0 for a service */
@@ -31,7 +33,7 @@ typedef struct auth_config {
     /* The key this process signs with, "kid:alg:material" as above (for ES256
      * a PEM private key) (ORGMESH_JWT_SIGNING_KEY). NULL: cannot mint. */
     const char *signing_key;
-    int leeway_s;          /* default 30 */
+    int leeway_s;          /* clock skew allowed, seconds; 0 = the default 30 */
 } auth_config;
 
 typedef struct auth_ctx auth_ctx;
@@ -47,8 +49,22 @@ int auth_verify(const auth_ctx *a, const char *token, size_t len, om_actor *acto
  * key; `mfa_at` is included when non-zero. Returns a malloc'd string in *out. */
 int auth_mint(const auth_ctx *a, const om_actor *actor, int ttl_s, char **out);
 
+/* auth_verify that also hands back the verified claims as compact JSON
+ * (malloc'd, in *claims_json; may be NULL), for tools that show them. */
+int auth_verify_claims(const auth_ctx *a, const char *token, size_t len, om_actor *actor,
+                       char **claims_json);
+
+/* auth_mint with explicit `iat` and `exp` (unix seconds), e.g. for tools and
+ * tests that need a token expiring at a given time (even in the past). */
+int auth_mint_at(const auth_ctx *a, const om_actor *actor, int64_t iat, int64_t exp, char **out);
+
+/* Replace the clock (unix seconds) used by verify, mint and the service token
+ * cache; NULL restores time(). For tests: call before sharing `a`. */
+void auth_set_clock(auth_ctx *a, int64_t (*now)(void));
+
 /* This service's own token ("service:<name>"), minted and renewed on
- * demand; the string stays valid until the next call from the same thread. */
+ * demand; the string stays valid until the next call from the same thread.
+ * NULL when there is no signing key or the name is not [a-z0-9-]{1,31}. */
 const char *auth_service_token(auth_ctx *a, const char *service);
 
 static inline bool auth_is_service(const om_actor *a, const char *name) {

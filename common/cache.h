@@ -17,12 +17,18 @@ int cache_setup(const char *host, int port, int timeout_ms);
 int cache_get(const char *key, char **val, size_t *len);
 int cache_set(const char *key, const void *val, size_t len, int ttl_ms);
 int cache_del(const char *key);
-/* True if the last command on any thread reached Redis (for health). */
+/* PING on a connection of its own (health): true when Redis answered. */
 bool cache_ping(void);
 /* Close this thread's connection (worker exit). */
 void cache_local_close(void);
 
-/* A raw connection for the event relay and consumers (evt.c). */
+/* The prefix of every key and stream (ORGMESH_REDIS_NAMESPACE, default "").
+ * Tests give each suite its own so suites sharing one Redis stay apart. */
+const char *cache_namespace(void);
+
+/* A raw connection for the event relay and consumers (evt.c); it
+ * reconnects by itself (see cache_internal.h). OM_E_UNAVAILABLE when Redis
+ * cannot be reached now. */
 typedef struct cache_conn cache_conn;
 int cache_connect(cache_conn **out);
 void cache_close(cache_conn *c);

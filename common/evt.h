@@ -17,6 +17,11 @@
 
 /* The stream a service's events go to: "orgmesh:events:<service>". */
 #define EVT_STREAM_PREFIX "orgmesh:events:"
+/* Where a consumer group <service> puts entries it gives up on (malformed,
+ * or delivered ORGMESH_EVT_MAX_DELIVERIES times without success):
+ * "orgmesh:deadletter:<service>", with the original fields plus
+ * stream, id, group, reason and deliveries. */
+#define EVT_DEADLETTER_PREFIX "orgmesh:deadletter:"
 
 typedef struct evt_meta {
     const char *subject;      /* aggregate, e.g. "accounts/123" */

@@ -18,20 +18,38 @@
 #include "auth.h"
 #include "pg.h"
 
+/* Longer request ids are refused by idem_key_init (INVALID_ARGUMENT). */
+#define IDEM_MAX_REQUEST_ID 128
+
 typedef struct idem_key {
-    const char *actor_key;   /* from idem_actor_key */
+    const char *actor_key;   /* from idem_actor_key (points at actor_buf) */
     const char *method;
     const char *request_id;  /* "" or NULL: not idempotent, checks do nothing */
     uint8_t hash[32];        /* SHA-256 of the packed request */
+    char actor_buf[48];      /* storage for actor_key */
 } idem_key;
 
-/* Fill `key` for this request (hashes the request packed). */
+/* "user:<id>" or "service:<name>" ("anonymous" for NULL) into buf (>= 48). */
+void idem_actor_key(const om_actor *actor, char *buf, size_t cap);
+
+/* Fill `key` for this request (hashes the request packed). `method`
+ * and `request_id` are not copied: they must outlive the key.
+ * OM_E_INVALID_ARGUMENT if request_id is longer than IDEM_MAX_REQUEST_ID. */
 int idem_key_init(idem_key *key, const om_actor *actor, const char *method,
                   const char *request_id, const ProtobufCMessage *req);
-/* Looks the key up in <schema>.idempotency (locking it). On 1, *resp is the
- * stored reply unpacked with `alloc` and `desc`. */
+/* Looks the key up in <schema>.idempotency and claims it for this
+ * transaction when it is new, so that a concurrent first use of the same id
+ * waits for this one and then sees its reply (the change happens once).
+ * On 1, *resp is the stored reply unpacked with `alloc` and `desc`.
+ * Must run inside the mutation's transaction (OM_E_INTERNAL otherwise). */
 int idem_check(pg_conn *tx, const idem_key *key, const ProtobufCMessageDescriptor *desc,
                ProtobufCAllocator *alloc, ProtobufCMessage **resp);
+/* Store the reply for the key claimed by idem_check, same transaction. */
 int idem_store(pg_conn *tx, const idem_key *key, const ProtobufCMessage *resp);
+
+/* Delete up to `limit` entries older than 24 h (they no longer count).
+ * Returns the number deleted or a negative code. The event relay calls it
+ * now and then; a service need not. */
+int idem_purge(pg_conn *c, int limit);
 
 #endif

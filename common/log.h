@@ -9,6 +9,9 @@ void log_init(const char *service, int min_level);
 /* The trace id logged by this thread until changed ("" or NULL: none). */
 void log_set_trace(const char *trace_id);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* LOG_* for "debug", "info", "warn" (or "warning"), "error", any case;
+ * -1 for anything else (so ORGMESH_LOG_LEVEL=verbose is refused, not ignored). */
+int log_level_parse(const char *name);
 
 #define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)

@@ -77,6 +77,8 @@
        "a referenced asset is not copied")                                             \
     XX(NAME_CONFLICT, GRPC_STATUS_ALREADY_EXISTS,                                       \
        "an asset with this name already exists")                                       \
+    XX(ASSET_IN_USE, GRPC_STATUS_FAILED_PRECONDITION,                                   \
+       "another asset references this asset")                                          \
     /* partners (SPEC 6) */                                                             \
     XX(EMAIL_CONNECTED_TO_OTHER_PARTNER, GRPC_STATUS_ALREADY_EXISTS,                    \
        "Their email address is already connected with another partner record for this client") \

@@ -24,12 +24,21 @@ typedef struct pg_params {
     int fmt[PG_MAX_PARAMS]; /* 0 text, 1 binary */
     char num[PG_MAX_PARAMS][24];
     bool overflow;          /* more than PG_MAX_PARAMS: pg_exec fails */
+    bool out_of_range;      /* a pg_p_u64 above INT64_MAX: pg_exec fails */
 } pg_params;
 
+/* uint64 ids (hub ids, user ids) are stored in `bigint` columns with
+ * CHECK (id > 0): ids above INT64_MAX are refused when a request is validated
+ * (pg_id_valid), and pg_exec answers OM_E_INVALID_ARGUMENT if one slips into
+ * pg_p_u64. See docs/common/pg.md. */
+static inline bool pg_id_valid(uint64_t id) { return id > 0 && id <= (uint64_t)INT64_MAX; }
+
 void pg_p_str(pg_params *p, const char *s);   /* NULL -> SQL NULL */
+/* n bytes sent in binary format: the parameter must be text/varchar
+ * (write $1::text where PostgreSQL cannot infer it). */
 void pg_p_strn(pg_params *p, const char *s, size_t n);
 void pg_p_i64(pg_params *p, int64_t v);
-void pg_p_u64(pg_params *p, uint64_t v);      /* stored as bigint/numeric text */
+void pg_p_u64(pg_params *p, uint64_t v);      /* bigint; > INT64_MAX fails */
 void pg_p_bool(pg_params *p, bool v);
 void pg_p_bytes(pg_params *p, const void *data, size_t n); /* bytea, binary */
 void pg_p_null(pg_params *p);
@@ -48,9 +57,13 @@ void pg_close(pg_conn *c);
 void pg_local_close(void);
 
 /* Run `sql`. `p` may be NULL. `out` may be NULL when no rows are needed.
- * Returns 0, OM_E_UNAVAILABLE (connection lost; it is reset), or
- * OM_E_INTERNAL for an SQL error — see pg_sqlstate. */
+ * Returns 0, OM_E_UNAVAILABLE (connection lost; it is reset — also for a
+ * statement timeout, 57014), or OM_E_INTERNAL for an SQL error — see
+ * pg_sqlstate. One statement per call (it is prepared and cached). */
 int pg_exec(pg_conn *c, const char *sql, const pg_params *p, pg_res **out);
+/* Several ';'-separated statements without parameters, not prepared
+ * (migrations, test set-up). Same return codes as pg_exec. */
+int pg_exec_script(pg_conn *c, const char *sql);
 /* SQLSTATE of the last failed pg_exec on this connection ("" if none),
  * e.g. "23505" unique_violation, "40001" serialization_failure. */
 const char *pg_sqlstate(const pg_conn *c);
@@ -74,17 +87,32 @@ void pg_free(pg_res *r);
 /* Transactions. pg_tx runs fn inside BEGIN..COMMIT, retrying the whole
  * function (up to 5 times, with jitter) on serialization failure, deadlock
  * or a connection lost before COMMIT was sent. If fn returns non-zero the
- * transaction is rolled back and that code returned. */
+ * transaction is rolled back and that code returned. If the connection is
+ * lost while COMMIT is under way the outcome is unknown: no retry,
+ * OM_E_UNAVAILABLE. Called inside an open transaction, pg_tx just runs fn
+ * (the outer pg_tx commits and retries). fn must not keep state across
+ * attempts (it may run more than once). */
 typedef int (*pg_tx_fn)(pg_conn *c, void *arg);
 int pg_tx(pg_conn *c, pg_tx_fn fn, void *arg);
 int pg_begin(pg_conn *c);
+/* OM_E_INTERNAL (see pg_sqlstate) if the transaction had failed and
+ * PostgreSQL rolled it back instead. */
 int pg_commit(pg_conn *c);
 void pg_rollback(pg_conn *c);
+/* True while a transaction is open on c. */
+bool pg_in_tx(const pg_conn *c);
+/* Ask the running pg_tx to retry fn once more after its rollback (e.g. a
+ * lost race on a unique key whose winner the retry will see). */
+void pg_mark_retry(pg_conn *c);
 
 /* Migrations: numbered files compiled into the binary (see
- * cmake/embed_migrations.cmake). Applied in order, each in its own
+ * cmake/migrations.cmake). Applied in order, each in its own
  * transaction, under an advisory lock, recorded in <schema>.schema_migrations.
- * Creates the schema if missing. */
+ * Creates the schema if missing. The runtime's own tables (outbox,
+ * applied_events, idempotency, audit) are applied first and recorded apart,
+ * in <schema>.runtime_migrations. A file whose first line is
+ * "-- orgmesh:no-transaction" runs outside a transaction (one statement,
+ * e.g. CREATE INDEX CONCURRENTLY). */
 typedef struct pg_migration {
     int version;
     const char *name;
@@ -94,5 +122,20 @@ int pg_migrate(pg_conn *c, const char *schema, const pg_migration *m, size_t n);
 
 /* Cheap liveness probe on a connection of its own (health). */
 bool pg_ping(void);
+
+/* The schema given to pg_setup (the service name). */
+const char *pg_schema(void);
+/* For the worker loop, after each call: rolls back a transaction a handler
+ * left open (a bug; logged) and forgets one lost with its connection, so
+ * the next call starts clean. No round trip when all is well. */
+void pg_local_end_call(void);
+
+/* LISTEN on `channel` (an identifier), re-issued after every reconnect. */
+int pg_listen(pg_conn *c, const char *channel);
+/* Wait up to timeout_ms for a notification on c, or until wake_fd (-1:
+ * none) is readable. Returns the number of notifications received (0 on
+ * timeout or wake), or OM_E_UNAVAILABLE when the connection is down (a
+ * reconnect is attempted at most every 500 ms). */
+int pg_wait_notify(pg_conn *c, int timeout_ms, int wake_fd);
 
 #endif

@@ -32,6 +32,14 @@ enum {
     RPC_INLINE = 1 << 2,   /* never blocks: run on the polling thread */
 };
 
+/* Returned by an RPC_INLINE handler that cannot answer without blocking
+ * (e.g. a cache miss): the call is queued to the workers and the same
+ * handler runs again there with a fresh, empty response (rpc_on_worker()
+ * then says true). Anything the inline attempt recorded (violations, error,
+ * response fields) is discarded; memory from rpc_alloc stays valid. A
+ * handler running on a worker must not return it (INTERNAL). */
+#define RPC_DEFER 1
+
 typedef struct rpc_method {
     const char *name; /* as in the .proto, e.g. "GetAccount" */
     rpc_unary_fn fn;
@@ -54,6 +62,9 @@ const char *rpc_trace_id(const rpc_ctx *ctx);
 const char *rpc_method_name(const rpc_ctx *ctx); /* "/pkg.Svc/Method" */
 /* Milliseconds left before the client's deadline (INT64_MAX if none). */
 int64_t rpc_time_left_ms(const rpc_ctx *ctx);
+/* True when the handler runs on a worker thread (may block), false on the
+ * polling thread (an RPC_INLINE call; see RPC_DEFER). */
+bool rpc_on_worker(const rpc_ctx *ctx);
 /* True once the client has gone away or the deadline has passed. */
 bool rpc_cancelled(const rpc_ctx *ctx);
 
@@ -80,7 +91,7 @@ void rpc_error_meta(rpc_ctx *ctx, const char *key, const char *value);
 /* Append any message as a google.protobuf.Any detail of the status. */
 void rpc_error_detail(rpc_ctx *ctx, const ProtobufCMessage *msg);
 /* Fail the call with `code` (an OM_E_*): its gRPC status, ErrorInfo reason
- * = om_err_name(code), domain = "<service>.orgmesh". `fmt` may be NULL for the
+ * = om_err_name(code), domain = the service name. `fmt` may be NULL for the
  * table's default message. Returns `code`, so `return rpc_fail(...)` reads. */
 int rpc_fail(rpc_ctx *ctx, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Fail with OM_E_INVALID_ARGUMENT and the violations recorded so far. */
@@ -100,10 +111,16 @@ typedef struct rpc_server_opts {
      * PostgreSQL) and after it stops. May be NULL. */
     void (*worker_start)(int index, void *arg);
     void (*worker_stop)(int index, void *arg);
+    /* Called on the worker after each handler (e.g. roll back a transaction
+     * the handler left open). May be NULL. */
+    void (*after_call)(void *arg);
     void *worker_arg;
 } rpc_server_opts;
 
 int rpc_server_new(rpc_server **out, const rpc_server_opts *opts);
+/* Tokens are verified with `auth` (NULL: every authenticated method answers
+ * UNAUTHENTICATED). Call before rpc_server_start. */
+void rpc_server_set_auth(rpc_server *srv, auth_ctx *auth);
 /* Register a service before rpc_server_start. Health and reflection are
  * always served. */
 int rpc_server_add(rpc_server *srv, const rpc_service *svc);

@@ -1,0 +1,285 @@
+/* app.c — the life of a service process: configure, migrate, serve, stop.
+ * Every main.c hands its app_def to app_main and nothing else. */
+#include <ctype.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/grpc.h>
+
+#include "app.h"
+#include "cache.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "rpc_internal.h"
+
+#define APP_MAX_PEERS 8
+
+static struct {
+    const app_def *def;
+    auth_ctx *auth;
+    rpc_server *server;
+    pthread_t health_thread;
+    volatile int stopping;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct {
+        char name[32];
+        rpc_client *client;
+    } peers[APP_MAX_PEERS];
+    int n_peers;
+} app = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+auth_ctx *app_auth(void) {
+    return app.auth;
+}
+
+const char *app_name(void) {
+    return app.def ? app.def->name : "orgmesh";
+}
+
+const char *app_service_token(void) {
+    return auth_service_token(app.auth, app_name());
+}
+
+rpc_client *app_peer(const char *peer) {
+    rpc_client *c = NULL;
+    pthread_mutex_lock(&app.mu);
+    for (int i = 0; i < app.n_peers; i++)
+        if (strcmp(app.peers[i].name, peer) == 0) c = app.peers[i].client;
+    if (c == NULL && app.n_peers < APP_MAX_PEERS) {
+        char var[64];
+        snprintf(var, sizeof var, "ORGMESH_%s_ADDR", peer);
+        for (char *p = var; *p; p++) *p = (char)toupper((unsigned char)*p);
+        const char *addr = cfg_str(var, NULL);
+        if (addr != NULL && rpc_client_new(&c, addr) == 0) {
+            snprintf(app.peers[app.n_peers].name, sizeof app.peers[0].name, "%s", peer);
+            app.peers[app.n_peers++].client = c;
+        } else if (addr == NULL) {
+            log_error("%s is not set: cannot reach the %s service", var, peer);
+        }
+    }
+    pthread_mutex_unlock(&app.mu);
+    return c;
+}
+
+static void worker_start(int index, void *arg) {
+    (void)index;
+    (void)arg;
+    pg_local(); /* connect early so the first call does not pay for it */
+}
+
+static void after_call(void *arg) {
+    (void)arg;
+    pg_local_end_call();
+}
+
+static void worker_stop(int index, void *arg) {
+    (void)index;
+    (void)arg;
+    pg_local_close();
+    cache_local_close();
+}
+
+/* PostgreSQL decides "" (the whole server); Redis is reported on its own. */
+static void *health_main(void *arg) {
+    (void)arg;
+    int interval_ms = (int)cfg_int("ORGMESH_HEALTH_INTERVAL_MS", 1000, 50, 60000);
+    pthread_mutex_lock(&app.mu);
+    while (!app.stopping) {
+        pthread_mutex_unlock(&app.mu);
+        bool pg_ok = pg_ping();
+        bool redis_ok = cache_ping();
+        rpc_health_set(app.server, "", pg_ok);
+        rpc_health_set(app.server, "redis", redis_ok);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += interval_ms / 1000;
+        until.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&app.mu);
+        if (!app.stopping) pthread_cond_timedwait(&app.cv, &app.mu, &until);
+    }
+    pthread_mutex_unlock(&app.mu);
+    return NULL;
+}
+
+/* Apply migrations, waiting up to `wait_ms` for PostgreSQL to come up. */
+static int migrate(const app_def *def, int wait_ms) {
+    int waited = 0;
+    for (;;) {
+        pg_conn *c = NULL;
+        int rc = pg_connect(&c);
+        if (rc == 0) {
+            rc = pg_migrate(c, def->name, def->migrations, def->n_migrations);
+            pg_close(c);
+            if (rc != 0) log_error("migrations failed: %s", om_err_name(rc));
+            return rc;
+        }
+        if (waited >= wait_ms) {
+            log_error("PostgreSQL is not reachable; giving up after %d ms", waited);
+            return rc;
+        }
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        waited += 200;
+    }
+}
+
+static void usage(const char *prog) {
+    fprintf(stderr,
+            "usage: %s [--migrate-only]\n"
+            "Configuration comes from ORGMESH_* environment variables; see docs/configuration.md.\n",
+            prog);
+}
+
+int app_main(const app_def *def, int argc, char **argv) {
+    bool migrate_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--migrate-only") == 0) migrate_only = true;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(argv[0]);
+            return 0;
+        } else {
+            usage(argv[0]);
+            return 2;
+        }
+    }
+    app.def = def;
+
+    const char *level = cfg_str("ORGMESH_LOG_LEVEL", "info");
+    int lvl = log_level_parse(level);
+    if (lvl < 0) {
+        fprintf(stderr, "ORGMESH_LOG_LEVEL=%s: expected debug, info, warn or error\n", level);
+        return 2;
+    }
+    log_init(def->name, lvl);
+
+    /* Signals are taken by sigwait in this thread only. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = pg_setup(cfg_str("ORGMESH_PG_URL", "postgresql://orgmesh@127.0.0.1:5432/orgmesh"),
+                      def->name, (int)cfg_int("ORGMESH_PG_STATEMENT_TIMEOUT_MS", 5000, 0, 3600000));
+    if (rc != 0) {
+        log_error("bad PostgreSQL configuration");
+        return 1;
+    }
+    if (migrate_only || cfg_bool("ORGMESH_MIGRATE_ON_START", true)) {
+        rc = migrate(def, (int)cfg_int("ORGMESH_PG_WAIT_MS", 30000, 0, 600000));
+        if (rc != 0) return 1;
+        if (migrate_only) {
+            log_info("migrations applied");
+            return 0;
+        }
+    }
+    cache_setup(cfg_str("ORGMESH_REDIS_HOST", "127.0.0.1"),
+                (int)cfg_int("ORGMESH_REDIS_PORT", 6379, 1, 65535),
+                (int)cfg_int("ORGMESH_REDIS_TIMEOUT_MS", 200, 1, 60000));
+
+    auth_config ac = {
+        .issuer = cfg_str("ORGMESH_JWT_ISSUER", "orgmesh-local"),
+        .audience = cfg_str("ORGMESH_JWT_AUDIENCE", "orgmesh"),
+        .keys = cfg_str("ORGMESH_JWT_KEYS", NULL),
+        .signing_key = cfg_str("ORGMESH_JWT_SIGNING_KEY", NULL),
+        .leeway_s = 30,
+    };
+    if (ac.keys == NULL) {
+        log_error("ORGMESH_JWT_KEYS is not set: no token could be verified");
+        return 1;
+    }
+    rc = auth_new(&app.auth, &ac);
+    if (rc != 0) {
+        log_error("bad token key configuration: %s", om_err_name(rc));
+        return 1;
+    }
+
+    grpc_init();
+    const char *metrics = cfg_str("ORGMESH_METRICS_LISTEN", NULL);
+    if (metrics != NULL && metrics_start(def->name, metrics) < 0)
+        log_warn("metrics: cannot listen on %s", metrics);
+
+    if (def->init != NULL && def->init() != 0) {
+        log_error("service initialisation failed");
+        rc = 1;
+        goto out;
+    }
+
+    char listen[128];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", def->default_port);
+    rpc_server_opts so = {
+        .service = def->name,
+        .listen = cfg_str("ORGMESH_LISTEN", listen),
+        .pollers = (int)cfg_int("ORGMESH_POLLERS", 1, 1, 64),
+        .workers = (int)cfg_int("ORGMESH_WORKERS", 8, 1, 256),
+        .max_message_bytes = 4 * 1024 * 1024,
+        .descriptor_set = om_descriptor_set,
+        .descriptor_set_len = om_descriptor_set_len,
+        .worker_start = worker_start,
+        .worker_stop = worker_stop,
+        .after_call = after_call,
+    };
+    rc = rpc_server_new(&app.server, &so);
+    for (const rpc_service *const *s = def->services; rc == 0 && s && *s; s++)
+        rc = rpc_server_add(app.server, *s);
+    if (rc == 0) {
+        rpc_server_set_auth(app.server, app.auth);
+        rpc_health_set(app.server, "", pg_ping());
+        rpc_health_set(app.server, "redis", cache_ping());
+        /* For liveness probes: SERVING while the process answers at all, so
+         * a PostgreSQL outage takes pods out of rotation without restarts. */
+        rpc_health_set(app.server, "liveness", true);
+        rc = rpc_server_start(app.server);
+    }
+    if (rc != 0) {
+        log_error("cannot start the gRPC server: %s", om_err_name(rc));
+        rc = 1;
+        goto out;
+    }
+    if (evt_relay_start(def->name) != 0) log_error("cannot start the event relay");
+    if (def->n_subs > 0 && evt_consumers_start(def->name, def->subs, def->n_subs) != 0)
+        log_error("cannot start the event consumers");
+    pthread_create(&app.health_thread, NULL, health_main, NULL);
+    log_info("%s ready on port %d", def->name, rpc_server_port(app.server));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    log_info("signal %d: draining", sig);
+
+    pthread_mutex_lock(&app.mu);
+    app.stopping = 1;
+    pthread_cond_broadcast(&app.cv);
+    pthread_mutex_unlock(&app.mu);
+    pthread_join(app.health_thread, NULL);
+    rpc_health_set(app.server, "", false);
+    rpc_server_stop(app.server, (int)cfg_int("ORGMESH_SHUTDOWN_GRACE_MS", 2500, 0, 60000));
+    if (def->n_subs > 0) evt_consumers_stop();
+    evt_relay_stop();
+    rc = 0;
+out:
+    if (def->fini != NULL) def->fini();
+    rpc_server_free(app.server);
+    app.server = NULL;
+    for (int i = 0; i < app.n_peers; i++) rpc_client_free(app.peers[i].client);
+    app.n_peers = 0;
+    metrics_stop();
+    rpc_thread_cleanup();
+    pg_local_close();
+    cache_local_close();
+    grpc_shutdown();
+    auth_free(app.auth);
+    log_info("stopped");
+    return rc;
+}

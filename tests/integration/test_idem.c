@@ -1,0 +1,274 @@
+/* test_idem.c — common/idem.c against a real PostgreSQL (SPEC 8 request_id):
+ * a repeat returns the first reply, a reused id with another request is
+ * refused, concurrent first uses act once, expired and failed ones do not
+ * count. The "mutation" inserts a row into `things` and replies with its id. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "google/protobuf/duration.pb-c.h"
+#include "google/protobuf/timestamp.pb-c.h"
+#include "idem.h"
+#include "it_util.h"
+#include "om_err.h"
+
+#define SCHEMA "it_idem"
+#define METHOD "/orgmesh.things.v1.Things/CreateThing"
+
+static atomic_int acted; /* how many times a mutation really ran */
+
+typedef struct create_call {
+    const om_actor *actor;
+    const char *method;
+    const char *request_id;
+    int64_t value;       /* the request: Timestamp{seconds = value} */
+    bool fail_after;     /* the mutation fails after acting (rolls back) */
+    int sleep_ms;        /* hold the claim this long (concurrency test) */
+    int64_t reply;       /* the reply: Duration{seconds = new thing id} */
+    bool replayed;
+} create_call;
+
+static int create_fn(pg_conn *c, void *arg) {
+    create_call *cc = arg;
+    Google__Protobuf__Timestamp req = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    req.seconds = cc->value;
+    idem_key key;
+    int rc = idem_key_init(&key, cc->actor, cc->method, cc->request_id, &req.base);
+    if (rc != 0) return rc;
+    ProtobufCMessage *stored = NULL;
+    rc = idem_check(c, &key, &google__protobuf__duration__descriptor, NULL, &stored);
+    if (rc < 0) return rc;
+    if (rc == 1) {
+        cc->reply = ((Google__Protobuf__Duration *)stored)->seconds;
+        cc->replayed = true;
+        protobuf_c_message_free_unpacked(stored, NULL);
+        return 0;
+    }
+    cc->replayed = false;
+    if (cc->sleep_ms > 0) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "SELECT pg_sleep(%g)", cc->sleep_ms / 1000.0);
+        pg_exec(c, sql, NULL, NULL);
+    }
+    pg_params p = {0};
+    pg_p_i64(&p, cc->value);
+    pg_res *r = NULL;
+    rc = pg_exec(c, "INSERT INTO things (value) VALUES ($1) RETURNING id", &p, &r);
+    if (rc != 0) return rc;
+    Google__Protobuf__Duration resp = GOOGLE__PROTOBUF__DURATION__INIT;
+    resp.seconds = pg_i64(r, 0, 0);
+    pg_free(r);
+    if (cc->fail_after) return OM_E_FAILED_PRECONDITION;
+    rc = idem_store(c, &key, &resp.base);
+    if (rc != 0) return rc;
+    cc->reply = resp.seconds;
+    atomic_fetch_add(&acted, 1);
+    return 0;
+}
+
+static const om_actor alice = {.user_id = 1001};
+static const om_actor bob = {.user_id = 1002};
+
+static int create(create_call *cc) {
+    pg_conn *c = pg_local();
+    assert_non_null(c);
+    return pg_tx(c, create_fn, cc);
+}
+
+static long long things(void) { return it_sql_int("SELECT count(*) FROM " SCHEMA ".things"); }
+
+static int reset(void **state) {
+    it_sql("TRUNCATE " SCHEMA ".things, " SCHEMA ".idempotency");
+    atomic_store(&acted, 0);
+    return 0;
+}
+
+static void test_idem_repeat_returns_first_result(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "req-1", .value = 7};
+    assert_int_equal(create(&a), 0);
+    assert_false(a.replayed);
+    create_call b = a;
+    b.reply = 0;
+    assert_int_equal(create(&b), 0);
+    assert_true(b.replayed);
+    assert_int_equal(b.reply, a.reply);
+    assert_int_equal(atomic_load(&acted), 1);
+    assert_int_equal(things(), 1);
+}
+
+static void test_idem_same_id_different_request_rejected(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "req-2", .value = 7};
+    assert_int_equal(create(&a), 0);
+    create_call b = a;
+    b.value = 8;
+    assert_int_equal(create(&b), OM_E_REQUEST_ID_REUSED);
+    assert_int_equal(things(), 1);
+    /* the first one still replays */
+    create_call c = a;
+    assert_int_equal(create(&c), 0);
+    assert_true(c.replayed);
+}
+
+static void test_idem_other_actor_or_method_is_independent(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "req-3", .value = 1};
+    create_call b = {.actor = &bob, .method = METHOD, .request_id = "req-3", .value = 1};
+    create_call c = {.actor = &alice, .method = "/x.Y/Other", .request_id = "req-3", .value = 1};
+    om_actor svc = {0};
+    snprintf(svc.service, sizeof svc.service, "partners");
+    create_call d = {.actor = &svc, .method = METHOD, .request_id = "req-3", .value = 1};
+    assert_int_equal(create(&a), 0);
+    assert_int_equal(create(&b), 0);
+    assert_int_equal(create(&c), 0);
+    assert_int_equal(create(&d), 0);
+    assert_false(b.replayed || c.replayed || d.replayed);
+    assert_int_equal(things(), 4);
+    assert_int_equal(it_sql_int("SELECT count(*) FROM " SCHEMA ".idempotency"
+                                " WHERE actor = 'service:partners'"),
+                     1);
+}
+
+static void test_idem_without_request_id_always_acts(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "", .value = 1};
+    create_call b = {.actor = &alice, .method = METHOD, .request_id = NULL, .value = 1};
+    assert_int_equal(create(&a), 0);
+    assert_int_equal(create(&a), 0);
+    assert_int_equal(create(&b), 0);
+    assert_int_equal(things(), 3);
+    assert_int_equal(it_sql_int("SELECT count(*) FROM " SCHEMA ".idempotency"), 0);
+}
+
+static void test_idem_expired_entry_does_not_count(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "req-old", .value = 5};
+    assert_int_equal(create(&a), 0);
+    it_sql("UPDATE " SCHEMA ".idempotency SET created_at = now() - interval '25 hours'");
+    /* even a different request may reuse an expired id */
+    create_call b = a;
+    b.value = 6;
+    assert_int_equal(create(&b), 0);
+    assert_false(b.replayed);
+    assert_int_not_equal(b.reply, a.reply);
+    create_call c = b;
+    assert_int_equal(create(&c), 0);
+    assert_true(c.replayed);
+    assert_int_equal(c.reply, b.reply);
+    assert_int_equal(things(), 2);
+}
+
+static void test_idem_failed_mutation_is_not_remembered(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "req-f", .value = 3,
+                     .fail_after = true};
+    assert_int_equal(create(&a), OM_E_FAILED_PRECONDITION);
+    assert_int_equal(things(), 0);
+    assert_int_equal(it_sql_int("SELECT count(*) FROM " SCHEMA ".idempotency"), 0);
+    a.fail_after = false;
+    assert_int_equal(create(&a), 0);
+    assert_false(a.replayed);
+    assert_int_equal(things(), 1);
+}
+
+typedef struct racer {
+    create_call call;
+    pthread_barrier_t *start;
+    int rc;
+} racer;
+
+static void *race_thread(void *arg) {
+    racer *r = arg;
+    pg_conn *c = pg_local();
+    if (c == NULL) {
+        r->rc = OM_E_UNAVAILABLE;
+        return NULL;
+    }
+    pthread_barrier_wait(r->start);
+    r->rc = pg_tx(c, create_fn, &r->call);
+    pg_local_close();
+    return NULL;
+}
+
+/* 8 identical requests at once: one acts, all get its reply. The winner
+ * holds its claim for 200 ms so the others really overlap with it. */
+static void test_idem_concurrent_same_id_acts_once(void **state) {
+    enum { N = 8 };
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, N);
+    racer r[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = (racer){.call = {.actor = &alice, .method = METHOD, .request_id = "req-race",
+                                .value = 99, .sleep_ms = 200},
+                       .start = &start};
+        pthread_create(&th[i], NULL, race_thread, &r[i]);
+    }
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    int replayed = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(r[i].rc, 0);
+        assert_int_equal(r[i].call.reply, r[0].call.reply);
+        replayed += r[i].call.replayed;
+    }
+    assert_int_equal(replayed, N - 1);
+    assert_int_equal(atomic_load(&acted), 1);
+    assert_int_equal(things(), 1);
+}
+
+static void test_idem_request_id_too_long_rejected(void **state) {
+    char id[IDEM_MAX_REQUEST_ID + 2];
+    memset(id, 'x', sizeof id - 1);
+    id[sizeof id - 1] = '\0';
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = id, .value = 1};
+    assert_int_equal(create(&a), OM_E_INVALID_ARGUMENT);
+    id[IDEM_MAX_REQUEST_ID] = '\0'; /* exactly the limit is fine */
+    assert_int_equal(create(&a), 0);
+    assert_int_equal(things(), 1);
+}
+
+static void test_idem_check_outside_transaction_refused(void **state) {
+    Google__Protobuf__Timestamp req = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    idem_key key;
+    assert_int_equal(idem_key_init(&key, &alice, METHOD, "req-notx", &req.base), 0);
+    assert_string_equal(key.actor_key, "user:1001");
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(idem_check(pg_local(), &key, &google__protobuf__duration__descriptor, NULL, &m),
+                     OM_E_INTERNAL);
+    assert_null(m);
+}
+
+static void test_idem_purge_deletes_only_expired(void **state) {
+    create_call a = {.actor = &alice, .method = METHOD, .request_id = "req-p1", .value = 1};
+    create_call b = {.actor = &alice, .method = METHOD, .request_id = "req-p2", .value = 1};
+    assert_int_equal(create(&a), 0);
+    assert_int_equal(create(&b), 0);
+    it_sql("UPDATE " SCHEMA ".idempotency SET created_at = now() - interval '25 hours'"
+           " WHERE request_id = 'req-p1'");
+    assert_int_equal(idem_purge(pg_local(), 100), 1);
+    assert_int_equal(it_sql_int("SELECT count(*) FROM " SCHEMA ".idempotency"), 1);
+}
+
+int main(void) {
+    it_init(SCHEMA);
+    it_sql("CREATE TABLE " SCHEMA ".things (id bigserial PRIMARY KEY, value bigint)");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_idem_repeat_returns_first_result, reset),
+        cmocka_unit_test_setup(test_idem_same_id_different_request_rejected, reset),
+        cmocka_unit_test_setup(test_idem_other_actor_or_method_is_independent, reset),
+        cmocka_unit_test_setup(test_idem_without_request_id_always_acts, reset),
+        cmocka_unit_test_setup(test_idem_expired_entry_does_not_count, reset),
+        cmocka_unit_test_setup(test_idem_failed_mutation_is_not_remembered, reset),
+        cmocka_unit_test_setup(test_idem_concurrent_same_id_acts_once, reset),
+        cmocka_unit_test_setup(test_idem_request_id_too_long_rejected, reset),
+        cmocka_unit_test_setup(test_idem_check_outside_transaction_refused, reset),
+        cmocka_unit_test_setup(test_idem_purge_deletes_only_expired, reset),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    pg_local_close();
+    return rc;
+}
