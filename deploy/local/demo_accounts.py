@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""demo_accounts.py — loads demo data into a running accounts service: users,
+accounts of each kind (one with MARKETING ENTERPRISE, a PARTNER agency, a
+SANDBOX) and memberships.
+
+Safe to run again: every item has a fixed id (the import range, below the
+server's sequences) and a fixed request_id, so a repeat within 24 h returns the
+first reply and a later one finds the item there (ALREADY_EXISTS) and keeps it.
+Partner-employee tags and partner links are the partners service's to make
+(SPEC 1): its own demo does that through the partners API.
+
+    python3 deploy/local/demo_accounts.py [--addr 127.0.0.1:50051]
+
+Stubs come from <build>/python (ORGMESH_BUILD_DIR, default <repo>/build). The
+token is minted with ORGMESH_JWT_SIGNING_KEY ("kid:HS256:secret", the local
+development key by default), ORGMESH_JWT_ISSUER and ORGMESH_JWT_AUDIENCE.
+Run it with /usr/bin/python3 (Debian's grpcio)."""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(os.environ.get("ORGMESH_BUILD_DIR", REPO / "build")) / "python"))
+
+import grpc  # noqa: E402
+from orgmesh.accounts.v1 import accounts_pb2 as pb  # noqa: E402
+from orgmesh.accounts.v1 import accounts_pb2_grpc as pb_grpc  # noqa: E402
+from orgmesh.type.v1 import money_pb2  # noqa: E402
+
+# (user_id, email, display name, locale, two-factor)
+USERS = [
+    (101, "ada@acme.example", "Ada Lovelace", "en", True),
+    (102, "giulia@acme.example", "Giulia Rossi", "it", True),
+    (103, "kenji@acme.example", "Kenji Sato", "ja", False),
+    (104, "lucia@globex.example", "Lucía García", "es", True),
+    (105, "paula@brightagency.example", "Paula Souza", "pt-BR", True),
+    (106, "jan@brightagency.example", "Jan de Vries", "nl", False),
+    (107, "ola@brightagency.example", "Ola Nowak", "pl", True),
+]
+
+# (hub_id, name, kind, hosting location, [(hub, tier)], sensitive data, MRR minor units, currency)
+ACCOUNTS = [
+    (1001, "Acme Global", pb.ACCOUNT_KIND_STANDARD, "eu1",
+     [(pb.HUB_MARKETING, pb.TIER_ENTERPRISE), (pb.HUB_SALES, pb.TIER_PROFESSIONAL)], False, 3200000, "EUR"),
+    (1002, "Acme Italia", pb.ACCOUNT_KIND_STANDARD, "eu1",
+     [(pb.HUB_MARKETING, pb.TIER_PROFESSIONAL), (pb.HUB_SERVICE, pb.TIER_STARTER)], False, 89000, "EUR"),
+    (1003, "Acme Japan", pb.ACCOUNT_KIND_STANDARD, "eu1",
+     [(pb.HUB_SALES, pb.TIER_PROFESSIONAL)], True, 12000000, "JPY"),
+    (1004, "Globex US", pb.ACCOUNT_KIND_STANDARD, "na1",
+     [(pb.HUB_MARKETING, pb.TIER_STARTER), (pb.HUB_CMS, pb.TIER_FREE)], False, 4500, "USD"),
+    (1005, "Bright Agency", pb.ACCOUNT_KIND_PARTNER, "eu1",
+     [(pb.HUB_MARKETING, pb.TIER_PROFESSIONAL)], False, 36000, "EUR"),
+    (1006, "Acme Sandbox", pb.ACCOUNT_KIND_SANDBOX, "eu1",
+     [(pb.HUB_MARKETING, pb.TIER_ENTERPRISE)], False, 0, ""),
+]
+
+SA, PA, AP, MA = pb.ROLE_SUPER_ADMIN, pb.ROLE_PARTNER_ADMIN, pb.ROLE_ACCOUNT_PERMISSIONS, pb.ROLE_MARKETING_ACCESS
+SALES, SERVICE = pb.SEAT_SALES, pb.SEAT_SERVICE
+# (hub_id, user_id, roles, seats)
+MEMBERSHIPS = [
+    (1001, 101, [SA], [SALES]),
+    (1002, 101, [SA], []),
+    (1003, 101, [SA], []),
+    (1006, 101, [SA], []),
+    (1001, 102, [MA], [SALES]),
+    (1002, 102, [SA, MA], [SALES, SERVICE]),
+    (1001, 103, [MA], []),
+    (1003, 103, [AP], [SERVICE]),
+    (1004, 104, [SA], [SALES]),
+    (1005, 105, [SA, AP], []),
+    (1005, 106, [MA], []),
+    (1005, 107, [MA], [SALES]),
+    (1001, 105, [PA], []),
+]
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def service_token(name):
+    key = os.environ.get("ORGMESH_JWT_SIGNING_KEY", "dev:HS256:orgmesh-test-secret")
+    kid, alg, secret = key.split(":", 2)
+    if alg != "HS256":
+        sys.exit("demo_accounts: ORGMESH_JWT_SIGNING_KEY must be an HS256 key (local development)")
+    now = int(time.time())
+    claims = {"sub": f"service:{name}", "iss": os.environ.get("ORGMESH_JWT_ISSUER", "orgmesh-local"),
+              "aud": os.environ.get("ORGMESH_JWT_AUDIENCE", "orgmesh"), "iat": now, "exp": now + 600}
+    head = {"alg": "HS256", "typ": "JWT", "kid": kid}
+    signing_input = b64url(json.dumps(head).encode()) + "." + b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(sig)
+
+
+def create(call, req, md, fetch):
+    """Runs a create; an item that is already there is fetched instead."""
+    try:
+        return call(req, metadata=md, timeout=10), "ok"
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        return fetch(), "already there"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--addr", default=os.environ.get("ORGMESH_ACCOUNTS_ADDR", "127.0.0.1:50051"))
+    a = p.parse_args()
+    md = (("authorization", "Bearer " + service_token("demo-loader")),)
+    with grpc.insecure_channel(a.addr) as ch:
+        acc = pb_grpc.AccountsServiceStub(ch)
+        for uid, email, name, locale, tfa in USERS:
+            u = pb.User(user_id=uid, email=email, display_name=name, locale=locale, two_factor_enabled=tfa)
+            got, how = create(acc.CreateUser, pb.CreateUserRequest(user=u, request_id=f"demo-user-{uid}"), md,
+                              lambda: acc.GetUser(pb.GetUserRequest(user_id=uid), metadata=md).user)
+            print(f"user {uid:>6} {email:<28} {how}")
+        for hub, name, kind, loc, subs, sensitive, mrr, cur in ACCOUNTS:
+            acct = pb.Account(hub_id=hub, name=name, kind=kind, hosting_location=loc,
+                              subscriptions=[pb.Subscription(hub=h, tier=t) for h, t in subs],
+                              sensitive_data_enabled=sensitive,
+                              mrr=money_pb2.Money(amount_minor=mrr, currency_code=cur) if cur else None)
+            got, how = create(acc.CreateAccount, pb.CreateAccountRequest(account=acct, request_id=f"demo-acct-{hub}"),
+                              md, lambda: acc.GetAccount(pb.GetAccountRequest(hub_id=hub), metadata=md).account)
+            print(f"account {hub:>6} {name:<24} {pb.AccountKind.Name(kind):<22} {how}")
+        for hub, uid, roles, seats in MEMBERSHIPS:
+            m = pb.Membership(hub_id=hub, user_id=uid, roles=roles, seats=seats)
+            got, how = create(acc.CreateMembership,
+                              pb.CreateMembershipRequest(membership=m, request_id=f"demo-member-{hub}-{uid}"), md,
+                              lambda: acc.GetMembership(pb.GetMembershipRequest(hub_id=hub, user_id=uid),
+                                                        metadata=md).membership)
+            print(f"member {hub:>6} {uid:>6} {'+'.join(pb.Role.Name(r)[5:] for r in roles):<32} {how}")
+    print("demo accounts loaded; mint a user token with sub=<user_id> to act as one of them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
