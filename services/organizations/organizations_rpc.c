@@ -1,0 +1,1083 @@
+/* organizations_rpc.c — the handlers of orgmesh.organizations.v1.OrganizationsService
+ * (SPEC 3). Small helpers first (validation, the local copies and their
+ * fetching from the accounts service, the transaction runner, authorization),
+ * then one handler per RPC with a line naming the rules it enforces. Rules
+ * are in organizations_rules.c, SQL in organizations_store.c. Every rule is
+ * checked against the local copies inside the transaction that writes. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "app.h"
+#include "audit.h"
+#include "config.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "idem.h"
+#include "log.h"
+#include "om_err.h"
+#include "organizations.h"
+#include "organizations_rpc.h"
+#include "page.h"
+
+#define APB(x) Orgmesh__Accounts__V1__##x
+#define MAX_REASON_CHARS 1000
+#define MAX_TEXT_VERSION 64
+/* A positive code: the transaction found a local copy missing; the runner
+ * fetches it from the accounts service and runs the transaction again. */
+#define NEED_FETCH 1
+#define MAX_FETCH_ROUNDS 4
+
+static int64_t mfa_window_s = ORG_MFA_WINDOW_DEFAULT_S;
+
+int organizations_init(void) {
+    mfa_window_s = cfg_int("ORGMESH_MFA_WINDOW_S", ORG_MFA_WINDOW_DEFAULT_S, 1, 86400);
+    if (app_peer("accounts") == NULL) log_warn("ORGMESH_ACCOUNTS_ADDR is not set: missing copies cannot be fetched");
+    return 0;
+}
+
+/* ---- one call's state ------------------------------------------------------ */
+
+typedef struct bad_account {
+    uint64_t hub_id;
+    unsigned reasons;
+} bad_account;
+
+typedef struct call call;
+typedef int (*apply_fn)(call *cl, pg_conn *tx);
+
+struct call {
+    rpc_ctx *ctx;
+    const om_actor *actor;
+    const void *req;
+    ProtobufCMessage *resp;
+    apply_fn apply;
+    idem_key key;
+    bool mutation;
+    /* copies missing in the last attempt, and what was fetched already */
+    uint64_t need[ORG_MAX_BATCH + 2];
+    int n_need;
+    bool need_memberships, fetched_accounts, fetched_memberships;
+    /* the error found inside the transaction */
+    int err;
+    char msg[512];
+    bad_account bad[ORG_MAX_BATCH + 2];
+    int n_bad;
+};
+
+static int cl_fail(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int cl_fail(call *cl, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cl->msg, sizeof cl->msg, fmt, ap);
+    va_end(ap);
+    cl->err = code;
+    return code;
+}
+
+/* "1, 2, 3" */
+static void id_list(char *buf, size_t cap, const uint64_t *ids, int n) {
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && at + 24 < cap; i++)
+        at += (size_t)snprintf(buf + at, cap - at, "%s%" PRIu64, i ? ", " : "", ids[i]);
+}
+
+/* ---- validation ------------------------------------------------------------------ */
+
+static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
+    if (id == 0)
+        rpc_violation(ctx, field, "must be set");
+    else if (!pg_id_valid(id))
+        rpc_violation(ctx, field, "is out of range");
+}
+
+static void check_org_id(rpc_ctx *ctx, const char *s) {
+    if (s == NULL || s[0] == '\0')
+        rpc_violation(ctx, "organization_id", "must be set");
+    else if (!org_uuid_valid(s))
+        rpc_violation(ctx, "organization_id", "is not an organization id");
+}
+
+static void check_etag(rpc_ctx *ctx, const char *etag, bool required) {
+    int64_t v;
+    if (etag == NULL || etag[0] == '\0') {
+        if (required) rpc_violation(ctx, "etag", "is required: the etag of the organization last read (ORG-11)");
+    } else if (org_etag_decode(etag, &v) != 0) {
+        rpc_violation(ctx, "etag", "is not an etag returned by this service");
+    }
+}
+
+static void check_text(rpc_ctx *ctx, const char *field, const char *s, size_t max) {
+    if (s != NULL && strlen(s) > max) rpc_violation(ctx, field, "must be at most %zu bytes", max);
+}
+
+/* The ids of a batch: each valid, none repeated (also not `other`). */
+static void check_ids(rpc_ctx *ctx, const char *field, const uint64_t *ids, size_t n, uint64_t other,
+                      const char *other_field) {
+    for (size_t i = 0; i < n; i++) {
+        char f[64];
+        snprintf(f, sizeof f, "%s[%zu]", field, i);
+        check_id(ctx, f, ids[i]);
+        if (ids[i] != 0 && ids[i] == other)
+            rpc_violation(ctx, f, "repeats %s", other_field);
+        for (size_t j = 0; j < i; j++)
+            if (ids[i] != 0 && ids[j] == ids[i]) {
+                rpc_violation(ctx, f, "repeats account %" PRIu64, ids[i]);
+                break;
+            }
+    }
+}
+
+static void check_ack_fields(rpc_ctx *ctx, const OPB(DataSharingAcknowledgement) *ack) {
+    if (ack != NULL && ack->accepted && (ack->text_version == NULL || ack->text_version[0] == '\0'))
+        rpc_violation(ctx, "acknowledgement.text_version", "must be set: the version of the text shown");
+    if (ack != NULL) check_text(ctx, "acknowledgement.text_version", ack->text_version, MAX_TEXT_VERSION);
+}
+
+/* ORG-06 */
+static int require_ack(rpc_ctx *ctx, const OPB(DataSharingAcknowledgement) *ack) {
+    if (ack == NULL || !ack->accepted)
+        return rpc_fail(ctx, OM_E_ACKNOWLEDGEMENT_REQUIRED,
+                        "acknowledge that personal data will be shared between the accounts (ORG-06)");
+    return 0;
+}
+
+static int require_user(rpc_ctx *ctx) {
+    const om_actor *a = rpc_actor(ctx);
+    if (a == NULL || a->user_id == 0)
+        return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "organizations are managed by users, not by services");
+    return 0;
+}
+
+static pg_conn *db(rpc_ctx *ctx) {
+    pg_conn *c = pg_local();
+    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the organizations database is unreachable");
+    return c;
+}
+
+/* ---- the accounts service (SPEC 2: fill missing copies) ------------------------------- */
+
+static int accounts_call(call *cl, const char *method, const ProtobufCMessage *req,
+                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp) {
+    rpc_client *peer = app_peer("accounts");
+    if (peer == NULL) return OM_E_UNAVAILABLE;
+    int64_t left = rpc_time_left_ms(cl->ctx);
+    rpc_call_opts o = {
+        .token = app_service_token(),
+        .trace_id = rpc_trace_id(cl->ctx),
+        .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000,
+        .idempotent = true,
+    };
+    rpc_status st;
+    int rc = rpc_client_call(peer, method, req, desc, resp, &o, &st);
+    if (rc != 0) {
+        log_warn("accounts %s failed: %d %s %s", method, (int)st.code, st.reason, st.message);
+        return OM_E_UNAVAILABLE;
+    }
+    return 0;
+}
+
+/* BatchGetAccounts for `ids`; the accounts found become local copies. */
+static int fetch_accounts(call *cl, pg_conn *c, const uint64_t *ids, int n) {
+    for (int at = 0; at < n; at += ORG_MAX_BATCH) {
+        APB(BatchGetAccountsRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_ACCOUNTS_REQUEST__INIT;
+        req.hub_ids = (uint64_t *)ids + at;
+        req.n_hub_ids = (size_t)(n - at < ORG_MAX_BATCH ? n - at : ORG_MAX_BATCH);
+        APB(BatchGetAccountsResponse) *resp = NULL;
+        int rc = accounts_call(cl, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
+                               &orgmesh__accounts__v1__batch_get_accounts_response__descriptor,
+                               (ProtobufCMessage **)&resp);
+        if (rc != 0) return rc;
+        for (size_t i = 0; rc == 0 && i < resp->n_accounts; i++) {
+            if (resp->accounts[i] == NULL || !pg_id_valid(resp->accounts[i]->hub_id)) continue;
+            org_account a;
+            org_account_from_pb(resp->accounts[i], &a);
+            rc = store_account_upsert(c, &a, NULL);
+        }
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+static int fetch_user(call *cl, pg_conn *c, uint64_t user_id) {
+    APB(BatchGetUsersRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_USERS_REQUEST__INIT;
+    req.user_ids = &user_id;
+    req.n_user_ids = 1;
+    APB(BatchGetUsersResponse) *resp = NULL;
+    int rc = accounts_call(cl, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetUsers", &req.base,
+                           &orgmesh__accounts__v1__batch_get_users_response__descriptor, (ProtobufCMessage **)&resp);
+    if (rc != 0) return rc;
+    for (size_t i = 0; rc == 0 && i < resp->n_users; i++)
+        if (resp->users[i] != NULL && resp->users[i]->user_id == user_id)
+            rc = store_user_upsert(c, user_id, resp->users[i]->two_factor_enabled, false, resp->users[i]->version);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return rc;
+}
+
+/* Every membership of the user (ListMembershipsInternal), stored as copies;
+ * with hubs/roles non-NULL also returned (call memory), ordered by hub_id. */
+static int fetch_memberships(call *cl, pg_conn *c, uint64_t user_id, uint64_t **hubs, unsigned **roles, int *n) {
+    int cap = 0, cnt = 0;
+    uint64_t *h = NULL;
+    unsigned *r = NULL;
+    char *token = NULL;
+    int rc = 0;
+    for (int page = 0; page < 1000; page++) {
+        APB(ListMembershipsInternalRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_INTERNAL_REQUEST__INIT;
+        req.user_id = user_id;
+        req.page_size = 1000;
+        req.page_token = token ? token : (char *)"";
+        APB(ListMembershipsInternalResponse) *resp = NULL;
+        rc = accounts_call(cl, "/orgmesh.accounts.v1.AccountsInternalService/ListMembershipsInternal", &req.base,
+                           &orgmesh__accounts__v1__list_memberships_internal_response__descriptor,
+                           (ProtobufCMessage **)&resp);
+        if (rc != 0) break;
+        for (size_t i = 0; rc == 0 && i < resp->n_memberships; i++) {
+            const APB(Membership) *m = resp->memberships[i];
+            if (m == NULL || !pg_id_valid(m->hub_id) || m->user_id != user_id) continue;
+            unsigned bits = org_roles_bits(m->roles, m->n_roles);
+            rc = store_membership_upsert(c, m->hub_id, user_id, bits, false, m->version);
+            if (hubs != NULL) {
+                if (cnt == cap) {
+                    int ncap = cap ? cap * 2 : 64;
+                    uint64_t *nh = rpc_calloc(cl->ctx, (size_t)ncap, sizeof *nh);
+                    unsigned *nr = rpc_calloc(cl->ctx, (size_t)ncap, sizeof *nr);
+                    if (cnt) {
+                        memcpy(nh, h, (size_t)cnt * sizeof *h);
+                        memcpy(nr, r, (size_t)cnt * sizeof *r);
+                    }
+                    h = nh;
+                    r = nr;
+                    cap = ncap;
+                }
+                h[cnt] = m->hub_id;
+                r[cnt] = bits;
+                cnt++;
+            }
+        }
+        token = (resp->next_page_token && resp->next_page_token[0]) ? rpc_strdup(cl->ctx, resp->next_page_token)
+                                                                    : NULL;
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        if (rc != 0 || token == NULL) break;
+    }
+    if (hubs != NULL) {
+        *hubs = h;
+        *roles = r;
+        *n = cnt;
+    }
+    return rc;
+}
+
+/* ---- reading the copies inside a transaction ------------------------------------------ */
+
+static const org_account *find_account(const org_account *a, int n, uint64_t hub_id) {
+    for (int i = 0; i < n; i++)
+        if (a[i].hub_id == hub_id) return &a[i];
+    return NULL;
+}
+
+/* The copies of ids[0..n) into out (ordered by hub_id), locked with `lock`.
+ * Missing ones are fetched once (NEED_FETCH); still missing: NOT_FOUND. */
+static int copies_accounts(call *cl, pg_conn *tx, const uint64_t *ids, int n, bool lock, org_account *out) {
+    int got = 0;
+    int rc = store_accounts_get(tx, ids, n, lock, out, &got);
+    if (rc != 0) return rc;
+    if (got == n) return 0;
+    uint64_t missing[ORG_MAX_BATCH + 2];
+    int nm = 0;
+    for (int i = 0; i < n && nm < ORG_MAX_BATCH + 2; i++)
+        if (find_account(out, got, ids[i]) == NULL) missing[nm++] = ids[i];
+    if (!cl->fetched_accounts) {
+        memcpy(cl->need, missing, (size_t)nm * sizeof missing[0]);
+        cl->n_need = nm;
+        return NEED_FETCH;
+    }
+    char list[512];
+    id_list(list, sizeof list, missing, nm);
+    return cl_fail(cl, OM_E_NOT_FOUND, "no such account: %s", list);
+}
+
+/* The actor's roles in hubs[0..n); unknown memberships are fetched once,
+ * then count as none. */
+static int copies_roles(call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles) {
+    bool known[ORG_MAX_MEMBERS_READ + ORG_MAX_BATCH + 2];
+    if (n > (int)(sizeof known / sizeof known[0])) return OM_E_INTERNAL;
+    int rc = store_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles);
+    if (rc != 0) return rc;
+    for (int i = 0; i < n; i++)
+        if (!known[i] && !cl->fetched_memberships) {
+            cl->need_memberships = true;
+            return NEED_FETCH;
+        }
+    return 0;
+}
+
+/* ---- the transaction runner --------------------------------------------------------------- */
+
+static int call_tx(pg_conn *tx, void *arg) {
+    call *cl = arg;
+    cl->err = 0;
+    cl->msg[0] = '\0';
+    cl->n_bad = 0;
+    cl->n_need = 0;
+    cl->need_memberships = false;
+    protobuf_c_message_init(cl->resp->descriptor, cl->resp);
+    if (!cl->mutation) return cl->apply(cl, tx);
+    ProtobufCMessage *stored = NULL;
+    int rc = idem_check(tx, &cl->key, cl->resp->descriptor, rpc_pb_allocator(cl->ctx), &stored);
+    if (rc == 1) { /* SPEC 8: a repeat gets the first reply */
+        memcpy(cl->resp, stored, cl->resp->descriptor->sizeof_message);
+        return 0;
+    }
+    if (rc != 0) return rc;
+    if ((rc = cl->apply(cl, tx)) != 0) return rc;
+    return idem_store(tx, &cl->key, cl->resp);
+}
+
+/* Runs cl->apply in a transaction (with the request id for mutations),
+ * fetching missing copies between attempts, and turns a failure into the
+ * call's error. */
+static int run(call *cl, const char *request_id) {
+    rpc_ctx *ctx = cl->ctx;
+    cl->actor = rpc_actor(ctx);
+    if (cl->mutation) {
+        int rc = idem_key_init(&cl->key, cl->actor, rpc_method_name(ctx), request_id, cl->req);
+        if (rc == OM_E_INVALID_ARGUMENT) {
+            rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
+            return rpc_fail_invalid(ctx);
+        }
+        if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    }
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    int rc = 0;
+    for (int round = 0; round < MAX_FETCH_ROUNDS; round++) {
+        rc = pg_tx(c, call_tx, cl);
+        if (rc != NEED_FETCH) break;
+        if (cl->n_need > 0) {
+            if ((rc = fetch_accounts(cl, c, cl->need, cl->n_need)) != 0) break;
+            cl->fetched_accounts = true;
+        }
+        if (cl->need_memberships) {
+            if ((rc = fetch_memberships(cl, c, cl->actor->user_id, NULL, NULL, NULL)) != 0) break;
+            cl->fetched_memberships = true;
+        }
+        rc = NEED_FETCH;
+    }
+    if (rc == 0) return 0;
+    if (rc == NEED_FETCH) rc = OM_E_UNAVAILABLE;
+    if (rc == OM_E_UNAVAILABLE && cl->err == 0)
+        return rpc_fail(ctx, rc, "the accounts service or the database is unavailable; retry");
+    if (cl->err != rc) {
+        if (rc == OM_E_INTERNAL) log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
+        return rpc_fail(ctx, rc, NULL);
+    }
+    if (cl->n_bad > 0) { /* ORG-02: every (account, reason) */
+        Google__Rpc__PreconditionFailure *pf = rpc_alloc(ctx, sizeof *pf);
+        google__rpc__precondition_failure__init(pf);
+        int total = 0;
+        for (int i = 0; i < cl->n_bad; i++) total += __builtin_popcount(cl->bad[i].reasons);
+        pf->violations = rpc_calloc(ctx, (size_t)total + 1, sizeof *pf->violations);
+        for (int i = 0; i < cl->n_bad; i++)
+            for (int b = 0; b < ORG_INELIGIBLE_COUNT; b++) {
+                unsigned bit = 1u << b;
+                if (!(cl->bad[i].reasons & bit)) continue;
+                Google__Rpc__PreconditionFailure__Violation *v = rpc_alloc(ctx, sizeof *v);
+                google__rpc__precondition_failure__violation__init(v);
+                v->type = (char *)om_err_name(org_reason_code(bit));
+                v->subject = rpc_sprintf(ctx, "accounts/%" PRIu64, cl->bad[i].hub_id);
+                v->description = (char *)om_err_message(org_reason_code(bit));
+                pf->violations[pf->n_violations++] = v;
+            }
+        rpc_error_detail(ctx, &pf->base);
+    }
+    return rpc_fail(ctx, rc, "%s", cl->msg);
+}
+
+/* ---- authorization ------------------------------------------------------------------------- */
+
+static int member_index(const org_snapshot *s, uint64_t hub_id) {
+    for (int i = 0; i < s->n; i++)
+        if (s->m[i].hub_id == hub_id) return i;
+    return -1;
+}
+
+/* ORG-07: acting from an account of the organization that has MARKETING
+ * ENTERPRISE, and SUPER_ADMIN in every account of the organization. */
+static int require_manager(call *cl, pg_conn *tx, const org_snapshot *s, uint64_t acting_hub_id) {
+    int at = member_index(s, acting_hub_id);
+    if (at < 0)
+        return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s",
+                       acting_hub_id, s->o.id);
+    if (!s->m[at].marketing_enterprise)
+        return cl_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
+                       "acting account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-07)", acting_hub_id);
+    uint64_t hubs[ORG_MAX_MEMBERS_READ], lacking[ORG_MAX_MEMBERS_READ];
+    unsigned roles[ORG_MAX_MEMBERS_READ];
+    int nl = 0;
+    for (int i = 0; i < s->n; i++) hubs[i] = s->m[i].hub_id;
+    int rc = copies_roles(cl, tx, hubs, s->n, roles);
+    if (rc != 0) return rc;
+    for (int i = 0; i < s->n; i++)
+        if (!(roles[i] & ORG_ROLE_SUPER_ADMIN)) lacking[nl++] = hubs[i];
+    if (nl > 0) {
+        char list[256];
+        id_list(list, sizeof list, lacking, nl);
+        return cl_fail(cl, OM_E_NOT_SUPER_ADMIN,
+                       "managing an organization requires SUPER_ADMIN in every account of it; not in: %s (ORG-07)",
+                       list);
+    }
+    return 0;
+}
+
+/* ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the organization
+ * (orgmesh services may read too). */
+static int require_viewer(call *cl, pg_conn *tx, const org_snapshot *s) {
+    if (auth_is_service(cl->actor, NULL)) return 0;
+    uint64_t hubs[ORG_MAX_MEMBERS_READ];
+    unsigned roles[ORG_MAX_MEMBERS_READ];
+    for (int i = 0; i < s->n; i++) hubs[i] = s->m[i].hub_id;
+    int rc = copies_roles(cl, tx, hubs, s->n, roles);
+    if (rc != 0) return rc;
+    for (int i = 0; i < s->n; i++)
+        if (org_roles_view(roles[i])) return 0;
+    return cl_fail(cl, OM_E_PERMISSION_DENIED,
+                   "only SUPER_ADMIN or PARTNER_ADMIN members of an account of the organization may view it (ORG-08)");
+}
+
+/* ORG-04: two-factor enabled (local copy of the user, fetched when
+ * missing) and the token's mfa_at within the window. */
+static int require_mfa(call *cl) {
+    rpc_ctx *ctx = cl->ctx;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    bool tfa = false, deleted = false;
+    int rc = store_user_get(c, cl->actor->user_id, &tfa, &deleted);
+    if (rc == OM_E_NOT_FOUND) {
+        if ((rc = fetch_user(cl, c, cl->actor->user_id)) != 0)
+            return rpc_fail(ctx, rc, "the accounts service is unavailable; retry");
+        rc = store_user_get(c, cl->actor->user_id, &tfa, &deleted);
+        if (rc == OM_E_NOT_FOUND) {
+            tfa = false;
+            rc = 0;
+        }
+    }
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    if (org_mfa_check(tfa && !deleted, cl->actor->mfa_at, (int64_t)time(NULL), mfa_window_s) != 0)
+        return rpc_fail(ctx, OM_E_MFA_REQUIRED,
+                        tfa ? "verify your second factor again: it must be at most %" PRId64 " s old (ORG-04)"
+                            : "turn on two-factor authentication first (ORG-04; window %" PRId64 " s)",
+                        mfa_window_s);
+    return 0;
+}
+
+/* ORG-02: every account of ids (copies `accts`, ordered by hub_id) against
+ * the organization's location; the first reason fails the call, all of them
+ * go into the PreconditionFailure. */
+static int check_eligible(call *cl, pg_conn *tx, const uint64_t *ids, int n, const org_account *accts,
+                          const char *location) {
+    bool in_org[ORG_MAX_BATCH + 2];
+    int rc = store_accounts_in_orgs(tx, ids, n, in_org);
+    if (rc != 0) return rc;
+    int first = -1;
+    for (int i = 0; i < n; i++) { /* accts is in hub_id order */
+        const org_account *a = &accts[i];
+        bool member = false;
+        for (int j = 0; j < n; j++)
+            if (ids[j] == a->hub_id) member = in_org[j];
+        unsigned r = org_eligibility(a, location, member, true) & ORG_INELIGIBLE_ORG02;
+        if (r == 0) continue;
+        if (first < 0) first = cl->n_bad;
+        cl->bad[cl->n_bad++] = (bad_account){a->hub_id, r};
+    }
+    if (first < 0) return 0;
+    unsigned bit = org_first_org02_reason(cl->bad[first].reasons);
+    int code = org_reason_code(bit);
+    return cl_fail(cl, code, "account %" PRIu64 " cannot be in the organization: %s (ORG-02)", cl->bad[first].hub_id,
+                   om_err_message(code));
+}
+
+/* ORG-03: SUPER_ADMIN in each of ids. */
+static int require_super_admin_in(call *cl, pg_conn *tx, const uint64_t *ids, int n) {
+    unsigned roles[ORG_MAX_BATCH + 2];
+    int rc = copies_roles(cl, tx, ids, n, roles);
+    if (rc != 0) return rc;
+    uint64_t lacking[ORG_MAX_BATCH + 2];
+    int nl = 0;
+    for (int i = 0; i < n; i++)
+        if (!(roles[i] & ORG_ROLE_SUPER_ADMIN)) lacking[nl++] = ids[i];
+    if (nl == 0) return 0;
+    char list[512];
+    id_list(list, sizeof list, lacking, nl);
+    return cl_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be SUPER_ADMIN in every account concerned; not in: %s (ORG-03)",
+                   list);
+}
+
+static int etag_matches(call *cl, const char *etag, const org_snapshot *s) {
+    int64_t v;
+    if (etag == NULL || etag[0] == '\0') return 0;
+    if (org_etag_decode(etag, &v) != 0 || v != s->o.version)
+        return cl_fail(cl, OM_E_ETAG_MISMATCH, "organization %s changed since it was read", s->o.id);
+    return 0;
+}
+
+/* The organization, read (FOR UPDATE when `lock`) with its members, in call
+ * memory. */
+static int load_org(call *cl, pg_conn *tx, const char *org_id, bool lock, org_snapshot **out) {
+    org_snapshot *s = rpc_calloc(cl->ctx, 1, sizeof *s);
+    int rc = store_org_get(tx, org_id, lock, &s->o);
+    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "no organization %s", org_id);
+    if (rc == 0) rc = org_snapshot_load(tx, s);
+    *out = s;
+    return rc;
+}
+
+static org_who who_of(call *cl, const char *request_id) {
+    return (org_who){.actor = cl->actor, .rule = NULL, .request_id = request_id, .trace_id = rpc_trace_id(cl->ctx)};
+}
+
+static int audit_join(pg_conn *tx, const org_who *who, const org_snapshot *s, int i) {
+    char resource[96];
+    snprintf(resource, sizeof resource, "organizations/%s/members/%" PRIu64, s->o.id, s->m[i].hub_id);
+    audit_entry e = {.actor = who->actor,
+                     .action = "org.member.add",
+                     .resource = resource,
+                     .after = &s->pm[i].base,
+                     .reason = "JOINED",
+                     .request_id = who->request_id,
+                     .trace_id = who->trace_id};
+    return audit_record(tx, &e);
+}
+
+static int emit_org(pg_conn *tx, const org_who *who, const org_snapshot *s, const ProtobufCMessage *payload) {
+    char subject[64];
+    snprintf(subject, sizeof subject, "organizations/%s", s->o.id);
+    evt_meta meta = {.subject = subject, .version = s->o.version, .actor = who->actor, .trace_id = who->trace_id};
+    return evt_emit(tx, &meta, payload, NULL);
+}
+
+/* ---- ListEligibleAccounts ------------------------------------------------------------------- */
+
+/* ListEligibleAccounts — ORG-05 (ORG-02, ORG-03 reasons; ORG-08 for an organization target). */
+static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const OPB(ListEligibleAccountsRequest) *req = (const void *)req_;
+    OPB(ListEligibleAccountsResponse) *resp = (void *)resp_;
+    const bool by_org = req->target_case == ORGMESH__ORGANIZATIONS__V1__LIST_ELIGIBLE_ACCOUNTS_REQUEST__TARGET_ORGANIZATION_ID;
+    const bool by_ent =
+        req->target_case == ORGMESH__ORGANIZATIONS__V1__LIST_ELIGIBLE_ACCOUNTS_REQUEST__TARGET_ENTERPRISE_HUB_ID;
+    if (!by_org && !by_ent) rpc_violation(ctx, "target", "set enterprise_hub_id or organization_id");
+    if (by_ent) check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
+    if (by_org) check_org_id(ctx, req->organization_id);
+    if (req->filter < 0 || req->filter > 2) rpc_violation(ctx, "filter", "is not a CandidateFilter");
+    int limit = 0;
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
+    const om_actor *actor = rpc_actor(ctx);
+
+    char *scope = rpc_sprintf(ctx, "organizations.ListEligibleAccounts|u=%" PRIu64 "|e=%" PRIu64 "|o=%s|f=%d",
+                              actor->user_id, by_ent ? req->enterprise_hub_id : 0,
+                              by_org ? req->organization_id : "", (int)req->filter);
+    char *cursor = NULL;
+    int rc = page_token_decode(scope, req->page_token, &cursor);
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    uint64_t after = cursor ? strtoull(cursor, NULL, 10) : 0;
+    free(cursor);
+
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    call cl = {.ctx = ctx, .actor = actor};
+    /* Every account the actor is a member of, from the directory itself. */
+    uint64_t *hubs = NULL;
+    unsigned *roles = NULL;
+    int n = 0;
+    if ((rc = fetch_memberships(&cl, c, actor->user_id, &hubs, &roles, &n)) != 0)
+        return rpc_fail(ctx, rc, "the accounts service is unavailable; retry");
+    /* Their copies, fetched when missing (the Enterprise target too). */
+    uint64_t *want = rpc_calloc(ctx, (size_t)n + 1, sizeof *want);
+    if (n > 0) memcpy(want, hubs, (size_t)n * sizeof *hubs);
+    int nw = n;
+    if (by_ent) want[nw++] = req->enterprise_hub_id;
+    org_account *accts = rpc_calloc(ctx, (size_t)nw + 1, sizeof *accts);
+    int got = 0;
+    if ((rc = store_accounts_get(c, want, nw, false, accts, &got)) != 0) return rpc_fail(ctx, rc, NULL);
+    if (got < nw) {
+        uint64_t *missing = rpc_calloc(ctx, (size_t)nw, sizeof *missing);
+        int nm = 0;
+        for (int i = 0; i < nw; i++)
+            if (find_account(accts, got, want[i]) == NULL) missing[nm++] = want[i];
+        if ((rc = fetch_accounts(&cl, c, missing, nm)) != 0)
+            return rpc_fail(ctx, rc, "the accounts service is unavailable; retry");
+        if ((rc = store_accounts_get(c, want, nw, false, accts, &got)) != 0) return rpc_fail(ctx, rc, NULL);
+    }
+
+    const char *location = NULL;
+    char org_id[ORG_ID_LEN] = "";
+    if (by_ent) {
+        const org_account *e = find_account(accts, got, req->enterprise_hub_id);
+        if (e == NULL) return rpc_fail(ctx, OM_E_NOT_FOUND, "no such account: %" PRIu64, req->enterprise_hub_id);
+        bool member = false;
+        for (int i = 0; i < n; i++) member = member || hubs[i] == e->hub_id;
+        if (!member)
+            return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "you are not a member of account %" PRIu64, e->hub_id);
+        if (!e->marketing_enterprise) /* ORG-01 */
+            return rpc_fail(ctx, OM_E_NOT_ENTERPRISE_ACCOUNT,
+                            "account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-01)", e->hub_id);
+        location = e->hosting_location;
+    } else {
+        cl.fetched_memberships = true; /* just fetched */
+        org_snapshot *s = NULL;
+        rc = load_org(&cl, c, req->organization_id, false, &s);
+        if (rc == 0) rc = require_viewer(&cl, c, s); /* ORG-08 */
+        if (rc != 0) return cl.err == rc ? rpc_fail(ctx, rc, "%s", cl.msg) : rpc_fail(ctx, rc, NULL);
+        location = rpc_strdup(ctx, s->o.hosting_location);
+        snprintf(org_id, sizeof org_id, "%s", s->o.id);
+    }
+
+    bool *in_org = rpc_calloc(ctx, (size_t)n + 1, sizeof *in_org);
+    if ((rc = store_accounts_in_orgs(c, hubs, n, in_org)) != 0) return rpc_fail(ctx, rc, NULL);
+
+    resp->candidates = rpc_calloc(ctx, (size_t)limit + 1, sizeof *resp->candidates);
+    uint64_t last = 0;
+    bool more = false;
+    for (int i = 0; i < n; i++) { /* ListMembershipsInternal is ordered by hub_id */
+        if (hubs[i] <= after) continue;
+        const org_account *a = find_account(accts, got, hubs[i]);
+        if (a == NULL) continue; /* deleted since */
+        unsigned reasons = org_eligibility(a, location, in_org[i], (roles[i] & ORG_ROLE_SUPER_ADMIN) != 0);
+        if (req->filter == ORGMESH__ORGANIZATIONS__V1__CANDIDATE_FILTER__CANDIDATE_FILTER_ELIGIBLE && reasons) continue;
+        if (req->filter == ORGMESH__ORGANIZATIONS__V1__CANDIDATE_FILTER__CANDIDATE_FILTER_INELIGIBLE && !reasons) continue;
+        if ((int)resp->n_candidates == limit) {
+            more = true;
+            break;
+        }
+        OPB(AccountCandidate) *cand = rpc_alloc(ctx, sizeof *cand);
+        orgmesh__organizations__v1__account_candidate__init(cand);
+        cand->hub_id = a->hub_id;
+        cand->name = rpc_strdup(ctx, a->name);
+        cand->kind = (APB(AccountKind))a->kind;
+        cand->hosting_location = rpc_strdup(ctx, a->hosting_location);
+        cand->marketing_enterprise = a->marketing_enterprise;
+        cand->eligible = reasons == 0;
+        cand->reasons = rpc_calloc(ctx, ORG_INELIGIBLE_COUNT, sizeof *cand->reasons);
+        for (int b = 0; b < ORG_INELIGIBLE_COUNT; b++) /* ORG-05: all of them */
+            if (reasons & (1u << b)) cand->reasons[cand->n_reasons++] = (OPB(IneligibilityReason))(b + 1);
+        resp->candidates[resp->n_candidates++] = cand;
+        last = a->hub_id;
+    }
+    resp->next_page_token = "";
+    if (more) {
+        char cur[24], *tok = NULL;
+        snprintf(cur, sizeof cur, "%" PRIu64, last);
+        if (page_token_encode(scope, cur, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(ctx, tok);
+            free(tok);
+        }
+    }
+    return 0;
+}
+
+/* ---- CreateOrganization ------------------------------------------------------------------------ */
+
+static int apply_create(call *cl, pg_conn *tx) {
+    const OPB(CreateOrganizationRequest) *req = cl->req;
+    OPB(CreateOrganizationResponse) *resp = (void *)cl->resp;
+    int n = (int)req->n_member_hub_ids + 1;
+    uint64_t ids[ORG_MAX_BATCH + 2];
+    ids[0] = req->enterprise_hub_id;
+    if (req->n_member_hub_ids > 0) memcpy(ids + 1, req->member_hub_ids, req->n_member_hub_ids * sizeof ids[0]);
+    org_account *accts = rpc_calloc(cl->ctx, (size_t)n, sizeof *accts);
+    /* Locked: an account event waits for this transaction, then sees it. */
+    int rc = copies_accounts(cl, tx, ids, n, true, accts);
+    if (rc != 0) return rc;
+    if ((rc = copies_roles(cl, tx, ids, n, (unsigned[ORG_MAX_BATCH + 2]){0})) != 0) return rc;
+    const org_account *ent = find_account(accts, n, req->enterprise_hub_id);
+    if (!ent->marketing_enterprise) /* ORG-01 */
+        return cl_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
+                       "account %" PRIu64 " has no MARKETING ENTERPRISE subscription: create the organization from an"
+                       " Enterprise account (ORG-01)",
+                       ent->hub_id);
+    if ((rc = require_super_admin_in(cl, tx, ids, n)) != 0) return rc;        /* ORG-03 */
+    if ((rc = check_eligible(cl, tx, ids, n, accts, ent->hosting_location)) != 0) return rc; /* ORG-02 */
+
+    org_snapshot *s = rpc_calloc(cl->ctx, 1, sizeof *s);
+    if ((rc = store_org_insert(tx, ent->hub_id, ent->hosting_location, cl->actor->user_id, &s->o)) != 0) return rc;
+    char ack_id[ORG_ID_LEN];
+    /* ORG-06: who, when, which accounts */
+    if ((rc = store_ack_insert(tx, s->o.id, cl->actor->user_id, req->acknowledgement->text_version, ids, n,
+                               "create", ack_id)) != 0)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        rc = store_member_insert(tx, s->o.id, ids[i], i == 0, cl->actor->user_id, ack_id);
+        if (rc == OM_E_ALREADY_IN_ORGANIZATION)
+            return cl_fail(cl, rc, "account %" PRIu64 " is already in an organization (ORG-02)", ids[i]);
+        if (rc != 0) return rc;
+    }
+    if ((rc = org_snapshot_load(tx, s)) != 0) return rc;
+
+    org_who who = who_of(cl, req->request_id);
+    char actor[64];
+    audit_actor_string(cl->actor, NULL, actor, sizeof actor);
+    OPB(OrganizationCreated) ev = ORGMESH__ORGANIZATIONS__V1__ORGANIZATION_CREATED__INIT;
+    ev.organization = &s->pb;
+    ev.acknowledgement = req->acknowledgement;
+    ev.actor = actor;
+    if ((rc = emit_org(tx, &who, s, &ev.base)) != 0) return rc; /* ORG-12 */
+    char resource[64];
+    snprintf(resource, sizeof resource, "organizations/%s", s->o.id);
+    audit_entry e = {.actor = cl->actor,
+                     .action = "org.create",
+                     .resource = resource,
+                     .after = &s->pb.base,
+                     .request_id = req->request_id,
+                     .trace_id = who.trace_id};
+    if ((rc = audit_record(tx, &e)) != 0) return rc;
+    for (int i = 0; i < s->n; i++)
+        if ((rc = audit_join(tx, &who, s, i)) != 0) return rc;
+    resp->organization = &s->pb;
+    return 0;
+}
+
+/* CreateOrganization — ORG-01, ORG-02, ORG-03, ORG-04, ORG-06, ORG-12 (all or nothing). */
+static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const OPB(CreateOrganizationRequest) *req = (const void *)req_;
+    if (req->n_member_hub_ids > ORG_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d accounts per call", ORG_MAX_BATCH);
+    check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
+    check_ids(ctx, "member_hub_ids", req->member_hub_ids, req->n_member_hub_ids, req->enterprise_hub_id,
+              "enterprise_hub_id");
+    check_ack_fields(ctx, req->acknowledgement);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (org_cap_check(1, (int)req->n_member_hub_ids) != 0) /* ORG-01 */
+        return rpc_fail(ctx, OM_E_ORG_ACCOUNT_LIMIT,
+                        "an organization holds at most %d accounts: the Enterprise account and up to %d more; %zu given",
+                        ORG_MAX_ACCOUNTS, ORG_MAX_ACCOUNTS - 1, req->n_member_hub_ids + 1);
+    if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
+    call cl = {.ctx = ctx, .actor = rpc_actor(ctx), .req = req, .resp = resp, .apply = apply_create, .mutation = true};
+    if (require_mfa(&cl) != 0) return OM_E_MFA_REQUIRED;           /* ORG-04 */
+    if (require_ack(ctx, req->acknowledgement) != 0) return OM_E_ACKNOWLEDGEMENT_REQUIRED; /* ORG-06 */
+    return run(&cl, req->request_id);
+}
+
+/* ---- reads ------------------------------------------------------------------------------------------- */
+
+typedef struct read_op {
+    const char *org_id;
+    uint64_t hub_id; /* GetOrganizationByAccount */
+    org_snapshot *s;
+} read_op;
+
+static int apply_read(call *cl, pg_conn *tx) {
+    read_op *op = (void *)cl->req;
+    const char *org_id = op->org_id;
+    char buf[ORG_ID_LEN];
+    if (op->hub_id != 0) {
+        int rc = store_org_of_account(tx, op->hub_id, buf);
+        if (rc == OM_E_NOT_FOUND)
+            return cl_fail(cl, rc, "account %" PRIu64 " is not in an organization", op->hub_id);
+        if (rc != 0) return rc;
+        org_id = buf;
+    }
+    int rc = load_org(cl, tx, org_id, false, &op->s);
+    if (rc != 0) return rc;
+    return require_viewer(cl, tx, op->s); /* ORG-08 */
+}
+
+static int read_org(rpc_ctx *ctx, ProtobufCMessage *resp, read_op *op) {
+    call cl = {.ctx = ctx, .req = op, .resp = resp, .apply = apply_read};
+    return run(&cl, NULL);
+}
+
+/* GetOrganization — ORG-08. */
+static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const OPB(GetOrganizationRequest) *req = (const void *)req_;
+    OPB(GetOrganizationResponse) *resp = (void *)resp_;
+    check_org_id(ctx, req->organization_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    read_op op = {.org_id = req->organization_id};
+    int rc = read_org(ctx, resp_, &op);
+    if (rc == 0) resp->organization = &op.s->pb;
+    return rc;
+}
+
+/* GetOrganizationByAccount — ORG-08. */
+static int h_get_by_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const OPB(GetOrganizationByAccountRequest) *req = (const void *)req_;
+    OPB(GetOrganizationByAccountResponse) *resp = (void *)resp_;
+    check_id(ctx, "hub_id", req->hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    read_op op = {.hub_id = req->hub_id};
+    int rc = read_org(ctx, resp_, &op);
+    if (rc == 0) resp->organization = &op.s->pb;
+    return rc;
+}
+
+/* ListOrgMembers — ORG-08 (paged by position in join order). */
+static int h_list_members(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const OPB(ListOrgMembersRequest) *req = (const void *)req_;
+    OPB(ListOrgMembersResponse) *resp = (void *)resp_;
+    check_org_id(ctx, req->organization_id);
+    int limit = 0;
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    char *scope = rpc_sprintf(ctx, "organizations.ListOrgMembers|%s", req->organization_id);
+    char *cursor = NULL;
+    int rc = page_token_decode(scope, req->page_token, &cursor);
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    int offset = cursor ? atoi(cursor) : 0;
+    free(cursor);
+    read_op op = {.org_id = req->organization_id};
+    if ((rc = read_org(ctx, resp_, &op)) != 0) return rc;
+    resp->members = rpc_calloc(ctx, (size_t)op.s->n + 1, sizeof *resp->members);
+    int i;
+    for (i = offset; i < op.s->n && (int)resp->n_members < limit; i++) resp->members[resp->n_members++] = &op.s->pm[i];
+    resp->next_page_token = "";
+    if (i < op.s->n) {
+        char cur[16], *tok = NULL;
+        snprintf(cur, sizeof cur, "%d", i);
+        if (page_token_encode(scope, cur, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(ctx, tok);
+            free(tok);
+        }
+    }
+    return 0;
+}
+
+/* ListOrganizationHistory — ORG-08, ORG-12. */
+typedef struct hist_ctx {
+    rpc_ctx *ctx;
+    OPB(ListOrganizationHistoryResponse) *resp;
+    int64_t last_id;
+} hist_ctx;
+
+static Google__Protobuf__Any *any_of(rpc_ctx *ctx, const char *type, const uint8_t *data, size_t len) {
+    if (type == NULL || type[0] == '\0') return NULL;
+    Google__Protobuf__Any *a = rpc_alloc(ctx, sizeof *a);
+    google__protobuf__any__init(a);
+    a->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", type);
+    a->value.data = rpc_alloc(ctx, len + 1);
+    if (len) memcpy(a->value.data, data, len);
+    a->value.len = len;
+    return a;
+}
+
+static void hist_row(void *arg, const org_hist_row *r) {
+    hist_ctx *h = arg;
+    rpc_ctx *ctx = h->ctx;
+    Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
+    orgmesh__type__v1__audit_entry__init(e);
+    e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
+    e->actor = rpc_strdup(ctx, r->actor);
+    e->action = rpc_strdup(ctx, r->action);
+    e->resource = rpc_strdup(ctx, r->resource);
+    e->reason = rpc_strdup(ctx, r->reason);
+    e->request_id = rpc_strdup(ctx, r->request_id);
+    e->trace_id = rpc_strdup(ctx, r->trace_id);
+    PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
+    org_timestamp(t, r->time_us);
+    e->time = t;
+    e->before = any_of(ctx, r->before_type, r->before, r->before_len);
+    e->after = any_of(ctx, r->after_type, r->after, r->after_len);
+    h->resp->entries[h->resp->n_entries++] = e;
+    h->last_id = r->id;
+}
+
+static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const OPB(ListOrganizationHistoryRequest) *req = (const void *)req_;
+    OPB(ListOrganizationHistoryResponse) *resp = (void *)resp_;
+    check_org_id(ctx, req->organization_id);
+    int limit = 0;
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    char *scope = rpc_sprintf(ctx, "organizations.ListOrganizationHistory|%s", req->organization_id);
+    char *cursor = NULL;
+    int rc = page_token_decode(scope, req->page_token, &cursor);
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    int64_t before = cursor ? strtoll(cursor, NULL, 10) : 0;
+    free(cursor);
+    read_op op = {.org_id = req->organization_id};
+    if ((rc = read_org(ctx, resp_, &op)) != 0) return rc;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    resp->entries = rpc_calloc(ctx, (size_t)limit + 1, sizeof *resp->entries);
+    hist_ctx h = {.ctx = ctx, .resp = resp};
+    if ((rc = store_history(c, req->organization_id, before, limit, hist_row, &h)) != 0) return rpc_fail(ctx, rc, NULL);
+    resp->next_page_token = "";
+    if ((int)resp->n_entries == limit && h.last_id > 0) {
+        char cur[24], *tok = NULL;
+        snprintf(cur, sizeof cur, "%" PRId64, h.last_id);
+        if (page_token_encode(scope, cur, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(ctx, tok);
+            free(tok);
+        }
+    }
+    return 0;
+}
+
+/* ---- AddOrgMembers ------------------------------------------------------------------------------------- */
+
+static int apply_add(call *cl, pg_conn *tx) {
+    const OPB(AddOrgMembersRequest) *req = cl->req;
+    OPB(AddOrgMembersResponse) *resp = (void *)cl->resp;
+    int n = (int)req->n_hub_ids;
+    org_account *accts = rpc_calloc(cl->ctx, (size_t)n, sizeof *accts);
+    /* The joining accounts' copies first (as the event handler locks them),
+     * then the organization row: the cap is counted under that lock. */
+    int rc = copies_accounts(cl, tx, req->hub_ids, n, true, accts);
+    if (rc != 0) return rc;
+    org_snapshot *s = NULL;
+    if ((rc = load_org(cl, tx, req->organization_id, true, &s)) != 0) return rc;
+    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
+    if ((rc = require_manager(cl, tx, s, req->acting_hub_id)) != 0) return rc;     /* ORG-07 */
+    if ((rc = require_super_admin_in(cl, tx, req->hub_ids, n)) != 0) return rc;    /* ORG-03 */
+    if (org_cap_check(s->n, n) != 0)                                               /* ORG-01 */
+        return cl_fail(cl, OM_E_ORG_ACCOUNT_LIMIT,
+                       "organization %s has %d accounts; adding %d would exceed %d (ORG-01)", s->o.id, s->n, n,
+                       ORG_MAX_ACCOUNTS);
+    if ((rc = check_eligible(cl, tx, req->hub_ids, n, accts, s->o.hosting_location)) != 0) return rc; /* ORG-02 */
+
+    char ack_id[ORG_ID_LEN];
+    if ((rc = store_ack_insert(tx, s->o.id, cl->actor->user_id, req->acknowledgement->text_version, req->hub_ids, n,
+                               "add", ack_id)) != 0) /* ORG-06 */
+        return rc;
+    org_who who = who_of(cl, req->request_id);
+    char actor[64];
+    audit_actor_string(cl->actor, NULL, actor, sizeof actor);
+    for (int i = 0; i < n; i++) {
+        rc = store_member_insert(tx, s->o.id, req->hub_ids[i], false, cl->actor->user_id, ack_id);
+        if (rc == OM_E_ALREADY_IN_ORGANIZATION)
+            return cl_fail(cl, rc, "account %" PRIu64 " is already in an organization (ORG-02)", req->hub_ids[i]);
+        if (rc != 0) return rc;
+        s->o.version++; /* one version per event (SPEC 2) */
+        if ((rc = store_org_set_version(tx, s->o.id, s->o.version, &s->o.update_us)) != 0) return rc;
+        if ((rc = org_snapshot_load(tx, s)) != 0) return rc;
+        int at = member_index(s, req->hub_ids[i]);
+        OPB(OrgMemberAdded) ev = ORGMESH__ORGANIZATIONS__V1__ORG_MEMBER_ADDED__INIT;
+        ev.organization_id = s->o.id;
+        ev.member = &s->pm[at];
+        ev.organization = &s->pb;
+        ev.acknowledgement = req->acknowledgement;
+        ev.actor = actor;
+        if ((rc = emit_org(tx, &who, s, &ev.base)) != 0) return rc; /* ORG-12 */
+        if ((rc = audit_join(tx, &who, s, at)) != 0) return rc;
+    }
+    resp->organization = &s->pb;
+    resp->added = rpc_calloc(cl->ctx, (size_t)n, sizeof *resp->added);
+    for (int i = 0; i < n; i++) {
+        int at = member_index(s, req->hub_ids[i]);
+        if (at >= 0) resp->added[resp->n_added++] = &s->pm[at];
+    }
+    return 0;
+}
+
+/* AddOrgMembers — ORG-01, ORG-02, ORG-03, ORG-04, ORG-06, ORG-07, ORG-12 (all or nothing). */
+static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const OPB(AddOrgMembersRequest) *req = (const void *)req_;
+    if (req->n_hub_ids > ORG_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d accounts per call", ORG_MAX_BATCH);
+    check_org_id(ctx, req->organization_id);
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    if (req->n_hub_ids == 0) rpc_violation(ctx, "hub_ids", "name at least one account to add");
+    check_ids(ctx, "hub_ids", req->hub_ids, req->n_hub_ids, 0, "");
+    check_etag(ctx, req->etag, false);
+    check_ack_fields(ctx, req->acknowledgement);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (org_cap_check(1, (int)req->n_hub_ids) != 0) /* ORG-01: the acting account is already in it */
+        return rpc_fail(ctx, OM_E_ORG_ACCOUNT_LIMIT, "an organization holds at most %d accounts; %zu cannot be added",
+                        ORG_MAX_ACCOUNTS, req->n_hub_ids);
+    if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
+    call cl = {.ctx = ctx, .actor = rpc_actor(ctx), .req = req, .resp = resp, .apply = apply_add, .mutation = true};
+    if (require_mfa(&cl) != 0) return OM_E_MFA_REQUIRED;                                /* ORG-04 */
+    if (require_ack(ctx, req->acknowledgement) != 0) return OM_E_ACKNOWLEDGEMENT_REQUIRED; /* ORG-06 */
+    return run(&cl, req->request_id);
+}
+
+/* ---- RemoveOrgMember ---------------------------------------------------------------------------------- */
+
+static int apply_remove(call *cl, pg_conn *tx) {
+    const OPB(RemoveOrgMemberRequest) *req = cl->req;
+    OPB(RemoveOrgMemberResponse) *resp = (void *)cl->resp;
+    org_snapshot *s = NULL;
+    int rc = load_org(cl, tx, req->organization_id, true, &s);
+    if (rc != 0) return rc;
+    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
+    if ((rc = require_manager(cl, tx, s, req->acting_hub_id)) != 0) return rc; /* ORG-07 */
+    int at = member_index(s, req->hub_id);
+    if (at < 0)
+        return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s", req->hub_id,
+                       s->o.id);
+    bool other_enterprise = false;
+    for (int i = 0; i < s->n; i++)
+        if (i != at && s->m[i].marketing_enterprise) other_enterprise = true;
+    if (!other_enterprise) /* ORG-07 */
+        return cl_fail(cl, OM_E_LAST_ENTERPRISE_ACCOUNT,
+                       "account %" PRIu64 " is the last MARKETING ENTERPRISE account of the organization: delete the"
+                       " organization instead (ORG-07)",
+                       req->hub_id);
+    org_who who = who_of(cl, req->request_id);
+    rc = org_member_leave(tx, s, req->hub_id, ORGMESH__ORGANIZATIONS__V1__DEPARTURE_REASON__DEPARTURE_REASON_REMOVED_BY_ADMIN,
+                          &who, req->reason, ""); /* ORG-11, ORG-12 */
+    if (rc != 0) return rc;
+    resp->organization = &s->pb;
+    return 0;
+}
+
+/* RemoveOrgMember — ORG-07 (LAST_ENTERPRISE_ACCOUNT), ORG-11, ORG-12. */
+static int h_remove(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const OPB(RemoveOrgMemberRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    check_id(ctx, "hub_id", req->hub_id);
+    check_etag(ctx, req->etag, false);
+    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_remove, .mutation = true};
+    return run(&cl, req->request_id);
+}
+
+/* ---- DeleteOrganization -------------------------------------------------------------------------------- */
+
+static int apply_delete(call *cl, pg_conn *tx) {
+    const OPB(DeleteOrganizationRequest) *req = cl->req;
+    org_snapshot *s = NULL;
+    int rc = load_org(cl, tx, req->organization_id, true, &s);
+    if (rc != 0) return rc;
+    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;                 /* ORG-11 */
+    if ((rc = require_manager(cl, tx, s, req->acting_hub_id)) != 0) return rc; /* ORG-07 */
+    org_who who = who_of(cl, req->request_id);
+    return org_delete(tx, s, ORGMESH__ORGANIZATIONS__V1__DELETION_REASON__DELETION_REASON_DELETED_BY_ADMIN, &who,
+                      req->reason); /* ORG-11, ORG-12 */
+}
+
+/* DeleteOrganization — ORG-07, ORG-11 (etag required), ORG-12. */
+static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const OPB(DeleteOrganizationRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    check_etag(ctx, req->etag, true); /* ORG-11 */
+    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_delete, .mutation = true};
+    return run(&cl, req->request_id);
+}
+
+static const rpc_method methods[] = {
+    {"ListEligibleAccounts", h_list_eligible, 0},
+    {"CreateOrganization", h_create, 0},
+    {"GetOrganization", h_get, 0},
+    {"GetOrganizationByAccount", h_get_by_account, 0},
+    {"ListOrgMembers", h_list_members, 0},
+    {"AddOrgMembers", h_add, 0},
+    {"RemoveOrgMember", h_remove, 0},
+    {"DeleteOrganization", h_delete, 0},
+    {"ListOrganizationHistory", h_history, 0},
+    {NULL, NULL, 0},
+};
+
+const rpc_service organizations_service = {&orgmesh__organizations__v1__organizations_service__descriptor, methods};

@@ -1,0 +1,393 @@
+/* organizations_store.c — the SQL of the organizations service (see
+ * organizations_store.h). Parameterised statements only; id lists travel as
+ * one bigint[] parameter. */
+#include "organizations_store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "om_err.h"
+
+/* "{1,2,3}" for a bigint[] parameter, malloc'd. */
+static char *id_array(const uint64_t *ids, int n) {
+    size_t cap = (size_t)n * 21 + 3;
+    char *s = malloc(cap);
+    if (s == NULL) return NULL;
+    size_t at = 0;
+    s[at++] = '{';
+    for (int i = 0; i < n; i++)
+        at += (size_t)snprintf(s + at, cap - at, "%s%" PRIu64, i ? "," : "", ids[i]);
+    s[at++] = '}';
+    s[at] = '\0';
+    return s;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src) { snprintf(dst, cap, "%s", src ? src : ""); }
+
+/* ---- local copies --------------------------------------------------------- */
+
+int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
+    pg_params p = {0};
+    pg_p_u64(&p, a->hub_id);
+    pg_p_str(&p, a->name);
+    pg_p_i64(&p, a->kind);
+    pg_p_str(&p, a->hosting_location);
+    pg_p_i64(&p, a->state);
+    pg_p_bool(&p, a->has_professional);
+    pg_p_bool(&p, a->marketing_enterprise);
+    pg_p_bool(&p, a->deleted);
+    pg_p_i64(&p, a->version);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "INSERT INTO account_copies AS x (hub_id, name, kind, hosting_location, state,"
+                     " has_professional, marketing_enterprise, deleted, version)"
+                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                     " ON CONFLICT (hub_id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,"
+                     " hosting_location = EXCLUDED.hosting_location, state = EXCLUDED.state,"
+                     " has_professional = EXCLUDED.has_professional,"
+                     " marketing_enterprise = EXCLUDED.marketing_enterprise, deleted = EXCLUDED.deleted,"
+                     " version = EXCLUDED.version, update_time = now()"
+                     " WHERE x.version < EXCLUDED.version",
+                     &p, &r);
+    if (rc != 0) return rc;
+    if (applied) *applied = pg_affected(r) > 0;
+    pg_free(r);
+    return 0;
+}
+
+int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_account *out, int *n_out) {
+    *n_out = 0;
+    if (n == 0) return 0;
+    char *arr = id_array(ids, n);
+    if (arr == NULL) return OM_E_NOMEM;
+    pg_params p = {0};
+    pg_p_str(&p, arr);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     lock ? "SELECT hub_id, name, kind, hosting_location, state, has_professional,"
+                            " marketing_enterprise, deleted, version FROM account_copies"
+                            " WHERE hub_id = ANY($1::bigint[]) ORDER BY hub_id FOR UPDATE"
+                          : "SELECT hub_id, name, kind, hosting_location, state, has_professional,"
+                            " marketing_enterprise, deleted, version FROM account_copies"
+                            " WHERE hub_id = ANY($1::bigint[]) ORDER BY hub_id",
+                     &p, &r);
+    free(arr);
+    if (rc != 0) return rc;
+    int rows = pg_nrows(r);
+    for (int i = 0; i < rows && i < n; i++) {
+        org_account *a = &out[i];
+        memset(a, 0, sizeof *a);
+        a->hub_id = pg_u64(r, i, 0);
+        copy_str(a->name, sizeof a->name, pg_str(r, i, 1));
+        a->kind = (int)pg_i64(r, i, 2);
+        copy_str(a->hosting_location, sizeof a->hosting_location, pg_str(r, i, 3));
+        a->state = (int)pg_i64(r, i, 4);
+        a->has_professional = pg_bool(r, i, 5);
+        a->marketing_enterprise = pg_bool(r, i, 6);
+        a->deleted = pg_bool(r, i, 7);
+        a->version = pg_i64(r, i, 8);
+        (*n_out)++;
+    }
+    pg_free(r);
+    return 0;
+}
+
+int store_user_upsert(pg_conn *c, uint64_t user_id, bool two_factor, bool deleted, int64_t version) {
+    pg_params p = {0};
+    pg_p_u64(&p, user_id);
+    pg_p_bool(&p, two_factor);
+    pg_p_bool(&p, deleted);
+    pg_p_i64(&p, version);
+    return pg_exec(c,
+                   "INSERT INTO user_copies AS x (user_id, two_factor_enabled, deleted, version)"
+                   " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET"
+                   " two_factor_enabled = EXCLUDED.two_factor_enabled, deleted = EXCLUDED.deleted,"
+                   " version = EXCLUDED.version, update_time = now() WHERE x.version < EXCLUDED.version",
+                   &p, NULL);
+}
+
+int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted) {
+    pg_params p = {0};
+    pg_p_u64(&p, user_id);
+    pg_res *r = NULL;
+    int rc = pg_exec(c, "SELECT two_factor_enabled, deleted FROM user_copies WHERE user_id = $1", &p, &r);
+    if (rc != 0) return rc;
+    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    else {
+        *two_factor = pg_bool(r, 0, 0);
+        *deleted = pg_bool(r, 0, 1);
+    }
+    pg_free(r);
+    return rc;
+}
+
+int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, bool deleted,
+                            int64_t version) {
+    pg_params p = {0};
+    pg_p_u64(&p, hub_id);
+    pg_p_u64(&p, user_id);
+    pg_p_i64(&p, (int64_t)roles);
+    pg_p_bool(&p, deleted);
+    pg_p_i64(&p, version);
+    return pg_exec(c,
+                   "INSERT INTO membership_copies AS x (hub_id, user_id, roles, deleted, version)"
+                   " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hub_id, user_id) DO UPDATE SET"
+                   " roles = EXCLUDED.roles, deleted = EXCLUDED.deleted, version = EXCLUDED.version,"
+                   " update_time = now() WHERE x.version < EXCLUDED.version",
+                   &p, NULL);
+}
+
+int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
+                          unsigned *roles) {
+    for (int i = 0; i < n; i++) {
+        known[i] = false;
+        roles[i] = 0;
+    }
+    if (n == 0) return 0;
+    char *arr = id_array(hubs, n);
+    if (arr == NULL) return OM_E_NOMEM;
+    pg_params p = {0};
+    pg_p_u64(&p, user_id);
+    pg_p_str(&p, arr);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "SELECT hub_id, roles, deleted FROM membership_copies"
+                     " WHERE user_id = $1 AND hub_id = ANY($2::bigint[])",
+                     &p, &r);
+    free(arr);
+    if (rc != 0) return rc;
+    for (int row = 0; row < pg_nrows(r); row++) {
+        uint64_t hub = pg_u64(r, row, 0);
+        for (int i = 0; i < n; i++)
+            if (hubs[i] == hub) {
+                known[i] = true;
+                roles[i] = pg_bool(r, row, 2) ? 0 : (unsigned)pg_i64(r, row, 1);
+            }
+    }
+    pg_free(r);
+    return 0;
+}
+
+/* ---- organizations ------------------------------------------------------------ */
+
+static void org_from(pg_res *r, int i, org_row *o) {
+    memset(o, 0, sizeof *o);
+    copy_str(o->id, sizeof o->id, pg_str(r, i, 0));
+    o->founding_hub_id = pg_u64(r, i, 1);
+    copy_str(o->hosting_location, sizeof o->hosting_location, pg_str(r, i, 2));
+    o->created_by = pg_u64(r, i, 3);
+    o->version = pg_i64(r, i, 4);
+    o->create_us = pg_time_us(r, i, 5);
+    o->update_us = pg_time_us(r, i, 6);
+}
+
+int store_org_get(pg_conn *c, const char *org_id, bool for_update, org_row *out) {
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     for_update ? "SELECT organization_id::text, founding_hub_id, hosting_location, created_by,"
+                                  " version, create_time, update_time FROM organizations"
+                                  " WHERE organization_id = $1::uuid FOR UPDATE"
+                                : "SELECT organization_id::text, founding_hub_id, hosting_location, created_by,"
+                                  " version, create_time, update_time FROM organizations"
+                                  " WHERE organization_id = $1::uuid",
+                     &p, &r);
+    if (rc != 0) return rc;
+    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    else org_from(r, 0, out);
+    pg_free(r);
+    return rc;
+}
+
+int store_org_of_account(pg_conn *c, uint64_t hub_id, char org_id[ORG_ID_LEN]) {
+    pg_params p = {0};
+    pg_p_u64(&p, hub_id);
+    pg_res *r = NULL;
+    int rc = pg_exec(c, "SELECT organization_id::text FROM org_members WHERE hub_id = $1", &p, &r);
+    if (rc != 0) return rc;
+    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    else copy_str(org_id, ORG_ID_LEN, pg_str(r, 0, 0));
+    pg_free(r);
+    return rc;
+}
+
+int store_org_members(pg_conn *c, const char *org_id, org_member_row *out, int cap, int *n) {
+    *n = 0;
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "SELECT m.hub_id, coalesce(a.name, ''), coalesce(a.marketing_enterprise AND NOT a.deleted,"
+                     " false), m.founding, m.join_time, m.joined_by, m.acknowledgement_id::text"
+                     " FROM org_members m LEFT JOIN account_copies a ON a.hub_id = m.hub_id"
+                     " WHERE m.organization_id = $1::uuid ORDER BY m.join_time, m.hub_id",
+                     &p, &r);
+    if (rc != 0) return rc;
+    for (int i = 0; i < pg_nrows(r) && i < cap; i++) {
+        org_member_row *m = &out[i];
+        memset(m, 0, sizeof *m);
+        m->hub_id = pg_u64(r, i, 0);
+        copy_str(m->name, sizeof m->name, pg_str(r, i, 1));
+        m->marketing_enterprise = pg_bool(r, i, 2);
+        m->founding = pg_bool(r, i, 3);
+        m->join_us = pg_time_us(r, i, 4);
+        m->joined_by = pg_u64(r, i, 5);
+        copy_str(m->ack_id, sizeof m->ack_id, pg_str(r, i, 6));
+        (*n)++;
+    }
+    pg_free(r);
+    return 0;
+}
+
+int store_accounts_in_orgs(pg_conn *c, const uint64_t *ids, int n, bool *in_org) {
+    for (int i = 0; i < n; i++) in_org[i] = false;
+    if (n == 0) return 0;
+    char *arr = id_array(ids, n);
+    if (arr == NULL) return OM_E_NOMEM;
+    pg_params p = {0};
+    pg_p_str(&p, arr);
+    pg_res *r = NULL;
+    int rc = pg_exec(c, "SELECT hub_id FROM org_members WHERE hub_id = ANY($1::bigint[])", &p, &r);
+    free(arr);
+    if (rc != 0) return rc;
+    for (int row = 0; row < pg_nrows(r); row++) {
+        uint64_t hub = pg_u64(r, row, 0);
+        for (int i = 0; i < n; i++)
+            if (ids[i] == hub) in_org[i] = true;
+    }
+    pg_free(r);
+    return 0;
+}
+
+int store_org_insert(pg_conn *c, uint64_t founding_hub_id, const char *location, uint64_t created_by,
+                     org_row *out) {
+    pg_params p = {0};
+    pg_p_u64(&p, founding_hub_id);
+    pg_p_str(&p, location);
+    pg_p_u64(&p, created_by);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "INSERT INTO organizations (founding_hub_id, hosting_location, created_by)"
+                     " VALUES ($1, $2, $3) RETURNING organization_id::text, founding_hub_id,"
+                     " hosting_location, created_by, version, create_time, update_time",
+                     &p, &r);
+    if (rc != 0) return rc;
+    org_from(r, 0, out);
+    pg_free(r);
+    return 0;
+}
+
+int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const char *text_version,
+                     const uint64_t *hubs, int n, const char *action, char id_out[ORG_ID_LEN]) {
+    char *arr = id_array(hubs, n);
+    if (arr == NULL) return OM_E_NOMEM;
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    pg_p_u64(&p, user_id);
+    pg_p_str(&p, text_version);
+    pg_p_str(&p, arr);
+    pg_p_str(&p, action);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "INSERT INTO acknowledgements (organization_id, user_id, text_version, hub_ids, action)"
+                     " VALUES ($1::uuid, $2, $3, $4::bigint[], $5) RETURNING acknowledgement_id::text",
+                     &p, &r);
+    free(arr);
+    if (rc != 0) return rc;
+    copy_str(id_out, ORG_ID_LEN, pg_str(r, 0, 0));
+    pg_free(r);
+    return 0;
+}
+
+int store_member_insert(pg_conn *c, const char *org_id, uint64_t hub_id, bool founding, uint64_t by,
+                        const char *ack_id) {
+    pg_params p = {0};
+    pg_p_u64(&p, hub_id);
+    pg_p_str(&p, org_id);
+    pg_p_bool(&p, founding);
+    pg_p_u64(&p, by);
+    pg_p_str(&p, ack_id);
+    int rc = pg_exec(c,
+                     "INSERT INTO org_members (hub_id, organization_id, founding, joined_by, acknowledgement_id)"
+                     " VALUES ($1, $2::uuid, $3, $4, $5::uuid)",
+                     &p, NULL);
+    if (rc == OM_E_INTERNAL && strcmp(pg_sqlstate(c), "23505") == 0) return OM_E_ALREADY_IN_ORGANIZATION;
+    return rc;
+}
+
+int store_member_delete(pg_conn *c, const char *org_id, uint64_t hub_id) {
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    pg_p_u64(&p, hub_id);
+    pg_res *r = NULL;
+    int rc = pg_exec(c, "DELETE FROM org_members WHERE organization_id = $1::uuid AND hub_id = $2", &p, &r);
+    if (rc != 0) return rc;
+    if (pg_affected(r) == 0) rc = OM_E_NOT_FOUND;
+    pg_free(r);
+    return rc;
+}
+
+int store_org_set_version(pg_conn *c, const char *org_id, int64_t version, int64_t *update_us) {
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    pg_p_i64(&p, version);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "UPDATE organizations SET version = $2, update_time = now()"
+                     " WHERE organization_id = $1::uuid RETURNING update_time",
+                     &p, &r);
+    if (rc != 0) return rc;
+    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    else if (update_us) *update_us = pg_time_us(r, 0, 0);
+    pg_free(r);
+    return rc;
+}
+
+int store_org_delete(pg_conn *c, const char *org_id) {
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    return pg_exec(c, "DELETE FROM organizations WHERE organization_id = $1::uuid", &p, NULL);
+}
+
+/* ---- history ------------------------------------------------------------------------ */
+
+int store_history(pg_conn *c, const char *org_id, int64_t before_id, int limit,
+                  void (*fn)(void *arg, const org_hist_row *row), void *arg) {
+    char resource[64], prefix[64];
+    snprintf(resource, sizeof resource, "organizations/%s", org_id);
+    snprintf(prefix, sizeof prefix, "organizations/%s/", org_id);
+    pg_params p = {0};
+    pg_p_str(&p, resource);
+    pg_p_str(&p, prefix);
+    pg_p_i64(&p, before_id);
+    pg_p_i64(&p, limit);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "SELECT id, at, actor, action, resource, coalesce(reason, ''), coalesce(request_id, ''),"
+                     " coalesce(trace_id, ''), coalesce(before_type, ''), before, coalesce(after_type, ''), after"
+                     " FROM audit WHERE (resource = $1 OR starts_with(resource, $2))"
+                     " AND ($3 = 0 OR id < $3) ORDER BY id DESC LIMIT $4",
+                     &p, &r);
+    if (rc != 0) return rc;
+    for (int i = 0; i < pg_nrows(r); i++) {
+        org_hist_row h = {0};
+        h.id = pg_i64(r, i, 0);
+        h.time_us = pg_time_us(r, i, 1);
+        h.actor = pg_str(r, i, 2);
+        h.action = pg_str(r, i, 3);
+        h.resource = pg_str(r, i, 4);
+        h.reason = pg_str(r, i, 5);
+        h.request_id = pg_str(r, i, 6);
+        h.trace_id = pg_str(r, i, 7);
+        h.before_type = pg_str(r, i, 8);
+        h.before = pg_isnull(r, i, 9) ? NULL : pg_bytes(r, i, 9, &h.before_len);
+        h.after_type = pg_str(r, i, 10);
+        h.after = pg_isnull(r, i, 11) ? NULL : pg_bytes(r, i, 11, &h.after_len);
+        fn(arg, &h);
+    }
+    pg_free(r);
+    return 0;
+}
