@@ -1,0 +1,119 @@
+/* partners.h — what the partners service's files share: configuration, the
+ * local copies fetched from accounts, protobuf conversions, the events it
+ * emits, the PART-09 cascade and the accounts-side link sync. */
+#ifndef PARTNERS_H
+#define PARTNERS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "auth.h"
+#include "evt.h"
+#include "orgmesh/accounts/v1/accounts.pb-c.h"
+#include "orgmesh/partners/v1/events.pb-c.h"
+#include "orgmesh/partners/v1/partners.pb-c.h"
+#include "partners_rules.h"
+#include "partners_store.h"
+#include "rpc.h"
+
+#define PB(x) Orgmesh__Partners__V1__##x
+
+typedef struct partners_config {
+    int64_t request_ttl_s;     /* PART-05 expiry, ORGMESH_PARTNERS_REQUEST_TTL_S */
+    int64_t resend_interval_s; /* PART-04, ORGMESH_PARTNERS_RESEND_INTERVAL_S */
+    int timer_ms;              /* expiry and sync loop, ORGMESH_PARTNERS_TIMER_MS */
+    const char *token_key;     /* PART-04 link tokens, ORGMESH_PARTNERS_TOKEN_KEY */
+} partners_config;
+extern partners_config partners_cfg;
+
+extern const rpc_service partners_service;
+extern const rpc_service partners_internal_service;
+int partners_init(void);
+void partners_fini(void);
+
+/* Memory for code outside a call (event handlers, timers): freed at once. */
+typedef struct pa_arena {
+    void *blocks;
+} pa_arena;
+void *pa_arena_alloc(void *arena, size_t n);
+void pa_arena_free(pa_arena *a);
+
+/* Who acted: a user or service (actor) or an automatic rule. */
+typedef struct pa_who {
+    const om_actor *actor;
+    const char *rule;       /* e.g. "PART-09" */
+    const char *trace_id;   /* may be NULL */
+    const char *request_id; /* may be NULL */
+} pa_who;
+/* "user:<id>", "service:<name>" or "rule:<ID>". */
+const char *pa_who_string(const pa_who *w, ps_mem *m);
+/* The reverse, for stored actor strings; buf holds a parsed actor. */
+void pa_who_parse(const char *s, om_actor *buf, pa_who *out);
+
+/* ---- local copies (partners_events.c) ------------------------------------- */
+
+/* The local copy, fetched from accounts when missing. NOT_FOUND when accounts
+ * does not know it either (memberships: a tombstone is returned instead, with
+ * present = false). OM_E_UNAVAILABLE when accounts cannot be reached. */
+int pa_ensure_account(pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out);
+int pa_ensure_user(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out);
+int pa_ensure_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out);
+/* Re-reads one membership from accounts (fresh, for decisions that create
+ * access: PART-04 "already a member"). */
+int pa_refresh_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out);
+
+/* The accounts side of an assignment (see the migration): if link_sync is
+ * set, makes the accounts call with the row locked and clears it. 0 when done
+ * (or nothing to do), else the accounts error (left for the sync loop). */
+int pa_link_sync(pg_conn *c, const char *assignment_id);
+/* One round of the background work (main.c's timer): due link syncs and
+ * PART-05 expiries. Returns how many rows were handled. */
+int pa_sync_round(pg_conn *c, int limit);
+int pa_expire_round(pg_conn *c, int limit);
+
+/* A call to AccountsInternalService with this service's own identity
+ * (SPEC 8). `method` is the RPC name, e.g. "SetPartnerEmployee". */
+int pa_accounts_call(const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+                     ProtobufCMessage **resp, rpc_status *st);
+void pa_membership_from_pb(const Orgmesh__Accounts__V1__Membership *p, ps_membership *out);
+
+/* The accounts event consumer (PART-05 direct add, PART-08, PART-09). */
+int pa_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg);
+
+/* ---- conversions and events (partners_rpc.c) --------------------------------- */
+
+PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a);
+PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a);
+
+typedef enum {
+    PA_EV_REQUESTED,
+    PA_EV_RESENT,
+    PA_EV_APPROVED,
+    PA_EV_DECLINED,
+    PA_EV_EXPIRED,
+    PA_EV_CANCELLED,
+    PA_EV_REVOKED,
+    PA_EV_ACTIVATED,
+} pa_event_kind;
+/* Emits the event about assignment `a` (after the change) in tx, plus the
+ * audit entry of the change. */
+int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
+            bool membership_removed);
+
+/* PART-09: ends every open assignment of an employee of a partner inside tx:
+ * PENDING -> CANCELLED, ACTIVE -> REVOKED (the partner-linked membership is
+ * removed by the link sync, after commit). Emits EmployeeUntagged. */
+int pa_cascade(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, part_cause cause,
+               int *cancelled, int *revoked);
+
+/* Ends one open assignment (PENDING -> CANCELLED, ACTIVE -> REVOKED with
+ * the link sync to follow). *revoked tells which. */
+int pa_end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
+                      const char *reason, bool *revoked);
+
+/* PART-05: the client added the employee itself while the request was
+ * pending: ACTIVE, CLIENT_ADDED_MEMBER; the membership is adopted by the
+ * link sync. */
+int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a);
+
+#endif

@@ -1,0 +1,1967 @@
+/* partners_rpc.c — the handlers of PartnersService and PartnersInternalService
+ * (SPEC 6), plus the protobuf conversions, the events every path emits and
+ * the PART-09 cascade they share. Rules are in partners_rules.c, SQL in
+ * partners_store.c, the accounts side in partners_events.c. Every mutation
+ * runs in one transaction: request id, change, audit entry and events. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit.h"
+#include "config.h"
+#include "idem.h"
+#include "log.h"
+#include "om_err.h"
+#include "orgmesh/type/v1/audit.pb-c.h"
+#include "page.h"
+#include "partners.h"
+
+typedef Google__Protobuf__Timestamp PbTimestamp;
+
+_Static_assert((int)ORGMESH__PARTNERS__V1__ASSIGNMENT_STATE__ASSIGNMENT_STATE_REVOKED == PART_ST_REVOKED, "state");
+_Static_assert((int)ORGMESH__PARTNERS__V1__ASSIGNMENT_CHANGE_CAUSE__ASSIGNMENT_CHANGE_CAUSE_CLIENT_ACCOUNT_DELETED ==
+                   PART_CAUSE_CLIENT_ACCOUNT_DELETED,
+               "cause");
+
+#define MAX_REASON_CHARS 1000
+#define MAX_QUERY_CHARS 256
+
+partners_config partners_cfg = {PART_DEFAULT_REQUEST_TTL_S, PART_DEFAULT_RESEND_INTERVAL_S, 1000, ""};
+
+int partners_init(void) {
+    partners_cfg.request_ttl_s =
+        cfg_int("ORGMESH_PARTNERS_REQUEST_TTL_S", PART_DEFAULT_REQUEST_TTL_S, 1, 365LL * 24 * 3600);
+    partners_cfg.resend_interval_s =
+        cfg_int("ORGMESH_PARTNERS_RESEND_INTERVAL_S", PART_DEFAULT_RESEND_INTERVAL_S, 0, 30LL * 24 * 3600);
+    partners_cfg.timer_ms = (int)cfg_int("ORGMESH_PARTNERS_TIMER_MS", 1000, 10, 600000);
+    /* Link tokens must verify on every replica: one key for all of them. */
+    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", "orgmesh-partners-development-token-key");
+    return 0;
+}
+
+/* ---- memory ------------------------------------------------------------------- */
+
+struct pa_block {
+    struct pa_block *next;
+    max_align_t data[];
+};
+
+void *pa_arena_alloc(void *arena, size_t n) {
+    pa_arena *a = arena;
+    struct pa_block *b = calloc(1, sizeof *b + n + 1);
+    if (b == NULL) abort(); /* small blocks: out of memory is fatal here */
+    b->next = a->blocks;
+    a->blocks = b;
+    return b->data;
+}
+
+void pa_arena_free(pa_arena *a) {
+    struct pa_block *b = a->blocks;
+    while (b != NULL) {
+        struct pa_block *n = b->next;
+        free(b);
+        b = n;
+    }
+    a->blocks = NULL;
+}
+
+static void *call_alloc(void *ud, size_t n) { return rpc_calloc(ud, 1, n); }
+static ps_mem call_mem(rpc_ctx *ctx) { return (ps_mem){call_alloc, ctx}; }
+
+static char *m_strdup(ps_mem *m, const char *s) {
+    if (s == NULL) s = "";
+    size_t n = strlen(s);
+    char *p = m->alloc(m->ud, n + 1);
+    memcpy(p, s, n + 1);
+    return p;
+}
+
+static char *m_sprintf(ps_mem *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *m_sprintf(ps_mem *m, const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return m_strdup(m, buf);
+}
+
+const char *pa_who_string(const pa_who *w, ps_mem *m) {
+    char buf[64];
+    audit_actor_string(w->actor, w->rule, buf, sizeof buf);
+    return m_strdup(m, buf);
+}
+
+void pa_who_parse(const char *s, om_actor *buf, pa_who *out) {
+    memset(out, 0, sizeof *out);
+    memset(buf, 0, sizeof *buf);
+    if (s == NULL) return;
+    if (strncmp(s, "user:", 5) == 0) {
+        buf->user_id = strtoull(s + 5, NULL, 10);
+        out->actor = buf;
+    } else if (strncmp(s, "service:", 8) == 0) {
+        snprintf(buf->service, sizeof buf->service, "%s", s + 8);
+        out->actor = buf;
+    } else if (strncmp(s, "rule:", 5) == 0) {
+        out->rule = s + 5;
+    }
+}
+
+/* ---- conversions ------------------------------------------------------------------ */
+
+static PbTimestamp *ts(ps_mem *m, int64_t us) {
+    if (us == 0) return NULL;
+    PbTimestamp *t = m->alloc(m->ud, sizeof *t);
+    google__protobuf__timestamp__init(t);
+    int64_t s = us / 1000000, r = us % 1000000;
+    if (r < 0) {
+        s -= 1;
+        r += 1000000;
+    }
+    t->seconds = s;
+    t->nanos = (int32_t)(r * 1000);
+    return t;
+}
+
+static int64_t ts_us(const PbTimestamp *t) { return t == NULL ? 0 : t->seconds * 1000000 + t->nanos / 1000; }
+
+static char *etag(ps_mem *m, int64_t version) { return m_sprintf(m, "W/\"%" PRId64 "\"", version); }
+
+PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a) {
+    PB(Assignment) *p = m->alloc(m->ud, sizeof *p);
+    orgmesh__partners__v1__assignment__init(p);
+    p->assignment_id = m_strdup(m, a->id);
+    p->partner_hub_id = a->partner_hub_id;
+    p->partner_name = m_strdup(m, a->partner_name);
+    p->employee_user_id = a->employee_user_id;
+    p->employee_email = m_strdup(m, a->employee_email);
+    p->employee_display_name = m_strdup(m, a->employee_name);
+    p->client_hub_id = a->client_hub_id;
+    p->client_name = m_strdup(m, a->client_name);
+    p->state = (PB(AssignmentState))a->state;
+    p->state_cause = (PB(AssignmentChangeCause))a->cause;
+    p->access_request_id = m_strdup(m, a->request_id);
+    p->assigned_by_user_id = a->assigned_by;
+    p->last_activity_time = ts(m, a->last_activity_us);
+    p->activity_count_30d = a->activity_30d;
+    p->version = a->version;
+    p->etag = etag(m, a->version);
+    p->create_time = ts(m, a->create_us);
+    p->activate_time = ts(m, a->activate_us);
+    p->end_time = ts(m, a->end_us);
+    p->update_time = ts(m, a->update_us);
+    return p;
+}
+
+PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a) {
+    if (a->request_id[0] == '\0') return NULL;
+    PB(AccessRequest) *p = m->alloc(m->ud, sizeof *p);
+    orgmesh__partners__v1__access_request__init(p);
+    p->access_request_id = m_strdup(m, a->request_id);
+    p->assignment_id = m_strdup(m, a->id);
+    p->partner_hub_id = a->partner_hub_id;
+    p->partner_name = m_strdup(m, a->partner_name);
+    p->employee_user_id = a->employee_user_id;
+    p->employee_email = m_strdup(m, a->employee_email);
+    p->employee_display_name = m_strdup(m, a->employee_name);
+    p->client_hub_id = a->client_hub_id;
+    p->client_name = m_strdup(m, a->client_name);
+    p->state = (PB(AssignmentState))a->state;
+    p->state_cause = (PB(AssignmentChangeCause))a->cause;
+    p->requested_by_user_id = a->assigned_by;
+    p->expire_time = ts(m, a->expire_us);
+    p->send_count = a->send_count;
+    p->last_send_time = ts(m, a->last_send_us);
+    if (a->state == PART_ST_PENDING && a->last_send_us != 0)
+        p->next_resend_time = ts(m, a->last_send_us + partners_cfg.resend_interval_s * 1000000);
+    p->answered_by_user_id = a->answered_by;
+    p->answer_time = ts(m, a->answer_us);
+    p->answer_reason = m_strdup(m, a->answer_reason);
+    p->version = a->version;
+    p->etag = etag(m, a->version);
+    p->create_time = ts(m, a->create_us);
+    return p;
+}
+
+static PB(PartnerEmployee) *employee_pb(ps_mem *m, uint64_t partner, const ps_employee *e) {
+    PB(PartnerEmployee) *p = m->alloc(m->ud, sizeof *p);
+    orgmesh__partners__v1__partner_employee__init(p);
+    p->partner_hub_id = partner;
+    p->user_id = e->user_id;
+    p->email = m_strdup(m, e->email);
+    p->display_name = m_strdup(m, e->display_name);
+    p->client_count = e->client_count;
+    p->pending_request_count = e->pending_count;
+    p->last_activity_time = ts(m, e->last_activity_us);
+    p->tag_time = ts(m, e->tag_us);
+    p->tagged_by_user_id = e->tagged_by;
+    return p;
+}
+
+static PB(PartnerClient) *client_pb(ps_mem *m, uint64_t partner, const ps_client *c) {
+    PB(PartnerClient) *p = m->alloc(m->ud, sizeof *p);
+    orgmesh__partners__v1__partner_client__init(p);
+    p->partner_hub_id = partner;
+    p->client_hub_id = c->client_hub_id;
+    p->client_name = m_strdup(m, c->name);
+    p->source = (PB(ClientSource))c->source;
+    p->active_employee_count = c->active_count;
+    p->add_time = ts(m, c->add_us);
+    return p;
+}
+
+static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char *field, const char *fmt, ...) {
+    char buf[512];
+    Orgmesh__Type__V1__ItemError *e = m->alloc(m->ud, sizeof *e);
+    orgmesh__type__v1__item_error__init(e);
+    e->code = (int32_t)om_err_status(code);
+    e->reason = m_strdup(m, om_err_name(code));
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        e->message = m_strdup(m, buf);
+    } else {
+        e->message = m_strdup(m, om_err_message(code));
+    }
+    e->field = m_strdup(m, field);
+    return e;
+}
+
+/* PART-06: the error the second partner gets, naming the employee and the
+ * three ways out. */
+static Orgmesh__Type__V1__ItemError *conflict_error(ps_mem *m, const char *field, const char *name) {
+    char title[300];
+    Orgmesh__Type__V1__ItemError *e = item_error(m, OM_E_EMAIL_CONNECTED_TO_OTHER_PARTNER, field, "%s",
+                                                 PART_CONFLICT_MESSAGE);
+    part_conflict_title(name, title, sizeof title);
+    e->title = m_strdup(m, title);
+    e->n_resolutions = 3;
+    e->resolutions = m->alloc(m->ud, 3 * sizeof *e->resolutions);
+    for (int i = 0; i < 3; i++) e->resolutions[i] = m_strdup(m, part_conflict_resolutions[i]);
+    return e;
+}
+
+/* ---- events and audit ---------------------------------------------------------------- */
+
+static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
+                      const ProtobufCMessage *payload) {
+    evt_meta meta = {.subject = subject, .version = version, .actor = w->actor, .rule = w->rule,
+                     .trace_id = w->trace_id};
+    return evt_emit(tx, &meta, payload, NULL);
+}
+
+static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *action,
+                 const ProtobufCMessage *after, const char *reason) {
+    char resource[48];
+    snprintf(resource, sizeof resource, "partners/%" PRIu64, partner);
+    audit_entry e = {
+        .actor = w->actor,
+        .rule = w->rule,
+        .action = action,
+        .resource = resource,
+        .after = after,
+        .reason = reason && reason[0] ? reason : NULL,
+        .request_id = w->request_id && w->request_id[0] ? w->request_id : NULL,
+        .trace_id = w->trace_id,
+    };
+    return audit_record(tx, &e);
+}
+
+int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
+            bool membership_removed) {
+    char subject[96];
+    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/assignments/%s", a->partner_hub_id, a->id);
+    const char *actor = pa_who_string(w, m);
+    PB(Assignment) *asg = pa_assignment_pb(m, a);
+    PB(AccessRequest) *req = pa_request_pb(m, a);
+    PB(AssignmentChangeCause) cause = (PB(AssignmentChangeCause))a->cause;
+    const char *action = "assignment.update";
+    int rc;
+    switch (kind) {
+    case PA_EV_REQUESTED: {
+        PB(AccessRequested) e;
+        orgmesh__partners__v1__access_requested__init(&e);
+        e.access_request = req;
+        e.actor = (char *)actor;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "access_request.create";
+        break;
+    }
+    case PA_EV_RESENT: {
+        PB(AccessRequestResent) e;
+        orgmesh__partners__v1__access_request_resent__init(&e);
+        e.access_request = req;
+        e.actor = (char *)actor;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "access_request.resend";
+        break;
+    }
+    case PA_EV_APPROVED: {
+        PB(AccessApproved) e;
+        orgmesh__partners__v1__access_approved__init(&e);
+        e.access_request = req;
+        e.assignment = asg;
+        e.cause = cause;
+        e.actor = (char *)actor;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "access_request.approve";
+        break;
+    }
+    case PA_EV_DECLINED: {
+        PB(AccessDeclined) e;
+        orgmesh__partners__v1__access_declined__init(&e);
+        e.access_request = req;
+        e.actor = (char *)actor;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "access_request.decline";
+        break;
+    }
+    case PA_EV_EXPIRED: {
+        PB(AccessRequestExpired) e;
+        orgmesh__partners__v1__access_request_expired__init(&e);
+        e.access_request = req;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "access_request.expire";
+        break;
+    }
+    case PA_EV_CANCELLED: {
+        PB(AccessRequestCancelled) e;
+        orgmesh__partners__v1__access_request_cancelled__init(&e);
+        e.access_request = req;
+        e.cause = cause;
+        e.actor = (char *)actor;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "access_request.cancel";
+        break;
+    }
+    case PA_EV_REVOKED: {
+        PB(AccessRevoked) e;
+        orgmesh__partners__v1__access_revoked__init(&e);
+        e.assignment = asg;
+        e.cause = cause;
+        e.actor = (char *)actor;
+        e.membership_removed = membership_removed;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "assignment.revoke";
+        break;
+    }
+    case PA_EV_ACTIVATED:
+    default: {
+        PB(AssignmentActivated) e;
+        orgmesh__partners__v1__assignment_activated__init(&e);
+        e.assignment = asg;
+        e.cause = cause;
+        e.actor = (char *)actor;
+        rc = emit_event(tx, w, subject, a->version, &e.base);
+        action = "assignment.activate";
+        break;
+    }
+    }
+    if (rc != 0) return rc;
+    return audit(tx, w, a->partner_hub_id, action, &asg->base, a->answer_reason);
+}
+
+static int emit_client_added(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t client) {
+    ps_client cl;
+    ps_account pa;
+    int rc = ps_client_get(tx, partner, client, m, &cl);
+    if (rc != 0) return rc;
+    if (ps_account_get(tx, partner, m, &pa) != 0) pa.name = "";
+    char subject[96];
+    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/clients/%" PRIu64, partner, client);
+    PB(ClientAdded) e;
+    orgmesh__partners__v1__client_added__init(&e);
+    e.client = client_pb(m, partner, &cl);
+    e.partner_name = m_strdup(m, pa.name);
+    e.actor = (char *)pa_who_string(w, m);
+    if ((rc = emit_event(tx, w, subject, 1, &e.base)) != 0) return rc;
+    return audit(tx, w, partner, "client.add", &e.client->base, NULL);
+}
+
+static int emit_employee(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, int64_t version,
+                         bool tagged, part_cause cause, int cancelled, int revoked) {
+    ps_employee emp;
+    ps_account pa;
+    ps_user u;
+    int rc = ps_employee_get(tx, partner, user, m, &emp);
+    if (rc == OM_E_NOT_FOUND) {
+        memset(&emp, 0, sizeof emp);
+        emp.user_id = user;
+        if (ps_user_get(tx, user, m, &u) == 0) {
+            emp.email = u.email;
+            emp.display_name = u.display_name;
+        } else {
+            emp.email = emp.display_name = "";
+        }
+    } else if (rc != 0) {
+        return rc;
+    }
+    if (ps_account_get(tx, partner, m, &pa) != 0) pa.name = "";
+    char subject[96];
+    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/employees/%" PRIu64, partner, user);
+    PB(PartnerEmployee) *pe = employee_pb(m, partner, &emp);
+    if (tagged) {
+        PB(EmployeeTagged) e;
+        orgmesh__partners__v1__employee_tagged__init(&e);
+        e.employee = pe;
+        e.partner_name = m_strdup(m, pa.name);
+        e.actor = (char *)pa_who_string(w, m);
+        rc = emit_event(tx, w, subject, version, &e.base);
+        return rc != 0 ? rc : audit(tx, w, partner, "employee.tag", &pe->base, NULL);
+    }
+    PB(EmployeeUntagged) e;
+    orgmesh__partners__v1__employee_untagged__init(&e);
+    e.employee = pe;
+    e.partner_name = m_strdup(m, pa.name);
+    e.cause = (PB(AssignmentChangeCause))cause;
+    e.actor = (char *)pa_who_string(w, m);
+    e.cancelled_request_count = cancelled;
+    e.revoked_assignment_count = revoked;
+    rc = emit_event(tx, w, subject, version, &e.base);
+    return rc != 0 ? rc : audit(tx, w, partner, "employee.untag", &pe->base, NULL);
+}
+
+/* ---- shared state changes ---------------------------------------------------------------- */
+
+/* Ends one open assignment: PENDING -> CANCELLED, ACTIVE -> REVOKED with the
+ * accounts side to undo (link_sync; AccessRevoked follows from the sync,
+ * which knows whether the membership went). */
+static int end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
+                          const char *reason, bool *revoked) {
+    *revoked = false;
+    if (a->state == PART_ST_PENDING) {
+        a->state = PART_ST_CANCELLED;
+        a->cause = cause;
+        a->answer_reason = reason ? reason : "";
+        a->end_actor = pa_who_string(w, m);
+        int rc = ps_asg_save(tx, a, m);
+        return rc != 0 ? rc : pa_emit(tx, m, w, PA_EV_CANCELLED, a, false);
+    }
+    if (a->state == PART_ST_ACTIVE) {
+        a->state = PART_ST_REVOKED;
+        a->cause = cause;
+        a->answer_reason = reason ? reason : a->answer_reason;
+        a->end_actor = pa_who_string(w, m);
+        a->link_sync = true;
+        *revoked = true;
+        return ps_asg_save(tx, a, m);
+    }
+    return 0;
+}
+
+int pa_end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
+                      const char *reason, bool *revoked) {
+    return end_assignment(tx, m, w, a, cause, reason, revoked);
+}
+
+int pa_cascade(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, part_cause cause,
+               int *cancelled, int *revoked) {
+    char(*ids)[40] = NULL;
+    int n = 0;
+    *cancelled = *revoked = 0;
+    /* PART-09: every open assignment, each re-read under its lock so that an
+     * approval committed meanwhile is revoked rather than missed. */
+    int rc = ps_asg_open_ids(tx, partner, user, m, &ids, &n);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        ps_assignment a;
+        bool rev = false;
+        if ((rc = ps_asg_get(tx, ids[i], true, m, &a)) != 0) break;
+        int before = a.state;
+        if ((rc = end_assignment(tx, m, w, &a, cause, NULL, &rev)) != 0) break;
+        if (before == PART_ST_PENDING) (*cancelled)++;
+        if (rev) (*revoked)++;
+    }
+    if (rc != 0) return rc;
+    ps_membership mb;
+    int64_t version = 0;
+    if (ps_membership_get(tx, partner, user, 0, m, &mb) == 0) version = mb.version;
+    if ((rc = ps_tag_forget(tx, partner, user)) != 0) return rc;
+    return emit_employee(tx, m, w, partner, user, version, false, cause, *cancelled, *revoked);
+}
+
+int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a) {
+    /* PART-05: the client added the employee while the request was pending */
+    a->state = PART_ST_ACTIVE;
+    a->cause = PART_CAUSE_CLIENT_ADDED_MEMBER;
+    a->answered_by = w->actor ? w->actor->user_id : 0;
+    a->link_sync = true;
+    a->link_adopt = true; /* the membership exists because of the request */
+    a->link_actor = w->actor && w->actor->user_id ? pa_who_string(w, m) : "";
+    int rc = ps_asg_save(tx, a, m);
+    if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_APPROVED, a, false);
+    /* each event carries a version of its own (SPEC 2) */
+    if (rc == 0) rc = ps_asg_save(tx, a, m);
+    if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_ACTIVATED, a, false);
+    return rc;
+}
+
+/* ---- handler helpers -------------------------------------------------------------------- */
+
+static pg_conn *db(rpc_ctx *ctx) {
+    pg_conn *c = pg_local();
+    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the partners database is unreachable");
+    return c;
+}
+
+static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
+    if (id == 0)
+        rpc_violation(ctx, field, "must be set");
+    else if (!pg_id_valid(id))
+        rpc_violation(ctx, field, "is out of range");
+}
+
+static long utf8_len(const char *s) {
+    long n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; p && *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) return -1;
+        if ((*p & 0xc0) != 0x80) n++;
+    }
+    return n;
+}
+
+static void check_text(rpc_ctx *ctx, const char *field, const char *s, long max) {
+    long n = utf8_len(s);
+    if (n < 0)
+        rpc_violation(ctx, field, "must not contain control characters");
+    else if (n > max)
+        rpc_violation(ctx, field, "must be at most %ld characters", max);
+}
+
+/* A failed step: the code with a message, logged when it is unexpected. */
+static int fail(rpc_ctx *ctx, int rc, const char *what) {
+    if (rc == OM_E_INTERNAL) log_error("partners: %s: SQL %s", what, pg_errmsg(pg_local()));
+    if (rc == OM_E_NOT_FOUND) return rpc_fail(ctx, rc, "%s does not exist", what);
+    return rpc_fail(ctx, rc, NULL);
+}
+
+static uint64_t caller_id(rpc_ctx *ctx) {
+    const om_actor *a = rpc_actor(ctx);
+    return a ? a->user_id : 0;
+}
+
+/* SPEC 6 "partner manager" of `partner` (PART-01, PART-03, PART-10 ...). */
+static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_account *acct) {
+    ps_mem m = call_mem(ctx);
+    ps_account buf;
+    ps_membership mb;
+    if (acct == NULL) acct = &buf;
+    int rc = pa_ensure_account(c, partner, &m, acct);
+    if (rc == 0 && acct->deleted) rc = OM_E_NOT_FOUND;
+    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "account %" PRIu64 " does not exist", partner)
+                                             : fail(ctx, rc, "partner account");
+    if (acct->kind != PART_KIND_PARTNER)
+        return rpc_fail(ctx, OM_E_NOT_PARTNER_ACCOUNT, "account %" PRIu64 " is not a PARTNER account", partner);
+    uint64_t me = caller_id(ctx);
+    bool member = false;
+    unsigned roles = 0;
+    if (me != 0) {
+        rc = pa_ensure_membership(c, partner, me, &m, &mb);
+        if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+        member = rc == 0 && mb.present;
+        roles = member ? mb.roles : 0;
+    }
+    if ((rc = part_rule_partner_manager(acct->kind, member, roles)) != 0)
+        return rpc_fail(ctx, rc, "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the partner account may do this");
+    return 0;
+}
+
+/* PART-05: a signed-in SUPER_ADMIN or ACCOUNT_PERMISSIONS member of the client. */
+static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok) {
+    ps_mem m = call_mem(ctx);
+    ps_membership mb;
+    *ok = false;
+    uint64_t me = caller_id(ctx);
+    if (me == 0) return 0;
+    int rc = pa_ensure_membership(c, client, me, &m, &mb);
+    if (rc == OM_E_NOT_FOUND) return 0;
+    if (rc != 0) return rc;
+    *ok = part_rule_client_admin(mb.present, mb.roles) == 0;
+    return 0;
+}
+
+static int manager_ok(rpc_ctx *ctx, pg_conn *c, uint64_t partner, bool *ok) {
+    ps_mem m = call_mem(ctx);
+    ps_account acct;
+    ps_membership mb;
+    *ok = false;
+    uint64_t me = caller_id(ctx);
+    if (me == 0) return 0;
+    int rc = pa_ensure_account(c, partner, &m, &acct);
+    if (rc == OM_E_NOT_FOUND) return 0;
+    if (rc != 0) return rc;
+    rc = pa_ensure_membership(c, partner, me, &m, &mb);
+    if (rc == OM_E_NOT_FOUND) return 0;
+    if (rc != 0) return rc;
+    *ok = part_rule_partner_manager(acct.kind, mb.present, mb.roles) == 0;
+    return 0;
+}
+
+/* ---- paging ------------------------------------------------------------------------------ */
+
+typedef struct lpage {
+    int limit, offset;
+    const char *scope;
+} lpage;
+
+static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
+    memset(pg, 0, sizeof *pg);
+    pg->scope = scope;
+    if (page_size_normalize(size, &pg->limit) != 0) {
+        rpc_violation(ctx, "page_size", "must not be negative");
+        return rpc_fail_invalid(ctx);
+    }
+    char *cursor = NULL;
+    int rc = page_token_decode(scope, token, &cursor);
+    if (rc == 0 && cursor != NULL) {
+        char *end = NULL;
+        long v = strtol(cursor, &end, 10);
+        if (end == cursor || *end != '\0' || v < 0 || v > 100000000) rc = OM_E_INVALID_PAGE_TOKEN;
+        pg->offset = (int)v;
+    }
+    free(cursor);
+    return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
+}
+
+static char *page_next(rpc_ctx *ctx, const lpage *pg, int got) {
+    char cursor[24], *tok = NULL;
+    if (got < pg->limit) return rpc_strdup(ctx, "");
+    snprintf(cursor, sizeof cursor, "%d", pg->offset + got);
+    if (page_token_encode(pg->scope, cursor, &tok) != 0) return rpc_strdup(ctx, "");
+    char *out = rpc_strdup(ctx, tok);
+    free(tok);
+    return out;
+}
+
+/* ---- the mutation transaction ---------------------------------------------------------------- */
+
+typedef struct mutation mutation;
+typedef int (*apply_fn)(mutation *mu, pg_conn *tx);
+
+struct mutation {
+    rpc_ctx *ctx;
+    ProtobufCMessage *resp;
+    const ProtobufCMessageDescriptor *resp_desc;
+    apply_fn apply;
+    void *op;
+    idem_key key;
+    const char *request_id;
+    pa_who who;
+    ps_mem mem;
+    const char *err_msg;
+    bool replayed;
+};
+
+static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
+    char buf[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    mu->err_msg = rpc_strdup(mu->ctx, buf);
+    return code;
+}
+
+static int mu_tx(pg_conn *tx, void *arg) {
+    mutation *mu = arg;
+    ProtobufCMessage *stored = NULL;
+    mu->err_msg = NULL;
+    mu->replayed = false;
+    protobuf_c_message_init(mu->resp_desc, mu->resp);
+    int rc = idem_check(tx, &mu->key, mu->resp_desc, rpc_pb_allocator(mu->ctx), &stored);
+    if (rc == 1) {
+        memcpy(mu->resp, stored, mu->resp_desc->sizeof_message); /* SPEC 8: the first reply */
+        mu->replayed = true;
+        return 0;
+    }
+    if (rc != 0) return rc;
+    if ((rc = mu->apply(mu, tx)) != 0) return rc;
+    return idem_store(tx, &mu->key, mu->resp);
+}
+
+static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
+    rpc_ctx *ctx = mu->ctx;
+    mu->resp = resp;
+    mu->resp_desc = resp->descriptor;
+    mu->mem = call_mem(ctx);
+    mu->who.actor = rpc_actor(ctx);
+    mu->who.trace_id = rpc_trace_id(ctx);
+    mu->who.request_id = mu->request_id;
+    int rc = idem_key_init(&mu->key, rpc_actor(ctx), rpc_method_name(ctx), mu->request_id, req);
+    if (rc == OM_E_INVALID_ARGUMENT) {
+        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
+        return rpc_fail_invalid(ctx);
+    }
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    rc = pg_tx(c, mu_tx, mu);
+    if (rc == 0) return 0;
+    if (rc == OM_E_INTERNAL && mu->err_msg == NULL)
+        log_error("partners: %s failed: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
+    return mu->err_msg ? rpc_fail(ctx, rc, "%s", mu->err_msg) : rpc_fail(ctx, rc, NULL);
+}
+
+/* After commit: the accounts side of the assignments the call changed
+ * (failures stay marked and the sync loop retries them). */
+static void sync_after(pg_conn *c, const char *id) {
+    int rc = pa_link_sync(c, id);
+    if (rc != 0) log_warn("partners: link sync of %s deferred: %s", id, om_err_name(rc));
+}
+
+static int reread(rpc_ctx *ctx, pg_conn *c, const char *id, ps_assignment *a) {
+    ps_mem m = call_mem(ctx);
+    return ps_asg_get(c, id, false, &m, a);
+}
+
+/* Distinct, valid ids of a batch (1..100); violations recorded. */
+static void check_batch(rpc_ctx *ctx, const char *field, const uint64_t *ids, size_t n) {
+    if (n == 0) rpc_violation(ctx, field, "must hold at least one id");
+    for (size_t i = 0; i < n && i < PART_MAX_BATCH; i++) {
+        char f[64];
+        snprintf(f, sizeof f, "%s[%zu]", field, i);
+        check_id(ctx, f, ids[i]);
+        for (size_t j = 0; j < i; j++)
+            if (ids[j] == ids[i]) {
+                rpc_violation(ctx, f, "is a duplicate");
+                break;
+            }
+    }
+}
+
+/* ---- PART-01: tagging ------------------------------------------------------------------- */
+
+typedef struct tag_op {
+    const PB(TagEmployeesRequest) *req;
+    int *status;                        /* per user: ItemStatus */
+    Orgmesh__Type__V1__ItemError **err; /* per user, FAILED */
+    ps_membership *mb;                  /* per user, DONE: the membership accounts returned */
+} tag_op;
+
+static int apply_tag(mutation *mu, pg_conn *tx) {
+    tag_op *op = mu->op;
+    const PB(TagEmployeesRequest) *req = op->req;
+    PB(TagEmployeesResponse) *resp = (void *)mu->resp;
+    ps_mem *m = &mu->mem;
+    resp->n_results = req->n_user_ids;
+    resp->results = rpc_calloc(mu->ctx, req->n_user_ids, sizeof *resp->results);
+    for (size_t i = 0; i < req->n_user_ids; i++) {
+        PB(TagResult) *r = rpc_alloc(mu->ctx, sizeof *r);
+        orgmesh__partners__v1__tag_result__init(r);
+        r->user_id = req->user_ids[i];
+        r->status = (PB(ItemStatus))op->status[i];
+        r->error = op->err[i];
+        int rc;
+        if (op->status[i] == ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE) {
+            /* PART-01: the tag is accounts' (set before this transaction);
+             * the copy, the record of who tagged and the event follow here */
+            if ((rc = ps_membership_put(tx, &op->mb[i], NULL)) != 0) return rc;
+            if ((rc = ps_tag_record(tx, req->partner_hub_id, r->user_id, caller_id(mu->ctx))) != 0) return rc;
+            if ((rc = emit_employee(tx, m, &mu->who, req->partner_hub_id, r->user_id, op->mb[i].version, true, 0, 0,
+                                    0)) != 0)
+                return rc;
+        }
+        if (op->status[i] != ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED) {
+            ps_employee e;
+            if (ps_employee_get(tx, req->partner_hub_id, r->user_id, m, &e) == 0)
+                r->employee = employee_pb(m, req->partner_hub_id, &e);
+        }
+        resp->results[i] = r;
+    }
+    return 0;
+}
+
+/* TagEmployees — PART-01: partner managers tag members of the PARTNER account, per item. */
+static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(TagEmployeesRequest) *req = (const void *)req_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (req->n_user_ids > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d users per call", PART_MAX_BATCH);
+    check_batch(ctx, "user_ids", req->user_ids, req->n_user_ids);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-01 */
+    ps_mem m = call_mem(ctx);
+    tag_op op = {.req = req};
+    size_t n = req->n_user_ids;
+    op.status = rpc_calloc(ctx, n, sizeof *op.status);
+    op.err = rpc_calloc(ctx, n, sizeof *op.err);
+    op.mb = rpc_calloc(ctx, n, sizeof *op.mb);
+    const char *on_behalf = rpc_sprintf(ctx, "user:%" PRIu64, caller_id(ctx));
+    for (size_t i = 0; i < n; i++) {
+        char field[32];
+        snprintf(field, sizeof field, "user_ids[%zu]", i);
+        ps_membership mb;
+        int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_ids[i], &m, &mb);
+        if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
+            op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
+            op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
+                                   req->user_ids[i]);
+            continue;
+        }
+        if (rc != 0) return fail(ctx, rc, "membership");
+        if (mb.partner_employee) {
+            op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_UNCHANGED;
+            continue;
+        }
+        Orgmesh__Accounts__V1__SetPartnerEmployeeRequest sreq;
+        orgmesh__accounts__v1__set_partner_employee_request__init(&sreq);
+        sreq.hub_id = req->partner_hub_id;
+        sreq.user_id = req->user_ids[i];
+        sreq.partner_employee = true;
+        sreq.on_behalf_of = (char *)on_behalf;
+        ProtobufCMessage *out = NULL;
+        rpc_status st;
+        rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+                              &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
+        if (rc == OM_E_NOT_FOUND) {
+            op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
+            op.err[i] = item_error(&m, rc, field, "%s", st.message);
+            continue;
+        }
+        if (rc != 0) return rpc_fail(ctx, rc == OM_E_NOT_PARTNER_ACCOUNT ? rc : OM_E_UNAVAILABLE,
+                                     "the accounts service refused the tag: %s", st.message);
+        const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
+        if (sr->membership != NULL) {
+            pa_membership_from_pb(sr->membership, &op.mb[i]);
+            op.mb[i].link_assignment_id = rpc_strdup(ctx, op.mb[i].link_assignment_id);
+        }
+        protobuf_c_message_free_unpacked(out, NULL);
+        op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE;
+    }
+    mutation mu = {.ctx = ctx, .apply = apply_tag, .op = &op, .request_id = req->request_id};
+    return mutate(&mu, req_, resp);
+}
+
+typedef struct untag_op {
+    const PB(UntagEmployeeRequest) *req;
+    bool tagged; /* tagged when the call began */
+} untag_op;
+
+static int apply_untag(mutation *mu, pg_conn *tx) {
+    untag_op *op = mu->op;
+    const PB(UntagEmployeeRequest) *req = op->req;
+    PB(UntagEmployeeResponse) *resp = (void *)mu->resp;
+    ps_membership mb;
+    resp->user_id = req->user_id;
+    if (!op->tagged) return 0; /* not tagged: nothing changes */
+    /* The copy's row stays locked across the accounts call, so the consumer
+     * applies accounts' MembershipChanged after this commit and finds it
+     * done: the cascade runs once, here, and the counts are this call's. */
+    int rc = ps_membership_get(tx, req->partner_hub_id, req->user_id, 2, &mu->mem, &mb);
+    if (rc != 0) return rc;
+    Orgmesh__Accounts__V1__SetPartnerEmployeeRequest sreq;
+    orgmesh__accounts__v1__set_partner_employee_request__init(&sreq);
+    sreq.hub_id = req->partner_hub_id;
+    sreq.user_id = req->user_id;
+    sreq.partner_employee = false;
+    sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
+    ProtobufCMessage *out = NULL;
+    rpc_status st;
+    rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+                          &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
+    if (rc == 0) {
+        const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
+        if (sr->membership) {
+            pa_membership_from_pb(sr->membership, &mb);
+            rc = ps_membership_put(tx, &mb, NULL);
+        }
+        protobuf_c_message_free_unpacked(out, NULL);
+    } else if (rc != OM_E_NOT_FOUND) { /* NOT_FOUND: they left the partner; the cascade is due anyway */
+        return mu_fail(mu, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
+    }
+    if (rc != 0) return rc;
+    int cancelled = 0, revoked = 0;
+    /* PART-01: untagging ends the employee's assignments as PART-09 does */
+    rc = pa_cascade(tx, &mu->mem, &mu->who, req->partner_hub_id, req->user_id, PART_CAUSE_EMPLOYEE_UNTAGGED,
+                    &cancelled, &revoked);
+    resp->cancelled_request_count = cancelled;
+    resp->revoked_assignment_count = revoked;
+    return rc;
+}
+
+/* After a cascade: remove the partner-linked memberships now (PART-09). */
+static void sync_employee(rpc_ctx *ctx, pg_conn *c, uint64_t partner, uint64_t employee, uint64_t client) {
+    ps_mem m = call_mem(ctx);
+    ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .limit = 1000};
+    ps_assignment *list = rpc_calloc(ctx, (size_t)f.limit, sizeof *list);
+    int n = 0;
+    if (ps_asg_list(c, &f, &m, list, &n) != 0) return;
+    for (int i = 0; i < n; i++)
+        if (list[i].link_sync) sync_after(c, list[i].id);
+}
+
+/* UntagEmployee — PART-01, PART-09: untag; PENDING requests CANCELLED, ACTIVE assignments REVOKED, linked memberships removed. */
+static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(UntagEmployeeRequest) *req = (const void *)req_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_id(ctx, "user_id", req->user_id);
+    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-01 */
+    ps_mem m = call_mem(ctx);
+    untag_op op = {.req = req};
+    ps_membership mb;
+    int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
+    if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+    op.tagged = rc == 0 && mb.present && mb.partner_employee;
+    mutation mu = {.ctx = ctx, .apply = apply_untag, .op = &op, .request_id = req->request_id};
+    if (mutate(&mu, req_, resp) != 0) return -1;
+    sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
+    return 0;
+}
+
+/* ListPartnerEmployees — PART-11: tagged employees with client counts and last activity; partner managers only. */
+static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListPartnerEmployeesRequest) *req = (const void *)req_;
+    PB(ListPartnerEmployeesResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    lpage pg;
+    const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
+                                    req->query);
+    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-11 */
+    ps_mem m = call_mem(ctx);
+    ps_employee *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
+    int n = 0;
+    int rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
+    if (rc != 0) return fail(ctx, rc, "employees");
+    resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
+    for (int i = 0; i < n; i++) resp->employees[i] = employee_pb(&m, req->partner_hub_id, &list[i]);
+    resp->n_employees = (size_t)n;
+    resp->next_page_token = page_next(ctx, &pg, n);
+    return 0;
+}
+
+/* ---- PART-02: clients ----------------------------------------------------------------------- */
+
+static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32_t size, const char *token,
+                        const char *method, PB(PartnerClient) ***out, size_t *n_out, char **next) {
+    lpage pg;
+    const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
+    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, partner, NULL) != 0) return -1; /* PART-02 */
+    ps_mem m = call_mem(ctx);
+    uint64_t hub = 0;
+    if (query != NULL && !part_query_hub_id(query, &hub)) hub = 0;
+    ps_client *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
+    int n = 0;
+    int rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
+    if (rc != 0) return fail(ctx, rc, "clients");
+    *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
+    for (int i = 0; i < n; i++) (*out)[i] = client_pb(&m, partner, &list[i]);
+    *n_out = (size_t)n;
+    *next = page_next(ctx, &pg, n);
+    return 0;
+}
+
+/* ListClients — PART-02: the client list by name; partner managers only. */
+static int h_list_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListClientsRequest) *req = (const void *)req_;
+    PB(ListClientsResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    return list_clients(ctx, req->partner_hub_id, NULL, req->page_size, req->page_token, "ListClients",
+                        &resp->clients, &resp->n_clients, &resp->next_page_token);
+}
+
+/* SearchClients — PART-02: by name (contains, any case) or exact hub_id; partner managers only. */
+static int h_search_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(SearchClientsRequest) *req = (const void *)req_;
+    PB(SearchClientsResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (req->query[0] == '\0') rpc_violation(ctx, "query", "must be set");
+    check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    return list_clients(ctx, req->partner_hub_id, req->query, req->page_size, req->page_token, "SearchClients",
+                        &resp->clients, &resp->n_clients, &resp->next_page_token);
+}
+
+typedef struct clients_op {
+    const PB(AddClientsRequest) *req;
+    Orgmesh__Type__V1__ItemError **err;
+} clients_op;
+
+static int apply_add_clients(mutation *mu, pg_conn *tx) {
+    clients_op *op = mu->op;
+    const PB(AddClientsRequest) *req = op->req;
+    PB(AddClientsResponse) *resp = (void *)mu->resp;
+    resp->n_results = req->n_client_hub_ids;
+    resp->results = rpc_calloc(mu->ctx, req->n_client_hub_ids, sizeof *resp->results);
+    for (size_t i = 0; i < req->n_client_hub_ids; i++) {
+        PB(ClientResult) *r = rpc_alloc(mu->ctx, sizeof *r);
+        orgmesh__partners__v1__client_result__init(r);
+        r->client_hub_id = req->client_hub_ids[i];
+        resp->results[i] = r;
+        if (op->err[i] != NULL) {
+            r->status = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
+            r->error = op->err[i];
+            continue;
+        }
+        bool added = false;
+        int rc = ps_client_add(tx, req->partner_hub_id, r->client_hub_id, ORGMESH__PARTNERS__V1__CLIENT_SOURCE__CLIENT_SOURCE_MANUAL,
+                               &added);
+        if (rc == 0 && added) rc = emit_client_added(tx, &mu->mem, &mu->who, req->partner_hub_id, r->client_hub_id);
+        if (rc != 0) return rc;
+        r->status = added ? ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE
+                          : ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_UNCHANGED;
+        ps_client cl;
+        if (ps_client_get(tx, req->partner_hub_id, r->client_hub_id, &mu->mem, &cl) == 0)
+            r->client = client_pb(&mu->mem, req->partner_hub_id, &cl);
+    }
+    return 0;
+}
+
+/* AddClients — PART-02: adds existing accounts to the client list, per item; partner managers only. */
+static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(AddClientsRequest) *req = (const void *)req_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (req->n_client_hub_ids > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
+    check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1;
+    ps_mem m = call_mem(ctx);
+    clients_op op = {.req = req, .err = rpc_calloc(ctx, req->n_client_hub_ids, sizeof *op.err)};
+    for (size_t i = 0; i < req->n_client_hub_ids; i++) {
+        char field[40];
+        snprintf(field, sizeof field, "client_hub_ids[%zu]", i);
+        ps_account a;
+        uint64_t id = req->client_hub_ids[i];
+        if (id == req->partner_hub_id) {
+            op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
+            continue;
+        }
+        int rc = pa_ensure_account(c, id, &m, &a);
+        if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
+            op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
+            continue;
+        }
+        if (rc != 0) return fail(ctx, rc, "account");
+    }
+    mutation mu = {.ctx = ctx, .apply = apply_add_clients, .op = &op, .request_id = req->request_id};
+    return mutate(&mu, req_, resp);
+}
+
+/* ---- PART-03, PART-04, PART-06: assignments ------------------------------------------------------ */
+
+typedef struct asg_item {
+    uint64_t employee, client;
+    const char *field;
+    const char *employee_name;
+    Orgmesh__Type__V1__ItemError *err; /* failed before the transaction */
+    bool member;                       /* already a member of the client (PART-04) */
+} asg_item;
+
+typedef struct assign_op {
+    uint64_t partner;
+    asg_item *items;
+    int n;
+    PB(AssignmentResult) **results;
+    PB(AssignmentResult) ***resp_results; /* where the response keeps them */
+    size_t *resp_n;
+} assign_op;
+
+static PB(AssignmentResult) *asg_result(mutation *mu, const asg_item *it, PB(AssignmentOutcome) outcome,
+                                        const ps_assignment *a) {
+    PB(AssignmentResult) *r = rpc_alloc(mu->ctx, sizeof *r);
+    orgmesh__partners__v1__assignment_result__init(r);
+    r->client_hub_id = it->client;
+    r->employee_user_id = it->employee;
+    r->outcome = outcome;
+    if (a != NULL) {
+        r->assignment = pa_assignment_pb(&mu->mem, a);
+        if (a->state == PART_ST_PENDING) r->access_request = pa_request_pb(&mu->mem, a);
+    }
+    return r;
+}
+
+/* One item inside the batch's transaction. */
+static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it, PB(AssignmentResult) **out) {
+    ps_mem *m = &mu->mem;
+    ps_membership emp;
+    ps_assignment a;
+    /* PART-03: only tagged employees; the row lock orders this against a
+     * concurrent untag (PART-09), which updates the same row */
+    int rc = ps_membership_get(tx, partner, it->employee, 1, m, &emp);
+    if (rc != 0 && rc != OM_E_NOT_FOUND) return rc;
+    if (rc == OM_E_NOT_FOUND || !emp.present || !emp.partner_employee) {
+        *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_FAILED, NULL);
+        (*out)->error = item_error(m, OM_E_NOT_PARTNER_EMPLOYEE, it->field,
+                                   "user %" PRIu64 " is not a tagged partner employee", it->employee);
+        return 0;
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        rc = ps_asg_get_open(tx, it->client, it->employee, false, m, &a);
+        if (rc == 0) {
+            /* PART-06: one partner per email and client; the first keeps it */
+            if (part_rule_existing_assignment(partner, a.partner_hub_id) != 0) {
+                if ((rc = ps_refusal_record(tx, partner, it->client, it->employee)) != 0) return rc;
+                *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_FAILED, NULL);
+                (*out)->error = conflict_error(m, it->field, it->employee_name);
+                return 0;
+            }
+            *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ALREADY_ASSIGNED, &a);
+            return 0;
+        }
+        if (rc != OM_E_NOT_FOUND) return rc;
+        memset(&a, 0, sizeof a);
+        a.partner_hub_id = partner;
+        a.employee_user_id = it->employee;
+        a.client_hub_id = it->client;
+        a.assigned_by = caller_id(mu->ctx);
+        if (it->member) {
+            /* PART-04: already a member: ACTIVE at once, no email; the
+             * membership is linked but predates the link (PART-07 keeps it) */
+            a.state = PART_ST_ACTIVE;
+            a.cause = PART_CAUSE_ALREADY_MEMBER;
+            a.link_sync = true;
+            a.link_adopt = false;
+            a.link_actor = "";
+        } else {
+            a.state = PART_ST_PENDING; /* PART-04: an access request */
+            a.cause = PART_CAUSE_UNSPECIFIED;
+        }
+        rc = ps_asg_insert(tx, &a, !it->member, partners_cfg.request_ttl_s, m);
+        if (rc == OM_E_ALREADY_EXISTS) continue; /* a concurrent assignment won: judge it */
+        if (rc != 0) return rc;
+        break;
+    }
+    if (rc != 0) return rc;
+    bool added = false;
+    /* PART-02: assigning to an account not on the list adds it */
+    if ((rc = ps_client_add(tx, partner, it->client, ORGMESH__PARTNERS__V1__CLIENT_SOURCE__CLIENT_SOURCE_ASSIGNMENT,
+                            &added)) != 0)
+        return rc;
+    if (added && (rc = emit_client_added(tx, m, &mu->who, partner, it->client)) != 0) return rc;
+    if ((rc = ps_asg_get(tx, a.id, false, m, &a)) != 0) return rc;
+    if (a.state == PART_ST_ACTIVE) {
+        rc = pa_emit(tx, m, &mu->who, PA_EV_ACTIVATED, &a, false);
+        *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACTIVATED, &a);
+    } else {
+        rc = pa_emit(tx, m, &mu->who, PA_EV_REQUESTED, &a, false); /* the notifier emails the client */
+        *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACCESS_REQUESTED, &a);
+    }
+    return rc;
+}
+
+static int apply_assign(mutation *mu, pg_conn *tx) {
+    assign_op *op = mu->op;
+    for (int i = 0; i < op->n; i++) {
+        asg_item *it = &op->items[i];
+        if (it->err != NULL) {
+            op->results[i] = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_FAILED, NULL);
+            op->results[i]->error = it->err;
+            continue;
+        }
+        int rc = assign_one(mu, tx, op->partner, it, &op->results[i]);
+        if (rc != 0) return rc;
+    }
+    *op->resp_results = op->results;
+    *op->resp_n = (size_t)op->n;
+    return 0;
+}
+
+/* Checks made before the transaction (they may ask accounts). */
+static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
+    ps_mem m = call_mem(ctx);
+    for (int i = 0; i < op->n; i++) {
+        asg_item *it = &op->items[i];
+        ps_account acc;
+        ps_user u;
+        ps_membership mb;
+        if (it->client == op->partner) {
+            it->err = item_error(&m, OM_E_INVALID_ARGUMENT, it->field, "a partner is not its own client");
+            continue;
+        }
+        int rc = pa_ensure_account(c, it->client, &m, &acc);
+        if (rc == OM_E_NOT_FOUND || (rc == 0 && acc.deleted)) {
+            it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "account %" PRIu64 " does not exist", it->client);
+            continue;
+        }
+        if (rc != 0) return fail(ctx, rc, "client account");
+        rc = pa_ensure_user(c, it->employee, &m, &u);
+        if (rc == OM_E_NOT_FOUND || (rc == 0 && u.deleted)) {
+            it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "user %" PRIu64 " does not exist", it->employee);
+            continue;
+        }
+        if (rc != 0) return fail(ctx, rc, "user");
+        it->employee_name = u.display_name;
+        rc = pa_ensure_membership(c, op->partner, it->employee, &m, &mb);
+        if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+        /* PART-03 */
+        if (rc == OM_E_NOT_FOUND || !mb.present || !mb.partner_employee) {
+            it->err = item_error(&m, OM_E_NOT_PARTNER_EMPLOYEE, it->field,
+                                 "user %" PRIu64 " is not a tagged partner employee", it->employee);
+            continue;
+        }
+        /* PART-04: "already a member" decides whether the client is asked,
+         * so it is read fresh from accounts */
+        rc = pa_refresh_membership(c, it->client, it->employee, &m, &mb);
+        if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+        it->member = rc == 0 && mb.present;
+    }
+    return 0;
+}
+
+static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, assign_op *op,
+                      const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, op->partner, NULL) != 0) return -1; /* PART-03 */
+    if (assign_prepare(ctx, c, op) != 0) return -1;
+    op->results = rpc_calloc(ctx, (size_t)op->n + 1, sizeof *op->results);
+    op->resp_results = results;
+    op->resp_n = n_results;
+    mutation mu = {.ctx = ctx, .apply = apply_assign, .op = op, .request_id = request_id};
+    if (mutate(&mu, req_, resp) != 0) return -1;
+    if (!mu.replayed) {
+        for (int i = 0; i < op->n; i++) {
+            PB(AssignmentResult) *r = op->results[i];
+            if (r->outcome == ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACTIVATED && r->assignment)
+                sync_after(c, r->assignment->assignment_id); /* link the existing membership */
+        }
+    }
+    return 0;
+}
+
+/* AssignClientsToEmployee — PART-03, PART-04, PART-06 (and PART-02 auto-add): per-item results. */
+static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(AssignClientsToEmployeeRequest) *req = (const void *)req_;
+    PB(AssignClientsToEmployeeResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_id(ctx, "employee_user_id", req->employee_user_id);
+    if (req->n_client_hub_ids > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
+    check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    assign_op op = {.partner = req->partner_hub_id, .n = (int)req->n_client_hub_ids};
+    op.items = rpc_calloc(ctx, (size_t)op.n + 1, sizeof *op.items);
+    for (int i = 0; i < op.n; i++) {
+        op.items[i].employee = req->employee_user_id;
+        op.items[i].client = req->client_hub_ids[i];
+        op.items[i].field = rpc_sprintf(ctx, "client_hub_ids[%d]", i);
+    }
+    return assign_run(ctx, req_, resp_, &op, req->request_id, &resp->results, &resp->n_results);
+}
+
+/* AssignEmployeesToClient — PART-03, PART-04, PART-06: the same from the client's side. */
+static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(AssignEmployeesToClientRequest) *req = (const void *)req_;
+    PB(AssignEmployeesToClientResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_id(ctx, "client_hub_id", req->client_hub_id);
+    if (req->n_employee_user_ids > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d employees per call", PART_MAX_BATCH);
+    check_batch(ctx, "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    assign_op op = {.partner = req->partner_hub_id, .n = (int)req->n_employee_user_ids};
+    op.items = rpc_calloc(ctx, (size_t)op.n + 1, sizeof *op.items);
+    for (int i = 0; i < op.n; i++) {
+        op.items[i].employee = req->employee_user_ids[i];
+        op.items[i].client = req->client_hub_id;
+        op.items[i].field = rpc_sprintf(ctx, "employee_user_ids[%d]", i);
+    }
+    return assign_run(ctx, req_, resp_, &op, req->request_id, &resp->results, &resp->n_results);
+}
+
+/* ---- PART-04, PART-05: access requests ---------------------------------------------------------- */
+
+/* ListAccessRequests — PART-04: by partner (partner managers) and/or by client (client admins), newest first. */
+static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListAccessRequestsRequest) *req = (const void *)req_;
+    PB(ListAccessRequestsResponse) *resp = (void *)resp_;
+    if (req->partner_hub_id == 0 && req->client_hub_id == 0)
+        rpc_violation(ctx, "partner_hub_id", "partner_hub_id or client_hub_id is required");
+    if (req->partner_hub_id != 0) check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (req->client_hub_id != 0) check_id(ctx, "client_hub_id", req->client_hub_id);
+    if (req->employee_user_id != 0) check_id(ctx, "employee_user_id", req->employee_user_id);
+    if ((int)req->state < 0 || (int)req->state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    lpage pg;
+    const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
+                                    req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
+    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    bool ok = false;
+    int rc = 0;
+    if (req->partner_hub_id != 0) rc = manager_ok(ctx, c, req->partner_hub_id, &ok);
+    if (rc == 0 && !ok && req->client_hub_id != 0) rc = client_admin(ctx, c, req->client_hub_id, &ok);
+    if (rc != 0) return fail(ctx, rc, "membership");
+    if (!ok)
+        return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
+                        "only partner managers of the partner or admins of the client may list its requests");
+    ps_mem m = call_mem(ctx);
+    ps_asg_filter f = {.partner = req->partner_hub_id, .client = req->client_hub_id,
+                       .employee = req->employee_user_id, .state = (int)req->state, .only_requests = true,
+                       .order = 0, .offset = pg.offset, .limit = pg.limit};
+    ps_assignment *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
+    int n = 0;
+    if ((rc = ps_asg_list(c, &f, &m, list, &n)) != 0) return fail(ctx, rc, "requests");
+    resp->access_requests = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->access_requests);
+    for (int i = 0; i < n; i++) resp->access_requests[i] = pa_request_pb(&m, &list[i]);
+    resp->n_access_requests = (size_t)n;
+    resp->next_page_token = page_next(ctx, &pg, n);
+    return 0;
+}
+
+/* The request a key names: by id, or by an emailed token, which is valid
+ * only for the signed-in user it was sent to (PART-04/05). Fills hash when
+ * a token was used. */
+static int resolve_request(rpc_ctx *ctx, pg_conn *c, const char *id, const char *token, char asg_id[40],
+                           uint8_t hash[32], bool *by_token) {
+    ps_mem m = call_mem(ctx);
+    ps_assignment a;
+    *by_token = false;
+    if (token != NULL) {
+        uint64_t recipient = 0;
+        *by_token = true;
+        if (!part_token_well_formed(token))
+            return rpc_fail(ctx, OM_E_INVALID_TOKEN, "the token is not valid for this user");
+        part_token_hash(token, hash);
+        int rc = ps_token_find(c, hash, asg_id, &recipient);
+        if (rc == OM_E_NOT_FOUND || (rc == 0 && (recipient != caller_id(ctx) || recipient == 0)))
+            return rpc_fail(ctx, OM_E_INVALID_TOKEN, "the token is not valid for this user");
+        return rc != 0 ? fail(ctx, rc, "token") : 0;
+    }
+    if (id == NULL || id[0] == '\0') {
+        rpc_violation(ctx, "access_request_id", "access_request_id or token is required");
+        return rpc_fail_invalid(ctx);
+    }
+    int rc = ps_asg_get_by_request(c, id, false, &m, &a);
+    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist", id)
+                                             : fail(ctx, rc, "request");
+    snprintf(asg_id, 40, "%s", a.id);
+    return 0;
+}
+
+/* GetAccessRequest — PART-04: by id (partner managers, client admins) or by token (its recipient). */
+static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(GetAccessRequestRequest) *req = (const void *)req_;
+    PB(GetAccessRequestResponse) *resp = (void *)resp_;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    char id[40];
+    uint8_t hash[32];
+    bool by_token;
+    const char *tok = req->key_case == ORGMESH__PARTNERS__V1__GET_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
+    const char *rid = req->key_case == ORGMESH__PARTNERS__V1__GET_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
+                          ? req->access_request_id
+                          : NULL;
+    if (resolve_request(ctx, c, rid, tok, id, hash, &by_token) != 0) return -1;
+    ps_assignment a;
+    int rc = reread(ctx, c, id, &a);
+    if (rc != 0) return fail(ctx, rc, "access request");
+    bool ok = by_token;
+    if (!ok && (rc = manager_ok(ctx, c, a.partner_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
+    if (!ok && (rc = client_admin(ctx, c, a.client_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
+    if (!ok) return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "not a partner manager or client admin of this request");
+    ps_mem m = call_mem(ctx);
+    resp->access_request = pa_request_pb(&m, &a);
+    return 0;
+}
+
+typedef struct answer_op {
+    char id[40];
+    part_answer answer;
+    const char *reason;
+    unsigned roles;
+    bool by_token;
+    uint8_t hash[32];
+    bool applied;
+} answer_op;
+
+static int apply_answer(mutation *mu, pg_conn *tx) {
+    answer_op *op = mu->op;
+    ps_mem *m = &mu->mem;
+    ps_assignment a;
+    bool apply = false;
+    op->applied = false;
+    int rc = ps_asg_get(tx, op->id, true, m, &a);
+    if (rc != 0) return rc;
+    /* PART-05: PENDING -> ACTIVE | DECLINED | CANCELLED; a repeat returns it as
+     * it stands, a conflicting answer is refused */
+    if ((rc = part_rule_answer(a.state, a.cause, op->answer, &apply)) != 0)
+        return mu_fail(mu, rc, "the access request is %s",
+                       protobuf_c_enum_descriptor_get_value(&orgmesh__partners__v1__assignment_state__descriptor,
+                                                            a.state)
+                           ? protobuf_c_enum_descriptor_get_value(
+                                 &orgmesh__partners__v1__assignment_state__descriptor, a.state)
+                                 ->name
+                           : "not pending");
+    if (apply) {
+        part_state st;
+        part_cause cause;
+        part_answer_result(op->answer, &st, &cause);
+        a.state = st;
+        a.cause = cause;
+        if (op->answer == PART_ANSWER_APPROVE) {
+            /* PART-05: the employee becomes a member with partner_link (the
+             * link sync makes the accounts call once this commits) */
+            a.answered_by = caller_id(mu->ctx);
+            a.link_sync = true;
+            a.link_adopt = true;
+            a.link_roles = op->roles;
+            a.link_actor = pa_who_string(&mu->who, m);
+        } else if (op->answer == PART_ANSWER_DECLINE) {
+            a.answered_by = caller_id(mu->ctx);
+            a.answer_reason = op->reason;
+        } else {
+            a.answer_reason = op->reason;
+            a.end_actor = pa_who_string(&mu->who, m);
+        }
+        if ((rc = ps_asg_save(tx, &a, m)) != 0) return rc;
+        if (op->answer == PART_ANSWER_APPROVE) {
+            if ((rc = pa_emit(tx, m, &mu->who, PA_EV_APPROVED, &a, false)) != 0) return rc;
+            if ((rc = ps_asg_save(tx, &a, m)) != 0) return rc; /* a version per event (SPEC 2) */
+            rc = pa_emit(tx, m, &mu->who, PA_EV_ACTIVATED, &a, false);
+        } else {
+            rc = pa_emit(tx, m, &mu->who, op->answer == PART_ANSWER_DECLINE ? PA_EV_DECLINED : PA_EV_CANCELLED, &a,
+                         false);
+        }
+        if (rc != 0) return rc;
+        op->applied = true;
+    }
+    if (op->by_token && (rc = ps_token_use(tx, op->hash)) != 0) return rc; /* single use */
+    switch (op->answer) {
+    case PART_ANSWER_APPROVE: {
+        PB(ApproveAccessRequestResponse) *r = (void *)mu->resp;
+        r->access_request = pa_request_pb(m, &a);
+        r->assignment = pa_assignment_pb(m, &a);
+        break;
+    }
+    case PART_ANSWER_DECLINE:
+        ((PB(DeclineAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(m, &a);
+        break;
+    case PART_ANSWER_CANCEL:
+        ((PB(CancelAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(m, &a);
+        break;
+    }
+    return 0;
+}
+
+/* Approve and Decline share everything but the answer (PART-05). */
+static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, part_answer answer,
+                         const char *rid, const char *tok, const char *reason, unsigned roles, const char *request_id) {
+    check_text(ctx, "reason", reason, MAX_REASON_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    answer_op op = {.answer = answer, .reason = reason ? reason : "", .roles = roles};
+    if (resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token) != 0) return -1;
+    ps_assignment a;
+    int rc = reread(ctx, c, op.id, &a);
+    if (rc != 0) return fail(ctx, rc, "access request");
+    bool ok = false;
+    /* PART-05: only a signed-in client admin answers; a token alone never grants anything */
+    if ((rc = client_admin(ctx, c, a.client_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
+    if (!ok)
+        return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
+                        "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
+    mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
+    if (mutate(&mu, req_, resp) != 0) return -1;
+    if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
+    return 0;
+}
+
+/* ApproveAccessRequest — PART-05: a client admin grants access by id or emailed token; the employee becomes a member with partner_link. */
+static int h_approve(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(ApproveAccessRequestRequest) *req = (const void *)req_;
+    unsigned roles = 0;
+    for (size_t i = 0; i < req->n_roles; i++) {
+        int v = (int)req->roles[i];
+        if (v < 1 || v > 4)
+            rpc_violation(ctx, "roles", "holds an unknown role");
+        else
+            roles |= 1u << (v - 1);
+    }
+    const char *tok = req->key_case == ORGMESH__PARTNERS__V1__APPROVE_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
+    const char *rid = req->key_case == ORGMESH__PARTNERS__V1__APPROVE_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
+                          ? req->access_request_id
+                          : NULL;
+    return client_answer(ctx, req_, resp, PART_ANSWER_APPROVE, rid, tok, "", roles, req->request_id);
+}
+
+/* DeclineAccessRequest — PART-05: a client admin declines; repeats return it as it stands. */
+static int h_decline(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(DeclineAccessRequestRequest) *req = (const void *)req_;
+    const char *tok = req->key_case == ORGMESH__PARTNERS__V1__DECLINE_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
+    const char *rid = req->key_case == ORGMESH__PARTNERS__V1__DECLINE_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
+                          ? req->access_request_id
+                          : NULL;
+    return client_answer(ctx, req_, resp, PART_ANSWER_DECLINE, rid, tok, req->reason, 0, req->request_id);
+}
+
+/* The request of a partner-side call, with the caller checked as a manager of its partner. */
+static int partner_request(rpc_ctx *ctx, pg_conn *c, const char *rid, ps_assignment *a) {
+    ps_mem m = call_mem(ctx);
+    if (rid == NULL || rid[0] == '\0') {
+        rpc_violation(ctx, "access_request_id", "must be set");
+        return rpc_fail_invalid(ctx);
+    }
+    int rc = ps_asg_get_by_request(c, rid, false, &m, a);
+    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist", rid)
+                                             : fail(ctx, rc, "request");
+    return require_manager(ctx, c, a->partner_hub_id, NULL);
+}
+
+/* CancelAccessRequest — PART-04: a partner manager cancels a PENDING request (PART-05 repeat/conflict rules). */
+static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(CancelAccessRequestRequest) *req = (const void *)req_;
+    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    ps_assignment a;
+    if (partner_request(ctx, c, req->access_request_id, &a) != 0) return -1;
+    answer_op op = {.answer = PART_ANSWER_CANCEL, .reason = req->reason};
+    snprintf(op.id, sizeof op.id, "%s", a.id);
+    mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = req->request_id};
+    return mutate(&mu, req_, resp);
+}
+
+typedef struct resend_op {
+    char id[40];
+} resend_op;
+
+static int apply_resend(mutation *mu, pg_conn *tx) {
+    resend_op *op = mu->op;
+    ps_assignment a;
+    int rc = ps_asg_get(tx, op->id, true, &mu->mem, &a);
+    if (rc != 0) return rc;
+    if (a.state != PART_ST_PENDING) return mu_fail(mu, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
+    int64_t next = 0;
+    /* PART-04: at most once per hour, timed by the database clock */
+    if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
+        return mu_fail(mu, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
+                       (next - a.now_us + 999999) / 1000000);
+    a.send_count++;
+    a.last_send_us = -1; /* now() */
+    if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;
+    if ((rc = pa_emit(tx, &mu->mem, &mu->who, PA_EV_RESENT, &a, false)) != 0) return rc;
+    ((PB(ResendAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(&mu->mem, &a);
+    return 0;
+}
+
+/* ResendAccessRequest — PART-04: a partner manager resends a PENDING request, at most once per hour (RESEND_TOO_SOON). */
+static int h_resend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(ResendAccessRequestRequest) *req = (const void *)req_;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    ps_assignment a;
+    if (partner_request(ctx, c, req->access_request_id, &a) != 0) return -1;
+    resend_op op;
+    snprintf(op.id, sizeof op.id, "%s", a.id);
+    mutation mu = {.ctx = ctx, .apply = apply_resend, .op = &op, .request_id = req->request_id};
+    return mutate(&mu, req_, resp);
+}
+
+/* ---- PART-07: removal by the partner -------------------------------------------------------------- */
+
+typedef struct remove_op {
+    const PB(RemoveEmployeeFromClientRequest) *req;
+    char id[40];
+    bool revoked;
+} remove_op;
+
+static int apply_remove(mutation *mu, pg_conn *tx) {
+    remove_op *op = mu->op;
+    const PB(RemoveEmployeeFromClientRequest) *req = op->req;
+    ps_assignment a;
+    int rc = ps_asg_get_open(tx, req->client_hub_id, req->employee_user_id, true, &mu->mem, &a);
+    if (rc == 0 && a.partner_hub_id != req->partner_hub_id) rc = OM_E_NOT_FOUND;
+    if (rc == OM_E_NOT_FOUND)
+        return mu_fail(mu, rc, "employee %" PRIu64 " has no open assignment to client %" PRIu64 " for this partner",
+                       req->employee_user_id, req->client_hub_id);
+    if (rc != 0) return rc;
+    /* PART-07: ACTIVE -> REVOKED (the linked membership goes, an earlier one
+     * stays); PENDING -> CANCELLED */
+    part_cause cause = a.state == PART_ST_ACTIVE ? PART_CAUSE_REMOVED_BY_PARTNER : PART_CAUSE_CANCELLED_BY_PARTNER;
+    if ((rc = end_assignment(tx, &mu->mem, &mu->who, &a, cause, req->reason, &op->revoked)) != 0) return rc;
+    snprintf(op->id, sizeof op->id, "%s", a.id);
+    PB(RemoveEmployeeFromClientResponse) *r = (void *)mu->resp;
+    r->assignment = pa_assignment_pb(&mu->mem, &a);
+    return 0;
+}
+
+/* RemoveEmployeeFromClient — PART-07: confirmation "REMOVE"; REVOKED and the partner-linked membership removed. */
+static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(RemoveEmployeeFromClientRequest) *req = (const void *)req_;
+    PB(RemoveEmployeeFromClientResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_id(ctx, "employee_user_id", req->employee_user_id);
+    check_id(ctx, "client_hub_id", req->client_hub_id);
+    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (part_rule_confirmation(req->confirmation) != 0) { /* PART-07 */
+        rpc_violation(ctx, "confirmation", "must be exactly REMOVE");
+        return rpc_fail(ctx, OM_E_CONFIRMATION_REQUIRED, "type REMOVE to confirm");
+    }
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1;
+    remove_op op = {.req = req};
+    mutation mu = {.ctx = ctx, .apply = apply_remove, .op = &op, .request_id = req->request_id};
+    if (mutate(&mu, req_, resp_) != 0) return -1;
+    if (mu.replayed || resp->assignment == NULL) return 0;
+    if (op.revoked) {
+        sync_after(c, op.id);
+        ps_assignment a;
+        if (reread(ctx, c, op.id, &a) == 0) {
+            ps_mem m = call_mem(ctx);
+            resp->assignment = pa_assignment_pb(&m, &a);
+            resp->membership_removed = a.membership_removed;
+        }
+    }
+    return 0;
+}
+
+/* ---- PART-10, PART-11, PART-13: views --------------------------------------------------------------- */
+
+static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, uint64_t employee, uint64_t client,
+                            int state, int32_t size, const char *token, PB(Assignment) ***out, size_t *n_out,
+                            char **next) {
+    if ((int)state < 0 || state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    lpage pg;
+    const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
+                                    employee, client, state);
+    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    /* PART-10, PART-11: partner managers only */
+    if (require_manager(ctx, c, partner, NULL) != 0) return -1;
+    ps_mem m = call_mem(ctx);
+    ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .state = state,
+                       .order = client != 0 ? 2 : 1, .offset = pg.offset, .limit = pg.limit};
+    ps_assignment *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
+    int n = 0;
+    int rc = ps_asg_list(c, &f, &m, list, &n);
+    if (rc != 0) return fail(ctx, rc, "assignments");
+    *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
+    for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
+    *n_out = (size_t)n;
+    *next = page_next(ctx, &pg, n);
+    return 0;
+}
+
+/* ListEmployeeClients — PART-11, PART-13: one employee's clients with state, last activity and 30-day count. */
+static int h_list_employee_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListEmployeeClientsRequest) *req = (const void *)req_;
+    PB(ListEmployeeClientsResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_id(ctx, "employee_user_id", req->employee_user_id);
+    return list_assignments(ctx, "ListEmployeeClients", req->partner_hub_id, req->employee_user_id, 0,
+                            (int)req->state, req->page_size, req->page_token, &resp->assignments,
+                            &resp->n_assignments, &resp->next_page_token);
+}
+
+/* ListClientEmployees — PART-10, PART-11, PART-13: one client's partner employees; partner managers only (PART-10). */
+static int h_list_client_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListClientEmployeesRequest) *req = (const void *)req_;
+    PB(ListClientEmployeesResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    check_id(ctx, "client_hub_id", req->client_hub_id);
+    return list_assignments(ctx, "ListClientEmployees", req->partner_hub_id, 0, req->client_hub_id,
+                            (int)req->state, req->page_size, req->page_token, &resp->assignments,
+                            &resp->n_assignments, &resp->next_page_token);
+}
+
+/* ---- PART-12: managed-MRR report ---------------------------------------------------------------------- */
+
+/* GetManagedMrrReport — PART-12: per client its MRR, whether the partner is credited, and the users who block it. */
+static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(GetManagedMrrReportRequest) *req = (const void *)req_;
+    PB(GetManagedMrrReportResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if ((int)req->filter < 0 || (int)req->filter > 2) rpc_violation(ctx, "filter", "is not a filter");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    lpage pg;
+    const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
+                                    (int)req->filter);
+    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-12 */
+    ps_mem m = call_mem(ctx);
+    ps_client *clients = NULL;
+    int n = 0;
+    int rc = ps_clients_all(c, req->partner_hub_id, &m, &clients, &n);
+    if (rc != 0) return fail(ctx, rc, "clients");
+    PB(ClientMrr) **lines = rpc_calloc(ctx, (size_t)n + 1, sizeof *lines);
+    int n_lines = 0;
+    /* totals per currency over the whole report */
+    Orgmesh__Type__V1__Money **totals = rpc_calloc(ctx, (size_t)n + 1, sizeof *totals);
+    int n_totals = 0;
+    for (int i = 0; i < n; i++) {
+        ps_blocker *members = NULL;
+        int nm = 0;
+        if ((rc = ps_common_members(c, req->partner_hub_id, clients[i].client_hub_id, &m, &members, &nm)) != 0)
+            return fail(ctx, rc, "members");
+        PB(ClientMrr) *l = rpc_alloc(ctx, sizeof *l);
+        orgmesh__partners__v1__client_mrr__init(l);
+        l->client_hub_id = clients[i].client_hub_id;
+        l->client_name = rpc_strdup(ctx, clients[i].name);
+        l->active_employee_count = clients[i].active_count;
+        Orgmesh__Type__V1__Money *mrr = rpc_alloc(ctx, sizeof *mrr);
+        orgmesh__type__v1__money__init(mrr);
+        mrr->amount_minor = clients[i].mrr_minor;
+        mrr->currency_code = rpc_strdup(ctx, clients[i].mrr_currency);
+        l->mrr = mrr;
+        l->blockers = rpc_calloc(ctx, (size_t)nm + 1, sizeof *l->blockers);
+        for (int j = 0; j < nm; j++) {
+            /* PART-12: every user of both accounts must be tagged and not refused (PART-06) */
+            int why = part_credit_blocker(members[j].tagged, members[j].refused, members[j].active_here);
+            if (why == 0) continue;
+            PB(CreditBlocker) *b = rpc_alloc(ctx, sizeof *b);
+            orgmesh__partners__v1__credit_blocker__init(b);
+            b->user_id = members[j].user_id;
+            b->email = rpc_strdup(ctx, members[j].email);
+            b->display_name = rpc_strdup(ctx, members[j].display_name);
+            b->reason = (PB(CreditBlockReason))why;
+            l->blockers[l->n_blockers++] = b;
+        }
+        int reasons[2], nr = 0;
+        l->credited = part_credited(l->active_employee_count, (int)l->n_blockers, reasons, &nr);
+        l->uncredited_reasons = rpc_calloc(ctx, 2, sizeof *l->uncredited_reasons);
+        for (int k = 0; k < nr; k++) l->uncredited_reasons[l->n_uncredited_reasons++] = (PB(UncreditedReason))reasons[k];
+        if (l->credited && mrr->amount_minor != 0) {
+            int t = 0;
+            while (t < n_totals && strcmp(totals[t]->currency_code, mrr->currency_code) != 0) t++;
+            if (t == n_totals) {
+                totals[t] = rpc_alloc(ctx, sizeof *totals[t]);
+                orgmesh__type__v1__money__init(totals[t]);
+                totals[t]->currency_code = mrr->currency_code;
+                n_totals++;
+            }
+            totals[t]->amount_minor += mrr->amount_minor;
+        }
+        if (req->filter == ORGMESH__PARTNERS__V1__CREDIT_FILTER__CREDIT_FILTER_CREDITED && !l->credited) continue;
+        if (req->filter == ORGMESH__PARTNERS__V1__CREDIT_FILTER__CREDIT_FILTER_NOT_CREDITED && l->credited) continue;
+        lines[n_lines++] = l;
+    }
+    int from = pg.offset < n_lines ? pg.offset : n_lines;
+    int got = n_lines - from < pg.limit ? n_lines - from : pg.limit;
+    resp->clients = lines + from;
+    resp->n_clients = (size_t)got;
+    resp->next_page_token = from + got < n_lines ? page_next(ctx, &pg, got) : rpc_strdup(ctx, "");
+    resp->credited_totals = totals;
+    resp->n_credited_totals = (size_t)n_totals;
+    resp->compute_time = ts(&m, (int64_t)time(NULL) * 1000000);
+    return 0;
+}
+
+/* ListPartnerHistory — SPEC 8: the partner's audit entries, newest first; partner managers only. */
+static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListPartnerHistoryRequest) *req = (const void *)req_;
+    PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
+    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    lpage pg;
+    const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
+    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1;
+    char resource[48];
+    snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
+    audit_page page;
+    /* the page cursor is the id below which the next page starts */
+    int rc = audit_list(c, resource, pg.offset, pg.limit, &page);
+    if (rc != 0) return fail(ctx, rc, "history");
+    resp->entries = rpc_calloc(ctx, (size_t)page.n + 1, sizeof *resp->entries);
+    for (int i = 0; i < page.n; i++) {
+        const audit_row *r = &page.rows[i];
+        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
+        orgmesh__type__v1__audit_entry__init(e);
+        e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
+        e->actor = rpc_strdup(ctx, r->actor);
+        e->action = rpc_strdup(ctx, r->action);
+        e->resource = rpc_strdup(ctx, r->resource);
+        e->reason = rpc_strdup(ctx, r->reason);
+        e->request_id = rpc_strdup(ctx, r->request_id);
+        e->trace_id = rpc_strdup(ctx, r->trace_id);
+        ps_mem m = call_mem(ctx);
+        e->time = ts(&m, r->at_us);
+        if (r->after_type[0] != '\0') {
+            Google__Protobuf__Any *any = rpc_alloc(ctx, sizeof *any);
+            google__protobuf__any__init(any);
+            any->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", r->after_type);
+            any->value.len = r->after_len;
+            any->value.data = rpc_alloc(ctx, r->after_len + 1);
+            memcpy(any->value.data, r->after, r->after_len);
+            e->after = any;
+        }
+        resp->entries[i] = e;
+    }
+    resp->n_entries = (size_t)page.n;
+    resp->next_page_token = rpc_strdup(ctx, "");
+    if (page.next_before_id > 0 && page.n == pg.limit) {
+        char cursor[24], *tok = NULL;
+        snprintf(cursor, sizeof cursor, "%" PRId64, page.next_before_id);
+        if (page_token_encode(scope, cursor, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(ctx, tok);
+            free(tok);
+        }
+    }
+    audit_page_free(&page);
+    return 0;
+}
+
+/* ---- PartnersInternalService -------------------------------------------------------------------------- */
+
+typedef struct activities_op {
+    const PB(RecordActivitiesRequest) *req;
+    const char *reporter;
+} activities_op;
+
+static int apply_activities(mutation *mu, pg_conn *tx) {
+    activities_op *op = mu->op;
+    PB(RecordActivitiesResponse) *resp = (void *)mu->resp;
+    for (size_t i = 0; i < op->req->n_activities; i++) {
+        const PB(Activity) *a = op->req->activities[i];
+        bool fresh = true, attributed = false;
+        int rc;
+        if (a->activity_id[0] != '\0' && (rc = ps_activity_seen(tx, op->reporter, a->activity_id, &fresh)) != 0)
+            return rc;
+        if (!fresh) continue;
+        resp->accepted_count++;
+        /* PART-13: attributed to the partner only for tagged employees with an ACTIVE assignment there */
+        if ((rc = ps_activity_attribute(tx, a->user_id, a->hub_id, ts_us(a->time), a->kind, &attributed)) != 0)
+            return rc;
+        if (attributed) resp->attributed_count++;
+    }
+    return 0;
+}
+
+/* RecordActivities — PART-13: services report what users did, validated as a whole. */
+static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const PB(RecordActivitiesRequest) *req = (const void *)req_;
+    if (req->n_activities > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d activities per call", PART_MAX_BATCH);
+    if (req->n_activities == 0) rpc_violation(ctx, "activities", "must hold at least one activity");
+    int64_t now = (int64_t)time(NULL) * 1000000;
+    for (size_t i = 0; i < req->n_activities; i++) {
+        const PB(Activity) *a = req->activities[i];
+        char f[48];
+        snprintf(f, sizeof f, "activities[%zu].user_id", i);
+        check_id(ctx, f, a->user_id);
+        snprintf(f, sizeof f, "activities[%zu].hub_id", i);
+        check_id(ctx, f, a->hub_id);
+        const char *why = NULL;
+        if (part_activity_check(a->kind, ts_us(a->time), now, &why) != 0) {
+            snprintf(f, sizeof f, "activities[%zu]", i);
+            rpc_violation(ctx, f, "%s", why);
+        }
+        if (strlen(a->activity_id) > 128) {
+            snprintf(f, sizeof f, "activities[%zu].activity_id", i);
+            rpc_violation(ctx, f, "must be at most 128 characters");
+        }
+    }
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    char reporter[48];
+    audit_actor_string(rpc_actor(ctx), NULL, reporter, sizeof reporter);
+    activities_op op = {.req = req, .reporter = reporter};
+    mutation mu = {.ctx = ctx, .apply = apply_activities, .op = &op, .request_id = req->request_id};
+    return mutate(&mu, req_, resp);
+}
+
+/* IssueAccessRequestTokens — PART-04: one single-use token per client-admin recipient, only its hash kept; same event, same tokens. */
+static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(IssueAccessRequestTokensRequest) *req = (const void *)req_;
+    PB(IssueAccessRequestTokensResponse) *resp = (void *)resp_;
+    if (req->access_request_id[0] == '\0') rpc_violation(ctx, "access_request_id", "must be set");
+    if (req->event_id[0] == '\0') rpc_violation(ctx, "event_id", "must be set");
+    check_text(ctx, "event_id", req->event_id, 128);
+    if (req->n_recipient_user_ids > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d recipients per call", PART_MAX_BATCH);
+    check_batch(ctx, "recipient_user_ids", req->recipient_user_ids, req->n_recipient_user_ids);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    ps_mem m = call_mem(ctx);
+    ps_assignment a;
+    int rc = ps_asg_get_by_request(c, req->access_request_id, false, &m, &a);
+    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist",
+                                                        req->access_request_id)
+                                             : fail(ctx, rc, "request");
+    if (a.state != PART_ST_PENDING)
+        return rpc_fail(ctx, OM_E_REQUEST_NOT_PENDING, "the access request is no longer pending");
+    const char *key = partners_cfg.token_key;
+    resp->tokens = rpc_calloc(ctx, req->n_recipient_user_ids + 1, sizeof *resp->tokens);
+    for (size_t i = 0; i < req->n_recipient_user_ids; i++) {
+        uint64_t r = req->recipient_user_ids[i];
+        ps_membership mb;
+        rc = pa_ensure_membership(c, a.client_hub_id, r, &m, &mb);
+        if (rc == OM_E_NOT_FOUND) continue;
+        if (rc != 0) return fail(ctx, rc, "membership");
+        if (part_rule_client_admin(mb.present, mb.roles) != 0) continue; /* only client admins get a link */
+        char token[PART_TOKEN_LEN + 1];
+        uint8_t hash[32];
+        if ((rc = part_token_make(key, strlen(key), a.request_id, r, req->event_id, token)) != 0)
+            return rpc_fail(ctx, rc, NULL);
+        part_token_hash(token, hash);
+        if ((rc = ps_token_store(c, hash, a.id, r, req->event_id)) != 0) return fail(ctx, rc, "token");
+        PB(RecipientToken) *t = rpc_alloc(ctx, sizeof *t);
+        orgmesh__partners__v1__recipient_token__init(t);
+        t->recipient_user_id = r;
+        t->token = rpc_strdup(ctx, token);
+        t->expire_time = ts(&m, a.expire_us);
+        resp->tokens[resp->n_tokens++] = t;
+    }
+    return 0;
+}
+
+/* ---- the service tables ------------------------------------------------------------------------------- */
+
+static const rpc_method public_methods[] = {
+    {"TagEmployees", h_tag_employees, 0},
+    {"UntagEmployee", h_untag_employee, 0},
+    {"ListPartnerEmployees", h_list_partner_employees, 0},
+    {"ListClients", h_list_clients, 0},
+    {"AddClients", h_add_clients, 0},
+    {"SearchClients", h_search_clients, 0},
+    {"AssignClientsToEmployee", h_assign_clients, 0},
+    {"AssignEmployeesToClient", h_assign_employees, 0},
+    {"ListAccessRequests", h_list_access_requests, 0},
+    {"GetAccessRequest", h_get_access_request, 0},
+    {"ApproveAccessRequest", h_approve, 0},
+    {"DeclineAccessRequest", h_decline, 0},
+    {"CancelAccessRequest", h_cancel, 0},
+    {"ResendAccessRequest", h_resend, 0},
+    {"RemoveEmployeeFromClient", h_remove_employee, 0},
+    {"ListEmployeeClients", h_list_employee_clients, 0},
+    {"ListClientEmployees", h_list_client_employees, 0},
+    {"GetManagedMrrReport", h_mrr_report, 0},
+    {"ListPartnerHistory", h_history, 0},
+    {NULL, NULL, 0},
+};
+
+static const rpc_method internal_methods[] = {
+    {"RecordActivities", h_record_activities, RPC_INTERNAL},
+    {"IssueAccessRequestTokens", h_issue_tokens, RPC_INTERNAL},
+    {NULL, NULL, 0},
+};
+
+const rpc_service partners_service = {&orgmesh__partners__v1__partners_service__descriptor, public_methods};
+const rpc_service partners_internal_service = {&orgmesh__partners__v1__partners_internal_service__descriptor,
+                                               internal_methods};

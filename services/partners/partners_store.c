@@ -1,0 +1,748 @@
+/* partners_store.c — the SQL of the partners service (see partners_store.h).
+ * Every statement is a constant with $n parameters. */
+#include "partners_store.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "om_err.h"
+
+static const char *dup_str(ps_mem *m, const char *s) {
+    size_t n = strlen(s);
+    char *p = m->alloc(m->ud, n + 1);
+    if (p == NULL) return "";
+    memcpy(p, s, n + 1);
+    return p;
+}
+
+static int exec_current(pg_conn *c, const char *sql, const pg_params *p, int64_t version, bool *current) {
+    pg_res *r = NULL;
+    int rc = pg_exec(c, sql, p, &r);
+    if (rc == 0 && current != NULL) *current = pg_nrows(r) == 1 && pg_i64(r, 0, 0) == version;
+    pg_free(r);
+    return rc;
+}
+
+/* ---- local copies -------------------------------------------------------------- */
+
+int ps_account_put(pg_conn *c, const ps_account *a, bool *current) {
+    pg_params p = {0};
+    pg_p_u64(&p, a->hub_id);
+    pg_p_i64(&p, a->kind);
+    pg_p_str(&p, a->name ? a->name : "");
+    pg_p_i64(&p, a->mrr_minor);
+    pg_p_str(&p, a->mrr_currency ? a->mrr_currency : "");
+    pg_p_bool(&p, a->deleted);
+    pg_p_i64(&p, a->version);
+    int rc = pg_exec(c,
+                     "INSERT INTO account_copy (hub_id, kind, name, mrr_minor, mrr_currency, deleted, version)"
+                     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hub_id) DO UPDATE SET"
+                     " kind = EXCLUDED.kind, name = EXCLUDED.name, mrr_minor = EXCLUDED.mrr_minor,"
+                     " mrr_currency = EXCLUDED.mrr_currency, deleted = EXCLUDED.deleted, version = EXCLUDED.version"
+                     " WHERE account_copy.version < EXCLUDED.version",
+                     &p, NULL);
+    if (rc != 0 || current == NULL) return rc;
+    pg_params q = {0};
+    pg_p_u64(&q, a->hub_id);
+    return exec_current(c, "SELECT version FROM account_copy WHERE hub_id = $1", &q, a->version, current);
+}
+
+int ps_user_put(pg_conn *c, const ps_user *u, bool *current) {
+    pg_params p = {0};
+    pg_p_u64(&p, u->user_id);
+    pg_p_str(&p, u->email ? u->email : "");
+    pg_p_str(&p, u->display_name ? u->display_name : "");
+    pg_p_bool(&p, u->deleted);
+    pg_p_i64(&p, u->version);
+    int rc = pg_exec(c,
+                     "INSERT INTO user_copy (user_id, email, display_name, deleted, version)"
+                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET"
+                     " email = EXCLUDED.email, display_name = EXCLUDED.display_name,"
+                     " deleted = EXCLUDED.deleted, version = EXCLUDED.version"
+                     " WHERE user_copy.version < EXCLUDED.version",
+                     &p, NULL);
+    if (rc != 0 || current == NULL) return rc;
+    pg_params q = {0};
+    pg_p_u64(&q, u->user_id);
+    return exec_current(c, "SELECT version FROM user_copy WHERE user_id = $1", &q, u->version, current);
+}
+
+int ps_membership_put(pg_conn *c, const ps_membership *mb, bool *current) {
+    pg_params p = {0};
+    pg_p_u64(&p, mb->hub_id);
+    pg_p_u64(&p, mb->user_id);
+    pg_p_bool(&p, mb->present);
+    pg_p_i64(&p, mb->roles);
+    pg_p_bool(&p, mb->partner_employee);
+    pg_p_i64(&p, (int64_t)mb->link_partner_hub_id);
+    pg_p_str(&p, mb->link_assignment_id ? mb->link_assignment_id : "");
+    pg_p_i64(&p, mb->version);
+    int rc = pg_exec(c,
+                     "INSERT INTO membership_copy (hub_id, user_id, present, roles, partner_employee,"
+                     " link_partner_hub_id, link_assignment_id, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                     " ON CONFLICT (hub_id, user_id) DO UPDATE SET present = EXCLUDED.present,"
+                     " roles = EXCLUDED.roles, partner_employee = EXCLUDED.partner_employee,"
+                     " link_partner_hub_id = EXCLUDED.link_partner_hub_id,"
+                     " link_assignment_id = EXCLUDED.link_assignment_id, version = EXCLUDED.version"
+                     " WHERE membership_copy.version < EXCLUDED.version",
+                     &p, NULL);
+    if (rc != 0 || current == NULL) return rc;
+    pg_params q = {0};
+    pg_p_u64(&q, mb->hub_id);
+    pg_p_u64(&q, mb->user_id);
+    return exec_current(c, "SELECT version FROM membership_copy WHERE hub_id = $1 AND user_id = $2", &q,
+                        mb->version, current);
+}
+
+int ps_account_get(pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, hub_id);
+    int rc = pg_exec(c,
+                     "SELECT hub_id, kind, name, mrr_minor, mrr_currency, deleted, version FROM account_copy"
+                     " WHERE hub_id = $1",
+                     &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) {
+        out->hub_id = pg_u64(r, 0, 0);
+        out->kind = (int)pg_i64(r, 0, 1);
+        out->name = dup_str(m, pg_str(r, 0, 2));
+        out->mrr_minor = pg_i64(r, 0, 3);
+        out->mrr_currency = dup_str(m, pg_str(r, 0, 4));
+        out->deleted = pg_bool(r, 0, 5);
+        out->version = pg_i64(r, 0, 6);
+    }
+    pg_free(r);
+    return rc;
+}
+
+int ps_user_get(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, user_id);
+    int rc = pg_exec(c, "SELECT user_id, email, display_name, deleted, version FROM user_copy WHERE user_id = $1",
+                     &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) {
+        out->user_id = pg_u64(r, 0, 0);
+        out->email = dup_str(m, pg_str(r, 0, 1));
+        out->display_name = dup_str(m, pg_str(r, 0, 2));
+        out->deleted = pg_bool(r, 0, 3);
+        out->version = pg_i64(r, 0, 4);
+    }
+    pg_free(r);
+    return rc;
+}
+
+int ps_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, int lock, ps_mem *m, ps_membership *out) {
+    static const char *const sql[3] = {
+        "SELECT hub_id, user_id, present, roles, partner_employee, link_partner_hub_id, link_assignment_id,"
+        " version FROM membership_copy WHERE hub_id = $1 AND user_id = $2",
+        "SELECT hub_id, user_id, present, roles, partner_employee, link_partner_hub_id, link_assignment_id,"
+        " version FROM membership_copy WHERE hub_id = $1 AND user_id = $2 FOR SHARE",
+        "SELECT hub_id, user_id, present, roles, partner_employee, link_partner_hub_id, link_assignment_id,"
+        " version FROM membership_copy WHERE hub_id = $1 AND user_id = $2 FOR UPDATE",
+    };
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, hub_id);
+    pg_p_u64(&p, user_id);
+    int rc = pg_exec(c, sql[lock < 0 || lock > 2 ? 0 : lock], &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) {
+        out->hub_id = pg_u64(r, 0, 0);
+        out->user_id = pg_u64(r, 0, 1);
+        out->present = pg_bool(r, 0, 2);
+        out->roles = (unsigned)pg_i64(r, 0, 3);
+        out->partner_employee = pg_bool(r, 0, 4);
+        out->link_partner_hub_id = pg_u64(r, 0, 5);
+        out->link_assignment_id = dup_str(m, pg_str(r, 0, 6));
+        out->version = pg_i64(r, 0, 7);
+    }
+    pg_free(r);
+    return rc;
+}
+
+/* ---- tags ------------------------------------------------------------------------ */
+
+int ps_tag_record(pg_conn *c, uint64_t partner, uint64_t user, uint64_t by) {
+    pg_params p = {0};
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, user);
+    pg_p_i64(&p, (int64_t)by);
+    return pg_exec(c,
+                   "INSERT INTO employee_tag (partner_hub_id, user_id, tagged_by) VALUES ($1, $2, $3)"
+                   " ON CONFLICT DO NOTHING",
+                   &p, NULL);
+}
+
+int ps_tag_forget(pg_conn *c, uint64_t partner, uint64_t user) {
+    pg_params p = {0};
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, user);
+    return pg_exec(c, "DELETE FROM employee_tag WHERE partner_hub_id = $1 AND user_id = $2", &p, NULL);
+}
+
+#define EMP_SQL                                                                                         \
+    "SELECT m.user_id, COALESCE(u.email, ''), COALESCE(u.display_name, ''),"                           \
+    " (SELECT count(*) FROM assignment a WHERE a.partner_hub_id = m.hub_id AND"                        \
+    "   a.employee_user_id = m.user_id AND a.state = 2),"                                               \
+    " (SELECT count(*) FROM assignment a WHERE a.partner_hub_id = m.hub_id AND"                        \
+    "   a.employee_user_id = m.user_id AND a.state = 1),"                                               \
+    " (SELECT max(x.at) FROM activity x JOIN assignment a ON a.id = x.assignment_id"                   \
+    "   WHERE a.partner_hub_id = m.hub_id AND a.employee_user_id = m.user_id),"                        \
+    " t.tag_time, COALESCE(t.tagged_by, 0)"                                                              \
+    " FROM membership_copy m LEFT JOIN user_copy u ON u.user_id = m.user_id"                            \
+    " LEFT JOIN employee_tag t ON t.partner_hub_id = m.hub_id AND t.user_id = m.user_id"               \
+    " WHERE m.hub_id = $1 AND m.present AND m.partner_employee"
+
+static void read_employee(pg_res *r, int i, ps_mem *m, ps_employee *e) {
+    e->user_id = pg_u64(r, i, 0);
+    e->email = dup_str(m, pg_str(r, i, 1));
+    e->display_name = dup_str(m, pg_str(r, i, 2));
+    e->client_count = (int)pg_i64(r, i, 3);
+    e->pending_count = (int)pg_i64(r, i, 4);
+    e->last_activity_us = pg_time_us(r, i, 5);
+    e->tag_us = pg_time_us(r, i, 6);
+    e->tagged_by = pg_u64(r, i, 7);
+}
+
+int ps_employees_list(pg_conn *c, uint64_t partner, const char *query, int offset, int limit, ps_mem *m,
+                      ps_employee *out, int *n) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    pg_p_str(&p, query ? query : "");
+    pg_p_i64(&p, offset);
+    pg_p_i64(&p, limit);
+    int rc = pg_exec(c,
+                     EMP_SQL " AND ($2 = '' OR strpos(lower(COALESCE(u.display_name, '')), lower($2)) > 0"
+                             " OR strpos(lower(COALESCE(u.email, '')), lower($2)) > 0)"
+                             " ORDER BY lower(COALESCE(u.display_name, '')), m.user_id OFFSET $3 LIMIT $4",
+                     &p, &r);
+    *n = 0;
+    for (int i = 0; rc == 0 && i < pg_nrows(r); i++) read_employee(r, i, m, &out[(*n)++]);
+    pg_free(r);
+    return rc;
+}
+
+int ps_employee_get(pg_conn *c, uint64_t partner, uint64_t user, ps_mem *m, ps_employee *out) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, user);
+    int rc = pg_exec(c, EMP_SQL " AND m.user_id = $2", &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) read_employee(r, 0, m, out);
+    pg_free(r);
+    return rc;
+}
+
+/* ---- clients ----------------------------------------------------------------------- */
+
+int ps_client_add(pg_conn *c, uint64_t partner, uint64_t client, int source, bool *added) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, client);
+    pg_p_i64(&p, source);
+    int rc = pg_exec(c,
+                     "INSERT INTO client (partner_hub_id, client_hub_id, source) VALUES ($1, $2, $3)"
+                     " ON CONFLICT DO NOTHING",
+                     &p, &r);
+    *added = rc == 0 && pg_affected(r) == 1;
+    pg_free(r);
+    return rc;
+}
+
+#define CLIENT_SQL                                                                              \
+    "SELECT c.client_hub_id, COALESCE(a.name, ''), c.source,"                                  \
+    " (SELECT count(*) FROM assignment s WHERE s.partner_hub_id = c.partner_hub_id AND"        \
+    "   s.client_hub_id = c.client_hub_id AND s.state = 2),"                                    \
+    " c.add_time, COALESCE(a.mrr_minor, 0), COALESCE(a.mrr_currency, '')"                        \
+    " FROM client c LEFT JOIN account_copy a ON a.hub_id = c.client_hub_id WHERE c.partner_hub_id = $1"
+
+static void read_client(pg_res *r, int i, ps_mem *m, ps_client *out) {
+    out->client_hub_id = pg_u64(r, i, 0);
+    out->name = dup_str(m, pg_str(r, i, 1));
+    out->source = (int)pg_i64(r, i, 2);
+    out->active_count = (int)pg_i64(r, i, 3);
+    out->add_us = pg_time_us(r, i, 4);
+    out->mrr_minor = pg_i64(r, i, 5);
+    out->mrr_currency = dup_str(m, pg_str(r, i, 6));
+}
+
+int ps_client_get(pg_conn *c, uint64_t partner, uint64_t client, ps_mem *m, ps_client *out) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, client);
+    int rc = pg_exec(c, CLIENT_SQL " AND c.client_hub_id = $2", &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) read_client(r, 0, m, out);
+    pg_free(r);
+    return rc;
+}
+
+int ps_clients_list(pg_conn *c, uint64_t partner, const char *query, uint64_t query_hub, int offset, int limit,
+                    ps_mem *m, ps_client *out, int *n) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    pg_p_str(&p, query);
+    pg_p_i64(&p, (int64_t)query_hub);
+    pg_p_i64(&p, offset);
+    pg_p_i64(&p, limit);
+    int rc = pg_exec(c,
+                     CLIENT_SQL " AND ($2::text IS NULL OR strpos(lower(COALESCE(a.name, '')), lower($2)) > 0"
+                                " OR c.client_hub_id = $3)"
+                                " ORDER BY lower(COALESCE(a.name, '')), c.client_hub_id OFFSET $4 LIMIT $5",
+                     &p, &r);
+    *n = 0;
+    for (int i = 0; rc == 0 && i < pg_nrows(r); i++) read_client(r, i, m, &out[(*n)++]);
+    pg_free(r);
+    return rc;
+}
+
+int ps_clients_all(pg_conn *c, uint64_t partner, ps_mem *m, ps_client **out, int *n) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    int rc = pg_exec(c, CLIENT_SQL " ORDER BY lower(COALESCE(a.name, '')), c.client_hub_id", &p, &r);
+    *n = 0;
+    if (rc == 0) {
+        *out = m->alloc(m->ud, sizeof **out * (size_t)(pg_nrows(r) + 1));
+        for (int i = 0; i < pg_nrows(r); i++) read_client(r, i, m, &(*out)[(*n)++]);
+    }
+    pg_free(r);
+    return rc;
+}
+
+/* ---- assignments ---------------------------------------------------------------------- */
+
+#define ASG_COLS                                                                                         \
+    "a.id::text, COALESCE(a.request_id::text, ''), a.partner_hub_id, a.employee_user_id, a.client_hub_id," \
+    " COALESCE(pa.name, ''), COALESCE(u.email, ''), COALESCE(u.display_name, ''), COALESCE(ca.name, ''),"  \
+    " a.state, a.state_cause, a.assigned_by, a.version, a.create_time, a.activate_time, a.end_time,"        \
+    " a.update_time, a.expire_time, a.send_count, a.last_send_time, a.answered_by, a.answer_time,"          \
+    " a.answer_reason,"                                                                                   \
+    " (SELECT max(x.at) FROM activity x WHERE x.assignment_id = a.id),"                                   \
+    " (SELECT count(*) FROM activity x WHERE x.assignment_id = a.id AND x.at > now() - interval '30 days')," \
+    " a.link_sync, a.link_gen, a.link_adopt, a.link_roles, a.link_actor, a.membership_removed, a.end_actor," \
+    " now()"
+#define ASG_FROM                                                                  \
+    " FROM assignment a LEFT JOIN account_copy pa ON pa.hub_id = a.partner_hub_id" \
+    " LEFT JOIN account_copy ca ON ca.hub_id = a.client_hub_id"                    \
+    " LEFT JOIN user_copy u ON u.user_id = a.employee_user_id"
+
+static void read_asg(pg_res *r, int i, ps_mem *m, ps_assignment *a) {
+    memset(a, 0, sizeof *a);
+    snprintf(a->id, sizeof a->id, "%s", pg_str(r, i, 0));
+    snprintf(a->request_id, sizeof a->request_id, "%s", pg_str(r, i, 1));
+    a->partner_hub_id = pg_u64(r, i, 2);
+    a->employee_user_id = pg_u64(r, i, 3);
+    a->client_hub_id = pg_u64(r, i, 4);
+    a->partner_name = dup_str(m, pg_str(r, i, 5));
+    a->employee_email = dup_str(m, pg_str(r, i, 6));
+    a->employee_name = dup_str(m, pg_str(r, i, 7));
+    a->client_name = dup_str(m, pg_str(r, i, 8));
+    a->state = (int)pg_i64(r, i, 9);
+    a->cause = (int)pg_i64(r, i, 10);
+    a->assigned_by = pg_u64(r, i, 11);
+    a->version = pg_i64(r, i, 12);
+    a->create_us = pg_time_us(r, i, 13);
+    a->activate_us = pg_time_us(r, i, 14);
+    a->end_us = pg_time_us(r, i, 15);
+    a->update_us = pg_time_us(r, i, 16);
+    a->expire_us = pg_time_us(r, i, 17);
+    a->send_count = (int)pg_i64(r, i, 18);
+    a->last_send_us = pg_time_us(r, i, 19);
+    a->answered_by = pg_u64(r, i, 20);
+    a->answer_us = pg_time_us(r, i, 21);
+    a->answer_reason = dup_str(m, pg_str(r, i, 22));
+    a->last_activity_us = pg_time_us(r, i, 23);
+    a->activity_30d = (int)pg_i64(r, i, 24);
+    a->link_sync = pg_bool(r, i, 25);
+    a->link_gen = (int)pg_i64(r, i, 26);
+    a->link_adopt = pg_bool(r, i, 27);
+    a->link_roles = (unsigned)pg_i64(r, i, 28);
+    a->link_actor = dup_str(m, pg_str(r, i, 29));
+    a->membership_removed = pg_bool(r, i, 30);
+    a->end_actor = dup_str(m, pg_str(r, i, 31));
+    a->now_us = pg_time_us(r, i, 32);
+}
+
+static int asg_read_one(pg_conn *c, const char *where, const pg_params *p, ps_mem *m, ps_assignment *out) {
+    char sql[2048];
+    pg_res *r = NULL;
+    snprintf(sql, sizeof sql, "SELECT " ASG_COLS ASG_FROM " WHERE %s", where);
+    int rc = pg_exec(c, sql, p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) read_asg(r, 0, m, out);
+    pg_free(r);
+    return rc;
+}
+
+static bool uuid_shaped(const char *s) {
+    if (s == NULL || strlen(s) != 36) return false;
+    for (int i = 0; i < 36; i++) {
+        char ch = s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (ch != '-') return false;
+        } else if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int ps_asg_get(pg_conn *c, const char *id, bool lock, ps_mem *m, ps_assignment *out) {
+    if (!uuid_shaped(id)) return OM_E_NOT_FOUND;
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    if (lock) {
+        pg_res *r = NULL;
+        int rc = pg_exec(c, "SELECT 1 FROM assignment WHERE id = $1::uuid FOR UPDATE", &p, &r);
+        if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+        pg_free(r);
+        if (rc != 0) return rc;
+    }
+    return asg_read_one(c, "a.id = $1::uuid", &p, m, out);
+}
+
+int ps_asg_get_by_request(pg_conn *c, const char *request_id, bool lock, ps_mem *m, ps_assignment *out) {
+    if (!uuid_shaped(request_id)) return OM_E_NOT_FOUND;
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_str(&p, request_id);
+    int rc = pg_exec(c, "SELECT id::text FROM assignment WHERE request_id = $1::uuid", &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    char id[40] = "";
+    if (rc == 0) snprintf(id, sizeof id, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+    return rc != 0 ? rc : ps_asg_get(c, id, lock, m, out);
+}
+
+int ps_asg_get_open(pg_conn *c, uint64_t client, uint64_t employee, bool lock, ps_mem *m, ps_assignment *out) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, client);
+    pg_p_u64(&p, employee);
+    int rc = pg_exec(c,
+                     "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND employee_user_id = $2"
+                     " AND state IN (1, 2)",
+                     &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    char id[40] = "";
+    if (rc == 0) snprintf(id, sizeof id, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+    if (rc != 0) return rc;
+    rc = ps_asg_get(c, id, lock, m, out);
+    /* it ended between the two statements: there is no open one now */
+    if (rc == 0 && out->state != 1 && out->state != 2) rc = OM_E_NOT_FOUND;
+    return rc;
+}
+
+int ps_asg_insert(pg_conn *c, ps_assignment *a, bool with_request, int64_t ttl_s, ps_mem *m) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, a->partner_hub_id);
+    pg_p_u64(&p, a->employee_user_id);
+    pg_p_u64(&p, a->client_hub_id);
+    pg_p_i64(&p, a->state);
+    pg_p_i64(&p, a->cause);
+    pg_p_i64(&p, (int64_t)a->assigned_by);
+    pg_p_bool(&p, with_request);
+    pg_p_i64(&p, ttl_s);
+    pg_p_bool(&p, a->link_sync);
+    pg_p_bool(&p, a->link_adopt);
+    pg_p_str(&p, a->link_actor ? a->link_actor : "");
+    /* ON CONFLICT on the PART-06 index waits for a concurrent insert of the
+     * same (client, employee) and then does nothing: the loser sees the
+     * winner's row instead of an error. */
+    int rc = pg_exec(c,
+                     "INSERT INTO assignment (id, request_id, partner_hub_id, employee_user_id, client_hub_id,"
+                     " state, state_cause, assigned_by, activate_time, expire_time, send_count, last_send_time,"
+                     " link_sync, link_gen, link_adopt, link_actor, link_sync_after)"
+                     " VALUES (gen_random_uuid(), CASE WHEN $7 THEN gen_random_uuid() END, $1, $2, $3, $4, $5, $6,"
+                     " CASE WHEN $4 = 2 THEN now() END,"
+                     " CASE WHEN $7 THEN now() + make_interval(secs => $8) END,"
+                     " CASE WHEN $7 THEN 1 ELSE 0 END, CASE WHEN $7 THEN now() END,"
+                     " $9, CASE WHEN $9 THEN 1 ELSE 0 END, $10, $11, now() + interval '1 second')"
+                     " ON CONFLICT (client_hub_id, employee_user_id) WHERE state IN (1, 2) DO NOTHING"
+                     " RETURNING id::text",
+                     &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_ALREADY_EXISTS;
+    char id[40] = "";
+    if (rc == 0) snprintf(id, sizeof id, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+    return rc != 0 ? rc : ps_asg_get(c, id, false, m, a);
+}
+
+int ps_asg_save(pg_conn *c, ps_assignment *a, ps_mem *m) {
+    pg_params p = {0};
+    pg_p_str(&p, a->id);
+    pg_p_i64(&p, a->state);
+    pg_p_i64(&p, a->cause);
+    pg_p_i64(&p, a->send_count);
+    pg_p_i64(&p, (int64_t)a->answered_by);
+    pg_p_str(&p, a->answer_reason ? a->answer_reason : "");
+    pg_p_bool(&p, a->link_sync);
+    pg_p_bool(&p, a->link_adopt);
+    pg_p_i64(&p, a->link_roles);
+    pg_p_str(&p, a->link_actor ? a->link_actor : "");
+    pg_p_bool(&p, a->membership_removed);
+    pg_p_str(&p, a->end_actor ? a->end_actor : "");
+    pg_p_i64(&p, a->last_send_us);
+    int rc = pg_exec(c,
+                     "UPDATE assignment SET version = version + 1, update_time = now(),"
+                     " activate_time = CASE WHEN $2 = 2 AND state <> 2 THEN now() ELSE activate_time END,"
+                     " end_time = CASE WHEN $2 IN (3, 4, 5, 6) AND state NOT IN (3, 4, 5, 6) THEN now()"
+                     "   ELSE end_time END,"
+                     " answer_time = CASE WHEN state = 1 AND $2 <> 1 THEN now() ELSE answer_time END,"
+                     " last_send_time = CASE WHEN $13::bigint = -1 THEN now() ELSE last_send_time END,"
+                     " state = $2, state_cause = $3, send_count = $4, answered_by = $5, answer_reason = $6,"
+                     " link_gen = CASE WHEN $7 THEN link_gen + 1 ELSE link_gen END,"
+                     " link_sync_after = CASE WHEN $7 THEN now() + interval '1 second' ELSE link_sync_after END,"
+                     " link_sync = $7, link_adopt = $8, link_roles = $9, link_actor = $10,"
+                     " membership_removed = $11, end_actor = $12"
+                     " WHERE id = $1::uuid",
+                     &p, NULL);
+    if (rc != 0) return rc;
+    char id[40];
+    snprintf(id, sizeof id, "%s", a->id);
+    return ps_asg_get(c, id, false, m, a);
+}
+
+int ps_asg_link_done(pg_conn *c, const char *id, bool membership_removed) {
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    pg_p_bool(&p, membership_removed);
+    return pg_exec(c,
+                   "UPDATE assignment SET link_sync = false,"
+                   " membership_removed = membership_removed OR $2 WHERE id = $1::uuid",
+                   &p, NULL);
+}
+
+int ps_asg_list(pg_conn *c, const ps_asg_filter *f, ps_mem *m, ps_assignment *out, int *n) {
+    static const char *const orders[3] = {
+        " ORDER BY a.create_time DESC, a.id",
+        " ORDER BY lower(COALESCE(ca.name, '')), a.client_hub_id, a.create_time DESC, a.id",
+        " ORDER BY lower(COALESCE(u.display_name, '')), a.employee_user_id, a.create_time DESC, a.id",
+    };
+    char sql[3072];
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_i64(&p, (int64_t)f->partner);
+    pg_p_i64(&p, (int64_t)f->client);
+    pg_p_i64(&p, (int64_t)f->employee);
+    pg_p_i64(&p, f->state);
+    pg_p_bool(&p, f->only_requests);
+    pg_p_i64(&p, f->offset);
+    pg_p_i64(&p, f->limit);
+    snprintf(sql, sizeof sql,
+             "SELECT " ASG_COLS ASG_FROM
+             " WHERE ($1 = 0 OR a.partner_hub_id = $1) AND ($2 = 0 OR a.client_hub_id = $2)"
+             " AND ($3 = 0 OR a.employee_user_id = $3) AND ($4 = 0 OR a.state = $4)"
+             " AND (NOT $5 OR a.request_id IS NOT NULL) %s OFFSET $6 LIMIT $7",
+             orders[f->order < 0 || f->order > 2 ? 0 : f->order]);
+    int rc = pg_exec(c, sql, &p, &r);
+    *n = 0;
+    for (int i = 0; rc == 0 && i < pg_nrows(r); i++) read_asg(r, i, m, &out[(*n)++]);
+    pg_free(r);
+    return rc;
+}
+
+static int read_ids(pg_conn *c, const char *sql, const pg_params *p, ps_mem *m, char (**ids)[40], int *n) {
+    pg_res *r = NULL;
+    int rc = pg_exec(c, sql, p, &r);
+    *n = 0;
+    if (rc == 0) {
+        *ids = m->alloc(m->ud, sizeof **ids * (size_t)(pg_nrows(r) + 1));
+        for (int i = 0; i < pg_nrows(r); i++) snprintf((*ids)[(*n)++], 40, "%s", pg_str(r, i, 0));
+    }
+    pg_free(r);
+    return rc;
+}
+
+int ps_asg_open_ids(pg_conn *c, uint64_t partner, uint64_t employee, ps_mem *m, char (**ids)[40], int *n) {
+    pg_params p = {0};
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, employee);
+    return read_ids(c,
+                    "SELECT id::text FROM assignment WHERE partner_hub_id = $1 AND employee_user_id = $2"
+                    " AND state IN (1, 2) ORDER BY id",
+                    &p, m, ids, n);
+}
+
+int ps_asg_open_ids_of_client(pg_conn *c, uint64_t client, ps_mem *m, char (**ids)[40], int *n) {
+    pg_params p = {0};
+    pg_p_u64(&p, client);
+    return read_ids(c, "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND state IN (1, 2) ORDER BY id",
+                    &p, m, ids, n);
+}
+
+static int due(pg_conn *c, const char *sql, int limit, char (*ids)[40], int *n) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_i64(&p, limit);
+    int rc = pg_exec(c, sql, &p, &r);
+    *n = 0;
+    for (int i = 0; rc == 0 && i < pg_nrows(r) && i < limit; i++) snprintf(ids[(*n)++], 40, "%s", pg_str(r, i, 0));
+    pg_free(r);
+    return rc;
+}
+
+int ps_asg_sync_due(pg_conn *c, int limit, char (*ids)[40], int *n) {
+    return due(c,
+               "SELECT id::text FROM assignment WHERE link_sync AND link_sync_after <= now()"
+               " ORDER BY link_sync_after LIMIT $1 FOR UPDATE SKIP LOCKED",
+               limit, ids, n);
+}
+
+int ps_asg_expired_due(pg_conn *c, int limit, char (*ids)[40], int *n) {
+    return due(c,
+               "SELECT id::text FROM assignment WHERE state = 1 AND expire_time <= now()"
+               " ORDER BY expire_time LIMIT $1 FOR UPDATE SKIP LOCKED",
+               limit, ids, n);
+}
+
+/* ---- refusals, tokens --------------------------------------------------------------------- */
+
+int ps_refusal_record(pg_conn *c, uint64_t partner, uint64_t client, uint64_t user) {
+    pg_params p = {0};
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, client);
+    pg_p_u64(&p, user);
+    return pg_exec(c,
+                   "INSERT INTO refusal (partner_hub_id, client_hub_id, user_id) VALUES ($1, $2, $3)"
+                   " ON CONFLICT (partner_hub_id, client_hub_id, user_id) DO UPDATE SET refuse_time = now()",
+                   &p, NULL);
+}
+
+int ps_token_store(pg_conn *c, const uint8_t hash[32], const char *asg_id, uint64_t recipient, const char *event_id) {
+    pg_params p = {0};
+    pg_p_bytes(&p, hash, 32);
+    pg_p_str(&p, asg_id);
+    pg_p_u64(&p, recipient);
+    pg_p_str(&p, event_id);
+    return pg_exec(c,
+                   "INSERT INTO request_token (token_hash, assignment_id, recipient_user_id, event_id)"
+                   " VALUES ($1, $2::uuid, $3, $4) ON CONFLICT DO NOTHING",
+                   &p, NULL);
+}
+
+int ps_token_find(pg_conn *c, const uint8_t hash[32], char asg_id[40], uint64_t *recipient) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_bytes(&p, hash, 32);
+    int rc = pg_exec(c, "SELECT assignment_id::text, recipient_user_id FROM request_token WHERE token_hash = $1",
+                     &p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) {
+        snprintf(asg_id, 40, "%s", pg_str(r, 0, 0));
+        *recipient = pg_u64(r, 0, 1);
+    }
+    pg_free(r);
+    return rc;
+}
+
+int ps_token_use(pg_conn *c, const uint8_t hash[32]) {
+    pg_params p = {0};
+    pg_p_bytes(&p, hash, 32);
+    return pg_exec(c, "UPDATE request_token SET used_time = COALESCE(used_time, now()) WHERE token_hash = $1", &p,
+                   NULL);
+}
+
+/* ---- PART-12 --------------------------------------------------------------------------------- */
+
+int ps_common_members(pg_conn *c, uint64_t partner, uint64_t client, ps_mem *m, ps_blocker **out, int *n) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, client);
+    int rc = pg_exec(
+        c,
+        "SELECT pm.user_id, COALESCE(u.email, ''), COALESCE(u.display_name, ''), pm.partner_employee,"
+        " EXISTS (SELECT 1 FROM refusal f WHERE f.partner_hub_id = $1 AND f.client_hub_id = $2"
+        "   AND f.user_id = pm.user_id AND EXISTS (SELECT 1 FROM assignment o WHERE o.client_hub_id = $2"
+        "   AND o.employee_user_id = pm.user_id AND o.state IN (1, 2) AND o.partner_hub_id <> $1)),"
+        " EXISTS (SELECT 1 FROM assignment a WHERE a.partner_hub_id = $1 AND a.client_hub_id = $2"
+        "   AND a.employee_user_id = pm.user_id AND a.state = 2)"
+        " FROM membership_copy pm JOIN membership_copy cm ON cm.user_id = pm.user_id AND cm.hub_id = $2"
+        "   AND cm.present"
+        " LEFT JOIN user_copy u ON u.user_id = pm.user_id"
+        " WHERE pm.hub_id = $1 AND pm.present ORDER BY pm.user_id",
+        &p, &r);
+    *n = 0;
+    if (rc == 0) {
+        *out = m->alloc(m->ud, sizeof **out * (size_t)(pg_nrows(r) + 1));
+        for (int i = 0; i < pg_nrows(r); i++) {
+            ps_blocker *b = &(*out)[(*n)++];
+            b->user_id = pg_u64(r, i, 0);
+            b->email = dup_str(m, pg_str(r, i, 1));
+            b->display_name = dup_str(m, pg_str(r, i, 2));
+            b->tagged = pg_bool(r, i, 3);
+            b->refused = pg_bool(r, i, 4);
+            b->active_here = pg_bool(r, i, 5);
+        }
+    }
+    pg_free(r);
+    return rc;
+}
+
+/* ---- PART-13 ----------------------------------------------------------------------------------- */
+
+int ps_activity_seen(pg_conn *c, const char *reporter, const char *activity_id, bool *fresh) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_str(&p, reporter);
+    pg_p_str(&p, activity_id);
+    int rc = pg_exec(c, "INSERT INTO activity_seen (reporter, activity_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                     &p, &r);
+    *fresh = rc == 0 && pg_affected(r) == 1;
+    pg_free(r);
+    return rc;
+}
+
+int ps_activity_attribute(pg_conn *c, uint64_t user, uint64_t hub, int64_t at_us, const char *kind,
+                          bool *attributed) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, user);
+    pg_p_u64(&p, hub);
+    pg_p_i64(&p, at_us);
+    pg_p_str(&p, kind);
+    /* PART-13: only tagged employees with an ACTIVE assignment there */
+    int rc = pg_exec(c,
+                     "INSERT INTO activity (assignment_id, at, kind)"
+                     " SELECT a.id, to_timestamp($3::bigint / 1000000.0), $4 FROM assignment a"
+                     " JOIN membership_copy m ON m.hub_id = a.partner_hub_id AND m.user_id = a.employee_user_id"
+                     "   AND m.present AND m.partner_employee"
+                     " WHERE a.employee_user_id = $1 AND a.client_hub_id = $2 AND a.state = 2",
+                     &p, &r);
+    *attributed = rc == 0 && pg_affected(r) > 0;
+    pg_free(r);
+    return rc;
+}
+
+int ps_asg_claim_revoke_event(pg_conn *c, const char *id, bool *first) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_str(&p, id);
+    int rc = pg_exec(c, "UPDATE assignment SET revoke_emitted = true WHERE id = $1::uuid AND NOT revoke_emitted", &p,
+                     &r);
+    *first = rc == 0 && pg_affected(r) == 1;
+    pg_free(r);
+    return rc;
+}
+
+int ps_asg_sync_later(pg_conn *c, const char *id, int seconds) {
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    pg_p_i64(&p, seconds);
+    return pg_exec(c,
+                   "UPDATE assignment SET link_sync_after = now() + make_interval(secs => $2)"
+                   " WHERE id = $1::uuid AND link_sync",
+                   &p, NULL);
+}
