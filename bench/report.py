@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""report.py WORKDIR OUTBASE — turns the raw files bench/run left in WORKDIR
+(loadgen JSON, h2load and pgbench output, footprint.tsv, skips.tsv, meta.tsv)
+into OUTBASE.md and OUTBASE.json: each figure next to its reference, the
+ratio, the target and whether it was met. Prints the Markdown too."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+RSS_TARGET_KB = 32 * 1024       # SPEC 9: under 32 MB resident under load
+START_TARGET_MS = 200.0         # SPEC 9: ready within 200 ms of start
+HOT_TARGET = 0.70               # SPEC 9: hot checks >= 70% of the empty RPC
+HOT_P99_MS = 5.0
+WRITE_TARGET = 0.50             # SPEC 9: writes >= half of pgbench
+
+
+def tsv(path):
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    if not lines:
+        return []
+    head = lines[0].split("\t")
+    return [dict(zip(head, l.split("\t"))) for l in lines[1:] if l.strip()]
+
+
+def kv(path):
+    out = {}
+    if path.is_file():
+        for l in path.read_text().splitlines():
+            k, _, v = l.partition("\t")
+            out[k] = v
+    return out
+
+
+def load_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def h2load(path):
+    if not path.is_file():
+        return None
+    t = path.read_text()
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", t)
+    if not m:
+        return {"error": t.strip().splitlines()[-1] if t.strip() else "no output"}
+    r = {"seconds": float(m.group(1)), "requests_per_s": float(m.group(2))}
+    m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
+    if m:
+        r.update(total=int(m.group(1)), succeeded=int(m.group(2)), failed=int(m.group(3)),
+                 errored=int(m.group(4)))
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", t)
+    if m:
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+        r["mean_ms"] = float(m.group(5)) * scale[m.group(6)]
+        r["max_ms"] = float(m.group(3)) * scale[m.group(4)]
+    return r
+
+
+def pgbench(path):
+    if not path.is_file():
+        return None
+    t = path.read_text()
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", t)
+    if not m:
+        return {"error": t.strip().splitlines()[-1] if t.strip() else "no output"}
+    r = {"tps": float(m.group(1))}
+    m = re.search(r"latency average = ([\d.]+) ms", t)
+    if m:
+        r["latency_avg_ms"] = float(m.group(1))
+    m = re.search(r"number of transactions actually processed: (\d+)", t)
+    if m:
+        r["transactions"] = int(m.group(1))
+    m = re.search(r"number of failed transactions: (\d+)", t)
+    r["failed"] = int(m.group(1)) if m else 0
+    return r
+
+
+def lg_figure(d):
+    lat = d["latency_us"]
+    return {"calls_per_s": round(d["calls_per_s"], 1), "rounds_calls_per_s": d.get("rounds_calls_per_s"), "calls": d["calls"], "ok": d["ok"],
+            "errors": d["errors"], "wrong_replies": d["wrong_replies"], "status": d["status"],
+            "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000, "p99_ms": lat["p99"] / 1000,
+            "p999_ms": lat["p999"] / 1000, "max_ms": lat["max"] / 1000,
+            "error_samples": d.get("error_samples", [])}
+
+
+def rounds(work, pattern):
+    """The files of each round, in order (s1_r1.json, s1_r2.json...)."""
+    return sorted(work.glob(pattern), key=lambda p: int(re.search(r"_r(\d+)\.", p.name).group(1)))
+
+
+def agg_lg(ds):
+    """Loadgen results of several rounds: calls/s averaged, counts summed,
+    latency percentiles from the worse round."""
+    ds = [d for d in ds if d]
+    if not ds:
+        return None
+    out = dict(ds[0])
+    out["calls_per_s"] = sum(d["calls_per_s"] for d in ds) / len(ds)
+    for k in ("calls", "ok", "errors", "wrong_replies", "undecodable"):
+        out[k] = sum(d.get(k, 0) for d in ds)
+    st = {}
+    for d in ds:
+        for k, v in d["status"].items():
+            st[k] = st.get(k, 0) + v
+    out["status"] = st
+    out["latency_us"] = {k: max(d["latency_us"][k] for d in ds) for k in ("p50", "p90", "p99", "p999", "max")}
+    out["error_samples"] = [x for d in ds for x in d.get("error_samples", [])][:5]
+    out["rounds_calls_per_s"] = [round(d["calls_per_s"], 1) for d in ds]
+    return out
+
+
+def agg_ref(rs, key):
+    rs = [r for r in rs if r and key in r]
+    if not rs:
+        return None
+    out = dict(rs[0])
+    out[key] = sum(r[key] for r in rs) / len(rs)
+    out["rounds"] = [round(r[key], 1) for r in rs]
+    for k in ("mean_ms", "latency_avg_ms"):
+        if all(k in r for r in rs):
+            out[k] = sum(r[k] for r in rs) / len(rs)
+    return out
+
+
+def fmt_lat(f):
+    return (f"p50 {f['p50_ms']:.2f} / p90 {f['p90_ms']:.2f} / p99 {f['p99_ms']:.2f} / "
+            f"p99.9 {f['p999_ms']:.2f} / max {f['max_ms']:.2f} ms")
+
+
+def main(work, outbase):
+    work, outbase = Path(work), Path(outbase)
+    meta = kv(work / "meta.tsv")
+    skips = {r["scenario"]: r for r in tsv(work / "skips.tsv")}
+    missed = []
+    scen = []
+
+    # 1. ceiling
+    s1 = agg_lg([load_json(p) for p in rounds(work, "s1_r*.json")])
+    h2 = [h2load(p) for p in rounds(work, "s1_h2load_r*.txt")]
+    ref1 = agg_ref(h2, "requests_per_s") or next((r for r in h2 if r), None)
+    e = {"id": 1, "name": "Ceiling: empty RPC (grpc.health.v1.Health/Check), 64 in flight",
+         "service": meta.get("ceiling_service"), "target": "none (it is the reference of scenario 2)"}
+    if s1:
+        e["status"] = "measured"
+        e["figure"] = lg_figure(s1)
+        if ref1 and "requests_per_s" in ref1:
+            e["reference"] = {"name": "h2load, same method, 2 connections x 32 streams (does not check replies)",
+                              **ref1}
+            e["ratio"] = round(s1["calls_per_s"] / ref1["requests_per_s"], 3) if ref1["requests_per_s"] else None
+        else:
+            e["reference"] = {"name": "h2load", "error": (ref1 or {}).get("error", "not run")}
+        if s1["errors"]:
+            missed.append(f"1: {s1['errors']} of {s1['calls']} empty RPCs failed or were wrong")
+    else:
+        e["status"] = "failed"
+        missed.append("1: the ceiling was not measured")
+    scen.append(e)
+    ceiling_cps = s1["calls_per_s"] if s1 else None
+
+    # 2. hot checks
+    e = {"id": 2, "name": "Hot checks: CheckMirrorAccess / ListMirrorSources / CheckAssetCopy, warm cache",
+         "target": f">= {HOT_TARGET:.0%} of the ceiling, p99 < {HOT_P99_MS:g} ms"}
+    s2 = agg_lg([load_json(p) for p in rounds(work, "s2_r*.json")])
+    if s2 and ceiling_cps:
+        e["status"] = "measured"
+        e["figure"] = lg_figure(s2)
+        e["reference"] = {"name": "scenario 1 (ceiling)", "calls_per_s": ceiling_cps}
+        e["ratio"] = round(s2["calls_per_s"] / ceiling_cps, 3)
+        e["met"] = e["ratio"] >= HOT_TARGET and e["figure"]["p99_ms"] < HOT_P99_MS and not s2["errors"]
+        if not e["met"]:
+            missed.append(f"2: hot checks at {e['ratio']:.0%} of the ceiling, p99 {e['figure']['p99_ms']:.2f} ms")
+    else:
+        sk = skips.get("2", {"status": "skipped", "reason": "not run"})
+        e["status"], e["reason"] = sk["status"], sk["reason"]
+    scen.append(e)
+
+    # 3. writes
+    e = {"id": 3, "name": "Writes: CreateAccount (accounts) vs pgbench running the same transaction",
+         "target": f">= {WRITE_TARGET:.0%} of pgbench"}
+    s3 = agg_lg([load_json(p) for p in rounds(work, "s3_r*.json")])
+    pg = [pgbench(p) for p in rounds(work, "s3_pgbench_r*.txt")]
+    ref3 = agg_ref(pg, "tps") or next((r for r in pg if r), None)
+    pmeta = kv(work / "s3_pgbench.meta")
+    if s3:
+        e["status"] = "measured"
+        e["figure"] = lg_figure(s3)
+        if ref3 and "tps" in ref3:
+            e["reference"] = {"name": f"pgbench -M prepared, {pmeta.get('clients', '?')} clients "
+                                      "(= the service's PostgreSQL connections), bench/create_account.pgbench",
+                              **ref3, "envelope_bytes": pmeta.get("envelope_bytes"),
+                              "audit_bytes": pmeta.get("audit_bytes")}
+            e["ratio"] = round(s3["calls_per_s"] / ref3["tps"], 3) if ref3["tps"] else None
+            e["met"] = e["ratio"] is not None and e["ratio"] >= WRITE_TARGET and not s3["errors"]
+            if not e["met"]:
+                missed.append(f"3: CreateAccount reaches {e['ratio']:.0%} of pgbench (target "
+                              f"{WRITE_TARGET:.0%})" + (f", {s3['errors']} errors" if s3["errors"] else ""))
+        else:
+            e["reference"] = {"name": "pgbench", "error": (ref3 or {}).get("error", "not run")}
+            e["met"] = None
+            missed.append("3: the pgbench reference failed, no ratio")
+    else:
+        sk = skips.get("3", {"status": "skipped", "reason": "not run"})
+        e["status"], e["reason"] = sk["status"], sk["reason"]
+    scen.append(e)
+
+    for sid, name, target in (("4", "Asset copy: 10,000 assets vs the equivalent plain SQL copy", "<= 3x the SQL time"),
+                              ("5", "Events -> SMTP at 200 events/s", "p99 <= 500 ms")):
+        sk = skips.get(sid, {"status": "skipped", "reason": "not run"})
+        scen.append({"id": int(sid), "name": name, "target": target, "status": sk["status"], "reason": sk["reason"]})
+
+    # 6. footprint
+    fp = []
+    for r in tsv(work / "footprint.tsv"):
+        def num(k):
+            try:
+                return float(r[k])
+            except (KeyError, ValueError):
+                return None
+        row = {"service": r["service"], "idle_rss_mb": (num("idle_rss_kb") or 0) / 1024,
+               "load_rss_mb": (num("load_rss_kb") or 0) / 1024, "load_hwm_mb": (num("load_hwm_kb") or 0) / 1024,
+               "load_calls_per_s": num("load_calls_per_s"), "start_ms": num("start_ms"),
+               "start_cpu_ms": num("start_cpu_ms"), "loadavg_at_start": num("start_loadavg"),
+               "first_start_ms": num("first_start_ms"), "sigterm_exit": r.get("stop")}
+        if row["first_start_ms"] is None:
+            row["rss_met"] = row["start_met"] = None
+            missed.append(f"6: {r['service']} {row['sigterm_exit']}")
+            fp.append(row)
+            continue
+        peak = max(row["load_rss_mb"], row["load_hwm_mb"])
+        row["rss_met"] = peak * 1024 <= RSS_TARGET_KB
+        row["start_met"] = row["start_ms"] is not None and row["start_ms"] <= START_TARGET_MS
+        if not row["rss_met"]:
+            missed.append(f"6: {r['service']} peaks at {peak:.1f} MB resident under load (target 32 MB)")
+        if not row["start_met"]:
+            missed.append(f"6: {r['service']} took {row['start_ms']} ms from exec to SERVING (target 200 ms)")
+        if row["sigterm_exit"] not in ("0",):
+            missed.append(f"6: {r['service']} did not exit cleanly on SIGTERM ({row['sigterm_exit']})")
+        fp.append(row)
+    scen.append({"id": 6, "name": "Footprint: resident memory idle / under scenario 1 load, exec -> SERVING",
+                 "target": "<= 32 MB resident, <= 200 ms to SERVING", "status": "measured" if fp else "failed",
+                 "services": fp})
+
+    result = {"date": meta.get("date"), "machine": {k: meta.get(k) for k in ("host", "cpus", "cpu_model",
+                                                                               "loadavg")},
+              "git": meta.get("git"), "git_dirty_files": meta.get("git_dirty"),
+              "seconds_per_round": meta.get("seconds"), "rounds": meta.get("rounds"), "warmup_seconds": meta.get("warmup"),
+              "service_workers": meta.get("workers"), "scenarios": scen, "targets_missed": missed}
+    outbase.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+
+    # Markdown
+    L = []
+    L.append(f"# orgmesh benchmark — {meta.get('date')}\n")
+    L.append(f"Machine: {meta.get('cpus')} CPUs ({meta.get('cpu_model')}), load average before the report "
+             f"{meta.get('loadavg')}; git {meta.get('git')} ({meta.get('git_dirty')} files changed); "
+             f"{meta.get('rounds')} rounds of {meta.get('seconds')} s (after {meta.get('warmup')} s of warm-up) for each figure "
+             "and its reference, alternating; calls/s are the mean of the rounds, latencies the worse round. Every figure and "
+             "its reference were taken in this run on this machine.\n")
+    try:
+        la1, cpus = float((meta.get("loadavg") or "0").split()[0]), int(meta.get("cpus") or 1)
+    except ValueError:
+        la1, cpus = 0.0, 1
+    result["machine_busy"] = la1 > 1.5 * cpus
+    if result["machine_busy"]:
+        L.append(f"**Warning: the machine was busy with other work (load average {la1:g} on {cpus} CPUs).** "
+                 "Absolute figures and wall-clock start times are inflated by waiting for a CPU; the ratios "
+                 "share the noise (figure and reference alternate) but are less precise. Re-run on an idle "
+                 "machine before drawing conclusions from absolute numbers.\n")
+        outbase.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    L.append("| # | scenario | figure | reference | ratio | target | verdict |")
+    L.append("|---|---|---|---|---|---|---|")
+    for e in scen:
+        if e["id"] == 6:
+            continue
+        if e["status"] != "measured":
+            L.append(f"| {e['id']} | {e['name']} | **{e['status']}: {e['reason']}** | | | {e['target']} | |")
+            continue
+        f = e["figure"]
+        fig = f"{f['calls_per_s']:,.0f} calls/s; {fmt_lat(f)}; {f['errors']} errors of {f['calls']:,}"
+        ref = e.get("reference", {})
+        if "calls_per_s" in ref:
+            rs = f"{ref['name']}: {ref['calls_per_s']:,.0f} calls/s"
+        elif "requests_per_s" in ref:
+            rs = f"{ref['name']}: {ref['requests_per_s']:,.0f} req/s"
+            if "mean_ms" in ref:
+                rs += f", mean {ref['mean_ms']:.2f} ms"
+        elif "tps" in ref:
+            rs = f"{ref['name']}: {ref['tps']:,.0f} tx/s, latency avg {ref.get('latency_avg_ms', 0):.2f} ms"
+        else:
+            rs = f"{ref.get('name', '')}: {ref.get('error', '')}"
+        ratio = e.get("ratio")
+        rt = f"{ratio:.2f}" if ratio is not None else "—"
+        if f.get("rounds_calls_per_s") and len(f["rounds_calls_per_s"]) > 1:
+            fig += " (rounds: " + ", ".join(f"{x:,.0f}" for x in f["rounds_calls_per_s"]) + ")"
+        if ref.get("rounds") and len(ref["rounds"]) > 1:
+            rs += " (rounds: " + ", ".join(f"{x:,.0f}" for x in ref["rounds"]) + ")"
+        met = e.get("met")
+        verdict = "—" if met is None else ("met" if met else "**MISSED**")
+        L.append(f"| {e['id']} | {e['name']} ({e.get('service') or ''}) | {fig} | {rs} | {rt} | {e['target']} | "
+                 f"{verdict} |".replace(" ()", ""))
+    L.append("")
+    L.append("## 6. Footprint\n")
+    L.append("Resident memory from /proc/<pid>/status (VmRSS idle; highest VmRSS sampled every 100 ms and "
+             "VmHWM under 64 health calls in flight); start = exec to the first health SERVING, on a restart "
+             "(schema already migrated); first start includes the migrations.\n")
+    L.append("| service | idle RSS | under load RSS / peak (HWM) | load calls/s | start (restart) | CPU used to start "
+             "| load avg then | first start | SIGTERM exit | verdict |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in fp:
+        if r["rss_met"] is None:
+            L.append(f"| {r['service']} | | | | | | | | | **{r['sigterm_exit']}** |")
+            continue
+        v = []
+        v.append("memory met" if r["rss_met"] else "**memory MISSED**")
+        v.append("start met" if r["start_met"] else "**start MISSED**")
+        cps = f"{r['load_calls_per_s']:,.0f}" if r["load_calls_per_s"] else "—"
+        st = f"{r['start_ms']:.0f} ms" if r["start_ms"] is not None else "did not start"
+        fs = f"{r['first_start_ms']:.0f} ms" if r["first_start_ms"] is not None else "—"
+        cpu = f"{r['start_cpu_ms']:.0f} ms" if r["start_cpu_ms"] is not None else "—"
+        la = f"{r['loadavg_at_start']:.1f}" if r["loadavg_at_start"] is not None else "—"
+        L.append(f"| {r['service']} | {r['idle_rss_mb']:.1f} MB | {r['load_rss_mb']:.1f} / {r['load_hwm_mb']:.1f} MB | "
+                 f"{cps} | {st} | {cpu} | {la} | {fs} | {r['sigterm_exit']} | {', '.join(v)} |")
+    L.append("")
+    L.append("## Targets missed\n")
+    if missed:
+        for m in missed:
+            L.append(f"- {m}")
+    else:
+        L.append("None among the scenarios that ran.")
+    samples = [(e["id"], s) for e in scen if e.get("figure") for s in e["figure"].get("error_samples", [])]
+    if samples:
+        L.append("\n## Error samples\n")
+        for sid, s in samples:
+            L.append(f"- scenario {sid}: {s}")
+    L.append("")
+    md = "\n".join(L)
+    outbase.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"written: {outbase}.md and {outbase}.json")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: report.py WORKDIR OUTBASE")
+    main(sys.argv[1], sys.argv[2])
