@@ -45,7 +45,9 @@ static int do_echo(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage 
     const Orgmesh__Test__V1__EchoRequest *req = (const void *)req_;
     Orgmesh__Test__V1__EchoResponse *resp = (void *)resp_;
     for (int waited = 0; waited < req->sleep_ms; waited += 10) {
-        if (rpc_cancelled(ctx)) return rpc_fail(ctx, OM_E_CANCELLED, NULL);
+        if (rpc_cancelled(ctx))
+            return rpc_fail(ctx, rpc_time_left_ms(ctx) <= 0 ? OM_E_DEADLINE_EXCEEDED : OM_E_CANCELLED,
+                            NULL);
         sleep_ms(10);
     }
     const om_actor *a = rpc_actor(ctx);
