@@ -1,0 +1,1130 @@
+/* connections_rpc.c — the handlers of orgmesh.connections.v1.ConnectionsService
+ * (SPEC 4). Small helpers first (validation, the local copies and their
+ * fetching from the owners, the transaction runner, authorization, the plan
+ * of a configuration change), then one handler per RPC with a line naming
+ * the rules it enforces. Rules are in connections_rules.c, SQL in
+ * connections_store.c. Every rule of a write is checked against the local
+ * copies inside the transaction that writes, under the organization's lock.
+ *
+ * The hot checks (CONN-06, CONN-07) are RPC_INLINE: they answer from the
+ * in-process cache on the polling thread, and on a miss return RPC_DEFER so
+ * that the same call runs again on a worker, which reads PostgreSQL and
+ * fills the cache. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "audit.h"
+#include "config.h"
+#include "connections.h"
+#include "connections_rpc.h"
+#include "idem.h"
+#include "log.h"
+#include "om_err.h"
+#include "orgmesh/accounts/v1/accounts.pb-c.h"
+#include "orgmesh/organizations/v1/organizations.pb-c.h"
+#include "orgmesh/type/v1/audit.pb-c.h"
+#include "page.h"
+
+#define APB(x) Orgmesh__Accounts__V1__##x
+#define OPB(x) Orgmesh__Organizations__V1__##x
+#define MAX_BATCH 100
+#define MAX_ADD 4
+/* A positive code: a local copy is missing; the runner fetches it from its
+ * owner and runs the transaction again. */
+#define NEED_FETCH 2
+#define NEED_ORG 1
+#define NEED_ACCOUNTS 2
+#define NEED_MEMBERSHIPS 4
+#define MAX_FETCH_ROUNDS 4
+
+int connections_init(void) {
+    conn_cache_init(cfg_int("ORGMESH_CONN_CACHE_TTL_MS", CONN_CACHE_TTL_DEFAULT_MS, 1, 3600000));
+    if (app_peer("organizations") == NULL) log_warn("ORGMESH_ORGANIZATIONS_ADDR is not set: missing copies cannot be fetched");
+    if (app_peer("accounts") == NULL) log_warn("ORGMESH_ACCOUNTS_ADDR is not set: missing copies cannot be fetched");
+    return conn_listener_start();
+}
+
+void connections_fini(void) { conn_listener_stop(); }
+
+/* ---- one call's state ---- */
+
+typedef struct org_state {
+    conn_org o;
+    uint64_t hubs[CONN_MAX_MEMBERS_READ];
+    bool sensitive[CONN_MAX_MEMBERS_READ];
+    int n;
+    conn_row rows[CONN_MAX_ROWS];
+    int nrows;
+} org_state;
+
+typedef struct call call;
+typedef int (*apply_fn)(call *cl, pg_conn *tx);
+
+struct call {
+    rpc_ctx *ctx;
+    const om_actor *actor;
+    const void *req;
+    ProtobufCMessage *resp;
+    apply_fn apply;
+    idem_key key;
+    bool mutation;
+    const char *org_id; /* the organization to fetch when its copy is missing */
+    unsigned need, fetched;
+    uint64_t need_hubs[CONN_MAX_MEMBERS_READ];
+    int n_need_hubs;
+    int err;
+    char msg[512];
+};
+
+static int cl_fail(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int cl_fail(call *cl, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cl->msg, sizeof cl->msg, fmt, ap);
+    va_end(ap);
+    cl->err = code;
+    return code;
+}
+
+static pg_conn *db(rpc_ctx *ctx) {
+    pg_conn *c = pg_local();
+    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the connections database is unreachable");
+    return c;
+}
+
+/* ---- validation ---- */
+
+static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
+    if (id == 0)
+        rpc_violation(ctx, field, "must be set");
+    else if (!pg_id_valid(id))
+        rpc_violation(ctx, field, "is out of range");
+}
+
+static void check_org_id(rpc_ctx *ctx, const char *s) {
+    if (s == NULL || s[0] == '\0')
+        rpc_violation(ctx, "organization_id", "must be set");
+    else if (!conn_uuid_valid(s))
+        rpc_violation(ctx, "organization_id", "is not an organization id");
+}
+
+static void check_etag(rpc_ctx *ctx, const char *field, const char *etag) {
+    int64_t v;
+    if (etag != NULL && etag[0] != '\0' && conn_etag_decode(etag, &v) != 0)
+        rpc_violation(ctx, field, "is not an etag returned by this service");
+}
+
+/* A FeatureSetting given on input: a direction, and a source only for
+ * ONE_WAY (CONN-01). Whether the source is one of the pair is checked per
+ * pair. */
+static void check_setting(rpc_ctx *ctx, const char *field, const PbFeature *f) {
+    if (f == NULL) return;
+    int dir = (int)f->direction;
+    if (dir < CONN_DIR_OFF || dir > CONN_DIR_ONE_WAY)
+        rpc_violation(ctx, field, "direction must be OFF, BOTH or ONE_WAY");
+    else if (dir != CONN_DIR_ONE_WAY && f->source_hub_id != 0)
+        rpc_violation(ctx, field, "source_hub_id is only for ONE_WAY");
+    else if (f->source_hub_id != 0 && !pg_id_valid(f->source_hub_id))
+        rpc_violation(ctx, field, "source_hub_id is out of range");
+}
+
+static conn_feature feature_of(const PbFeature *f, conn_feature dflt) {
+    if (f == NULL) return dflt;
+    int dir = (int)f->direction;
+    return (conn_feature){dir, dir == CONN_DIR_ONE_WAY ? f->source_hub_id : 0};
+}
+
+/* ---- the owners (SPEC 2: fill missing copies) ---- */
+
+static int peer_call(call *cl, const char *peer, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, bool as_caller) {
+    rpc_client *c = app_peer(peer);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    rpc_status st;
+    int rc;
+    if (as_caller) {
+        rc = rpc_client_call_ctx(c, cl->ctx, method, req, desc, resp, &st);
+    } else {
+        int64_t left = rpc_time_left_ms(cl->ctx);
+        rpc_call_opts o = {.token = app_service_token(), .trace_id = rpc_trace_id(cl->ctx),
+                           .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000, .idempotent = true};
+        rc = rpc_client_call(c, method, req, desc, resp, &o, &st);
+    }
+    if (rc != 0) {
+        log_warn("%s %s failed: %d %s %s", peer, method, (int)st.code, st.reason, st.message);
+        if (st.code == GRPC_STATUS_NOT_FOUND) return OM_E_NOT_FOUND;
+        if (st.code == GRPC_STATUS_PERMISSION_DENIED) return OM_E_PERMISSION_DENIED;
+        return OM_E_UNAVAILABLE;
+    }
+    return 0;
+}
+
+typedef struct snap_arg {
+    conn_org_snapshot s;
+} snap_arg;
+
+static int snap_tx(pg_conn *tx, void *arg) { return conn_apply_org_snapshot(tx, &((snap_arg *)arg)->s, NULL); }
+
+/* The organization, read from its owner with the caller's own token (so
+ * the owner's viewing rule, ORG-08, applies too). */
+static int fetch_org(call *cl, pg_conn *c) {
+    OPB(GetOrganizationRequest) req = ORGMESH__ORGANIZATIONS__V1__GET_ORGANIZATION_REQUEST__INIT;
+    req.organization_id = (char *)cl->org_id;
+    OPB(GetOrganizationResponse) *resp = NULL;
+    int rc = peer_call(cl, "organizations", "/orgmesh.organizations.v1.OrganizationsService/GetOrganization", &req.base,
+                       &orgmesh__organizations__v1__get_organization_response__descriptor, (ProtobufCMessage **)&resp,
+                       true);
+    if (rc != 0) return rc;
+    const OPB(Organization) *o = resp->organization;
+    if (o != NULL && o->organization_id && strcmp(o->organization_id, cl->org_id) == 0) {
+        uint64_t hubs[CONN_MAX_MEMBERS_READ];
+        int n = 0;
+        for (size_t i = 0; i < o->n_members && n < CONN_MAX_MEMBERS_READ; i++)
+            if (o->members[i] && pg_id_valid(o->members[i]->hub_id)) hubs[n++] = o->members[i]->hub_id;
+        snap_arg a = {.s = {.org_id = cl->org_id, .version = o->version, .hubs = hubs, .n = n,
+                            .cause_event_id = "", .cause_reason = "FETCHED"}};
+        rc = pg_tx(c, snap_tx, &a);
+    }
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return rc;
+}
+
+typedef struct acct_arg {
+    APB(BatchGetAccountsResponse) *resp;
+} acct_arg;
+
+static int acct_tx(pg_conn *tx, void *arg) {
+    APB(BatchGetAccountsResponse) *r = ((acct_arg *)arg)->resp;
+    for (size_t i = 0; i < r->n_accounts; i++) {
+        const APB(Account) *a = r->accounts[i];
+        if (a == NULL || !pg_id_valid(a->hub_id)) continue;
+        int rc = store_account_upsert(tx, a->hub_id, a->sensitive_data_enabled, false, a->version);
+        if (rc == 0 && a->sensitive_data_enabled) rc = conn_restrict_sensitive_source(tx, a->hub_id, ""); /* CONN-05 */
+        if (rc != 0) return rc;
+    }
+    return store_notify_change(tx);
+}
+
+static int fetch_accounts(call *cl, pg_conn *c) {
+    APB(BatchGetAccountsRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_ACCOUNTS_REQUEST__INIT;
+    req.hub_ids = cl->need_hubs;
+    req.n_hub_ids = (size_t)cl->n_need_hubs;
+    APB(BatchGetAccountsResponse) *resp = NULL;
+    int rc = peer_call(cl, "accounts", "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
+                       &orgmesh__accounts__v1__batch_get_accounts_response__descriptor, (ProtobufCMessage **)&resp,
+                       false);
+    if (rc != 0) return rc;
+    acct_arg a = {resp};
+    rc = pg_tx(c, acct_tx, &a);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return rc;
+}
+
+static int memb_tx(pg_conn *tx, void *arg) {
+    APB(ListMembershipsResponse) *r = arg;
+    for (size_t i = 0; i < r->n_memberships; i++) {
+        const APB(Membership) *m = r->memberships[i];
+        if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
+        int rc = store_membership_upsert(tx, m->hub_id, m->user_id, conn_roles_bits((const int *)m->roles, m->n_roles),
+                                         conn_seats_bits((const int *)m->seats, m->n_seats), false, m->version);
+        if (rc != 0) return rc;
+    }
+    return store_notify_change(tx);
+}
+
+/* The actor's memberships (roles for CONN-08). */
+static int fetch_memberships(call *cl, pg_conn *c) {
+    char *token = NULL;
+    for (int page = 0; page < 20; page++) {
+        APB(ListMembershipsRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
+        req.user_id = cl->actor->user_id;
+        req.page_size = 1000;
+        req.page_token = token ? token : (char *)"";
+        APB(ListMembershipsResponse) *resp = NULL;
+        int rc = peer_call(cl, "accounts", "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
+                           &orgmesh__accounts__v1__list_memberships_response__descriptor, (ProtobufCMessage **)&resp,
+                           false);
+        if (rc != 0) return rc;
+        rc = pg_tx(c, memb_tx, resp);
+        token = (rc == 0 && resp->next_page_token && resp->next_page_token[0])
+                    ? rpc_strdup(cl->ctx, resp->next_page_token)
+                    : NULL;
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        if (rc != 0 || token == NULL) return rc;
+    }
+    return 0;
+}
+
+/* ---- the runner ---- */
+
+static int call_tx(pg_conn *tx, void *arg) {
+    call *cl = arg;
+    cl->err = 0;
+    cl->msg[0] = '\0';
+    cl->need = 0;
+    cl->n_need_hubs = 0;
+    protobuf_c_message_init(cl->resp->descriptor, cl->resp);
+    if (!cl->mutation) return cl->apply(cl, tx);
+    ProtobufCMessage *stored = NULL;
+    int rc = idem_check(tx, &cl->key, cl->resp->descriptor, rpc_pb_allocator(cl->ctx), &stored);
+    if (rc == 1) { /* SPEC 8: a repeat gets the first reply */
+        memcpy(cl->resp, stored, cl->resp->descriptor->sizeof_message);
+        return 0;
+    }
+    if (rc != 0) return rc;
+    if ((rc = cl->apply(cl, tx)) != 0) return rc;
+    return idem_store(tx, &cl->key, cl->resp);
+}
+
+/* Runs cl->apply in a transaction (with the request id for mutations),
+ * fetching missing copies between attempts; turns a failure into the call's
+ * error. */
+static int run(call *cl, const char *request_id) {
+    rpc_ctx *ctx = cl->ctx;
+    cl->actor = rpc_actor(ctx);
+    if (cl->mutation) {
+        int rc = idem_key_init(&cl->key, cl->actor, rpc_method_name(ctx), request_id, cl->req);
+        if (rc == OM_E_INVALID_ARGUMENT) {
+            rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
+            return rpc_fail_invalid(ctx);
+        }
+        if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    }
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    int rc = 0;
+    for (int round = 0; round < MAX_FETCH_ROUNDS; round++) {
+        rc = pg_tx(c, call_tx, cl);
+        if (rc != NEED_FETCH) break;
+        unsigned need = cl->need;
+        cl->fetched |= need;
+        if ((need & NEED_ORG) && (rc = fetch_org(cl, c)) != 0) break;
+        if ((need & NEED_ACCOUNTS) && (rc = fetch_accounts(cl, c)) != 0) break;
+        if ((need & NEED_MEMBERSHIPS) && (rc = fetch_memberships(cl, c)) != 0) break;
+        rc = NEED_FETCH;
+    }
+    if (rc == 0) return 0;
+    if (rc == NEED_FETCH) rc = OM_E_UNAVAILABLE;
+    if (cl->err == rc) return rpc_fail(ctx, rc, "%s", cl->msg);
+    if (rc == OM_E_NOT_FOUND) return rpc_fail(ctx, rc, "organization %s not found", cl->org_id ? cl->org_id : "");
+    if (rc == OM_E_UNAVAILABLE)
+        return rpc_fail(ctx, rc, "a peer service or the database is unavailable; retry");
+    if (rc == OM_E_INTERNAL) log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
+    return rpc_fail(ctx, rc, NULL);
+}
+
+/* ---- the organization's state, read inside the transaction ---- */
+
+static int member_index(const org_state *st, uint64_t hub) {
+    for (int i = 0; i < st->n; i++)
+        if (st->hubs[i] == hub) return i;
+    return -1;
+}
+
+/* Reads the copy of the organization (locked for a mutation), its members,
+ * their sensitivity and its connections. */
+static int load_org(call *cl, pg_conn *tx, const char *org_id, org_state *st) {
+    cl->org_id = org_id;
+    int rc = cl->mutation ? store_org_lock(tx, org_id, &st->o) : store_org_get(tx, org_id, false, &st->o);
+    if (rc == OM_E_NOT_FOUND || (rc == 0 && st->o.version == 0)) {
+        if (!(cl->fetched & NEED_ORG)) {
+            cl->need |= NEED_ORG;
+            return NEED_FETCH;
+        }
+        return cl_fail(cl, OM_E_NOT_FOUND, "organization %s not found", org_id);
+    }
+    if (rc != 0) return rc;
+    if (st->o.deleted) return cl_fail(cl, OM_E_NOT_FOUND, "organization %s was deleted", org_id);
+    if ((rc = store_org_members(tx, org_id, st->hubs, CONN_MAX_MEMBERS_READ, &st->n)) != 0) return rc;
+    bool known[CONN_MAX_MEMBERS_READ];
+    if ((rc = store_sensitivity(tx, st->hubs, st->n, known, st->sensitive)) != 0) return rc;
+    for (int i = 0; i < st->n; i++)
+        if (!known[i]) cl->need_hubs[cl->n_need_hubs++] = st->hubs[i];
+    if (cl->n_need_hubs > 0 && !(cl->fetched & NEED_ACCOUNTS)) {
+        cl->need |= NEED_ACCOUNTS;
+        return NEED_FETCH;
+    }
+    return store_conns_of_org(tx, org_id, st->rows, CONN_MAX_ROWS, &st->nrows);
+}
+
+/* CONN-08 -> ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the
+ * organization (service identities may read too). */
+static int require_viewer(call *cl, pg_conn *tx, const org_state *st) {
+    if (cl->actor->user_id == 0) return 0;
+    bool known[CONN_MAX_MEMBERS_READ];
+    unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
+    int rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats);
+    if (rc != 0) return rc;
+    bool missing = false;
+    for (int i = 0; i < st->n; i++) {
+        if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
+        missing = missing || !known[i];
+    }
+    if (missing && !(cl->fetched & NEED_MEMBERSHIPS)) {
+        cl->need |= NEED_MEMBERSHIPS;
+        return NEED_FETCH;
+    }
+    return cl_fail(cl, OM_E_PERMISSION_DENIED,
+                   "only SUPER_ADMIN or PARTNER_ADMIN users of an account of the organization can view it (CONN-08, ORG-08)");
+}
+
+/* CONN-08: acting from an account of the organization, SUPER_ADMIN in every
+ * account of it. */
+static int require_manager(call *cl, pg_conn *tx, const org_state *st, uint64_t acting) {
+    if (cl->actor->user_id == 0)
+        return cl_fail(cl, OM_E_PERMISSION_DENIED, "connections are managed by users, not by services (CONN-08)");
+    if (member_index(st, acting) < 0)
+        return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s (CONN-08)",
+                       acting, st->o.id);
+    bool known[CONN_MAX_MEMBERS_READ];
+    unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
+    int rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats);
+    if (rc != 0) return rc;
+    for (int i = 0; i < st->n; i++) {
+        if (roles[i] & CONN_ROLE_SUPER_ADMIN) continue;
+        if (!known[i] && !(cl->fetched & NEED_MEMBERSHIPS)) {
+            cl->need |= NEED_MEMBERSHIPS;
+            return NEED_FETCH;
+        }
+        return cl_fail(cl, OM_E_NOT_SUPER_ADMIN,
+                       "the actor must be SUPER_ADMIN in every account of the organization; not in %" PRIu64 " (CONN-08)",
+                       st->hubs[i]);
+    }
+    return 0;
+}
+
+/* ---- a configuration change: the plan, its checks, and its application ---- */
+
+typedef struct plan_item {
+    conn_cfg cfg;
+    int existing; /* index in st->rows, or -1 for a new connection */
+    bool removed;
+} plan_item;
+
+typedef struct plan {
+    plan_item it[CONN_MAX_ROWS];
+    int n;
+} plan;
+
+static void plan_from(plan *p, const org_state *st) {
+    p->n = 0;
+    for (int i = 0; i < st->nrows; i++) p->it[p->n++] = (plan_item){.cfg = st->rows[i].cfg, .existing = i};
+}
+
+static plan_item *plan_find(plan *p, uint64_t a, uint64_t b) {
+    for (int i = 0; i < p->n; i++)
+        if (!p->it[i].removed && p->it[i].cfg.a == a && p->it[i].cfg.b == b) return &p->it[i];
+    return NULL;
+}
+
+static bool cfg_equal(const conn_cfg *x, const conn_cfg *y) {
+    return x->mirroring.dir == y->mirroring.dir && x->mirroring.source == y->mirroring.source &&
+           x->asset_copying.dir == y->asset_copying.dir && x->asset_copying.source == y->asset_copying.source;
+}
+
+static bool item_changed(const org_state *st, const plan_item *it) {
+    if (it->existing < 0) return !it->removed;
+    return it->removed || !cfg_equal(&it->cfg, &st->rows[it->existing].cfg);
+}
+
+/* CONN-01, CONN-05 over the whole resulting configuration (CONN-04: as a
+ * whole, before anything is written). */
+static int plan_check(call *cl, const org_state *st, const plan *p) {
+    for (int i = 0; i < p->n; i++) {
+        const plan_item *it = &p->it[i];
+        if (it->removed || !item_changed(st, it)) continue;
+        int ia = member_index(st, it->cfg.a), ib = member_index(st, it->cfg.b);
+        if (ia < 0 || ib < 0)
+            return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s (CONN-01)",
+                           ia < 0 ? it->cfg.a : it->cfg.b, st->o.id);
+        if (!conn_feature_valid(&it->cfg.mirroring, it->cfg.a, it->cfg.b) ||
+            !conn_feature_valid(&it->cfg.asset_copying, it->cfg.a, it->cfg.b))
+            return cl_fail(cl, OM_E_INVALID_ARGUMENT,
+                           "a ONE_WAY source must be one of the connection's accounts %" PRIu64 " and %" PRIu64 " (CONN-01)",
+                           it->cfg.a, it->cfg.b);
+        if (conn_sensitive_source(&it->cfg, st->sensitive[ia], st->sensitive[ib])) /* CONN-05 */
+            return cl_fail(cl, OM_E_SENSITIVE_DATA_SOURCE,
+                           "account %" PRIu64 " has sensitive data enabled and cannot be a mirroring source (CONN-05)",
+                           st->sensitive[ia] ? it->cfg.a : it->cfg.b);
+    }
+    return 0;
+}
+
+static PbConnection **config_pb(rpc_ctx *ctx, const conn_row *rows, int n) {
+    PbConnection **out = rpc_calloc(ctx, (size_t)n + 1, sizeof *out);
+    for (int i = 0; i < n; i++) {
+        conn_pb *v = rpc_alloc(ctx, sizeof *v);
+        v->row = rows[i];
+        conn_pb_build(v);
+        out[i] = &v->pb;
+    }
+    return out;
+}
+
+typedef struct applied {
+    PbConnection **connections;
+    size_t n_connections;
+    char **created;
+    size_t n_created;
+} applied;
+
+/* Applies the plan (or, with validate_only, only describes its result):
+ * writes each changed connection, one ConnectionsChanged event and one audit
+ * entry per change, and the post-commit cache invalidation. */
+static int plan_apply(call *cl, pg_conn *tx, org_state *st, plan *p, int origin, uint64_t acting,
+                      const char *request_id, bool validate_only, applied *out) {
+    int rc = plan_check(cl, st, p);
+    if (rc != 0) return rc;
+    rpc_ctx *ctx = cl->ctx;
+    memset(out, 0, sizeof *out);
+    if (validate_only) { /* CONN-04: the configuration that would result */
+        conn_row *rows = rpc_calloc(ctx, (size_t)p->n + 1, sizeof *rows);
+        int n = 0;
+        for (int i = 0; i < p->n; i++) {
+            if (p->it[i].removed) continue;
+            if (p->it[i].existing >= 0) rows[n] = st->rows[p->it[i].existing];
+            else snprintf(rows[n].org_id, sizeof rows[n].org_id, "%s", st->o.id);
+            rows[n].cfg = p->it[i].cfg;
+            n++;
+        }
+        /* ordered by (account_a, account_b), as ListConnections */
+        for (int i = 1; i < n; i++)
+            for (int j = i; j > 0 && (rows[j].cfg.a < rows[j - 1].cfg.a ||
+                                      (rows[j].cfg.a == rows[j - 1].cfg.a && rows[j].cfg.b < rows[j - 1].cfg.b));
+                 j--) {
+                conn_row t = rows[j];
+                rows[j] = rows[j - 1];
+                rows[j - 1] = t;
+            }
+        out->connections = config_pb(ctx, rows, n);
+        out->n_connections = (size_t)n;
+        return 0;
+    }
+    CPB(ConnectionDelta) **deltas = rpc_calloc(ctx, (size_t)p->n + 1, sizeof *deltas);
+    size_t nd = 0;
+    out->created = rpc_calloc(ctx, (size_t)p->n + 1, sizeof *out->created);
+    char resource[96];
+    conn_history_resource(st->o.id, resource, sizeof resource);
+    for (int i = 0; i < p->n; i++) {
+        plan_item *it = &p->it[i];
+        if (!item_changed(st, it)) continue;
+        conn_pb *before = NULL, *after = NULL;
+        const char *action;
+        if (it->existing >= 0) {
+            before = rpc_calloc(ctx, 1, sizeof *before);
+            before->row = st->rows[it->existing];
+            conn_pb_build(before);
+        }
+        if (it->removed) {
+            action = "connection.delete";
+            rc = store_conn_delete(tx, before->row.id);
+        } else {
+            after = rpc_calloc(ctx, 1, sizeof *after);
+            after->row = it->existing >= 0 ? st->rows[it->existing] : (conn_row){0};
+            snprintf(after->row.org_id, sizeof after->row.org_id, "%s", st->o.id);
+            after->row.cfg = it->cfg;
+            if (it->existing >= 0) {
+                action = "connection.update";
+                rc = store_conn_update(tx, &after->row);
+            } else {
+                action = "connection.create";
+                rc = store_conn_insert(tx, &after->row);
+                if (rc == OM_E_ALREADY_EXISTS)
+                    return cl_fail(cl, rc, "accounts %" PRIu64 " and %" PRIu64 " are already connected (CONN-01)",
+                                   it->cfg.a, it->cfg.b);
+                if (rc == 0) out->created[out->n_created++] = rpc_strdup(ctx, after->row.id);
+            }
+            if (rc == 0) conn_pb_build(after);
+        }
+        if (rc != 0) return rc;
+        CPB(ConnectionDelta) *d = rpc_alloc(ctx, sizeof *d);
+        orgmesh__connections__v1__connection_delta__init(d);
+        d->before = before ? &before->pb : NULL;
+        d->after = after ? &after->pb : NULL;
+        deltas[nd++] = d;
+        audit_entry e = {.actor = cl->actor, .action = action, .resource = resource,
+                         .before = before ? &before->pb.base : NULL, .after = after ? &after->pb.base : NULL,
+                         .request_id = request_id, .trace_id = rpc_trace_id(ctx)};
+        if ((rc = audit_record(tx, &e)) != 0) return rc;
+    }
+    int nrows = 0;
+    conn_row *rows = rpc_calloc(ctx, CONN_MAX_ROWS, sizeof *rows);
+    if ((rc = store_conns_of_org(tx, st->o.id, rows, CONN_MAX_ROWS, &nrows)) != 0) return rc;
+    out->connections = config_pb(ctx, rows, nrows);
+    out->n_connections = (size_t)nrows;
+    if (nd == 0) return 0; /* nothing changed: no event */
+    st->o.config_version++;
+    if ((rc = store_org_set_config_version(tx, st->o.id, st->o.config_version)) != 0) return rc;
+    char actor[64];
+    audit_actor_string(cl->actor, NULL, actor, sizeof actor);
+    CPB(ConnectionsChanged) ev = ORGMESH__CONNECTIONS__V1__CONNECTIONS_CHANGED__INIT;
+    ev.organization_id = st->o.id;
+    ev.origin = (CPB(ChangeOrigin))origin;
+    ev.n_changes = nd;
+    ev.changes = deltas;
+    ev.n_connections = out->n_connections;
+    ev.connections = out->connections;
+    ev.actor = actor;
+    ev.acting_hub_id = acting;
+    ev.request_id = (char *)(request_id ? request_id : "");
+    char subject[64];
+    snprintf(subject, sizeof subject, "connections/%s", st->o.id);
+    evt_meta meta = {.subject = subject, .version = st->o.config_version, .actor = cl->actor,
+                     .trace_id = rpc_trace_id(ctx)};
+    if ((rc = evt_emit(tx, &meta, &ev.base, NULL)) != 0) return rc;
+    return store_notify_change(tx); /* CONN-09: every replica's cache, after commit */
+}
+
+/* ---- ListConnections, GetConnection (CONN-08 -> ORG-08) ---- */
+
+static int apply_list(call *cl, pg_conn *tx) {
+    const CPB(ListConnectionsRequest) *req = cl->req;
+    CPB(ListConnectionsResponse) *resp = (void *)cl->resp;
+    org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
+    int rc = load_org(cl, tx, req->organization_id, st);
+    if (rc == 0) rc = require_viewer(cl, tx, st);
+    if (rc != 0) return rc;
+    int limit = 0;
+    page_size_normalize(req->page_size, &limit);
+    char *scope = rpc_sprintf(cl->ctx, "connections.ListConnections|%s|%" PRIu64, req->organization_id, req->hub_id);
+    char *cursor = NULL;
+    if ((rc = page_token_decode(scope, req->page_token, &cursor)) != 0) return cl_fail(cl, rc, "invalid page token");
+    uint64_t ca = 0, cb = 0;
+    if (cursor) sscanf(cursor, "%" SCNu64 "-%" SCNu64, &ca, &cb);
+    free(cursor);
+    conn_row *rows = rpc_calloc(cl->ctx, (size_t)st->nrows + 1, sizeof *rows);
+    int n = 0;
+    bool more = false;
+    for (int i = 0; i < st->nrows; i++) {
+        const conn_row *r = &st->rows[i];
+        if (req->hub_id != 0 && r->cfg.a != req->hub_id && r->cfg.b != req->hub_id) continue;
+        if (r->cfg.a < ca || (r->cfg.a == ca && r->cfg.b <= cb)) continue;
+        if (n == limit) {
+            more = true;
+            break;
+        }
+        rows[n++] = *r;
+    }
+    resp->connections = config_pb(cl->ctx, rows, n);
+    resp->n_connections = (size_t)n;
+    resp->next_page_token = "";
+    if (more) {
+        char cur[48], *tok = NULL;
+        snprintf(cur, sizeof cur, "%" PRIu64 "-%" PRIu64, rows[n - 1].cfg.a, rows[n - 1].cfg.b);
+        if (page_token_encode(scope, cur, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(cl->ctx, tok);
+            free(tok);
+        }
+    }
+    return 0;
+}
+
+/* ListConnections — CONN-08 (viewing as ORG-08). */
+static int h_list(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(ListConnectionsRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    if (req->hub_id != 0 && !pg_id_valid(req->hub_id)) rpc_violation(ctx, "hub_id", "is out of range");
+    int limit;
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_list};
+    return run(&cl, NULL);
+}
+
+static int apply_get(call *cl, pg_conn *tx) {
+    const CPB(GetConnectionRequest) *req = cl->req;
+    CPB(GetConnectionResponse) *resp = (void *)cl->resp;
+    conn_row *r = rpc_calloc(cl->ctx, 1, sizeof *r);
+    int rc = store_conn_get(tx, req->connection_id, r);
+    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "connection %s not found", req->connection_id);
+    if (rc != 0) return rc;
+    org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
+    char *org = rpc_strdup(cl->ctx, r->org_id);
+    if ((rc = load_org(cl, tx, org, st)) != 0) return rc;
+    if ((rc = require_viewer(cl, tx, st)) != 0) return rc;
+    resp->connection = config_pb(cl->ctx, r, 1)[0];
+    return 0;
+}
+
+/* GetConnection — CONN-08 (viewing as ORG-08). */
+static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(GetConnectionRequest) *req = (const void *)req_;
+    if (!conn_uuid_valid(req->connection_id)) rpc_violation(ctx, "connection_id", "is not a connection id");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_get};
+    return run(&cl, NULL);
+}
+
+/* ---- QuickConnect (CONN-02) ---- */
+
+static int apply_quick(call *cl, pg_conn *tx) {
+    const CPB(QuickConnectRequest) *req = cl->req;
+    CPB(QuickConnectResponse) *resp = (void *)cl->resp;
+    org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
+    int rc = load_org(cl, tx, req->organization_id, st);
+    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id); /* CONN-08 */
+    if (rc != 0) return rc;
+    plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
+    plan_from(p, st);
+    /* CONN-02: every pair, every feature BOTH, replacing what was there —
+     * except where CONN-05 forbids a direction. */
+    for (int i = 0; i < st->n; i++)
+        for (int j = 0; j < st->n; j++) {
+            if (st->hubs[i] >= st->hubs[j]) continue;
+            conn_cfg c = conn_quick_connect(st->hubs[i], st->hubs[j], st->sensitive[i], st->sensitive[j]);
+            plan_item *it = plan_find(p, c.a, c.b);
+            if (it != NULL) it->cfg = c;
+            else if (p->n < CONN_MAX_ROWS) p->it[p->n++] = (plan_item){.cfg = c, .existing = -1};
+        }
+    applied out;
+    rc = plan_apply(cl, tx, st, p, ORGMESH__CONNECTIONS__V1__CHANGE_ORIGIN__CHANGE_ORIGIN_QUICK_CONNECT,
+                    req->acting_hub_id, req->request_id, req->validate_only, &out);
+    if (rc != 0) return rc;
+    resp->connections = out.connections;
+    resp->n_connections = out.n_connections;
+    return 0;
+}
+
+/* QuickConnect — CONN-02, CONN-05, CONN-04 (validate_only), CONN-08. */
+static int h_quick(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(QuickConnectRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_quick, .mutation = true};
+    return run(&cl, req->request_id);
+}
+
+/* ---- AddConnections (CONN-03) ---- */
+
+/* A ONE_WAY setting without a source names from_hub_id (CONN-03). */
+static conn_feature add_feature(const PbFeature *f, uint64_t from) {
+    conn_feature x = feature_of(f, (conn_feature){CONN_DIR_OFF, 0});
+    if (x.dir == CONN_DIR_ONE_WAY && x.source == 0) x.source = from;
+    return x;
+}
+
+static int apply_add(call *cl, pg_conn *tx) {
+    const CPB(AddConnectionsRequest) *req = cl->req;
+    CPB(AddConnectionsResponse) *resp = (void *)cl->resp;
+    org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
+    int rc = load_org(cl, tx, req->organization_id, st);
+    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id); /* CONN-08 */
+    if (rc != 0) return rc;
+    /* CONN-01: all_features applies one setting to both features. */
+    const PbFeature *mf = req->all_features ? req->all_features : req->mirroring;
+    const PbFeature *af = req->all_features ? req->all_features : req->asset_copying;
+    plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
+    plan_from(p, st);
+    for (size_t i = 0; i < req->n_to_hub_ids; i++) {
+        conn_cfg c = {0};
+        conn_pair(req->from_hub_id, req->to_hub_ids[i], &c.a, &c.b);
+        if (plan_find(p, c.a, c.b) != NULL)
+            return cl_fail(cl, OM_E_ALREADY_EXISTS, "accounts %" PRIu64 " and %" PRIu64 " are already connected (CONN-01)",
+                           c.a, c.b);
+        c.mirroring = add_feature(mf, req->from_hub_id);
+        c.asset_copying = add_feature(af, req->from_hub_id);
+        p->it[p->n++] = (plan_item){.cfg = c, .existing = -1};
+    }
+    applied out;
+    rc = plan_apply(cl, tx, st, p, ORGMESH__CONNECTIONS__V1__CHANGE_ORIGIN__CHANGE_ORIGIN_ADD_CONNECTIONS,
+                    req->acting_hub_id, req->request_id, req->validate_only, &out);
+    if (rc != 0) return rc;
+    resp->connections = out.connections;
+    resp->n_connections = out.n_connections;
+    resp->created_connection_ids = out.created;
+    resp->n_created_connection_ids = out.n_created;
+    return 0;
+}
+
+/* AddConnections — CONN-03, CONN-01, CONN-04, CONN-05, CONN-08. */
+static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(AddConnectionsRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    check_id(ctx, "from_hub_id", req->from_hub_id);
+    if (req->n_to_hub_ids < 1 || req->n_to_hub_ids > MAX_ADD)
+        rpc_violation(ctx, "to_hub_ids", "must name 1 to %d accounts", MAX_ADD);
+    for (size_t i = 0; i < req->n_to_hub_ids && i < MAX_BATCH; i++) {
+        char f[32];
+        snprintf(f, sizeof f, "to_hub_ids[%zu]", i);
+        check_id(ctx, f, req->to_hub_ids[i]);
+        if (req->to_hub_ids[i] != 0 && req->to_hub_ids[i] == req->from_hub_id)
+            rpc_violation(ctx, f, "repeats from_hub_id: a connection links two different accounts (SAME_ACCOUNT)");
+        for (size_t j = 0; j < i; j++)
+            if (req->to_hub_ids[j] == req->to_hub_ids[i]) rpc_violation(ctx, f, "repeats an account");
+    }
+    if (req->all_features && (req->mirroring || req->asset_copying))
+        rpc_violation(ctx, "all_features", "cannot be combined with mirroring or asset_copying");
+    check_setting(ctx, "mirroring", req->mirroring);
+    check_setting(ctx, "asset_copying", req->asset_copying);
+    check_setting(ctx, "all_features", req->all_features);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_add, .mutation = true};
+    return run(&cl, req->request_id);
+}
+
+/* ---- BatchUpdateConnections (CONN-04) ---- */
+
+static int etag_matches(call *cl, const char *etag, const conn_row *r) {
+    int64_t v;
+    if (etag == NULL || etag[0] == '\0') return 0;
+    if (conn_etag_decode(etag, &v) != 0 || v != r->version)
+        return cl_fail(cl, OM_E_ETAG_MISMATCH, "connection %s changed since it was read", r->id);
+    return 0;
+}
+
+static int apply_batch(call *cl, pg_conn *tx) {
+    const CPB(BatchUpdateConnectionsRequest) *req = cl->req;
+    CPB(BatchUpdateConnectionsResponse) *resp = (void *)cl->resp;
+    org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
+    int rc = load_org(cl, tx, req->organization_id, st);
+    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id); /* CONN-08 */
+    if (rc != 0) return rc;
+    plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
+    plan_from(p, st);
+    for (size_t i = 0; i < req->n_changes; i++) {
+        const CPB(ConnectionChange) *ch = req->changes[i];
+        uint64_t a, b;
+        conn_pair(ch->account_a, ch->account_b, &a, &b);
+        plan_item *it = plan_find(p, a, b);
+        const PbFeature *mf = ch->all_features ? ch->all_features : ch->mirroring;
+        const PbFeature *af = ch->all_features ? ch->all_features : ch->asset_copying;
+        switch (ch->operation) {
+        case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_CREATE:
+            if (it != NULL)
+                return cl_fail(cl, OM_E_ALREADY_EXISTS,
+                               "changes[%zu]: accounts %" PRIu64 " and %" PRIu64 " are already connected", i, a, b);
+            if (p->n >= CONN_MAX_ROWS) return cl_fail(cl, OM_E_BATCH_TOO_LARGE, "too many connections");
+            p->it[p->n++] = (plan_item){.cfg = {.a = a, .b = b,
+                                                .mirroring = feature_of(mf, (conn_feature){CONN_DIR_OFF, 0}),
+                                                .asset_copying = feature_of(af, (conn_feature){CONN_DIR_OFF, 0})},
+                                        .existing = -1};
+            break;
+        case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_UPDATE:
+        case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_DELETE:
+            if (it == NULL || it->existing < 0)
+                return cl_fail(cl, OM_E_NOT_FOUND, "changes[%zu]: accounts %" PRIu64 " and %" PRIu64 " are not connected",
+                               i, a, b);
+            if ((rc = etag_matches(cl, ch->etag, &st->rows[it->existing])) != 0) return rc;
+            if (ch->operation == ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_DELETE) {
+                it->removed = true;
+            } else {
+                it->cfg.mirroring = feature_of(mf, it->cfg.mirroring);
+                it->cfg.asset_copying = feature_of(af, it->cfg.asset_copying);
+            }
+            break;
+        default: return cl_fail(cl, OM_E_INVALID_ARGUMENT, "changes[%zu].operation must be set", i);
+        }
+    }
+    applied out;
+    rc = plan_apply(cl, tx, st, p, ORGMESH__CONNECTIONS__V1__CHANGE_ORIGIN__CHANGE_ORIGIN_BATCH_UPDATE,
+                    req->acting_hub_id, req->request_id, req->validate_only, &out);
+    if (rc != 0) return rc;
+    resp->connections = out.connections;
+    resp->n_connections = out.n_connections;
+    return 0;
+}
+
+/* BatchUpdateConnections — CONN-04 (atomic), CONN-01, CONN-05, CONN-08. */
+static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(BatchUpdateConnectionsRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    if (req->n_changes > MAX_BATCH) return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d changes per batch", MAX_BATCH);
+    if (req->n_changes == 0) rpc_violation(ctx, "changes", "must hold at least one change");
+    for (size_t i = 0; i < req->n_changes; i++) {
+        const CPB(ConnectionChange) *ch = req->changes[i];
+        char f[64];
+        if (ch->operation < 1 || ch->operation > 3) {
+            snprintf(f, sizeof f, "changes[%zu].operation", i);
+            rpc_violation(ctx, f, "must be CREATE, UPDATE or DELETE");
+        }
+        snprintf(f, sizeof f, "changes[%zu].account_a", i);
+        check_id(ctx, f, ch->account_a);
+        snprintf(f, sizeof f, "changes[%zu].account_b", i);
+        check_id(ctx, f, ch->account_b);
+        if (ch->account_a != 0 && ch->account_a == ch->account_b)
+            rpc_violation(ctx, f, "equals account_a: a connection links two different accounts (SAME_ACCOUNT)");
+        for (size_t j = 0; j < i; j++) {
+            const CPB(ConnectionChange) *o = req->changes[j];
+            if ((o->account_a == ch->account_a && o->account_b == ch->account_b) ||
+                (o->account_a == ch->account_b && o->account_b == ch->account_a)) {
+                snprintf(f, sizeof f, "changes[%zu]", i);
+                rpc_violation(ctx, f, "repeats the pair of changes[%zu]: at most one change per pair", j);
+                break;
+            }
+        }
+        if (ch->all_features && (ch->mirroring || ch->asset_copying)) {
+            snprintf(f, sizeof f, "changes[%zu].all_features", i);
+            rpc_violation(ctx, f, "cannot be combined with mirroring or asset_copying");
+        }
+        snprintf(f, sizeof f, "changes[%zu].mirroring", i);
+        check_setting(ctx, f, ch->mirroring);
+        snprintf(f, sizeof f, "changes[%zu].asset_copying", i);
+        check_setting(ctx, f, ch->asset_copying);
+        snprintf(f, sizeof f, "changes[%zu].all_features", i);
+        check_setting(ctx, f, ch->all_features);
+        snprintf(f, sizeof f, "changes[%zu].etag", i);
+        check_etag(ctx, f, ch->etag);
+    }
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_batch, .mutation = true};
+    return run(&cl, req->request_id);
+}
+
+/* ---- DeleteConnection ---- */
+
+static int apply_delete(call *cl, pg_conn *tx) {
+    const CPB(DeleteConnectionRequest) *req = cl->req;
+    CPB(DeleteConnectionResponse) *resp = (void *)cl->resp;
+    conn_row r;
+    int rc = store_conn_get(tx, req->connection_id, &r);
+    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "connection %s not found", req->connection_id);
+    if (rc != 0) return rc;
+    org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
+    char *org = rpc_strdup(cl->ctx, r.org_id);
+    if ((rc = load_org(cl, tx, org, st)) != 0) return rc;
+    if ((rc = require_manager(cl, tx, st, req->acting_hub_id)) != 0) return rc; /* CONN-08 */
+    plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
+    plan_from(p, st);
+    plan_item *it = plan_find(p, r.cfg.a, r.cfg.b);
+    if (it == NULL) return cl_fail(cl, OM_E_NOT_FOUND, "connection %s not found", req->connection_id);
+    if ((rc = etag_matches(cl, req->etag, &st->rows[it->existing])) != 0) return rc;
+    it->removed = true;
+    applied out;
+    rc = plan_apply(cl, tx, st, p, ORGMESH__CONNECTIONS__V1__CHANGE_ORIGIN__CHANGE_ORIGIN_DELETE_CONNECTION,
+                    req->acting_hub_id, req->request_id, req->validate_only, &out);
+    if (rc != 0) return rc;
+    resp->connections = out.connections;
+    resp->n_connections = out.n_connections;
+    return 0;
+}
+
+/* DeleteConnection — CONN-04 (validate_only, etag), CONN-08. */
+static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(DeleteConnectionRequest) *req = (const void *)req_;
+    if (!conn_uuid_valid(req->connection_id)) rpc_violation(ctx, "connection_id", "is not a connection id");
+    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    check_etag(ctx, "etag", req->etag);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_delete, .mutation = true};
+    return run(&cl, req->request_id);
+}
+
+/* ---- ListConnectionHistory ---- */
+
+static Google__Protobuf__Any *any_of(rpc_ctx *ctx, const char *type, const uint8_t *data, size_t len) {
+    if (type == NULL || type[0] == '\0') return NULL;
+    Google__Protobuf__Any *a = rpc_alloc(ctx, sizeof *a);
+    google__protobuf__any__init(a);
+    a->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", type);
+    a->value.data = rpc_alloc(ctx, len + 1);
+    if (len) memcpy(a->value.data, data, len);
+    a->value.len = len;
+    return a;
+}
+
+static int apply_history(call *cl, pg_conn *tx) {
+    const CPB(ListConnectionHistoryRequest) *req = cl->req;
+    CPB(ListConnectionHistoryResponse) *resp = (void *)cl->resp;
+    rpc_ctx *ctx = cl->ctx;
+    org_state *st = rpc_calloc(ctx, 1, sizeof *st);
+    int rc = load_org(cl, tx, req->organization_id, st);
+    if (rc == 0) rc = require_viewer(cl, tx, st);
+    if (rc != 0) return rc;
+    int limit = 0;
+    page_size_normalize(req->page_size, &limit);
+    char *scope = rpc_sprintf(ctx, "connections.ListConnectionHistory|%s", req->organization_id);
+    char *cursor = NULL;
+    if ((rc = page_token_decode(scope, req->page_token, &cursor)) != 0) return cl_fail(cl, rc, "invalid page token");
+    int64_t before = cursor ? strtoll(cursor, NULL, 10) : 0;
+    free(cursor);
+    char resource[96];
+    conn_history_resource(req->organization_id, resource, sizeof resource);
+    audit_page pg = {0};
+    if ((rc = audit_list(tx, resource, before, limit, &pg)) != 0) return rc;
+    resp->entries = rpc_calloc(ctx, (size_t)pg.n + 1, sizeof *resp->entries);
+    for (int i = 0; i < pg.n; i++) {
+        const audit_row *r = &pg.rows[i];
+        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
+        orgmesh__type__v1__audit_entry__init(e);
+        e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
+        e->actor = rpc_strdup(ctx, r->actor);
+        e->action = rpc_strdup(ctx, r->action);
+        e->resource = rpc_strdup(ctx, r->resource);
+        e->reason = rpc_strdup(ctx, r->reason);
+        e->request_id = rpc_strdup(ctx, r->request_id);
+        e->trace_id = rpc_strdup(ctx, r->trace_id);
+        PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
+        google__protobuf__timestamp__init(t);
+        t->seconds = r->at_us / 1000000;
+        t->nanos = (int32_t)(r->at_us % 1000000) * 1000;
+        e->time = t;
+        e->before = any_of(ctx, r->before_type, r->before, r->before_len);
+        e->after = any_of(ctx, r->after_type, r->after, r->after_len);
+        resp->entries[resp->n_entries++] = e;
+    }
+    resp->next_page_token = "";
+    if (pg.next_before_id > 0) {
+        char cur[24], *tok = NULL;
+        snprintf(cur, sizeof cur, "%" PRId64, pg.next_before_id);
+        if (page_token_encode(scope, cur, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(ctx, tok);
+            free(tok);
+        }
+    }
+    audit_page_free(&pg);
+    return 0;
+}
+
+/* ListConnectionHistory — SPEC 8 audit, CONN-05/CONN-09 automatic changes; CONN-08 viewing. */
+static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const CPB(ListConnectionHistoryRequest) *req = (const void *)req_;
+    check_org_id(ctx, req->organization_id);
+    int limit;
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_history};
+    return run(&cl, NULL);
+}
+
+/* ---- the hot checks (CONN-05, CONN-06, CONN-07, CONN-09) ---- */
+
+/* Facts of S->T: from the cache inline; on a worker from PostgreSQL, filling
+ * the cache. Returns RPC_DEFER on an inline miss. */
+static int facts_of(rpc_ctx *ctx, uint64_t s, uint64_t t, conn_facts *f) {
+    if (conn_cache_get_facts(s, t, f)) return 0;
+    if (!rpc_on_worker(ctx)) return RPC_DEFER;
+    uint64_t gen = conn_cache_gen(); /* before the read: see connections_cache.h */
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    int rc = store_facts(c, s, t, f);
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    conn_cache_put_facts(gen, s, t, f);
+    return 0;
+}
+
+static int seat_of(rpc_ctx *ctx, uint64_t hub, uint64_t user, conn_seat *seat) {
+    if (conn_cache_get_seat(hub, user, seat)) return 0;
+    if (!rpc_on_worker(ctx)) return RPC_DEFER;
+    uint64_t gen = conn_cache_gen();
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    int rc = store_seat(c, hub, user, seat);
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    conn_cache_put_seat(gen, hub, user, seat);
+    return 0;
+}
+
+/* The user asks about themselves, or a service asks. */
+static int require_self_or_service(rpc_ctx *ctx, uint64_t user_id) {
+    const om_actor *a = rpc_actor(ctx);
+    if (a->user_id == 0 || a->user_id == user_id) return 0;
+    return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "users may only check their own access");
+}
+
+/* CheckMirrorAccess — CONN-06 (seat rule), CONN-05 at read time, CONN-09 freshness; inline. */
+static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(CheckMirrorAccessRequest) *req = (const void *)req_;
+    CPB(CheckMirrorAccessResponse) *resp = (void *)resp_;
+    check_id(ctx, "user_id", req->user_id);
+    check_id(ctx, "source_hub_id", req->source_hub_id);
+    check_id(ctx, "target_hub_id", req->target_hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (req->source_hub_id == req->target_hub_id)
+        return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
+    int rc = require_self_or_service(ctx, req->user_id);
+    if (rc != 0) return rc;
+    conn_facts f;
+    conn_seat seat;
+    if ((rc = facts_of(ctx, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
+    if ((rc = seat_of(ctx, req->target_hub_id, req->user_id, &seat)) != 0) return rc;
+    int reason = conn_decide_mirror(&f, &seat); /* CONN-06, CONN-05 */
+    resp->allowed = reason == CONN_ALLOWED;
+    resp->reason = (CPB(DenialReason))reason;
+    return 0;
+}
+
+/* ListMirrorSources — CONN-06 list form; inline. */
+static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(ListMirrorSourcesRequest) *req = (const void *)req_;
+    CPB(ListMirrorSourcesResponse) *resp = (void *)resp_;
+    check_id(ctx, "user_id", req->user_id);
+    check_id(ctx, "target_hub_id", req->target_hub_id);
+    int limit;
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    /* One page always holds every source (an organization has at most 5
+     * accounts), so this list never hands out a token. */
+    if (req->page_token != NULL && req->page_token[0] != '\0') return rpc_fail(ctx, OM_E_INVALID_PAGE_TOKEN, NULL);
+    int rc = require_self_or_service(ctx, req->user_id);
+    if (rc != 0) return rc;
+    conn_seat seat;
+    if ((rc = seat_of(ctx, req->target_hub_id, req->user_id, &seat)) != 0) return rc;
+    resp->next_page_token = "";
+    conn_facts none = {.same_org = true, .connected = true, .mirror_flows = true};
+    if (conn_decide_mirror(&none, &seat) != CONN_ALLOWED) return 0; /* no seat in T: nothing */
+    uint64_t src[CONN_CACHE_MAX_SOURCES];
+    int n = 0;
+    if (!conn_cache_get_sources(req->target_hub_id, src, &n)) {
+        if (!rpc_on_worker(ctx)) return RPC_DEFER;
+        uint64_t gen = conn_cache_gen();
+        pg_conn *c = db(ctx);
+        if (c == NULL) return OM_E_UNAVAILABLE;
+        if ((rc = store_mirror_sources(c, req->target_hub_id, src, CONN_CACHE_MAX_SOURCES, &n)) != 0)
+            return rpc_fail(ctx, rc, NULL);
+        conn_cache_put_sources(gen, req->target_hub_id, src, n);
+    }
+    if (n > limit) n = limit;
+    resp->source_hub_ids = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->source_hub_ids);
+    memcpy(resp->source_hub_ids, src, (size_t)n * sizeof *src);
+    resp->n_source_hub_ids = (size_t)n;
+    return 0;
+}
+
+/* CheckAssetCopy — CONN-07; inline. Service identities or a member of S or T. */
+static int h_check_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(CheckAssetCopyRequest) *req = (const void *)req_;
+    CPB(CheckAssetCopyResponse) *resp = (void *)resp_;
+    check_id(ctx, "source_hub_id", req->source_hub_id);
+    check_id(ctx, "target_hub_id", req->target_hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (req->source_hub_id == req->target_hub_id)
+        return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
+    int rc;
+    const om_actor *a = rpc_actor(ctx);
+    if (a->user_id != 0) {
+        conn_seat ss, ts;
+        if ((rc = seat_of(ctx, req->source_hub_id, a->user_id, &ss)) != 0) return rc;
+        if ((rc = seat_of(ctx, req->target_hub_id, a->user_id, &ts)) != 0) return rc;
+        if (!ss.member && !ts.member)
+            return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "only members of the source or target account may ask");
+    }
+    conn_facts f;
+    if ((rc = facts_of(ctx, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
+    int reason = conn_decide_asset(&f); /* CONN-07 */
+    resp->allowed = reason == CONN_ALLOWED;
+    resp->reason = (CPB(DenialReason))reason;
+    return 0;
+}
+
+static const rpc_method methods[] = {
+    {"ListConnections", h_list, 0},
+    {"GetConnection", h_get, 0},
+    {"QuickConnect", h_quick, 0},
+    {"AddConnections", h_add, 0},
+    {"BatchUpdateConnections", h_batch, 0},
+    {"DeleteConnection", h_delete, 0},
+    {"CheckMirrorAccess", h_check_mirror, RPC_INLINE},
+    {"ListMirrorSources", h_mirror_sources, RPC_INLINE},
+    {"CheckAssetCopy", h_check_asset, RPC_INLINE},
+    {"ListConnectionHistory", h_history, 0},
+    {NULL, NULL, 0},
+};
+
+const rpc_service connections_service = {&orgmesh__connections__v1__connections_service__descriptor, methods};
