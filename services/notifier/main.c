@@ -1,0 +1,45 @@
+/* main.c — wiring of the notifier service (SPEC 7; see
+ * docs/services/notifier.md): NotifierService, migrations, the consumers of
+ * the partners, organizations and connections streams (NOTE-01), and the
+ * sender threads that deliver the queue over SMTP (NOTE-03). */
+#include "app.h"
+#include "notifier.h"
+
+/* Embedded from migrations/ by cmake (om_migrations). */
+extern const pg_migration notifier_migrations[];
+extern const size_t notifier_n_migrations;
+
+static const rpc_service *const services[] = {&notifier_service, NULL};
+
+static const evt_subscription subs[] = {
+    {"partners", nt_on_partners_event, NULL},           /* NOTE-01: access requests */
+    {"organizations", nt_on_organizations_event, NULL}, /* NOTE-01: ORG-09, ORG-10 */
+    {"connections", nt_on_connections_event, NULL},     /* NOTE-01: CONN-05 */
+};
+
+static int init(void) {
+    if (nt_config_load() != 0) return -1;
+    return nt_senders_start();
+}
+
+static void fini(void) {
+    nt_senders_stop();
+    nt_templates_free(nt_tpls);
+    nt_tpls = NULL;
+    nt_smtp_global_cleanup();
+}
+
+int main(int argc, char **argv) {
+    const app_def def = {
+        .name = "notifier",
+        .default_port = 50056,
+        .services = services,
+        .migrations = notifier_migrations,
+        .n_migrations = notifier_n_migrations,
+        .subs = subs,
+        .n_subs = (int)(sizeof subs / sizeof subs[0]),
+        .init = init,
+        .fini = fini,
+    };
+    return app_main(&def, argc, argv);
+}

@@ -1,0 +1,391 @@
+/* notifier_rpc.c — NotifierService: operators inspect the delivery log and
+ * the dead letters and replay them (NOTE-03). Service identities only
+ * (RPC_INTERNAL): deliveries hold email addresses. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit.h"
+#include "idem.h"
+#include "log.h"
+#include "notifier.h"
+#include "om_err.h"
+#include "orgmesh/notifier/v1/notifier.pb-c.h"
+#include "page.h"
+
+#define PB(x) Orgmesh__Notifier__V1__##x
+#define NT_MAX_REPLAY 100
+
+/* ---- helpers ---------------------------------------------------------------------- */
+
+static pg_conn *db(rpc_ctx *ctx) {
+    (void)ctx;
+    return pg_local();
+}
+
+static Google__Protobuf__Timestamp *ts(rpc_ctx *ctx, const pg_res *r, int row, int col) {
+    if (pg_isnull(r, row, col)) return NULL;
+    int64_t us = pg_time_us(r, row, col);
+    Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
+    google__protobuf__timestamp__init(t);
+    int64_t s = us / 1000000, rem = us % 1000000;
+    if (rem < 0) {
+        s -= 1;
+        rem += 1000000;
+    }
+    t->seconds = s;
+    t->nanos = (int32_t)(rem * 1000);
+    return t;
+}
+
+/* Page size and keyset cursor (the last id returned; 0 = from the newest). */
+static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, int *limit, int64_t *before) {
+    *before = 0;
+    if (page_size_normalize(size, limit) != 0) {
+        rpc_violation(ctx, "page_size", "must not be negative");
+        return rpc_fail_invalid(ctx);
+    }
+    char *cursor = NULL;
+    int rc = page_token_decode(scope, token, &cursor);
+    if (rc == 0 && cursor != NULL) {
+        char *end = NULL;
+        long long v = strtoll(cursor, &end, 10);
+        if (end == cursor || *end != '\0' || v <= 0) rc = OM_E_INVALID_PAGE_TOKEN;
+        *before = v;
+    }
+    free(cursor);
+    return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
+}
+
+static char *page_next(rpc_ctx *ctx, const char *scope, int got, int limit, int64_t last_id) {
+    if (got < limit) return rpc_strdup(ctx, "");
+    char cursor[24], *tok = NULL;
+    snprintf(cursor, sizeof cursor, "%" PRId64, last_id);
+    if (page_token_encode(scope, cursor, &tok) != 0) return rpc_strdup(ctx, "");
+    char *out = rpc_strdup(ctx, tok);
+    free(tok);
+    return out;
+}
+
+static int fail_db(rpc_ctx *ctx, pg_conn *c, int rc) {
+    if (rc == OM_E_INTERNAL) log_error("notifier %s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
+    return rpc_fail(ctx, rc, NULL);
+}
+
+#define DELIVERY_COLS                                                                                              \
+    "id, event_id, event_type, recipient_user_id, recipient_email, locale, template, message_id, state, attempts," \
+    " last_error, client_hub_id, create_time, send_time,"                                                          \
+    " CASE WHEN state IN (3, 4) THEN next_attempt_at END"
+
+static PB(Delivery) *delivery_pb(rpc_ctx *ctx, const pg_res *r, int i) {
+    PB(Delivery) *d = rpc_alloc(ctx, sizeof *d);
+    orgmesh__notifier__v1__delivery__init(d);
+    d->delivery_id = rpc_sprintf(ctx, "%" PRId64, pg_i64(r, i, 0));
+    d->event_id = rpc_strdup(ctx, pg_str(r, i, 1));
+    d->event_type = rpc_strdup(ctx, pg_str(r, i, 2));
+    d->recipient_user_id = pg_u64(r, i, 3);
+    d->recipient_email = rpc_strdup(ctx, pg_str(r, i, 4));
+    d->locale = rpc_strdup(ctx, pg_str(r, i, 5));
+    d->template_ = rpc_strdup(ctx, pg_str(r, i, 6));
+    d->message_id = rpc_strdup(ctx, pg_str(r, i, 7));
+    d->state = (PB(DeliveryState))pg_i64(r, i, 8);
+    d->attempts = (int32_t)pg_i64(r, i, 9);
+    d->last_error = rpc_strdup(ctx, pg_str(r, i, 10));
+    d->client_hub_id = pg_u64(r, i, 11);
+    d->create_time = ts(ctx, r, i, 12);
+    d->send_time = ts(ctx, r, i, 13);
+    d->next_attempt_time = ts(ctx, r, i, 14);
+    return d;
+}
+
+/* ---- handlers ------------------------------------------------------------------------ */
+
+/* ListDeliveries — NOTE-03: the delivery log, newest first. */
+static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListDeliveriesRequest) *req = (const void *)req_;
+    PB(ListDeliveriesResponse) *resp = (void *)resp_;
+    if (req->recipient_user_id > (uint64_t)INT64_MAX) rpc_violation(ctx, "recipient_user_id", "out of range");
+    if (strlen(req->event_id) > 128) rpc_violation(ctx, "event_id", "at most 128 characters");
+    if (strlen(req->recipient_email) > 320) rpc_violation(ctx, "recipient_email", "at most 320 characters");
+    if ((int)req->state < 0 || (int)req->state > NT_ST_CANCELLED) rpc_violation(ctx, "state", "unknown state");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    const char *scope = rpc_sprintf(ctx, "notifier.ListDeliveries|%s|%" PRIu64 "|%s|%d", req->event_id,
+                                    req->recipient_user_id, req->recipient_email, (int)req->state);
+    int limit;
+    int64_t before;
+    if (page_open(ctx, req->page_size, req->page_token, scope, &limit, &before) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    pg_params p = {0};
+    pg_p_str(&p, req->event_id);
+    pg_p_i64(&p, (int64_t)req->recipient_user_id);
+    pg_p_str(&p, req->recipient_email);
+    pg_p_i64(&p, (int64_t)req->state);
+    pg_p_i64(&p, before);
+    pg_p_i64(&p, limit);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "SELECT " DELIVERY_COLS " FROM delivery"
+                     " WHERE ($1::text = '' OR event_id = $1) AND ($2::bigint = 0 OR recipient_user_id = $2)"
+                     " AND ($3::text = '' OR lower(recipient_email) = lower($3)) AND ($4::int = 0 OR state = $4)"
+                     " AND ($5::bigint = 0 OR id < $5) ORDER BY id DESC LIMIT $6::bigint",
+                     &p, &r);
+    if (rc != 0) return fail_db(ctx, c, rc);
+    int n = pg_nrows(r);
+    resp->deliveries = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->deliveries);
+    for (int i = 0; i < n; i++) resp->deliveries[i] = delivery_pb(ctx, r, i);
+    resp->n_deliveries = (size_t)n;
+    resp->next_page_token = page_next(ctx, scope, n, limit, n > 0 ? pg_i64(r, n - 1, 0) : 0);
+    pg_free(r);
+    return 0;
+}
+
+/* ListDeadLetters — NOTE-03: what was given up, with the reason, newest first. */
+static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListDeadLettersRequest) *req = (const void *)req_;
+    PB(ListDeadLettersResponse) *resp = (void *)resp_;
+    if (strlen(req->event_id) > 128) rpc_violation(ctx, "event_id", "at most 128 characters");
+    if (strlen(req->event_type) > 200) rpc_violation(ctx, "event_type", "at most 200 characters");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    const char *scope = rpc_sprintf(ctx, "notifier.ListDeadLetters|%s|%s", req->event_type, req->event_id);
+    int limit;
+    int64_t before;
+    if (page_open(ctx, req->page_size, req->page_token, scope, &limit, &before) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    pg_params p = {0};
+    pg_p_str(&p, req->event_type);
+    pg_p_str(&p, req->event_id);
+    pg_p_i64(&p, before);
+    pg_p_i64(&p, limit);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "SELECT id, event_id, event_type, recipient_user_id, recipient_email, reason, attempts,"
+                     " dead_letter_time, replay_count, last_replay_time FROM dead_letter"
+                     " WHERE ($1::text = '' OR event_type = $1) AND ($2::text = '' OR event_id = $2)"
+                     " AND ($3::bigint = 0 OR id < $3) ORDER BY id DESC LIMIT $4::bigint",
+                     &p, &r);
+    if (rc != 0) return fail_db(ctx, c, rc);
+    int n = pg_nrows(r);
+    resp->dead_letters = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->dead_letters);
+    for (int i = 0; i < n; i++) {
+        PB(DeadLetter) *d = rpc_alloc(ctx, sizeof *d);
+        orgmesh__notifier__v1__dead_letter__init(d);
+        d->dead_letter_id = rpc_sprintf(ctx, "%" PRId64, pg_i64(r, i, 0));
+        d->event_id = rpc_strdup(ctx, pg_str(r, i, 1));
+        d->event_type = rpc_strdup(ctx, pg_str(r, i, 2));
+        d->recipient_user_id = pg_u64(r, i, 3);
+        d->recipient_email = rpc_strdup(ctx, pg_str(r, i, 4));
+        d->reason = rpc_strdup(ctx, pg_str(r, i, 5));
+        d->attempts = (int32_t)pg_i64(r, i, 6);
+        d->dead_letter_time = ts(ctx, r, i, 7);
+        d->replay_count = (int32_t)pg_i64(r, i, 8);
+        d->last_replay_time = ts(ctx, r, i, 9);
+        resp->dead_letters[i] = d;
+    }
+    resp->n_dead_letters = (size_t)n;
+    resp->next_page_token = page_next(ctx, scope, n, limit, n > 0 ? pg_i64(r, n - 1, 0) : 0);
+    pg_free(r);
+    return 0;
+}
+
+typedef struct replay_op {
+    rpc_ctx *ctx;
+    const PB(ReplayDeadLettersRequest) *req;
+    PB(ReplayDeadLettersResponse) *resp;
+    idem_key key;
+    const char *err_msg;
+} replay_op;
+
+/* Puts one dead letter's delivery back in the queue (unless it was already
+ * delivered since: then nothing is sent again). Returns 1 when replayed. */
+static int replay_one(pg_conn *tx, int64_t id) {
+    pg_params p = {0};
+    pg_p_i64(&p, id);
+    pg_res *r = NULL;
+    int rc = pg_exec(tx,
+                     "UPDATE delivery d SET state = 1, attempts = 0, next_attempt_at = now(), last_error = ''"
+                     " FROM dead_letter l WHERE l.id = $1 AND d.id = l.delivery_id AND d.state = 5"
+                     " RETURNING d.id",
+                     &p, &r);
+    if (rc != 0) return rc;
+    int n = pg_nrows(r);
+    pg_free(r);
+    if (n == 0) return 0;
+    rc = pg_exec(tx,
+                 "UPDATE dead_letter SET replay_count = replay_count + 1, last_replay_time = now() WHERE id = $1",
+                 &p, NULL);
+    return rc != 0 ? rc : 1;
+}
+
+static int replay_tx(pg_conn *tx, void *arg) {
+    replay_op *op = arg;
+    rpc_ctx *ctx = op->ctx;
+    PB(ReplayDeadLettersResponse) *resp = op->resp;
+    ProtobufCMessage *stored = NULL;
+    op->err_msg = NULL;
+    orgmesh__notifier__v1__replay_dead_letters_response__init(resp);
+    int rc = idem_check(tx, &op->key, &orgmesh__notifier__v1__replay_dead_letters_response__descriptor,
+                        rpc_pb_allocator(ctx), &stored);
+    if (rc == 1) {
+        memcpy(resp, stored, sizeof *resp); /* SPEC 8: the first reply */
+        return 0;
+    }
+    if (rc != 0) return rc;
+    pg_res *r = NULL;
+    if (op->req->all) {
+        rc = pg_exec(tx,
+                     "SELECT l.id FROM dead_letter l JOIN delivery d ON d.id = l.delivery_id"
+                     " WHERE d.state = 5 ORDER BY l.id FOR UPDATE OF l",
+                     NULL, &r);
+    } else {
+        /* the ids were validated as numbers */
+        pg_params p = {0};
+        char *list = rpc_strdup(ctx, "{");
+        for (size_t i = 0; i < op->req->n_dead_letter_ids; i++)
+            list = rpc_sprintf(ctx, "%s%s%s", list, i ? "," : "", op->req->dead_letter_ids[i]);
+        list = rpc_sprintf(ctx, "%s}", list);
+        pg_p_str(&p, list);
+        rc = pg_exec(tx, "SELECT id FROM dead_letter WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", &p, &r);
+        if (rc == 0) {
+            /* unknown ids: NOT_FOUND, nothing replayed */
+            for (size_t i = 0; i < op->req->n_dead_letter_ids; i++) {
+                int64_t want = strtoll(op->req->dead_letter_ids[i], NULL, 10);
+                bool found = false;
+                for (int k = 0; k < pg_nrows(r); k++)
+                    if (pg_i64(r, k, 0) == want) found = true;
+                if (!found) {
+                    op->err_msg = rpc_sprintf(ctx, "dead letter %s does not exist", op->req->dead_letter_ids[i]);
+                    pg_free(r);
+                    return OM_E_NOT_FOUND;
+                }
+            }
+        }
+    }
+    if (rc != 0) return rc;
+    int n = pg_nrows(r);
+    resp->dead_letter_ids = rpc_calloc(ctx, (size_t)(n < 1000 ? n : 1000) + 1, sizeof *resp->dead_letter_ids);
+    for (int i = 0; i < n && rc >= 0; i++) {
+        int64_t id = pg_i64(r, i, 0);
+        rc = replay_one(tx, id);
+        if (rc == 1) {
+            if (resp->n_dead_letter_ids < 1000)
+                resp->dead_letter_ids[resp->n_dead_letter_ids++] = rpc_sprintf(ctx, "%" PRId64, id);
+            resp->replayed_count++;
+        }
+    }
+    pg_free(r);
+    if (rc < 0) return rc;
+    audit_entry e = {
+        .actor = rpc_actor(ctx),
+        .action = "notifier.deadletter.replay",
+        .resource = "notifier/dead-letters",
+        .after = &resp->base,
+        .reason = op->req->all ? "all" : "selected",
+        .request_id = op->req->request_id,
+        .trace_id = rpc_trace_id(ctx),
+    };
+    if ((rc = audit_record(tx, &e)) != 0) return rc;
+    if (resp->replayed_count > 0 && (rc = nt_queue_notify(tx)) != 0) return rc;
+    return idem_store(tx, &op->key, &resp->base);
+}
+
+/* ReplayDeadLetters — NOTE-03: dead letters back into the queue, same
+ * Message-ID; a recipient already mailed for the event is not mailed again. */
+static int h_replay(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ReplayDeadLettersRequest) *req = (const void *)req_;
+    if (req->all == (req->n_dead_letter_ids > 0))
+        rpc_violation(ctx, "dead_letter_ids", "give either dead_letter_ids or all");
+    if (req->n_dead_letter_ids > NT_MAX_REPLAY)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d dead letters per call", NT_MAX_REPLAY);
+    for (size_t i = 0; i < req->n_dead_letter_ids; i++) {
+        const char *s = req->dead_letter_ids[i];
+        char *end = NULL;
+        long long v = strtoll(s, &end, 10);
+        if (s[0] == '\0' || *end != '\0' || v <= 0 || strlen(s) > 19)
+            rpc_violation(ctx, rpc_sprintf(ctx, "dead_letter_ids[%zu]", i), "not a dead letter id");
+    }
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    replay_op op = {.ctx = ctx, .req = req, .resp = (void *)resp_};
+    int rc = idem_key_init(&op.key, rpc_actor(ctx), rpc_method_name(ctx), req->request_id, req_);
+    if (rc == OM_E_INVALID_ARGUMENT) {
+        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
+        return rpc_fail_invalid(ctx);
+    }
+    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    rc = pg_tx(c, replay_tx, &op);
+    if (rc == 0) {
+        log_info("replayed %d dead letters", op.resp->replayed_count);
+        return 0;
+    }
+    if (op.err_msg != NULL) return rpc_fail(ctx, rc, "%s", op.err_msg);
+    return fail_db(ctx, c, rc);
+}
+
+/* ListDeadLetterHistory — SPEC 8: the notifier's audit history (replays). */
+static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(ListDeadLetterHistoryRequest) *req = (const void *)req_;
+    PB(ListDeadLetterHistoryResponse) *resp = (void *)resp_;
+    const char *scope = "notifier.ListDeadLetterHistory";
+    int limit;
+    int64_t before;
+    if (page_open(ctx, req->page_size, req->page_token, scope, &limit, &before) != 0) return -1;
+    pg_conn *c = db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    audit_page page;
+    int rc = audit_list(c, NULL, before, limit, &page);
+    if (rc != 0) return fail_db(ctx, c, rc);
+    resp->entries = rpc_calloc(ctx, (size_t)page.n + 1, sizeof *resp->entries);
+    for (int i = 0; i < page.n; i++) {
+        const audit_row *a = &page.rows[i];
+        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
+        orgmesh__type__v1__audit_entry__init(e);
+        e->id = rpc_sprintf(ctx, "%" PRId64, a->id);
+        e->actor = rpc_strdup(ctx, a->actor);
+        e->action = rpc_strdup(ctx, a->action);
+        e->resource = rpc_strdup(ctx, a->resource);
+        e->reason = rpc_strdup(ctx, a->reason);
+        e->request_id = rpc_strdup(ctx, a->request_id);
+        e->trace_id = rpc_strdup(ctx, a->trace_id);
+        Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
+        google__protobuf__timestamp__init(t);
+        t->seconds = a->at_us / 1000000;
+        t->nanos = (int32_t)(a->at_us % 1000000) * 1000;
+        e->time = t;
+        if (a->after_type[0] != '\0') {
+            Google__Protobuf__Any *any = rpc_alloc(ctx, sizeof *any);
+            google__protobuf__any__init(any);
+            any->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", a->after_type);
+            any->value.len = a->after_len;
+            any->value.data = rpc_alloc(ctx, a->after_len + 1);
+            memcpy(any->value.data, a->after, a->after_len);
+            e->after = any;
+        }
+        resp->entries[i] = e;
+    }
+    resp->n_entries = (size_t)page.n;
+    resp->next_page_token = rpc_strdup(ctx, "");
+    if (page.next_before_id > 0 && page.n == limit) {
+        char cursor[24], *tok = NULL;
+        snprintf(cursor, sizeof cursor, "%" PRId64, page.next_before_id);
+        if (page_token_encode(scope, cursor, &tok) == 0) {
+            resp->next_page_token = rpc_strdup(ctx, tok);
+            free(tok);
+        }
+    }
+    audit_page_free(&page);
+    return 0;
+}
+
+static const rpc_method methods[] = {
+    {"ListDeliveries", h_list_deliveries, RPC_INTERNAL},
+    {"ListDeadLetters", h_list_dead_letters, RPC_INTERNAL},
+    {"ReplayDeadLetters", h_replay, RPC_INTERNAL},
+    {"ListDeadLetterHistory", h_history, RPC_INTERNAL},
+    {NULL, NULL, 0},
+};
+
+const rpc_service notifier_service = {&orgmesh__notifier__v1__notifier_service__descriptor, methods};

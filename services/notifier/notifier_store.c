@@ -1,0 +1,338 @@
+/* notifier_store.c — the delivery log and outbound queue (NOTE-03): rows are
+ * queued by the event handlers inside the event's transaction, then leased
+ * one at a time by the sender threads of any replica with FOR UPDATE SKIP
+ * LOCKED, sent with the lease held, and the outcome recorded before the lease
+ * ends. Only a crash between the SMTP server's acceptance and that COMMIT can
+ * send again, with the same Message-ID. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "notifier.h"
+#include "om_err.h"
+#include "orgmesh/notifier/v1/events.pb-c.h"
+
+int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
+    char mid[64];
+    nt_message_id(o->event_id, o->recipient_user_id, mid, sizeof mid);
+    pg_params p = {0};
+    pg_p_str(&p, o->event_id);
+    pg_p_str(&p, o->event_type);
+    pg_p_u64(&p, o->recipient_user_id);
+    pg_p_str(&p, o->recipient_email);
+    pg_p_str(&p, o->locale);
+    pg_p_str(&p, o->template_name);
+    pg_p_str(&p, mid);
+    pg_p_str(&p, o->subject);
+    pg_p_str(&p, o->body);
+    pg_p_i64(&p, (int64_t)o->client_hub_id);
+    pg_p_str(&p, o->access_request_id ? o->access_request_id : "");
+    /* NOTE-03: once per (event, recipient), whatever the redeliveries */
+    return pg_exec(tx,
+                   "INSERT INTO delivery (event_id, event_type, recipient_user_id, recipient_email, locale,"
+                   " template, message_id, subject, body, client_hub_id, access_request_id)"
+                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                   " ON CONFLICT ON CONSTRAINT delivery_once DO NOTHING",
+                   &p, NULL);
+}
+
+int nt_queue_notify(pg_conn *tx) { return pg_exec(tx, "SELECT pg_notify('" NT_QUEUE_CHANNEL "', '')", NULL, NULL); }
+
+/* Exponential backoff with +-20 % jitter, capped (NOTE-03). */
+static int64_t backoff_ms(int attempts) {
+    int64_t d = nt_cfg.retry_base_ms;
+    for (int i = 1; i < attempts && d < nt_cfg.retry_max_ms; i++) d *= 2;
+    if (d > nt_cfg.retry_max_ms) d = nt_cfg.retry_max_ms;
+    int64_t j = d / 5;
+    if (j > 0) d += (int64_t)(random() % (2 * j + 1)) - j;
+    return d < 1 ? 1 : d;
+}
+
+typedef struct due_row {
+    int64_t id;
+    const char *event_id, *event_type, *email, *locale, *message_id, *subject, *body;
+    const char *access_request_id;
+    uint64_t recipient, client;
+    int attempts;
+} due_row;
+
+/* `text` with every NT_TOKEN_MARK replaced by `token` (malloc'd; NULL on
+ * exhaustion). */
+static char *fill_token(const char *text, const char *token) {
+    size_t ml = strlen(NT_TOKEN_MARK), tl = strlen(token), n = 0;
+    for (const char *p = strstr(text, NT_TOKEN_MARK); p; p = strstr(p + ml, NT_TOKEN_MARK)) n++;
+    char *out = malloc(strlen(text) + n * tl + 1);
+    if (out == NULL) return NULL;
+    char *o = out;
+    for (const char *p = text;;) {
+        const char *m = strstr(p, NT_TOKEN_MARK);
+        size_t k = m ? (size_t)(m - p) : strlen(p);
+        memcpy(o, p, k);
+        o += k;
+        if (m == NULL) break;
+        memcpy(o, token, tl);
+        o += tl;
+        p = m + ml;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* PART-04: the link token is fetched from partners now, never stored. 0 with
+ * the filled body in *body; 1 when the request is no longer pending (the row
+ * is then CANCELLED); OM_E_UNAVAILABLE to retry later. */
+static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
+    *body = NULL;
+    if (d->access_request_id[0] == '\0' || strstr(d->body, NT_TOKEN_MARK) == NULL) {
+        *body = strdup(d->body);
+        return *body ? 0 : OM_E_NOMEM;
+    }
+    char *token = NULL;
+    int rc = nt_issue_token(d->access_request_id, d->event_id, d->recipient, &token);
+    if (rc == 1) {
+        pg_params p = {0};
+        pg_p_i64(&p, d->id);
+        rc = pg_exec(c,
+                     "UPDATE delivery SET state = 6, last_error = 'the access request is no longer pending'"
+                     " WHERE id = $1",
+                     &p, NULL);
+        log_info("delivery %" PRId64 " cancelled: access request %s is no longer pending", d->id,
+                 d->access_request_id);
+        return rc != 0 ? rc : 1;
+    }
+    if (rc != 0) return rc;
+    *body = fill_token(d->body, token);
+    free(token);
+    return *body ? 0 : OM_E_NOMEM;
+}
+
+/* NOTE-03: no client gets more than `cap` access-request emails per window.
+ * Returns 1 when this row must wait (it is then DEFERRED until the oldest
+ * email of the window leaves it), 0 when it may go. The advisory lock
+ * serialises the senders of one client across replicas until COMMIT. */
+static int cap_check(pg_conn *c, const due_row *d) {
+    if (d->client == 0 || nt_cfg.client_hourly_cap <= 0) return 0;
+    pg_params p = {0};
+    pg_p_u64(&p, d->client);
+    int rc = pg_exec(c, "SELECT pg_advisory_xact_lock(1853, ($1::bigint % 2147483647)::int)", &p, NULL);
+    if (rc != 0) return rc;
+    pg_params q = {0};
+    pg_p_u64(&q, d->client);
+    pg_p_i64(&q, nt_cfg.cap_window_s);
+    pg_res *r = NULL;
+    rc = pg_exec(c,
+                 "SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND state = 2"
+                 " AND send_time > now() - make_interval(secs => $2::bigint)",
+                 &q, &r);
+    if (rc != 0) return rc;
+    int64_t sent = pg_i64(r, 0, 0);
+    pg_free(r);
+    if (sent < nt_cfg.client_hourly_cap) return 0;
+    pg_params u = {0};
+    pg_p_i64(&u, d->id);
+    pg_p_u64(&u, d->client);
+    pg_p_i64(&u, nt_cfg.cap_window_s);
+    rc = pg_exec(c,
+                 "UPDATE delivery SET state = 4, last_error = 'client hourly cap reached',"
+                 " next_attempt_at = GREATEST(now() + interval '1 second',"
+                 "   (SELECT min(send_time) FROM delivery WHERE client_hub_id = $2 AND state = 2"
+                 "     AND send_time > now() - make_interval(secs => $3::bigint))"
+                 "   + make_interval(secs => $3::bigint))"
+                 " WHERE id = $1",
+                 &u, NULL);
+    if (rc != 0) return rc;
+    log_info("delivery %" PRId64 " deferred: client %" PRIu64 " had %" PRId64 " access-request emails in the last %" PRId64
+             " s (NOTE-03 cap %d)",
+             d->id, d->client, sent, nt_cfg.cap_window_s, nt_cfg.client_hourly_cap);
+    return 1;
+}
+
+static int dead_letter(pg_conn *c, const due_row *d, const char *reason) {
+    pg_params p = {0};
+    pg_p_i64(&p, d->id);
+    pg_p_str(&p, reason);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "INSERT INTO dead_letter (delivery_id, event_id, event_type, recipient_user_id,"
+                     " recipient_email, reason, attempts)"
+                     " SELECT id, event_id, event_type, recipient_user_id, recipient_email, $2, attempts"
+                     " FROM delivery WHERE id = $1 RETURNING id, attempts",
+                     &p, &r);
+    if (rc != 0) return rc;
+    char dl_id[24], subject[64];
+    snprintf(dl_id, sizeof dl_id, "%" PRId64, pg_i64(r, 0, 0));
+    int attempts = (int)pg_i64(r, 0, 1);
+    pg_free(r);
+    /* The dead-letter stream (NOTE-03): the event goes through the outbox,
+     * so it is not lost while Redis is down. */
+    Orgmesh__Notifier__V1__DeadLetter dl;
+    orgmesh__notifier__v1__dead_letter__init(&dl);
+    dl.dead_letter_id = dl_id;
+    dl.event_id = (char *)d->event_id;
+    dl.event_type = (char *)d->event_type;
+    dl.recipient_user_id = d->recipient;
+    dl.recipient_email = (char *)d->email;
+    dl.reason = (char *)reason;
+    dl.attempts = attempts;
+    Orgmesh__Notifier__V1__EmailDeadLettered ev;
+    orgmesh__notifier__v1__email_dead_lettered__init(&ev);
+    ev.dead_letter = &dl;
+    snprintf(subject, sizeof subject, "notifier/deliveries/%" PRId64, d->id);
+    evt_meta m = {.subject = subject, .version = attempts, .rule = "NOTE-03"};
+    rc = evt_emit(c, &m, &ev.base, NULL);
+    log_warn("delivery %" PRId64 " (event %s to user %" PRIu64 ") dead-lettered as %s: %s", d->id, d->event_id,
+             d->recipient, dl_id, reason);
+    return rc;
+}
+
+/* The delivery record (NOTE-03) and its EmailDelivered event, in the
+ * sender's transaction. */
+static int delivered(pg_conn *c, const due_row *d) {
+    pg_params p = {0};
+    pg_p_i64(&p, d->id);
+    int rc = pg_exec(c,
+                     "UPDATE delivery SET state = 2, attempts = attempts + 1, send_time = now(),"
+                     " last_error = '' WHERE id = $1",
+                     &p, NULL);
+    if (rc != 0) return rc;
+    char id[24], subject[64];
+    snprintf(id, sizeof id, "%" PRId64, d->id);
+    Orgmesh__Notifier__V1__Delivery dv;
+    orgmesh__notifier__v1__delivery__init(&dv);
+    dv.delivery_id = id;
+    dv.event_id = (char *)d->event_id;
+    dv.event_type = (char *)d->event_type;
+    dv.recipient_user_id = d->recipient;
+    dv.recipient_email = (char *)d->email;
+    dv.locale = (char *)d->locale;
+    dv.message_id = (char *)d->message_id;
+    dv.state = ORGMESH__NOTIFIER__V1__DELIVERY_STATE__DELIVERY_STATE_SENT;
+    dv.attempts = d->attempts + 1;
+    dv.client_hub_id = d->client;
+    Orgmesh__Notifier__V1__EmailDelivered ev;
+    orgmesh__notifier__v1__email_delivered__init(&ev);
+    ev.delivery = &dv;
+    snprintf(subject, sizeof subject, "notifier/deliveries/%" PRId64, d->id);
+    evt_meta m = {.subject = subject, .version = d->attempts + 1, .rule = "NOTE-03"};
+    return evt_emit(c, &m, &ev.base, NULL);
+}
+
+static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
+    if (send_rc == 0) return delivered(c, d);
+    pg_params p = {0};
+    pg_p_i64(&p, d->id);
+    pg_p_str(&p, err);
+    bool last = send_rc == OM_E_FAILED_PRECONDITION || d->attempts + 1 >= nt_cfg.max_attempts;
+    if (!last) {
+        pg_p_i64(&p, backoff_ms(d->attempts + 1));
+        return pg_exec(c,
+                       "UPDATE delivery SET state = 3, attempts = attempts + 1, last_error = $2,"
+                       " next_attempt_at = now() + make_interval(secs => $3::bigint / 1000.0)"
+                       " WHERE id = $1",
+                       &p, NULL);
+    }
+    int rc = pg_exec(c, "UPDATE delivery SET state = 5, attempts = attempts + 1, last_error = $2 WHERE id = $1", &p,
+                     NULL);
+    return rc != 0 ? rc : dead_letter(c, d, err);
+}
+
+int nt_send_one(pg_conn *c) {
+    int rc = pg_begin(c);
+    if (rc != 0) return rc;
+    pg_res *r = NULL;
+    rc = pg_exec(c,
+                 "SELECT id, event_id, event_type, recipient_user_id, recipient_email, locale, message_id,"
+                 " subject, body, client_hub_id, attempts, access_request_id FROM delivery"
+                 " WHERE state IN (1, 3, 4) AND next_attempt_at <= now()"
+                 " ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                 NULL, &r);
+    if (rc != 0) goto fail;
+    if (pg_nrows(r) == 0) {
+        pg_free(r);
+        pg_rollback(c);
+        return 0;
+    }
+    due_row d = {
+        .id = pg_i64(r, 0, 0),
+        .event_id = pg_str(r, 0, 1),
+        .event_type = pg_str(r, 0, 2),
+        .recipient = pg_u64(r, 0, 3),
+        .email = pg_str(r, 0, 4),
+        .locale = pg_str(r, 0, 5),
+        .message_id = pg_str(r, 0, 6),
+        .subject = pg_str(r, 0, 7),
+        .body = pg_str(r, 0, 8),
+        .client = pg_u64(r, 0, 9),
+        .attempts = (int)pg_i64(r, 0, 10),
+        .access_request_id = pg_str(r, 0, 11),
+    };
+    rc = cap_check(c, &d);
+    if (rc < 0) goto fail;
+    if (rc == 1) {
+        pg_free(r);
+        rc = pg_commit(c);
+        return rc != 0 ? rc : 1;
+    }
+    char *body = NULL;
+    char err[512];
+    int send_rc = prepare_body(c, &d, &body);
+    if (send_rc == 1) {
+        pg_free(r);
+        rc = pg_commit(c);
+        return rc != 0 ? rc : 1;
+    }
+    if (send_rc == OM_E_UNAVAILABLE) {
+        snprintf(err, sizeof err, "partners: cannot fetch the link token now");
+        log_warn("delivery %" PRId64 " attempt %d failed: %s", d.id, d.attempts + 1, err);
+        rc = record(c, &d, send_rc, err);
+        pg_free(r);
+        r = NULL;
+        if (rc != 0) goto fail;
+        rc = pg_commit(c);
+        return rc != 0 ? rc : 1;
+    }
+    if (send_rc != 0) {
+        rc = send_rc;
+        goto fail;
+    }
+    nt_mail mail = {
+        .from = nt_cfg.smtp.from,
+        .to = d.email,
+        .subject = d.subject,
+        .body = body,
+        .message_id = d.message_id,
+        .locale = d.locale,
+        .event_id = d.event_id,
+        .date_s = (int64_t)time(NULL),
+    };
+    char *msg = NULL;
+    size_t len = 0;
+    send_rc = nt_mail_format(&mail, &msg, &len);
+    free(body);
+    if (send_rc == 0) {
+        send_rc = nt_smtp_send(&nt_cfg.smtp, d.email, msg, len, err, sizeof err);
+        free(msg);
+    } else {
+        snprintf(err, sizeof err, "cannot format the message: %s", om_err_name(send_rc));
+        send_rc = OM_E_FAILED_PRECONDITION;
+    }
+    if (send_rc == 0)
+        log_info("delivery %" PRId64 " sent: event %s to user %" PRIu64 " %s", d.id, d.event_id, d.recipient,
+                 d.message_id);
+    else
+        log_warn("delivery %" PRId64 " attempt %d failed: %s", d.id, d.attempts + 1, err);
+    rc = record(c, &d, send_rc, err);
+    pg_free(r);
+    r = NULL;
+    if (rc != 0) goto fail;
+    rc = pg_commit(c);
+    return rc != 0 ? rc : 1;
+fail:
+    log_error("sender: %s %s", om_err_name(rc), pg_errmsg(c));
+    pg_free(r);
+    if (pg_in_tx(c)) pg_rollback(c);
+    return rc;
+}
