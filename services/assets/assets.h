@@ -1,0 +1,125 @@
+/* assets.h — what the pieces of the assets service share: stored assets
+ * and jobs as plain structs (assets_store.c), the handlers' service table
+ * (assets_rpc.c), the copy engine (assets_jobs.c) and the accounts events
+ * consumer that keeps the local copy of memberships (SPEC 2). */
+#ifndef ASSETS_H
+#define ASSETS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "assets_rules.h"
+#include "evt.h"
+#include "orgmesh/assets/v1/assets.pb-c.h"
+#include "orgmesh/assets/v1/events.pb-c.h"
+#include "pg.h"
+#include "rpc.h"
+
+#define ASSET_ID_LEN 37
+#define ASSET_NAME_BUF 1100
+
+/* Role bits of the local membership copy (bit = Role value - 1). */
+#define ROLE_BIT_SUPER_ADMIN (1u << 0)
+#define ROLE_BIT_MARKETING_ACCESS (1u << 3)
+
+typedef struct asset_ref {
+    char id[ASSET_ID_LEN];
+    int type;
+} asset_ref;
+
+typedef struct asset_row {
+    char id[ASSET_ID_LEN];
+    uint64_t hub;
+    int type;
+    char name[ASSET_NAME_BUF];
+    char *body;            /* malloc'd; asset_row_clear frees it */
+    asset_ref *refs;       /* malloc'd */
+    int n_refs;
+    uint64_t src_hub;      /* ASSET-05, 0 when not a copy */
+    char src_id[ASSET_ID_LEN];
+    char job_id[ASSET_ID_LEN];
+    int64_t version, create_us, update_us;
+} asset_row;
+
+void asset_row_clear(asset_row *r);
+
+/* ---- assets (assets_store.c) ---- */
+int store_asset_get(pg_conn *c, const char *id, bool for_update, asset_row *out);
+/* Inserts r (id, version and times filled in). OM_E_NAME_CONFLICT when the
+ * account already has an asset of that type and name. */
+int store_asset_insert(pg_conn *tx, asset_row *r);
+int store_asset_update(pg_conn *tx, asset_row *r, bool refs_changed);
+/* OM_E_ASSET_IN_USE while another asset references it. */
+int store_asset_delete(pg_conn *tx, const char *id);
+/* ASSET-01: each reference names an asset of `hub` of the given type. On
+ * failure *bad is the index of the first bad reference and the code says
+ * why (OM_E_NOT_FOUND: no such asset in this account, OM_E_INVALID_ARGUMENT:
+ * wrong type). */
+int store_refs_check(pg_conn *tx, uint64_t hub, const asset_ref *refs, int n, int *bad);
+/* One page ordered by (type, lower(name)) after the cursor (type, lower
+ * name; cursor_type 0 = from the start). rows malloc'd, with refs. */
+int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, int cursor_type,
+                     const char *cursor_name, int limit, asset_row **rows, int *n);
+
+/* ---- memberships (local copy, SPEC 2) ---- */
+/* *known false when the copy has no row; roles 0 when deleted. */
+int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles);
+int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned roles, bool deleted,
+                            int64_t version);
+unsigned assets_roles_bits(const int *roles, size_t n);
+
+/* ---- jobs (assets_jobs.c) ---- */
+typedef struct job_row {
+    char id[ASSET_ID_LEN];
+    uint64_t source, target;
+    bool include_deps;
+    int policy, state;
+    int total, done, copied, skipped, failed;
+    char failure_reason[64];
+    uint64_t created_by;
+    int64_t version, create_us, start_us, end_us, update_us; /* 0 = unset */
+} job_row;
+
+int store_job_get(pg_conn *c, const char *id, bool for_update, job_row *out);
+/* ASSET-02: creates the job and its items in one statement set: the given
+ * source assets plus, with include_deps, everything they reference
+ * (transitively), ordered dependencies first. `ids` is a Postgres uuid[]
+ * literal. *missing receives (malloc'd, comma-separated) the ids not found
+ * in the source account; then nothing is created. OM_E_BATCH_TOO_LARGE
+ * above ASSET_JOB_MAX assets. */
+int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing);
+int store_job_list(pg_conn *c, uint64_t hub, int state, int64_t before_us, const char *before_id, int limit,
+                   job_row **rows, int *n);
+/* ASSET-03: a QUEUED or RUNNING job ends in `state` with `reason`; its
+ * pending items get CANCELLED with that reason. Reloads *j. */
+int store_job_stop(pg_conn *tx, job_row *j, int state, const char *reason, const char *message);
+
+#define APB(x) Orgmesh__Assets__V1__##x
+/* A job's protobuf form; strings point into `row`: keep it alive. */
+typedef struct job_pb {
+    job_row row;
+    APB(CopyJob) pb;
+    APB(CopyOptions) opt;
+    Google__Protobuf__Timestamp ct, st, et, ut;
+} job_pb;
+void assets_job_pb_build(job_pb *v);
+void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us);
+/* The audit resource of an account's assets and jobs. */
+void assets_history_resource(uint64_t hub, char *buf, size_t cap);
+
+/* The copy engine. */
+int assets_jobs_start(void);
+void assets_jobs_stop(void);
+/* Wake the workers (after a commit that queued a job). */
+int assets_jobs_notify(pg_conn *tx);
+/* The job's protobuf form and the events CopyJobStarted/Finished. */
+int assets_emit_job(pg_conn *tx, const job_row *j, bool finished, const om_actor *actor);
+
+/* The accounts consumer: memberships (ASSET-01/02 rights). */
+int assets_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg);
+
+extern const rpc_service assets_service;
+int assets_init(void);
+void assets_fini(void);
+
+#endif
