@@ -14,6 +14,7 @@ START_TARGET_MS = 200.0         # SPEC 9: ready within 200 ms of start
 HOT_TARGET = 0.70               # SPEC 9: hot checks >= 70% of the empty RPC
 HOT_P99_MS = 5.0
 WRITE_TARGET = 0.50             # SPEC 9: writes >= half of pgbench
+COPY_TARGET = 3.0               # SPEC 9: copying 10,000 assets <= 3x the plain SQL copy
 
 
 def tsv(path):
@@ -134,6 +135,125 @@ def fmt_lat(f):
             f"p99.9 {f['p999_ms']:.2f} / max {f['max_ms']:.2f} ms")
 
 
+EVENTS_P99_MS = 500.0           # SPEC 9: an event reaches the SMTP server within 500 ms (p99)
+
+
+def scenario5(work, missed):
+    """Scenario 5 from s5.json (bench/events_driver.py) and s5.meta, or None
+    when it did not run (then the skip reason stands)."""
+    d = load_json(work / "s5.json")
+    if not d:
+        return None
+    meta = kv(work / "s5.meta")
+    lat = d.get("latency_event_to_smtp") or {}
+    e = {"id": 5, "name": f"Events -> SMTP: AccessRequested emails at {d['rate']:g} events/s for {d['seconds']:g} s",
+         "target": f"p99 <= {EVENTS_P99_MS:g} ms, none lost", "status": "measured", "events": d, "settings": meta}
+    p99 = lat.get("p99_ms")
+    e["met"] = bool(p99 is not None and p99 <= EVENTS_P99_MS and d["emails_lost"] == 0 and not d["call_errors"])
+    if not e["met"]:
+        why = []
+        if p99 is None or p99 > EVENTS_P99_MS:
+            why.append(f"p99 {p99} ms (target {EVENTS_P99_MS:g})")
+        if d["emails_lost"]:
+            why.append(f"{d['emails_lost']} of {d['emails_expected']} emails not received")
+        if d["call_errors"]:
+            why.append(f"{d['call_errors']} of {d['calls']} calls did not create a request")
+        missed.append("5: events -> SMTP " + ", ".join(why))
+    return e
+
+
+def s5_markdown(e):
+    d = e["events"]
+    lat = d.get("latency_event_to_smtp") or {}
+    rpc = d.get("latency_rpc_done_to_smtp") or {}
+    row = (f"| 5 | {e['name']} | event (Envelope.time) -> SMTP accepted: p50 {lat.get('p50_ms')} / p90 "
+           f"{lat.get('p90_ms')} / p99 {lat.get('p99_ms')} / max {lat.get('max_ms')} ms; "
+           f"{d['emails_received']:,} of {d['emails_expected']:,} emails received, {d['emails_lost']} lost, "
+           f"{d['emails_duplicated']} duplicated | from the RPC reply instead: p99 {rpc.get('p99_ms')} ms | — | "
+           f"{e['target']} | {'met' if e['met'] else '**MISSED**'} |")
+    L = ["## 5. Events -> SMTP\n",
+         f"{d['calls']:,} `AssignClientsToEmployee` calls (one client each, a fresh employee/client pair each, every "
+         f"client with exactly one super admin: one call = one AccessRequested event = one email), open loop at "
+         f"{d['rate']:g}/s (achieved {d['achieved_rate']:g}/s, latest send {d['max_send_lag_ms']} ms behind "
+         f"schedule); {d['clients']} clients x {d['employees']} employees; {d['calls_ok']:,} requests created, "
+         f"{d['call_errors']} failed. The notifier mails a local aiosmtpd server (`bench/smtp_sink.py`) "
+         f"with `ORGMESH_NOTIFIER_CLIENT_HOURLY_CAP=0` (no NOTE-03 cap), poll {e['settings'].get('poll_ms')} ms, "
+         f"{e['settings'].get('senders')} senders. Last email {d['drain_s_after_last_call']} s after the last call. "
+         f"Load average before / after the calls / after the last email: "
+         f"{' '.join(d['loadavg']['before'])} / {' '.join(d['loadavg']['after_calls'])} / "
+         f"{' '.join(d['loadavg']['after_drain'])}.\n",
+         "| latency | n | p50 | p90 | p99 | max | mean |", "|---|---|---|---|---|---|---|"]
+    def line(name, s):
+        if s:
+            L.append(f"| {name} | {s['n']:,} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['max_ms']} | "
+                     f"{s['mean_ms']} |")
+    line("**event (Envelope.time, set just before COMMIT) -> SMTP accepted**", lat)
+    line("RPC reply at the driver (after COMMIT) -> SMTP accepted", rpc)
+    line("call due (open-loop schedule) -> RPC reply", d.get("rpc_latency_from_due"))
+    for k, s in d.get("stages", {}).items():
+        line("stage: " + k, s)
+    line("notifier consumer: time per event while events wait (gap between consecutive consumer transactions)",
+         d.get("consumer_time_per_event_while_backlogged"))
+    L.append("")
+    rates = d.get("stage_rates_per_s") or {}
+    if rates:
+        L.append("Throughput of each stage over the run (rows per second between its first and last timestamp): " +
+                 "; ".join(f"{k} {v}/s" for k, v in rates.items()) + ".\n")
+    by = d.get("p99_ms_by_second_of_run") or {}
+    if by:
+        L.append("p99 (RPC reply -> SMTP) of the calls due in each second of the run: " +
+                 ", ".join(f"{k}: {v:.0f}" for k, v in by.items()) + " ms.\n")
+    return row, L
+
+
+def scenario4(work, missed):
+    """Asset copy: CopyAssets (call to SUCCEEDED) vs the plain SQL copy, per
+    round; the ratio of the means."""
+    runs = [load_json(p) for p in rounds(work, "s4_r*.json")]
+    refs = [load_json(p) for p in rounds(work, "s4_sql_r*.json")]
+    runs, refs = [r for r in runs if r], [r for r in refs if r]
+    if not runs:
+        return None
+    e = {"id": 4, "name": "Asset copy: 10,000 assets vs the equivalent plain SQL copy", "service": "assets",
+         "target": f"<= {COPY_TARGET:g}x the SQL time", "status": "measured"}
+    ok = all(r.get("state") == "COPY_JOB_STATE_SUCCEEDED" and r.get("copied") == 10000 for r in runs)
+    secs = [r["client_s"] for r in runs]
+    e["figure"] = {"seconds": sum(secs) / len(secs), "rounds_s": secs,
+                   "server_s": [r.get("server_s") for r in runs], "accept_s": [r.get("accept_s") for r in runs],
+                   "all_succeeded": ok}
+    if refs:
+        rs = [r["sql_s"] for r in refs]
+        e["reference"] = {"name": "plain SQL: INSERT ... SELECT through a mapping table, references rewritten, "
+                                  "one transaction (psql)", "seconds": sum(rs) / len(rs), "rounds_s": rs,
+                          "rows": [r.get("rows") for r in refs]}
+        e["ratio"] = round(e["figure"]["seconds"] / e["reference"]["seconds"], 2) if e["reference"]["seconds"] else None
+        e["met"] = ok and e["ratio"] is not None and e["ratio"] <= COPY_TARGET
+        if not e["met"]:
+            missed.append(f"4: copying 10,000 assets took {e['ratio']}x the SQL copy" +
+                          ("" if ok else " (a job did not copy all 10,000)"))
+    else:
+        e["reference"] = {"name": "plain SQL copy", "error": "not run"}
+        e["met"] = None
+        missed.append("4: the SQL reference failed, no ratio")
+    return e
+
+
+def s4_markdown(e):
+    f, r = e["figure"], e.get("reference", {})
+    fig = (f"{f['seconds']:.2f} s from CopyAssets to SUCCEEDED (rounds: " + ", ".join(f"{x:.2f}" for x in f["rounds_s"]) +
+           " s; server end-create: " + ", ".join(f"{x:.2f}" for x in f["server_s"] if x is not None) + " s)" +
+           ("" if f["all_succeeded"] else "; **a job did not copy all 10,000**"))
+    if "seconds" in r:
+        rs = f"{r['name']}: {r['seconds']:.2f} s (rounds: " + ", ".join(f"{x:.2f}" for x in r["rounds_s"]) + " s)"
+    else:
+        rs = f"{r.get('name', '')}: {r.get('error', '')}"
+    ratio = e.get("ratio")
+    met = e.get("met")
+    verdict = "—" if met is None else ("met" if met else "**MISSED**")
+    return (f"| 4 | {e['name']} (assets) | {fig} | {rs} | {'—' if ratio is None else f'{ratio:.2f}'} | "
+            f"{e['target']} | {verdict} |")
+
+
 def main(work, outbase):
     work, outbase = Path(work), Path(outbase)
     meta = kv(work / "meta.tsv")
@@ -215,6 +335,13 @@ def main(work, outbase):
         sk = skips.get(sid, {"status": "skipped", "reason": "not run"})
         scen.append({"id": int(sid), "name": name, "target": target, "status": sk["status"], "reason": sk["reason"]})
 
+    s4 = scenario4(work, missed)
+    if s4:
+        scen[:] = [s4 if e["id"] == 4 else e for e in scen]
+    s5 = scenario5(work, missed)
+    if s5:
+        scen[:] = [s5 if e["id"] == 5 else e for e in scen]
+
     # 6. footprint
     fp = []
     for r in tsv(work / "footprint.tsv"):
@@ -278,6 +405,12 @@ def main(work, outbase):
     for e in scen:
         if e["id"] == 6:
             continue
+        if e["id"] == 5 and e["status"] == "measured":
+            L.append(s5_markdown(e)[0])
+            continue
+        if e["id"] == 4 and e["status"] == "measured":
+            L.append(s4_markdown(e))
+            continue
         if e["status"] != "measured":
             L.append(f"| {e['id']} | {e['name']} | **{e['status']}: {e['reason']}** | | | {e['target']} | |")
             continue
@@ -305,6 +438,8 @@ def main(work, outbase):
         L.append(f"| {e['id']} | {e['name']} ({e.get('service') or ''}) | {fig} | {rs} | {rt} | {e['target']} | "
                  f"{verdict} |".replace(" ()", ""))
     L.append("")
+    if s5:
+        L += s5_markdown(s5)[1]
     L.append("## 6. Footprint\n")
     L.append("Resident memory from /proc/<pid>/status (VmRSS idle; highest VmRSS sampled every 100 ms and "
              "VmHWM under 64 health calls in flight); start = exec to the first health SERVING, on a restart "
