@@ -41,8 +41,28 @@ else
     as_pg() { "$@"; }
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_port() { # below the ephemeral range: no outgoing connection can take it meanwhile
+    python3 -c '
+import random, socket
+hi = 32000
+try:
+    hi = min(hi, int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0]) - 1)
+except Exception:
+    pass
+for _ in range(500):
+    p = random.SystemRandom().randint(20000, hi)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        print(p)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+'
 }
 port_busy() { # <port>: something listens on 127.0.0.1:<port>
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -106,7 +107,26 @@ def stack_env():
 
 
 def free_port():
-    with socket.socket() as s:
+    """A free loopback port *below* the kernel's ephemeral range. A port the
+    kernel hands out (bind to 0) can be taken by any outgoing connection
+    between this check and the server's own bind ("Address already in use");
+    ports outside the ephemeral range are never given to outgoing sockets."""
+    lo, hi = 20000, 32000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            hi = min(hi, int(f.read().split()[0]) - 1)
+    except (OSError, ValueError):
+        pass
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randint(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    with socket.socket() as s:  # a crowded machine: take what the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
