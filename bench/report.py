@@ -278,6 +278,8 @@ def main(work, outbase):
             e["reference"] = {"name": "h2load", "error": (ref1 or {}).get("error", "not run")}
         if s1["errors"]:
             missed.append(f"1: {s1['errors']} of {s1['calls']} empty RPCs failed or were wrong")
+    elif "1" in skips:
+        e["status"], e["reason"] = skips["1"]["status"], skips["1"]["reason"]
     else:
         e["status"] = "failed"
         missed.append("1: the ceiling was not measured")
@@ -384,13 +386,15 @@ def main(work, outbase):
     # Markdown
     L = []
     L.append(f"# orgmesh benchmark — {meta.get('date')}\n")
-    L.append(f"Machine: {meta.get('cpus')} CPUs ({meta.get('cpu_model')}), load average before the report "
-             f"{meta.get('loadavg')}; git {meta.get('git')} ({meta.get('git_dirty')} files changed); "
+    L.append(f"Machine: {meta.get('cpus')} CPUs ({meta.get('cpu_model')}), load average at the start "
+             f"{meta.get('loadavg_start', '?')} (before the report, after the benchmark's own load: {meta.get('loadavg')}); "
+             f"load generator threads: {meta.get('loadgen_threads', 2)} (one core for it, one for the server); git {meta.get('git')} ({meta.get('git_dirty')} files changed); "
              f"{meta.get('rounds')} rounds of {meta.get('seconds')} s (after {meta.get('warmup')} s of warm-up) for each figure "
              "and its reference, alternating; calls/s are the mean of the rounds, latencies the worse round. Every figure and "
              "its reference were taken in this run on this machine.\n")
     try:
-        la1, cpus = float((meta.get("loadavg") or "0").split()[0]), int(meta.get("cpus") or 1)
+        la1 = float((meta.get("loadavg_start") or meta.get("loadavg") or "0").split()[0])
+        cpus = int(meta.get("cpus") or 1)
     except ValueError:
         la1, cpus = 0.0, 1
     result["machine_busy"] = la1 > 1.5 * cpus
