@@ -169,6 +169,21 @@ int idem_store(pg_conn *tx, const idem_key *key, const ProtobufCMessage *resp) {
     return rc;
 }
 
+int idem_run(pg_conn *tx, const idem_key *key, ProtobufCMessage *resp, ProtobufCAllocator *alloc,
+             int (*apply)(pg_conn *tx, void *arg), void *arg, bool *replayed) {
+    ProtobufCMessage *stored = NULL;
+    if (replayed) *replayed = false;
+    int rc = idem_check(tx, key, resp->descriptor, alloc, &stored);
+    if (rc == 1) { /* SPEC 8: a repeat gets the first reply */
+        memcpy(resp, stored, resp->descriptor->sizeof_message);
+        if (replayed) *replayed = true;
+        return 0;
+    }
+    if (rc != 0) return rc;
+    if ((rc = apply(tx, arg)) != 0) return rc;
+    return idem_store(tx, key, resp);
+}
+
 int idem_purge(pg_conn *c, int limit) {
     pg_params p = {0};
     pg_p_i64(&p, limit > 0 ? limit : 1000);

@@ -10,6 +10,7 @@
 #ifndef OM_IDEM_H
 #define OM_IDEM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,16 @@ int idem_check(pg_conn *tx, const idem_key *key, const ProtobufCMessageDescripto
                ProtobufCAllocator *alloc, ProtobufCMessage **resp);
 /* Store the reply for the key claimed by idem_check, same transaction. */
 int idem_store(pg_conn *tx, const idem_key *key, const ProtobufCMessage *resp);
+
+/* The whole protocol in the mutation's transaction: a repeat gets the stored
+ * reply copied into *resp and *replayed set (apply is not called; 0);
+ * otherwise apply(tx, arg) fills *resp and the reply is stored (0), or
+ * apply's return (any non-zero value, positive ones included) is returned
+ * as it is. The stored reply is unpacked with `alloc` (the call's arena),
+ * so *resp is a shallow copy that lives as long as the call. `replayed`
+ * may be NULL. */
+int idem_run(pg_conn *tx, const idem_key *key, ProtobufCMessage *resp, ProtobufCAllocator *alloc,
+             int (*apply)(pg_conn *tx, void *arg), void *arg, bool *replayed);
 
 /* Delete up to `limit` entries older than 24 h (they no longer count).
  * Returns the number deleted or a negative code. The event relay calls it

@@ -97,6 +97,14 @@ int rpc_fail(rpc_ctx *ctx, int code, const char *fmt, ...) __attribute__((format
 /* Fail with OM_E_INVALID_ARGUMENT and the violations recorded so far. */
 int rpc_fail_invalid(rpc_ctx *ctx);
 
+/* ---- request ids (SPEC 8) ------------------------------------------------ */
+
+struct idem_key;
+/* Fill `key` (idem.h) for this call: its actor and method, `request_id` and
+ * the request. 0, or the call has failed: INVALID_ARGUMENT with a request_id
+ * violation when the id is too long, else the error. */
+int rpc_idem_key(rpc_ctx *ctx, struct idem_key *key, const char *request_id, const ProtobufCMessage *req);
+
 /* ---- server ------------------------------------------------------------ */
 
 typedef struct rpc_server_opts {

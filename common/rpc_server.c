@@ -21,6 +21,7 @@
 #include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "idem.h"
 #include "log.h"
 #include "metrics.h"
 #include "rpc_internal.h"
@@ -398,6 +399,15 @@ int rpc_fail_invalid(rpc_ctx *ctx) {
         return rpc_fail(ctx, OM_E_INVALID_ARGUMENT, "%s: %s", ctx->violations[0].key,
                         ctx->violations[0].value);
     return rpc_fail(ctx, OM_E_INVALID_ARGUMENT, "%zu fields are invalid", ctx->n_violations);
+}
+
+int rpc_idem_key(rpc_ctx *ctx, struct idem_key *key, const char *request_id, const ProtobufCMessage *req) {
+    int rc = idem_key_init(key, rpc_actor(ctx), rpc_method_name(ctx), request_id, req);
+    if (rc == OM_E_INVALID_ARGUMENT) {
+        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
+        return rpc_fail_invalid(ctx);
+    }
+    return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -350,21 +350,18 @@ static void mu_violation(void *arg, const char *field, const char *msg) {
 
 static acct_violations mu_violations(mutation *mu) { return (acct_violations){mu_violation, mu, 0}; }
 
+static int mu_apply(pg_conn *tx, void *arg) {
+    mutation *mu = arg;
+    return mu->apply(mu, tx);
+}
+
 static int mu_tx(pg_conn *tx, void *arg) {
     mutation *mu = arg;
-    ProtobufCMessage *stored = NULL;
     /* a retried attempt starts from nothing */
     mu->err_msg = NULL;
     mu->n_viol = 0;
     protobuf_c_message_init(mu->resp_desc, mu->resp);
-    int rc = idem_check(tx, &mu->key, mu->resp_desc, rpc_pb_allocator(mu->ctx), &stored);
-    if (rc == 1) {
-        memcpy(mu->resp, stored, mu->resp_desc->sizeof_message); /* SPEC 8: the first reply */
-        return 0;
-    }
-    if (rc != 0) return rc;
-    if ((rc = mu->apply(mu, tx)) != 0) return rc;
-    return idem_store(tx, &mu->key, mu->resp);
+    return idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, NULL);
 }
 
 /* Runs mu->apply in one transaction with the request id claimed, and turns
@@ -374,12 +371,8 @@ static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *r
     mu->resp = resp;
     mu->resp_desc = resp->descriptor;
     if (mu->actor == NULL && mu->rule == NULL) mu->actor = rpc_actor(ctx);
-    int rc = idem_key_init(&mu->key, rpc_actor(ctx), rpc_method_name(ctx), mu->request_id, req);
-    if (rc == OM_E_INVALID_ARGUMENT) {
-        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
-        return rpc_fail_invalid(ctx);
-    }
-    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    int rc = rpc_idem_key(ctx, &mu->key, mu->request_id, req);
+    if (rc != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = pg_tx(c, mu_tx, mu);

@@ -318,6 +318,11 @@ static int copies_roles(call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsi
 
 /* ---- the transaction runner --------------------------------------------------------------- */
 
+static int call_apply(pg_conn *tx, void *arg) {
+    call *cl = arg;
+    return cl->apply(cl, tx);
+}
+
 static int call_tx(pg_conn *tx, void *arg) {
     call *cl = arg;
     cl->err = 0;
@@ -327,15 +332,7 @@ static int call_tx(pg_conn *tx, void *arg) {
     cl->need_memberships = false;
     protobuf_c_message_init(cl->resp->descriptor, cl->resp);
     if (!cl->mutation) return cl->apply(cl, tx);
-    ProtobufCMessage *stored = NULL;
-    int rc = idem_check(tx, &cl->key, cl->resp->descriptor, rpc_pb_allocator(cl->ctx), &stored);
-    if (rc == 1) { /* SPEC 8: a repeat gets the first reply */
-        memcpy(cl->resp, stored, cl->resp->descriptor->sizeof_message);
-        return 0;
-    }
-    if (rc != 0) return rc;
-    if ((rc = cl->apply(cl, tx)) != 0) return rc;
-    return idem_store(tx, &cl->key, cl->resp);
+    return idem_run(tx, &cl->key, cl->resp, rpc_pb_allocator(cl->ctx), call_apply, cl, NULL);
 }
 
 /* Runs cl->apply in a transaction (with the request id for mutations),
@@ -345,12 +342,8 @@ static int run(call *cl, const char *request_id) {
     rpc_ctx *ctx = cl->ctx;
     cl->actor = rpc_actor(ctx);
     if (cl->mutation) {
-        int rc = idem_key_init(&cl->key, cl->actor, rpc_method_name(ctx), request_id, cl->req);
-        if (rc == OM_E_INVALID_ARGUMENT) {
-            rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
-            return rpc_fail_invalid(ctx);
-        }
-        if (rc != 0) return rpc_fail(ctx, rc, NULL);
+        int rc = rpc_idem_key(ctx, &cl->key, request_id, cl->req);
+        if (rc != 0) return rc;
     }
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;

@@ -669,21 +669,16 @@ static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
     return code;
 }
 
+static int mu_apply(pg_conn *tx, void *arg) {
+    mutation *mu = arg;
+    return mu->apply(mu, tx);
+}
+
 static int mu_tx(pg_conn *tx, void *arg) {
     mutation *mu = arg;
-    ProtobufCMessage *stored = NULL;
     mu->err_msg = NULL;
-    mu->replayed = false;
     protobuf_c_message_init(mu->resp_desc, mu->resp);
-    int rc = idem_check(tx, &mu->key, mu->resp_desc, rpc_pb_allocator(mu->ctx), &stored);
-    if (rc == 1) {
-        memcpy(mu->resp, stored, mu->resp_desc->sizeof_message); /* SPEC 8: the first reply */
-        mu->replayed = true;
-        return 0;
-    }
-    if (rc != 0) return rc;
-    if ((rc = mu->apply(mu, tx)) != 0) return rc;
-    return idem_store(tx, &mu->key, mu->resp);
+    return idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, &mu->replayed);
 }
 
 static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
@@ -694,12 +689,8 @@ static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *r
     mu->who.actor = rpc_actor(ctx);
     mu->who.trace_id = rpc_trace_id(ctx);
     mu->who.request_id = mu->request_id;
-    int rc = idem_key_init(&mu->key, rpc_actor(ctx), rpc_method_name(ctx), mu->request_id, req);
-    if (rc == OM_E_INVALID_ARGUMENT) {
-        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
-        return rpc_fail_invalid(ctx);
-    }
-    if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    int rc = rpc_idem_key(ctx, &mu->key, mu->request_id, req);
+    if (rc != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = pg_tx(c, mu_tx, mu);

@@ -253,6 +253,100 @@ static void test_idem_purge_deletes_only_expired(void **state) {
     assert_int_equal(it_sql_int("SELECT count(*) FROM " SCHEMA ".idempotency"), 1);
 }
 
+/* idem_run: the protocol in one call, as the services use it. The stored
+ * reply is unpacked into an arena (as a call's is) freed by the test. */
+static void *arena[64];
+static int n_arena;
+
+static void *arena_alloc(void *data, size_t size) {
+    (void)data;
+    if (n_arena >= 64) return NULL;
+    return arena[n_arena++] = malloc(size);
+}
+
+static void arena_free(void *data, void *p) {
+    (void)data;
+    (void)p; /* freed with the arena */
+}
+
+static ProtobufCAllocator arena_allocator = {arena_alloc, arena_free, NULL};
+
+static void arena_clear(void) {
+    while (n_arena > 0) free(arena[--n_arena]);
+}
+typedef struct run_call {
+    int value;        /* the request, and what `thing_apply` inserts */
+    int ret;          /* what thing_apply returns after inserting */
+    int applied;      /* times thing_apply ran */
+    Google__Protobuf__Duration resp;
+} run_call;
+
+static int thing_apply(pg_conn *tx, void *arg) {
+    run_call *rc = arg;
+    rc->applied++;
+    pg_params p = {0};
+    pg_p_i64(&p, rc->value);
+    pg_res *r = NULL;
+    if (pg_exec(tx, "INSERT INTO things (value) VALUES ($1) RETURNING id", &p, &r) != 0) return OM_E_INTERNAL;
+    rc->resp.seconds = pg_i64(r, 0, 0);
+    pg_free(r);
+    return rc->ret;
+}
+
+typedef struct run_tx {
+    run_call *call;
+    idem_key key;
+    bool replayed;
+    int run_rc;
+} run_tx;
+
+static int run_tx_fn(pg_conn *tx, void *arg) {
+    run_tx *t = arg;
+    google__protobuf__duration__init(&t->call->resp);
+    t->run_rc = idem_run(tx, &t->key, &t->call->resp.base, &arena_allocator, thing_apply, t->call, &t->replayed);
+    /* a positive return is the caller's own signal: roll back, as the
+     * services do for "fetch missing copies and try again" */
+    return t->run_rc > 0 ? OM_E_UNAVAILABLE : t->run_rc;
+}
+
+static void run_once(run_tx *t, run_call *c, const char *request_id) {
+    Google__Protobuf__Timestamp req = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    req.seconds = c->value;
+    memset(t, 0, sizeof *t);
+    t->call = c;
+    assert_int_equal(idem_key_init(&t->key, &alice, METHOD, request_id, &req.base), 0);
+    pg_tx(pg_local(), run_tx_fn, t);
+}
+
+static void test_idem_run_replays_without_applying_and_passes_positive_returns_through(void **state) {
+    run_call a = {.value = 5};
+    run_tx t;
+    run_once(&t, &a, "run-1");
+    assert_int_equal(t.run_rc, 0);
+    assert_false(t.replayed);
+    assert_int_equal(a.applied, 1);
+    int64_t first = a.resp.seconds;
+    run_call b = {.value = 5};
+    run_once(&t, &b, "run-1");
+    assert_int_equal(t.run_rc, 0);
+    assert_true(t.replayed);
+    assert_int_equal(b.applied, 0);          /* not applied again */
+    assert_int_equal(b.resp.seconds, first); /* the first reply */
+    /* apply's positive return (a service's "need more data" signal) comes
+     * back as it is, not mistaken for a replay, and nothing is remembered */
+    run_call c = {.value = 6, .ret = 2};
+    run_once(&t, &c, "run-2");
+    assert_int_equal(t.run_rc, 2);
+    assert_false(t.replayed);
+    run_call d = {.value = 6};
+    run_once(&t, &d, "run-2");
+    assert_int_equal(t.run_rc, 0);
+    assert_false(t.replayed);
+    assert_int_equal(d.applied, 1);
+    assert_int_equal(things(), 2);
+    arena_clear();
+}
+
 int main(void) {
     it_init(SCHEMA);
     it_sql("CREATE TABLE " SCHEMA ".things (id bigserial PRIMARY KEY, value bigint)");
@@ -267,6 +361,7 @@ int main(void) {
         cmocka_unit_test_setup(test_idem_request_id_too_long_rejected, reset),
         cmocka_unit_test_setup(test_idem_check_outside_transaction_refused, reset),
         cmocka_unit_test_setup(test_idem_purge_deletes_only_expired, reset),
+        cmocka_unit_test_setup(test_idem_run_replays_without_applying_and_passes_positive_returns_through, reset),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     pg_local_close();
