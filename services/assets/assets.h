@@ -104,8 +104,16 @@ typedef struct job_pb {
 } job_pb;
 void assets_job_pb_build(job_pb *v);
 void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us);
-/* The audit resource of an account's assets and jobs. */
-void assets_history_resource(uint64_t hub, char *buf, size_t cap);
+/* The audit resource of one asset ("accounts/<hub>/assets/<id>") or one
+ * copy job ("accounts/<target>/copy_jobs/<id>"); `kind` is "assets" or
+ * "copy_jobs". ListAssetHistory lists everything under "accounts/<hub>/". */
+void assets_history_resource(uint64_t hub, const char *kind, const char *id, char *buf, size_t cap);
+/* SPEC 8: one page of the audit history of account `hub` (asset_id NULL or
+ * "") or of one of its assets, newest first, ids below before_id (0: from
+ * the newest). *out is freed with audit_page_free. */
+struct audit_page;
+int store_history_list(pg_conn *c, uint64_t hub, const char *asset_id, int64_t before_id, int limit,
+                       struct audit_page *out);
 
 /* The copy engine. */
 int assets_jobs_start(void);

@@ -1,14 +1,17 @@
 /* assets_jobs.c — the copy engine (ASSET-02..ASSET-06): a pool of worker
- * threads, each with its own PostgreSQL connection, that take copy jobs
- * under a lease (FOR UPDATE SKIP LOCKED, expiry on the database clock) and
- * copy them batch by batch. Each batch is ONE transaction of set-based
- * statements (INSERT ... SELECT) that makes the copies, points their
- * references at the copies through the job's items (the source -> copy
- * mapping), records each asset's result and advances the progress: a crash
- * loses at most the batch under way, which the next owner redoes, and the
- * unique index on (job_id, source_asset_id) makes a second copy impossible.
- * Between batches the connection is asked again (CONN-07) and cancellation
- * is seen. */
+ * threads, each with its own PostgreSQL connection, in every replica. The
+ * items of a running job are shared out in batches (a range of items of one
+ * rank): a worker claims the next batch under the job row's lock and a lease
+ * on the database clock (copy_batches), then copies it in ONE transaction
+ * whose main statement locks the batch's pending items (FOR UPDATE SKIP
+ * LOCKED), makes the copies, points their references at the copies through
+ * the job's items (the source -> copy mapping), records each asset's result
+ * and the batch's counts. So batches of one job run side by side on several
+ * workers and replicas; a crash loses at most the batches under way, whose
+ * items are claimed again when their lease runs out; the item locks and the
+ * unique index on assets (job_id, source_asset_id) make a second copy
+ * impossible. Before each batch the connection is asked again (CONN-07);
+ * the job's state is read in the batch's statement (cancellation). */
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -34,8 +37,13 @@ static struct {
     int started;
     int wake[2];
     volatile int stop;
-    char owner[64];
+    char owner[64]; /* this process; a worker's owner is "<owner>/<n>" */
 } E = {.wake = {-1, -1}};
+
+typedef struct worker {
+    char owner[80]; /* "<host>:<pid>:<random>/<n>": recorded on the batches it claims */
+} worker;
+static worker W[MAX_WORKERS];
 
 /* ---- protobuf views ---- */
 
@@ -50,8 +58,8 @@ void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us) {
     t->nanos = (int32_t)(r * 1000);
 }
 
-void assets_history_resource(uint64_t hub, char *buf, size_t cap) {
-    snprintf(buf, cap, "accounts/%" PRIu64 "/assets", hub);
+void assets_history_resource(uint64_t hub, const char *kind, const char *id, char *buf, size_t cap) {
+    snprintf(buf, cap, "accounts/%" PRIu64 "/%s/%s", hub, kind, id);
 }
 
 void assets_job_pb_build(job_pb *v) {
@@ -107,8 +115,8 @@ int assets_emit_job(pg_conn *tx, const job_row *j, bool finished, const om_actor
         rc = evt_emit(tx, &meta, &ev.base, NULL);
     }
     if (rc == 0 && finished) {
-        char resource[64];
-        assets_history_resource(j->target, resource, sizeof resource);
+        char resource[128];
+        assets_history_resource(j->target, "copy_jobs", j->id, resource, sizeof resource);
         audit_entry e = {.actor = actor, .rule = actor ? NULL : "ASSET-03", .action = "copy_job.finish",
                          .resource = resource, .after = &v->pb.base,
                          .reason = j->failure_reason[0] ? j->failure_reason : NULL};
@@ -120,99 +128,246 @@ int assets_emit_job(pg_conn *tx, const job_row *j, bool finished, const om_actor
 
 int assets_jobs_notify(pg_conn *tx) { return pg_exec(tx, "SELECT pg_notify('" NOTIFY_CHANNEL "', '')", NULL, NULL); }
 
-/* ---- claiming (ASSET-06) ---- */
+/* ---- claiming a batch (ASSET-06, SPEC 9) ---- */
 
 typedef struct claim_arg {
+    const worker *w;
+    const char *want;  /* this job only (the one whose batch we just did), or NULL: any open job */
     job_row j;
-    bool found;
+    bool found;        /* a batch was claimed: batch_no, rank, lo..hi */
+    int batch_no, rank;
+    int64_t lo, hi;
 } claim_arg;
+
+/* ASSET-03: the end of a job whose items are all settled: the counters
+ * recounted from the items (the results are the truth), the final state,
+ * CopyJobFinished. Under the job row's lock. */
+static int finish_job(pg_conn *tx, job_row *j) {
+    pg_params p = {0};
+    pg_p_str(&p, j->id);
+    pg_res *r = NULL;
+    int rc = pg_exec(tx, "SELECT count(*) FILTER (WHERE outcome = 2), count(*) FILTER (WHERE outcome = 3),"
+                         " count(*) FILTER (WHERE outcome = 4) FROM copy_items WHERE job_id = $1::uuid", &p, &r);
+    if (rc != 0) return rc;
+    int copied = (int)pg_i64(r, 0, 0), skipped = (int)pg_i64(r, 0, 1), failed = (int)pg_i64(r, 0, 2);
+    pg_free(r);
+    pg_params f = {0};
+    pg_p_str(&f, j->id);
+    pg_p_i64(&f, asset_job_final_state(copied, skipped, failed));
+    pg_p_i64(&f, copied);
+    pg_p_i64(&f, skipped);
+    pg_p_i64(&f, failed);
+    rc = pg_exec(tx, "UPDATE copy_jobs SET state = $2, done = total, copied = $3, skipped = $4, failed = $5,"
+                     " end_time = now(), update_time = now(), version = version + 1, lease_owner = NULL,"
+                     " lease_until = NULL WHERE job_id = $1::uuid", &f, NULL);
+    if (rc == 0) rc = store_job_get(tx, j->id, false, j);
+    if (rc == 0) rc = assets_emit_job(tx, j, true, NULL);
+    if (rc == 0)
+        log_info("copy job %s finished: state %d, %d copied, %d skipped, %d failed", j->id, j->state, j->copied,
+                 j->skipped, j->failed);
+    return rc;
+}
+
+/* One job, its row locked: claims the next batch, or ends the job when no
+ * item is pending. Nothing is claimed while another worker holds the rest,
+ * or holds items of a lower rank (their copies must exist first, ASSET-04). */
+static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    pg_p_i64(&p, E.batch);
+    pg_res *r = NULL;
+    /* act: the ranges leased to live workers; free: the first pending items
+     * outside them; run: the free items of the first one's rank, up to the
+     * next leased range. The batch is the first E.batch of the run, or, near
+     * the end of a rank, half of what is left (at least half a batch), so
+     * that two workers finish a rank together rather than one after the
+     * other (the next rank waits for it, ASSET-04). */
+    int rc = pg_exec(tx, "WITH act AS MATERIALIZED (SELECT seq_lo, seq_hi FROM copy_batches WHERE job_id = $1::uuid"
+                         "   AND finish_time IS NULL AND lease_until > now()),"
+                         " free AS MATERIALIZED (SELECT i.seq, i.rank FROM copy_items i WHERE i.job_id = $1::uuid"
+                         "   AND i.outcome = 1 AND NOT EXISTS (SELECT 1 FROM act WHERE i.seq BETWEEN act.seq_lo AND act.seq_hi)"
+                         "   ORDER BY i.seq LIMIT 2 * $2::int),"
+                         " head AS MATERIALIZED (SELECT seq, rank, coalesce((SELECT min(act.seq_lo) FROM act"
+                         "   WHERE act.seq_lo > free.seq), 2147483647) AS stop FROM free ORDER BY seq LIMIT 1),"
+                         " run AS MATERIALIZED (SELECT free.seq, row_number() OVER (ORDER BY free.seq) AS k,"
+                         "   count(*) OVER () AS n FROM free JOIN head ON free.rank = head.rank AND free.seq < head.stop)"
+                         " SELECT (SELECT rank FROM copy_items WHERE job_id = $1::uuid AND outcome = 1 ORDER BY seq LIMIT 1),"
+                         "  head.seq, head.rank, (SELECT max(run.seq) FROM run WHERE run.k <= CASE WHEN run.n >= 2 * $2::int"
+                         "   THEN $2::int WHEN run.n <= $2::int / 2 THEN run.n ELSE (run.n + 1) / 2 END)"
+                         " FROM (SELECT 1) one LEFT JOIN head ON true", &p, &r);
+    if (rc != 0) return rc;
+    bool pending = !pg_isnull(r, 0, 0);
+    int min_rank = pending ? (int)pg_i64(r, 0, 0) : 0;
+    bool any = !pg_isnull(r, 0, 1) && !pg_isnull(r, 0, 3);
+    int64_t lo = any ? pg_i64(r, 0, 1) : 0, hi = any ? pg_i64(r, 0, 3) : 0;
+    int rank = any ? (int)pg_i64(r, 0, 2) : 0;
+    pg_free(r);
+    if (!pending) { /* every item settled */
+        if ((rc = store_job_get(tx, id, false, &a->j)) != 0) return rc;
+        return finish_job(tx, &a->j);
+    }
+    if (!any || rank != min_rank) return 0;
+    /* The batch, and on the job: the lease (so that a replica of the
+     * previous version, which leases whole jobs, leaves it alone), RUNNING,
+     * and the counts of the batches finished since the last claim. */
+    pg_params b = {0};
+    pg_p_str(&b, id);
+    pg_p_i64(&b, rank);
+    pg_p_i64(&b, lo);
+    pg_p_i64(&b, hi);
+    pg_p_str(&b, a->w->owner);
+    pg_p_i64(&b, E.lease_ms);
+    rc = pg_exec(tx, "WITH b AS (INSERT INTO copy_batches (job_id, batch_no, rank, seq_lo, seq_hi, owner, lease_until)"
+                     "   SELECT $1::uuid, coalesce(max(batch_no), 0) + 1, $2, $3, $4, $5,"
+                     "   now() + $6 * interval '1 millisecond' FROM copy_batches WHERE job_id = $1::uuid RETURNING batch_no),"
+                     " f AS (UPDATE copy_batches SET folded = true WHERE job_id = $1::uuid AND finish_time IS NOT NULL"
+                     "   AND NOT folded RETURNING copied, skipped, failed),"
+                     " s AS (SELECT coalesce(sum(copied), 0) AS c, coalesce(sum(skipped), 0) AS k,"
+                     "   coalesce(sum(failed), 0) AS x FROM f)"
+                     " UPDATE copy_jobs j SET state = 2, start_time = coalesce(j.start_time, now()),"
+                     "  lease_owner = $5, lease_until = now() + $6 * interval '1 millisecond', update_time = now(),"
+                     "  version = j.version + CASE WHEN j.state = 1 THEN 1 ELSE 0 END,"
+                     "  done = j.done + s.c + s.k + s.x, copied = j.copied + s.c, skipped = j.skipped + s.k, failed = j.failed + s.x"
+                     " FROM s WHERE j.job_id = $1::uuid RETURNING (SELECT batch_no FROM b)", &b, &r);
+    if (rc != 0) return rc;
+    a->batch_no = (int)pg_i64(r, 0, 0);
+    pg_free(r);
+    if ((rc = store_job_get(tx, id, false, &a->j)) != 0) return rc;
+    a->found = true;
+    a->rank = rank;
+    a->lo = lo;
+    a->hi = hi;
+    if (state == 1) { /* emitted once: not when the job is resumed after a crash (ASSET-06) */
+        log_info("copy job %s started: %d asset(s) %" PRIu64 " -> %" PRIu64, id, a->j.total, a->j.source, a->j.target);
+        return assets_emit_job(tx, &a->j, false, NULL);
+    }
+    return 0;
+}
+
+/* Claims of one job take turns on its row (a claim is a few short
+ * statements); claims of other jobs, and the batches themselves, do not
+ * wait for it. */
+static int claim_one(pg_conn *tx, claim_arg *a, const char *id) {
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    pg_res *r = NULL;
+    int rc = pg_exec(tx, "SELECT job_id::text, state FROM copy_jobs WHERE job_id = $1::uuid AND state IN (1, 2) FOR UPDATE",
+                     &p, &r);
+    if (rc == 0 && pg_nrows(r) > 0) rc = claim_in_job(tx, a, pg_str(r, 0, 0), (int)pg_i64(r, 0, 1));
+    pg_free(r);
+    return rc;
+}
 
 static int claim_tx(pg_conn *tx, void *arg) {
     claim_arg *a = arg;
     a->found = false;
-    pg_params p = {0};
-    pg_p_str(&p, E.owner);
-    pg_p_i64(&p, E.lease_ms);
-    pg_res *r = NULL;
-    /* Several replicas: SKIP LOCKED hands each open job to one worker; the
-     * lease is timed by the database clock, so a dead owner's job is taken
-     * over once its lease has run out. */
-    int rc = pg_exec(tx, "UPDATE copy_jobs j SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond',"
-                         " state = 2, start_time = coalesce(j.start_time, now()), update_time = now(),"
-                         " version = j.version + CASE WHEN s.old_state = 1 THEN 1 ELSE 0 END"
-                         " FROM (SELECT job_id, state AS old_state FROM copy_jobs WHERE state IN (1, 2)"
-                         "       AND (lease_until IS NULL OR lease_until < now()) ORDER BY create_time LIMIT 1"
-                         "       FOR UPDATE SKIP LOCKED) s"
-                         " WHERE j.job_id = s.job_id RETURNING j.job_id::text, s.old_state",
-                     &p, &r);
-    if (rc != 0) return rc;
-    if (pg_nrows(r) == 0) {
-        pg_free(r);
-        return 0;
-    }
-    char id[ASSET_ID_LEN];
-    snprintf(id, sizeof id, "%s", pg_str(r, 0, 0));
-    bool first = pg_i64(r, 0, 1) == 1;
-    pg_free(r);
-    if ((rc = store_job_get(tx, id, false, &a->j)) != 0) return rc;
-    a->found = true;
-    /* Emitted once: not when a job is resumed after a crash (ASSET-06). */
-    if (first) rc = assets_emit_job(tx, &a->j, false, NULL);
-    if (first) log_info("copy job %s started: %d asset(s) %" PRIu64 " -> %" PRIu64, id, a->j.total, a->j.source, a->j.target);
-    else log_info("copy job %s resumed at %d/%d", id, a->j.done, a->j.total);
+    if (a->want) return claim_one(tx, a, a->want);
+    /* The open jobs, oldest first; a job leased whole by a replica of the
+     * previous version (no batches) is left to it until its lease runs out. */
+    pg_res *ids = NULL;
+    int rc = pg_exec(tx, "SELECT job_id::text FROM copy_jobs j WHERE state IN (1, 2)"
+                         " AND (lease_until IS NULL OR lease_until < now()"
+                         "   OR EXISTS (SELECT 1 FROM copy_batches b WHERE b.job_id = j.job_id))"
+                         " ORDER BY create_time LIMIT 8", NULL, &ids);
+    for (int k = 0; rc == 0 && !a->found && k < pg_nrows(ids); k++) rc = claim_one(tx, a, pg_str(ids, k, 0));
+    pg_free(ids);
     return rc;
 }
 
 /* ---- one batch (ASSET-04, ASSET-05) ---- */
 
-enum { BATCH_MORE = 0, BATCH_DONE = 1, BATCH_LOST = 2 };
-
 typedef struct batch_arg {
-    job_row *j;
-    int outcome;
+    const claim_arg *c;
+    int items, copied; /* of the main statement's last run */
+    int taken;         /* items its first run locked */
 } batch_arg;
 
-/* Runs one of the batch statements below ($1 job, $2..$3 seq range, $4
- * rank, $5 target); *affected (may be NULL) = rows it touched. */
-static int exec_job_n(pg_conn *tx, const char *sql, const job_row *j, int64_t lo, int64_t hi, int rank,
-                      int64_t *affected) {
+/* $1 job, $2..$3 seq range, $4 rank, $5 target, $6 batch_no */
+static void batch_params(pg_params *p, const batch_arg *b) {
+    const claim_arg *c = b->c;
+    pg_p_str(p, c->j.id);
+    pg_p_i64(p, c->lo);
+    pg_p_i64(p, c->hi);
+    pg_p_i64(p, c->rank);
+    pg_p_u64(p, c->j.target);
+    pg_p_i64(p, c->batch_no);
+}
+
+/* The batch's pending items this transaction holds or can take now; items
+ * another transaction holds (a stop under way, a worker whose lease ran
+ * out) are theirs. */
+#define MINE                                                                                              \
+    "WITH mine AS (SELECT i.seq FROM copy_items i WHERE i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3" \
+    " AND i.rank = $4 AND i.outcome = 1 FOR UPDATE SKIP LOCKED) "
+#define OF_MINE " i.job_id = $1::uuid AND i.seq IN (SELECT seq FROM mine) "
+/* Adds the rows an UPDATE ... RETURNING 1 named u touched to the batch's
+ * counter `col`. */
+#define COUNT_INTO(col)                                                                                   \
+    " UPDATE copy_batches SET " col " = " col " + (SELECT count(*) FROM u) WHERE job_id = $1::uuid AND batch_no = $6"
+
+/* The main statement: copies (ASSET-05 provenance) of the batch's pending
+ * items whose references all lead to a copy, their references pointed at
+ * the copies through the items (the source -> copy mapping, ASSET-04), the
+ * results, the batch's count and end, a wake-up for idle workers. ON
+ * CONFLICT DO NOTHING leaves an item pending when its name is taken in the
+ * target, or the job already copied it; the rest of the rank's rules run
+ * only for what is left (settle_rest). */
+static int copy_main(pg_conn *tx, batch_arg *b) {
     pg_params p = {0};
-    pg_p_str(&p, j->id);
-    pg_p_i64(&p, lo);
-    pg_p_i64(&p, hi);
-    pg_p_i64(&p, rank);
-    pg_p_u64(&p, j->target);
+    batch_params(&p, b);
     pg_res *r = NULL;
-    int rc = pg_exec(tx, sql, &p, affected ? &r : NULL);
-    if (rc == 0 && affected) *affected = pg_nrows(r) > 0 ? pg_nrows(r) : pg_affected(r);
-    if (r) pg_free(r);
-    return rc;
+    /* Every join goes from a CTE to a table through an index, so a plan
+     * made while the job's items are not analyzed yet (estimated at one
+     * row) stays linear in the batch. */
+    int rc = pg_exec(tx,
+                     "WITH it AS (SELECT i.seq, i.source_asset_id, coalesce(i.new_name, i.source_name) AS name"
+                     "   FROM copy_items i WHERE i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3 AND i.rank = $4"
+                     "   AND i.outcome = 1 AND EXISTS (SELECT 1 FROM copy_jobs j WHERE j.job_id = $1::uuid AND j.state = 2)"
+                     "   FOR UPDATE OF i SKIP LOCKED),"
+                     " ins AS (INSERT INTO assets (hub_id, type, name, body, source_hub_id, source_asset_id, job_id)"
+                     "   SELECT $5, a.type, it.name, a.body, a.hub_id, a.asset_id, $1::uuid FROM it"
+                     "   JOIN assets a ON a.asset_id = it.source_asset_id"
+                     "   WHERE NOT EXISTS (SELECT 1 FROM asset_refs r LEFT JOIN copy_items d ON d.job_id = $1::uuid"
+                     "     AND d.source_asset_id = r.ref_id WHERE r.asset_id = a.asset_id AND d.new_asset_id IS NULL)"
+                     "   ORDER BY it.seq ON CONFLICT DO NOTHING RETURNING asset_id, source_asset_id, name),"
+                     " refs AS (INSERT INTO asset_refs (asset_id, pos, ref_id, ref_type)"
+                     "   SELECT ins.asset_id, r.pos, d.new_asset_id, r.ref_type FROM ins"
+                     "   JOIN asset_refs r ON r.asset_id = ins.source_asset_id"
+                     "   JOIN copy_items d ON d.job_id = $1::uuid AND d.source_asset_id = r.ref_id),"
+                     " upd AS (UPDATE copy_items i SET outcome = 2, new_asset_id = ins.asset_id, new_name = ins.name,"
+                     "   finish_time = now(), batch_no = $6 FROM ins"
+                     "   WHERE i.job_id = $1::uuid AND i.source_asset_id = ins.source_asset_id RETURNING 1),"
+                     " bat AS (UPDATE copy_batches SET copied = copied + (SELECT count(*) FROM upd), finish_time = now(),"
+                     "   lease_until = NULL WHERE job_id = $1::uuid AND batch_no = $6 RETURNING 1)"
+                     " SELECT (SELECT count(*) FROM it), (SELECT count(*) FROM upd), (SELECT count(*) FROM bat),"
+                     "  pg_notify('" NOTIFY_CHANNEL "', '')",
+                     &p, &r);
+    if (rc != 0) return rc;
+    b->items = (int)pg_i64(r, 0, 0);
+    b->copied = (int)pg_i64(r, 0, 1);
+    pg_free(r);
+    return 0;
 }
 
-static int exec_job(pg_conn *tx, const char *sql, const job_row *j, int64_t lo, int64_t hi, int rank) {
-    return exec_job_n(tx, sql, j, lo, hi, rank, NULL);
+static int exec_batch(pg_conn *tx, const batch_arg *b, const char *sql) {
+    pg_params p = {0};
+    batch_params(&p, b);
+    return pg_exec(tx, sql, &p, NULL);
 }
-
-#define IN_BATCH " i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3 AND i.rank = $4 AND i.outcome = 1 "
-/* The name an item would get, and the target asset it clashes with. */
-#define CLASH                                                                                            \
-    " FROM assets t WHERE" IN_BATCH "AND t.hub_id = $5 AND t.type = i.type"                               \
-    " AND lower(t.name) = lower(coalesce(i.new_name, i.source_name))"
 
 /* ASSET-04 RENAME: gives each clashing item of the batch the first free
- * " (copy)", " (copy 2)", ... name in the target. */
-static int rename_clashes(pg_conn *tx, const job_row *j, int64_t lo, int64_t hi, int rank) {
+ * " (copy)", " (copy 2)", ... name in the target. Only items left by the
+ * main statement get here. */
+static int rename_clashes(pg_conn *tx, const batch_arg *b) {
     pg_params p = {0};
-    pg_p_str(&p, j->id);
-    pg_p_i64(&p, lo);
-    pg_p_i64(&p, hi);
-    pg_p_i64(&p, rank);
-    pg_p_u64(&p, j->target);
+    batch_params(&p, b);
     pg_res *r = NULL;
-    int rc = pg_exec(tx, "SELECT i.seq, i.source_name, i.type FROM copy_items i WHERE EXISTS (SELECT 1" CLASH ")"
-                         " ORDER BY i.seq", &p, &r);
-    /* (the EXISTS above refers to the outer i) */
+    int rc = pg_exec(tx, MINE "SELECT i.seq, i.source_name, i.type FROM copy_items i WHERE" OF_MINE
+                              "AND $5::bigint > 0 AND $6::int > 0 AND EXISTS (SELECT 1 FROM assets t WHERE t.hub_id = $5"
+                              " AND t.type = i.type AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)))"
+                              " ORDER BY i.seq", &p, &r);
     if (rc != 0) return rc;
+    const job_row *j = &b->c->j;
     for (int k = 0; rc == 0 && k < pg_nrows(r); k++) {
         const char *base = pg_str(r, k, 1);
         pg_params q = {0};
@@ -245,127 +400,60 @@ static int rename_clashes(pg_conn *tx, const job_row *j, int64_t lo, int64_t hi,
     return rc;
 }
 
-/* One rank of one batch, in a few set-based statements (each a round trip:
- * their number, not the rows, is what a batch costs). */
-static int copy_rank(pg_conn *tx, const job_row *j, int64_t lo, int64_t hi, int rank) {
-    int rc = 0;
-    /* A source asset deleted since the job was accepted: NOT_FOUND.
-     * ASSET-04: every reference must lead to a copy (or, under SKIP, to the
-     * existing target asset); otherwise MISSING_DEPENDENCY. Dependencies
-     * have a lower rank, so they are settled by now. */
+/* What the main statement left pending (rare): a source asset deleted since
+ * the job was accepted (NOT_FOUND); a reference with no copy
+ * (MISSING_DEPENDENCY, ASSET-04); a copy this job already made, recorded
+ * instead of made again (ASSET-06); name conflicts by the job's policy
+ * (ASSET-04), after which the main statement runs again. */
+static int settle_rest(pg_conn *tx, batch_arg *b) {
+    int rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'NOT_FOUND',"
+                               " error_message = 'the source asset no longer exists', finish_time = now(), batch_no = $6"
+                               " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 AND NOT EXISTS"
+                               " (SELECT 1 FROM assets a WHERE a.asset_id = i.source_asset_id) RETURNING 1)"
+                               COUNT_INTO("failed"));
     if (rc == 0)
-        rc = exec_job(tx, "UPDATE copy_items i SET outcome = 4, error_reason = 'NOT_FOUND',"
-                          " error_message = 'the source asset no longer exists', finish_time = now()"
-                          " WHERE" IN_BATCH "AND $5::bigint > 0 AND NOT EXISTS"
-                          " (SELECT 1 FROM assets a WHERE a.asset_id = i.source_asset_id)", j, lo, hi, rank);
+        rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'MISSING_DEPENDENCY',"
+                               " error_message = 'a referenced asset is not copied', finish_time = now(), batch_no = $6"
+                               " WHERE" OF_MINE "AND $5::bigint > 0 AND EXISTS (SELECT 1 FROM asset_refs r"
+                               " LEFT JOIN copy_items d ON d.job_id = i.job_id AND d.source_asset_id = r.ref_id"
+                               " WHERE r.asset_id = i.source_asset_id AND d.new_asset_id IS NULL) RETURNING 1)"
+                               COUNT_INTO("failed"));
     if (rc == 0)
-        rc = exec_job(tx, "UPDATE copy_items i SET outcome = 4, error_reason = 'MISSING_DEPENDENCY',"
-                          " error_message = 'a referenced asset is not copied', finish_time = now()"
-                          " WHERE" IN_BATCH "AND $5::bigint > 0 AND EXISTS (SELECT 1 FROM asset_refs r"
-                          " LEFT JOIN copy_items d ON d.job_id = i.job_id AND d.source_asset_id = r.ref_id"
-                          " WHERE r.asset_id = i.source_asset_id AND d.new_asset_id IS NULL)", j, lo, hi, rank);
+        rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 2, new_asset_id = a.asset_id,"
+                               " new_name = a.name, finish_time = now(), batch_no = $6 FROM assets a WHERE" OF_MINE
+                               "AND $5::bigint > 0 AND a.job_id = $1::uuid AND a.source_asset_id = i.source_asset_id"
+                               " RETURNING 1)" COUNT_INTO("copied"));
+    const int policy = b->c->j.policy;
     for (int round = 0; rc == 0 && round < 4; round++) {
-        /* ASSET-04: name conflicts by the job's policy. */
-        if (j->policy == POLICY_SKIP)
-            rc = exec_job(tx, "UPDATE copy_items i SET outcome = 3, new_asset_id = t.asset_id, new_name = t.name,"
-                              " finish_time = now()" CLASH, j, lo, hi, rank);
-        else if (j->policy == POLICY_FAIL)
-            rc = exec_job(tx, "UPDATE copy_items i SET outcome = 4, error_reason = 'NAME_CONFLICT',"
-                              " error_message = 'an asset with this name already exists in the target',"
-                              " finish_time = now()" CLASH, j, lo, hi, rank);
+        if (policy == POLICY_SKIP)
+            rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 3, new_asset_id = t.asset_id,"
+                                   " new_name = t.name, finish_time = now(), batch_no = $6 FROM assets t WHERE" OF_MINE
+                                   "AND t.hub_id = $5 AND t.type = i.type"
+                                   " AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)) RETURNING 1)"
+                                   COUNT_INTO("skipped"));
+        else if (policy == POLICY_FAIL)
+            rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'NAME_CONFLICT',"
+                                   " error_message = 'an asset with this name already exists in the target',"
+                                   " finish_time = now(), batch_no = $6 FROM assets t WHERE" OF_MINE
+                                   "AND t.hub_id = $5 AND t.type = i.type"
+                                   " AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)) RETURNING 1)"
+                                   COUNT_INTO("failed"));
         else
-            rc = rename_clashes(tx, j, lo, hi, rank);
-        if (rc != 0) break;
-        /* The copies (ASSET-05 provenance), their references pointed at the
-         * copies through the items (the source -> copy mapping), and the
-         * results, in one statement. ON CONFLICT DO NOTHING leaves an item
-         * pending when its name was taken meanwhile (next round) or its copy
-         * already exists (below). */
-        int64_t pending = 0, copied = 0;
-        rc = exec_job_n(tx, "SELECT 1 FROM copy_items i WHERE" IN_BATCH "AND $5::bigint > 0", j, lo, hi, rank, &pending);
-        if (rc != 0 || pending == 0) break;
-        rc = exec_job_n(tx, "WITH ins AS ("
-                            "  INSERT INTO assets (hub_id, type, name, body, source_hub_id, source_asset_id, job_id)"
-                            "  SELECT $5, a.type, coalesce(i.new_name, i.source_name), a.body, a.hub_id, a.asset_id, i.job_id"
-                            "  FROM copy_items i JOIN assets a ON a.asset_id = i.source_asset_id"
-                            "  WHERE" IN_BATCH "ORDER BY i.seq"
-                            "  ON CONFLICT DO NOTHING RETURNING asset_id, source_asset_id, name),"
-                            " refs AS ("
-                            "  INSERT INTO asset_refs (asset_id, pos, ref_id, ref_type)"
-                            "  SELECT ins.asset_id, r.pos, d.new_asset_id, r.ref_type FROM ins"
-                            "  JOIN asset_refs r ON r.asset_id = ins.source_asset_id"
-                            "  JOIN copy_items d ON d.job_id = $1::uuid AND d.source_asset_id = r.ref_id)"
-                            " UPDATE copy_items i SET outcome = 2, new_asset_id = ins.asset_id, new_name = ins.name,"
-                            " finish_time = now() FROM ins WHERE" IN_BATCH "AND i.source_asset_id = ins.source_asset_id",
-                            j, lo, hi, rank, &copied);
-        if (rc != 0) break;
-        if (copied == pending) return 0;
-        /* ASSET-06: an item whose copy this job already made (a batch
-         * redone after a lost commit acknowledgement, or a concurrent owner's
-         * batch committed first) is recorded, never copied again. */
-        rc = exec_job(tx, "UPDATE copy_items i SET outcome = 2, new_asset_id = a.asset_id, new_name = a.name,"
-                          " finish_time = now() FROM assets a WHERE" IN_BATCH "AND $5::bigint > 0"
-                          " AND a.job_id = $1::uuid AND a.source_asset_id = i.source_asset_id", j, lo, hi, rank);
+            rc = rename_clashes(tx, b);
+        if (rc == 0) rc = copy_main(tx, b);
+        if (rc != 0 || b->copied == b->items) return rc;
     }
     if (rc != 0) return rc;
-    return exec_job(tx, "UPDATE copy_items i SET outcome = 4, error_reason = 'NAME_CONFLICT', new_asset_id = NULL,"
-                        " error_message = 'no free name was found', finish_time = now()"
-                        " WHERE" IN_BATCH "AND $5::bigint > 0", j, lo, hi, rank);
+    return exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'NAME_CONFLICT',"
+                             " error_message = 'no free name was found', finish_time = now(), batch_no = $6"
+                             " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 RETURNING 1)" COUNT_INTO("failed"));
 }
 
 static int batch_tx(pg_conn *tx, void *arg) {
     batch_arg *b = arg;
-    job_row *j = b->j;
-    b->outcome = BATCH_LOST;
-    pg_params p = {0};
-    pg_p_str(&p, j->id);
-    pg_p_str(&p, E.owner);
-    pg_res *r = NULL;
-    /* The job row's lock serialises batches of one job across replicas. */
-    int rc = pg_exec(tx, "SELECT state = 2 AND lease_owner = $2 FROM copy_jobs WHERE job_id = $1::uuid FOR UPDATE",
-                     &p, &r);
-    if (rc != 0) return rc;
-    bool mine = pg_nrows(r) > 0 && pg_bool(r, 0, 0);
-    pg_free(r);
-    if (!mine) return 0; /* cancelled, or taken over after our lease ran out */
-    pg_params q = {0};
-    pg_p_str(&q, j->id);
-    pg_p_i64(&q, E.batch);
-    rc = pg_exec(tx, "SELECT min(seq), max(seq), min(rank), max(rank) FROM (SELECT seq, rank FROM copy_items"
-                     " WHERE job_id = $1::uuid AND outcome = 1 ORDER BY seq LIMIT $2) s", &q, &r);
-    if (rc != 0) return rc;
-    bool any = !pg_isnull(r, 0, 0);
-    int64_t lo = any ? pg_i64(r, 0, 0) : 0, hi = any ? pg_i64(r, 0, 1) : 0;
-    int rank_lo = any ? (int)pg_i64(r, 0, 2) : 0, rank_hi = any ? (int)pg_i64(r, 0, 3) : -1;
-    pg_free(r);
-    /* Ranks in order: a batch spanning forms and lists settles the forms
-     * first. Ranks absent from the batch cost nothing. */
-    for (int rank = rank_lo; any && rc == 0 && rank <= rank_hi; rank++) rc = copy_rank(tx, j, lo, hi, rank);
-    if (rc != 0) return rc;
-    pg_params c = {0};
-    pg_p_str(&c, j->id);
-    pg_p_i64(&c, E.lease_ms);
-    rc = pg_exec(tx, "UPDATE copy_jobs j SET done = c.done, copied = c.copied, skipped = c.skipped, failed = c.failed,"
-                     " lease_until = now() + $2 * interval '1 millisecond', update_time = now(), version = version + 1"
-                     " FROM (SELECT count(*) FILTER (WHERE outcome <> 1) AS done, count(*) FILTER (WHERE outcome = 2) AS copied,"
-                     "  count(*) FILTER (WHERE outcome = 3) AS skipped, count(*) FILTER (WHERE outcome = 4) AS failed"
-                     "  FROM copy_items WHERE job_id = $1::uuid) c WHERE j.job_id = $1::uuid", &c, NULL);
-    if (rc != 0) return rc;
-    if ((rc = store_job_get(tx, j->id, false, j)) != 0) return rc;
-    if (j->done < j->total) {
-        b->outcome = BATCH_MORE;
-        return 0;
-    }
-    /* ASSET-03: the end. */
-    int state = asset_job_final_state(j->copied, j->skipped, j->failed);
-    pg_params f = {0};
-    pg_p_str(&f, j->id);
-    pg_p_i64(&f, state);
-    rc = pg_exec(tx, "UPDATE copy_jobs SET state = $2, end_time = now(), update_time = now(), version = version + 1,"
-                     " lease_owner = NULL, lease_until = NULL WHERE job_id = $1::uuid", &f, NULL);
-    if (rc == 0) rc = store_job_get(tx, j->id, false, j);
-    if (rc == 0) rc = assets_emit_job(tx, j, true, NULL);
-    if (rc == 0) b->outcome = BATCH_DONE;
+    int rc = copy_main(tx, b);
+    b->taken = b->items;
+    if (rc == 0 && b->copied < b->items) rc = settle_rest(tx, b);
     return rc;
 }
 
@@ -393,26 +481,24 @@ static int copy_allowed(const job_row *j) {
     return allowed;
 }
 
-typedef struct stop_arg {
-    job_row *j;
-} stop_arg;
-
 static int not_allowed_tx(pg_conn *tx, void *arg) {
-    job_row *j = ((stop_arg *)arg)->j;
-    pg_params p = {0};
-    pg_p_str(&p, j->id);
-    pg_p_str(&p, E.owner);
-    pg_res *r = NULL;
-    int rc = pg_exec(tx, "SELECT state = 2 AND lease_owner = $2 FROM copy_jobs WHERE job_id = $1::uuid FOR UPDATE",
-                     &p, &r);
-    if (rc != 0) return rc;
-    bool mine = pg_nrows(r) > 0 && pg_bool(r, 0, 0);
-    pg_free(r);
-    if (!mine) return 0;
-    /* ASSET-03: the connection stopped allowing the copy. */
+    job_row *j = arg;
+    int rc = store_job_get(tx, j->id, true, j);
+    if (rc != 0 || j->state != 2) return rc; /* ended meanwhile */
+    /* ASSET-03: the connection stopped allowing the copy. Batches under way
+     * on other workers commit first (their items are locked). */
     if ((rc = store_job_stop(tx, j, 5, "COPY_NOT_ALLOWED", "asset copying no longer flows from the source to the target")) != 0)
         return rc;
     return assets_emit_job(tx, j, true, NULL);
+}
+
+/* Gives a claimed batch back at once (not waiting out its lease). */
+static void release_batch(pg_conn *c, const claim_arg *a) {
+    pg_params p = {0};
+    pg_p_str(&p, a->j.id);
+    pg_p_i64(&p, a->batch_no);
+    (void)pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE job_id = $1::uuid AND batch_no = $2"
+                     " AND finish_time IS NULL", &p, NULL);
 }
 
 /* Sleeps up to ms, or less when asked to stop. */
@@ -421,58 +507,69 @@ static void nap(int ms) {
     poll(&pfd, 1, ms);
 }
 
-static void run_job(pg_conn *c, job_row *j) {
-    while (!E.stop) {
-        int allowed = copy_allowed(j);
-        if (allowed < 0) { /* connections unreachable: wait; the lease may pass to another worker */
-            nap(500);
-            batch_arg keep = {.j = j};
-            (void)keep;
-            continue;
-        }
-        if (allowed == 0) {
-            stop_arg a = {j};
-            if (pg_tx(c, not_allowed_tx, &a) == 0)
-                log_info("copy job %s stopped: COPY_NOT_ALLOWED (ASSET-03)", j->id);
-            return;
-        }
-        batch_arg b = {.j = j};
-        int rc = pg_tx(c, batch_tx, &b);
-        if (rc != 0) {
-            log_warn("copy job %s: batch failed (%d, SQL %s: %s); retrying", j->id, rc, pg_sqlstate(c), pg_errmsg(c));
-            nap(500);
-            continue;
-        }
-        if (b.outcome == BATCH_DONE) {
-            log_info("copy job %s finished: state %d, %d copied, %d skipped, %d failed", j->id, j->state, j->copied,
-                     j->skipped, j->failed);
-            return;
-        }
-        if (b.outcome == BATCH_LOST) return;
-        if (E.delay_ms > 0) nap(E.delay_ms);
+#define BATCH_EMPTY 1
+
+/* 0 when the batch ran (or the job was stopped), BATCH_EMPTY when it found
+ * nothing to copy, else a failure; the worker pauses after the last two. */
+static int run_batch(pg_conn *c, claim_arg *a) {
+    int allowed = copy_allowed(&a->j);
+    if (allowed < 0) { /* connections unreachable: hand the batch back and wait */
+        release_batch(c, a);
+        return OM_E_UNAVAILABLE;
     }
+    if (allowed == 0) {
+        release_batch(c, a);
+        job_row j = a->j;
+        if (pg_tx(c, not_allowed_tx, &j) == 0 && j.state == 5)
+            log_info("copy job %s stopped: COPY_NOT_ALLOWED (ASSET-03)", j.id);
+        return 0;
+    }
+    batch_arg b = {.c = a};
+    int rc = pg_tx(c, batch_tx, &b);
+    if (rc != 0) {
+        log_warn("copy job %s: batch %d failed (%d, SQL %s: %s); handed back", a->j.id, a->batch_no, rc,
+                 pg_sqlstate(c), pg_errmsg(c));
+        release_batch(c, a);
+        return rc;
+    }
+    log_debug("copy job %s: batch %d (seq %" PRId64 "..%" PRId64 ", rank %d): %d item(s)", a->j.id, a->batch_no, a->lo,
+              a->hi, a->rank, b.taken);
+    /* Nothing to take: the job ended, or another transaction holds these
+     * items (a stop under way, or a worker slower than its lease, whose
+     * range was claimed again). Pause rather than claim them once more. */
+    return b.taken == 0 ? BATCH_EMPTY : 0;
 }
 
 static void *worker_main(void *arg) {
-    (void)arg;
+    const worker *w = arg;
     pg_conn *c = NULL;
     while (!E.stop && pg_connect(&c) != 0) nap(500);
     if (c != NULL && pg_listen(c, NOTIFY_CHANNEL) != 0) log_warn("copy workers: LISTEN failed; polling");
+    char cur[ASSET_ID_LEN] = ""; /* the job of our last batch */
     while (!E.stop && c != NULL) {
-        claim_arg a;
+        claim_arg a = {.w = w, .want = cur[0] ? cur : NULL};
         int rc = pg_tx(c, claim_tx, &a);
         if (rc == 0 && a.found) {
-            run_job(c, &a.j);
+            snprintf(cur, sizeof cur, "%s", a.j.id);
+            rc = run_batch(c, &a);
+            if (rc == BATCH_EMPTY) nap(E.poll_ms < 200 ? E.poll_ms : 200);
+            else if (rc != 0) nap(500);
+            else if (E.delay_ms > 0) nap(E.delay_ms);
             continue;
         }
+        if (rc == 0 && cur[0]) { /* nothing more of that job for us now: any job */
+            cur[0] = '\0';
+            continue;
+        }
+        cur[0] = '\0';
         if (rc != 0) nap(500);
         else pg_wait_notify(c, E.poll_ms, E.wake[0]);
     }
     if (c != NULL) {
-        /* A clean stop hands our jobs back at once (no lease to wait out). */
+        /* A clean stop hands our claimed batches back at once (no lease to wait out). */
         pg_params p = {0};
-        pg_p_str(&p, E.owner);
-        (void)pg_exec(c, "UPDATE copy_jobs SET lease_until = NULL, lease_owner = NULL WHERE lease_owner = $1", &p, NULL);
+        pg_p_str(&p, w->owner);
+        (void)pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE owner = $1 AND finish_time IS NULL", &p, NULL);
         pg_close(c);
     }
     return NULL;
@@ -480,7 +577,7 @@ static void *worker_main(void *arg) {
 
 int assets_jobs_start(void) {
     E.workers = (int)cfg_int("ORGMESH_ASSETS_WORKERS", 2, 0, MAX_WORKERS);
-    E.batch = (int)cfg_int("ORGMESH_ASSETS_BATCH", 500, 1, ASSET_JOB_MAX);
+    E.batch = (int)cfg_int("ORGMESH_ASSETS_BATCH", 1000, 1, ASSET_JOB_MAX);
     E.delay_ms = (int)cfg_int("ORGMESH_ASSETS_BATCH_DELAY_MS", 0, 0, 60000);
     E.lease_ms = (int)cfg_int("ORGMESH_ASSETS_LEASE_MS", 30000, 500, 3600000);
     E.poll_ms = (int)cfg_int("ORGMESH_ASSETS_POLL_MS", 1000, 10, 60000);
@@ -490,7 +587,8 @@ int assets_jobs_start(void) {
     if (pipe(E.wake) != 0) return OM_E_INTERNAL;
     E.stop = 0;
     for (int i = 0; i < E.workers; i++) {
-        if (pthread_create(&E.threads[i], NULL, worker_main, NULL) != 0) return OM_E_INTERNAL;
+        snprintf(W[i].owner, sizeof W[i].owner, "%s/%d", E.owner, i + 1);
+        if (pthread_create(&E.threads[i], NULL, worker_main, &W[i]) != 0) return OM_E_INTERNAL;
         E.started++;
     }
     log_info("copy workers: %d, batch %d, lease %d ms", E.workers, E.batch, E.lease_ms);

@@ -277,10 +277,10 @@ static int emit_asset(call *cl, pg_conn *tx, const asset_row *a, const ProtobufC
     return evt_emit(tx, &meta, ev, NULL);
 }
 
-static int audit_asset(call *cl, pg_conn *tx, uint64_t hub, const char *action, const ProtobufCMessage *before,
+static int audit_asset(call *cl, pg_conn *tx, const asset_row *a, const char *action, const ProtobufCMessage *before,
                        const ProtobufCMessage *after, const char *request_id) {
-    char resource[64];
-    assets_history_resource(hub, resource, sizeof resource);
+    char resource[128];
+    assets_history_resource(a->hub, "assets", a->id, resource, sizeof resource);
     audit_entry e = {.actor = cl->actor, .action = action, .resource = resource, .before = before, .after = after,
                      .request_id = request_id && request_id[0] ? request_id : NULL, .trace_id = rpc_trace_id(cl->ctx)};
     return audit_record(tx, &e);
@@ -318,7 +318,7 @@ static int create_apply(call *cl, pg_conn *tx) {
     APB(AssetCreated) ev = ORGMESH__ASSETS__V1__ASSET_CREATED__INIT;
     ev.asset = resp->asset;
     if ((rc = emit_asset(cl, tx, a, &ev.base)) != 0) return rc;
-    return audit_asset(cl, tx, a->hub, "asset.create", NULL, &resp->asset->base, req->request_id);
+    return audit_asset(cl, tx, a, "asset.create", NULL, &resp->asset->base, req->request_id);
 }
 
 static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
@@ -508,7 +508,7 @@ static int update_apply(call *cl, pg_conn *tx) {
     ev.changed_fields = (char **)changed;
     ev.n_changed_fields = n_changed;
     if ((rc = emit_asset(cl, tx, &a, &ev.base)) != 0) goto out;
-    rc = audit_asset(cl, tx, a.hub, "asset.update", &before->base, &resp->asset->base, req->request_id);
+    rc = audit_asset(cl, tx, &a, "asset.update", &before->base, &resp->asset->base, req->request_id);
 out:
     asset_row_clear(&a);
     return rc;
@@ -567,7 +567,7 @@ static int delete_apply(call *cl, pg_conn *tx) {
     ev.asset = last;
     a.version++;
     if ((rc = emit_asset(cl, tx, &a, &ev.base)) != 0) goto out;
-    rc = audit_asset(cl, tx, a.hub, "asset.delete", &last->base, NULL, req->request_id);
+    rc = audit_asset(cl, tx, &a, "asset.delete", &last->base, NULL, req->request_id);
 out:
     asset_row_clear(&a);
     return rc;
@@ -614,8 +614,8 @@ static int copy_apply(call *cl, pg_conn *tx) {
     if (rc != 0) return rc;
     APB(CopyAssetsResponse) *resp = (void *)cl->resp;
     resp->job = job_pb_of(cl->ctx, &j);
-    char resource[64];
-    assets_history_resource(j.target, resource, sizeof resource);
+    char resource[128];
+    assets_history_resource(j.target, "copy_jobs", j.id, resource, sizeof resource);
     audit_entry e = {.actor = cl->actor, .action = "copy_job.create", .resource = resource, .after = &resp->job->base,
                      .request_id = req->request_id && req->request_id[0] ? req->request_id : NULL,
                      .trace_id = rpc_trace_id(cl->ctx)};
@@ -879,6 +879,86 @@ static int h_results(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     return run(&cl, NULL);
 }
 
+/* ---- ListAssetHistory — SPEC 8 audit; viewing as ASSET-01 reads ---- */
+
+typedef struct history_state {
+    int limit;
+    int64_t before_id;
+    char asset_id[ASSET_ID_LEN]; /* lower case; "" = the whole account */
+    const char *scope;
+} history_state;
+
+static Google__Protobuf__Any *any_of(rpc_ctx *ctx, const char *type, const uint8_t *data, size_t len) {
+    if (type == NULL || type[0] == '\0') return NULL;
+    Google__Protobuf__Any *a = rpc_alloc(ctx, sizeof *a);
+    google__protobuf__any__init(a);
+    a->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", type);
+    a->value.data = rpc_alloc(ctx, len + 1);
+    if (len) memcpy(a->value.data, data, len);
+    a->value.len = len;
+    return a;
+}
+
+static int history_apply(call *cl, pg_conn *tx) {
+    const APB(ListAssetHistoryRequest) *req = cl->req;
+    history_state *s = cl->data;
+    rpc_ctx *ctx = cl->ctx;
+    int rc = require_marketing(cl, tx, req->hub_id);
+    if (rc != 0) return rc;
+    audit_page pg = {0};
+    if ((rc = store_history_list(tx, req->hub_id, s->asset_id, s->before_id, s->limit, &pg)) != 0) return rc;
+    APB(ListAssetHistoryResponse) *resp = (void *)cl->resp;
+    resp->entries = rpc_calloc(ctx, (size_t)pg.n + 1, sizeof *resp->entries);
+    for (int i = 0; i < pg.n; i++) {
+        const audit_row *r = &pg.rows[i];
+        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
+        orgmesh__type__v1__audit_entry__init(e);
+        e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
+        e->actor = rpc_strdup(ctx, r->actor);
+        e->action = rpc_strdup(ctx, r->action);
+        e->resource = rpc_strdup(ctx, r->resource);
+        e->reason = rpc_strdup(ctx, r->reason);
+        e->request_id = rpc_strdup(ctx, r->request_id);
+        e->trace_id = rpc_strdup(ctx, r->trace_id);
+        e->time = rpc_alloc(ctx, sizeof *e->time);
+        assets_timestamp(e->time, r->at_us);
+        e->before = any_of(ctx, r->before_type, r->before, r->before_len);
+        e->after = any_of(ctx, r->after_type, r->after, r->after_len);
+        resp->entries[resp->n_entries++] = e;
+    }
+    char *cursor = pg.next_before_id > 0 ? rpc_sprintf(ctx, "%" PRId64, pg.next_before_id) : NULL;
+    audit_page_free(&pg);
+    char *tok = NULL;
+    if ((rc = page_token_encode(s->scope, cursor, &tok)) != 0) return rc;
+    resp->next_page_token = rpc_strdup(ctx, tok);
+    free(tok);
+    return 0;
+}
+
+static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    const APB(ListAssetHistoryRequest) *req = (const void *)req_;
+    history_state s = {0};
+    check_hub(ctx, "hub_id", req->hub_id);
+    if (req->asset_id && req->asset_id[0] && !asset_uuid_valid(req->asset_id))
+        rpc_violation(ctx, "asset_id", "is not an id of this service");
+    if (page_size_normalize(req->page_size, &s.limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (req->asset_id && req->asset_id[0]) {
+        snprintf(s.asset_id, sizeof s.asset_id, "%s", req->asset_id);
+        for (char *p = s.asset_id; *p; p++)
+            if (*p >= 'A' && *p <= 'F') *p = (char)(*p - 'A' + 'a');
+    }
+    s.scope = rpc_sprintf(ctx, "assets.ListAssetHistory|hub=%" PRIu64 "|asset=%s", req->hub_id, s.asset_id);
+    char *cursor = NULL;
+    if (page_token_decode(s.scope, req->page_token, &cursor) != 0) return rpc_fail(ctx, OM_E_INVALID_PAGE_TOKEN, NULL);
+    if (cursor) {
+        s.before_id = strtoll(cursor, NULL, 10);
+        free(cursor);
+    }
+    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = history_apply, .data = &s};
+    return run(&cl, NULL);
+}
+
 static const rpc_method methods[] = {
     {"CreateAsset", h_create, 0},
     {"GetAsset", h_get, 0},
@@ -890,6 +970,7 @@ static const rpc_method methods[] = {
     {"ListCopyJobs", h_list_jobs, 0},
     {"CancelCopyJob", h_cancel, 0},
     {"ListCopyJobResults", h_results, 0},
+    {"ListAssetHistory", h_history, 0},
     {NULL, NULL, 0},
 };
 

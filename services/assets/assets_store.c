@@ -1,11 +1,14 @@
 /* assets_store.c — the SQL of the assets service: assets and their
- * references, the local copy of memberships, and copy jobs as the handlers
- * see them. The copy engine's own statements are in assets_jobs.c. */
+ * references, the local copy of memberships, copy jobs and the audit
+ * history as the handlers see them. The copy engine's own statements are
+ * in assets_jobs.c. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "assets.h"
+#include "audit.h"
 #include "om_err.h"
 
 static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
@@ -217,6 +220,56 @@ int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, i
     return rc;
 }
 
+/* ---- audit history (SPEC 8) ---- */
+
+int store_history_list(pg_conn *c, uint64_t hub, const char *asset_id, int64_t before_id, int limit,
+                       audit_page *out) {
+    memset(out, 0, sizeof *out);
+    if (limit < 1 || limit > 1000) return OM_E_INVALID_ARGUMENT;
+    char prefix[64], exact[128] = "";
+    snprintf(prefix, sizeof prefix, "accounts/%" PRIu64 "/", hub);
+    if (asset_id && asset_id[0]) assets_history_resource(hub, "assets", asset_id, exact, sizeof exact);
+    pg_params p = {0};
+    pg_p_str(&p, exact[0] ? exact : prefix);
+    pg_p_i64(&p, before_id > 0 ? before_id : INT64_MAX);
+    pg_p_i64(&p, (int64_t)limit + 1); /* one more tells whether a next page exists */
+#define HISTORY_COLS "SELECT id, at, actor, action, resource, reason, request_id, trace_id, before_type, before, after_type, after FROM audit"
+    /* One asset: its exact resource (the index on (resource, id)); the
+     * account: everything under accounts/<hub>/ (its assets and the copy
+     * jobs into it). Two statements, so each keeps its own plan. */
+    int rc = pg_exec(c,
+                     exact[0] ? HISTORY_COLS " WHERE resource = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+                              : HISTORY_COLS " WHERE starts_with(resource, $1) AND id < $2 ORDER BY id DESC LIMIT $3",
+                     &p, &out->res);
+#undef HISTORY_COLS
+    if (rc != 0) return rc;
+    int n = pg_nrows(out->res);
+    int shown = n > limit ? limit : n;
+    out->rows = calloc((size_t)shown + 1, sizeof *out->rows);
+    if (out->rows == NULL) {
+        audit_page_free(out);
+        return OM_E_NOMEM;
+    }
+    for (int i = 0; i < shown; i++) {
+        audit_row *row = &out->rows[i];
+        row->id = pg_i64(out->res, i, 0);
+        row->at_us = pg_time_us(out->res, i, 1);
+        row->actor = pg_str(out->res, i, 2);
+        row->action = pg_str(out->res, i, 3);
+        row->resource = pg_str(out->res, i, 4);
+        row->reason = pg_str(out->res, i, 5);
+        row->request_id = pg_str(out->res, i, 6);
+        row->trace_id = pg_str(out->res, i, 7);
+        row->before_type = pg_str(out->res, i, 8);
+        row->before = pg_bytes(out->res, i, 9, &row->before_len);
+        row->after_type = pg_str(out->res, i, 10);
+        row->after = pg_bytes(out->res, i, 11, &row->after_len);
+    }
+    out->n = shown;
+    out->next_before_id = n > limit ? out->rows[shown - 1].id : 0;
+    return 0;
+}
+
 /* ---- memberships ---- */
 
 unsigned assets_roles_bits(const int *roles, size_t n) {
@@ -256,9 +309,15 @@ int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned r
 
 /* ---- jobs ---- */
 
-#define JOB_COLS                                                                                            \
-    "job_id::text, source_hub_id, target_hub_id, include_dependencies, policy, state, total, done, copied, "  \
-    "skipped, failed, failure_reason, created_by, version, create_time, start_time, end_time, update_time"
+/* A running job's counters are those on its row plus the counts of the
+ * batches finished since the last claim folded them in (copy_batches). */
+#define JOB_SELECT                                                                                            \
+    "SELECT j.job_id::text, j.source_hub_id, j.target_hub_id, j.include_dependencies, j.policy, j.state,"      \
+    " j.total, j.done + coalesce(b.c + b.k + b.x, 0), j.copied + coalesce(b.c, 0), j.skipped + coalesce(b.k, 0)," \
+    " j.failed + coalesce(b.x, 0), j.failure_reason, j.created_by, j.version, j.create_time, j.start_time,"    \
+    " j.end_time, j.update_time FROM copy_jobs j LEFT JOIN LATERAL (SELECT sum(copied) AS c, sum(skipped) AS k," \
+    " sum(failed) AS x FROM copy_batches cb WHERE cb.job_id = j.job_id AND j.state IN (1, 2)"                  \
+    " AND cb.finish_time IS NOT NULL AND NOT cb.folded) b ON true"
 
 static void job_from(pg_res *r, int i, job_row *j) {
     memset(j, 0, sizeof *j);
@@ -286,8 +345,8 @@ int store_job_get(pg_conn *c, const char *id, bool for_update, job_row *out) {
     pg_params p = {0};
     pg_p_str(&p, id);
     pg_res *r = NULL;
-    int rc = pg_exec(c, for_update ? "SELECT " JOB_COLS " FROM copy_jobs WHERE job_id = $1::uuid FOR UPDATE"
-                                   : "SELECT " JOB_COLS " FROM copy_jobs WHERE job_id = $1::uuid",
+    int rc = pg_exec(c, for_update ? JOB_SELECT " WHERE j.job_id = $1::uuid FOR UPDATE OF j"
+                                   : JOB_SELECT " WHERE j.job_id = $1::uuid",
                      &p, &r);
     if (rc != 0) return rc;
     if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
@@ -296,58 +355,70 @@ int store_job_get(pg_conn *c, const char *id, bool for_update, job_row *out) {
     return rc;
 }
 
-int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing) {
-    *missing = NULL;
+/* The asked ids that are not assets of `source` (malloc'd, comma-separated)
+ * into *missing. */
+static int job_missing(pg_conn *tx, uint64_t source, const char *ids, char **missing) {
     pg_params p = {0};
     pg_p_str(&p, ids);
-    pg_p_u64(&p, j->source);
+    pg_p_u64(&p, source);
     pg_res *r = NULL;
     int rc = pg_exec(tx, "SELECT string_agg(x::text, ',') FROM unnest($1::uuid[]) AS x"
                          " WHERE NOT EXISTS (SELECT 1 FROM assets a WHERE a.asset_id = x AND a.hub_id = $2)",
                      &p, &r);
     if (rc != 0) return rc;
-    if (!pg_isnull(r, 0, 0)) {
-        *missing = strdup(pg_str(r, 0, 0));
-        rc = OM_E_NOT_FOUND;
-    }
+    *missing = strdup(pg_isnull(r, 0, 0) ? "" : pg_str(r, 0, 0));
     pg_free(r);
-    if (rc != 0) return rc;
+    return *missing ? 0 : OM_E_NOMEM;
+}
+
+int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing) {
+    *missing = NULL;
     pg_params jp = {0};
     pg_p_u64(&jp, j->source);
     pg_p_u64(&jp, j->target);
     pg_p_bool(&jp, j->include_deps);
     pg_p_i64(&jp, j->policy);
     pg_p_u64(&jp, j->created_by);
-    rc = pg_exec(tx, "INSERT INTO copy_jobs (source_hub_id, target_hub_id, include_dependencies, policy, total, created_by)"
-                     " VALUES ($1, $2, $3, $4, 0, $5) RETURNING job_id::text", &jp, &r);
+    pg_res *r = NULL;
+    int rc = pg_exec(tx, "INSERT INTO copy_jobs (source_hub_id, target_hub_id, include_dependencies, policy, total, created_by)"
+                         " VALUES ($1, $2, $3, $4, 0, $5) RETURNING job_id::text", &jp, &r);
     if (rc != 0) return rc;
     char id[ASSET_ID_LEN];
     copy_str(id, sizeof id, pg_str(r, 0, 0));
     pg_free(r);
-    /* ASSET-04: the closure over references when asked, and the copy order
-     * (dependencies first), in one set-based statement. */
+    /* ASSET-04: the closure over references when asked (an asset reached
+     * only through references is a dependency), and the copy order
+     * (dependencies first), in one set-based statement that also says how
+     * many of the asked ids it found in the source account. */
     pg_params ip = {0};
     pg_p_str(&ip, id);
     pg_p_str(&ip, ids);
     pg_p_bool(&ip, j->include_deps);
     pg_p_u64(&ip, j->source);
-    rc = pg_exec(tx, "INSERT INTO copy_items (job_id, seq, source_asset_id, type, rank, source_name, dependency)"
-                     " WITH RECURSIVE sel(asset_id) AS ("
-                     "   SELECT DISTINCT x FROM unnest($2::uuid[]) AS x"
-                     "   UNION SELECT r.ref_id FROM sel JOIN asset_refs r ON r.asset_id = sel.asset_id WHERE $3)"
-                     " SELECT $1::uuid, row_number() OVER (ORDER BY CASE a.type WHEN 4 THEN 0 WHEN 3 THEN 1 ELSE 2 END,"
+    rc = pg_exec(tx, "WITH RECURSIVE sel(asset_id, dep) AS ("
+                     "   SELECT DISTINCT x, false FROM unnest($2::uuid[]) AS x"
+                     "   UNION SELECT r.ref_id, true FROM sel JOIN asset_refs r ON r.asset_id = sel.asset_id WHERE $3),"
+                     " pick AS (SELECT asset_id, bool_and(dep) AS dep FROM sel GROUP BY asset_id),"
+                     " ins AS (INSERT INTO copy_items (job_id, seq, source_asset_id, type, rank, source_name, dependency)"
+                     "   SELECT $1::uuid, row_number() OVER (ORDER BY CASE a.type WHEN 4 THEN 0 WHEN 3 THEN 1 ELSE 2 END,"
                      "   a.type, lower(a.name)), a.asset_id, a.type, CASE a.type WHEN 4 THEN 0 WHEN 3 THEN 1 ELSE 2 END,"
-                     "   a.name, NOT (a.asset_id = ANY($2::uuid[]))"
-                     " FROM sel JOIN assets a ON a.asset_id = sel.asset_id AND a.hub_id = $4", &ip, NULL);
+                     "   a.name, pick.dep FROM pick JOIN assets a ON a.asset_id = pick.asset_id AND a.hub_id = $4"
+                     "   RETURNING dependency)"
+                     " SELECT count(*), count(*) FILTER (WHERE NOT dependency),"
+                     "  (SELECT count(DISTINCT x) FROM unnest($2::uuid[]) AS x) FROM ins", &ip, &r);
     if (rc != 0) return rc;
+    int64_t total = pg_i64(r, 0, 0);
+    bool all_found = pg_i64(r, 0, 1) == pg_i64(r, 0, 2);
+    pg_free(r);
+    if (!all_found) { /* ASSET-02: the caller rolls back */
+        if ((rc = job_missing(tx, j->source, ids, missing)) != 0) return rc;
+        return OM_E_NOT_FOUND;
+    }
+    if (total > ASSET_JOB_MAX) return OM_E_BATCH_TOO_LARGE; /* ASSET-02: the caller rolls back */
     pg_params tp = {0};
     pg_p_str(&tp, id);
-    rc = pg_exec(tx, "UPDATE copy_jobs SET total = (SELECT count(*) FROM copy_items WHERE job_id = $1::uuid)"
-                     " WHERE job_id = $1::uuid RETURNING total", &tp, &r);
-    if (rc != 0) return rc;
-    int total = (int)pg_i64(r, 0, 0);
-    pg_free(r);
-    if (total > ASSET_JOB_MAX) return OM_E_BATCH_TOO_LARGE; /* ASSET-02: the caller rolls back */
+    pg_p_i64(&tp, total);
+    if ((rc = pg_exec(tx, "UPDATE copy_jobs SET total = $2 WHERE job_id = $1::uuid", &tp, NULL)) != 0) return rc;
     return store_job_get(tx, id, false, j);
 }
 
@@ -360,10 +431,10 @@ int store_job_list(pg_conn *c, uint64_t hub, int state, int64_t before_us, const
     pg_p_str(&p, before_id && before_id[0] ? before_id : "ffffffff-ffff-ffff-ffff-ffffffffffff");
     pg_p_i64(&p, limit);
     pg_res *r = NULL;
-    int rc = pg_exec(c, "SELECT " JOB_COLS " FROM copy_jobs WHERE (source_hub_id = $1 OR target_hub_id = $1)"
-                        " AND ($2 = 0 OR state = $2)"
-                        " AND ($3 = 0 OR (create_time, job_id) < (to_timestamp($3 / 1e6), $4::uuid))"
-                        " ORDER BY create_time DESC, job_id DESC LIMIT $5", &p, &r);
+    int rc = pg_exec(c, JOB_SELECT " WHERE (j.source_hub_id = $1 OR j.target_hub_id = $1)"
+                        " AND ($2 = 0 OR j.state = $2)"
+                        " AND ($3 = 0 OR (j.create_time, j.job_id) < (to_timestamp($3 / 1e6), $4::uuid))"
+                        " ORDER BY j.create_time DESC, j.job_id DESC LIMIT $5", &p, &r);
     if (rc != 0) return rc;
     int nr = pg_nrows(r);
     *rows = calloc((size_t)(nr ? nr : 1), sizeof **rows);
@@ -386,9 +457,13 @@ int store_job_stop(pg_conn *tx, job_row *j, int state, const char *reason, const
     pg_p_str(&q, j->id);
     pg_p_i64(&q, state);
     pg_p_str(&q, state == 6 ? "" : reason);
-    rc = pg_exec(tx, "UPDATE copy_jobs SET state = $2, failure_reason = $3, done = total, end_time = now(),"
-                     " update_time = now(), version = version + 1, lease_owner = NULL, lease_until = NULL"
-                     " WHERE job_id = $1::uuid", &q, NULL);
+    /* The counters recounted from the items (the batches' counts included). */
+    rc = pg_exec(tx, "UPDATE copy_jobs j SET state = $2, failure_reason = $3, done = total, copied = c.copied,"
+                     " skipped = c.skipped, failed = c.failed, end_time = now(), update_time = now(),"
+                     " version = version + 1, lease_owner = NULL, lease_until = NULL"
+                     " FROM (SELECT count(*) FILTER (WHERE outcome = 2) AS copied, count(*) FILTER (WHERE outcome = 3)"
+                     "  AS skipped, count(*) FILTER (WHERE outcome = 4) AS failed FROM copy_items WHERE job_id = $1::uuid) c"
+                     " WHERE j.job_id = $1::uuid", &q, NULL);
     if (rc != 0) return rc;
     return store_job_get(tx, j->id, false, j);
 }

@@ -278,6 +278,91 @@ def test_asset_01_requires_marketing_access_or_super_admin(w):
     assert w.get(owner, a.asset_id).name == "Mine"
 
 
+def history(w, user, hub, asset_id="", page_size=0):
+    """Every entry of ListAssetHistory, page by page; also the pages' sizes."""
+    out, sizes, token = [], [], ""
+    while True:
+        r = w.assets.ListAssetHistory(spb.ListAssetHistoryRequest(hub_id=hub, asset_id=asset_id, page_size=page_size,
+                                                                  page_token=token), metadata=om.as_user(user))
+        out += list(r.entries)
+        sizes.append(len(r.entries))
+        token = r.next_page_token
+        if not token:
+            return out, sizes
+
+
+def unpacked(any_msg):
+    if not any_msg.type_url:
+        return None
+    assert any_msg.type_url == "type.googleapis.com/orgmesh.assets.v1.Asset", any_msg.type_url
+    a = spb.Asset()
+    assert any_msg.Unpack(a)
+    return a
+
+
+def test_asset_01_history_lists_create_update_delete_newest_first_paged(w):
+    u, plain, stranger = w.user(), w.user(), w.user()
+    hub = w.account(u)
+    w.account(stranger)
+    w.member(hub, plain, [apb.ROLE_ACCOUNT_PERMISSIONS])            # a member without marketing rights
+    a = w.create(u, hub, T.ASSET_TYPE_FORM, "Hist", request_id="hist-create")
+    b = w.create(u, hub, T.ASSET_TYPE_LIST, "Other")
+    upd = w.assets.UpdateAsset(spb.UpdateAssetRequest(
+        asset=spb.Asset(asset_id=a.asset_id, name="Hist 2"), update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+        etag=a.etag), metadata=om.as_user(u)).asset
+    w.assets.DeleteAsset(spb.DeleteAssetRequest(asset_id=a.asset_id, etag=upd.etag, request_id="hist-delete"),
+                         metadata=om.as_user(u))
+    res_a, res_b = f"accounts/{hub}/assets/{a.asset_id}", f"accounts/{hub}/assets/{b.asset_id}"
+
+    # the whole account, two entries a page, newest first
+    entries, sizes = history(w, u, hub, page_size=2)
+    assert sizes == [2, 2]
+    assert [(e.action, e.resource) for e in entries] == [
+        ("asset.delete", res_a), ("asset.update", res_a), ("asset.create", res_b), ("asset.create", res_a)]
+    assert all(e.actor == f"user:{u}" and e.time.seconds > 0 and e.id for e in entries)
+    assert len({e.id for e in entries}) == 4
+    assert [int(e.id) for e in entries] == sorted((int(e.id) for e in entries), reverse=True)
+    dele, upde, cb, ca = entries
+    assert (unpacked(dele.before).name, unpacked(dele.before).version, unpacked(dele.after)) == ("Hist 2", 2, None)
+    assert dele.request_id == "hist-delete"
+    assert (unpacked(upde.before).name, unpacked(upde.after).name) == ("Hist", "Hist 2")
+    assert (unpacked(ca.before), unpacked(ca.after).asset_id, unpacked(ca.after).name) == (None, a.asset_id, "Hist")
+    assert ca.request_id == "hist-create" and unpacked(cb.after).asset_id == b.asset_id
+
+    # one asset (also after it was deleted), the id in any case; one page of 50 by default
+    only_a, sizes = history(w, u, hub, asset_id=a.asset_id.upper())
+    assert sizes == [3] and [e.action for e in only_a] == ["asset.delete", "asset.update", "asset.create"]
+    assert [e.id for e in only_a] == [dele.id, upde.id, ca.id]
+    only_b, _ = history(w, u, hub, asset_id=b.asset_id)
+    assert [e.id for e in only_b] == [cb.id]
+    assert history(w, u, hub, asset_id=str(uuid.uuid4()))[0] == []
+
+    # a page token is bound to its filter
+    first = w.assets.ListAssetHistory(spb.ListAssetHistoryRequest(hub_id=hub, page_size=1), metadata=om.as_user(u))
+    assert [e.id for e in first.entries] == [dele.id] and first.next_page_token
+    with om.raises_rpc(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"):
+        w.assets.ListAssetHistory(spb.ListAssetHistoryRequest(hub_id=hub, asset_id=a.asset_id, page_size=1,
+                                                              page_token=first.next_page_token),
+                                  metadata=om.as_user(u))
+    for bad in (spb.ListAssetHistoryRequest(hub_id=hub, page_size=-1),
+                spb.ListAssetHistoryRequest(hub_id=hub, asset_id="not-a-uuid"),
+                spb.ListAssetHistoryRequest(hub_id=0)):
+        with pytest.raises(grpc.RpcError) as e:
+            w.assets.ListAssetHistory(bad, metadata=om.as_user(u))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+    # viewing rights as the other asset reads: MARKETING_ACCESS or SUPER_ADMIN
+    for who in (plain, stranger):
+        for req in (spb.ListAssetHistoryRequest(hub_id=hub), spb.ListAssetHistoryRequest(hub_id=hub,
+                                                                                         asset_id=a.asset_id)):
+            with pytest.raises(grpc.RpcError) as e:
+                w.assets.ListAssetHistory(req, metadata=om.as_user(who))
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    marketer = w.user()
+    w.member(hub, marketer, [apb.ROLE_MARKETING_ACCESS])
+    assert [e.id for e in history(w, marketer, hub)[0]] == [e.id for e in entries]
+
+
 # ---- ASSET-02 ------------------------------------------------------------------------
 
 def test_asset_02_forbidden_direction_is_copy_not_allowed(w):
@@ -341,6 +426,14 @@ def test_asset_04_with_dependencies_copies_them_and_rewrites_references(w):
         a, mail.asset_id, j.job_id)
     kinds = psql(f"SELECT type FROM assets.outbox WHERE subject = 'copy_jobs/{j.job_id}' ORDER BY id")
     assert kinds == ["orgmesh.assets.v1.CopyJobStarted", "orgmesh.assets.v1.CopyJobFinished"]
+    # SPEC 8: the job's creation and end are in the target's history
+    hist, _ = history(w, u, b)
+    assert [(e.action, e.resource) for e in hist] == [("copy_job.finish", f"accounts/{b}/copy_jobs/{j.job_id}"),
+                                                      ("copy_job.create", f"accounts/{b}/copy_jobs/{j.job_id}")]
+    assert hist[0].actor == "rule:ASSET-03" and hist[1].actor == f"user:{u}"
+    fin = spb.CopyJob()
+    assert hist[0].after.Unpack(fin) and (fin.job_id, fin.state, fin.copied_count) == (
+        j.job_id, S.COPY_JOB_STATE_SUCCEEDED, 3)
 
 
 def test_asset_04_without_dependencies_missing_dependency(w):
@@ -458,7 +551,7 @@ def test_asset_06_killed_mid_job_resumes_and_copies_each_asset_once(w, suite):
     assert j.total == 40
     w.wait(u, j.job_id, until=lambda x: x.done >= 10)
     suite["assets"].kill()                                               # SIGKILL mid-job
-    mid = int(psql(f"SELECT done FROM assets.copy_jobs WHERE job_id = '{j.job_id}'")[0])
+    mid = int(psql(f"SELECT count(*) FROM assets.copy_items WHERE job_id = '{j.job_id}' AND outcome <> 1")[0])
     assert 10 <= mid < 40
     suite["assets"].restart()
     w.reconnect()
@@ -474,3 +567,72 @@ def test_asset_06_killed_mid_job_resumes_and_copies_each_asset_once(w, suite):
     started = psql(f"SELECT count(*) FROM assets.outbox WHERE subject = 'copy_jobs/{j.job_id}'"
                    f" AND type = 'orgmesh.assets.v1.CopyJobStarted'")
     assert started == ["1"]                                              # not again on resume
+
+
+def second_replica(suite):
+    """Another assets process on the same database and Redis, with the same
+    settings as the session's (small batches, short lease), on ports of its
+    own. The caller stops it."""
+    first = suite["assets"]
+    env = dict(first.env)
+    port, mport = om.free_port(), om.free_port()
+    env["ORGMESH_LISTEN"] = f"127.0.0.1:{port}"
+    env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{mport}"
+    other = om.Service("assets", port, mport, env, first.log_path.with_name("assets-replica-2.log"))
+    other.start()
+    try:
+        other.wait_serving()
+    except BaseException:
+        other.stop()
+        raise
+    return other
+
+
+def test_asset_06_two_replicas_share_a_job_and_copy_each_asset_once(w, suite):
+    u = w.user()
+    org, a, b = w.connected(u)
+    forms = many_forms(w, u, a, 40, "R")
+    lists = [w.create(u, a, T.ASSET_TYPE_LIST, f"RL{i:03d}", refs=[spb.AssetReference(
+        asset_id=forms[i], type=T.ASSET_TYPE_FORM)]).asset_id for i in range(20)]
+    other = second_replica(suite)
+    try:
+        pids = {suite["assets"].proc.pid, other.proc.pid}
+        j = w.copy(u, a, b, lists + forms[20:], deps=True)                  # 40 forms + 20 lists
+        assert j.total == 60
+        final = w.wait(u, j.job_id, timeout=60)
+        assert (final.state, final.done, final.copied_count) == (S.COPY_JOB_STATE_SUCCEEDED, 60, 60)
+        # which worker took which batch: "<host>:<pid>:<random>/<worker>"
+        batches = {}
+        for row in psql(f"SELECT batch_no, seq_lo, seq_hi, owner, finish_time IS NOT NULL, copied"
+                        f" FROM assets.copy_batches WHERE job_id = '{j.job_id}'"):
+            no, lo, hi, owner, finished, copied = row.split("|")
+            batches[int(no)] = (int(lo), int(hi), int(owner.split(":")[1]), finished == "t", int(copied))
+        items = [tuple(int(x) if x else None for x in r.split("|")) for r in psql(
+            f"SELECT seq, batch_no, outcome FROM assets.copy_items WHERE job_id = '{j.job_id}' ORDER BY seq")]
+        assert len(items) == 60 and {o for _, _, o in items} == {O.COPY_OUTCOME_COPIED}
+        by_batch = {}
+        for seq, no, _ in items:                                           # settled by one batch, holding it
+            assert no in batches, (seq, no)
+            lo, hi, pid, finished, _ = batches[no]
+            assert finished and lo <= seq <= hi, (seq, batches[no])
+            by_batch.setdefault(no, []).append(seq)
+        for no, seqs in by_batch.items():                                  # its own count says the same
+            assert batches[no][4] == len(seqs)
+        done = sorted((lo, hi) for lo, hi, _, finished, copied in batches.values() if finished and copied)
+        assert all(h1 < l2 for (_, h1), (l2, _) in zip(done, done[1:])), done   # no range taken twice
+        assert {batches[no][2] for no in by_batch} == pids                # both replicas took part
+        assert all(sum(len(s) for n, s in by_batch.items() if batches[n][2] == pid) > 0 for pid in pids)
+        # each source asset copied exactly once, each result once, references to copies
+        rows = psql(f"SELECT source_asset_id, count(*) FROM assets.assets WHERE hub_id = {b} GROUP BY 1")
+        assert len(rows) == 60 and all(r.endswith("|1") for r in rows)
+        res = w.results(u, j.job_id)
+        assert sorted(r.source_asset_id for r in res) == sorted(lists + forms)
+        assert len({r.new_asset_id for r in res}) == 60
+        assert all(r.outcome == O.COPY_OUTCOME_COPIED for r in res)
+        bad = psql(f"SELECT count(*) FROM assets.asset_refs r JOIN assets.assets c ON c.asset_id = r.asset_id"
+                   f" JOIN assets.assets t ON t.asset_id = r.ref_id WHERE c.hub_id = {b} AND t.hub_id <> {b}")
+        assert bad == ["0"]
+        assert psql(f"SELECT count(*) FROM assets.outbox WHERE subject = 'copy_jobs/{j.job_id}'") == ["2"]
+    finally:
+        problems = other.stop()
+    assert not problems, problems
