@@ -1,7 +1,9 @@
 /* evt.c — events (evt.h, SPEC 2): the outbox row written with the change, the
  * relay thread that moves committed rows to the service's Redis stream, and
- * consumer threads that apply each event once (applied_events in the same
- * transaction as the handler's effects) and acknowledge it afterwards. */
+ * consumers that apply each event once (applied_events in the same
+ * transaction as the handler's effects) and acknowledge it afterwards: one
+ * reader thread per subscription, and optionally lanes that apply events of
+ * different subjects in parallel. */
 #include "evt.h"
 
 #include <errno.h>
@@ -35,6 +37,8 @@
 #define CONSUMER_BATCH 64
 #define CONSUMER_BLOCK_MS 500      /* XREADGROUP BLOCK: also bounds the stop latency */
 #define CONSUMER_GC_MS 600000      /* forget long-gone consumers of the group */
+#define LANE_DEPTH 8               /* entries in flight per lane: the reader reads no more */
+#define LANE_DRAIN_MS 500          /* once stopping, lanes go on with what they hold this long */
 #define DEADLETTER_MAXLEN "100000"
 
 static int64_t evt_now_ms(void) {
@@ -401,6 +405,35 @@ void evt_relay_stop(void) {
 
 /* ---- consumers ------------------------------------------------------------- */
 
+/* One reader thread per subscription does all the Redis work of the group
+ * (XREADGROUP, XPENDING/XCLAIM, dead letters). With one lane it applies each
+ * entry itself; with N lanes it hands each entry to lane hash(subject) % N,
+ * a thread with its own PostgreSQL and Redis connections that applies its
+ * entries in the order it got them and acknowledges each after its COMMIT:
+ * one aggregate's events stay in order, different aggregates run side by
+ * side. The reader reads no more than the lanes have room for, so an entry
+ * delivered to this consumer waits in memory for little time (and is never
+ * taken over by our own claim: consumer_holds). */
+
+typedef struct lane_item {
+    struct lane_item *next;
+    Orgmesh__Events__V1__Envelope *env;
+    char sid[]; /* the stream entry id */
+} lane_item;
+
+struct consumer;
+
+typedef struct lane {
+    pthread_t th;
+    bool started;
+    struct consumer *k;
+    cache_conn *rc;          /* its own, for XACK after its own COMMIT */
+    pthread_cond_t cv;       /* work arrived, or stop (k->mu) */
+    lane_item *head, *tail;  /* waiting entries (k->mu) */
+    lane_item *cur;          /* the entry being applied (k->mu) */
+    bool pg_down;            /* waiting for PostgreSQL (k->mu) */
+} lane;
+
 typedef struct consumer {
     pthread_t th;
     bool started;
@@ -408,11 +441,21 @@ typedef struct consumer {
     evt_handler_fn fn;
     void *arg;
     char stream[192];
+    cache_conn *rc;          /* the reader's */
+    int nlanes;              /* 1: the reader applies entries itself */
+    lane *lanes;             /* nlanes > 1 */
+    bool sync_init;          /* mu, room and the lanes' cv exist */
+    pthread_mutex_t mu;
+    pthread_cond_t room;     /* a lane finished an entry, or stop */
+    int inflight;            /* entries handed to lanes and not finished (mu) */
+    int cap;                 /* most entries in flight: nlanes * LANE_DEPTH */
+    int pg_down;             /* lanes waiting for PostgreSQL (mu) */
 } consumer;
 
 static struct {
     bool running;
     atomic_bool stop;
+    _Atomic int64_t drain_until_ms; /* lanes start no entry after this, once stopping */
     int pipe[2];
     consumer *cs;
     int n;
@@ -565,24 +608,35 @@ static int64_t evt_time_us(const Google__Protobuf__Timestamp *t) {
     return t->seconds * 1000000 + t->nanos / 1000;
 }
 
-/* Process one delivered entry: 0 when applied (or a duplicate) and acked,
- * the handler's code when it failed (the entry stays pending), or
- * OM_E_UNAVAILABLE when PostgreSQL is gone (the caller backs off). */
-static int consumer_process(consumer *k, pg_conn *pg, cache_conn *rc, const redisReply *entry) {
+/* The envelope of a delivered entry, with its entry id in *sid; NULL when
+ * there is nothing to apply: a deleted entry (nil), or a malformed one,
+ * which goes to the dead letters at once. */
+static Orgmesh__Events__V1__Envelope *consumer_unpack(consumer *k, cache_conn *rc,
+                                                      const redisReply *entry, const char **sid) {
+    *sid = NULL;
     if (!reply_is(entry, REDIS_REPLY_ARRAY) || entry->elements != 2 ||
         !reply_is(entry->element[0], REDIS_REPLY_STRING))
-        return 0; /* a deleted entry (nil): nothing to do */
-    const char *sid = entry->element[0]->str;
+        return NULL;
+    *sid = entry->element[0]->str;
     const redisReply *fields = entry->element[1];
     const redisReply *e = reply_field(fields, "e");
     Orgmesh__Events__V1__Envelope *env =
         e != NULL ? orgmesh__events__v1__envelope__unpack(NULL, e->len, (const uint8_t *)e->str)
                   : NULL;
     if (env == NULL || !evt_uuid_ok(env->id)) {
-        consumer_deadletter(k, rc, sid, fields, "malformed: no valid orgmesh.events.v1.Envelope", 1);
+        consumer_deadletter(k, rc, *sid, fields, "malformed: no valid orgmesh.events.v1.Envelope", 1);
         if (env != NULL) orgmesh__events__v1__envelope__free_unpacked(env, NULL);
-        return 0;
+        return NULL;
     }
+    return env;
+}
+
+/* Apply one event in its own transaction and acknowledge it: 0 when applied
+ * (or a duplicate) and acked, 1 when the handler failed (the entry stays
+ * pending), or OM_E_UNAVAILABLE (PostgreSQL gone, or a handler that could
+ * not reach what it needs): the caller backs off. */
+static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
+                              const Orgmesh__Events__V1__Envelope *env, const char *sid) {
     evt_event ev = {
         .id = env->id,
         .type = env->type,
@@ -603,21 +657,113 @@ static int consumer_process(consumer *k, pg_conn *pg, cache_conn *rc, const redi
         if (a.dup) log_debug("event %s (%s) was already applied", ev.id, ev.type);
     } else {
         log_warn("event %s (%s, entry %s) not applied: %s %s", ev.id, ev.type, sid,
-                 om_err_name(ret), pg_errmsg(pg));
+                 om_err_name(ret), pg != NULL ? pg_errmsg(pg) : "");
     }
     log_set_trace(NULL);
-    orgmesh__events__v1__envelope__free_unpacked(env, NULL);
     return ret == OM_E_UNAVAILABLE ? OM_E_UNAVAILABLE : (ret == 0 ? 0 : 1);
 }
 
-/* Process an array of entries until PostgreSQL goes away. */
+/* Process one delivered entry in the reader (one lane): as
+ * consumer_apply_env; 0 for an entry with nothing to apply. */
+static int consumer_process(consumer *k, pg_conn *pg, cache_conn *rc, const redisReply *entry) {
+    const char *sid = NULL;
+    Orgmesh__Events__V1__Envelope *env = consumer_unpack(k, rc, entry, &sid);
+    if (env == NULL) return 0;
+    int ret = consumer_apply_env(k, pg, rc, env, sid);
+    orgmesh__events__v1__envelope__free_unpacked(env, NULL);
+    return ret;
+}
+
+/* FNV-1a: the lane of a subject. */
+static uint32_t subject_hash(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; s != NULL && *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* Hand one delivered entry to its subject's lane. On exhaustion the entry
+ * stays pending (a claim retries it). */
+static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *entry) {
+    const char *sid = NULL;
+    Orgmesh__Events__V1__Envelope *env = consumer_unpack(k, rc, entry, &sid);
+    if (env == NULL) return;
+    size_t n = strlen(sid) + 1;
+    lane_item *it = malloc(sizeof *it + n);
+    if (it == NULL) {
+        log_error("event %s (entry %s): out of memory; left pending", env->id, sid);
+        orgmesh__events__v1__envelope__free_unpacked(env, NULL);
+        return;
+    }
+    it->next = NULL;
+    it->env = env;
+    memcpy(it->sid, sid, n);
+    lane *l = &k->lanes[subject_hash(env->subject) % (uint32_t)k->nlanes];
+    pthread_mutex_lock(&k->mu);
+    if (l->tail != NULL)
+        l->tail->next = it;
+    else
+        l->head = it;
+    l->tail = it;
+    k->inflight++;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&k->mu);
+}
+
+/* Process (one lane) or dispatch (lanes) an array of entries; with one lane
+ * stop at the first PostgreSQL trouble. */
 static int consumer_process_all(consumer *k, pg_conn *pg, cache_conn *rc, const redisReply *arr) {
     for (size_t i = 0; reply_is(arr, REDIS_REPLY_ARRAY) && i < arr->elements; i++) {
         if (atomic_load(&cons.stop)) return 0;
-        if (consumer_process(k, pg, rc, arr->element[i]) == OM_E_UNAVAILABLE)
+        if (k->nlanes > 1)
+            consumer_dispatch(k, rc, arr->element[i]);
+        else if (consumer_process(k, pg, rc, arr->element[i]) == OM_E_UNAVAILABLE)
             return OM_E_UNAVAILABLE;
     }
     return 0;
+}
+
+/* How many more entries the reader may take now. */
+static int consumer_room(consumer *k) {
+    if (k->nlanes <= 1) return CONSUMER_BATCH;
+    pthread_mutex_lock(&k->mu);
+    int room = k->cap - k->inflight;
+    pthread_mutex_unlock(&k->mu);
+    if (room < 0) room = 0;
+    return room > CONSUMER_BATCH ? CONSUMER_BATCH : room;
+}
+
+static void consumer_wait_room(consumer *k, int ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&k->mu);
+    if (k->inflight >= k->cap && !atomic_load(&cons.stop))
+        pthread_cond_timedwait(&k->room, &k->mu, &until);
+    pthread_mutex_unlock(&k->mu);
+}
+
+static bool consumer_lanes_pg_down(consumer *k) {
+    if (k->nlanes <= 1) return false;
+    pthread_mutex_lock(&k->mu);
+    bool down = k->pg_down > 0;
+    pthread_mutex_unlock(&k->mu);
+    return down;
+}
+
+/* Whether entry `sid` is in one of our lanes (k->mu held). */
+static bool consumer_holds(const consumer *k, const char *sid) {
+    for (int i = 0; i < k->nlanes && k->lanes != NULL; i++) {
+        const lane *l = &k->lanes[i];
+        if (l->cur != NULL && strcmp(l->cur->sid, sid) == 0) return true;
+        for (const lane_item *it = l->head; it != NULL; it = it->next)
+            if (strcmp(it->sid, sid) == 0) return true;
+    }
+    return false;
 }
 
 /* One XPENDING row: [id, consumer, idle ms, deliveries]. */
@@ -628,9 +774,10 @@ static bool pending_ok(const redisReply *p) {
 }
 
 /* Take over entries idle for longer than the claim time, from consumers
- * that died (or from ourselves, after a failed attempt: this is the retry).
- * Entries delivered max_deliveries times already go to the dead letters. */
-static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc) {
+ * that died (or from ourselves, after a failed attempt: this is the retry),
+ * at most `room` of them; never one that waits in our own lanes. Entries
+ * delivered max_deliveries times already go to the dead letters. */
+static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc, int room) {
     char idle[24], batch[8];
     snprintf(idle, sizeof idle, "%d", cons.claim_idle_ms);
     snprintf(batch, sizeof batch, "%d", CONSUMER_BATCH);
@@ -644,6 +791,22 @@ static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc) {
         freeReplyObject(pend);
         return ret;
     }
+    /* Rows of entries that wait in our lanes are not touched: they are
+     * idle only because the lanes have not got to them yet. */
+    bool *skip = calloc(pend->elements, sizeof *skip);
+    if (skip == NULL) {
+        freeReplyObject(pend);
+        return OM_E_NOMEM;
+    }
+    if (k->nlanes > 1) {
+        pthread_mutex_lock(&k->mu);
+        for (size_t i = 0; i < pend->elements; i++)
+            skip[i] = !pending_ok(pend->element[i]) ||
+                      consumer_holds(k, pend->element[i]->element[0]->str);
+        pthread_mutex_unlock(&k->mu);
+    } else {
+        for (size_t i = 0; i < pend->elements; i++) skip[i] = !pending_ok(pend->element[i]);
+    }
     const char *argv[CONSUMER_MAX_ARGS];
     int argc = 0, ndead = 0;
     argv[argc++] = "XCLAIM";
@@ -653,10 +816,10 @@ static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc) {
     argv[argc++] = idle;
     for (size_t i = 0; i < pend->elements && argc < CONSUMER_MAX_ARGS; i++) {
         const redisReply *p = pend->element[i];
-        if (!pending_ok(p)) continue;
+        if (skip[i]) continue;
         if (p->element[3]->integer >= cons.max_deliveries)
             ndead++;
-        else
+        else if (argc - 5 < room)
             argv[argc++] = p->element[0]->str;
     }
     int ret = 0;
@@ -674,7 +837,7 @@ static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc) {
     }
     for (size_t i = 0; ret == 0 && ndead > 0 && i < pend->elements; i++) {
         const redisReply *p = pend->element[i];
-        if (!pending_ok(p) || p->element[3]->integer < cons.max_deliveries) continue;
+        if (skip[i] || p->element[3]->integer < cons.max_deliveries) continue;
         const char *jargv[] = {"XCLAIM", k->stream, cons.group, cons.name, idle,
                                p->element[0]->str, "JUSTID"};
         redisReply *j = consumer_cmd(rc, 7, jargv);
@@ -690,13 +853,14 @@ static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc) {
         }
         freeReplyObject(j);
     }
+    free(skip);
     freeReplyObject(pend);
     return ret;
 }
 
-static int consumer_read(consumer *k, pg_conn *pg, cache_conn *rc) {
+static int consumer_read(consumer *k, pg_conn *pg, cache_conn *rc, int room) {
     char count[8], block[16];
-    snprintf(count, sizeof count, "%d", CONSUMER_BATCH);
+    snprintf(count, sizeof count, "%d", room);
     snprintf(block, sizeof block, "%d", CONSUMER_BLOCK_MS);
     const char *argv[] = {"XREADGROUP", "GROUP", cons.group, cons.name, "COUNT", count,
                           "BLOCK", block, "STREAMS", k->stream, ">"};
@@ -742,15 +906,115 @@ static void consumer_gc(consumer *k, cache_conn *rc) {
     if (r != NULL) freeReplyObject(r);
 }
 
+/* ---- lanes ---------------------------------------------------------------- */
+
+static void lane_set_pg_down(lane *l, bool down) {
+    consumer *k = l->k;
+    pthread_mutex_lock(&k->mu);
+    if (l->pg_down != down) k->pg_down += down ? 1 : -1;
+    l->pg_down = down;
+    pthread_mutex_unlock(&k->mu);
+}
+
+/* Apply one entry of the lane. While PostgreSQL is away the lane keeps the
+ * entry, probes every 500 ms and applies it when PostgreSQL is back; the
+ * reader meanwhile reads and claims nothing (a claim would count as a
+ * delivery). Only an outage seen as such (no connection, or a probe that
+ * failed) is waited out in place: an entry whose own work fails with a
+ * PostgreSQL error (a statement timeout) stays pending, so that claims count
+ * its deliveries and dead-letter it in the end. Returns as
+ * consumer_apply_env; OM_E_UNAVAILABLE also when stopped while waiting (the
+ * entry stays pending). */
+static int lane_apply(lane *l, pg_conn **pg, const lane_item *it) {
+    consumer *k = l->k;
+    for (;;) {
+        int ret = OM_E_UNAVAILABLE;
+        bool down = true, outage = true;
+        if (*pg != NULL || pg_connect(pg) == 0) {
+            ret = consumer_apply_env(k, *pg, l->rc, it->env, it->sid);
+            const char *st = pg_sqlstate(*pg);
+            down = ret == OM_E_UNAVAILABLE && st[0] != '\0';
+            outage = strncmp(st, "08", 2) == 0; /* connection exception */
+        }
+        if (!down) return ret;
+        lane_set_pg_down(l, true);
+        bool back = false;
+        while (!back && !atomic_load(&cons.stop)) {
+            evt_sleep(cons.pipe[0], 500);
+            if (atomic_load(&cons.stop)) break;
+            back = *pg != NULL ? pg_exec(*pg, "SELECT 1", NULL, NULL) == 0 : pg_connect(pg) == 0;
+            if (!back) outage = true;
+        }
+        lane_set_pg_down(l, false);
+        if (!back) return OM_E_UNAVAILABLE;
+        if (!outage) return ret;
+    }
+}
+
+/* A lane: applies the entries the reader hands it, one at a time, in order.
+ * Once stopping, it goes on with what it holds until cons.drain_until_ms
+ * (a rolling restart then leaves little for a claim), then leaves the rest
+ * pending: another consumer claims it. */
+static void *lane_main(void *arg) {
+    lane *l = arg;
+    consumer *k = l->k;
+    pg_conn *pg = NULL; /* connected on the first entry: idle lanes cost nothing */
+    int backoff = 0;
+    pthread_mutex_lock(&k->mu);
+    for (;;) {
+        while (l->head == NULL && !atomic_load(&cons.stop)) pthread_cond_wait(&l->cv, &k->mu);
+        if (l->head == NULL) break;
+        if (atomic_load(&cons.stop) &&
+            (backoff > 0 || evt_now_ms() >= atomic_load(&cons.drain_until_ms)))
+            break;
+        lane_item *it = l->head;
+        l->head = it->next;
+        if (l->head == NULL) l->tail = NULL;
+        l->cur = it;
+        pthread_mutex_unlock(&k->mu);
+
+        int ret = lane_apply(l, &pg, it);
+
+        pthread_mutex_lock(&k->mu);
+        l->cur = NULL;
+        k->inflight--;
+        pthread_cond_signal(&k->room);
+        pthread_mutex_unlock(&k->mu);
+        orgmesh__events__v1__envelope__free_unpacked(it->env, NULL);
+        free(it);
+        if (ret == OM_E_UNAVAILABLE) {
+            /* what the handler needs is away: do not run through the queue */
+            backoff = backoff == 0 ? 100 : (backoff * 2 > 2000 ? 2000 : backoff * 2);
+            evt_sleep(cons.pipe[0], backoff);
+        } else {
+            backoff = 0;
+        }
+        pthread_mutex_lock(&k->mu);
+    }
+    /* Not started: they stay pending in the group, and are claimed later. */
+    lane_item *rest = l->head;
+    l->head = l->tail = NULL;
+    for (lane_item *it = rest; it != NULL; it = it->next) k->inflight--;
+    pthread_cond_signal(&k->room);
+    pthread_mutex_unlock(&k->mu);
+    while (rest != NULL) {
+        lane_item *next = rest->next;
+        orgmesh__events__v1__envelope__free_unpacked(rest->env, NULL);
+        free(rest);
+        rest = next;
+    }
+    pg_close(pg);
+    pg_local_close();
+    return NULL;
+}
+
+/* ---- the reader ------------------------------------------------------------- */
+
 static void *consumer_main(void *arg) {
     consumer *k = arg;
-    pg_conn *pg = NULL;
-    cache_conn *rc = NULL;
-    /* The command timeout must outlast XREADGROUP's BLOCK. */
-    if (cache_conn_new(&rc, CONSUMER_BLOCK_MS + 1500) != 0) {
-        log_error("consumer %s: out of memory", k->stream);
-        return NULL;
-    }
+    cache_conn *rc = k->rc;
+    bool lanes = k->nlanes > 1;
+    pg_conn *pg = NULL; /* one lane only: the lanes have their own */
     int claim_every = cons.claim_idle_ms / 2;
     if (claim_every < 50) claim_every = 50;
     if (claim_every > 2000) claim_every = 2000;
@@ -760,7 +1024,13 @@ static void *consumer_main(void *arg) {
     int backoff = 0;
     while (!atomic_load(&cons.stop)) {
         int ret = 0;
-        if (pg == NULL) {
+        if (lanes) {
+            /* Touch no entry while a lane waits for PostgreSQL (see below). */
+            if (consumer_lanes_pg_down(k)) {
+                evt_sleep(cons.pipe[0], 500);
+                continue;
+            }
+        } else if (pg == NULL) {
             if (pg_connect(&pg) != 0) {
                 evt_sleep(cons.pipe[0], 500);
                 continue;
@@ -784,18 +1054,24 @@ static void *consumer_main(void *arg) {
             group_ok = ret == 0;
             group_gen = rc->gen;
         }
+        int room = consumer_room(k);
+        if (ret == 0 && room == 0) {
+            consumer_wait_room(k, CONSUMER_BLOCK_MS); /* the lanes are full */
+            continue;
+        }
         int64_t now = evt_now_ms();
         if (ret == 0 && now >= next_claim) {
-            ret = consumer_claim(k, pg, rc);
+            ret = consumer_claim(k, pg, rc, room);
             next_claim = now + claim_every;
+            room = consumer_room(k);
         }
         if (ret == 0 && now >= next_gc) {
             consumer_gc(k, rc);
             next_gc = now + CONSUMER_GC_MS;
         }
-        if (ret == 0) ret = consumer_read(k, pg, rc);
+        if (ret == 0 && room > 0) ret = consumer_read(k, pg, rc, room);
         if (ret == OM_E_NOT_FOUND) group_ok = false; /* NOGROUP: stream or group deleted */
-        if (ret == OM_E_UNAVAILABLE && pg_sqlstate(pg)[0] != '\0') pg_down = true;
+        if (ret == OM_E_UNAVAILABLE && pg != NULL && pg_sqlstate(pg)[0] != '\0') pg_down = true;
         if (ret != 0) {
             backoff = backoff == 0 ? 100 : (backoff * 2 > 2000 ? 2000 : backoff * 2);
             evt_sleep(cons.pipe[0], backoff);
@@ -804,25 +1080,84 @@ static void *consumer_main(void *arg) {
         }
     }
     pg_close(pg);
-    cache_close(rc);
     pg_local_close();
     return NULL;
 }
 
 static void consumers_free(void) {
-    for (int i = 0; i < cons.n; i++) free(cons.cs[i].source);
+    for (int i = 0; i < cons.n; i++) {
+        consumer *k = &cons.cs[i];
+        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) {
+            cache_close(k->lanes[j].rc);
+            if (k->sync_init) pthread_cond_destroy(&k->lanes[j].cv);
+        }
+        free(k->lanes);
+        if (k->sync_init) {
+            pthread_cond_destroy(&k->room);
+            pthread_mutex_destroy(&k->mu);
+        }
+        cache_close(k->rc);
+        free(k->source);
+    }
     free(cons.cs);
     cons.cs = NULL;
     cons.n = 0;
+}
+
+/* Mutex, condition variables (monotonic clock) and connections of one
+ * subscription. */
+static int consumer_init(consumer *k, const evt_subscription *sub, int nlanes) {
+    k->source = strdup(sub->source);
+    if (k->source == NULL) return OM_E_NOMEM;
+    k->fn = sub->fn;
+    k->arg = sub->arg;
+    snprintf(k->stream, sizeof k->stream, "%s%s%s", cache_namespace(), EVT_STREAM_PREFIX,
+             sub->source);
+    /* The command timeout must outlast XREADGROUP's BLOCK. */
+    if (cache_conn_new(&k->rc, CONSUMER_BLOCK_MS + 1500) != 0) return OM_E_NOMEM;
+    k->nlanes = nlanes;
+    k->cap = nlanes * LANE_DEPTH;
+    if (nlanes <= 1) return 0;
+    k->lanes = calloc((size_t)nlanes, sizeof *k->lanes);
+    if (k->lanes == NULL) return OM_E_NOMEM;
+    for (int j = 0; j < nlanes; j++) {
+        k->lanes[j].k = k;
+        if (cache_conn_new(&k->lanes[j].rc, 0) != 0) return OM_E_NOMEM;
+    }
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) return OM_E_NOMEM;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int created = 0;
+    bool ok = pthread_mutex_init(&k->mu, NULL) == 0;
+    if (ok && pthread_cond_init(&k->room, &ca) != 0) {
+        pthread_mutex_destroy(&k->mu);
+        ok = false;
+    }
+    for (; ok && created < nlanes; created++)
+        if (pthread_cond_init(&k->lanes[created].cv, &ca) != 0) break;
+    pthread_condattr_destroy(&ca);
+    if (ok && created < nlanes) {
+        for (int j = 0; j < created; j++) pthread_cond_destroy(&k->lanes[j].cv);
+        pthread_cond_destroy(&k->room);
+        pthread_mutex_destroy(&k->mu);
+        ok = false;
+    }
+    if (!ok) return OM_E_NOMEM;
+    k->sync_init = true;
+    return 0;
 }
 
 int evt_consumers_start(const char *service, const evt_subscription *subs, int n) {
     if (cons.running) return OM_E_INTERNAL;
     if (!evt_name_ok(service) || n <= 0 || subs == NULL) return OM_E_INVALID_ARGUMENT;
     for (int i = 0; i < n; i++)
-        if (!evt_name_ok(subs[i].source) || subs[i].fn == NULL) return OM_E_INVALID_ARGUMENT;
+        if (!evt_name_ok(subs[i].source) || subs[i].fn == NULL || subs[i].lanes < 0 ||
+            subs[i].lanes > EVT_LANES_MAX)
+            return OM_E_INVALID_ARGUMENT;
     cons.claim_idle_ms = (int)cfg_int("ORGMESH_EVT_CLAIM_IDLE_MS", 10000, 10, 86400000);
     cons.max_deliveries = (int)cfg_int("ORGMESH_EVT_MAX_DELIVERIES", 10, 1, 1000000);
+    /* 0: each subscription's own choice (evt_subscription.lanes, 0 = 1). */
+    int lanes_all = (int)cfg_int("ORGMESH_EVT_LANES", 0, 0, EVT_LANES_MAX);
     snprintf(cons.group, sizeof cons.group, "%s", service);
     snprintf(cons.deadletter, sizeof cons.deadletter, "%s%s%s", cache_namespace(),
              EVT_DEADLETTER_PREFIX, service);
@@ -837,16 +1172,20 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     cons.cs = calloc((size_t)n, sizeof *cons.cs);
     if (cons.cs == NULL) return OM_E_NOMEM;
     cons.n = n;
+    char lanes_log[128] = "";
+    size_t ll = 0;
     for (int i = 0; i < n; i++) {
-        cons.cs[i].source = strdup(subs[i].source);
-        if (cons.cs[i].source == NULL) {
+        int nl = lanes_all > 0 ? lanes_all : (subs[i].lanes > 0 ? subs[i].lanes : 1);
+        int rc = consumer_init(&cons.cs[i], &subs[i], nl);
+        if (rc != 0) {
             consumers_free();
-            return OM_E_NOMEM;
+            return rc;
         }
-        cons.cs[i].fn = subs[i].fn;
-        cons.cs[i].arg = subs[i].arg;
-        snprintf(cons.cs[i].stream, sizeof cons.cs[i].stream, "%s%s%s", cache_namespace(),
-                 EVT_STREAM_PREFIX, subs[i].source);
+        if (ll < sizeof lanes_log) {
+            int w = snprintf(lanes_log + ll, sizeof lanes_log - ll, "%s%s %d", i ? ", " : "",
+                             subs[i].source, nl);
+            if (w > 0) ll += (size_t)w;
+        }
     }
     if (evt_pipe(cons.pipe) != 0) {
         consumers_free();
@@ -855,23 +1194,47 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     atomic_store(&cons.stop, false);
     cons.running = true;
     for (int i = 0; i < n; i++) {
-        if (pthread_create(&cons.cs[i].th, NULL, consumer_main, &cons.cs[i]) != 0) {
+        consumer *k = &cons.cs[i];
+        for (int j = 0; j < k->nlanes && k->lanes != NULL; j++) {
+            if (pthread_create(&k->lanes[j].th, NULL, lane_main, &k->lanes[j]) != 0) {
+                evt_consumers_stop();
+                return OM_E_INTERNAL;
+            }
+            k->lanes[j].started = true;
+        }
+        if (pthread_create(&k->th, NULL, consumer_main, k) != 0) {
             evt_consumers_stop();
             return OM_E_INTERNAL;
         }
-        cons.cs[i].started = true;
+        k->started = true;
     }
-    log_info("consumer %s of group %s: %d subscription(s)", cons.name, cons.group, n);
+    log_info("consumer %s of group %s: %d subscription(s), lanes: %s", cons.name, cons.group, n,
+             lanes_log);
     return 0;
 }
 
 void evt_consumers_stop(void) {
     if (!cons.running) return;
+    /* Lanes may go on with what they hold until then; set before `stop`,
+     * so that a lane that sees `stop` sees it too. */
+    atomic_store(&cons.drain_until_ms, evt_now_ms() + LANE_DRAIN_MS);
     atomic_store(&cons.stop, true);
     ssize_t w = write(cons.pipe[1], "x", 1);
     (void)w;
+    for (int i = 0; i < cons.n; i++) {
+        consumer *k = &cons.cs[i];
+        if (!k->sync_init) continue;
+        /* Under the mutex: a lane checks `stop` and waits atomically. */
+        pthread_mutex_lock(&k->mu);
+        for (int j = 0; j < k->nlanes; j++) pthread_cond_broadcast(&k->lanes[j].cv);
+        pthread_cond_broadcast(&k->room);
+        pthread_mutex_unlock(&k->mu);
+    }
     for (int i = 0; i < cons.n; i++)
         if (cons.cs[i].started) pthread_join(cons.cs[i].th, NULL);
+    for (int i = 0; i < cons.n; i++)
+        for (int j = 0; cons.cs[i].lanes != NULL && j < cons.cs[i].nlanes; j++)
+            if (cons.cs[i].lanes[j].started) pthread_join(cons.cs[i].lanes[j].th, NULL);
     close(cons.pipe[0]);
     close(cons.pipe[1]);
     consumers_free();

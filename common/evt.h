@@ -63,16 +63,26 @@ typedef struct evt_event {
  * an older aggregate version over a newer one (compare `version`). */
 typedef int (*evt_handler_fn)(pg_conn *tx, const evt_event *ev, void *arg);
 
+/* Most lanes of one subscription. */
+#define EVT_LANES_MAX 64
+
 typedef struct evt_subscription {
     const char *source;       /* stream of this producing service */
     evt_handler_fn fn;
     void *arg;
+    /* Events applied in parallel: 0 or 1, one at a time in stream order;
+     * N > 1, N lanes, each event in lane hash(subject) % N, so that the
+     * events of one subject stay in stream order while different subjects
+     * run side by side (each lane its own transaction). The handler must
+     * then be safe to run from N threads at once. ORGMESH_EVT_LANES, when
+     * set, overrides it for every subscription of the process. */
+    int lanes;
 } evt_subscription;
 
-/* Start one consumer thread per subscription, in consumer group
- * "<service>" with a consumer name unique to this process. Claims entries
- * idle for longer than ORGMESH_EVT_CLAIM_IDLE_MS (default 10000) from dead
- * consumers. */
+/* Start one reader thread per subscription (plus its lanes), in consumer
+ * group "<service>" with a consumer name unique to this process. Claims
+ * entries idle for longer than ORGMESH_EVT_CLAIM_IDLE_MS (default 10000)
+ * from dead consumers. */
 int evt_consumers_start(const char *service, const evt_subscription *subs, int n);
 void evt_consumers_stop(void);
 

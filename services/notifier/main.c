@@ -11,10 +11,15 @@ extern const size_t notifier_n_migrations;
 
 static const rpc_service *const services[] = {&notifier_service, NULL};
 
+/* Each event costs peer calls (accounts, partners) before its transaction
+ * commits, so events of different subjects are handled in parallel lanes
+ * (docs/common/evt.md); the handlers share nothing but read-only templates
+ * and configuration. Access requests are the volume (SPEC 9: 200 events/s);
+ * ORG-09/ORG-10/CONN-05 changes are rare. ORGMESH_EVT_LANES overrides. */
 static const evt_subscription subs[] = {
-    {"partners", nt_on_partners_event, NULL},           /* NOTE-01: access requests */
-    {"organizations", nt_on_organizations_event, NULL}, /* NOTE-01: ORG-09, ORG-10 */
-    {"connections", nt_on_connections_event, NULL},     /* NOTE-01: CONN-05 */
+    {"partners", nt_on_partners_event, NULL, 8},           /* NOTE-01: access requests */
+    {"organizations", nt_on_organizations_event, NULL, 2}, /* NOTE-01: ORG-09, ORG-10 */
+    {"connections", nt_on_connections_event, NULL, 2},     /* NOTE-01: CONN-05 */
 };
 
 static int init(void) {

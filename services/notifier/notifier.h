@@ -61,8 +61,12 @@ int nt_smtp_global_init(void);
 void nt_smtp_global_cleanup(void);
 /* Stops every transfer under way (shutdown). */
 void nt_smtp_abort_all(void);
-/* Sends `msg` to `rcpt`. 0; OM_E_UNAVAILABLE for a failure worth retrying;
- * OM_E_FAILED_PRECONDITION for a permanent one (5xx). err holds the reason. */
+/* Closes this thread's SMTP connection (kept between sends; sender threads
+ * call it when they end). */
+void nt_smtp_thread_done(void);
+/* Sends `msg` to `rcpt`, over this thread's connection when it has one. 0;
+ * OM_E_UNAVAILABLE for a failure worth retrying; OM_E_FAILED_PRECONDITION
+ * for a permanent one (5xx). err holds the reason. */
 int nt_smtp_send(const nt_smtp_config *cfg, const char *rcpt, const char *msg, size_t len, char *err,
                  size_t errcap);
 
@@ -81,10 +85,11 @@ typedef struct nt_outbound {
     const char *access_request_id; /* access-request emails; NULL otherwise */
 } nt_outbound;
 
-/* Queues one email inside the event's transaction; a second row for the
- * same (event, recipient) is ignored (NOTE-03: once per recipient). */
+/* Queues one email inside the event's transaction and wakes the senders at
+ * commit; a second row for the same (event, recipient) is ignored (NOTE-03:
+ * once per recipient). */
 int nt_queue_insert(pg_conn *tx, const nt_outbound *o);
-/* Wakes the senders at commit. */
+/* Wakes the senders at commit (rows made due otherwise, e.g. a replay). */
 int nt_queue_notify(pg_conn *tx);
 #define NT_QUEUE_CHANNEL "orgmesh_notifier_queue"
 

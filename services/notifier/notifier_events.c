@@ -172,7 +172,7 @@ static int mail_users(pg_conn *tx, const evt_event *ev, const char *tpl, const i
         if (x != NULL) rc = queue_one(tx, ev, tpl, x, vars, n_vars, 0, NULL);
     }
     users_free(&u);
-    return rc == 0 ? nt_queue_notify(tx) : rc;
+    return rc;
 }
 
 static void fmt_date(const Google__Protobuf__Timestamp *t, char *out, size_t cap) {
@@ -195,7 +195,12 @@ static const char *enum_short(const ProtobufCEnumDescriptor *d, int v, const cha
 /* ---- partners: access requests (NOTE-01, PART-04, PART-05) ------------------------- */
 
 /* AccessRequested / AccessRequestResent: the client's super admins, each with
- * a link carrying their own token (PART-04). */
+ * a link carrying their own token (PART-04). Which of them get a link (client
+ * admins) and whether the request is still pending is asked of partners by
+ * the sender, right before each email goes (nt_issue_token): the answer is
+ * then the freshest possible, the token is never stored here, and the event
+ * costs one partners call instead of two. A recipient partners gives no link
+ * to ends CANCELLED, unsent. */
 static int on_access_requested(pg_conn *tx, const evt_event *ev, const PRT(AccessRequest) *ar) {
     if (ar == NULL) return 0;
     ids who = {0};
@@ -205,39 +210,8 @@ static int on_access_requested(pg_conn *tx, const evt_event *ev, const PRT(Acces
         free(who.v);
         return rc;
     }
-    /* Which of them partners will give a link to (client admins only); the
-     * tokens themselves are fetched again when sending, so that they are
-     * never stored here (PART-04). */
-    ProtobufCMessage *tok_resp[64] = {0};
-    int n_tok = 0;
-    ids got = {0};
-    for (size_t off = 0; rc == 0 && off < who.n && n_tok < 64; off += NT_BATCH) {
-        PRT(IssueAccessRequestTokensRequest) req;
-        orgmesh__partners__v1__issue_access_request_tokens_request__init(&req);
-        req.access_request_id = ar->access_request_id;
-        req.event_id = (char *)ev->id;
-        req.recipient_user_ids = who.v + off;
-        req.n_recipient_user_ids = who.n - off < NT_BATCH ? who.n - off : NT_BATCH;
-        rpc_status st;
-        rc = peer_call("partners", "orgmesh.partners.v1.PartnersInternalService", "IssueAccessRequestTokens",
-                       &req.base, &orgmesh__partners__v1__issue_access_request_tokens_response__descriptor,
-                       &tok_resp[n_tok], &st);
-        if (rc == OM_E_REQUEST_NOT_PENDING || rc == OM_E_FAILED_PRECONDITION || rc == OM_E_NOT_FOUND) {
-            /* answered, cancelled or gone before we mailed it: nothing to send */
-            log_info("event %s: access request %s is no longer pending; no email", ev->id, ar->access_request_id);
-            rc = 0;
-            goto out;
-        }
-        if (rc != 0) {
-            rc = OM_E_UNAVAILABLE;
-            goto out;
-        }
-        const PRT(IssueAccessRequestTokensResponse) *r = (const void *)tok_resp[n_tok++];
-        for (size_t i = 0; rc == 0 && i < r->n_tokens; i++) rc = ids_add(&got, r->tokens[i]->recipient_user_id);
-    }
-    if (rc != 0) goto out;
     users u;
-    rc = users_get(&got, &u);
+    rc = users_get(&who, &u);
     char expire[48];
     fmt_date(ar->expire_time, expire, sizeof expire);
     char *link = NULL;
@@ -246,8 +220,8 @@ static int on_access_requested(pg_conn *tx, const evt_event *ev, const PRT(Acces
         link = NULL;
         rc = OM_E_NOMEM;
     }
-    for (size_t i = 0; rc == 0 && i < got.n; i++) {
-        const ACC(User) *x = users_find(&u, got.v[i]);
+    for (size_t i = 0; rc == 0 && i < who.n; i++) {
+        const ACC(User) *x = users_find(&u, who.v[i]);
         if (x == NULL) continue;
         nt_var vars[] = {
             {"recipient_name", NULL},
@@ -264,11 +238,7 @@ static int on_access_requested(pg_conn *tx, const evt_event *ev, const PRT(Acces
     }
     free(link);
     users_free(&u);
-    if (rc == 0) rc = nt_queue_notify(tx);
-out:
-    for (int k = 0; k < n_tok; k++) protobuf_c_message_free_unpacked(tok_resp[k], NULL);
     free(who.v);
-    free(got.v);
     return rc;
 }
 

@@ -30,12 +30,15 @@ int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
     pg_p_str(&p, o->body);
     pg_p_i64(&p, (int64_t)o->client_hub_id);
     pg_p_str(&p, o->access_request_id ? o->access_request_id : "");
-    /* NOTE-03: once per (event, recipient), whatever the redeliveries */
+    /* NOTE-03: once per (event, recipient), whatever the redeliveries. A new
+     * row wakes the senders at commit (PostgreSQL folds the transaction's
+     * identical notifications into one), in the same round trip. */
     return pg_exec(tx,
-                   "INSERT INTO delivery (event_id, event_type, recipient_user_id, recipient_email, locale,"
-                   " template, message_id, subject, body, client_hub_id, access_request_id)"
+                   "WITH ins AS (INSERT INTO delivery (event_id, event_type, recipient_user_id, recipient_email,"
+                   " locale, template, message_id, subject, body, client_hub_id, access_request_id)"
                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                   " ON CONFLICT ON CONSTRAINT delivery_once DO NOTHING",
+                   " ON CONFLICT ON CONSTRAINT delivery_once DO NOTHING RETURNING 1)"
+                   " SELECT pg_notify('" NT_QUEUE_CHANNEL "', '') FROM ins",
                    &p, NULL);
 }
 
@@ -96,11 +99,12 @@ static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
         pg_params p = {0};
         pg_p_i64(&p, d->id);
         rc = pg_exec(c,
-                     "UPDATE delivery SET state = 6, last_error = 'the access request is no longer pending'"
-                     " WHERE id = $1",
+                     "UPDATE delivery SET state = 6, last_error = 'no link for this recipient: the access request"
+                     " is no longer pending, or the recipient is not a client admin' WHERE id = $1",
                      &p, NULL);
-        log_info("delivery %" PRId64 " cancelled: access request %s is no longer pending", d->id,
-                 d->access_request_id);
+        log_info("delivery %" PRId64 " cancelled: access request %s is no longer pending, or user %" PRIu64
+                 " is not a client admin",
+                 d->id, d->access_request_id, d->recipient);
         return rc != 0 ? rc : 1;
     }
     if (rc != 0) return rc;

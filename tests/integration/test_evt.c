@@ -1,7 +1,8 @@
 /* test_evt.c — common/evt.c against a real PostgreSQL and Redis (SPEC 2): the
  * outbox and its relay (content, latency, order, rollback), consumers (apply
- * once, duplicates, claiming from a dead consumer, dead letters), and a prompt
- * stop. Outages (Redis down, PostgreSQL restarted): test_outage.c. */
+ * once, duplicates, claiming from a dead consumer, dead letters), lanes
+ * (subjects in order, in parallel; stop and claim; failures; PostgreSQL
+ * away), and a prompt stop. Outages (Redis down, PostgreSQL restarted): test_outage.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,7 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
+
+#include <libpq-fe.h>
 
 #include "cache.h"
 #include "evt.h"
@@ -499,7 +504,512 @@ static void test_evt_start_rejects_bad_arguments(void **state) {
     assert_int_equal(evt_consumers_start("grp", &bad, 1), OM_E_INVALID_ARGUMENT);
     evt_subscription nofn = {.source = "ok"};
     assert_int_equal(evt_consumers_start("grp", &nofn, 1), OM_E_INVALID_ARGUMENT);
+    evt_subscription lanes = {.source = "ok", .fn = sink_handler, .lanes = EVT_LANES_MAX + 1};
+    assert_int_equal(evt_consumers_start("grp", &lanes, 1), OM_E_INVALID_ARGUMENT);
+    lanes.lanes = -1;
+    assert_int_equal(evt_consumers_start("grp", &lanes, 1), OM_E_INVALID_ARGUMENT);
     assert_int_equal(evt_relay_start(svc), OM_E_INTERNAL); /* already running */
+}
+
+/* ---- lanes: events of different subjects in parallel ------------------------------ */
+
+/* An envelope of `subject` at `version`, carrying `seconds`. */
+static void envelope_of(const char *subject, int64_t version, int64_t seconds, uint8_t **buf,
+                        size_t *len, char *id) {
+    Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
+    d.seconds = seconds;
+    evt_meta m = {.subject = subject, .version = version};
+    assert_int_equal(evt_envelope_pack("itsrc", &m, &d.base, buf, len, id), 0);
+}
+
+static void xadd_event(const char *key, const char *subject, int64_t version, int64_t seconds,
+                       char *id) {
+    uint8_t *b;
+    size_t l;
+    char sid[48];
+    envelope_of(subject, version, seconds, &b, &l, id);
+    xadd(key, b, l, sid);
+    free(b);
+}
+
+#define LANE_SUBJECTS 8
+
+/* What the handlers of a lanes test saw. Subjects are "lanes/<i>" (i below
+ * LANE_SUBJECTS), or "lanes/gate". */
+typedef struct lane_probe {
+    atomic_int calls;
+    atomic_int running, max_running;     /* handlers running at once */
+    atomic_int active[LANE_SUBJECTS];    /* handlers of subject i running now */
+    atomic_llong last[LANE_SUBJECTS];    /* last version of subject i applied */
+    atomic_int overlaps;                 /* two handlers of one subject at once */
+    atomic_int out_of_order;             /* a version not one above the last one */
+    atomic_int others_started;           /* handlers of "lanes/<i>" started */
+    atomic_bool gate_saw_other;          /* the gate's handler saw one start */
+    int sleep_us_max;                    /* each handler sleeps 0..this */
+    int fixed_sleep_ms;                  /* or exactly this */
+    atomic_int fail_subject;             /* i + 1: that subject's handler fails */
+    atomic_int timeout_subject;          /* i + 1: ... with a statement timeout */
+} lane_probe;
+
+static int lane_subject(const char *subject) {
+    if (subject == NULL || strncmp(subject, "lanes/", 6) != 0) return -1;
+    if (strcmp(subject + 6, "gate") == 0) return LANE_SUBJECTS;
+    int i = atoi(subject + 6);
+    return i >= 0 && i < LANE_SUBJECTS ? i : -1;
+}
+
+static int lane_handler(pg_conn *tx, const evt_event *ev, void *arg) {
+    lane_probe *p = arg;
+    atomic_fetch_add(&p->calls, 1);
+    int now = atomic_fetch_add(&p->running, 1) + 1;
+    for (int m = atomic_load(&p->max_running); now > m;)
+        if (atomic_compare_exchange_weak(&p->max_running, &m, now)) break;
+    int s = lane_subject(ev->subject);
+    int rc = 0;
+    if (s == LANE_SUBJECTS) {
+        /* The gate: blocks until an event of another subject has started,
+         * which only lanes make possible (it comes after the gate in the
+         * stream). Times out rather than hang. */
+        int64_t deadline = it_ms() + 5000;
+        while (atomic_load(&p->others_started) == 0 && it_ms() < deadline) it_sleep_ms(1);
+        atomic_store(&p->gate_saw_other, atomic_load(&p->others_started) > 0);
+    } else if (s >= 0) {
+        atomic_fetch_add(&p->others_started, 1);
+        if (atomic_fetch_add(&p->active[s], 1) != 0) atomic_fetch_add(&p->overlaps, 1);
+        if (atomic_load(&p->last[s]) != ev->version - 1) atomic_fetch_add(&p->out_of_order, 1);
+        /* a random pause: events dealt to the wrong thread would overtake */
+        if (p->fixed_sleep_ms > 0)
+            it_sleep_ms(p->fixed_sleep_ms);
+        else if (p->sleep_us_max > 0)
+            usleep((useconds_t)(random() % p->sleep_us_max));
+        if (atomic_load(&p->fail_subject) == s + 1) rc = OM_E_FAILED_PRECONDITION;
+        if (atomic_load(&p->timeout_subject) == s + 1) {
+            rc = pg_exec(tx, "SET LOCAL statement_timeout = 20", NULL, NULL);
+            if (rc == 0) rc = pg_exec(tx, "SELECT pg_sleep(1)", NULL, NULL); /* 57014: UNAVAILABLE */
+            if (rc == 0) rc = OM_E_INTERNAL;
+        }
+        if (rc == 0) atomic_store(&p->last[s], ev->version);
+        atomic_fetch_sub(&p->active[s], 1);
+    }
+    if (rc == 0) {
+        pg_params q = {0};
+        pg_p_str(&q, ev->id);
+        pg_p_i64(&q, ev->version);
+        pg_p_str(&q, ev->stream_id);
+        rc = pg_exec(tx, "INSERT INTO effects (event_id, n, stream_id) VALUES ($1::uuid, $2, $3)", &q,
+                     NULL);
+    }
+    atomic_fetch_sub(&p->running, 1);
+    return rc;
+}
+
+/* Effects of the events whose ids are in `ids_sql_list` ("'id','id'"). */
+static long long effects_in(const char *ids_sql_list) {
+    char *sql = malloc(strlen(ids_sql_list) + 128);
+    assert_non_null(sql);
+    sprintf(sql, "SELECT count(*) FROM " SCHEMA ".effects WHERE event_id IN (%s)", ids_sql_list);
+    long long n = it_sql_int(sql);
+    free(sql);
+    return n;
+}
+
+/* "'id1','id2',..." of n ids (malloc'd). */
+static char *id_list(char (*ids)[37], int n) {
+    char *s = malloc((size_t)n * 40 + 1);
+    assert_non_null(s);
+    size_t o = 0;
+    for (int i = 0; i < n; i++) o += (size_t)sprintf(s + o, "%s'%s'", i ? "," : "", ids[i]);
+    s[o] = '\0';
+    return s;
+}
+
+/* Every id applied exactly once, and nothing else of them. */
+static void assert_each_once(char (*ids)[37], int n) {
+    char *list = id_list(ids, n);
+    char sql[64 + 40 * 400];
+    assert_true(n <= 400);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM (SELECT event_id FROM " SCHEMA ".effects WHERE event_id IN (%s)"
+             " GROUP BY event_id HAVING count(*) = 1) x",
+             list);
+    assert_int_equal(it_sql_int(sql), n);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM " SCHEMA ".effects WHERE event_id IN (%s)", list);
+    assert_int_equal(it_sql_int(sql), n);
+    free(list);
+}
+
+static bool wait_effects(char (*ids)[37], int n, long long want, int timeout_ms) {
+    char *list = id_list(ids, n);
+    char *sql = malloc(strlen(list) + 128);
+    assert_non_null(sql);
+    sprintf(sql, "SELECT count(*) FROM " SCHEMA ".effects WHERE event_id IN (%s)", list);
+    bool ok = wait_sql(sql, want, timeout_ms);
+    free(sql);
+    free(list);
+    return ok;
+}
+
+/* With lanes, a slow event does not hold up the events of other subjects
+ * (the gate waits for one to start), and the events of one subject are
+ * applied one at a time in stream order although every handler pauses at
+ * random: dealt to lanes by anything but the subject, they would overtake
+ * each other. */
+static void test_evt_lanes_subjects_in_order_and_concurrent(void **state) {
+    char src[64], key[96], gate[37];
+    snprintf(src, sizeof src, "%s", it_unique("itlanes"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    enum { PER_SUBJECT = 25, N = LANE_SUBJECTS * PER_SUBJECT };
+    static char ids[N][37];
+    xadd_event(key, "lanes/gate", 1, 70000, gate);
+    /* subjects mixed at random (fixed seed), each in version order */
+    int next[LANE_SUBJECTS] = {0};
+    unsigned seed = 42;
+    for (int i = 0; i < N; i++) {
+        int s = rand_r(&seed) % LANE_SUBJECTS;
+        while (next[s] == PER_SUBJECT) s = (s + 1) % LANE_SUBJECTS;
+        char subject[32];
+        snprintf(subject, sizeof subject, "lanes/%d", s);
+        next[s]++;
+        xadd_event(key, subject, next[s], 70001 + i, ids[i]);
+    }
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    p.sleep_us_max = 3000;
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 4};
+    const char *group = it_unique("itgrp");
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    bool done = wait_effects(ids, N, N, 20000);
+    assert_true(wait_pending_zero(key, group, 5000));
+    evt_consumers_stop();
+    assert_true(done);
+    print_message("lanes: %d handlers at most at once; gate saw another subject start: %d\n",
+                  atomic_load(&p.max_running), atomic_load(&p.gate_saw_other));
+    assert_true(atomic_load(&p.gate_saw_other));
+    assert_true(atomic_load(&p.max_running) >= 2);
+    assert_int_equal(atomic_load(&p.overlaps), 0);
+    assert_int_equal(atomic_load(&p.out_of_order), 0);
+    for (int s = 0; s < LANE_SUBJECTS; s++) assert_int_equal(atomic_load(&p.last[s]), PER_SUBJECT);
+    assert_int_equal(effects_of(gate), 1);
+    assert_each_once(ids, N);
+}
+
+/* The same stream with one lane: the gate cannot see another subject start
+ * (the proof above can fail), and order holds as before. */
+static void test_evt_one_lane_applies_in_stream_order(void **state) {
+    char src[64], key[96], gate[37];
+    snprintf(src, sizeof src, "%s", it_unique("itone"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    static char ids[LANE_SUBJECTS * 3][37];
+    xadd_event(key, "lanes/gate", 1, 71000, gate);
+    for (int v = 1; v <= 3; v++)
+        for (int s = 0; s < LANE_SUBJECTS; s++) {
+            char subject[32];
+            snprintf(subject, sizeof subject, "lanes/%d", s);
+            xadd_event(key, subject, v, 71001, ids[(v - 1) * LANE_SUBJECTS + s]);
+        }
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 1};
+    const char *group = it_unique("itgrp");
+    /* ORGMESH_EVT_LANES (when a CTest entry sets it) would override .lanes */
+    char *saved = getenv("ORGMESH_EVT_LANES") ? strdup(getenv("ORGMESH_EVT_LANES")) : NULL;
+    unsetenv("ORGMESH_EVT_LANES");
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    if (saved != NULL) setenv("ORGMESH_EVT_LANES", saved, 1);
+    free(saved);
+    bool done = wait_effects(ids, LANE_SUBJECTS * 3, LANE_SUBJECTS * 3, 20000);
+    evt_consumers_stop();
+    assert_true(done);
+    assert_false(atomic_load(&p.gate_saw_other));
+    assert_int_equal(atomic_load(&p.max_running), 1);
+    assert_int_equal(atomic_load(&p.out_of_order), 0);
+    assert_each_once(ids, LANE_SUBJECTS * 3);
+}
+
+/* Stopped in the middle of a stream while its lanes hold entries that were
+ * delivered but not applied: the stop is prompt, what was applied was
+ * acknowledged, the rest stays pending, and a new consumer (another name,
+ * as after a restart) claims it: every event applied exactly once. */
+static void test_evt_lanes_stop_mid_stream_restart_claims_each_once(void **state) {
+    char src[64], key[96];
+    snprintf(src, sizeof src, "%s", it_unique("itstop"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    enum { N = 80 };
+    static char ids[N][37];
+    for (int i = 0; i < N; i++) {
+        char subject[32];
+        snprintf(subject, sizeof subject, "lanes/%d", i % LANE_SUBJECTS);
+        xadd_event(key, subject, i / LANE_SUBJECTS + 1, 72000 + i, ids[i]);
+    }
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    p.fixed_sleep_ms = 100; /* 4 lanes: about 40 events/s */
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 4};
+    const char *group = it_unique("itgrp");
+    setenv("ORGMESH_EVT_CLAIM_IDLE_MS", "300", 1);
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    int64_t deadline = it_ms() + 10000;
+    char *list = id_list(ids, N);
+    while (effects_in(list) < 12 && it_ms() < deadline) it_sleep_ms(10);
+    int64_t t0 = it_ms();
+    evt_consumers_stop();
+    int64_t stop_ms = it_ms() - t0;
+    long long applied = effects_in(list);
+    long long left = pending(key, group);
+    print_message("lanes stop: %lld ms; %lld applied, %lld delivered and pending\n",
+                  (long long)stop_ms, applied, left);
+    assert_true(stop_ms < 2000);
+    assert_true(applied >= 12 && applied < N);
+    assert_true(left > 0); /* the restart has to claim them */
+    /* Everything applied was acknowledged: what is pending was never applied. */
+    redisContext *r = it_redis();
+    redisReply *rep = redisCommand(r, "XPENDING %s %s - + 100", key, group);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal((long long)rep->elements, left);
+    /* waiting in a lane longer than the claim time, they were still not
+     * taken over by our own claims: each was delivered once */
+    for (size_t i = 0; i < rep->elements; i++) assert_int_equal(rep->element[i]->element[3]->integer, 1);
+    freeReplyObject(rep);
+    redisFree(r);
+    assert_true(applied + left <= N);
+
+    int calls_before = atomic_load(&p.calls);
+    p.fixed_sleep_ms = 5;
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    unsetenv("ORGMESH_EVT_CLAIM_IDLE_MS");
+    bool done = wait_effects(ids, N, N, 20000);
+    assert_true(wait_pending_zero(key, group, 5000));
+    evt_consumers_stop();
+    assert_true(done);
+    assert_each_once(ids, N);
+    /* each event's handler ran once: nothing applied twice and rolled back */
+    assert_int_equal(atomic_load(&p.calls), N);
+    assert_true(atomic_load(&p.calls) - calls_before == N - applied);
+    assert_int_equal(atomic_load(&p.overlaps), 0);
+    free(list);
+}
+
+/* Entries that wait in a lane longer than the claim time are not taken
+ * over by the consumer's own claims: with one delivery allowed, a claim
+ * would dead-letter them although they are about to be applied. */
+static void test_evt_lanes_waiting_entries_not_claimed_by_own_reader(void **state) {
+    char src[64], key[96], dl[128];
+    snprintf(src, sizeof src, "%s", it_unique("itwait"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    const char *group = it_unique("itgrp");
+    snprintf(dl, sizeof dl, "%s" EVT_DEADLETTER_PREFIX "%s", cache_namespace(), group);
+    enum { N = 24 };
+    static char ids[N][37];
+    for (int i = 0; i < N; i++) {
+        char subject[32];
+        snprintf(subject, sizeof subject, "lanes/%d", i % 2);
+        xadd_event(key, subject, i / 2 + 1, 75000 + i, ids[i]);
+    }
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    p.fixed_sleep_ms = 60; /* the last of a lane's 8 waits about 400 ms */
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 2};
+    setenv("ORGMESH_EVT_CLAIM_IDLE_MS", "150", 1);
+    setenv("ORGMESH_EVT_MAX_DELIVERIES", "1", 1);
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    unsetenv("ORGMESH_EVT_CLAIM_IDLE_MS");
+    unsetenv("ORGMESH_EVT_MAX_DELIVERIES");
+    bool done = wait_effects(ids, N, N, 15000);
+    assert_true(wait_pending_zero(key, group, 5000));
+    evt_consumers_stop();
+    assert_true(done);
+    assert_int_equal(xlen(dl), 0);
+    assert_each_once(ids, N);
+    assert_int_equal(atomic_load(&p.calls), N);
+}
+
+/* An event that keeps failing in one lane is retried, then dead-lettered,
+ * while the other subjects flow; nothing else is applied twice. */
+static void test_evt_lanes_failing_event_dead_lettered_others_applied(void **state) {
+    char src[64], key[96], dl[128], bad[37];
+    snprintf(src, sizeof src, "%s", it_unique("itlfail"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    const char *group = it_unique("itgrp");
+    snprintf(dl, sizeof dl, "%s" EVT_DEADLETTER_PREFIX "%s", cache_namespace(), group);
+    enum { N = 28 };
+    static char ids[N][37];
+    xadd_event(key, "lanes/7", 1, 73000, bad);
+    for (int i = 0; i < N; i++) {
+        char subject[32];
+        snprintf(subject, sizeof subject, "lanes/%d", i % 7);
+        xadd_event(key, subject, i / 7 + 1, 73001 + i, ids[i]);
+    }
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    atomic_store(&p.fail_subject, 7 + 1);
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 4};
+    setenv("ORGMESH_EVT_CLAIM_IDLE_MS", "100", 1);
+    setenv("ORGMESH_EVT_MAX_DELIVERIES", "3", 1);
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    unsetenv("ORGMESH_EVT_CLAIM_IDLE_MS");
+    unsetenv("ORGMESH_EVT_MAX_DELIVERIES");
+    bool done = wait_effects(ids, N, N, 10000);
+    int64_t deadline = it_ms() + 10000;
+    while (xlen(dl) < 1 && it_ms() < deadline) it_sleep_ms(20);
+    assert_true(wait_pending_zero(key, group, 3000));
+    evt_consumers_stop();
+    assert_true(done);
+    assert_int_equal(xlen(dl), 1);
+    assert_int_equal(effects_of(bad), 0);
+    assert_each_once(ids, N);
+    assert_int_equal(atomic_load(&p.calls), N + 3); /* the bad one: 3 deliveries */
+    redisContext *r = it_redis();
+    freeReplyObject(redisCommand(r, "DEL %s", dl));
+    redisFree(r);
+}
+
+/* An event whose work times out in PostgreSQL (PostgreSQL itself answers)
+ * is not mistaken for an outage and retried in place for ever: it stays
+ * pending, its deliveries are counted, and it is dead-lettered. */
+static void test_evt_lanes_event_timing_out_in_postgresql_dead_lettered(void **state) {
+    char src[64], key[96], dl[128], bad[37], good[37];
+    snprintf(src, sizeof src, "%s", it_unique("itlslow"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    const char *group = it_unique("itgrp");
+    snprintf(dl, sizeof dl, "%s" EVT_DEADLETTER_PREFIX "%s", cache_namespace(), group);
+    xadd_event(key, "lanes/6", 1, 76000, bad);
+    xadd_event(key, "lanes/2", 1, 76001, good);
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    atomic_store(&p.timeout_subject, 6 + 1);
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 2};
+    setenv("ORGMESH_EVT_CLAIM_IDLE_MS", "100", 1);
+    setenv("ORGMESH_EVT_MAX_DELIVERIES", "2", 1);
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    unsetenv("ORGMESH_EVT_CLAIM_IDLE_MS");
+    unsetenv("ORGMESH_EVT_MAX_DELIVERIES");
+    int64_t deadline = it_ms() + 10000;
+    while (xlen(dl) < 1 && it_ms() < deadline) it_sleep_ms(20);
+    assert_true(wait_pending_zero(key, group, 3000));
+    evt_consumers_stop();
+    assert_int_equal(xlen(dl), 1);
+    assert_int_equal(effects_of(bad), 0);
+    assert_int_equal(effects_of(good), 1);
+    /* two deliveries; pg_tx may not retry a timeout itself */
+    assert_int_equal(atomic_load(&p.calls), 1 + 2);
+    redisContext *r = it_redis();
+    freeReplyObject(redisCommand(r, "DEL %s", dl));
+    redisFree(r);
+}
+
+/* PostgreSQL goes away while lanes hold entries (this database refuses new
+ * connections and its sessions are ended): no entry is lost, the reader
+ * claims nothing meanwhile (a claim counts as a delivery), the process does
+ * not spin, and everything is applied once when PostgreSQL is back. */
+/* The outage is made from another database (PostgreSQL refuses to lock
+ * out the current one): a raw libpq connection to `postgres`. */
+static PGconn *outage_admin;
+static char outage_db[128];
+
+static void admin_sql(const char *sql) {
+    PGresult *r = PQexec(outage_admin, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        print_error("%s: %s\n", sql, PQerrorMessage(outage_admin));
+    assert_true(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK);
+    PQclear(r);
+}
+
+static void db_connections(bool allow) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "ALTER DATABASE \"%s\" ALLOW_CONNECTIONS %s", outage_db,
+             allow ? "true" : "false");
+    admin_sql(sql);
+    if (!allow) {
+        snprintf(sql, sizeof sql,
+                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'",
+                 outage_db);
+        admin_sql(sql);
+    }
+}
+
+static int outage_teardown(void **state) {
+    if (outage_admin != NULL) {
+        db_connections(true);
+        PQfinish(outage_admin);
+        outage_admin = NULL;
+    }
+    evt_consumers_stop();
+    return 0;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void test_evt_lanes_pg_outage_no_loss_no_claims_no_spin(void **state) {
+    char src[64], key[96];
+    snprintf(src, sizeof src, "%s", it_unique("itlpg"));
+    snprintf(key, sizeof key, "%s" EVT_STREAM_PREFIX "%s", cache_namespace(), src);
+    const char *group = it_unique("itgrp");
+    pg_res *r = NULL;
+    assert_int_equal(pg_exec(pg_local(), "SELECT current_database()", NULL, &r), 0);
+    snprintf(outage_db, sizeof outage_db, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+    const char *keys[] = {"dbname", "dbname", NULL};
+    const char *vals[] = {getenv("ORGMESH_PG_URL"), "postgres", NULL};
+    outage_admin = PQconnectdbParams(keys, vals, 1);
+    assert_true(PQstatus(outage_admin) == CONNECTION_OK);
+
+    enum { N = 30 };
+    static char ids[N][37];
+    static lane_probe p;
+    memset(&p, 0, sizeof p);
+    evt_subscription sub = {.source = src, .fn = lane_handler, .arg = &p, .lanes = 4};
+    setenv("ORGMESH_EVT_CLAIM_IDLE_MS", "300", 1);
+    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    unsetenv("ORGMESH_EVT_CLAIM_IDLE_MS");
+    for (int i = 0; i < 10; i++) xadd_event(key, "lanes/1", i + 1, 74000 + i, ids[i]);
+    assert_true(wait_effects(ids, 10, 10, 10000)); /* the lanes are connected */
+
+    db_connections(false);
+    /* the lanes get these, lose their connections, and wait for PostgreSQL */
+    for (int i = 10; i < 20; i++) {
+        char subject[32];
+        snprintf(subject, sizeof subject, "lanes/%d", i % 4);
+        xadd_event(key, subject, i, 74000 + i, ids[i]);
+    }
+    it_sleep_ms(1500); /* the lanes have noticed, the reader has paused */
+    /* a consumer that dies with entries (read by hand): ours must not claim
+     * them while PostgreSQL is away, though they are idle past the claim time */
+    for (int i = 20; i < N; i++) xadd_event(key, "lanes/5", i, 74000 + i, ids[i]);
+    redisContext *rc = it_redis();
+    redisReply *rep = redisCommand(rc, "XREADGROUP GROUP %s dead COUNT 100 STREAMS %s >", group, key);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->element[0]->element[1]->elements, N - 20);
+    freeReplyObject(rep);
+    double cpu0 = cpu_seconds();
+    it_sleep_ms(2000);
+    double cpu = cpu_seconds() - cpu0;
+    rep = redisCommand(rc, "XPENDING %s %s - + 100 dead", key, group);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    size_t still_dead = rep->elements;
+    long long max_deliveries = 0;
+    for (size_t i = 0; i < rep->elements; i++)
+        if (rep->element[i]->element[3]->integer > max_deliveries)
+            max_deliveries = rep->element[i]->element[3]->integer;
+    freeReplyObject(rep);
+    print_message("PostgreSQL away 2 s: %.3f s of CPU; %zu entries of the dead consumer unclaimed\n",
+                  cpu, still_dead);
+    assert_int_equal(still_dead, N - 20);
+    assert_int_equal(max_deliveries, 1);
+    assert_true(cpu < 0.5);
+
+    db_connections(true);
+    PQfinish(outage_admin);
+    outage_admin = NULL;
+    assert_true(wait_effects(ids, N, N, 15000));
+    assert_true(wait_pending_zero(key, group, 5000));
+    evt_consumers_stop();
+    assert_each_once(ids, N);
+    redisFree(rc);
 }
 
 static int setup(void **state) {
@@ -536,6 +1046,13 @@ int main(void) {
         cmocka_unit_test(test_evt_dead_consumer_messages_claimed),
         cmocka_unit_test(test_evt_failing_handler_dead_lettered),
         cmocka_unit_test(test_evt_malformed_entry_dead_lettered),
+        cmocka_unit_test(test_evt_lanes_subjects_in_order_and_concurrent),
+        cmocka_unit_test(test_evt_one_lane_applies_in_stream_order),
+        cmocka_unit_test(test_evt_lanes_stop_mid_stream_restart_claims_each_once),
+        cmocka_unit_test(test_evt_lanes_waiting_entries_not_claimed_by_own_reader),
+        cmocka_unit_test(test_evt_lanes_failing_event_dead_lettered_others_applied),
+        cmocka_unit_test(test_evt_lanes_event_timing_out_in_postgresql_dead_lettered),
+        cmocka_unit_test_teardown(test_evt_lanes_pg_outage_no_loss_no_claims_no_spin, outage_teardown),
         cmocka_unit_test(test_evt_start_rejects_bad_arguments),
         cmocka_unit_test(test_evt_consumers_and_relay_stop_promptly),
     };
