@@ -53,6 +53,17 @@ typedef struct audit_page {
  * from the newest), at most `limit` (1..1000). For ListHistory RPCs; the
  * cursor goes into a page token (page.h). */
 int audit_list(pg_conn *c, const char *resource, int64_t before_id, int limit, audit_page *out);
+/* The same for every resource that starts with `prefix` (e.g. all under
+ * "accounts/7/"). */
+int audit_list_prefix(pg_conn *c, const char *prefix, int64_t before_id, int limit, audit_page *out);
 void audit_page_free(audit_page *p);
+
+/* The page as orgmesh.type.v1.AuditEntry messages for a ListHistory reply,
+ * allocated in the call (strings and bytes copied, so the page may be freed
+ * at once): n + 1 pointers, the first pg->n set; before/after are Any of
+ * the stored message types, absent when none was stored. */
+struct rpc_ctx;
+struct Orgmesh__Type__V1__AuditEntry;
+struct Orgmesh__Type__V1__AuditEntry **audit_page_entries(struct rpc_ctx *ctx, const audit_page *pg);
 
 #endif

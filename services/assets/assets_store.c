@@ -224,50 +224,15 @@ int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, i
 
 int store_history_list(pg_conn *c, uint64_t hub, const char *asset_id, int64_t before_id, int limit,
                        audit_page *out) {
-    memset(out, 0, sizeof *out);
-    if (limit < 1 || limit > 1000) return OM_E_INVALID_ARGUMENT;
-    char prefix[64], exact[128] = "";
-    snprintf(prefix, sizeof prefix, "accounts/%" PRIu64 "/", hub);
-    if (asset_id && asset_id[0]) assets_history_resource(hub, "assets", asset_id, exact, sizeof exact);
-    pg_params p = {0};
-    pg_p_str(&p, exact[0] ? exact : prefix);
-    pg_p_i64(&p, before_id > 0 ? before_id : INT64_MAX);
-    pg_p_i64(&p, (int64_t)limit + 1); /* one more tells whether a next page exists */
-#define HISTORY_COLS "SELECT id, at, actor, action, resource, reason, request_id, trace_id, before_type, before, after_type, after FROM audit"
-    /* One asset: its exact resource (the index on (resource, id)); the
-     * account: everything under accounts/<hub>/ (its assets and the copy
-     * jobs into it). Two statements, so each keeps its own plan. */
-    int rc = pg_exec(c,
-                     exact[0] ? HISTORY_COLS " WHERE resource = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
-                              : HISTORY_COLS " WHERE starts_with(resource, $1) AND id < $2 ORDER BY id DESC LIMIT $3",
-                     &p, &out->res);
-#undef HISTORY_COLS
-    if (rc != 0) return rc;
-    int n = pg_nrows(out->res);
-    int shown = n > limit ? limit : n;
-    out->rows = calloc((size_t)shown + 1, sizeof *out->rows);
-    if (out->rows == NULL) {
-        audit_page_free(out);
-        return OM_E_NOMEM;
+    /* One asset: its exact resource; the account: everything under
+     * accounts/<hub>/ (its assets and the copy jobs into it). */
+    char key[128];
+    if (asset_id && asset_id[0]) {
+        assets_history_resource(hub, "assets", asset_id, key, sizeof key);
+        return audit_list(c, key, before_id, limit, out);
     }
-    for (int i = 0; i < shown; i++) {
-        audit_row *row = &out->rows[i];
-        row->id = pg_i64(out->res, i, 0);
-        row->at_us = pg_time_us(out->res, i, 1);
-        row->actor = pg_str(out->res, i, 2);
-        row->action = pg_str(out->res, i, 3);
-        row->resource = pg_str(out->res, i, 4);
-        row->reason = pg_str(out->res, i, 5);
-        row->request_id = pg_str(out->res, i, 6);
-        row->trace_id = pg_str(out->res, i, 7);
-        row->before_type = pg_str(out->res, i, 8);
-        row->before = pg_bytes(out->res, i, 9, &row->before_len);
-        row->after_type = pg_str(out->res, i, 10);
-        row->after = pg_bytes(out->res, i, 11, &row->after_len);
-    }
-    out->n = shown;
-    out->next_before_id = n > limit ? out->rows[shown - 1].id : 0;
-    return 0;
+    snprintf(key, sizeof key, "accounts/%" PRIu64 "/", hub);
+    return audit_list_prefix(c, key, before_id, limit, out);
 }
 
 /* ---- memberships ---- */

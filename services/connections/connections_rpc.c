@@ -911,17 +911,6 @@ static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
 
 /* ---- ListConnectionHistory ---- */
 
-static Google__Protobuf__Any *any_of(rpc_ctx *ctx, const char *type, const uint8_t *data, size_t len) {
-    if (type == NULL || type[0] == '\0') return NULL;
-    Google__Protobuf__Any *a = rpc_alloc(ctx, sizeof *a);
-    google__protobuf__any__init(a);
-    a->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", type);
-    a->value.data = rpc_alloc(ctx, len + 1);
-    if (len) memcpy(a->value.data, data, len);
-    a->value.len = len;
-    return a;
-}
-
 static int apply_history(call *cl, pg_conn *tx) {
     const CPB(ListConnectionHistoryRequest) *req = cl->req;
     CPB(ListConnectionHistoryResponse) *resp = (void *)cl->resp;
@@ -941,27 +930,8 @@ static int apply_history(call *cl, pg_conn *tx) {
     conn_history_resource(req->organization_id, resource, sizeof resource);
     audit_page pg = {0};
     if ((rc = audit_list(tx, resource, before, limit, &pg)) != 0) return rc;
-    resp->entries = rpc_calloc(ctx, (size_t)pg.n + 1, sizeof *resp->entries);
-    for (int i = 0; i < pg.n; i++) {
-        const audit_row *r = &pg.rows[i];
-        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
-        orgmesh__type__v1__audit_entry__init(e);
-        e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
-        e->actor = rpc_strdup(ctx, r->actor);
-        e->action = rpc_strdup(ctx, r->action);
-        e->resource = rpc_strdup(ctx, r->resource);
-        e->reason = rpc_strdup(ctx, r->reason);
-        e->request_id = rpc_strdup(ctx, r->request_id);
-        e->trace_id = rpc_strdup(ctx, r->trace_id);
-        PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
-        google__protobuf__timestamp__init(t);
-        t->seconds = r->at_us / 1000000;
-        t->nanos = (int32_t)(r->at_us % 1000000) * 1000;
-        e->time = t;
-        e->before = any_of(ctx, r->before_type, r->before, r->before_len);
-        e->after = any_of(ctx, r->after_type, r->after, r->after_len);
-        resp->entries[resp->n_entries++] = e;
-    }
+    resp->entries = audit_page_entries(ctx, &pg);
+    resp->n_entries = (size_t)pg.n;
     resp->next_page_token = "";
     if (pg.next_before_id > 0) {
         char cur[24], *tok = NULL;

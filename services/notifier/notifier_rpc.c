@@ -338,34 +338,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     audit_page page;
     int rc = audit_list(c, NULL, before, limit, &page);
     if (rc != 0) return fail_db(ctx, c, rc);
-    resp->entries = rpc_calloc(ctx, (size_t)page.n + 1, sizeof *resp->entries);
-    for (int i = 0; i < page.n; i++) {
-        const audit_row *a = &page.rows[i];
-        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
-        orgmesh__type__v1__audit_entry__init(e);
-        e->id = rpc_sprintf(ctx, "%" PRId64, a->id);
-        e->actor = rpc_strdup(ctx, a->actor);
-        e->action = rpc_strdup(ctx, a->action);
-        e->resource = rpc_strdup(ctx, a->resource);
-        e->reason = rpc_strdup(ctx, a->reason);
-        e->request_id = rpc_strdup(ctx, a->request_id);
-        e->trace_id = rpc_strdup(ctx, a->trace_id);
-        Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
-        google__protobuf__timestamp__init(t);
-        t->seconds = a->at_us / 1000000;
-        t->nanos = (int32_t)(a->at_us % 1000000) * 1000;
-        e->time = t;
-        if (a->after_type[0] != '\0') {
-            Google__Protobuf__Any *any = rpc_alloc(ctx, sizeof *any);
-            google__protobuf__any__init(any);
-            any->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", a->after_type);
-            any->value.len = a->after_len;
-            any->value.data = rpc_alloc(ctx, a->after_len + 1);
-            memcpy(any->value.data, a->after, a->after_len);
-            e->after = any;
-        }
-        resp->entries[i] = e;
-    }
+    resp->entries = audit_page_entries(ctx, &page);
     resp->n_entries = (size_t)page.n;
     resp->next_page_token = rpc_strdup(ctx, "");
     if (page.next_before_id > 0 && page.n == limit) {

@@ -1779,31 +1779,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     /* the page cursor is the id below which the next page starts */
     int rc = audit_list(c, resource, pg.offset, pg.limit, &page);
     if (rc != 0) return fail(ctx, rc, "history");
-    resp->entries = rpc_calloc(ctx, (size_t)page.n + 1, sizeof *resp->entries);
-    for (int i = 0; i < page.n; i++) {
-        const audit_row *r = &page.rows[i];
-        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
-        orgmesh__type__v1__audit_entry__init(e);
-        e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
-        e->actor = rpc_strdup(ctx, r->actor);
-        e->action = rpc_strdup(ctx, r->action);
-        e->resource = rpc_strdup(ctx, r->resource);
-        e->reason = rpc_strdup(ctx, r->reason);
-        e->request_id = rpc_strdup(ctx, r->request_id);
-        e->trace_id = rpc_strdup(ctx, r->trace_id);
-        ps_mem m = call_mem(ctx);
-        e->time = ts(&m, r->at_us);
-        if (r->after_type[0] != '\0') {
-            Google__Protobuf__Any *any = rpc_alloc(ctx, sizeof *any);
-            google__protobuf__any__init(any);
-            any->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", r->after_type);
-            any->value.len = r->after_len;
-            any->value.data = rpc_alloc(ctx, r->after_len + 1);
-            memcpy(any->value.data, r->after, r->after_len);
-            e->after = any;
-        }
-        resp->entries[i] = e;
-    }
+    resp->entries = audit_page_entries(ctx, &page);
     resp->n_entries = (size_t)page.n;
     resp->next_page_token = rpc_strdup(ctx, "");
     if (page.next_before_id > 0 && page.n == pg.limit) {
