@@ -16,6 +16,7 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "om_time.h"
 #include "rpc_internal.h"
 
 #define APP_MAX_PEERS 8
@@ -97,14 +98,7 @@ static void *health_main(void *arg) {
         bool redis_ok = cache_ping();
         rpc_health_set(app.server, "", pg_ok);
         rpc_health_set(app.server, "redis", redis_ok);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += interval_ms / 1000;
-        until.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = om_deadline(CLOCK_REALTIME, interval_ms);
         pthread_mutex_lock(&app.mu);
         if (!app.stopping) pthread_cond_timedwait(&app.cv, &app.mu, &until);
     }

@@ -28,6 +28,7 @@
 #include "idem.h"
 #include "log.h"
 #include "om_err.h"
+#include "om_time.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
 
 #define EVT_TYPE_URL_PREFIX "type.googleapis.com/"
@@ -733,14 +734,7 @@ static int consumer_room(consumer *k) {
 }
 
 static void consumer_wait_room(consumer *k, int ms) {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = om_deadline(CLOCK_MONOTONIC, ms);
     pthread_mutex_lock(&k->mu);
     if (k->inflight >= k->cap && !atomic_load(&cons.stop))
         pthread_cond_timedwait(&k->room, &k->mu, &until);

@@ -24,6 +24,7 @@
 #include "idem.h"
 #include "log.h"
 #include "metrics.h"
+#include "om_time.h"
 #include "rpc_internal.h"
 
 #define RPC_REQUESTS_PER_METHOD 8   /* calls posted per method and poller */
@@ -1184,14 +1185,7 @@ void rpc_server_stop(rpc_server *srv, int grace_ms) {
     srv->shutting_down = true;
     grpc_server_shutdown_and_notify(srv->server, srv->pollers[0].cq, &srv->shutdown_tag);
 
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += grace_ms / 1000;
-    until.tv_nsec += (long)(grace_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = om_deadline(CLOCK_REALTIME, grace_ms);
     pthread_mutex_lock(&srv->mu);
     while (!srv->shutdown_done) {
         if (pthread_cond_timedwait(&srv->shutdown_cv, &srv->mu, &until) == ETIMEDOUT) break;

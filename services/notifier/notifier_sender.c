@@ -15,6 +15,7 @@
 #include "log.h"
 #include "notifier.h"
 #include "om_err.h"
+#include "om_time.h"
 
 /* Where images install the templates (deploy/containers/Containerfile). */
 #define NT_TEMPLATES_INSTALLED "/usr/local/share/orgmesh/notifier/templates"
@@ -95,14 +96,7 @@ static void sender_wake_one(void) {
 
 /* Until a wake-up, stop, or ms. */
 static void sender_wait(int ms) {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = om_deadline(CLOCK_MONOTONIC, ms);
     pthread_mutex_lock(&snd.mu);
     int rc = 0;
     while (snd.wakeups == 0 && !atomic_load(&snd.stop) && rc == 0)
