@@ -320,6 +320,24 @@ class Service:
         self.start()
         self.wait_serving(timeout)
 
+    def replica(self, log_name, env=None, start=True):
+        """Another process of this service on the same database and Redis,
+        with the same settings (plus `env`), on ports of its own, its log in
+        `log_name` beside this one's. Started and SERVING unless start is
+        False; the caller stops it."""
+        port, mport = free_port(), free_port()
+        e = dict(self.env, ORGMESH_LISTEN=f"127.0.0.1:{port}", ORGMESH_METRICS_LISTEN=f"127.0.0.1:{mport}")
+        e.update(env or {})
+        other = Service(self.name, port, mport, e, self.log_path.with_name(log_name))
+        if start:
+            other.start()
+            try:
+                other.wait_serving()
+            except BaseException:
+                other.stop()
+                raise
+        return other
+
     def terminate(self):
         if self.running():
             self.proc.send_signal(signal.SIGTERM)

@@ -573,19 +573,7 @@ def second_replica(suite):
     """Another assets process on the same database and Redis, with the same
     settings as the session's (small batches, short lease), on ports of its
     own. The caller stops it."""
-    first = suite["assets"]
-    env = dict(first.env)
-    port, mport = om.free_port(), om.free_port()
-    env["ORGMESH_LISTEN"] = f"127.0.0.1:{port}"
-    env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{mport}"
-    other = om.Service("assets", port, mport, env, first.log_path.with_name("assets-replica-2.log"))
-    other.start()
-    try:
-        other.wait_serving()
-    except BaseException:
-        other.stop()
-        raise
-    return other
+    return suite["assets"].replica("assets-replica-2.log")
 
 
 def test_asset_06_two_replicas_share_a_job_and_copy_each_asset_once(w, suite):

@@ -626,15 +626,8 @@ def test_conn_09_two_replicas_follow_every_change_within_a_second(w, suite):
     by whichever replica's consumer took it, reach the checks of *both* within
     the bound (the invalidation is PostgreSQL NOTIFY, heard by every replica),
     and the automatic rule runs once, not once per replica."""
-    first = suite["connections"]
-    env = dict(first.env)
-    port = om.free_port()
-    env["ORGMESH_LISTEN"] = f"127.0.0.1:{port}"
-    env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{om.free_port()}"
-    second = om.Service("connections", port, None, env, first.log_path.with_name("connections-2.log"))
-    second.start()
+    second = suite["connections"].replica("connections-2.log")
     try:
-        second.wait_serving()
         other = second.stub(cgrpc.ConnectionsServiceStub)
 
         def mirror_on(stub, user, s, t):

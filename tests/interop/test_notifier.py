@@ -627,15 +627,8 @@ def test_note_03_notifier_killed_mid_work_resumes_every_email_once(w, setup, smt
 
 def test_note_03_two_replicas_send_each_email_once(w, setup, smtp, suite):
     s = setup
-    first = suite["notifier"]
-    env = dict(first.env)
-    port = om.free_port()
-    env["ORGMESH_LISTEN"] = f"127.0.0.1:{port}"
-    env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{om.free_port()}"
-    second = om.Service("notifier", port, None, env, first.log_path.with_name("notifier-2.log"))
-    second.start()
+    second = suite["notifier"].replica("notifier-2.log")
     try:
-        second.wait_serving()
         admins = []
         for i in range(8):  # one client each: the hourly cap stays out of the way
             a = w.user(f"Replica Admin {i}")
@@ -665,12 +658,9 @@ def test_note_01_starttls_and_credentials_from_configuration(w, setup, suite, tm
     tls = SmtpSink()
     tls.start(tls_context=ctx, require_starttls=True, auth_require_tls=True)
     first = suite["notifier"]
-    env = dict(first.env)
-    port = om.free_port()
-    env.update({"ORGMESH_LISTEN": f"127.0.0.1:{port}", "ORGMESH_METRICS_LISTEN": f"127.0.0.1:{om.free_port()}",
-                "ORGMESH_SMTP_URL": f"smtp://127.0.0.1:{tls.port}", "ORGMESH_SMTP_STARTTLS": "true",
-                "ORGMESH_SMTP_CA_FILE": str(crt)})
-    replica = om.Service("notifier", port, None, env, first.log_path.with_name("notifier-tls.log"))
+    replica = first.replica("notifier-tls.log", start=False, env={
+        "ORGMESH_SMTP_URL": f"smtp://127.0.0.1:{tls.port}", "ORGMESH_SMTP_STARTTLS": "true",
+        "ORGMESH_SMTP_CA_FILE": str(crt)})
     assert first.stop() == []  # only the TLS replica sends during this test
     try:
         replica.start()
