@@ -329,6 +329,12 @@ struct mutation {
     } viol[8];
 };
 
+/* The message of a refusal: a non-member's NOT_FOUND (AIP-193) says no more
+ * than it would for an account that does not exist. */
+static const char *hidden_or(int rc, const char *msg) {
+    return rc == OM_E_NOT_FOUND ? "no such account" : msg;
+}
+
 static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
     char buf[256];
@@ -790,7 +796,7 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->patch.hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
-        return mu_fail(mu, rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it");
+        return mu_fail(mu, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
     if ((rc = store_account_get(tx, op->patch.hub_id, true, &m, &before)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, before.version)) != 0) return rc;
     if (before.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
@@ -855,7 +861,9 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
 
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
-    if (!is_service(rpc_actor(mu->ctx)) && (mine == NULL || !(mine->roles & ACCT_ROLE_SUPER_ADMIN)))
+    if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
+        return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
+    if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
         return mu_fail(mu, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
     if ((rc = acct_etag_check(op->etag, a.version)) != 0) return rc;
@@ -923,7 +931,9 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
 
     int rc = actor_membership(mu, tx, req->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
-    if (!is_service(rpc_actor(mu->ctx)) && (mine == NULL || !(mine->roles & ACCT_ROLE_SUPER_ADMIN)))
+    if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
+        return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
+    if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
         return mu_fail(mu, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
     if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, a.version)) != 0) return rc;
@@ -1027,7 +1037,7 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
     if ((rc = acct_rule_manage_account(rpc_actor(ctx), mine)) != 0)
-        return rpc_fail(ctx, rc, "the history needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account");
+        return rpc_fail(ctx, rc, "%s", hidden_or(rc, "the history needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     store_account_subject(req->hub_id, resource, sizeof resource);
     return list_history(ctx, c, resource, true, &pg, &resp->entries, &resp->n_entries, &resp->next_page_token);
 }
@@ -1095,6 +1105,15 @@ static int may_view_user(rpc_ctx *ctx, pg_conn *c, uint64_t id) {
         if (rc != 0) return rc;
     }
     return acct_rule_view_user(a, id, shares);
+}
+
+/* Changing a user, reading their history: the user or a service; someone
+ * who may not even see the user gets NOT_FOUND (AIP-193). */
+static int may_change_user(rpc_ctx *ctx, pg_conn *c, uint64_t id) {
+    int rc = acct_rule_change_user(rpc_actor(ctx), id);
+    if (rc != OM_E_PERMISSION_DENIED) return rc;
+    int v = may_view_user(ctx, c, id);
+    return v != 0 ? v : rc;
 }
 
 /* GetUser: the user, colleagues sharing an account, and services. */
@@ -1180,8 +1199,8 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
     acct_violations v = mu_violations(mu);
     char subject[64];
 
-    int rc = acct_rule_change_user(rpc_actor(mu->ctx), op->patch.user_id);
-    if (rc != 0) return mu_fail(mu, rc, "only the user themselves may change their profile");
+    int rc = may_change_user(mu->ctx, tx, op->patch.user_id);
+    if (rc != 0) return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves may change their profile");
     if ((rc = store_user_get(tx, op->patch.user_id, true, &m, &before)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, before.version)) != 0) return rc;
     after = before;
@@ -1240,8 +1259,9 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
     acct_user u;
     char subject[64];
 
-    int rc = acct_rule_change_user(caller, req->user_id);
-    if (rc != 0) return mu_fail(mu, rc, "only the user themselves or a service may delete a user");
+    int rc = may_change_user(mu->ctx, tx, req->user_id);
+    if (rc != 0)
+        return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves or a service may delete a user");
     if ((rc = store_user_get(tx, req->user_id, true, &m, &u)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, u.version)) != 0) return rc;
 
@@ -1296,12 +1316,13 @@ static int h_list_user_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
 
     check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    rc = acct_rule_change_user(rpc_actor(ctx), req->user_id);
-    if (rc != 0) return rpc_fail(ctx, rc, "only the user themselves may read their history");
     const char *scope = rpc_sprintf(ctx, "accounts.ListUserHistory|user=%" PRIu64, req->user_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
+    rc = may_change_user(ctx, c, req->user_id);
+    if (rc == OM_E_PERMISSION_DENIED) return rpc_fail(ctx, rc, "only the user themselves may read their history");
+    if (rc != 0) return fail_store(ctx, c, rc);
     store_user_subject(req->user_id, resource, sizeof resource);
     return list_history(ctx, c, resource, false, &pg, &resp->entries, &resp->n_entries, &resp->next_page_token);
 }
@@ -1327,7 +1348,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
     if ((rc = acct_rule_change_roles(caller, mine, 0, op->roles)) != 0)
         return mu_fail(mu, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
                                    ? "granting SUPER_ADMIN needs SUPER_ADMIN"
-                                   : "adding users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account");
+                                   : hidden_or(rc, "adding users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     if ((rc = load_facts(mu, tx, op->hub_id, op->user_id, &f)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
     acct_membership mb = {.hub_id = op->hub_id, .user_id = op->user_id, .roles = op->roles, .seats = op->seats,
@@ -1416,7 +1437,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
         rc = reader_membership(ctx, c, hub_id, &mbuf, &mine);
         if (rc != 0) return fail_store(ctx, c, rc);
         if ((rc = acct_rule_view_account(rpc_actor(ctx), mine)) != 0)
-            return rpc_fail(ctx, rc, "listing an account's members needs membership in it");
+            return rpc_fail(ctx, rc, "%s", hidden_or(rc, "listing an account's members needs membership in it"));
     }
     store_membership_filter f = {.hub_id = hub_id, .user_id = user_id, .any_roles = any_roles,
                                  .visible_to = visible_to, .after_hub_id = pg.k1, .after_user_id = pg.k2,
@@ -1455,7 +1476,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(caller, mine)) != 0)
-        return mu_fail(mu, rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account");
+        return mu_fail(mu, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     /* the account row serialises membership changes (the last SUPER_ADMIN check) */
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &before)) != 0) return rc;
@@ -1522,7 +1543,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
         return mu_fail(mu, rc, rc == OM_E_PARTNER_IDENTITY_FORBIDDEN
                                    ? "only the client can remove a user from the client account (PART-08)"
-                                   : "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account");
+                                   : hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &mb)) != 0) return rc;
     if ((rc = acct_etag_check(op->etag, mb.version)) != 0) return rc;

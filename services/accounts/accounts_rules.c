@@ -556,13 +556,18 @@ static bool manages(const acct_membership *m) {
     return m != NULL && (m->roles & (ACCT_ROLE_SUPER_ADMIN | ACCT_ROLE_ACCOUNT_PERMISSIONS)) != 0;
 }
 
+/* Defect 5 (AIP-193): a user who is no member of the account may not learn
+ * that it exists, so every rule below answers them NOT_FOUND (as for a
+ * hub_id that does not exist); PERMISSION_DENIED is for members who may see
+ * the account but not do the action. */
 int acct_rule_view_account(const om_actor *actor, const acct_membership *m) {
     if (actor == NULL) return OM_E_UNAUTHENTICATED;
-    return (is_service(actor) || m != NULL) ? 0 : OM_E_PERMISSION_DENIED;
+    return (is_service(actor) || m != NULL) ? 0 : OM_E_NOT_FOUND;
 }
 
 int acct_rule_manage_account(const om_actor *actor, const acct_membership *m) {
     if (actor == NULL) return OM_E_UNAUTHENTICATED;
+    if (!is_service(actor) && m == NULL) return OM_E_NOT_FOUND; /* AIP-193 */
     return (is_service(actor) || manages(m)) ? 0 : OM_E_PERMISSION_DENIED;
 }
 
@@ -574,7 +579,7 @@ int acct_rule_remove_membership(const om_actor *actor, const acct_membership *m)
         return (auth_is_service(actor, "partners") || auth_is_service(actor, "accounts"))
                    ? 0
                    : OM_E_PERMISSION_DENIED;
-    if (m == NULL) return OM_E_PERMISSION_DENIED;
+    if (m == NULL) return OM_E_NOT_FOUND; /* AIP-193 */
     /* a member who is there only through a partner's assignment acts for the
      * partner, whatever roles the client gave them */
     if (acct_has_partner_link(m) && m->link_owns_membership) return OM_E_PARTNER_IDENTITY_FORBIDDEN;
@@ -612,7 +617,7 @@ int acct_rule_create_user(const om_actor *actor, bool manages_any, uint64_t expl
 int acct_rule_view_user(const om_actor *actor, uint64_t user_id, bool shares_account) {
     if (actor == NULL) return OM_E_UNAUTHENTICATED;
     if (is_service(actor) || actor->user_id == user_id || shares_account) return 0;
-    return OM_E_PERMISSION_DENIED;
+    return OM_E_NOT_FOUND; /* AIP-193: as for a user that does not exist */
 }
 
 int acct_rule_change_user(const om_actor *actor, uint64_t user_id) {

@@ -226,7 +226,10 @@ bool acct_membership_changed(const acct_membership *before, const acct_membershi
  * Each returns 0 (allowed) or the OM_E_* code to fail with. `m` is the
  * actor's own membership in the account concerned, NULL if none. */
 
-/* Reading an account, its members: a member of it, or a service. */
+/* Reading an account, its members: a member of it, or a service. In all
+ * these rules a user who is no member gets OM_E_NOT_FOUND (AIP-193: the
+ * account's existence is not theirs to learn), a member without the right
+ * OM_E_PERMISSION_DENIED. */
 int acct_rule_view_account(const om_actor *actor, const acct_membership *m);
 /* Managing the account's settings and users: SUPER_ADMIN or
  * ACCOUNT_PERMISSIONS in it, or a service (SPEC 1). A member whose only
@@ -251,7 +254,8 @@ int acct_rule_create_account(const om_actor *actor, uint64_t explicit_hub_id);
  * user who manages at least one account (`manages_any`). An explicit user_id
  * only from a service. */
 int acct_rule_create_user(const om_actor *actor, bool manages_any, uint64_t explicit_user_id);
-/* Reading a user: the user, a service, or someone sharing an account. */
+/* Reading a user: the user, a service, or someone sharing an account;
+ * anyone else OM_E_NOT_FOUND (AIP-193). */
 int acct_rule_view_user(const om_actor *actor, uint64_t user_id, bool shares_account);
 /* Changing or deleting a user: the user or a service. */
 int acct_rule_change_user(const om_actor *actor, uint64_t user_id);

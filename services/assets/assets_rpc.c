@@ -142,19 +142,35 @@ static int run(call *cl, const char *request_id) {
     return rpc_fail(ctx, rc, NULL);
 }
 
-/* ASSET-01/02: MARKETING_ACCESS or SUPER_ADMIN in `hub` (service identities
- * act for the platform). */
-static int require_marketing(call *cl, pg_conn *tx, uint64_t hub) {
-    if (cl->actor->user_id == 0) return 0;
+/* The actor's standing in `hub`: a member at all, and with MARKETING_ACCESS
+ * or SUPER_ADMIN (service identities act for the platform: both). */
+static int marketing_in(call *cl, pg_conn *tx, uint64_t hub, bool *member, bool *allowed) {
+    *member = *allowed = cl->actor->user_id == 0;
+    if (*allowed) return 0;
     bool known;
     unsigned roles;
-    int rc = store_membership_roles(tx, hub, cl->actor->user_id, &known, &roles);
+    int rc = store_membership_roles(tx, hub, cl->actor->user_id, &known, &roles, member);
     if (rc != 0) return rc;
     if (!known && !cl->fetched) return NEED_FETCH;
-    if ((roles & (ROLE_BIT_MARKETING_ACCESS | ROLE_BIT_SUPER_ADMIN)) == 0)
-        return cl_fail(cl, OM_E_PERMISSION_DENIED,
-                       "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " is required", hub);
+    *allowed = (roles & (ROLE_BIT_MARKETING_ACCESS | ROLE_BIT_SUPER_ADMIN)) != 0;
     return 0;
+}
+
+/* ASSET-01/02: MARKETING_ACCESS or SUPER_ADMIN in `hub`. Defect 5
+ * (AIP-193): a member without either role gets PERMISSION_DENIED; someone
+ * who is no member of the account may not learn that it, or what `hidden`
+ * names in it, exists: NOT_FOUND with `hidden` (or "account <id> not
+ * found"), as for an id that does not exist. */
+static int require_marketing(call *cl, pg_conn *tx, uint64_t hub, const char *hidden) {
+    bool member, allowed;
+    int rc = marketing_in(cl, tx, hub, &member, &allowed);
+    if (rc != 0 || allowed) return rc;
+    if (!member) {
+        if (hidden != NULL) return cl_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
+        return cl_fail(cl, OM_E_NOT_FOUND, "account %" PRIu64 " not found", hub);
+    }
+    return cl_fail(cl, OM_E_PERMISSION_DENIED, "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " is required",
+                   hub);
 }
 
 /* ---- validation ---- */
@@ -306,7 +322,7 @@ static int refs_valid(call *cl, pg_conn *tx, const asset_row *a) {
 static int create_apply(call *cl, pg_conn *tx) {
     const APB(CreateAssetRequest) *req = cl->req;
     asset_row *a = cl->data;
-    int rc = require_marketing(cl, tx, a->hub);
+    int rc = require_marketing(cl, tx, a->hub, NULL);
     if (rc != 0) return rc;
     if ((rc = refs_valid(cl, tx, a)) != 0) return rc;
     rc = store_asset_insert(tx, a);
@@ -353,7 +369,7 @@ static int get_apply(call *cl, pg_conn *tx) {
     asset_row a;
     int rc = store_asset_get(tx, req->asset_id, false, &a);
     if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "asset %s not found", req->asset_id);
-    if (rc == 0) rc = require_marketing(cl, tx, a.hub);
+    if (rc == 0) rc = require_marketing(cl, tx, a.hub, rpc_sprintf(cl->ctx, "asset %s not found", req->asset_id));
     if (rc == 0) ((APB(GetAssetResponse) *)cl->resp)->asset = asset_pb(cl->ctx, &a);
     asset_row_clear(&a);
     return rc;
@@ -379,7 +395,7 @@ typedef struct list_state {
 static int list_apply(call *cl, pg_conn *tx) {
     const APB(ListAssetsRequest) *req = cl->req;
     list_state *s = cl->data;
-    int rc = require_marketing(cl, tx, req->hub_id);
+    int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
     asset_row *rows = NULL;
     int n = 0;
@@ -448,7 +464,8 @@ static int update_apply(call *cl, pg_conn *tx) {
     if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "asset %s not found", req->asset->asset_id);
     if (rc != 0) return rc;
     APB(Asset) *before = asset_pb(cl->ctx, &a);
-    if ((rc = require_marketing(cl, tx, a.hub)) != 0) goto out;
+    if ((rc = require_marketing(cl, tx, a.hub, rpc_sprintf(cl->ctx, "asset %s not found", req->asset->asset_id))) != 0)
+        goto out;
     if (!etag_matches(req->etag, a.version)) {
         rc = cl_fail(cl, OM_E_ETAG_MISMATCH, "asset %s changed since it was read", a.id);
         goto out;
@@ -551,7 +568,8 @@ static int delete_apply(call *cl, pg_conn *tx) {
     int rc = store_asset_get(tx, req->asset_id, true, &a);
     if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "asset %s not found", req->asset_id);
     if (rc != 0) return rc;
-    if ((rc = require_marketing(cl, tx, a.hub)) != 0) goto out;
+    if ((rc = require_marketing(cl, tx, a.hub, rpc_sprintf(cl->ctx, "asset %s not found", req->asset_id))) != 0)
+        goto out;
     if (!etag_matches(req->etag, a.version)) {
         rc = cl_fail(cl, OM_E_ETAG_MISMATCH, "asset %s changed since it was read", a.id);
         goto out;
@@ -592,8 +610,8 @@ static int copy_apply(call *cl, pg_conn *tx) {
     const APB(CopyAssetsRequest) *req = cl->req;
     copy_state *s = cl->data;
     /* ASSET-02: MARKETING_ACCESS or SUPER_ADMIN in both accounts. */
-    int rc = require_marketing(cl, tx, req->source_hub_id);
-    if (rc == 0) rc = require_marketing(cl, tx, req->target_hub_id);
+    int rc = require_marketing(cl, tx, req->source_hub_id, NULL);
+    if (rc == 0) rc = require_marketing(cl, tx, req->target_hub_id, NULL);
     if (rc != 0) return rc;
     job_row j = {.source = req->source_hub_id, .target = req->target_hub_id,
                  .include_deps = req->options ? req->options->include_dependencies : false,
@@ -621,6 +639,15 @@ static int copy_apply(call *cl, pg_conn *tx) {
                      .trace_id = rpc_trace_id(cl->ctx)};
     if ((rc = audit_record(tx, &e)) != 0) return rc;
     return assets_jobs_notify(tx);
+}
+
+/* ASSET-02: the actor's rights alone (CopyAssets checks them before asking
+ * the connections service). */
+static int copy_authz_apply(call *cl, pg_conn *tx) {
+    const APB(CopyAssetsRequest) *req = cl->req;
+    int rc = require_marketing(cl, tx, req->source_hub_id, NULL);
+    if (rc == 0) rc = require_marketing(cl, tx, req->target_hub_id, NULL);
+    return rc;
 }
 
 /* CONN-07, asked of the connections service. */
@@ -667,7 +694,13 @@ static int h_copy(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->source_hub_id == req->target_hub_id)
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
-    int rc = check_copy_allowed(ctx, req->source_hub_id, req->target_hub_id); /* ASSET-02 via CONN-07 */
+    /* AIP-193: the actor's rights first (again inside the job's transaction),
+     * so that whether copying flows between two accounts of another tenant
+     * never shows. */
+    call pre = {.ctx = ctx, .req = req, .resp = resp, .apply = copy_authz_apply};
+    int rc = run(&pre, NULL);
+    if (rc != 0) return rc;
+    rc = check_copy_allowed(ctx, req->source_hub_id, req->target_hub_id); /* ASSET-02 via CONN-07 */
     if (rc != 0) return rc;
     size_t cap = req->n_asset_ids * 37 + 3;
     char *ids = rpc_alloc(ctx, cap);
@@ -687,12 +720,18 @@ static int h_copy(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
 
 /* ---- jobs: Get, List, Cancel, Results — ASSET-03 ---- */
 
-/* Visible to members with marketing rights in the source or the target. */
+/* Visible to members with marketing rights in the source or the target; a
+ * member of either without them: PERMISSION_DENIED; anyone else: NOT_FOUND
+ * (AIP-193), as for a job that does not exist. */
 static int require_job_viewer(call *cl, pg_conn *tx, const job_row *j) {
-    int rc = require_marketing(cl, tx, j->source);
-    if (rc == NEED_FETCH || rc == 0) return rc;
-    cl->err = 0;
-    return require_marketing(cl, tx, j->target);
+    bool ms, as, mt, at;
+    int rc = marketing_in(cl, tx, j->source, &ms, &as);
+    if (rc == 0) rc = marketing_in(cl, tx, j->target, &mt, &at);
+    if (rc != 0 || as || at) return rc;
+    if (!ms && !mt) return cl_fail(cl, OM_E_NOT_FOUND, "copy job %s not found", j->id);
+    return cl_fail(cl, OM_E_PERMISSION_DENIED,
+                   "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " or %" PRIu64 " is required", j->source,
+                   j->target);
 }
 
 static int load_job(call *cl, pg_conn *tx, const char *id, bool lock, job_row *j) {
@@ -728,7 +767,7 @@ typedef struct jlist_state {
 static int listjobs_apply(call *cl, pg_conn *tx) {
     const APB(ListCopyJobsRequest) *req = cl->req;
     jlist_state *s = cl->data;
-    int rc = require_marketing(cl, tx, req->hub_id);
+    int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
     job_row *rows = NULL;
     int n = 0;
@@ -892,7 +931,7 @@ static int history_apply(call *cl, pg_conn *tx) {
     const APB(ListAssetHistoryRequest) *req = cl->req;
     history_state *s = cl->data;
     rpc_ctx *ctx = cl->ctx;
-    int rc = require_marketing(cl, tx, req->hub_id);
+    int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
     audit_page pg = {0};
     if ((rc = store_history_list(tx, req->hub_id, s->asset_id, s->before_id, s->limit, &pg)) != 0) return rc;

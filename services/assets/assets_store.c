@@ -244,7 +244,7 @@ unsigned assets_roles_bits(const int *roles, size_t n) {
     return bits;
 }
 
-int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles) {
+int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member) {
     pg_params p = {0};
     pg_p_u64(&p, hub);
     pg_p_u64(&p, user);
@@ -253,6 +253,7 @@ int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known,
     if (rc != 0) return rc;
     *known = pg_nrows(r) > 0;
     *roles = (*known && !pg_bool(r, 0, 1)) ? (unsigned)pg_i64(r, 0, 0) : 0;
+    if (member) *member = *known && !pg_bool(r, 0, 1);
     pg_free(r);
     return 0;
 }

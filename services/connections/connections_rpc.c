@@ -344,38 +344,57 @@ static int load_org(call *cl, pg_conn *tx, const char *org_id, org_state *st) {
     return store_conns_of_org(tx, org_id, st->rows, CONN_MAX_ROWS, &st->nrows);
 }
 
-/* CONN-08 -> ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the
- * organization (service identities may read too). */
-static int require_viewer(call *cl, pg_conn *tx, const org_state *st) {
+/* Defect 5 (AIP-193): a user who is a member of no account of the
+ * organization may not know it exists: NOT_FOUND, worded as for an id that
+ * does not exist (`hidden`, or "organization <id> not found"). */
+static int require_visible(call *cl, pg_conn *tx, const org_state *st, const char *hidden) {
     if (cl->actor->user_id == 0) return 0;
-    bool known[CONN_MAX_MEMBERS_READ];
+    bool known[CONN_MAX_MEMBERS_READ], member[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
-    int rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats);
+    int rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, member);
     if (rc != 0) return rc;
     bool missing = false;
     for (int i = 0; i < st->n; i++) {
-        if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
+        if (member[i]) return 0;
         missing = missing || !known[i];
     }
     if (missing && !(cl->fetched & NEED_MEMBERSHIPS)) {
         cl->need |= NEED_MEMBERSHIPS;
         return NEED_FETCH;
     }
+    if (hidden != NULL) return cl_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
+    return cl_fail(cl, OM_E_NOT_FOUND, "organization %s not found", st->o.id);
+}
+
+/* CONN-08 -> ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the
+ * organization (service identities may read too); a member of one of its
+ * accounts without either role: PERMISSION_DENIED; anyone else NOT_FOUND. */
+static int require_viewer(call *cl, pg_conn *tx, const org_state *st, const char *hidden) {
+    if (cl->actor->user_id == 0) return 0;
+    int rc = require_visible(cl, tx, st, hidden);
+    if (rc != 0) return rc;
+    bool known[CONN_MAX_MEMBERS_READ];
+    unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
+    if ((rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL)) != 0) return rc;
+    for (int i = 0; i < st->n; i++)
+        if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
     return cl_fail(cl, OM_E_PERMISSION_DENIED,
                    "only SUPER_ADMIN or PARTNER_ADMIN users of an account of the organization can view it (CONN-08, ORG-08)");
 }
 
 /* CONN-08: acting from an account of the organization, SUPER_ADMIN in every
- * account of it. */
-static int require_manager(call *cl, pg_conn *tx, const org_state *st, uint64_t acting) {
+ * account of it (after require_visible: AIP-193). */
+static int require_manager(call *cl, pg_conn *tx, const org_state *st, uint64_t acting, const char *hidden) {
     if (cl->actor->user_id == 0)
         return cl_fail(cl, OM_E_PERMISSION_DENIED, "connections are managed by users, not by services (CONN-08)");
+    int rc = require_visible(cl, tx, st, hidden);
+    if (rc != 0) return rc;
     if (member_index(st, acting) < 0)
         return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s (CONN-08)",
                        acting, st->o.id);
     bool known[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
-    int rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats);
+    rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL);
     if (rc != 0) return rc;
     for (int i = 0; i < st->n; i++) {
         if (roles[i] & CONN_ROLE_SUPER_ADMIN) continue;
@@ -579,7 +598,7 @@ static int apply_list(call *cl, pg_conn *tx) {
     CPB(ListConnectionsResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     int rc = load_org(cl, tx, req->organization_id, st);
-    if (rc == 0) rc = require_viewer(cl, tx, st);
+    if (rc == 0) rc = require_viewer(cl, tx, st, NULL);
     if (rc != 0) return rc;
     int limit = 0;
     page_size_normalize(req->page_size, &limit);
@@ -638,7 +657,8 @@ static int apply_get(call *cl, pg_conn *tx) {
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     char *org = rpc_strdup(cl->ctx, r->org_id);
     if ((rc = load_org(cl, tx, org, st)) != 0) return rc;
-    if ((rc = require_viewer(cl, tx, st)) != 0) return rc;
+    const char *hidden = rpc_sprintf(cl->ctx, "connection %s not found", req->connection_id);
+    if ((rc = require_viewer(cl, tx, st, hidden)) != 0) return rc; /* AIP-193 */
     resp->connection = config_pb(cl->ctx, r, 1)[0];
     return 0;
 }
@@ -659,7 +679,7 @@ static int apply_quick(call *cl, pg_conn *tx) {
     CPB(QuickConnectResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     int rc = load_org(cl, tx, req->organization_id, st);
-    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id); /* CONN-08 */
+    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id, NULL); /* CONN-08 */
     if (rc != 0) return rc;
     plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
     plan_from(p, st);
@@ -706,7 +726,7 @@ static int apply_add(call *cl, pg_conn *tx) {
     CPB(AddConnectionsResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     int rc = load_org(cl, tx, req->organization_id, st);
-    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id); /* CONN-08 */
+    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id, NULL); /* CONN-08 */
     if (rc != 0) return rc;
     /* CONN-01: all_features applies one setting to both features. */
     const PbFeature *mf = req->all_features ? req->all_features : req->mirroring;
@@ -776,7 +796,7 @@ static int apply_batch(call *cl, pg_conn *tx) {
     CPB(BatchUpdateConnectionsResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     int rc = load_org(cl, tx, req->organization_id, st);
-    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id); /* CONN-08 */
+    if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id, NULL); /* CONN-08 */
     if (rc != 0) return rc;
     plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
     plan_from(p, st);
@@ -882,7 +902,8 @@ static int apply_delete(call *cl, pg_conn *tx) {
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     char *org = rpc_strdup(cl->ctx, r.org_id);
     if ((rc = load_org(cl, tx, org, st)) != 0) return rc;
-    if ((rc = require_manager(cl, tx, st, req->acting_hub_id)) != 0) return rc; /* CONN-08 */
+    const char *hidden = rpc_sprintf(cl->ctx, "connection %s not found", req->connection_id);
+    if ((rc = require_manager(cl, tx, st, req->acting_hub_id, hidden)) != 0) return rc; /* CONN-08, AIP-193 */
     plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
     plan_from(p, st);
     plan_item *it = plan_find(p, r.cfg.a, r.cfg.b);
@@ -917,7 +938,7 @@ static int apply_history(call *cl, pg_conn *tx) {
     rpc_ctx *ctx = cl->ctx;
     org_state *st = rpc_calloc(ctx, 1, sizeof *st);
     int rc = load_org(cl, tx, req->organization_id, st);
-    if (rc == 0) rc = require_viewer(cl, tx, st);
+    if (rc == 0) rc = require_viewer(cl, tx, st, NULL);
     if (rc != 0) return rc;
     int limit = 0;
     page_size_normalize(req->page_size, &limit);

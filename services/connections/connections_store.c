@@ -150,9 +150,10 @@ int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsig
 }
 
 int store_memberships(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
-                      unsigned *seats) {
+                      unsigned *seats, bool *member) {
     for (int i = 0; i < n; i++) {
         known[i] = false;
+        if (member) member[i] = false;
         roles[i] = seats[i] = 0;
         pg_params p = {0};
         pg_p_u64(&p, hubs[i]);
@@ -164,6 +165,7 @@ int store_memberships(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n,
         if (pg_nrows(r) > 0) {
             known[i] = true;
             if (!pg_bool(r, 0, 2)) {
+                if (member) member[i] = true;
                 roles[i] = (unsigned)pg_i64(r, 0, 0);
                 seats[i] = (unsigned)pg_i64(r, 0, 1);
             }

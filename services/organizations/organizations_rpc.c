@@ -301,12 +301,13 @@ static int copies_accounts(call *cl, pg_conn *tx, const uint64_t *ids, int n, bo
     return cl_fail(cl, OM_E_NOT_FOUND, "no such account: %s", list);
 }
 
-/* The actor's roles in hubs[0..n); unknown memberships are fetched once,
- * then count as none. */
-static int copies_roles(call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles) {
+/* The actor's roles in hubs[0..n) (and, when member is not NULL, whether
+ * the actor is a member at all); unknown memberships are fetched once, then
+ * count as none. */
+static int copies_roles(call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles, bool *member) {
     bool known[ORG_MAX_MEMBERS_READ + ORG_MAX_BATCH + 2];
     if (n > (int)(sizeof known / sizeof known[0])) return OM_E_INTERNAL;
-    int rc = store_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles);
+    int rc = store_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles, member);
     if (rc != 0) return rc;
     for (int i = 0; i < n; i++)
         if (!known[i] && !cl->fetched_memberships) {
@@ -413,7 +414,7 @@ static int require_manager(call *cl, pg_conn *tx, const org_snapshot *s, uint64_
     unsigned roles[ORG_MAX_MEMBERS_READ];
     int nl = 0;
     for (int i = 0; i < s->n; i++) hubs[i] = s->m[i].hub_id;
-    int rc = copies_roles(cl, tx, hubs, s->n, roles);
+    int rc = copies_roles(cl, tx, hubs, s->n, roles, NULL);
     if (rc != 0) return rc;
     for (int i = 0; i < s->n; i++)
         if (!(roles[i] & ORG_ROLE_SUPER_ADMIN)) lacking[nl++] = hubs[i];
@@ -427,15 +428,37 @@ static int require_manager(call *cl, pg_conn *tx, const org_snapshot *s, uint64_
     return 0;
 }
 
-/* ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the organization
- * (orgmesh services may read too). */
-static int require_viewer(call *cl, pg_conn *tx, const org_snapshot *s) {
+/* Defect 5 (AIP-193): whether the actor may know that the organization
+ * exists: a member of one of its accounts (whatever the roles), or an
+ * orgmesh service. Everyone else gets NOT_FOUND, worded as for an id that
+ * does not exist (`hidden`, or "no organization <id>"), never
+ * PERMISSION_DENIED, so another tenant's ids reveal nothing. */
+static int require_visible(call *cl, pg_conn *tx, const org_snapshot *s, const char *hidden) {
     if (auth_is_service(cl->actor, NULL)) return 0;
     uint64_t hubs[ORG_MAX_MEMBERS_READ];
     unsigned roles[ORG_MAX_MEMBERS_READ];
+    bool member[ORG_MAX_MEMBERS_READ];
     for (int i = 0; i < s->n; i++) hubs[i] = s->m[i].hub_id;
-    int rc = copies_roles(cl, tx, hubs, s->n, roles);
+    int rc = copies_roles(cl, tx, hubs, s->n, roles, member);
     if (rc != 0) return rc;
+    for (int i = 0; i < s->n; i++)
+        if (member[i]) return 0;
+    if (hidden != NULL) return cl_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
+    return cl_fail(cl, OM_E_NOT_FOUND, "no organization %s", s->o.id);
+}
+
+/* ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the organization
+ * (orgmesh services may read too). A member of one of its accounts without
+ * either role may know the organization exists: PERMISSION_DENIED; anyone
+ * else: NOT_FOUND (require_visible, AIP-193). */
+static int require_viewer(call *cl, pg_conn *tx, const org_snapshot *s, const char *hidden) {
+    if (auth_is_service(cl->actor, NULL)) return 0;
+    int rc = require_visible(cl, tx, s, hidden);
+    if (rc != 0) return rc;
+    uint64_t hubs[ORG_MAX_MEMBERS_READ];
+    unsigned roles[ORG_MAX_MEMBERS_READ];
+    for (int i = 0; i < s->n; i++) hubs[i] = s->m[i].hub_id;
+    if ((rc = copies_roles(cl, tx, hubs, s->n, roles, NULL)) != 0) return rc;
     for (int i = 0; i < s->n; i++)
         if (org_roles_view(roles[i])) return 0;
     return cl_fail(cl, OM_E_PERMISSION_DENIED,
@@ -497,7 +520,7 @@ static int check_eligible(call *cl, pg_conn *tx, const uint64_t *ids, int n, con
 /* ORG-03: SUPER_ADMIN in each of ids. */
 static int require_super_admin_in(call *cl, pg_conn *tx, const uint64_t *ids, int n) {
     unsigned roles[ORG_MAX_BATCH + 2];
-    int rc = copies_roles(cl, tx, ids, n, roles);
+    int rc = copies_roles(cl, tx, ids, n, roles, NULL);
     if (rc != 0) return rc;
     uint64_t lacking[ORG_MAX_BATCH + 2];
     int nl = 0;
@@ -508,6 +531,14 @@ static int require_super_admin_in(call *cl, pg_conn *tx, const uint64_t *ids, in
     id_list(list, sizeof list, lacking, nl);
     return cl_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be SUPER_ADMIN in every account concerned; not in: %s (ORG-03)",
                    list);
+}
+
+/* Defect 5 (AIP-193): an account the actor is not a member of answers as if
+ * it did not exist, before any rule reveals something about it. */
+static int require_member_of_all(call *cl, const uint64_t *ids, int n, const bool *member) {
+    for (int i = 0; i < n; i++)
+        if (!member[i]) return cl_fail(cl, OM_E_NOT_FOUND, "no such account: %" PRIu64, ids[i]);
+    return 0;
 }
 
 static int etag_matches(call *cl, const char *etag, const org_snapshot *s) {
@@ -612,11 +643,10 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     char org_id[ORG_ID_LEN] = "";
     if (by_ent) {
         const org_account *e = find_account(accts, got, req->enterprise_hub_id);
-        if (e == NULL) return rpc_fail(ctx, OM_E_NOT_FOUND, "no such account: %" PRIu64, req->enterprise_hub_id);
         bool member = false;
-        for (int i = 0; i < n; i++) member = member || hubs[i] == e->hub_id;
-        if (!member)
-            return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "you are not a member of account %" PRIu64, e->hub_id);
+        for (int i = 0; e != NULL && i < n; i++) member = member || hubs[i] == e->hub_id;
+        if (e == NULL || !member) /* AIP-193: another tenant's account reads as missing */
+            return rpc_fail(ctx, OM_E_NOT_FOUND, "no such account: %" PRIu64, req->enterprise_hub_id);
         if (!e->marketing_enterprise) /* ORG-01 */
             return rpc_fail(ctx, OM_E_NOT_ENTERPRISE_ACCOUNT,
                             "account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-01)", e->hub_id);
@@ -625,7 +655,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         cl.fetched_memberships = true; /* just fetched */
         org_snapshot *s = NULL;
         rc = load_org(&cl, c, req->organization_id, false, &s);
-        if (rc == 0) rc = require_viewer(&cl, c, s); /* ORG-08 */
+        if (rc == 0) rc = require_viewer(&cl, c, s, NULL); /* ORG-08, AIP-193 */
         if (rc != 0) return cl.err == rc ? rpc_fail(ctx, rc, "%s", cl.msg) : rpc_fail(ctx, rc, NULL);
         location = rpc_strdup(ctx, s->o.hosting_location);
         snprintf(org_id, sizeof org_id, "%s", s->o.id);
@@ -687,7 +717,9 @@ static int apply_create(call *cl, pg_conn *tx) {
     /* Locked: an account event waits for this transaction, then sees it. */
     int rc = copies_accounts(cl, tx, ids, n, true, accts);
     if (rc != 0) return rc;
-    if ((rc = copies_roles(cl, tx, ids, n, (unsigned[ORG_MAX_BATCH + 2]){0})) != 0) return rc;
+    bool member[ORG_MAX_BATCH + 2];
+    if ((rc = copies_roles(cl, tx, ids, n, (unsigned[ORG_MAX_BATCH + 2]){0}, member)) != 0) return rc;
+    if ((rc = require_member_of_all(cl, ids, n, member)) != 0) return rc; /* AIP-193 */
     const org_account *ent = find_account(accts, n, req->enterprise_hub_id);
     if (!ent->marketing_enterprise) /* ORG-01 */
         return cl_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
@@ -777,7 +809,10 @@ static int apply_read(call *cl, pg_conn *tx) {
     }
     int rc = load_org(cl, tx, org_id, false, &op->s);
     if (rc != 0) return rc;
-    return require_viewer(cl, tx, op->s); /* ORG-08 */
+    const char *hidden = NULL;
+    if (op->hub_id != 0) /* worded as for an account in no organization */
+        hidden = rpc_sprintf(cl->ctx, "account %" PRIu64 " is not in an organization", op->hub_id);
+    return require_viewer(cl, tx, op->s, hidden); /* ORG-08, AIP-193 */
 }
 
 static int read_org(rpc_ctx *ctx, ProtobufCMessage *resp, read_op *op) {
@@ -924,8 +959,12 @@ static int apply_add(call *cl, pg_conn *tx) {
     if (rc != 0) return rc;
     org_snapshot *s = NULL;
     if ((rc = load_org(cl, tx, req->organization_id, true, &s)) != 0) return rc;
-    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
+    if ((rc = require_visible(cl, tx, s, NULL)) != 0) return rc;                   /* AIP-193 */
     if ((rc = require_manager(cl, tx, s, req->acting_hub_id)) != 0) return rc;     /* ORG-07 */
+    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
+    bool member[ORG_MAX_BATCH + 2];
+    if ((rc = copies_roles(cl, tx, req->hub_ids, n, (unsigned[ORG_MAX_BATCH + 2]){0}, member)) != 0) return rc;
+    if ((rc = require_member_of_all(cl, req->hub_ids, n, member)) != 0) return rc; /* AIP-193 */
     if ((rc = require_super_admin_in(cl, tx, req->hub_ids, n)) != 0) return rc;    /* ORG-03 */
     if (org_cap_check(s->n, n) != 0)                                               /* ORG-01 */
         return cl_fail(cl, OM_E_ORG_ACCOUNT_LIMIT,
@@ -997,8 +1036,9 @@ static int apply_remove(call *cl, pg_conn *tx) {
     org_snapshot *s = NULL;
     int rc = load_org(cl, tx, req->organization_id, true, &s);
     if (rc != 0) return rc;
-    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
+    if ((rc = require_visible(cl, tx, s, NULL)) != 0) return rc;               /* AIP-193 */
     if ((rc = require_manager(cl, tx, s, req->acting_hub_id)) != 0) return rc; /* ORG-07 */
+    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
     int at = member_index(s, req->hub_id);
     if (at < 0)
         return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s", req->hub_id,
@@ -1040,8 +1080,9 @@ static int apply_delete(call *cl, pg_conn *tx) {
     org_snapshot *s = NULL;
     int rc = load_org(cl, tx, req->organization_id, true, &s);
     if (rc != 0) return rc;
-    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;                 /* ORG-11 */
+    if ((rc = require_visible(cl, tx, s, NULL)) != 0) return rc;               /* AIP-193 */
     if ((rc = require_manager(cl, tx, s, req->acting_hub_id)) != 0) return rc; /* ORG-07 */
+    if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;                 /* ORG-11 */
     org_who who = who_of(cl, req->request_id);
     return org_delete(tx, s, ORGMESH__ORGANIZATIONS__V1__DELETION_REASON__DELETION_REASON_DELETED_BY_ADMIN, &who,
                       req->reason); /* ORG-11, ORG-12 */

@@ -140,10 +140,11 @@ int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsig
 }
 
 int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
-                          unsigned *roles) {
+                          unsigned *roles, bool *member) {
     for (int i = 0; i < n; i++) {
         known[i] = false;
         roles[i] = 0;
+        if (member) member[i] = false;
     }
     if (n == 0) return 0;
     char *arr = id_array(hubs, n);
@@ -164,6 +165,7 @@ int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, in
             if (hubs[i] == hub) {
                 known[i] = true;
                 roles[i] = pg_bool(r, row, 2) ? 0 : (unsigned)pg_i64(r, row, 1);
+                if (member) member[i] = !pg_bool(r, row, 2);
             }
     }
     pg_free(r);

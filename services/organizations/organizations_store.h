@@ -50,9 +50,10 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
 int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, bool deleted,
                             int64_t version);
 /* For each of hubs[0..n): *known[i] whether a copy (possibly a tombstone)
- * exists, roles[i] its roles (0 for a tombstone). */
+ * exists, roles[i] its roles (0 for a tombstone), member[i] (when member is
+ * not NULL) whether the user is a member at all (a copy, not a tombstone). */
 int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
-                          unsigned *roles);
+                          unsigned *roles, bool *member);
 
 /* ---- organizations ---------------------------------------------------------- */
 

@@ -546,18 +546,41 @@ static uint64_t caller_id(rpc_ctx *ctx) {
     return a ? a->user_id : 0;
 }
 
-/* SPEC 6 "partner manager" of `partner` (PART-01, PART-03, PART-10 ...). */
-static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_account *acct) {
+/* Whether the signed-in caller is a member of `hub` at all: who may know
+ * that the account, and what it holds, exists (defect 5, AIP-193). */
+static int is_member(rpc_ctx *ctx, pg_conn *c, uint64_t hub, bool *member) {
+    ps_mem m = call_mem(ctx);
+    ps_membership mb;
+    *member = false;
+    uint64_t me = caller_id(ctx);
+    if (me == 0 || hub == 0) return 0;
+    int rc = pa_ensure_membership(c, hub, me, &m, &mb);
+    if (rc == OM_E_NOT_FOUND) return 0;
+    if (rc != 0) return rc;
+    *member = mb.present;
+    return 0;
+}
+
+/* `hidden` for require_manager when the caller may see what is asked about
+ * through another account (the client's side of an access request). */
+static const char MAY_SEE[] = "";
+
+/* SPEC 6 "partner manager" of `partner` (PART-01, PART-03, PART-10 ...). A
+ * signed-in user who is no member of the partner account may not learn it
+ * exists: NOT_FOUND worded as for an id that does not exist (`hidden`, or
+ * "account <id> does not exist"); a member without a managing role, a
+ * service, or a caller who may see the thing otherwise (hidden == MAY_SEE):
+ * PERMISSION_DENIED (AIP-193). */
+static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_account *acct, const char *hidden) {
     ps_mem m = call_mem(ctx);
     ps_account buf;
     ps_membership mb;
     if (acct == NULL) acct = &buf;
+    const bool seen = hidden == MAY_SEE;
+    if (hidden == NULL || seen) hidden = rpc_sprintf(ctx, "account %" PRIu64 " does not exist", partner);
     int rc = pa_ensure_account(c, partner, &m, acct);
     if (rc == 0 && acct->deleted) rc = OM_E_NOT_FOUND;
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "account %" PRIu64 " does not exist", partner)
-                                             : fail(ctx, rc, "partner account");
-    if (acct->kind != PART_KIND_PARTNER)
-        return rpc_fail(ctx, OM_E_NOT_PARTNER_ACCOUNT, "account %" PRIu64 " is not a PARTNER account", partner);
+    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "%s", hidden) : fail(ctx, rc, "partner account");
     uint64_t me = caller_id(ctx);
     bool member = false;
     unsigned roles = 0;
@@ -566,23 +589,32 @@ static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_accoun
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         member = rc == 0 && mb.present;
         roles = member ? mb.roles : 0;
+        if (!member && !seen) return rpc_fail(ctx, OM_E_NOT_FOUND, "%s", hidden); /* AIP-193 */
     }
-    if ((rc = part_rule_partner_manager(acct->kind, member, roles)) != 0)
+    if ((rc = part_rule_partner_manager(acct->kind, member, roles)) != 0) {
+        if (rc == OM_E_NOT_PARTNER_ACCOUNT)
+            return rpc_fail(ctx, rc, "account %" PRIu64 " is not a PARTNER account", partner);
         return rpc_fail(ctx, rc, "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the partner account may do this");
+    }
     return 0;
 }
 
-/* PART-05: a signed-in SUPER_ADMIN or ACCOUNT_PERMISSIONS member of the client. */
-static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok) {
+/* PART-05: a signed-in SUPER_ADMIN or ACCOUNT_PERMISSIONS member of the
+ * client whose membership is the client's own (PART-08: not partner-linked).
+ * *code (may be NULL) says why not. */
+static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok, int *code) {
     ps_mem m = call_mem(ctx);
     ps_membership mb;
     *ok = false;
+    if (code) *code = OM_E_PERMISSION_DENIED;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
     int rc = pa_ensure_membership(c, client, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
-    *ok = part_rule_client_admin(mb.present, mb.roles) == 0;
+    int r = part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0);
+    *ok = r == 0;
+    if (code && r != 0) *code = r;
     return 0;
 }
 
@@ -779,7 +811,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-01 */
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-01 */
     ps_mem m = call_mem(ctx);
     tag_op op = {.req = req};
     size_t n = req->n_user_ids;
@@ -899,7 +931,7 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-01 */
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-01 */
     ps_mem m = call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
@@ -925,7 +957,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-11 */
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-11 */
     ps_mem m = call_mem(ctx);
     ps_employee *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
@@ -947,7 +979,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, partner, NULL) != 0) return -1; /* PART-02 */
+    if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1; /* PART-02 */
     ps_mem m = call_mem(ctx);
     uint64_t hub = 0;
     if (query != NULL && !part_query_hub_id(query, &hub)) hub = 0;
@@ -1029,7 +1061,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
     ps_mem m = call_mem(ctx);
     clients_op op = {.req = req, .err = rpc_calloc(ctx, req->n_client_hub_ids, sizeof *op.err)};
     for (size_t i = 0; i < req->n_client_hub_ids; i++) {
@@ -1217,7 +1249,7 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
                       const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, op->partner, NULL) != 0) return -1; /* PART-03 */
+    if (require_manager(ctx, c, op->partner, NULL, NULL) != 0) return -1; /* PART-03 */
     if (assign_prepare(ctx, c, op) != 0) return -1;
     op->results = rpc_calloc(ctx, (size_t)op->n + 1, sizeof *op->results);
     op->resp_results = results;
@@ -1296,11 +1328,19 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     bool ok = false;
     int rc = 0;
     if (req->partner_hub_id != 0) rc = manager_ok(ctx, c, req->partner_hub_id, &ok);
-    if (rc == 0 && !ok && req->client_hub_id != 0) rc = client_admin(ctx, c, req->client_hub_id, &ok);
+    if (rc == 0 && !ok && req->client_hub_id != 0) rc = client_admin(ctx, c, req->client_hub_id, &ok, NULL);
     if (rc != 0) return fail(ctx, rc, "membership");
-    if (!ok)
+    if (!ok) {
+        bool seen = false; /* AIP-193: a member of either side may know the requests exist */
+        if ((rc = is_member(ctx, c, req->partner_hub_id, &seen)) == 0 && !seen)
+            rc = is_member(ctx, c, req->client_hub_id, &seen);
+        if (rc != 0) return fail(ctx, rc, "membership");
+        if (!seen && caller_id(ctx) != 0)
+            return rpc_fail(ctx, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist",
+                            req->partner_hub_id ? req->partner_hub_id : req->client_hub_id);
         return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
                         "only partner managers of the partner or admins of the client may list its requests");
+    }
     ps_mem m = call_mem(ctx);
     ps_asg_filter f = {.partner = req->partner_hub_id, .client = req->client_hub_id,
                        .employee = req->employee_user_id, .state = (int)req->state, .only_requests = true,
@@ -1364,8 +1404,16 @@ static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
     if (rc != 0) return fail(ctx, rc, "access request");
     bool ok = by_token;
     if (!ok && (rc = manager_ok(ctx, c, a.partner_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
-    if (!ok && (rc = client_admin(ctx, c, a.client_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
-    if (!ok) return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "not a partner manager or client admin of this request");
+    if (!ok && (rc = client_admin(ctx, c, a.client_hub_id, &ok, NULL)) != 0) return fail(ctx, rc, "membership");
+    if (!ok) {
+        bool seen = false; /* AIP-193: only members of either side may know it exists */
+        if ((rc = is_member(ctx, c, a.partner_hub_id, &seen)) == 0 && !seen)
+            rc = is_member(ctx, c, a.client_hub_id, &seen);
+        if (rc != 0) return fail(ctx, rc, "membership");
+        if (!seen && caller_id(ctx) != 0)
+            return rpc_fail(ctx, OM_E_NOT_FOUND, "access request %s does not exist", rid ? rid : "");
+        return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "not a partner manager or client admin of this request");
+    }
     ps_mem m = call_mem(ctx);
     resp->access_request = pa_request_pb(&m, &a);
     return 0;
@@ -1464,10 +1512,21 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rc != 0) return fail(ctx, rc, "access request");
     bool ok = false;
     /* PART-05: only a signed-in client admin answers; a token alone never grants anything */
-    if ((rc = client_admin(ctx, c, a.client_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
-    if (!ok)
+    int why = 0;
+    if ((rc = client_admin(ctx, c, a.client_hub_id, &ok, &why)) != 0) return fail(ctx, rc, "membership");
+    if (!ok) {
+        if (why == OM_E_PARTNER_IDENTITY_FORBIDDEN) /* PART-08: only the client grants access */
+            return rpc_fail(ctx, why, "a partner-linked member of the client cannot answer access requests (PART-05,"
+                                      " PART-08)");
+        bool seen = op.by_token; /* AIP-193: only members of either side may know it exists */
+        if (!seen && (rc = is_member(ctx, c, a.partner_hub_id, &seen)) == 0 && !seen)
+            rc = is_member(ctx, c, a.client_hub_id, &seen);
+        if (rc != 0) return fail(ctx, rc, "membership");
+        if (!seen && caller_id(ctx) != 0)
+            return rpc_fail(ctx, OM_E_NOT_FOUND, "access request %s does not exist", rid ? rid : "");
         return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
                         "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
+    }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
     if (mutate(&mu, req_, resp) != 0) return -1;
     if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
@@ -1512,7 +1571,12 @@ static int partner_request(rpc_ctx *ctx, pg_conn *c, const char *rid, ps_assignm
     int rc = ps_asg_get_by_request(c, rid, false, &m, a);
     if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist", rid)
                                              : fail(ctx, rc, "request");
-    return require_manager(ctx, c, a->partner_hub_id, NULL);
+    /* AIP-193: the client's members may see the request (GetAccessRequest), so
+     * they are refused; anyone else outside the partner is told it does not exist */
+    bool client_member = false;
+    if ((rc = is_member(ctx, c, a->client_hub_id, &client_member)) != 0) return fail(ctx, rc, "membership");
+    return require_manager(ctx, c, a->partner_hub_id, NULL,
+                           client_member ? MAY_SEE : rpc_sprintf(ctx, "access request %s does not exist", rid));
 }
 
 /* CancelAccessRequest — PART-04: a partner manager cancels a PENDING request (PART-05 repeat/conflict rules). */
@@ -1609,7 +1673,7 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     }
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
     remove_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_remove, .op = &op, .request_id = req->request_id};
     if (mutate(&mu, req_, resp_) != 0) return -1;
@@ -1640,7 +1704,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
-    if (require_manager(ctx, c, partner, NULL) != 0) return -1;
+    if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1;
     ps_mem m = call_mem(ctx);
     ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .state = state,
                        .order = client != 0 ? 2 : 1, .offset = pg.offset, .limit = pg.limit};
@@ -1692,7 +1756,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1; /* PART-12 */
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-12 */
     ps_mem m = call_mem(ctx);
     ps_client *clients = NULL;
     int n = 0;
@@ -1772,7 +1836,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL) != 0) return -1;
+    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
     audit_page page;
@@ -1881,7 +1945,8 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         rc = pa_ensure_membership(c, a.client_hub_id, r, &m, &mb);
         if (rc == OM_E_NOT_FOUND) continue;
         if (rc != 0) return fail(ctx, rc, "membership");
-        if (part_rule_client_admin(mb.present, mb.roles) != 0) continue; /* only client admins get a link */
+        if (part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0) != 0)
+            continue; /* only the client's own admins get a link (PART-05, PART-08) */
         char token[PART_TOKEN_LEN + 1];
         uint8_t hash[32];
         if ((rc = part_token_make(key, strlen(key), a.request_id, r, req->event_id, token)) != 0)

@@ -27,8 +27,10 @@ int part_rule_partner_manager(int account_kind, bool member, unsigned roles) {
     return 0;
 }
 
-int part_rule_client_admin(bool member, unsigned roles) {
-    /* PART-05: only a signed-in SUPER_ADMIN or ACCOUNT_PERMISSIONS member */
+int part_rule_client_admin(bool member, unsigned roles, bool partner_linked) {
+    /* PART-05: only a signed-in SUPER_ADMIN or ACCOUNT_PERMISSIONS member;
+     * PART-08: a partner-linked identity is a partner actor, not the client */
+    if (member && partner_linked) return OM_E_PARTNER_IDENTITY_FORBIDDEN;
     return member && part_is_admin(roles) ? 0 : OM_E_PERMISSION_DENIED;
 }
 

@@ -63,8 +63,10 @@ bool part_is_admin(unsigned roles);
  * OM_E_PERMISSION_DENIED (not a member, or no managing role). */
 int part_rule_partner_manager(int account_kind, bool member, unsigned roles);
 
-/* A client admin (PART-05, PART-08): 0 or OM_E_PERMISSION_DENIED. */
-int part_rule_client_admin(bool member, unsigned roles);
+/* A client admin (PART-05, PART-08): 0, OM_E_PARTNER_IDENTITY_FORBIDDEN (the
+ * membership is partner-linked: only the client grants access, whatever
+ * roles it gave a partner's employee) or OM_E_PERMISSION_DENIED. */
+int part_rule_client_admin(bool member, unsigned roles, bool partner_linked);
 
 /* The answers to an access request (PART-04, PART-05). */
 typedef enum { PART_ANSWER_APPROVE, PART_ANSWER_DECLINE, PART_ANSWER_CANCEL } part_answer;

@@ -176,9 +176,11 @@ def test_create_account_user_membership_and_read_them_back(acc):
 
 
 def test_non_member_cannot_read_an_account(acc):
+    """A stranger is told no more than for an account that does not exist
+    (AIP-193, issue 13 defect 5): NOT_FOUND, not PERMISSION_DENIED."""
     owner, stranger = new_user(acc), new_user(acc)
     a = new_account(acc, owner)
-    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"):
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND, "NOT_FOUND"):
         acc.GetAccount(pb.GetAccountRequest(hub_id=a.hub_id), metadata=om.as_user(stranger.user_id))
     with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
         acc.GetUserByEmail(pb.GetUserByEmailRequest(email=owner.email), metadata=om.as_user(stranger.user_id))

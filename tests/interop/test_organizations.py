@@ -576,16 +576,22 @@ def test_org_08_only_super_or_partner_admins_of_a_member_account_can_view(w):
     svc = w.org.GetOrganization(opb.GetOrganizationRequest(organization_id=o.organization_id),
                                 metadata=om.bearer(om.service_token("connections"))).organization
     assert svc.organization_id == o.organization_id
-    for who in (marketer, stranger):
-        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+    # ORG-08 "everyone else: PERMISSION_DENIED" holds for members of an account of
+    # the organization (they may know it exists); a stranger is told no more than
+    # for an organization that does not exist (AIP-193, issue 13 defect 5).
+    for who, code in ((marketer, grpc.StatusCode.PERMISSION_DENIED), (stranger, grpc.StatusCode.NOT_FOUND)):
+        with om.raises_rpc(code):
             w.get(who, o.organization_id)
-        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+        with om.raises_rpc(code):
             w.by_account(who, a)
-        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+        with om.raises_rpc(code):
             w.org.ListOrgMembers(opb.ListOrgMembersRequest(organization_id=o.organization_id),
                                  metadata=om.as_user(who))
-        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+        with om.raises_rpc(code):
             w.history(who, o.organization_id)
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND) as r:  # same answer as for an id that exists nowhere
+        w.get(stranger, "00000000-0000-4000-8000-000000000001")
+    assert r.details.reason == "NOT_FOUND"
 
 
 # ---- ORG-09, ORG-10 (automatic, from the accounts service's events) -------------------

@@ -183,8 +183,8 @@ def test_part_01_manager_tags_member_and_accounts_holds_the_tag(w, pc):
 def test_part_01_only_partner_managers_tag(w, pc):
     with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
         w.tag(pc.P, pc.E, pc.X)  # a plain member of the partner
-    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
-        w.tag(pc.P, pc.CA, pc.X)  # not a member at all
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+        w.tag(pc.P, pc.CA, pc.X)  # not a member at all: told nothing (AIP-193)
     assert not w.membership(pc.P, pc.X).partner_employee
 
 
@@ -564,7 +564,8 @@ def test_part_08_only_the_client_removes_users(w, pc):
     # the partner employee is an admin of the client through the partner link: a partner actor
     with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
         w.acc.DeleteMembership(apb.DeleteMembershipRequest(hub_id=pc.C, user_id=pc.CX), metadata=om.as_user(pc.E))
-    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+    # a partner manager with no membership in the client cannot even see it (AIP-193)
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
         w.acc.DeleteMembership(apb.DeleteMembershipRequest(hub_id=pc.C, user_id=pc.CX), metadata=om.as_user(pc.M))
     assert w.membership(pc.C, pc.CX) is not None
 
@@ -646,9 +647,11 @@ def test_part_09_cascade_wins_over_concurrent_approvals(w, pc):
 def test_part_10_only_partner_managers_list_a_clients_employees(w, pc):
     pending_request(w, pc)
     req = ppb.ListClientEmployeesRequest(partner_hub_id=pc.P, client_hub_id=pc.C)
-    for who in (pc.E, pc.X, pc.CA):
+    for who in (pc.E, pc.X):  # members of the partner without a managing role
         with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
             w.p.ListClientEmployees(req, metadata=om.as_user(who))
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):  # not in the partner at all: told nothing (AIP-193)
+        w.p.ListClientEmployees(req, metadata=om.as_user(pc.CA))
     got = w.p.ListClientEmployees(req, metadata=om.as_user(pc.M)).assignments
     assert [a.employee_user_id for a in got] == [pc.E]
 

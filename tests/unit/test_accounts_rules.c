@@ -106,7 +106,7 @@ static void test_part_08_member_without_manage_role_is_denied(void **state) {
     om_actor a = user(7);
     acct_membership m = member(ACCT_ROLE_MARKETING_ACCESS | ACCT_ROLE_PARTNER_ADMIN);
     assert_int_equal(acct_rule_remove_membership(&a, &m), OM_E_PERMISSION_DENIED);
-    assert_int_equal(acct_rule_remove_membership(&a, NULL), OM_E_PERMISSION_DENIED);
+    assert_int_equal(acct_rule_remove_membership(&a, NULL), OM_E_NOT_FOUND); /* AIP-193 */
 }
 
 static void test_part_08_member_before_assignment_still_acts_for_client(void **state) {
@@ -140,7 +140,7 @@ static void test_manage_requires_super_admin_or_account_permissions(void **state
     assert_int_equal(acct_rule_manage_account(&a, &sa), 0);
     assert_int_equal(acct_rule_manage_account(&a, &ap), 0);
     assert_int_equal(acct_rule_manage_account(&a, &mk), OM_E_PERMISSION_DENIED);
-    assert_int_equal(acct_rule_manage_account(&a, NULL), OM_E_PERMISSION_DENIED);
+    assert_int_equal(acct_rule_manage_account(&a, NULL), OM_E_NOT_FOUND); /* AIP-193 */
     assert_int_equal(acct_rule_manage_account(&svc, NULL), 0);
 }
 
@@ -149,7 +149,7 @@ static void test_view_account_requires_membership(void **state) {
     om_actor a = user(7);
     acct_membership mk = member(0);
     assert_int_equal(acct_rule_view_account(&a, &mk), 0);
-    assert_int_equal(acct_rule_view_account(&a, NULL), OM_E_PERMISSION_DENIED);
+    assert_int_equal(acct_rule_view_account(&a, NULL), OM_E_NOT_FOUND); /* AIP-193 */
 }
 
 static void test_account_permissions_cannot_grant_super_admin(void **state) {
@@ -197,7 +197,7 @@ static void test_users_see_themselves_and_colleagues(void **state) {
     om_actor a = user(7);
     assert_int_equal(acct_rule_view_user(&a, 7, false), 0);
     assert_int_equal(acct_rule_view_user(&a, 8, true), 0);
-    assert_int_equal(acct_rule_view_user(&a, 8, false), OM_E_PERMISSION_DENIED);
+    assert_int_equal(acct_rule_view_user(&a, 8, false), OM_E_NOT_FOUND); /* AIP-193 */
     assert_int_equal(acct_rule_change_user(&a, 7), 0);
     assert_int_equal(acct_rule_change_user(&a, 8), OM_E_PERMISSION_DENIED);
 }

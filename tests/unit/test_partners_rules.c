@@ -28,10 +28,12 @@ static void test_part_01_partner_manager_roles(void **state) {
 
 static void test_part_05_client_admin(void **state) {
     (void)state;
-    assert_int_equal(part_rule_client_admin(true, PART_ROLE_SUPER_ADMIN), 0);
-    assert_int_equal(part_rule_client_admin(true, PART_ROLE_ACCOUNT_PERMISSIONS), 0);
-    assert_int_equal(part_rule_client_admin(true, PART_ROLE_MARKETING_ACCESS), OM_E_PERMISSION_DENIED);
-    assert_int_equal(part_rule_client_admin(false, PART_ROLE_SUPER_ADMIN), OM_E_PERMISSION_DENIED);
+    assert_int_equal(part_rule_client_admin(true, PART_ROLE_SUPER_ADMIN, false), 0);
+    assert_int_equal(part_rule_client_admin(true, PART_ROLE_ACCOUNT_PERMISSIONS, false), 0);
+    assert_int_equal(part_rule_client_admin(true, PART_ROLE_MARKETING_ACCESS, false), OM_E_PERMISSION_DENIED);
+    assert_int_equal(part_rule_client_admin(false, PART_ROLE_SUPER_ADMIN, false), OM_E_PERMISSION_DENIED);
+    /* PART-08: a partner-linked SUPER_ADMIN of the client never answers for it */
+    assert_int_equal(part_rule_client_admin(true, PART_ROLE_SUPER_ADMIN, true), OM_E_PARTNER_IDENTITY_FORBIDDEN);
 }
 
 static void test_part_05_pending_takes_any_answer(void **state) {
