@@ -320,6 +320,7 @@ struct mutation {
     const om_actor *actor; /* NULL when a rule acted */
     const char *rule;
     om_actor on_behalf;
+    bool gated; /* apply passed gate() (PART-08) */
     /* set by apply when it fails */
     const char *err_msg;
     int n_viol;
@@ -358,7 +359,14 @@ static acct_violations mu_violations(mutation *mu) { return (acct_violations){mu
 
 static int mu_apply(pg_conn *tx, void *arg) {
     mutation *mu = arg;
-    return mu->apply(mu, tx);
+    mu->gated = false;
+    int rc = mu->apply(mu, tx);
+    if (rc == 0 && !mu->gated) {
+        /* every mutation passes the PART-08 gate; one that forgot commits nothing */
+        log_error("accounts: %s did not pass the PART-08 gate; refused", rpc_method_name(mu->ctx));
+        return OM_E_INTERNAL;
+    }
+    return rc;
 }
 
 static int mu_tx(pg_conn *tx, void *arg) {
@@ -475,6 +483,34 @@ static int reader_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, acct_mem
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc == 0) *out = buf;
     return rc;
+}
+
+/* The acting user: the caller, or the user the partners service acts for; 0
+ * for a service acting on its own or a rule. */
+static uint64_t acting_user(const mutation *mu) {
+    return (mu->actor != NULL && mu->actor->user_id != 0) ? mu->actor->user_id : 0;
+}
+
+/* PART-08: the one gate every mutation of this service passes before it
+ * changes anything (mu_apply refuses to commit one that did not): a
+ * partner-linked identity, whatever roles the client gave it, never removes or
+ * changes a membership it did not create, never grants SUPER_ADMIN, and never
+ * deactivates or deletes the client account (acct_rule_partner_identity).
+ * `mine` is the caller's membership in act->hub_id when the apply already read
+ * it (`have_mine`), so the common case costs no extra query. */
+static int gate(mutation *mu, pg_conn *tx, const acct_act *act, bool have_mine, const acct_membership *mine) {
+    mu->gated = true;
+    uint64_t who = acting_user(mu);
+    if (who == 0 || act->hub_id == 0) return 0;
+    acct_membership buf;
+    if (!have_mine || mu->actor != rpc_actor(mu->ctx)) {
+        store_mem m = call_mem(mu->ctx);
+        int rc = store_membership_get(tx, act->hub_id, who, false, &m, &buf);
+        if (rc != 0 && rc != OM_E_NOT_FOUND) return rc;
+        mine = rc == 0 ? &buf : NULL;
+    }
+    int rc = acct_rule_partner_identity(who, mine, act);
+    return rc != 0 ? mu_fail(mu, rc, "%s", acct_partner_identity_message(act)) : 0;
 }
 
 /* ---- events ------------------------------------------------------------------------------ */
@@ -667,15 +703,17 @@ static int apply_create_account(mutation *mu, pg_conn *tx) {
     member_facts f;
     char subject[64];
 
+    int rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL); /* a new account: nobody is linked in it */
+    if (rc != 0) return rc;
     if (!is_service(caller)) {
         /* the creator becomes its SUPER_ADMIN, so they must be in the directory */
-        int rc = store_user_get(tx, caller->user_id, false, &m, &f.user);
+        rc = store_user_get(tx, caller->user_id, false, &m, &f.user);
         if (rc == OM_E_NOT_FOUND)
             return mu_fail(mu, OM_E_FAILED_PRECONDITION, "the calling user %" PRIu64 " is not in the directory",
                            caller->user_id);
         if (rc != 0) return rc;
     }
-    int rc = store_account_insert(tx, &a);
+    rc = store_account_insert(tx, &a);
     if (rc == OM_E_ALREADY_EXISTS) return mu_fail(mu, rc, "account %" PRIu64 " already exists", a.hub_id);
     if (rc != 0) return rc;
 
@@ -688,7 +726,7 @@ static int apply_create_account(mutation *mu, pg_conn *tx) {
 
     if (!is_service(caller)) {
         acct_membership mb = {.hub_id = a.hub_id, .user_id = caller->user_id, .roles = ACCT_ROLE_SUPER_ADMIN,
-                              .assignment_id = ""};
+                              .assignment_id = "", .created_by_user_id = caller->user_id};
         if ((rc = store_membership_insert(tx, &mb)) != 0) return rc;
         f.account = a;
         if ((rc = emit_membership_added(mu, tx, &mb, &f)) != 0) return rc;
@@ -797,6 +835,8 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
         return mu_fail(mu, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
+    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_UPDATE_ACCOUNT, .hub_id = op->patch.hub_id}, true, mine)) != 0)
+        return rc;
     if ((rc = store_account_get(tx, op->patch.hub_id, true, &m, &before)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, before.version)) != 0) return rc;
     if (before.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
@@ -865,6 +905,8 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
         return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
         return mu_fail(mu, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
+    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = op->hub_id}, true, mine)) != 0)
+        return rc;
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
     if ((rc = acct_etag_check(op->etag, a.version)) != 0) return rc;
     if (a.state != op->to) {
@@ -935,6 +977,8 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
         return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
         return mu_fail(mu, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
+    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = req->hub_id}, true, mine)) != 0)
+        return rc;
     if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, a.version)) != 0) return rc;
 
@@ -1057,6 +1101,7 @@ static int apply_create_user(mutation *mu, pg_conn *tx) {
     char subject[64];
     int rc;
 
+    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if (!is_service(caller) && (rc = store_user_manages_any(tx, caller->user_id, &manages)) != 0) return rc;
     if ((rc = acct_rule_create_user(caller, manages, u.user_id)) != 0)
         return mu_fail(mu, rc, u.user_id ? "only service identities may choose the user_id"
@@ -1201,6 +1246,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
 
     int rc = may_change_user(mu->ctx, tx, op->patch.user_id);
     if (rc != 0) return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves may change their profile");
+    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if ((rc = store_user_get(tx, op->patch.user_id, true, &m, &before)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, before.version)) != 0) return rc;
     after = before;
@@ -1262,6 +1308,8 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
     int rc = may_change_user(mu->ctx, tx, req->user_id);
     if (rc != 0)
         return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves or a service may delete a user");
+    /* a user leaving the directory takes their own memberships along: not an act in any account */
+    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if ((rc = store_user_get(tx, req->user_id, true, &m, &u)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, u.version)) != 0) return rc;
 
@@ -1349,10 +1397,12 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
         return mu_fail(mu, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
                                    ? "granting SUPER_ADMIN needs SUPER_ADMIN"
                                    : hidden_or(rc, "adding users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+    acct_act act = {.kind = ACCT_ACT_CREATE_MEMBERSHIP, .hub_id = op->hub_id, .roles_after = op->roles};
+    if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = load_facts(mu, tx, op->hub_id, op->user_id, &f)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
     acct_membership mb = {.hub_id = op->hub_id, .user_id = op->user_id, .roles = op->roles, .seats = op->seats,
-                          .assignment_id = ""};
+                          .assignment_id = "", .created_by_user_id = acting_user(mu)};
     rc = store_membership_insert(tx, &mb);
     if (rc == OM_E_ALREADY_EXISTS)
         return mu_fail(mu, rc, "user %" PRIu64 " is already a member of account %" PRIu64, op->user_id,
@@ -1480,13 +1530,17 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     /* the account row serialises membership changes (the last SUPER_ADMIN check) */
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &before)) != 0) return rc;
-    if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
-    if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
     after = before;
     acct_membership_apply_mask(&after, &patch, (const char *const *)op->mask->paths, op->mask->n_paths, &v);
     if (v.n > 0) return OM_E_INVALID_ARGUMENT;
+    acct_act act = {.kind = ACCT_ACT_UPDATE_MEMBERSHIP, .hub_id = op->hub_id, .target = &before,
+                    .roles_after = after.roles};
+    if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, before.roles, after.roles)) != 0)
         return mu_fail(mu, rc, "granting or removing SUPER_ADMIN needs SUPER_ADMIN");
+    /* preconditions after every permission (a refused caller learns nothing from an etag) */
+    if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
+    if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
     if ((before.roles & ACCT_ROLE_SUPER_ADMIN) && !(after.roles & ACCT_ROLE_SUPER_ADMIN)) {
         long others = 0;
         if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
@@ -1541,11 +1595,11 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     /* PART-08: only the client removes a user from the client account */
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
-        return mu_fail(mu, rc, rc == OM_E_PARTNER_IDENTITY_FORBIDDEN
-                                   ? "only the client can remove a user from the client account (PART-08)"
-                                   : hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return mu_fail(mu, rc, "%s", hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &mb)) != 0) return rc;
+    acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = op->hub_id, .target = &mb};
+    if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_etag_check(op->etag, mb.version)) != 0) return rc;
     if (mb.roles & ACCT_ROLE_SUPER_ADMIN) {
         long others = 0;
@@ -1588,7 +1642,9 @@ static int apply_set_partner_employee(mutation *mu, pg_conn *tx) {
     acct_membership before, after;
     member_facts f;
 
-    int rc = store_account_get(tx, req->hub_id, false, &m, &f.account);
+    int rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_PARTNER_SYNC, .hub_id = req->hub_id}, false, NULL);
+    if (rc != 0) return rc;
+    rc = store_account_get(tx, req->hub_id, false, &m, &f.account);
     if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "account %" PRIu64 " does not exist", req->hub_id);
     if (rc != 0) return rc;
     /* PART-01: the tag only exists in a PARTNER account */
@@ -1636,15 +1692,16 @@ static int apply_add_partner_link(mutation *mu, pg_conn *tx) {
     acct_membership before, after;
     member_facts f;
 
-    int rc = load_facts(mu, tx, req->hub_id, req->user_id, &f);
+    int rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_PARTNER_SYNC, .hub_id = req->hub_id}, false, NULL);
     if (rc != 0) return rc;
+    if ((rc = load_facts(mu, tx, req->hub_id, req->user_id, &f)) != 0) return rc;
     rc = store_membership_get(tx, req->hub_id, req->user_id, true, &m, &before);
     if (rc == OM_E_NOT_FOUND) {
         /* PART-05: the approved employee becomes a member carrying the link */
         if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
         acct_membership mb = {.hub_id = req->hub_id, .user_id = req->user_id, .roles = op->roles,
                               .partner_hub_id = req->partner_hub_id, .assignment_id = req->assignment_id,
-                              .link_owns_membership = true};
+                              .link_owns_membership = true, .created_by_user_id = acting_user(mu)};
         if ((rc = store_membership_insert(tx, &mb)) != 0) return rc;
         if ((rc = emit_membership_added(mu, tx, &mb, &f)) != 0) return rc;
         resp->membership = membership_pb(mu->ctx, &mb);
@@ -1702,7 +1759,9 @@ static int apply_remove_partner_link(mutation *mu, pg_conn *tx) {
     acct_membership before, after;
     member_facts f;
 
-    int rc = store_membership_get(tx, req->hub_id, req->user_id, true, &m, &before);
+    int rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_PARTNER_SYNC, .hub_id = req->hub_id}, false, NULL);
+    if (rc != 0) return rc;
+    rc = store_membership_get(tx, req->hub_id, req->user_id, true, &m, &before);
     if (rc == OM_E_NOT_FOUND) return 0; /* already gone: safe to repeat */
     if (rc != 0) return rc;
     if (!acct_has_partner_link(&before) || strcmp(before.assignment_id, req->assignment_id) != 0) {

@@ -580,10 +580,53 @@ int acct_rule_remove_membership(const om_actor *actor, const acct_membership *m)
                    ? 0
                    : OM_E_PERMISSION_DENIED;
     if (m == NULL) return OM_E_NOT_FOUND; /* AIP-193 */
-    /* a member who is there only through a partner's assignment acts for the
-     * partner, whatever roles the client gave them */
-    if (acct_has_partner_link(m) && m->link_owns_membership) return OM_E_PARTNER_IDENTITY_FORBIDDEN;
     return manages(m) ? 0 : OM_E_PERMISSION_DENIED;
+}
+
+bool acct_is_partner_identity(const acct_membership *m) {
+    return acct_has_partner_link(m) && m->link_owns_membership;
+}
+
+/* PART-08: a member who is there through a partner's assignment acts for the
+ * partner, whatever roles the client gave them: only the client removes or
+ * changes its users, grants SUPER_ADMIN and decides the account's existence. */
+int acct_rule_partner_identity(uint64_t actor_user_id, const acct_membership *m, const acct_act *act) {
+    if (!acct_is_partner_identity(m)) return 0;
+    bool created_it = act->target != NULL && actor_user_id != 0 && act->target->created_by_user_id == actor_user_id;
+    switch (act->kind) {
+    case ACCT_ACT_USER:
+    case ACCT_ACT_UPDATE_ACCOUNT:
+    case ACCT_ACT_PARTNER_SYNC:
+        return 0;
+    case ACCT_ACT_CREATE_MEMBERSHIP:
+        return (act->roles_after & ACCT_ROLE_SUPER_ADMIN) ? OM_E_PARTNER_IDENTITY_FORBIDDEN : 0;
+    case ACCT_ACT_UPDATE_MEMBERSHIP:
+        if (!created_it || (act->roles_after & ACCT_ROLE_SUPER_ADMIN)) return OM_E_PARTNER_IDENTITY_FORBIDDEN;
+        return 0;
+    case ACCT_ACT_DELETE_MEMBERSHIP:
+        return created_it ? 0 : OM_E_PARTNER_IDENTITY_FORBIDDEN;
+    case ACCT_ACT_SET_ACCOUNT_STATE:
+    case ACCT_ACT_DELETE_ACCOUNT:
+    default: /* an action nobody classified: refuse */
+        return OM_E_PARTNER_IDENTITY_FORBIDDEN;
+    }
+}
+
+const char *acct_partner_identity_message(const acct_act *act) {
+    switch (act->kind) {
+    case ACCT_ACT_CREATE_MEMBERSHIP:
+        return "a partner-linked identity cannot grant SUPER_ADMIN in the client account (PART-08)";
+    case ACCT_ACT_UPDATE_MEMBERSHIP:
+        return "a partner-linked identity changes only memberships it created, and never grants "
+               "SUPER_ADMIN (PART-08)";
+    case ACCT_ACT_DELETE_MEMBERSHIP:
+        return "only the client can remove a user from the client account (PART-08)";
+    case ACCT_ACT_SET_ACCOUNT_STATE:
+    case ACCT_ACT_DELETE_ACCOUNT:
+        return "a partner-linked identity cannot deactivate, reactivate or delete the client account (PART-08)";
+    default:
+        return "a partner-linked identity cannot do this in the client account (PART-08)";
+    }
 }
 
 int acct_rule_change_roles(const om_actor *actor, const acct_membership *m, unsigned old_roles,

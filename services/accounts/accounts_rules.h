@@ -98,6 +98,9 @@ typedef struct acct_membership {
      * false when the user was a member before the assignment (PART-07). */
     bool link_owns_membership;
     int64_t link_time_us; /* when the link was set, 0 when none */
+    /* PART-08: the user who created the membership; 0 when unknown (rows
+     * older than migration 002), a service or a rule created it. */
+    uint64_t created_by_user_id;
     int64_t version;
     int64_t create_time_us, update_time_us;
 } acct_membership;
@@ -235,10 +238,10 @@ int acct_rule_view_account(const om_actor *actor, const acct_membership *m);
  * ACCOUNT_PERMISSIONS in it, or a service (SPEC 1). A member whose only
  * standing is a partner link is such a member too, except for PART-08. */
 int acct_rule_manage_account(const om_actor *actor, const acct_membership *m);
-/* PART-08: removing a membership. Only the client's own SUPER_ADMIN or
- * ACCOUNT_PERMISSIONS members, or the partners service (PART-07/09). A user
- * whose membership exists only through a partner link acts for the partner:
- * PARTNER_IDENTITY_FORBIDDEN; anyone else without the roles: PERMISSION_DENIED. */
+/* PART-08: removing a membership. Only the client's SUPER_ADMIN or
+ * ACCOUNT_PERMISSIONS members, or the partners service (PART-07/09); anyone
+ * else: PERMISSION_DENIED. What a partner-linked member may remove is
+ * acct_rule_partner_identity's (the gate every mutation passes). */
 int acct_rule_remove_membership(const om_actor *actor, const acct_membership *m);
 /* Granting or taking away SUPER_ADMIN needs SUPER_ADMIN (no escalation
  * through ACCOUNT_PERMISSIONS); other role and seat changes need manage. */
@@ -259,6 +262,43 @@ int acct_rule_create_user(const om_actor *actor, bool manages_any, uint64_t expl
 int acct_rule_view_user(const om_actor *actor, uint64_t user_id, bool shares_account);
 /* Changing or deleting a user: the user or a service. */
 int acct_rule_change_user(const om_actor *actor, uint64_t user_id);
+/* PART-08: a partner-linked identity is a member whose membership exists
+ * because of a partner's client assignment (the link created or adopted it).
+ * A member who was in the account before the partner linked them stays the
+ * client's own staff (PART-07 keeps that membership when the link goes). */
+bool acct_is_partner_identity(const acct_membership *m);
+
+/* What a mutation does to an account, as the PART-08 gate sees it. Every
+ * mutation of the service describes itself with one of these before it
+ * changes anything (accounts_rpc.c refuses to commit one that did not). */
+typedef enum {
+    ACCT_ACT_USER,               /* a user's own record, or creating an account */
+    ACCT_ACT_UPDATE_ACCOUNT,     /* settings: name, subscriptions, sensitivity, MRR */
+    ACCT_ACT_SET_ACCOUNT_STATE,  /* deactivate, reactivate */
+    ACCT_ACT_DELETE_ACCOUNT,
+    ACCT_ACT_CREATE_MEMBERSHIP,
+    ACCT_ACT_UPDATE_MEMBERSHIP,
+    ACCT_ACT_DELETE_MEMBERSHIP,
+    ACCT_ACT_PARTNER_SYNC,       /* partner tag/link, only through service:partners (PART-01/05/07/09) */
+} acct_act_kind;
+
+typedef struct acct_act {
+    acct_act_kind kind;
+    uint64_t hub_id;               /* the account concerned, 0 for none */
+    const acct_membership *target; /* update/delete membership: the membership as stored */
+    unsigned roles_after;          /* create/update membership: the roles it will have */
+} acct_act;
+
+/* PART-08: what a partner-linked identity may never do, whatever roles the
+ * client gave it. `m` is the acting user's membership in act->hub_id (NULL if
+ * none). Returns 0 or OM_E_PARTNER_IDENTITY_FORBIDDEN for: changing or
+ * removing a membership it did not create (its own included), granting
+ * SUPER_ADMIN, deactivating, reactivating or deleting the account. Partner
+ * links change only through the partners service (ACCT_ACT_PARTNER_SYNC). */
+int acct_rule_partner_identity(uint64_t actor_user_id, const acct_membership *m, const acct_act *act);
+/* The message that goes with a refusal of acct_rule_partner_identity. */
+const char *acct_partner_identity_message(const acct_act *act);
+
 /* Internal RPCs: service identities only (SERVICE_IDENTITY_REQUIRED); when
  * `service` is not NULL, only that service (PERMISSION_DENIED for others). */
 int acct_rule_internal(const om_actor *actor, const char *service);

@@ -510,7 +510,8 @@ int store_user_manages_any(pg_conn *c, uint64_t user_id, bool *out) {
 #define MEMBERSHIP_COLS                                                                          \
     "m.hub_id, m.user_id, array_to_string(m.roles, ','), array_to_string(m.seats, ','), "        \
     "m.partner_employee, COALESCE(m.partner_hub_id, 0), COALESCE(m.assignment_id, ''), "         \
-    "m.link_owns_membership, m.link_time, m.version, m.create_time, m.update_time"
+    "m.link_owns_membership, m.link_time, m.version, m.create_time, m.update_time, "             \
+    "COALESCE(m.created_by_user_id, 0)"
 
 static void read_membership(pg_res *r, int row, store_mem *mem, acct_membership *m) {
     memset(m, 0, sizeof *m);
@@ -526,6 +527,7 @@ static void read_membership(pg_res *r, int row, store_mem *mem, acct_membership 
     m->version = pg_i64(r, row, 9);
     m->create_time_us = pg_time_us(r, row, 10);
     m->update_time_us = pg_time_us(r, row, 11);
+    m->created_by_user_id = pg_u64(r, row, 12);
 }
 
 int store_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, bool for_update, store_mem *m,
@@ -565,11 +567,12 @@ int store_membership_insert(pg_conn *c, acct_membership *mb) {
     pg_p_str(&p, mb->assignment_id ? mb->assignment_id : "");
     pg_p_bool(&p, mb->link_owns_membership);
     pg_p_i64(&p, mb->version);
+    pg_p_u64(&p, mb->created_by_user_id);
     rc = pg_exec(c,
                  "INSERT INTO memberships (hub_id, user_id, roles, seats, partner_employee, "
-                 "partner_hub_id, assignment_id, link_owns_membership, link_time, version) "
+                 "partner_hub_id, assignment_id, link_owns_membership, link_time, version, created_by_user_id) "
                  "VALUES ($1, $2, $3::text[], $4::text[], $5, NULLIF($6::bigint, 0), NULLIF($7::text, ''), "
-                 "$8, CASE WHEN $6::bigint = 0 THEN NULL ELSE now() END, $9) "
+                 "$8, CASE WHEN $6::bigint = 0 THEN NULL ELSE now() END, $9, NULLIF($10::bigint, 0)) "
                  "ON CONFLICT (hub_id, user_id) DO NOTHING RETURNING create_time, update_time, link_time",
                  &p, &r);
     if (rc != 0 && fk_violation(c)) rc = OM_E_NOT_FOUND; /* account or user deleted meanwhile */

@@ -18,6 +18,7 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 import orgmesh_testlib as om
 
@@ -568,6 +569,93 @@ def test_part_08_only_the_client_removes_users(w, pc):
     with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
         w.acc.DeleteMembership(apb.DeleteMembershipRequest(hub_id=pc.C, user_id=pc.CX), metadata=om.as_user(pc.M))
     assert w.membership(pc.C, pc.CX) is not None
+
+
+def linked_super_admin(w, pc):
+    """assign -> the client admin approves with roles=[SUPER_ADMIN]: E is a
+    partner-linked SUPER_ADMIN of C (PART-05)."""
+    ar = pending_request(w, pc).access_request
+    w.approve(pc.CA, request_id=ar.access_request_id, roles=[apb.ROLE_SUPER_ADMIN])
+    m = om.eventually(lambda: w.membership(pc.C, pc.E), timeout=5)
+    assert m.HasField("partner_link") and list(m.roles) == [apb.ROLE_SUPER_ADMIN]
+    return m
+
+
+def _field_mask(paths):
+    return field_mask_pb2.FieldMask(paths=paths)
+
+
+def update_roles(w, hub, user, roles, actor):
+    return w.acc.UpdateMembership(apb.UpdateMembershipRequest(
+        membership=apb.Membership(hub_id=hub, user_id=user, roles=list(roles)), update_mask=_field_mask(["roles"])),
+        metadata=om.as_user(actor)).membership
+
+
+def test_part_08_linked_super_admin_cannot_strip_the_client_admin(w, pc):
+    linked_super_admin(w, pc)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        update_roles(w, pc.C, pc.CA, [], pc.E)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        update_roles(w, pc.C, pc.CX, [apb.ROLE_MARKETING_ACCESS], pc.E)
+    assert list(w.membership(pc.C, pc.CA).roles) == [apb.ROLE_SUPER_ADMIN]
+    assert list(w.membership(pc.C, pc.CX).roles) == []
+    # and the client admin can still remove the employee
+    w.acc.DeleteMembership(apb.DeleteMembershipRequest(hub_id=pc.C, user_id=pc.E), metadata=om.as_user(pc.CA))
+    assert w.membership(pc.C, pc.E) is None
+
+
+def test_part_08_linked_super_admin_cannot_grant_super_admin(w, pc):
+    linked_super_admin(w, pc)
+    newcomer = w.user("Nina Newcomer")
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        w.acc.CreateMembership(apb.CreateMembershipRequest(membership=apb.Membership(
+            hub_id=pc.C, user_id=newcomer, roles=[apb.ROLE_SUPER_ADMIN])), metadata=om.as_user(pc.E))
+    assert w.membership(pc.C, newcomer) is None
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        update_roles(w, pc.C, pc.CX, [apb.ROLE_SUPER_ADMIN], pc.E)
+    assert list(w.membership(pc.C, pc.CX).roles) == []
+    # nor on its own membership, nor by giving itself other roles (the client created it)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        update_roles(w, pc.C, pc.E, [apb.ROLE_SUPER_ADMIN, apb.ROLE_ACCOUNT_PERMISSIONS], pc.E)
+    assert list(w.membership(pc.C, pc.E).roles) == [apb.ROLE_SUPER_ADMIN]
+
+
+def test_part_08_linked_super_admin_cannot_deactivate_or_delete_the_client(w, pc):
+    linked_super_admin(w, pc)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        w.acc.DeactivateAccount(apb.DeactivateAccountRequest(hub_id=pc.C), metadata=om.as_user(pc.E))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        w.acc.DeleteAccount(apb.DeleteAccountRequest(hub_id=pc.C), metadata=om.as_user(pc.E))
+    a = w.acc.GetAccount(apb.GetAccountRequest(hub_id=pc.C), metadata=om.as_user(pc.CA)).account
+    assert a.state == apb.ACCOUNT_STATE_ACTIVE
+    assert w.membership(pc.C, pc.CA) is not None
+
+
+def test_part_08_linked_super_admin_cannot_change_partner_links(w, pc):
+    m = linked_super_admin(w, pc)
+    # no public RPC writes partner fields; the internal ones take only service:partners
+    with om.raises_rpc(grpc.StatusCode.INVALID_ARGUMENT):
+        w.acc.UpdateMembership(apb.UpdateMembershipRequest(
+            membership=apb.Membership(hub_id=pc.C, user_id=pc.E), update_mask=_field_mask(["partner_link"])),
+            metadata=om.as_user(pc.E))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+        w.acc_int.RemovePartnerLinkedMembership(apb.RemovePartnerLinkedMembershipRequest(
+            hub_id=pc.C, user_id=pc.E, assignment_id=m.partner_link.assignment_id), metadata=om.as_user(pc.E))
+    after = w.membership(pc.C, pc.E)
+    assert after.partner_link == m.partner_link and after.version == m.version
+
+
+def test_part_08_linked_identity_manages_only_what_it_created(w, pc):
+    linked_super_admin(w, pc)
+    helper = w.user("Hugo Helper")
+    w.acc.CreateMembership(apb.CreateMembershipRequest(membership=apb.Membership(
+        hub_id=pc.C, user_id=helper, roles=[apb.ROLE_MARKETING_ACCESS])), metadata=om.as_user(pc.E))
+    assert list(update_roles(w, pc.C, helper, [apb.ROLE_ACCOUNT_PERMISSIONS], pc.E).roles) == \
+        [apb.ROLE_ACCOUNT_PERMISSIONS]
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        update_roles(w, pc.C, helper, [apb.ROLE_SUPER_ADMIN], pc.E)
+    w.acc.DeleteMembership(apb.DeleteMembershipRequest(hub_id=pc.C, user_id=helper), metadata=om.as_user(pc.E))
+    assert w.membership(pc.C, helper) is None
 
 
 def test_part_08_client_removing_the_linked_membership_revokes(w, pc):

@@ -75,16 +75,75 @@ static int validate_account(const acct_account *a, recorder *r) {
 
 /* ---- PART-08: who may remove a membership --------------------------------- */
 
-static void test_part_08_partner_actor_cannot_remove_member(void **state) {
-    (void)state;
-    om_actor a = user(7);
-    /* a partner employee given SUPER_ADMIN in the client through the assignment */
+/* a partner employee given SUPER_ADMIN in the client through the assignment */
+static acct_membership linked_super_admin(void) {
     acct_membership m = member(ACCT_ROLE_SUPER_ADMIN | ACCT_ROLE_ACCOUNT_PERMISSIONS);
     m.partner_hub_id = 555;
     m.assignment_id = "as-1";
     m.link_owns_membership = true;
-    assert_int_equal(acct_rule_remove_membership(&a, &m), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    return m;
+}
+
+static void test_part_08_partner_actor_cannot_remove_member(void **state) {
+    (void)state;
+    acct_membership m = linked_super_admin();
+    acct_membership staff = member(ACCT_ROLE_SUPER_ADMIN);
+    staff.created_by_user_id = 1; /* the client admin added them */
+    acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = 1, .target = &staff};
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    staff.created_by_user_id = 0; /* creator unknown (before migration 002) */
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
     assert_int_equal(om_err_status(OM_E_PARTNER_IDENTITY_FORBIDDEN), GRPC_STATUS_PERMISSION_DENIED);
+}
+
+static void test_part_08_partner_identity_cannot_change_memberships_it_did_not_create(void **state) {
+    (void)state;
+    acct_membership m = linked_super_admin();
+    acct_membership staff = member(ACCT_ROLE_SUPER_ADMIN);
+    staff.created_by_user_id = 1;
+    acct_act act = {.kind = ACCT_ACT_UPDATE_MEMBERSHIP, .hub_id = 1, .target = &staff, .roles_after = 0};
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    /* nor its own membership, which the client created by approving */
+    m.created_by_user_id = 1;
+    act.target = &m;
+    act.roles_after = ACCT_ROLE_MARKETING_ACCESS;
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+}
+
+static void test_part_08_partner_identity_manages_what_it_created_without_super_admin(void **state) {
+    (void)state;
+    acct_membership m = linked_super_admin();
+    acct_membership mine = member(ACCT_ROLE_MARKETING_ACCESS);
+    mine.created_by_user_id = 7;
+    acct_act act = {.kind = ACCT_ACT_UPDATE_MEMBERSHIP, .hub_id = 1, .target = &mine,
+                    .roles_after = ACCT_ROLE_ACCOUNT_PERMISSIONS};
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), 0);
+    act.roles_after |= ACCT_ROLE_SUPER_ADMIN;
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    act = (acct_act){.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = 1, .target = &mine};
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), 0);
+    act = (acct_act){.kind = ACCT_ACT_CREATE_MEMBERSHIP, .hub_id = 1, .roles_after = ACCT_ROLE_MARKETING_ACCESS};
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), 0);
+    act.roles_after = ACCT_ROLE_SUPER_ADMIN;
+    assert_int_equal(acct_rule_partner_identity(7, &m, &act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+}
+
+static void test_part_08_partner_identity_never_decides_the_account_existence(void **state) {
+    (void)state;
+    acct_membership m = linked_super_admin();
+    acct_act state_act = {.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = 1};
+    acct_act delete_act = {.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = 1};
+    acct_act unknown = {.kind = (acct_act_kind)99, .hub_id = 1};
+    assert_int_equal(acct_rule_partner_identity(7, &m, &state_act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    assert_int_equal(acct_rule_partner_identity(7, &m, &delete_act), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    assert_int_equal(acct_rule_partner_identity(7, &m, &unknown), OM_E_PARTNER_IDENTITY_FORBIDDEN);
+    /* the client's own staff, and a member who predates the link, may */
+    acct_membership own = member(ACCT_ROLE_SUPER_ADMIN);
+    assert_int_equal(acct_rule_partner_identity(7, &own, &delete_act), 0);
+    own.partner_hub_id = 555;
+    own.assignment_id = "as-1";
+    assert_int_equal(acct_rule_partner_identity(7, &own, &delete_act), 0);
+    assert_int_equal(acct_rule_partner_identity(7, NULL, &delete_act), 0);
 }
 
 static void test_part_08_client_super_admin_removes_member(void **state) {
@@ -579,6 +638,9 @@ static void test_role_and_seat_names_round_trip(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_part_08_partner_actor_cannot_remove_member),
+        cmocka_unit_test(test_part_08_partner_identity_cannot_change_memberships_it_did_not_create),
+        cmocka_unit_test(test_part_08_partner_identity_manages_what_it_created_without_super_admin),
+        cmocka_unit_test(test_part_08_partner_identity_never_decides_the_account_existence),
         cmocka_unit_test(test_part_08_client_super_admin_removes_member),
         cmocka_unit_test(test_part_08_client_account_permissions_removes_member),
         cmocka_unit_test(test_part_08_member_without_manage_role_is_denied),
