@@ -90,6 +90,8 @@
        "the account is not a PARTNER account")                                         \
     XX(RESEND_TOO_SOON, GRPC_STATUS_RESOURCE_EXHAUSTED,                                 \
        "an access request can be resent at most once per hour")                        \
+    XX(RATE_LIMITED, GRPC_STATUS_RESOURCE_EXHAUSTED,                                    \
+       "too many requests of this kind; retry after the RetryInfo delay")              \
     XX(REQUEST_NOT_PENDING, GRPC_STATUS_FAILED_PRECONDITION,                            \
        "the access request is no longer pending")                                      \
     XX(INVALID_TOKEN, GRPC_STATUS_PERMISSION_DENIED,                                    \

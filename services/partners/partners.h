@@ -23,6 +23,12 @@ typedef struct partners_config {
     int64_t resend_interval_s; /* PART-04, ORGMESH_PARTNERS_RESEND_INTERVAL_S */
     int timer_ms;              /* expiry and sync loop, ORGMESH_PARTNERS_TIMER_MS */
     const char *token_key;     /* PART-04 link tokens, ORGMESH_PARTNERS_TOKEN_KEY */
+    /* Abuse limits (issue 13, docs/configuration.md): hits per window per
+     * actor and per client account; 0 = no limit. */
+    int64_t rate_window_s;                      /* ORGMESH_PARTNERS_RATE_WINDOW_S */
+    int64_t requests_per_actor, requests_per_client; /* access requests created */
+    int64_t resends_per_actor, resends_per_client;   /* ResendAccessRequest */
+    int64_t tokens_per_actor, tokens_per_client;     /* emailed tokens presented */
 } partners_config;
 extern partners_config partners_cfg;
 

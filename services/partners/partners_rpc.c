@@ -12,6 +12,8 @@
 
 #include "audit.h"
 #include "config.h"
+#include "google/protobuf/duration.pb-c.h"
+#include "google/rpc/error_details.pb-c.h"
 #include "idem.h"
 #include "log.h"
 #include "om_err.h"
@@ -29,7 +31,8 @@ _Static_assert((int)ORGMESH__PARTNERS__V1__ASSIGNMENT_CHANGE_CAUSE__ASSIGNMENT_C
 #define MAX_REASON_CHARS 1000
 #define MAX_QUERY_CHARS 256
 
-partners_config partners_cfg = {PART_DEFAULT_REQUEST_TTL_S, PART_DEFAULT_RESEND_INTERVAL_S, 1000, ""};
+partners_config partners_cfg = {PART_DEFAULT_REQUEST_TTL_S, PART_DEFAULT_RESEND_INTERVAL_S, 1000, "", 3600,
+                                 500, 100, 100, 20, 30, 100};
 
 int partners_init(void) {
     partners_cfg.request_ttl_s =
@@ -39,6 +42,15 @@ int partners_init(void) {
     partners_cfg.timer_ms = (int)cfg_int("ORGMESH_PARTNERS_TIMER_MS", 1000, 10, 600000);
     /* Link tokens must verify on every replica: one key for all of them. */
     partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", "orgmesh-partners-development-token-key");
+    /* Abuse limits (issue 13): per window, per actor and per client account; 0 = none. */
+    const int64_t big = 1000000000;
+    partners_cfg.rate_window_s = cfg_int("ORGMESH_PARTNERS_RATE_WINDOW_S", 3600, 1, 7LL * 24 * 3600);
+    partners_cfg.requests_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_REQUESTS_PER_ACTOR", 500, 0, big);
+    partners_cfg.requests_per_client = cfg_int("ORGMESH_PARTNERS_RATE_REQUESTS_PER_CLIENT", 100, 0, big);
+    partners_cfg.resends_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_ACTOR", 100, 0, big);
+    partners_cfg.resends_per_client = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_CLIENT", 20, 0, big);
+    partners_cfg.tokens_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_ACTOR", 30, 0, big);
+    partners_cfg.tokens_per_client = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_CLIENT", 100, 0, big);
     return 0;
 }
 
@@ -671,6 +683,52 @@ static char *page_next(rpc_ctx *ctx, const lpage *pg, int got) {
     return out;
 }
 
+/* ---- abuse limits (issue 13, OWASP API4/API6) ---------------------------------------------------- */
+
+/* One hit for `what` in the actor's and in the client account's bucket
+ * (either skipped when its id or its limit is 0). Over a limit:
+ * OM_E_RATE_LIMITED, with the time until the window ends and which limit.
+ * Counted in PostgreSQL (partners.rate_counter), so every replica sees the
+ * same counts and a Redis outage changes nothing. */
+static int rate_take(pg_conn *c, const char *what, uint64_t actor, int64_t per_actor, uint64_t client,
+                     int64_t per_client, int64_t *retry_ms, const char **which) {
+    struct {
+        const char *side;
+        uint64_t id;
+        int64_t limit;
+    } b[2] = {{"actor", actor, per_actor}, {"client", client, per_client}};
+    for (int i = 0; i < 2; i++) {
+        if (b[i].id == 0 || b[i].limit <= 0) continue;
+        char bucket[96];
+        snprintf(bucket, sizeof bucket, "%s:%s:%" PRIu64, what, b[i].side, b[i].id);
+        int64_t hits = 0, ms = 0;
+        int rc = ps_rate_take(c, bucket, partners_cfg.rate_window_s, 1, &hits, &ms);
+        if (rc != 0) return rc;
+        if (hits > b[i].limit) {
+            *retry_ms = ms;
+            *which = i == 0 ? "per_actor" : "per_client";
+            return OM_E_RATE_LIMITED;
+        }
+    }
+    return 0;
+}
+
+/* The answer over a limit: RESOURCE_EXHAUSTED, reason RATE_LIMITED, a
+ * google.rpc.RetryInfo with the delay and ErrorInfo metadata naming the limit. */
+static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
+    if (retry_ms < 0) retry_ms = 0;
+    Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
+    d.seconds = retry_ms / 1000;
+    d.nanos = (int32_t)(retry_ms % 1000) * 1000000;
+    Google__Rpc__RetryInfo ri = GOOGLE__RPC__RETRY_INFO__INIT;
+    ri.retry_delay = &d;
+    rpc_error_detail(ctx, &ri.base);
+    rpc_error_meta(ctx, "limit", rpc_sprintf(ctx, "%s_%s", what, which ? which : ""));
+    return rpc_fail(ctx, OM_E_RATE_LIMITED, "too many %s %s; retry in %" PRId64 " s", what,
+                    which && strcmp(which, "per_client") == 0 ? "for this client" : "by you",
+                    (retry_ms + 999) / 1000);
+}
+
 /* ---- the mutation transaction ---------------------------------------------------------------- */
 
 typedef struct mutation mutation;
@@ -688,6 +746,8 @@ struct mutation {
     ps_mem mem;
     const char *err_msg;
     bool replayed;
+    int64_t retry_ms;       /* RATE_LIMITED: when the window ends */
+    const char *rate_which; /* RATE_LIMITED: which limit */
 };
 
 static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -729,6 +789,7 @@ static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *r
     if (rc == 0) return 0;
     if (rc == OM_E_INTERNAL && mu->err_msg == NULL)
         log_error("partners: %s failed: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
+    if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, mu->err_msg ? mu->err_msg : "calls", mu->rate_which, mu->retry_ms);
     return mu->err_msg ? rpc_fail(ctx, rc, "%s", mu->err_msg) : rpc_fail(ctx, rc, NULL);
 }
 
@@ -1180,6 +1241,10 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
         rc = pa_emit(tx, m, &mu->who, PA_EV_ACTIVATED, &a, false);
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACTIVATED, &a);
     } else {
+        /* issue 13: access requests created, per actor and per client (the whole call rolls back) */
+        if ((rc = rate_take(tx, "access_requests", caller_id(mu->ctx), partners_cfg.requests_per_actor, it->client,
+                            partners_cfg.requests_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
+            return rc == OM_E_RATE_LIMITED ? mu_fail(mu, rc, "access_requests") : rc;
         rc = pa_emit(tx, m, &mu->who, PA_EV_REQUESTED, &a, false); /* the notifier emails the client */
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACCESS_REQUESTED, &a);
     }
@@ -1366,13 +1431,25 @@ static int resolve_request(rpc_ctx *ctx, pg_conn *c, const char *id, const char 
     if (token != NULL) {
         uint64_t recipient = 0;
         *by_token = true;
+        /* issue 13: every presentation counts, valid or not (guessing is the abuse),
+         * committed at once so a refused guess still counts */
+        int64_t ms = 0;
+        const char *which = NULL;
+        int rc = rate_take(c, "token_presentations", caller_id(ctx), partners_cfg.tokens_per_actor, 0, 0, &ms, &which);
+        if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, "token_presentations", which, ms);
+        if (rc != 0) return fail(ctx, rc, "rate limit");
         if (!part_token_well_formed(token))
             return rpc_fail(ctx, OM_E_INVALID_TOKEN, "the token is not valid for this user");
         part_token_hash(token, hash);
-        int rc = ps_token_find(c, hash, asg_id, &recipient);
+        rc = ps_token_find(c, hash, asg_id, &recipient);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && (recipient != caller_id(ctx) || recipient == 0)))
             return rpc_fail(ctx, OM_E_INVALID_TOKEN, "the token is not valid for this user");
-        return rc != 0 ? fail(ctx, rc, "token") : 0;
+        if (rc != 0) return fail(ctx, rc, "token");
+        /* and per client account: the tokens of one client's requests */
+        if ((rc = ps_asg_get(c, asg_id, false, &m, &a)) != 0) return fail(ctx, rc, "request");
+        rc = rate_take(c, "token_presentations", 0, 0, a.client_hub_id, partners_cfg.tokens_per_client, &ms, &which);
+        if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, "token_presentations", which, ms);
+        return rc != 0 ? fail(ctx, rc, "rate limit") : 0;
     }
     if (id == NULL || id[0] == '\0') {
         rpc_violation(ctx, "access_request_id", "access_request_id or token is required");
@@ -1609,6 +1686,10 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
         return mu_fail(mu, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
                        (next - a.now_us + 999999) / 1000000);
+    /* issue 13: resends per actor and per client (each one emails the client's admins) */
+    if ((rc = rate_take(tx, "resends", caller_id(mu->ctx), partners_cfg.resends_per_actor, a.client_hub_id,
+                        partners_cfg.resends_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
+        return rc == OM_E_RATE_LIMITED ? mu_fail(mu, rc, "resends") : rc;
     a.send_count++;
     a.last_send_us = -1; /* now() */
     if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;

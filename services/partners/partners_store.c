@@ -746,3 +746,29 @@ int ps_asg_sync_later(pg_conn *c, const char *id, int seconds) {
                    " WHERE id = $1::uuid AND link_sync",
                    &p, NULL);
 }
+
+int ps_rate_take(pg_conn *c, const char *bucket, int64_t window_s, int64_t n, int64_t *hits, int64_t *retry_ms) {
+    pg_params p = {0};
+    pg_p_str(&p, bucket);
+    pg_p_i64(&p, window_s);
+    pg_p_i64(&p, n);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "WITH w AS (SELECT to_timestamp(floor(extract(epoch FROM now()) / $2::bigint) * $2::bigint) AS ws),"
+                     " gone AS (DELETE FROM rate_counter o USING w WHERE o.bucket = $1 AND o.window_start < w.ws),"
+                     " up AS (INSERT INTO rate_counter AS rc (bucket, window_start, hits) SELECT $1, w.ws, $3::bigint"
+                     " FROM w ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rc.hits + EXCLUDED.hits"
+                     " RETURNING rc.hits, rc.window_start)"
+                     " SELECT up.hits, greatest(0, ceil(extract(epoch FROM up.window_start"
+                     " + make_interval(secs => $2::bigint) - now()) * 1000))::bigint FROM up",
+                     &p, &r);
+    if (rc != 0) return rc;
+    if (pg_nrows(r) != 1) {
+        pg_free(r);
+        return OM_E_INTERNAL;
+    }
+    *hits = pg_i64(r, 0, 0);
+    *retry_ms = pg_i64(r, 0, 1);
+    pg_free(r);
+    return 0;
+}

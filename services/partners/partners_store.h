@@ -173,6 +173,12 @@ int ps_refusal_record(pg_conn *c, uint64_t partner, uint64_t client, uint64_t us
 int ps_token_store(pg_conn *c, const uint8_t hash[32], const char *asg_id, uint64_t recipient, const char *event_id);
 /* NOT_FOUND for an unknown token. */
 int ps_token_find(pg_conn *c, const uint8_t hash[32], char asg_id[40], uint64_t *recipient);
+
+/* Abuse limits (issue 13): adds n hits to `bucket` in the current window of
+ * window_s seconds (timed by the database clock, shared by every replica);
+ * *hits is the window's count after adding, *retry_ms the time until the
+ * window ends. Inside a transaction the hits go with it. */
+int ps_rate_take(pg_conn *c, const char *bucket, int64_t window_s, int64_t n, int64_t *hits, int64_t *retry_ms);
 int ps_token_use(pg_conn *c, const uint8_t hash[32]);
 
 /* ---- PART-12 ------------------------------------------------------------------ */
