@@ -32,6 +32,8 @@
     /* identity (SPEC 8) */                                                             \
     XX(UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid credentials")  \
     XX(TOKEN_EXPIRED, GRPC_STATUS_UNAUTHENTICATED, "the token has expired")             \
+    XX(KEY_NOT_BOUND_TO_SUBJECT, GRPC_STATUS_UNAUTHENTICATED,                           \
+       "the token's signing key may not sign for this identity")                       \
     XX(PERMISSION_DENIED, GRPC_STATUS_PERMISSION_DENIED, "permission denied")           \
     XX(SERVICE_IDENTITY_REQUIRED, GRPC_STATUS_PERMISSION_DENIED,                        \
        "this method is only for orgmesh services")                                     \

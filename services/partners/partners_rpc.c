@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/rand.h>
+
 #include "audit.h"
 #include "config.h"
 #include "idem.h"
@@ -37,8 +39,27 @@ int partners_init(void) {
     partners_cfg.resend_interval_s =
         cfg_int("ORGMESH_PARTNERS_RESEND_INTERVAL_S", PART_DEFAULT_RESEND_INTERVAL_S, 0, 30LL * 24 * 3600);
     partners_cfg.timer_ms = (int)cfg_int("ORGMESH_PARTNERS_TIMER_MS", 1000, 10, 600000);
-    /* Link tokens must verify on every replica: one key for all of them. */
-    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", "orgmesh-partners-development-token-key");
+    /* Link tokens must verify on every replica: one key for all of them, and
+     * never a key published in the source (docs/security.md). */
+    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", NULL);
+    if (partners_cfg.token_key == NULL || partners_cfg.token_key[0] == '\0') {
+        if (!cfg_bool("ORGMESH_DEV_MODE", false)) {
+            log_error("ORGMESH_PARTNERS_TOKEN_KEY is not set: refusing to start (access-request links must be "
+                      "signed with a secret shared by every replica; ORGMESH_DEV_MODE=1 is for local "
+                      "development only)");
+            return -1;
+        }
+        static char random_key[65];
+        unsigned char raw[32];
+        if (RAND_bytes(raw, sizeof raw) != 1) {
+            log_error("partners: no random bytes for a development token key");
+            return -1;
+        }
+        for (size_t i = 0; i < sizeof raw; i++) snprintf(random_key + 2 * i, 3, "%02x", raw[i]);
+        log_warn("ORGMESH_PARTNERS_TOKEN_KEY is not set (development mode): access-request links use a random "
+                 "key of this process");
+        partners_cfg.token_key = random_key;
+    }
     return 0;
 }
 

@@ -587,3 +587,67 @@ def test_a_user_outside_the_directory_cannot_create_accounts(acc):
         acc.CreateAccount(pb.CreateAccountRequest(account=pb.Account(
             hub_id=777, name="Import again", kind=pb.ACCOUNT_KIND_STANDARD, hosting_location="eu1")),
             metadata=IDENTITY)
+
+
+# ---- trust configuration (SPEC 8, docs/security.md) --------------------------------------
+
+def signed_with(sub, key_owner):
+    """`sub` signed with the key bound to service:<key_owner> (or the issuer's, for None)."""
+    if key_owner is None:
+        return om.mint_token(sub)
+    kid, secret = om.service_key(key_owner)
+    return om.mint_token(sub, kid=kid, secret=secret)
+
+
+def test_key_binding_service_key_cannot_sign_another_identity(acc, internal):
+    u = new_user(acc)
+    partner = new_account(acc, u, name=unique("Agency"), kind=pb.ACCOUNT_KIND_PARTNER)
+    req = pb.SetPartnerEmployeeRequest(hub_id=partner.hub_id, user_id=u.user_id, partner_employee=True)
+    # sub=service:partners signed with the assets key: one leaked key must not impersonate another service
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED, "KEY_NOT_BOUND_TO_SUBJECT"):
+        internal.SetPartnerEmployee(req, metadata=om.bearer(signed_with("service:partners", "assets")))
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED, "KEY_NOT_BOUND_TO_SUBJECT"):
+        internal.SetPartnerEmployee(req, metadata=om.bearer(signed_with("service:partners", None)))
+    assert not acc.GetMembership(pb.GetMembershipRequest(hub_id=partner.hub_id, user_id=u.user_id),
+                                 metadata=om.as_user(u.user_id)).membership.partner_employee
+    # a user token signed with a service key
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED, "KEY_NOT_BOUND_TO_SUBJECT"):
+        acc.GetAccount(pb.GetAccountRequest(hub_id=partner.hub_id),
+                       metadata=om.bearer(signed_with(str(u.user_id), "notifier")))
+    # the partners key itself is accepted
+    assert internal.SetPartnerEmployee(req, metadata=om.bearer(signed_with("service:partners", "partners"))) \
+        .membership.partner_employee
+
+
+def start_alone(env, timeout=15):
+    """Runs the accounts binary with `env` until it exits; (exit status, output)."""
+    import subprocess
+    p = subprocess.run([str(om.binary("accounts"))], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+def base_env(suite, drop=(), **extra):
+    env = {k: v for k, v in suite["accounts"].env.items() if k not in drop}
+    env["ORGMESH_LISTEN"] = f"127.0.0.1:{om.free_port()}"
+    env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{om.free_port()}"
+    env.update(extra)
+    return env
+
+
+def test_startup_refused_without_page_token_key_outside_dev_mode(suite):
+    rc, out = start_alone(base_env(suite, drop=("ORGMESH_PAGE_TOKEN_KEY", "ORGMESH_DEV_MODE")))
+    assert rc != 0
+    assert "ORGMESH_PAGE_TOKEN_KEY is not set: refusing to start" in out
+
+
+def test_startup_refused_with_hs256_keys_outside_dev_mode(suite):
+    rc, out = start_alone(base_env(suite, drop=("ORGMESH_DEV_MODE",)))
+    assert rc != 0
+    assert "HS256 token keys are for local development only" in out
+
+
+def test_startup_refused_without_key_bindings(suite):
+    rc, out = start_alone(base_env(suite, drop=("ORGMESH_JWT_KEY_SUBJECTS",)))
+    assert rc != 0
+    assert "ORGMESH_JWT_KEY_SUBJECTS is not set" in out

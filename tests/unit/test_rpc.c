@@ -121,6 +121,7 @@ static int setup(void **state) {
                       .audience = "orgmesh",
                       .keys = "k1:HS256:" SECRET,
                       .signing_key = "k1:HS256:" SECRET,
+                      .key_subjects = "k1=users,service:partners",
                       .leeway_s = 30};
     if (auth_new(&auth, &ac) != 0) return -1;
     om_actor user = {.user_id = 42};
