@@ -269,6 +269,7 @@ int app_main(const app_def *def, int argc, char **argv) {
         .worker_start = worker_start,
         .worker_stop = worker_stop,
         .after_call = after_call,
+        .platform_services = cfg_str("ORGMESH_PLATFORM_SERVICES", NULL),
     };
     rc = rpc_server_new(&app.server, &so);
     for (const rpc_service *const *s = def->services; rc == 0 && s && *s; s++)

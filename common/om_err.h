@@ -37,6 +37,8 @@
     XX(PERMISSION_DENIED, GRPC_STATUS_PERMISSION_DENIED, "permission denied")           \
     XX(SERVICE_IDENTITY_REQUIRED, GRPC_STATUS_PERMISSION_DENIED,                        \
        "this method is only for orgmesh services")                                     \
+    XX(SERVICE_NOT_ALLOWED, GRPC_STATUS_PERMISSION_DENIED,                              \
+       "this service identity may not call this method")                               \
     /* accounts */                                                                      \
     XX(EMAIL_TAKEN, GRPC_STATUS_ALREADY_EXISTS, "this email address is already in use") \
     XX(ACCOUNT_DEACTIVATED, GRPC_STATUS_FAILED_PRECONDITION, "the account is deactivated") \

@@ -1921,32 +1921,41 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 
 /* ---- the service tables ------------------------------------------------------------------------------- */
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+/* the notifier mails the link (PART-04): nobody else may mint one */
+static const char *const by_notifier[] = {"notifier", NULL};
+
 static const rpc_method public_methods[] = {
-    {"TagEmployees", h_tag_employees, 0},
-    {"UntagEmployee", h_untag_employee, 0},
-    {"ListPartnerEmployees", h_list_partner_employees, 0},
-    {"ListClients", h_list_clients, 0},
-    {"AddClients", h_add_clients, 0},
-    {"SearchClients", h_search_clients, 0},
-    {"AssignClientsToEmployee", h_assign_clients, 0},
-    {"AssignEmployeesToClient", h_assign_employees, 0},
-    {"ListAccessRequests", h_list_access_requests, 0},
-    {"GetAccessRequest", h_get_access_request, 0},
-    {"ApproveAccessRequest", h_approve, 0},
-    {"DeclineAccessRequest", h_decline, 0},
-    {"CancelAccessRequest", h_cancel, 0},
-    {"ResendAccessRequest", h_resend, 0},
-    {"RemoveEmployeeFromClient", h_remove_employee, 0},
-    {"ListEmployeeClients", h_list_employee_clients, 0},
-    {"ListClientEmployees", h_list_client_employees, 0},
-    {"GetManagedMrrReport", h_mrr_report, 0},
-    {"ListPartnerHistory", h_history, 0},
+    {"TagEmployees", h_tag_employees, 0, by_platform},
+    {"UntagEmployee", h_untag_employee, 0, by_platform},
+    {"ListPartnerEmployees", h_list_partner_employees, 0, by_platform},
+    {"ListClients", h_list_clients, 0, by_platform},
+    {"AddClients", h_add_clients, 0, by_platform},
+    {"SearchClients", h_search_clients, 0, by_platform},
+    {"AssignClientsToEmployee", h_assign_clients, 0, by_platform},
+    {"AssignEmployeesToClient", h_assign_employees, 0, by_platform},
+    {"ListAccessRequests", h_list_access_requests, 0, by_platform},
+    {"GetAccessRequest", h_get_access_request, 0, by_platform},
+    {"ApproveAccessRequest", h_approve, 0, by_platform},
+    {"DeclineAccessRequest", h_decline, 0, by_platform},
+    {"CancelAccessRequest", h_cancel, 0, by_platform},
+    {"ResendAccessRequest", h_resend, 0, by_platform},
+    {"RemoveEmployeeFromClient", h_remove_employee, 0, by_platform},
+    {"ListEmployeeClients", h_list_employee_clients, 0, by_platform},
+    {"ListClientEmployees", h_list_client_employees, 0, by_platform},
+    {"GetManagedMrrReport", h_mrr_report, 0, by_platform},
+    {"ListPartnerHistory", h_history, 0, by_platform},
     {NULL, NULL, 0},
 };
 
 static const rpc_method internal_methods[] = {
-    {"RecordActivities", h_record_activities, RPC_INTERNAL},
-    {"IssueAccessRequestTokens", h_issue_tokens, RPC_INTERNAL},
+    {"RecordActivities", h_record_activities, RPC_INTERNAL, by_platform},
+    {"IssueAccessRequestTokens", h_issue_tokens, RPC_INTERNAL, by_notifier},
     {NULL, NULL, 0},
 };
 

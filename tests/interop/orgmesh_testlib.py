@@ -42,7 +42,8 @@ SECRET = "orgmesh-test-secret"
 # SPEC 8: each key signs only for the identities it is bound to. The issuer's
 # key KID signs users; every service identity the tests use has a key of its
 # own (service_key), so the harness proves binding rather than bypassing it.
-TEST_SERVICE_IDENTITIES = SERVICES + ("tests", "provisioning", "crm", "identity")
+PLATFORM_TEST_IDENTITIES = ("tests", "provisioning", "crm", "identity")
+TEST_SERVICE_IDENTITIES = SERVICES + PLATFORM_TEST_IDENTITIES
 # Local development (ORGMESH_DEV_MODE) still needs shared token keys across
 # replicas; the tests set them rather than rely on per-process random keys.
 PAGE_TOKEN_KEY = "orgmesh-test-page-token-key-0123456789abcdef"
@@ -161,6 +162,10 @@ def jwt_env(secret=SECRET, kid=KID, service=None):
         "ORGMESH_DEV_MODE": "1",  # HS256 keys (SPEC 8: local development and tests only)
         "ORGMESH_PAGE_TOKEN_KEY": PAGE_TOKEN_KEY,
         "ORGMESH_PARTNERS_TOKEN_KEY": PARTNERS_TOKEN_KEY,
+        # the identities the tests provision and check with (issue 13: they stand
+        # for the platform's identity system and tools; orgmesh's own services
+        # get only what their calls need)
+        "ORGMESH_PLATFORM_SERVICES": ",".join(PLATFORM_TEST_IDENTITIES),
     }
     if service is not None:
         skid, ssecret = service_key(service, secret)

@@ -314,8 +314,8 @@ def test_internal_rpcs_refuse_user_tokens(acc, internal):
         internal.SetPartnerEmployee(pb.SetPartnerEmployeeRequest(hub_id=a.hub_id, user_id=owner.user_id,
                                                                  partner_employee=True),
                                     metadata=om.as_user(owner.user_id))
-    # partner_employee and partner_link belong to the partners service alone (SPEC 1)
-    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"):
+    # partner_employee and partner_link belong to the partners service alone (SPEC 1, issue 13)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
         internal.SetPartnerEmployee(pb.SetPartnerEmployeeRequest(hub_id=a.hub_id, user_id=owner.user_id,
                                                                  partner_employee=True),
                                     metadata=om.bearer(om.service_token("organizations")))
@@ -651,3 +651,47 @@ def test_startup_refused_without_key_bindings(suite):
     rc, out = start_alone(base_env(suite, drop=("ORGMESH_JWT_KEY_SUBJECTS",)))
     assert rc != 0
     assert "ORGMESH_JWT_KEY_SUBJECTS is not set" in out
+
+
+# ---- service identities (issue 13): each service only what its own calls need ----------
+
+def test_service_identity_cannot_use_user_powers(acc, internal):
+    owner, other = new_user(acc), new_user(acc)
+    a = new_account(acc, owner)
+    add_member(acc, om.as_user(owner.user_id), a.hub_id, other.user_id, roles=[pb.ROLE_MARKETING_ACCESS])
+    notifier = om.bearer(om.service_token("notifier"))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.UpdateUser(pb.UpdateUserRequest(user=pb.User(user_id=other.user_id, email=f"{unique()}@evil.test"),
+                                            update_mask=field_mask_pb2.FieldMask(paths=["email"])),
+                       metadata=notifier)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.UpdateMembership(pb.UpdateMembershipRequest(
+            membership=pb.Membership(hub_id=a.hub_id, user_id=other.user_id, roles=[pb.ROLE_SUPER_ADMIN]),
+            update_mask=field_mask_pb2.FieldMask(paths=["roles"])), metadata=notifier)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.DeleteAccount(pb.DeleteAccountRequest(hub_id=a.hub_id), metadata=notifier)
+    # what the notifier's own calls need still works
+    internal.BatchGetUsers(pb.BatchGetUsersRequest(user_ids=[other.user_id]), metadata=notifier)
+    # and nothing changed
+    me = om.as_user(owner.user_id)
+    assert acc.GetUser(pb.GetUserRequest(user_id=other.user_id), metadata=me).user.email == other.email
+    assert list(acc.GetMembership(pb.GetMembershipRequest(hub_id=a.hub_id, user_id=other.user_id),
+                                  metadata=me).membership.roles) == [pb.ROLE_MARKETING_ACCESS]
+    # assets reads memberships (ASSET-01) but changes none
+    assets = om.bearer(om.service_token("assets"))
+    acc.ListMemberships(pb.ListMembershipsRequest(hub_id=a.hub_id), metadata=assets)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.DeleteMembership(pb.DeleteMembershipRequest(hub_id=a.hub_id, user_id=other.user_id), metadata=assets)
+
+
+def test_internal_rpcs_take_only_their_listed_services(acc, internal):
+    owner = new_user(acc)
+    a = new_account(acc, owner, kind=pb.ACCOUNT_KIND_PARTNER)
+    for svc in ("assets", "notifier", "organizations", "connections", "accounts"):
+        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+            internal.AddPartnerLinkedMembership(pb.AddPartnerLinkedMembershipRequest(
+                hub_id=a.hub_id, user_id=owner.user_id, partner_hub_id=a.hub_id + 1, assignment_id=unique("as"),
+                roles=[pb.ROLE_SUPER_ADMIN]), metadata=om.bearer(om.service_token(svc)))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        internal.BatchGetAccounts(pb.BatchGetAccountsRequest(hub_ids=[a.hub_id]),
+                                  metadata=om.bearer(om.service_token("assets")))
