@@ -24,6 +24,7 @@ Deployment hashes it into checksum/config so a change rolls the pods.
   "ORGMESH_JWT_AUDIENCE" $v.jwt.audience
   "ORGMESH_JWT_KEYS" (include "orgmesh.jwtKeys" $root)
   "ORGMESH_JWT_KEY_SUBJECTS" (include "orgmesh.jwtKeySubjects" $root)
+  "ORGMESH_PLATFORM_SERVICES" (join "," $v.jwt.platformServices)
 }}
 {{- $kid := include "orgmesh.signingKid" . }}
 {{- if $kid }}
