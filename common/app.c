@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "om_time.h"
+#include "page.h"
 #include "rpc_internal.h"
 
 #define APP_MAX_PEERS 8
@@ -135,6 +136,64 @@ static void usage(const char *prog) {
             prog);
 }
 
+/* Who is trusted for what (docs/security.md): the token keys and what each
+ * may sign for (SPEC 8), and the page-token key. Local development
+ * (ORGMESH_DEV_MODE=1) alone may use HS256 keys and run without a page-token
+ * key; nothing ever falls back to a key published in the source. */
+static int trust_setup(void) {
+    bool dev = cfg_bool("ORGMESH_DEV_MODE", false);
+    const char *page_key = cfg_str("ORGMESH_PAGE_TOKEN_KEY", NULL);
+    if (page_key == NULL || page_key[0] == '\0') {
+        if (!dev) {
+            log_error("ORGMESH_PAGE_TOKEN_KEY is not set: refusing to start (page tokens must be signed with a "
+                      "secret shared by every replica; ORGMESH_DEV_MODE=1 is for local development only)");
+            return 1;
+        }
+        log_warn("ORGMESH_PAGE_TOKEN_KEY is not set (development mode): page tokens use a random key of this "
+                 "process");
+    } else {
+        size_t n = strlen(page_key);
+        if (page_token_set_key(page_key, n) != 0) {
+            log_error("ORGMESH_PAGE_TOKEN_KEY must be 1 to 256 bytes");
+            return 1;
+        }
+        if (n < 32 && !dev) log_warn("ORGMESH_PAGE_TOKEN_KEY is shorter than 32 bytes: use a longer random secret");
+    }
+
+    auth_config ac = {
+        .issuer = cfg_str("ORGMESH_JWT_ISSUER", "orgmesh-local"),
+        .audience = cfg_str("ORGMESH_JWT_AUDIENCE", "orgmesh"),
+        .keys = cfg_str("ORGMESH_JWT_KEYS", NULL),
+        .signing_key = cfg_str("ORGMESH_JWT_SIGNING_KEY", NULL),
+        .key_subjects = cfg_str("ORGMESH_JWT_KEY_SUBJECTS", NULL),
+        .leeway_s = 30,
+    };
+    if (ac.keys == NULL) {
+        log_error("ORGMESH_JWT_KEYS is not set: no token could be verified");
+        return 1;
+    }
+    if (ac.key_subjects == NULL || ac.key_subjects[0] == '\0') {
+        log_error("ORGMESH_JWT_KEY_SUBJECTS is not set: bind each key to the identities it may sign for "
+                  "(\"kid=users\" for the issuer's keys, \"kid=service:<name>\" for a service's; "
+                  "docs/common/auth.md)");
+        return 1;
+    }
+    int rc = auth_new(&app.auth, &ac);
+    if (rc != 0) {
+        log_error("bad token key configuration: %s", om_err_name(rc));
+        return 1;
+    }
+    if (!dev && auth_uses_hs256(app.auth)) {
+        log_error("HS256 token keys are for local development only (SPEC 8): use ES256 keys, or "
+                  "ORGMESH_DEV_MODE=1 on a developer's machine");
+        auth_free(app.auth);
+        app.auth = NULL;
+        return 1;
+    }
+    (void)auth_unbound_keys(app.auth); /* a warning per key that signs for nobody */
+    return 0;
+}
+
 int app_main(const app_def *def, int argc, char **argv) {
     bool migrate_only = false;
     for (int i = 1; i < argc; i++) {
@@ -171,6 +230,9 @@ int app_main(const app_def *def, int argc, char **argv) {
         log_error("bad PostgreSQL configuration");
         return 1;
     }
+    /* Bad trust configuration fails at once, before any migration waits for
+     * PostgreSQL (a migrations Job needs none of it). */
+    if (!migrate_only && trust_setup() != 0) return 1;
     if (migrate_only || cfg_bool("ORGMESH_MIGRATE_ON_START", true)) {
         rc = migrate(def, (int)cfg_int("ORGMESH_PG_WAIT_MS", 30000, 0, 600000));
         if (rc != 0) return 1;
@@ -182,23 +244,6 @@ int app_main(const app_def *def, int argc, char **argv) {
     cache_setup(cfg_str("ORGMESH_REDIS_HOST", "127.0.0.1"),
                 (int)cfg_int("ORGMESH_REDIS_PORT", 6379, 1, 65535),
                 (int)cfg_int("ORGMESH_REDIS_TIMEOUT_MS", 200, 1, 60000));
-
-    auth_config ac = {
-        .issuer = cfg_str("ORGMESH_JWT_ISSUER", "orgmesh-local"),
-        .audience = cfg_str("ORGMESH_JWT_AUDIENCE", "orgmesh"),
-        .keys = cfg_str("ORGMESH_JWT_KEYS", NULL),
-        .signing_key = cfg_str("ORGMESH_JWT_SIGNING_KEY", NULL),
-        .leeway_s = 30,
-    };
-    if (ac.keys == NULL) {
-        log_error("ORGMESH_JWT_KEYS is not set: no token could be verified");
-        return 1;
-    }
-    rc = auth_new(&app.auth, &ac);
-    if (rc != 0) {
-        log_error("bad token key configuration: %s", om_err_name(rc));
-        return 1;
-    }
 
     grpc_init();
     const char *metrics = cfg_str("ORGMESH_METRICS_LISTEN", NULL);
@@ -224,6 +269,7 @@ int app_main(const app_def *def, int argc, char **argv) {
         .worker_start = worker_start,
         .worker_stop = worker_stop,
         .after_call = after_call,
+        .platform_services = cfg_str("ORGMESH_PLATFORM_SERVICES", NULL),
     };
     rc = rpc_server_new(&app.server, &so);
     for (const rpc_service *const *s = def->services; rc == 0 && s && *s; s++)

@@ -48,6 +48,10 @@ typedef struct auth_key {
     unsigned char *secret; /* HS256 */
     size_t secret_len;
     EVP_PKEY *pkey; /* ES256: public, or private (which can verify too) */
+    /* SPEC 8: the identities this key may sign for */
+    bool bound;     /* named in key_subjects */
+    bool users;     /* user tokens (an issuer key) */
+    char *services; /* ",assets,notifier," (NULL: none) */
 } auth_key;
 
 struct auth_ctx {
@@ -164,6 +168,7 @@ static bool service_name_valid(const char *s, size_t n) {
 static void key_clear(auth_key *k) {
     if (k->secret) OPENSSL_clear_free(k->secret, k->secret_len);
     EVP_PKEY_free(k->pkey);
+    free(k->services);
     memset(k, 0, sizeof *k);
 }
 
@@ -338,6 +343,97 @@ static int set_signer(const char *s, size_t n, void *arg) {
     return 0;
 }
 
+static auth_key *find_key_mut(auth_ctx *a, const char *kid, size_t n) {
+    for (size_t i = 0; i < a->n_keys; i++)
+        if (strlen(a->keys[i].kid) == n && memcmp(a->keys[i].kid, kid, n) == 0) return &a->keys[i];
+    return NULL;
+}
+
+/* One "kid=subject[,subject...]" entry of key_subjects (SPEC 8: each key is
+ * bound to the identities it may sign for). */
+static int bind_entry(const char *s, size_t n, void *arg) {
+    auth_ctx *a = arg;
+    const char *eq = memchr(s, '=', n);
+    if (eq == NULL) {
+        log_error("auth: key binding \"%.*s\" is not \"kid=subject[,subject...]\"", (int)(n > 80 ? 80 : n), s);
+        return OM_E_INVALID_ARGUMENT;
+    }
+    size_t kid_len = (size_t)(eq - s);
+    while (kid_len && is_space(s[kid_len - 1])) kid_len--;
+    auth_key *k = find_key_mut(a, s, kid_len);
+    if (k == NULL) {
+        /* a binding left over from a key already removed (rotation) is harmless */
+        log_warn("auth: key binding for \"%.*s\", which is not among the verification keys: ignored",
+                 (int)(kid_len > AUTH_KID_MAX ? AUTH_KID_MAX : kid_len), s);
+        return 0;
+    }
+    if (k->bound) {
+        log_error("auth: key \"%s\" is bound twice", k->kid);
+        return OM_E_INVALID_ARGUMENT;
+    }
+    k->bound = true;
+    const char *p = eq + 1, *end = s + n;
+    size_t plen = sizeof AUTH_SERVICE_PREFIX - 1;
+    while (p <= end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *q = comma ? comma : end;
+        const char *b = p;
+        size_t len = (size_t)(q - p);
+        while (len && is_space(*b)) b++, len--;
+        while (len && is_space(b[len - 1])) len--;
+        if (len == 5 && memcmp(b, "users", 5) == 0) {
+            k->users = true;
+        } else if (len > plen && memcmp(b, AUTH_SERVICE_PREFIX, plen) == 0 &&
+                   service_name_valid(b + plen, len - plen)) {
+            size_t old = k->services ? strlen(k->services) : 1;
+            char *grown = realloc(k->services, old + (len - plen) + 2);
+            if (grown == NULL) return OM_E_NOMEM;
+            if (k->services == NULL) grown[0] = ',';
+            memcpy(grown + old, b + plen, len - plen);
+            grown[old + len - plen] = ',';
+            grown[old + len - plen + 1] = '\0';
+            k->services = grown;
+        } else {
+            log_error("auth: key \"%s\": subject \"%.*s\" is neither `users` nor `service:<name>`", k->kid,
+                      (int)(len > 40 ? 40 : len), b);
+            return OM_E_INVALID_ARGUMENT;
+        }
+        if (comma == NULL) break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
+/* SPEC 8: a service's key signs only that service's identity; user tokens
+ * come only from the issuer's keys. */
+static bool key_signs_for(const auth_key *k, const om_actor *actor) {
+    if (actor->service[0] == '\0') return k->users;
+    if (k->services == NULL) return false;
+    char want[AUTH_SERVICE_MAX + 3];
+    snprintf(want, sizeof want, ",%s,", actor->service);
+    return strstr(k->services, want) != NULL;
+}
+
+bool auth_uses_hs256(const auth_ctx *a) {
+    if (a == NULL) return false;
+    if (a->can_sign && a->signer.alg == AUTH_HS256) return true;
+    for (size_t i = 0; i < a->n_keys; i++)
+        if (a->keys[i].alg == AUTH_HS256) return true;
+    return false;
+}
+
+size_t auth_unbound_keys(const auth_ctx *a) {
+    size_t n = 0;
+    for (size_t i = 0; a && i < a->n_keys; i++) {
+        if (a->keys[i].users || a->keys[i].services) continue;
+        log_warn("auth: key \"%s\" is bound to no identity (ORGMESH_JWT_KEY_SUBJECTS): every token it signs is "
+                 "refused",
+                 a->keys[i].kid);
+        n++;
+    }
+    return n;
+}
+
 int auth_new(auth_ctx **out, const auth_config *cfg) {
     if (out == NULL) return OM_E_INVALID_ARGUMENT;
     *out = NULL;
@@ -372,6 +468,7 @@ int auth_new(auth_ctx **out, const auth_config *cfg) {
         if (a->keys == NULL) goto fail;
         if ((rc = for_each_entry(cfg->keys, add_entry, a)) != 0) goto fail;
     }
+    if ((rc = for_each_entry(cfg->key_subjects, bind_entry, a)) != 0) goto fail;
     if ((rc = for_each_entry(cfg->signing_key, set_signer, a)) != 0) goto fail;
     *out = a;
     return 0;
@@ -638,6 +735,12 @@ int auth_verify_claims(const auth_ctx *a, const char *token, size_t len, om_acto
         json_loadb((const char *)buf + hdec, (size_t)pdec, JSON_REJECT_DUPLICATES, &err);
     if (claims == NULL) return refuse("payload is not JSON");
     rc = check_claims(a, claims, actor);
+    if (rc == 0 && !key_signs_for(key, actor)) {
+        /* SPEC 8: one leaked service key must not impersonate anyone else */
+        log_debug("auth: token refused: key \"%s\" may not sign for %s%s", key->kid,
+                  actor->service[0] ? AUTH_SERVICE_PREFIX : "a user", actor->service);
+        rc = OM_E_KEY_NOT_BOUND_TO_SUBJECT;
+    }
     if (rc == 0 && claims_json) {
         *claims_json = json_dumps(claims, JSON_COMPACT);
         if (*claims_json == NULL) rc = OM_E_NOMEM;

@@ -33,16 +33,29 @@ typedef struct auth_config {
     /* The key this process signs with, "kid:alg:material" as above (for ES256
      * a PEM private key) (ORGMESH_JWT_SIGNING_KEY). NULL: cannot mint. */
     const char *signing_key;
+    /* Which identities each key may sign for (SPEC 8), ';'-separated
+     * "kid=subject[,subject...]" where a subject is `users` (user tokens: the
+     * issuer's keys) or `service:<name>` (that service's own identity)
+     * (ORGMESH_JWT_KEY_SUBJECTS). A key bound to nothing signs for nobody:
+     * its tokens are refused with OM_E_KEY_NOT_BOUND_TO_SUBJECT. */
+    const char *key_subjects;
     int leeway_s;          /* clock skew allowed, seconds; 0 = the default 30 */
 } auth_config;
 
 typedef struct auth_ctx auth_ctx;
 
 int auth_new(auth_ctx **out, const auth_config *cfg);
+/* Number of verification keys bound to no identity; logs a warning naming
+ * each (for start-up). */
+size_t auth_unbound_keys(const auth_ctx *a);
+/* Whether any key (verification or signing) is HS256 (local development only). */
+bool auth_uses_hs256(const auth_ctx *a);
 void auth_free(auth_ctx *a);
 
 /* Verify a compact JWT (without the "Bearer " prefix). Returns 0 and fills
- * *actor, or OM_E_UNAUTHENTICATED / OM_E_TOKEN_EXPIRED. Thread-safe. */
+ * *actor, or OM_E_UNAUTHENTICATED / OM_E_TOKEN_EXPIRED /
+ * OM_E_KEY_NOT_BOUND_TO_SUBJECT (a good signature by a key that may not sign
+ * for this `sub`). All three are gRPC UNAUTHENTICATED. Thread-safe. */
 int auth_verify(const auth_ctx *a, const char *token, size_t len, om_actor *actor);
 
 /* Mint a token for `actor` valid for `ttl_s` seconds, signed with the signing

@@ -32,9 +32,13 @@
     /* identity (SPEC 8) */                                                             \
     XX(UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid credentials")  \
     XX(TOKEN_EXPIRED, GRPC_STATUS_UNAUTHENTICATED, "the token has expired")             \
+    XX(KEY_NOT_BOUND_TO_SUBJECT, GRPC_STATUS_UNAUTHENTICATED,                           \
+       "the token's signing key may not sign for this identity")                       \
     XX(PERMISSION_DENIED, GRPC_STATUS_PERMISSION_DENIED, "permission denied")           \
     XX(SERVICE_IDENTITY_REQUIRED, GRPC_STATUS_PERMISSION_DENIED,                        \
        "this method is only for orgmesh services")                                     \
+    XX(SERVICE_NOT_ALLOWED, GRPC_STATUS_PERMISSION_DENIED,                              \
+       "this service identity may not call this method")                               \
     /* accounts */                                                                      \
     XX(EMAIL_TAKEN, GRPC_STATUS_ALREADY_EXISTS, "this email address is already in use") \
     XX(ACCOUNT_DEACTIVATED, GRPC_STATUS_FAILED_PRECONDITION, "the account is deactivated") \

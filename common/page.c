@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "config.h"
@@ -21,7 +22,7 @@
 #define PAGE_SCOPE_LEN 8
 #define PAGE_TAG_LEN 16
 #define PAGE_KEY_MAX 256
-#define PAGE_DEV_KEY "orgmesh-development-page-token-key"
+#define PAGE_RANDOM_KEY_LEN 32
 
 int page_size_normalize(int32_t requested, int *out) {
     if (requested < 0) return OM_E_INVALID_ARGUMENT;
@@ -42,12 +43,19 @@ static void page_key(uint8_t *out, size_t *len) {
     pthread_mutex_lock(&key_mu);
     if (key_len == 0) {
         const char *k = cfg_str("ORGMESH_PAGE_TOKEN_KEY", NULL);
-        if (k == NULL || k[0] == '\0') {
-            log_warn("ORGMESH_PAGE_TOKEN_KEY is not set: page tokens use the development key");
-            k = PAGE_DEV_KEY;
+        if (k != NULL && k[0] != '\0') {
+            key_len = strlen(k) < PAGE_KEY_MAX ? strlen(k) : PAGE_KEY_MAX;
+            memcpy(key_buf, k, key_len);
+        } else if (RAND_bytes(key_buf, PAGE_RANDOM_KEY_LEN) == 1) {
+            /* never a key published in the source: without one, tokens are
+             * good for this process only (app.c refuses to start without a
+             * key outside local development) */
+            log_warn("ORGMESH_PAGE_TOKEN_KEY is not set: page tokens use a random key of this process");
+            key_len = PAGE_RANDOM_KEY_LEN;
+        } else {
+            log_error("page: no ORGMESH_PAGE_TOKEN_KEY and no random bytes for one");
+            abort(); /* never sign with a key anyone could guess */
         }
-        key_len = strlen(k) < PAGE_KEY_MAX ? strlen(k) : PAGE_KEY_MAX;
-        memcpy(key_buf, k, key_len);
     }
     memcpy(out, key_buf, key_len);
     *len = key_len;

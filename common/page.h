@@ -30,8 +30,8 @@ int page_token_encode(const char *scope, const char *cursor, char **out);
  * page_token_encode with this scope and key. */
 int page_token_decode(const char *scope, const char *token, char **cursor);
 
-/* Replace the signing key (default: ORGMESH_PAGE_TOKEN_KEY, else a fixed
- * development key). For start-up and tests; 1..256 bytes. */
+/* Replace the signing key (default: ORGMESH_PAGE_TOKEN_KEY, else a
+ * random key of this process). For start-up and tests; 1..256 bytes. */
 int page_token_set_key(const void *key, size_t len);
 
 #endif

@@ -40,10 +40,21 @@ enum {
  * handler running on a worker must not return it (INTERNAL). */
 #define RPC_DEFER 1
 
+/* In a method's `services` list: the service identities the operator names
+ * in ORGMESH_PLATFORM_SERVICES (the identity system that provisions users,
+ * operator tools), never a service called "platform". */
+#define RPC_PLATFORM "platform"
+
 typedef struct rpc_method {
     const char *name; /* as in the .proto, e.g. "GetAccount" */
     rpc_unary_fn fn;
     unsigned flags;
+    /* Issue 13: the service identities that may call it (NULL-terminated
+     * names, RPC_PLATFORM among them or not); any other service identity gets
+     * PERMISSION_DENIED (SERVICE_NOT_ALLOWED) before the handler runs. NULL:
+     * no service identity may call it. Users are not affected (the handler
+     * decides). An RPC_INTERNAL method must have a list (rpc_server_add). */
+    const char *const *services;
 } rpc_method;
 
 /* Methods of `desc` that have no row in `methods` answer UNIMPLEMENTED. */
@@ -123,6 +134,9 @@ typedef struct rpc_server_opts {
      * the handler left open). May be NULL. */
     void (*after_call)(void *arg);
     void *worker_arg;
+    /* Comma-separated service names that RPC_PLATFORM stands for in the
+     * methods' `services` lists (ORGMESH_PLATFORM_SERVICES); NULL: none. */
+    const char *platform_services;
 } rpc_server_opts;
 
 int rpc_server_new(rpc_server **out, const rpc_server_opts *opts);

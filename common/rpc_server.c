@@ -101,6 +101,7 @@ typedef struct srv_method {
     const ProtobufCMethodDescriptor *md; /* NULL for streams */
     rpc_unary_fn fn;
     unsigned flags;
+    const char *const *services;         /* who may call it as a service (rpc_method) */
     bool stream;                         /* reflection */
     void *handle;
     metrics_method *metrics;
@@ -701,6 +702,31 @@ static int authenticate(rpc_ctx *ctx, const char *tok, size_t len) {
     return 0;
 }
 
+/* `name` is one of the comma-separated names of `csv`. */
+static bool csv_has(const char *csv, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = csv; p && *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ') e++;
+        if ((size_t)(e - p) == n && n > 0 && memcmp(p, name, n) == 0) return true;
+        p = e;
+    }
+    return false;
+}
+
+/* Issue 13: a service identity calls only the methods that list it. */
+static bool service_allowed(const rpc_server *srv, const srv_method *m, const char *name) {
+    for (const char *const *s = m->services; s && *s; s++) {
+        if (strcmp(*s, RPC_PLATFORM) == 0) {
+            if (csv_has(srv->opts.platform_services, name)) return true;
+        } else if (strcmp(*s, name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Read what the call's metadata says: token and trace id. */
 static int read_metadata(rpc_ctx *ctx) {
     const char *tok = NULL;
@@ -742,6 +768,10 @@ static int read_metadata(rpc_ctx *ctx) {
     ctx->have_actor = true;
     if ((ctx->method->flags & RPC_INTERNAL) && ctx->actor.service[0] == '\0')
         return OM_E_SERVICE_IDENTITY_REQUIRED;
+    if (ctx->actor.service[0] != '\0' && !service_allowed(ctx->srv, ctx->method, ctx->actor.service)) {
+        log_debug("rpc: %s refused to service:%s (not in its list)", ctx->method->path, ctx->actor.service);
+        return OM_E_SERVICE_NOT_ALLOWED;
+    }
     return 0;
 }
 
@@ -1050,7 +1080,7 @@ void rpc_server_set_auth(rpc_server *srv, auth_ctx *auth) {
 }
 
 static int add_method(rpc_server *srv, const char *path, const ProtobufCMethodDescriptor *md,
-                      rpc_unary_fn fn, unsigned flags, bool stream) {
+                      rpc_unary_fn fn, unsigned flags, const char *const *services, bool stream) {
     srv_method *ms = realloc(srv->methods, (size_t)(srv->n_methods + 1) * sizeof *ms);
     if (ms == NULL) return OM_E_NOMEM;
     srv->methods = ms;
@@ -1061,6 +1091,7 @@ static int add_method(rpc_server *srv, const char *path, const ProtobufCMethodDe
     m->md = md;
     m->fn = fn;
     m->flags = flags;
+    m->services = services;
     m->stream = stream;
     srv->n_methods++;
     return 0;
@@ -1087,7 +1118,12 @@ int rpc_server_add(rpc_server *srv, const rpc_service *svc) {
         if (row == NULL) continue; /* answered UNIMPLEMENTED by the generic path */
         char path[256];
         snprintf(path, sizeof path, "/%s/%s", d->name, d->methods[i].name);
-        rc = add_method(srv, path, &d->methods[i], row->fn, row->flags, false);
+        if ((row->flags & RPC_INTERNAL) && row->services == NULL) {
+            /* issue 13: an internal method names the services that may call it */
+            log_error("rpc: internal method %s has no list of calling services", path);
+            return OM_E_INVALID_ARGUMENT;
+        }
+        rc = add_method(srv, path, &d->methods[i], row->fn, row->flags, row->services, false);
         if (rc != 0) return rc;
     }
     return 0;
@@ -1100,7 +1136,7 @@ int rpc_server_start(rpc_server *srv) {
         for (int i = 0; i < 2; i++) {
             char path[128];
             snprintf(path, sizeof path, "/%s/ServerReflectionInfo", refl_names[i]);
-            int rc = add_method(srv, path, NULL, NULL, RPC_NOAUTH, true);
+            int rc = add_method(srv, path, NULL, NULL, RPC_NOAUTH, NULL, true);
             if (rc == 0) rc = add_service_name(srv, refl_names[i]);
             if (rc != 0) return rc;
         }

@@ -56,8 +56,8 @@ class Skip(Exception):
 
 
 def dev_secret():
-    # ORGMESH_JWT_SIGNING_KEY is "kid:HS256:secret" for local runs.
-    key = os.environ.get("ORGMESH_JWT_SIGNING_KEY", "dev:HS256:orgmesh-dev-secret")
+    # User tokens: the local issuer key "dev" (bound to users, deploy/local/lib.sh).
+    key = os.environ.get("ORGMESH_DEMO_USER_KEY", "dev:HS256:orgmesh-dev-secret")
     kid, _alg, secret = key.split(":", 2)
     return kid, secret
 
@@ -524,7 +524,8 @@ def scene_notifier(since):
 
 def main():
     global SVC
-    SVC = om.bearer(token("service:demo"))
+    # SPEC 8: service:demo is signed with the key bound to it (deploy/local/lib.sh)
+    SVC = om.bearer(om.mint_token("service:demo", kid="dev-demo", secret="orgmesh-dev-secret-demo"))
     since = time.time()
     show_health()
     scene_accounts()

@@ -13,8 +13,9 @@ Partner-employee tags and partner links are the partners service's to make
     python3 deploy/local/demo_accounts.py [--addr 127.0.0.1:50051]
 
 Stubs come from <build>/python (ORGMESH_BUILD_DIR, default <repo>/build). The
-token is minted with ORGMESH_JWT_SIGNING_KEY ("kid:HS256:secret", the local
-development key by default), ORGMESH_JWT_ISSUER and ORGMESH_JWT_AUDIENCE.
+service:demo-loader token is signed with the local key bound to it
+("dev-demo-loader", deploy/local/lib.sh; ORGMESH_DEMO_SERVICE_KEY overrides),
+with ORGMESH_JWT_ISSUER and ORGMESH_JWT_AUDIENCE.
 Run it with /usr/bin/python3 (Debian's grpcio)."""
 
 import argparse
@@ -95,10 +96,12 @@ def b64url(b):
 
 
 def service_token(name):
-    key = os.environ.get("ORGMESH_JWT_SIGNING_KEY", "dev:HS256:orgmesh-test-secret")
+    # SPEC 8: service:<name> is signed with the key bound to it; locally that
+    # is "dev-<name>" (deploy/local/lib.sh), unless ORGMESH_DEMO_SERVICE_KEY says.
+    key = os.environ.get("ORGMESH_DEMO_SERVICE_KEY", f"dev-{name}:HS256:orgmesh-dev-secret-{name}")
     kid, alg, secret = key.split(":", 2)
     if alg != "HS256":
-        sys.exit("demo_accounts: ORGMESH_JWT_SIGNING_KEY must be an HS256 key (local development)")
+        sys.exit("demo_accounts: ORGMESH_DEMO_SERVICE_KEY must be an HS256 key (local development)")
     now = int(time.time())
     claims = {"sub": f"service:{name}", "iss": os.environ.get("ORGMESH_JWT_ISSUER", "orgmesh-local"),
               "aud": os.environ.get("ORGMESH_JWT_AUDIENCE", "orgmesh"), "iat": now, "exp": now + 600}

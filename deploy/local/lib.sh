@@ -6,9 +6,23 @@
 OM_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 OM_PYTHON=/usr/bin/python3   # Debian's python3-grpcio lives here, not in pyenv's
 OM_SERVICES=(accounts organizations connections assets partners notifier)
-# The well-known dev key of orgmesh-token: `orgmesh-token --sub 42` works
-# against `up` with no setup. HS256 is for local development only (SPEC 8).
+# The well-known dev keys of orgmesh-token: `orgmesh-token --sub 42` and
+# `orgmesh-token --service partners` work against `up` with no setup. HS256 is
+# for local development only (SPEC 8). Each key is bound to one identity, as in
+# a deployment: "dev" signs users, "dev-<name>" only service:<name>.
 OM_DEV_KEY=dev:HS256:orgmesh-dev-secret
+OM_DEV_IDENTITIES=("${OM_SERVICES[@]}" demo demo-loader)
+om_dev_service_key() { echo "dev-$1:HS256:orgmesh-dev-secret-$1"; }
+om_dev_keys() {
+    local k=$OM_DEV_KEY s
+    for s in "${OM_DEV_IDENTITIES[@]}"; do k="$k;$(om_dev_service_key "$s")"; done
+    echo "$k"
+}
+om_dev_key_subjects() {
+    local b="dev=users" s
+    for s in "${OM_DEV_IDENTITIES[@]}"; do b="$b;dev-$s=service:$s"; done
+    echo "$b"
+}
 
 om_say() { printf '%s: %s\n' "${OM_PROG:-orgmesh}" "$*"; }
 

@@ -1892,37 +1892,51 @@ static int h_list_memberships_internal(rpc_ctx *ctx, const ProtobufCMessage *req
 
 /* ---- the service tables ------------------------------------------------------------------ */
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+/* assets (ASSET-01 roles) and connections (CONN-06 seats) read memberships */
+static const char *const by_readers[] = {"assets", "connections", RPC_PLATFORM, NULL};
+/* partner tags and links: the partners service alone (SPEC 1) */
+static const char *const by_partners[] = {"partners", NULL};
+static const char *const by_batch_accounts[] = {"organizations", "connections", "partners", RPC_PLATFORM, NULL};
+static const char *const by_batch_users[] = {"organizations", "partners", "notifier", RPC_PLATFORM, NULL};
+static const char *const by_members_internal[] = {"organizations", "partners", "notifier", RPC_PLATFORM, NULL};
+
 static const rpc_method public_methods[] = {
-    {"CreateAccount", h_create_account, 0},
-    {"GetAccount", h_get_account, 0},
-    {"ListAccounts", h_list_accounts, 0},
-    {"UpdateAccount", h_update_account, 0},
-    {"DeactivateAccount", h_deactivate_account, 0},
-    {"ReactivateAccount", h_reactivate_account, 0},
-    {"DeleteAccount", h_delete_account, 0},
-    {"ListAccountHistory", h_list_account_history, 0},
-    {"CreateUser", h_create_user, 0},
-    {"GetUser", h_get_user, 0},
-    {"GetUserByEmail", h_get_user_by_email, 0},
-    {"ListUsers", h_list_users, 0},
-    {"UpdateUser", h_update_user, 0},
-    {"DeleteUser", h_delete_user, 0},
-    {"ListUserHistory", h_list_user_history, 0},
-    {"CreateMembership", h_create_membership, 0},
-    {"GetMembership", h_get_membership, 0},
-    {"ListMemberships", h_list_memberships, 0},
-    {"UpdateMembership", h_update_membership, 0},
-    {"DeleteMembership", h_delete_membership, 0},
+    {"CreateAccount", h_create_account, 0, by_platform},
+    {"GetAccount", h_get_account, 0, by_platform},
+    {"ListAccounts", h_list_accounts, 0, by_platform},
+    {"UpdateAccount", h_update_account, 0, by_platform},
+    {"DeactivateAccount", h_deactivate_account, 0, by_platform},
+    {"ReactivateAccount", h_reactivate_account, 0, by_platform},
+    {"DeleteAccount", h_delete_account, 0, by_platform},
+    {"ListAccountHistory", h_list_account_history, 0, by_platform},
+    {"CreateUser", h_create_user, 0, by_platform},
+    {"GetUser", h_get_user, 0, by_platform},
+    {"GetUserByEmail", h_get_user_by_email, 0, by_platform},
+    {"ListUsers", h_list_users, 0, by_platform},
+    {"UpdateUser", h_update_user, 0, by_platform},
+    {"DeleteUser", h_delete_user, 0, by_platform},
+    {"ListUserHistory", h_list_user_history, 0, by_platform},
+    {"CreateMembership", h_create_membership, 0, by_platform},
+    {"GetMembership", h_get_membership, 0, by_platform},
+    {"ListMemberships", h_list_memberships, 0, by_readers},
+    {"UpdateMembership", h_update_membership, 0, by_platform},
+    {"DeleteMembership", h_delete_membership, 0, by_platform},
     {NULL, NULL, 0},
 };
 
 static const rpc_method internal_methods[] = {
-    {"SetPartnerEmployee", h_set_partner_employee, RPC_INTERNAL},
-    {"AddPartnerLinkedMembership", h_add_partner_linked_membership, RPC_INTERNAL},
-    {"RemovePartnerLinkedMembership", h_remove_partner_linked_membership, RPC_INTERNAL},
-    {"BatchGetAccounts", h_batch_get_accounts, RPC_INTERNAL},
-    {"BatchGetUsers", h_batch_get_users, RPC_INTERNAL},
-    {"ListMembershipsInternal", h_list_memberships_internal, RPC_INTERNAL},
+    {"SetPartnerEmployee", h_set_partner_employee, RPC_INTERNAL, by_partners},
+    {"AddPartnerLinkedMembership", h_add_partner_linked_membership, RPC_INTERNAL, by_partners},
+    {"RemovePartnerLinkedMembership", h_remove_partner_linked_membership, RPC_INTERNAL, by_partners},
+    {"BatchGetAccounts", h_batch_get_accounts, RPC_INTERNAL, by_batch_accounts},
+    {"BatchGetUsers", h_batch_get_users, RPC_INTERNAL, by_batch_users},
+    {"ListMembershipsInternal", h_list_memberships_internal, RPC_INTERNAL, by_members_internal},
     {NULL, NULL, 0},
 };
 

@@ -971,18 +971,25 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     return run(&cl, NULL);
 }
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+
 static const rpc_method methods[] = {
-    {"CreateAsset", h_create, 0},
-    {"GetAsset", h_get, 0},
-    {"ListAssets", h_list, 0},
-    {"UpdateAsset", h_update, 0},
-    {"DeleteAsset", h_delete, 0},
-    {"CopyAssets", h_copy, 0},
-    {"GetCopyJob", h_get_job, 0},
-    {"ListCopyJobs", h_list_jobs, 0},
-    {"CancelCopyJob", h_cancel, 0},
-    {"ListCopyJobResults", h_results, 0},
-    {"ListAssetHistory", h_history, 0},
+    {"CreateAsset", h_create, 0, by_platform},
+    {"GetAsset", h_get, 0, by_platform},
+    {"ListAssets", h_list, 0, by_platform},
+    {"UpdateAsset", h_update, 0, by_platform},
+    {"DeleteAsset", h_delete, 0, by_platform},
+    {"CopyAssets", h_copy, 0, by_platform},
+    {"GetCopyJob", h_get_job, 0, by_platform},
+    {"ListCopyJobs", h_list_jobs, 0, by_platform},
+    {"CancelCopyJob", h_cancel, 0, by_platform},
+    {"ListCopyJobResults", h_results, 0, by_platform},
+    {"ListAssetHistory", h_history, 0, by_platform},
     {NULL, NULL, 0},
 };
 

@@ -1097,17 +1097,26 @@ static int h_check_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     return 0;
 }
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+/* assets asks before and during each copy (ASSET-03) */
+static const char *const by_assets[] = {"assets", RPC_PLATFORM, NULL};
+
 static const rpc_method methods[] = {
-    {"ListConnections", h_list, 0},
-    {"GetConnection", h_get, 0},
-    {"QuickConnect", h_quick, 0},
-    {"AddConnections", h_add, 0},
-    {"BatchUpdateConnections", h_batch, 0},
-    {"DeleteConnection", h_delete, 0},
-    {"CheckMirrorAccess", h_check_mirror, RPC_INLINE},
-    {"ListMirrorSources", h_mirror_sources, RPC_INLINE},
-    {"CheckAssetCopy", h_check_asset, RPC_INLINE},
-    {"ListConnectionHistory", h_history, 0},
+    {"ListConnections", h_list, 0, by_platform},
+    {"GetConnection", h_get, 0, by_platform},
+    {"QuickConnect", h_quick, 0, by_platform},
+    {"AddConnections", h_add, 0, by_platform},
+    {"BatchUpdateConnections", h_batch, 0, by_platform},
+    {"DeleteConnection", h_delete, 0, by_platform},
+    {"CheckMirrorAccess", h_check_mirror, RPC_INLINE, by_platform},
+    {"ListMirrorSources", h_mirror_sources, RPC_INLINE, by_platform},
+    {"CheckAssetCopy", h_check_asset, RPC_INLINE, by_assets},
+    {"ListConnectionHistory", h_history, 0, by_platform},
     {NULL, NULL, 0},
 };
 

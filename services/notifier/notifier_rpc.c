@@ -353,11 +353,19 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     return 0;
 }
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+/* operator tools: deliveries hold email addresses */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+
 static const rpc_method methods[] = {
-    {"ListDeliveries", h_list_deliveries, RPC_INTERNAL},
-    {"ListDeadLetters", h_list_dead_letters, RPC_INTERNAL},
-    {"ReplayDeadLetters", h_replay, RPC_INTERNAL},
-    {"ListDeadLetterHistory", h_history, RPC_INTERNAL},
+    {"ListDeliveries", h_list_deliveries, RPC_INTERNAL, by_platform},
+    {"ListDeadLetters", h_list_dead_letters, RPC_INTERNAL, by_platform},
+    {"ReplayDeadLetters", h_replay, RPC_INTERNAL, by_platform},
+    {"ListDeadLetterHistory", h_history, RPC_INTERNAL, by_platform},
     {NULL, NULL, 0},
 };
 

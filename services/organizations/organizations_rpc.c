@@ -1101,16 +1101,25 @@ static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     return run(&cl, req->request_id);
 }
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+/* connections reads the organization it enforces CONN rules on */
+static const char *const by_connections[] = {"connections", RPC_PLATFORM, NULL};
+
 static const rpc_method methods[] = {
-    {"ListEligibleAccounts", h_list_eligible, 0},
-    {"CreateOrganization", h_create, 0},
-    {"GetOrganization", h_get, 0},
-    {"GetOrganizationByAccount", h_get_by_account, 0},
-    {"ListOrgMembers", h_list_members, 0},
-    {"AddOrgMembers", h_add, 0},
-    {"RemoveOrgMember", h_remove, 0},
-    {"DeleteOrganization", h_delete, 0},
-    {"ListOrganizationHistory", h_history, 0},
+    {"ListEligibleAccounts", h_list_eligible, 0, by_platform},
+    {"CreateOrganization", h_create, 0, by_platform},
+    {"GetOrganization", h_get, 0, by_connections},
+    {"GetOrganizationByAccount", h_get_by_account, 0, by_platform},
+    {"ListOrgMembers", h_list_members, 0, by_platform},
+    {"AddOrgMembers", h_add, 0, by_platform},
+    {"RemoveOrgMember", h_remove, 0, by_platform},
+    {"DeleteOrganization", h_delete, 0, by_platform},
+    {"ListOrganizationHistory", h_history, 0, by_platform},
     {NULL, NULL, 0},
 };
 

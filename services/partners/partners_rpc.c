@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/rand.h>
+
 #include "audit.h"
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
@@ -40,8 +42,6 @@ int partners_init(void) {
     partners_cfg.resend_interval_s =
         cfg_int("ORGMESH_PARTNERS_RESEND_INTERVAL_S", PART_DEFAULT_RESEND_INTERVAL_S, 0, 30LL * 24 * 3600);
     partners_cfg.timer_ms = (int)cfg_int("ORGMESH_PARTNERS_TIMER_MS", 1000, 10, 600000);
-    /* Link tokens must verify on every replica: one key for all of them. */
-    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", "orgmesh-partners-development-token-key");
     /* Abuse limits (issue 13): per window, per actor and per client account; 0 = none. */
     const int64_t big = 1000000000;
     partners_cfg.rate_window_s = cfg_int("ORGMESH_PARTNERS_RATE_WINDOW_S", 3600, 1, 7LL * 24 * 3600);
@@ -51,6 +51,27 @@ int partners_init(void) {
     partners_cfg.resends_per_client = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_CLIENT", 20, 0, big);
     partners_cfg.tokens_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_ACTOR", 30, 0, big);
     partners_cfg.tokens_per_client = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_CLIENT", 100, 0, big);
+    /* Link tokens must verify on every replica: one key for all of them, and
+     * never a key published in the source (docs/security.md). */
+    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", NULL);
+    if (partners_cfg.token_key == NULL || partners_cfg.token_key[0] == '\0') {
+        if (!cfg_bool("ORGMESH_DEV_MODE", false)) {
+            log_error("ORGMESH_PARTNERS_TOKEN_KEY is not set: refusing to start (access-request links must be "
+                      "signed with a secret shared by every replica; ORGMESH_DEV_MODE=1 is for local "
+                      "development only)");
+            return -1;
+        }
+        static char random_key[65];
+        unsigned char raw[32];
+        if (RAND_bytes(raw, sizeof raw) != 1) {
+            log_error("partners: no random bytes for a development token key");
+            return -1;
+        }
+        for (size_t i = 0; i < sizeof raw; i++) snprintf(random_key + 2 * i, 3, "%02x", raw[i]);
+        log_warn("ORGMESH_PARTNERS_TOKEN_KEY is not set (development mode): access-request links use a random "
+                 "key of this process");
+        partners_cfg.token_key = random_key;
+    }
     return 0;
 }
 
@@ -2046,32 +2067,41 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 
 /* ---- the service tables ------------------------------------------------------------------------------- */
 
+/* Issue 13: who may call each method with a service identity (rpc_method
+ * `services`): RPC_PLATFORM is the operator's platform identities
+ * (ORGMESH_PLATFORM_SERVICES: the identity system, operator tools); an
+ * orgmesh service is listed only where its own calls need it
+ * (docs/security.md "Service identities"). */
+static const char *const by_platform[] = {RPC_PLATFORM, NULL};
+/* the notifier mails the link (PART-04): nobody else may mint one */
+static const char *const by_notifier[] = {"notifier", NULL};
+
 static const rpc_method public_methods[] = {
-    {"TagEmployees", h_tag_employees, 0},
-    {"UntagEmployee", h_untag_employee, 0},
-    {"ListPartnerEmployees", h_list_partner_employees, 0},
-    {"ListClients", h_list_clients, 0},
-    {"AddClients", h_add_clients, 0},
-    {"SearchClients", h_search_clients, 0},
-    {"AssignClientsToEmployee", h_assign_clients, 0},
-    {"AssignEmployeesToClient", h_assign_employees, 0},
-    {"ListAccessRequests", h_list_access_requests, 0},
-    {"GetAccessRequest", h_get_access_request, 0},
-    {"ApproveAccessRequest", h_approve, 0},
-    {"DeclineAccessRequest", h_decline, 0},
-    {"CancelAccessRequest", h_cancel, 0},
-    {"ResendAccessRequest", h_resend, 0},
-    {"RemoveEmployeeFromClient", h_remove_employee, 0},
-    {"ListEmployeeClients", h_list_employee_clients, 0},
-    {"ListClientEmployees", h_list_client_employees, 0},
-    {"GetManagedMrrReport", h_mrr_report, 0},
-    {"ListPartnerHistory", h_history, 0},
+    {"TagEmployees", h_tag_employees, 0, by_platform},
+    {"UntagEmployee", h_untag_employee, 0, by_platform},
+    {"ListPartnerEmployees", h_list_partner_employees, 0, by_platform},
+    {"ListClients", h_list_clients, 0, by_platform},
+    {"AddClients", h_add_clients, 0, by_platform},
+    {"SearchClients", h_search_clients, 0, by_platform},
+    {"AssignClientsToEmployee", h_assign_clients, 0, by_platform},
+    {"AssignEmployeesToClient", h_assign_employees, 0, by_platform},
+    {"ListAccessRequests", h_list_access_requests, 0, by_platform},
+    {"GetAccessRequest", h_get_access_request, 0, by_platform},
+    {"ApproveAccessRequest", h_approve, 0, by_platform},
+    {"DeclineAccessRequest", h_decline, 0, by_platform},
+    {"CancelAccessRequest", h_cancel, 0, by_platform},
+    {"ResendAccessRequest", h_resend, 0, by_platform},
+    {"RemoveEmployeeFromClient", h_remove_employee, 0, by_platform},
+    {"ListEmployeeClients", h_list_employee_clients, 0, by_platform},
+    {"ListClientEmployees", h_list_client_employees, 0, by_platform},
+    {"GetManagedMrrReport", h_mrr_report, 0, by_platform},
+    {"ListPartnerHistory", h_history, 0, by_platform},
     {NULL, NULL, 0},
 };
 
 static const rpc_method internal_methods[] = {
-    {"RecordActivities", h_record_activities, RPC_INTERNAL},
-    {"IssueAccessRequestTokens", h_issue_tokens, RPC_INTERNAL},
+    {"RecordActivities", h_record_activities, RPC_INTERNAL, by_platform},
+    {"IssueAccessRequestTokens", h_issue_tokens, RPC_INTERNAL, by_notifier},
     {NULL, NULL, 0},
 };
 

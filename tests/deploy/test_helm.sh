@@ -59,7 +59,8 @@ validate() { node "$repo/tests/deploy/validate.mjs" "$@"; }
 # Secrets values-nondefault.yaml names but does not create (existingSecret).
 external=(--external-secret orgmesh-db --external-secret orgmesh-redis
           --external-secret orgmesh-jwt-public --external-secret orgmesh-page-token
-          --external-secret orgmesh-smtp --external-secret orgmesh-service-keys)
+          --external-secret orgmesh-smtp --external-secret orgmesh-service-keys
+          --external-secret orgmesh-partners-token)
 
 # ---- 1. lint --------------------------------------------------------------------
 
@@ -131,6 +132,15 @@ want(cm.ORGMESH_CONNECTIONS_ADDR === "orgmesh-connections:8080", "assets -> conn
 want(!("ORGMESH_PARTNERS_ADDR" in cm), "assets has no partners address");
 want(/^assets-1:ES256:\/etc\/orgmesh\/jwt\/signing\/assets-1\.pem$/.test(cm.ORGMESH_JWT_SIGNING_KEY), "signing key path");
 want(cm.ORGMESH_JWT_KEYS.split(";").length === 7, "7 verification keys (issuer + 6 services)");
+// SPEC 8: each key bound to what it may sign for; the issuer's for users, each service's for itself.
+want(cm.ORGMESH_JWT_KEY_SUBJECTS === "orgmesh-1=users;accounts-1=service:accounts;assets-1=service:assets;" +
+     "connections-1=service:connections;notifier-1=service:notifier;organizations-1=service:organizations;" +
+     "partners-1=service:partners", `key bindings: ${cm.ORGMESH_JWT_KEY_SUBJECTS}`);
+// Token keys are always wired (services refuse to start without them); the link key only for partners.
+const envNames = (d) => d.spec.template.spec.containers[0].env.map((e) => e.name);
+want(envNames(get(def, "Deployment", "orgmesh-assets")).includes("ORGMESH_PAGE_TOKEN_KEY"), "page token key wired");
+want(!envNames(get(def, "Deployment", "orgmesh-assets")).includes("ORGMESH_PARTNERS_TOKEN_KEY"), "link key only for partners");
+want(envNames(get(def, "Deployment", "orgmesh-partners")).includes("ORGMESH_PARTNERS_TOKEN_KEY"), "link key for partners");
 want(!("ORGMESH_SMTP_URL" in cm), "only the notifier gets SMTP settings");
 want("ORGMESH_SMTP_URL" in get(def, "ConfigMap", "orgmesh-notifier").data, "notifier SMTP settings");
 const dep = get(def, "Deployment", "orgmesh-assets");
@@ -189,6 +199,7 @@ reject "an unknown service" --set services.billing.replicas=1
 reject "a string replica count" --set-string services.assets.replicas=two
 reject "an unknown peer" --set 'services.assets.peers={billing}'
 reject "a non-ES256 key" --set 'jwt.publicKeys[0].kid=k' --set 'jwt.publicKeys[0].algorithm=HS256'
+reject "a key bound to an unknown kind of subject" --set 'jwt.publicKeys[0].kid=k' --set 'jwt.publicKeys[0].subjects={everyone}'
 reject "an env name outside ORGMESH_*" --set services.assets.env.PATH=/x
 
 if "$helm" template x "$chart" --set config.shutdownGraceMs=9000 >"$work/reject" 2>&1; then

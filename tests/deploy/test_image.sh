@@ -63,8 +63,12 @@ for s in "${services[@]}"; do
     openssl ecparam -name prime256v1 -genkey -noout -out "$work/jwt/signing/$s-1.pem" 2>/dev/null
     openssl ec -in "$work/jwt/signing/$s-1.pem" -pubout -out "$work/jwt/public/$s-1.pem" 2>/dev/null
     keys="$keys${keys:+;}$s-1:ES256:/etc/orgmesh/jwt/public/$s-1.pem"
+    subjects="${subjects:-}${subjects:+;}$s-1=service:$s"   # SPEC 8: each key signs for its own service
 done
 chmod -R a+rX "$work/jwt"
+# Deployments give these from Secrets; without them the services refuse to start.
+page_key=$(openssl rand -hex 32)
+link_key=$(openssl rand -hex 32)
 
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 health() { # <port> <service name>: prints SERVING / NOT_SERVING / an error
@@ -96,6 +100,8 @@ for s in "${services[@]}"; do
         --env ORGMESH_LISTEN="127.0.0.1:$port" --env ORGMESH_METRICS_LISTEN="127.0.0.1:$mport" \
         --env ORGMESH_MIGRATE_ON_START=false \
         --env ORGMESH_JWT_KEYS="$keys" \
+        --env ORGMESH_JWT_KEY_SUBJECTS="$subjects" \
+        --env ORGMESH_PAGE_TOKEN_KEY="$page_key" --env ORGMESH_PARTNERS_TOKEN_KEY="$link_key" \
         --env ORGMESH_JWT_SIGNING_KEY="$s-1:ES256:/etc/orgmesh/jwt/signing/$s-1.pem" \
         "$ctr"
 

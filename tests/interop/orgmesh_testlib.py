@@ -39,6 +39,20 @@ ISSUER = "orgmesh-local"
 AUDIENCE = "orgmesh"
 KID = "dev"
 SECRET = "orgmesh-test-secret"
+# SPEC 8: each key signs only for the identities it is bound to. The issuer's
+# key KID signs users; every service identity the tests use has a key of its
+# own (service_key), so the harness proves binding rather than bypassing it.
+PLATFORM_TEST_IDENTITIES = ("tests", "provisioning", "crm", "identity")
+TEST_SERVICE_IDENTITIES = SERVICES + PLATFORM_TEST_IDENTITIES
+# Local development (ORGMESH_DEV_MODE) still needs shared token keys across
+# replicas; the tests set them rather than rely on per-process random keys.
+PAGE_TOKEN_KEY = "orgmesh-test-page-token-key-0123456789abcdef"
+PARTNERS_TOKEN_KEY = "orgmesh-test-partners-token-key-0123456789abcdef"
+
+
+def service_key(name, secret=SECRET):
+    """(kid, secret) of the HS256 key bound to service:<name> in the tests."""
+    return f"svc-{name}", f"{secret}-svc-{name}"
 
 START_TIMEOUT_S = float(os.environ.get("OM_TEST_START_TIMEOUT", "30"))
 STOP_TIMEOUT_S = 5.0  # SPEC 9: SIGTERM drains and exits within 5 s
@@ -131,14 +145,32 @@ def free_port():
         return s.getsockname()[1]
 
 
-def jwt_env(secret=SECRET, kid=KID):
-    key = f"{kid}:HS256:{secret}"
-    return {
+def jwt_env(secret=SECRET, kid=KID, service=None):
+    """The token environment of one service process: every test key, each
+    bound to its identity, and `service`'s own signing key (SPEC 8)."""
+    keys = [f"{kid}:HS256:{secret}"]
+    bindings = [f"{kid}=users"]
+    for name in TEST_SERVICE_IDENTITIES:
+        skid, ssecret = service_key(name, secret)
+        keys.append(f"{skid}:HS256:{ssecret}")
+        bindings.append(f"{skid}=service:{name}")
+    env = {
         "ORGMESH_JWT_ISSUER": ISSUER,
         "ORGMESH_JWT_AUDIENCE": AUDIENCE,
-        "ORGMESH_JWT_KEYS": key,
-        "ORGMESH_JWT_SIGNING_KEY": key,
+        "ORGMESH_JWT_KEYS": ";".join(keys),
+        "ORGMESH_JWT_KEY_SUBJECTS": ";".join(bindings),
+        "ORGMESH_DEV_MODE": "1",  # HS256 keys (SPEC 8: local development and tests only)
+        "ORGMESH_PAGE_TOKEN_KEY": PAGE_TOKEN_KEY,
+        "ORGMESH_PARTNERS_TOKEN_KEY": PARTNERS_TOKEN_KEY,
+        # the identities the tests provision and check with (issue 13: they stand
+        # for the platform's identity system and tools; orgmesh's own services
+        # get only what their calls need)
+        "ORGMESH_PLATFORM_SERVICES": ",".join(PLATFORM_TEST_IDENTITIES),
     }
+    if service is not None:
+        skid, ssecret = service_key(service, secret)
+        env["ORGMESH_JWT_SIGNING_KEY"] = f"{skid}:HS256:{ssecret}"
+    return env
 
 
 def peer_var(name):
@@ -474,6 +506,7 @@ class Suite:
             env["ORGMESH_LISTEN"] = f"127.0.0.1:{ports[n]}"
             mport = free_port()
             env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{mport}"
+            env["ORGMESH_JWT_SIGNING_KEY"] = jwt_env(self.jwt_secret, service=n)["ORGMESH_JWT_SIGNING_KEY"]
             env.update(self.service_env.get(n, {}))
             self.services[n] = Service(n, ports[n], mport, env, self.log_dir / f"{n}.log")
         _active_suites.append(self)
@@ -562,6 +595,11 @@ def forged_token(user_id, **kw):
 
 
 def service_token(name, **kw):
+    """service:<name>, signed with that service's own key unless kid/secret
+    say otherwise (e.g. another service's key, to prove binding)."""
+    kid, secret = service_key(name)
+    kw.setdefault("kid", kid)
+    kw.setdefault("secret", secret)
     return mint_token(f"service:{name}", **kw)
 
 

@@ -316,8 +316,8 @@ def test_internal_rpcs_refuse_user_tokens(acc, internal):
         internal.SetPartnerEmployee(pb.SetPartnerEmployeeRequest(hub_id=a.hub_id, user_id=owner.user_id,
                                                                  partner_employee=True),
                                     metadata=om.as_user(owner.user_id))
-    # partner_employee and partner_link belong to the partners service alone (SPEC 1)
-    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"):
+    # partner_employee and partner_link belong to the partners service alone (SPEC 1, issue 13)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
         internal.SetPartnerEmployee(pb.SetPartnerEmployeeRequest(hub_id=a.hub_id, user_id=owner.user_id,
                                                                  partner_employee=True),
                                     metadata=om.bearer(om.service_token("organizations")))
@@ -589,3 +589,111 @@ def test_a_user_outside_the_directory_cannot_create_accounts(acc):
         acc.CreateAccount(pb.CreateAccountRequest(account=pb.Account(
             hub_id=777, name="Import again", kind=pb.ACCOUNT_KIND_STANDARD, hosting_location="eu1")),
             metadata=IDENTITY)
+
+
+# ---- trust configuration (SPEC 8, docs/security.md) --------------------------------------
+
+def signed_with(sub, key_owner):
+    """`sub` signed with the key bound to service:<key_owner> (or the issuer's, for None)."""
+    if key_owner is None:
+        return om.mint_token(sub)
+    kid, secret = om.service_key(key_owner)
+    return om.mint_token(sub, kid=kid, secret=secret)
+
+
+def test_key_binding_service_key_cannot_sign_another_identity(acc, internal):
+    u = new_user(acc)
+    partner = new_account(acc, u, name=unique("Agency"), kind=pb.ACCOUNT_KIND_PARTNER)
+    req = pb.SetPartnerEmployeeRequest(hub_id=partner.hub_id, user_id=u.user_id, partner_employee=True)
+    # sub=service:partners signed with the assets key: one leaked key must not impersonate another service
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED, "KEY_NOT_BOUND_TO_SUBJECT"):
+        internal.SetPartnerEmployee(req, metadata=om.bearer(signed_with("service:partners", "assets")))
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED, "KEY_NOT_BOUND_TO_SUBJECT"):
+        internal.SetPartnerEmployee(req, metadata=om.bearer(signed_with("service:partners", None)))
+    assert not acc.GetMembership(pb.GetMembershipRequest(hub_id=partner.hub_id, user_id=u.user_id),
+                                 metadata=om.as_user(u.user_id)).membership.partner_employee
+    # a user token signed with a service key
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED, "KEY_NOT_BOUND_TO_SUBJECT"):
+        acc.GetAccount(pb.GetAccountRequest(hub_id=partner.hub_id),
+                       metadata=om.bearer(signed_with(str(u.user_id), "notifier")))
+    # the partners key itself is accepted
+    assert internal.SetPartnerEmployee(req, metadata=om.bearer(signed_with("service:partners", "partners"))) \
+        .membership.partner_employee
+
+
+def start_alone(env, timeout=15):
+    """Runs the accounts binary with `env` until it exits; (exit status, output)."""
+    import subprocess
+    p = subprocess.run([str(om.binary("accounts"))], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+def base_env(suite, drop=(), **extra):
+    env = {k: v for k, v in suite["accounts"].env.items() if k not in drop}
+    env["ORGMESH_LISTEN"] = f"127.0.0.1:{om.free_port()}"
+    env["ORGMESH_METRICS_LISTEN"] = f"127.0.0.1:{om.free_port()}"
+    env.update(extra)
+    return env
+
+
+def test_startup_refused_without_page_token_key_outside_dev_mode(suite):
+    rc, out = start_alone(base_env(suite, drop=("ORGMESH_PAGE_TOKEN_KEY", "ORGMESH_DEV_MODE")))
+    assert rc != 0
+    assert "ORGMESH_PAGE_TOKEN_KEY is not set: refusing to start" in out
+
+
+def test_startup_refused_with_hs256_keys_outside_dev_mode(suite):
+    rc, out = start_alone(base_env(suite, drop=("ORGMESH_DEV_MODE",)))
+    assert rc != 0
+    assert "HS256 token keys are for local development only" in out
+
+
+def test_startup_refused_without_key_bindings(suite):
+    rc, out = start_alone(base_env(suite, drop=("ORGMESH_JWT_KEY_SUBJECTS",)))
+    assert rc != 0
+    assert "ORGMESH_JWT_KEY_SUBJECTS is not set" in out
+
+
+# ---- service identities (issue 13): each service only what its own calls need ----------
+
+def test_service_identity_cannot_use_user_powers(acc, internal):
+    owner, other = new_user(acc), new_user(acc)
+    a = new_account(acc, owner)
+    add_member(acc, om.as_user(owner.user_id), a.hub_id, other.user_id, roles=[pb.ROLE_MARKETING_ACCESS])
+    notifier = om.bearer(om.service_token("notifier"))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.UpdateUser(pb.UpdateUserRequest(user=pb.User(user_id=other.user_id, email=f"{unique()}@evil.test"),
+                                            update_mask=field_mask_pb2.FieldMask(paths=["email"])),
+                       metadata=notifier)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.UpdateMembership(pb.UpdateMembershipRequest(
+            membership=pb.Membership(hub_id=a.hub_id, user_id=other.user_id, roles=[pb.ROLE_SUPER_ADMIN]),
+            update_mask=field_mask_pb2.FieldMask(paths=["roles"])), metadata=notifier)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.DeleteAccount(pb.DeleteAccountRequest(hub_id=a.hub_id), metadata=notifier)
+    # what the notifier's own calls need still works
+    internal.BatchGetUsers(pb.BatchGetUsersRequest(user_ids=[other.user_id]), metadata=notifier)
+    # and nothing changed
+    me = om.as_user(owner.user_id)
+    assert acc.GetUser(pb.GetUserRequest(user_id=other.user_id), metadata=me).user.email == other.email
+    assert list(acc.GetMembership(pb.GetMembershipRequest(hub_id=a.hub_id, user_id=other.user_id),
+                                  metadata=me).membership.roles) == [pb.ROLE_MARKETING_ACCESS]
+    # assets reads memberships (ASSET-01) but changes none
+    assets = om.bearer(om.service_token("assets"))
+    acc.ListMemberships(pb.ListMembershipsRequest(hub_id=a.hub_id), metadata=assets)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        acc.DeleteMembership(pb.DeleteMembershipRequest(hub_id=a.hub_id, user_id=other.user_id), metadata=assets)
+
+
+def test_internal_rpcs_take_only_their_listed_services(acc, internal):
+    owner = new_user(acc)
+    a = new_account(acc, owner, kind=pb.ACCOUNT_KIND_PARTNER)
+    for svc in ("assets", "notifier", "organizations", "connections", "accounts"):
+        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+            internal.AddPartnerLinkedMembership(pb.AddPartnerLinkedMembershipRequest(
+                hub_id=a.hub_id, user_id=owner.user_id, partner_hub_id=a.hub_id + 1, assignment_id=unique("as"),
+                roles=[pb.ROLE_SUPER_ADMIN]), metadata=om.bearer(om.service_token(svc)))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+        internal.BatchGetAccounts(pb.BatchGetAccountsRequest(hub_ids=[a.hub_id]),
+                                  metadata=om.bearer(om.service_token("assets")))

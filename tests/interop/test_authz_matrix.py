@@ -64,7 +64,9 @@ SHORT = {v: k for k, v in CODES.items()}
 # (user tokens carry a fresh second factor, so MFA never hides an authz answer).
 AUTH_ACTORS = ["none", "expired", "forged", "wrong_aud", "alg_none"]
 USER_ACTORS = ["member", "sa_one", "client_admin", "pm", "pm_other", "linked_sa"]
-SERVICE_ACTORS = [f"svc_{s}" for s in om.SERVICES]
+# The six orgmesh services, and an operator's platform identity
+# (ORGMESH_PLATFORM_SERVICES, e.g. the identity system; "service:tests" here).
+SERVICE_ACTORS = [f"svc_{s}" for s in om.SERVICES] + ["svc_platform"]
 BOLA_ACTORS = ["bola_ca", "bola_pm"]
 ACTORS = AUTH_ACTORS + USER_ACTORS + SERVICE_ACTORS + BOLA_ACTORS
 
@@ -550,6 +552,8 @@ def actor_metadata(world, actor):
             "pm_other": o.pm, "linked_sa": t.employee, "bola_ca": t.admin, "bola_pm": t.pm}
     if actor in user:
         return om.as_user(user[actor], mfa_ago=0)
+    if actor == "svc_platform":
+        return om.bearer(om.service_token("tests"))
     if actor.startswith("svc_"):
         return om.bearer(om.service_token(actor[4:]))
     sub = t.admin
@@ -567,8 +571,8 @@ def limit_actor(rpc):
     svc = rpc.split("/")[0]
     if rpc in ("AccountsService/ListUserHistory", "ConnectionsService/ListMirrorSources"):
         return "member"  # about the member themselves
-    if svc in ("AccountsInternalService", "NotifierService"):
-        return "svc_partners"
+    if svc in ("AccountsInternalService", "NotifierService") or rpc == "PartnersInternalService/RecordActivities":
+        return "svc_platform"
     if svc == "PartnersInternalService":
         return "svc_notifier"
     if svc == "PartnersService":

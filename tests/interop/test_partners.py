@@ -557,6 +557,16 @@ def test_part_07_removing_a_pending_assignment_cancels_it(w, pc):
     assert r.assignment.state == S.Value("ASSIGNMENT_STATE_CANCELLED") and not r.membership_removed
 
 
+def test_part_04_only_the_notifier_issues_access_request_tokens(w, pc):
+    ar = pending_request(w, pc).access_request
+    req = ppb.IssueAccessRequestTokensRequest(access_request_id=ar.access_request_id, recipient_user_ids=[pc.CA],
+                                              event_id="not-the-notifier")
+    for svc in ("assets", "accounts", "organizations", "tests"):
+        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_NOT_ALLOWED"):
+            w.pi.IssueAccessRequestTokens(req, metadata=om.bearer(om.service_token(svc)))
+    assert len(w.pi.IssueAccessRequestTokens(req, metadata=NOTIFIER).tokens) == 1
+
+
 # ---- PART-08 ------------------------------------------------------------------------------
 
 def test_part_08_only_the_client_removes_users(w, pc):

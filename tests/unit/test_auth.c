@@ -28,6 +28,9 @@
 #define AUD "test-aud"
 #define HS_SECRET "s3cret-for-unit-tests"
 #define NOW 1900000000LL /* the tests' clock: fixed, so leeway edges are exact */
+/* SPEC 8: what the keys of most tests may sign for (binding has tests of its own) */
+#define SVCS "service:partners,service:assets,service:notifier,service:organizations,service:abcdefghijklmnopqrstuvwxyz12345"
+#define BIND_TEST "hs1=users," SVCS ";es1=users," SVCS ";es2=users," SVCS
 
 static char dir[64];
 static char es1_pub[128], es1_priv[128], es2_pub[128], es2_priv[128], p384_pub[128];
@@ -180,7 +183,7 @@ static void write_key(EVP_PKEY *k, const char *path, bool priv) {
 }
 
 static auth_ctx *new_ctx(const char *keys, const char *signing) {
-    auth_config cfg = {.issuer = ISS, .audience = AUD, .keys = keys, .signing_key = signing};
+    auth_config cfg = {.issuer = ISS, .audience = AUD, .keys = keys, .signing_key = signing, .key_subjects = BIND_TEST};
     auth_ctx *a = NULL;
     assert_int_equal(auth_new(&a, &cfg), 0);
     auth_set_clock(a, fixed_now);
@@ -475,7 +478,7 @@ static void test_auth_expired_beyond_leeway_is_token_expired(void **state) {
 
 static void test_auth_leeway_is_configurable(void **state) {
     auth_config cfg = {
-        .issuer = ISS, .audience = AUD, .keys = "hs1:HS256:" HS_SECRET, .leeway_s = 5};
+        .issuer = ISS, .audience = AUD, .keys = "hs1:HS256:" HS_SECRET, .key_subjects = BIND_TEST, .leeway_s = 5};
     auth_ctx *a = NULL;
     assert_int_equal(auth_new(&a, &cfg), 0);
     auth_set_clock(a, fixed_now);
@@ -903,7 +906,8 @@ static void test_auth_real_clock_mint_then_verify(void **state) {
     auth_config cfg = {.issuer = ISS,
                        .audience = AUD,
                        .keys = "hs1:HS256:" HS_SECRET,
-                       .signing_key = "hs1:HS256:" HS_SECRET};
+                       .signing_key = "hs1:HS256:" HS_SECRET,
+                       .key_subjects = "hs1=users"};
     auth_ctx *a = NULL;
     assert_int_equal(auth_new(&a, &cfg), 0);
     om_actor u = {.user_id = 12}, out;
@@ -918,9 +922,99 @@ static void test_auth_real_clock_mint_then_verify(void **state) {
     auth_free(a);
 }
 
+/* ---- key binding (SPEC 8) --------------------------------------------------------- */
+
+/* The deployment layout: an issuer key for users, one key per service. */
+#define BIND_DEPLOY "issuer=users; k-assets=service:assets; k-partners=service:partners;k-notifier = service:notifier"
+#define KEYS_DEPLOY "issuer:HS256:issuer-secret;k-assets:HS256:assets-secret;k-partners:HS256:partners-secret;" \
+                    "k-notifier:HS256:notifier-secret"
+#define HDR_KID(kid) "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"" kid "\"}"
+
+static auth_ctx *deploy_ctx(void) {
+    auth_config cfg = {.issuer = ISS, .audience = AUD, .keys = KEYS_DEPLOY, .key_subjects = BIND_DEPLOY};
+    auth_ctx *a = NULL;
+    assert_int_equal(auth_new(&a, &cfg), 0);
+    auth_set_clock(a, fixed_now);
+    return a;
+}
+
+static int signed_by(auth_ctx *a, const char *hdr, const char *secret, const char *sub) {
+    return check(a, tok_hs_key(hdr, claims(sub, NOW, NOW + 60, NULL), secret, strlen(secret)));
+}
+
+static void test_auth_key_binding_service_key_signs_only_its_own_identity(void **state) {
+    auth_ctx *a = deploy_ctx();
+    assert_int_equal(signed_by(a, HDR_KID("k-assets"), "assets-secret", "service:assets"), 0);
+    /* the assets key impersonating the partners service, or a user: refused */
+    assert_int_equal(signed_by(a, HDR_KID("k-assets"), "assets-secret", "service:partners"),
+                     OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    assert_int_equal(signed_by(a, HDR_KID("k-notifier"), "notifier-secret", "42"), OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    assert_int_equal(om_err_status(OM_E_KEY_NOT_BOUND_TO_SUBJECT), GRPC_STATUS_UNAUTHENTICATED);
+    assert_string_equal(om_err_name(OM_E_KEY_NOT_BOUND_TO_SUBJECT), "KEY_NOT_BOUND_TO_SUBJECT");
+    /* a bad signature stays plain UNAUTHENTICATED: binding is only told to key holders */
+    assert_int_equal(signed_by(a, HDR_KID("k-assets"), "forged", "service:partners"), OM_E_UNAUTHENTICATED);
+    auth_free(a);
+}
+
+static void test_auth_key_binding_issuer_key_signs_users_not_services(void **state) {
+    auth_ctx *a = deploy_ctx();
+    assert_int_equal(signed_by(a, HDR_KID("issuer"), "issuer-secret", "42"), 0);
+    assert_int_equal(signed_by(a, HDR_KID("issuer"), "issuer-secret", "service:partners"),
+                     OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    auth_free(a);
+    /* ... unless bound to it too */
+    auth_config cfg = {.issuer = ISS, .audience = AUD, .keys = KEYS_DEPLOY,
+                       .key_subjects = "issuer=users,service:partners;k-assets=service:assets"};
+    assert_int_equal(auth_new(&a, &cfg), 0);
+    auth_set_clock(a, fixed_now);
+    assert_int_equal(signed_by(a, HDR_KID("issuer"), "issuer-secret", "service:partners"), 0);
+    assert_int_equal(signed_by(a, HDR_KID("issuer"), "issuer-secret", "service:assets"),
+                     OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    /* a key bound to nothing signs for nobody */
+    assert_int_equal(auth_unbound_keys(a), 2);
+    assert_int_equal(signed_by(a, HDR_KID("k-partners"), "partners-secret", "service:partners"),
+                     OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    assert_int_equal(signed_by(a, HDR_KID("k-partners"), "partners-secret", "7"), OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    auth_free(a);
+}
+
+static void test_auth_key_binding_prefix_of_a_service_name_is_not_that_service(void **state) {
+    auth_config cfg = {.issuer = ISS, .audience = AUD, .keys = KEYS_DEPLOY,
+                       .key_subjects = "k-assets=service:assets-copier,service:x"};
+    auth_ctx *a = NULL;
+    assert_int_equal(auth_new(&a, &cfg), 0);
+    auth_set_clock(a, fixed_now);
+    assert_int_equal(signed_by(a, HDR_KID("k-assets"), "assets-secret", "service:assets"),
+                     OM_E_KEY_NOT_BOUND_TO_SUBJECT);
+    assert_int_equal(signed_by(a, HDR_KID("k-assets"), "assets-secret", "service:assets-copier"), 0);
+    assert_int_equal(signed_by(a, HDR_KID("k-assets"), "assets-secret", "service:x"), 0);
+    auth_free(a);
+}
+
+static void test_auth_key_binding_bad_config_refused(void **state) {
+    const char *bad[] = {"issuer", "issuer=", "issuer=user", "issuer=service:", "issuer=service:Bad",
+                         "issuer=users,", "issuer=users;issuer=service:x", "issuer=*"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        auth_config cfg = {.issuer = ISS, .audience = AUD, .keys = KEYS_DEPLOY, .key_subjects = bad[i]};
+        auth_ctx *a = NULL;
+        if (auth_new(&a, &cfg) != OM_E_INVALID_ARGUMENT) fail_msg("binding \"%s\" accepted", bad[i]);
+        assert_null(a);
+    }
+    /* a binding for a key no longer listed (after rotation) is ignored */
+    auth_config ok = {.issuer = ISS, .audience = AUD, .keys = KEYS_DEPLOY, .key_subjects = BIND_DEPLOY ";old=users"};
+    auth_ctx *a = NULL;
+    assert_int_equal(auth_new(&a, &ok), 0);
+    assert_int_equal(auth_unbound_keys(a), 0);
+    auth_free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth_hs256_user_token_accepted),
+        cmocka_unit_test(test_auth_key_binding_service_key_signs_only_its_own_identity),
+        cmocka_unit_test(test_auth_key_binding_issuer_key_signs_users_not_services),
+        cmocka_unit_test(test_auth_key_binding_prefix_of_a_service_name_is_not_that_service),
+        cmocka_unit_test(test_auth_key_binding_bad_config_refused),
         cmocka_unit_test(test_auth_es256_user_token_accepted),
         cmocka_unit_test(test_auth_service_sub_gives_service_identity),
         cmocka_unit_test(test_auth_mfa_at_claim_is_read),

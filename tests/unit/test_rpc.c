@@ -84,18 +84,22 @@ static int do_fail(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage 
     return rpc_fail_invalid(ctx);
 }
 
+/* issue 13: Internal takes service:partners and the platform's identities;
+ * Echo takes any platform identity; Fail no service at all */
+static const char *const internal_callers[] = {"partners", RPC_PLATFORM, NULL};
+static const char *const platform_only[] = {RPC_PLATFORM, NULL};
 static const rpc_method echo_methods[] = {
-    {"Echo", do_echo, 0},
-    {"EchoInline", do_echo_inline, RPC_INLINE},
-    {"Fail", do_fail, 0},
-    {"Internal", do_echo, RPC_INTERNAL},
-    {NULL, NULL, 0},
+    {"Echo", do_echo, 0, platform_only},
+    {"EchoInline", do_echo_inline, RPC_INLINE, platform_only},
+    {"Fail", do_fail, 0, NULL},
+    {"Internal", do_echo, RPC_INTERNAL, internal_callers},
+    {NULL, NULL, 0, NULL},
 };
 static const rpc_service echo_service = {&orgmesh__test__v1__echo_service__descriptor, echo_methods};
 
 static rpc_server *start_server(void) {
     rpc_server *s = NULL;
-    rpc_server_opts o = {.service = "test", .listen = "127.0.0.1:0", .workers = 4};
+    rpc_server_opts o = {.service = "test", .listen = "127.0.0.1:0", .workers = 4, .platform_services = "ops, tools"};
     assert_int_equal(rpc_server_new(&s, &o), 0);
     assert_int_equal(rpc_server_add(s, &echo_service), 0);
     rpc_server_set_auth(s, auth);
@@ -121,6 +125,7 @@ static int setup(void **state) {
                       .audience = "orgmesh",
                       .keys = "k1:HS256:" SECRET,
                       .signing_key = "k1:HS256:" SECRET,
+                      .key_subjects = "k1=users,service:partners,service:notifier,service:ops,service:platform",
                       .leeway_s = 30};
     if (auth_new(&auth, &ac) != 0) return -1;
     om_actor user = {.user_id = 42};
@@ -281,6 +286,52 @@ static void test_rpc_internal_method_needs_service_identity(void **state) {
     protobuf_c_message_free_unpacked(&resp->base, NULL);
 }
 
+static char *mint_service(const char *name) {
+    om_actor svc = {0};
+    snprintf(svc.service, sizeof svc.service, "%s", name);
+    char *t = NULL;
+    assert_int_equal(auth_mint(auth, &svc, 600, &t), 0);
+    return t;
+}
+
+static void test_rpc_service_identity_only_where_the_method_lists_it(void **state) {
+    (void)state;
+    Orgmesh__Test__V1__EchoResponse *resp = NULL;
+    rpc_status st;
+    char *notifier = mint_service("notifier"), *ops = mint_service("ops"), *platform = mint_service("platform");
+    /* not in Internal's list: refused before the handler */
+    assert_int_equal(call_echo("Internal", "x", 0, notifier, 2000, &resp, &st), OM_E_SERVICE_NOT_ALLOWED);
+    assert_int_equal(st.code, GRPC_STATUS_PERMISSION_DENIED);
+    assert_string_equal(st.reason, "SERVICE_NOT_ALLOWED");
+    /* a platform identity (ORGMESH_PLATFORM_SERVICES) where RPC_PLATFORM is listed */
+    assert_int_equal(call_echo("Internal", "y", 0, ops, 2000, &resp, &st), 0);
+    assert_string_equal(resp->actor, "service:ops");
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    assert_int_equal(call_echo("Echo", "y", 0, ops, 2000, &resp, &st), 0);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    /* a user method without a list takes no service; users are the handler's business */
+    assert_int_equal(call_echo("Echo", "z", 0, notifier, 2000, &resp, &st), OM_E_SERVICE_NOT_ALLOWED);
+    assert_int_equal(call_echo("Fail", "z", 0, ops, 2000, &resp, &st), OM_E_SERVICE_NOT_ALLOWED);
+    assert_int_equal(call_echo("Echo", "u", 0, user_token, 2000, &resp, &st), 0);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    /* a service named "platform" is not the platform */
+    assert_int_equal(call_echo("Echo", "p", 0, platform, 2000, &resp, &st), OM_E_SERVICE_NOT_ALLOWED);
+    free(notifier);
+    free(ops);
+    free(platform);
+}
+
+static void test_rpc_internal_method_without_callers_is_refused_at_registration(void **state) {
+    (void)state;
+    static const rpc_method bad[] = {{"Internal", do_echo, RPC_INTERNAL, NULL}, {NULL, NULL, 0, NULL}};
+    static const rpc_service bad_service = {&orgmesh__test__v1__echo_service__descriptor, bad};
+    rpc_server *s = NULL;
+    rpc_server_opts o = {.service = "test", .listen = "127.0.0.1:0", .workers = 1};
+    assert_int_equal(rpc_server_new(&s, &o), 0);
+    assert_int_equal(rpc_server_add(s, &bad_service), OM_E_INVALID_ARGUMENT);
+    rpc_server_free(s);
+}
+
 static void test_rpc_deadline_is_honoured(void **state) {
     (void)state;
     Orgmesh__Test__V1__EchoResponse *resp = NULL;
@@ -395,6 +446,8 @@ int main(void) {
         cmocka_unit_test(test_rpc_missing_or_forged_token_unauthenticated),
         cmocka_unit_test(test_rpc_error_carries_reason_and_field_violations),
         cmocka_unit_test(test_rpc_internal_method_needs_service_identity),
+        cmocka_unit_test(test_rpc_service_identity_only_where_the_method_lists_it),
+        cmocka_unit_test(test_rpc_internal_method_without_callers_is_refused_at_registration),
         cmocka_unit_test(test_rpc_deadline_is_honoured),
         cmocka_unit_test(test_rpc_oversized_message_refused),
         cmocka_unit_test(test_rpc_malformed_request_invalid_argument),

@@ -20,9 +20,15 @@
 #include "log.h"
 #include "om_err.h"
 
-/* Only for a laptop: a well-known secret, so that `orgmesh-token` works with
- * no setup; every use prints a warning. */
+/* Only for a laptop: well-known secrets, so that `orgmesh-token` works with
+ * no setup against deploy/local/up; every use prints a warning. As in a
+ * deployment, each key signs for one identity (SPEC 8): "dev" for users,
+ * "dev-<name>" for service:<name> (deploy/local/lib.sh makes the same). */
 #define DEV_KEY "dev:HS256:orgmesh-dev-secret"
+#define DEV_SERVICE_SECRET "orgmesh-dev-secret-"
+static const char *const dev_identities[] = {"accounts", "organizations", "connections", "assets",
+                                             "partners", "notifier",      "demo",        "demo-loader"};
+#define N_DEV_IDENTITIES (sizeof dev_identities / sizeof dev_identities[0])
 #define DEFAULT_ISSUER "orgmesh-local"
 #define DEFAULT_AUDIENCE "orgmesh"
 #define DEFAULT_TTL 3600
@@ -68,14 +74,36 @@ static bool parse_u64(const char *s, uint64_t *out) {
     return true;
 }
 
-static const char *key_or_dev(const char *var) {
-    const char *k = cfg_str(var, NULL);
-    if (k == NULL) {
-        fprintf(stderr, "orgmesh-token: warning: %s is not set; using the development key \"%s\"\n",
-                var, DEV_KEY);
-        k = DEV_KEY;
+/* The signing key: ORGMESH_JWT_SIGNING_KEY, else the development key bound
+ * to the identity minted for (into buf). */
+static const char *signing_key_or_dev(const char *service, char *buf, size_t cap) {
+    const char *k = cfg_str("ORGMESH_JWT_SIGNING_KEY", NULL);
+    if (k != NULL) return k;
+    if (service == NULL)
+        snprintf(buf, cap, "%s", DEV_KEY);
+    else
+        snprintf(buf, cap, "dev-%s:HS256:" DEV_SERVICE_SECRET "%s", service, service);
+    fprintf(stderr, "orgmesh-token: warning: ORGMESH_JWT_SIGNING_KEY is not set; using the development key \"%.*s\"\n",
+            (int)strcspn(buf, ":"), buf);
+    return buf;
+}
+
+/* Verification keys and their bindings: ORGMESH_JWT_KEYS and
+ * ORGMESH_JWT_KEY_SUBJECTS, else the development keys (into the buffers). */
+static void verify_keys_or_dev(const char **keys, const char **subjects, char *kbuf, char *sbuf, size_t cap) {
+    *keys = cfg_str("ORGMESH_JWT_KEYS", NULL);
+    *subjects = cfg_str("ORGMESH_JWT_KEY_SUBJECTS", NULL);
+    if (*keys != NULL) return;
+    size_t ko = (size_t)snprintf(kbuf, cap, "%s", DEV_KEY);
+    size_t so = (size_t)snprintf(sbuf, cap, "dev=users");
+    for (size_t i = 0; i < N_DEV_IDENTITIES && ko < cap && so < cap; i++) {
+        const char *n = dev_identities[i];
+        ko += (size_t)snprintf(kbuf + ko, cap - ko, ";dev-%s:HS256:" DEV_SERVICE_SECRET "%s", n, n);
+        so += (size_t)snprintf(sbuf + so, cap - so, ";dev-%s=service:%s", n, n);
     }
-    return k;
+    *keys = kbuf;
+    if (*subjects == NULL) *subjects = sbuf;
+    fprintf(stderr, "orgmesh-token: warning: ORGMESH_JWT_KEYS is not set; using the development keys\n");
 }
 
 /* ---- --gen-es256 ------------------------------------------------------------ */
@@ -139,6 +167,9 @@ static int gen_es256(const char *dir, const char *kid) {
         printf("wrote %s (private) and %s (public)\n", priv, pub);
         printf("ORGMESH_JWT_SIGNING_KEY=%s:ES256:%s\n", kid, priv);
         printf("ORGMESH_JWT_KEYS=%s:ES256:%s\n", kid, pub);
+        printf("# and bind it (SPEC 8): ORGMESH_JWT_KEY_SUBJECTS=%s=users (an issuer key) or "
+               "%s=service:<name> (that service's own key)\n",
+               kid, kid);
     }
     return rc;
 }
@@ -146,7 +177,9 @@ static int gen_es256(const char *dir, const char *kid) {
 /* ---- --verify --------------------------------------------------------------- */
 
 static int verify(const char *token, const char *iss, const char *aud) {
-    auth_config cfg = {.issuer = iss, .audience = aud, .keys = key_or_dev("ORGMESH_JWT_KEYS")};
+    char kbuf[1024], sbuf[1024];
+    auth_config cfg = {.issuer = iss, .audience = aud};
+    verify_keys_or_dev(&cfg.keys, &cfg.key_subjects, kbuf, sbuf, sizeof kbuf);
     auth_ctx *a = NULL;
     int rc = auth_new(&a, &cfg);
     if (rc) {
@@ -256,8 +289,8 @@ int main(int argc, char **argv) {
     if (mfa_now && mfa_at) return fail("%s", "give --mfa-now or --mfa-at, not both");
     if (exp && ttl_set) return fail("%s", "give --ttl or --exp, not both");
 
-    auth_config cfg = {
-        .issuer = iss, .audience = aud, .signing_key = key_or_dev("ORGMESH_JWT_SIGNING_KEY")};
+    char kbuf[160];
+    auth_config cfg = {.issuer = iss, .audience = aud, .signing_key = signing_key_or_dev(service, kbuf, sizeof kbuf)};
     auth_ctx *a = NULL;
     int rc = auth_new(&a, &cfg);
     if (rc) {

@@ -23,6 +23,8 @@ Deployment hashes it into checksum/config so a change rolls the pods.
   "ORGMESH_JWT_ISSUER" $v.jwt.issuer
   "ORGMESH_JWT_AUDIENCE" $v.jwt.audience
   "ORGMESH_JWT_KEYS" (include "orgmesh.jwtKeys" $root)
+  "ORGMESH_JWT_KEY_SUBJECTS" (include "orgmesh.jwtKeySubjects" $root)
+  "ORGMESH_PLATFORM_SERVICES" (join "," $v.jwt.platformServices)
 }}
 {{- $kid := include "orgmesh.signingKid" . }}
 {{- if $kid }}
@@ -48,6 +50,7 @@ through `helm upgrade` rolls the pods (existing Secrets are not watched).
 {{- define "orgmesh.secretChecksum" -}}
 {{- $v := .root.Values }}
 {{- $parts := list $v.postgresql.url $v.postgresql.existingSecret $v.redis.password $v.redis.existingSecret $v.pageToken.key $v.pageToken.existingSecret $v.jwt.existingSecret (toJson $v.jwt.publicKeys) (toJson .svc.signingKey) }}
+{{- if eq .name "partners" }}{{ $parts = append $parts (toJson $v.partnersToken) }}{{ end }}
 {{- if .svc.smtp }}{{ $parts = append $parts (toJson $v.smtp) }}{{ end }}
 {{- join "\n" $parts | sha256sum }}
 {{- end }}

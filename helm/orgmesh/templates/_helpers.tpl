@@ -128,6 +128,26 @@ jwt.publicKeys, plus each enabled service's own key when jwt.trustServiceKeys.
 {{- toJson $out }}
 {{- end }}
 
+{{/*
+ORGMESH_JWT_KEY_SUBJECTS (SPEC 8): what each key may sign for. jwt.publicKeys
+say it themselves (default users); a service's own key signs only
+service:<name>.
+*/}}
+{{- define "orgmesh.jwtKeySubjects" -}}
+{{- $parts := list }}
+{{- range .Values.jwt.publicKeys }}
+{{- $parts = append $parts (printf "%s=%s" .kid (join "," (.subjects | default (list "users")))) }}
+{{- end }}
+{{- if .Values.jwt.trustServiceKeys }}
+{{- range $name := include "orgmesh.enabledServices" . | fromJsonArray }}
+{{- $svc := include "orgmesh.service" (dict "root" $ "name" $name) | fromYaml }}
+{{- $kid := include "orgmesh.signingKid" (dict "name" $name "svc" $svc) }}
+{{- if $kid }}{{ $parts = append $parts (printf "%s=service:%s" $kid $name) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- join ";" $parts }}
+{{- end }}
+
 {{/* ORGMESH_JWT_KEYS: "kid:ALG:/path;..." over the mounted public keys. */}}
 {{- define "orgmesh.jwtKeys" -}}
 {{- $parts := list }}

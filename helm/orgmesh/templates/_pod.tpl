@@ -48,10 +48,14 @@ seccompProfile:
   valueFrom:
     {{- include "orgmesh.secretRef" (dict "root" .root "cfg" $v.redis "key" "redis-password") | nindent 4 }}
 {{- end }}
-{{- if or $v.pageToken.key $v.pageToken.existingSecret }}
+{{- /* always wired: without a key the services refuse to start (docs/security.md) */}}
 - name: ORGMESH_PAGE_TOKEN_KEY
   valueFrom:
     {{- include "orgmesh.secretRef" (dict "root" .root "cfg" $v.pageToken "key" "page-token-key") | nindent 4 }}
+{{- if eq .name "partners" }}
+- name: ORGMESH_PARTNERS_TOKEN_KEY
+  valueFrom:
+    {{- include "orgmesh.secretRef" (dict "root" .root "cfg" $v.partnersToken "key" "partners-token-key") | nindent 4 }}
 {{- end }}
 {{- if and .svc.smtp (or $v.smtp.password $v.smtp.existingSecret) }}
 - name: ORGMESH_SMTP_PASSWORD
