@@ -607,6 +607,21 @@ static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok) {
     return 0;
 }
 
+/* PART-05/08: the caller is in the client account through a partner link; it
+ * acts for a partner, so it never grants (or refuses) access for the client. */
+static int client_partner_identity(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *linked) {
+    ps_mem m = call_mem(ctx);
+    ps_membership mb;
+    *linked = false;
+    uint64_t me = caller_id(ctx);
+    if (me == 0) return 0;
+    int rc = pa_ensure_membership(c, client, me, &m, &mb);
+    if (rc == OM_E_NOT_FOUND) return 0;
+    if (rc != 0) return rc;
+    *linked = mb.present && mb.link_partner_hub_id != 0;
+    return 0;
+}
+
 static int manager_ok(rpc_ctx *ctx, pg_conn *c, uint64_t partner, bool *ok) {
     ps_mem m = call_mem(ctx);
     ps_account acct;
@@ -1489,6 +1504,12 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (!ok)
         return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
                         "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
+    bool linked = false;
+    if ((rc = client_partner_identity(ctx, c, a.client_hub_id, &linked)) != 0) return fail(ctx, rc, "membership");
+    if (linked)
+        return rpc_fail(ctx, OM_E_PARTNER_IDENTITY_FORBIDDEN,
+                        "a member linked to the client by a partner acts for the partner: only the client answers "
+                        "access requests (PART-05, PART-08)");
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
     if (mutate(&mu, req_, resp) != 0) return -1;
     if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
@@ -1903,6 +1924,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         if (rc == OM_E_NOT_FOUND) continue;
         if (rc != 0) return fail(ctx, rc, "membership");
         if (part_rule_client_admin(mb.present, mb.roles) != 0) continue; /* only client admins get a link */
+        if (mb.link_partner_hub_id != 0) continue; /* PART-05/08: not one who is there for a partner */
         char token[PART_TOKEN_LEN + 1];
         uint8_t hash[32];
         if ((rc = part_token_make(key, strlen(key), a.request_id, r, req->event_id, token)) != 0)
