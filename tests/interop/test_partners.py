@@ -655,6 +655,27 @@ def test_part_08_linked_super_admin_cannot_change_partner_links(w, pc):
     assert after.partner_link == m.partner_link and after.version == m.version
 
 
+def test_part_08_linked_super_admin_cannot_answer_access_requests(w, pc):
+    linked_super_admin(w, pc)
+    # another employee of the same partner asks for the same client
+    e2 = w.user("Eve Second")
+    w.member(pc.P, e2)
+    assert w.tag(pc.P, pc.M, e2)[0].status == ppb.ITEM_STATUS_DONE
+    r = w.assign(pc.P, pc.M, e2, pc.C)[0]
+    assert r.outcome == O.Value("ASSIGNMENT_OUTCOME_ACCESS_REQUESTED"), r
+    rid = r.access_request.access_request_id
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        w.approve(pc.E, request_id=rid, roles=[apb.ROLE_SUPER_ADMIN])
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+        w.p.DeclineAccessRequest(ppb.DeclineAccessRequestRequest(access_request_id=rid), metadata=om.as_user(pc.E))
+    # no emailed link for it either
+    toks = w.pi.IssueAccessRequestTokens(ppb.IssueAccessRequestTokensRequest(
+        access_request_id=rid, recipient_user_ids=[pc.E, pc.CA], event_id="ev-linked"), metadata=NOTIFIER).tokens
+    assert [t.recipient_user_id for t in toks] == [pc.CA]
+    assert w.request(rid, pc.M).state == S.Value("ASSIGNMENT_STATE_PENDING")
+    assert w.membership(pc.C, e2) is None
+
+
 def test_part_08_linked_identity_manages_only_what_it_created(w, pc):
     linked_super_admin(w, pc)
     helper = w.user("Hugo Helper")
