@@ -21,11 +21,10 @@ Set OM_AUTHZ_RECORD=<file> to write the observed matrix in the table's format
 (a starting point when adding RPCs; every cell must then be checked against
 SPEC.md, never copied blindly)."""
 
+import importlib
 import os
 import time
 import uuid
-import json
-import importlib
 from pathlib import Path
 
 import grpc
@@ -131,15 +130,13 @@ class Tenant:
 
 class World:
     def __init__(self, suite):
-        self.suite = suite
-        self.acc = suite.stub("accounts", __import__(
-            "orgmesh.accounts.v1.accounts_pb2_grpc", fromlist=["x"]).AccountsServiceStub)
-        g = lambda svc: importlib.import_module(f"orgmesh.{svc}.v1.{svc}_pb2_grpc")  # noqa: E731
-        self.org = suite.stub("organizations", g("organizations").OrganizationsServiceStub)
-        self.conn = suite.stub("connections", g("connections").ConnectionsServiceStub)
-        self.assets = suite.stub("assets", g("assets").AssetsServiceStub)
-        self.p = suite.stub("partners", g("partners").PartnersServiceStub)
-        self.calls = 0
+        def stub(svc, cls):
+            return suite.stub(svc, getattr(importlib.import_module(f"orgmesh.{svc}.v1.{svc}_pb2_grpc"), cls))
+        self.acc = stub("accounts", "AccountsServiceStub")
+        self.org = stub("organizations", "OrganizationsServiceStub")
+        self.conn = stub("connections", "ConnectionsServiceStub")
+        self.assets = stub("assets", "AssetsServiceStub")
+        self.p = stub("partners", "PartnersServiceStub")
 
     def user(self, name):
         u = apb.User(email=f"{name}.{uuid.uuid4().hex[:10]}@example.test", display_name=name,
@@ -163,7 +160,7 @@ class World:
         assert r.outcome == ppb.ASSIGNMENT_OUTCOME_ACCESS_REQUESTED, r
         return r.access_request.access_request_id
 
-    def tenant(self, partner_kind_name):
+    def tenant(self):
         """One tenant: a client admin with an organization of two accounts,
         a connection, an asset and a copy job; a partner with a manager and
         tagged employees, pending requests into the client."""
@@ -512,9 +509,7 @@ class Caller:
     def stub(self, key):
         if key not in self._stubs:
             svc_name, s, m = self.rpcs[key]
-            out_cls = MODULES[svc_name].__dict__.get(m.output_type.name) or \
-                importlib.import_module(m.output_type.file.name.replace("/", ".")[:-6] + "_pb2") \
-                .__dict__[m.output_type.name]
+            out_cls = getattr(MODULES[svc_name], m.output_type.name)
             self._stubs[key] = self.suite.channel(svc_name).unary_unary(
                 f"/{s.full_name}/{m.name}", request_serializer=lambda r: r.SerializeToString(),
                 response_deserializer=out_cls.FromString)
@@ -535,7 +530,7 @@ class Caller:
 def world(suite):
     w = World(suite)
     t0 = time.monotonic()
-    own, other = w.tenant("P"), w.tenant("Q")
+    own, other = w.tenant(), w.tenant()
     for t in (own, other):
         t.user_email = w.acc.GetUser(apb.GetUserRequest(user_id=t.user), metadata=SETUP).user.email
         t.new_user = lambda: w.user("fresh")
