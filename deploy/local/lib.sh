@@ -11,7 +11,7 @@ OM_SERVICES=(accounts organizations connections assets partners notifier)
 # for local development only (SPEC 8). Each key is bound to one identity, as in
 # a deployment: "dev" signs users, "dev-<name>" only service:<name>.
 OM_DEV_KEY=dev:HS256:orgmesh-dev-secret
-OM_DEV_IDENTITIES=("${OM_SERVICES[@]}" demo demo-loader)
+OM_DEV_IDENTITIES=("${OM_SERVICES[@]}" demo demo-loader crm support)
 om_dev_service_key() { echo "dev-$1:HS256:orgmesh-dev-secret-$1"; }
 om_dev_keys() {
     local k=$OM_DEV_KEY s

@@ -501,7 +501,7 @@ static uint64_t acting_user(const mutation *mu) {
 static int gate(mutation *mu, pg_conn *tx, const acct_act *act, bool have_mine, const acct_membership *mine) {
     mu->gated = true;
     uint64_t who = acting_user(mu);
-    if (who == 0 || act->hub_id == 0) return 0;
+    if (who == 0 || !acct_partner_identity_matters(act)) return 0;
     acct_membership buf;
     if (!have_mine || mu->actor != rpc_actor(mu->ctx)) {
         store_mem m = call_mem(mu->ctx);

@@ -612,6 +612,11 @@ int acct_rule_partner_identity(uint64_t actor_user_id, const acct_membership *m,
     }
 }
 
+bool acct_partner_identity_matters(const acct_act *act) {
+    return act->hub_id != 0 && act->kind != ACCT_ACT_USER && act->kind != ACCT_ACT_UPDATE_ACCOUNT &&
+           act->kind != ACCT_ACT_PARTNER_SYNC;
+}
+
 const char *acct_partner_identity_message(const acct_act *act) {
     switch (act->kind) {
     case ACCT_ACT_CREATE_MEMBERSHIP:

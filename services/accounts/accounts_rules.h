@@ -296,6 +296,9 @@ typedef struct acct_act {
  * SUPER_ADMIN, deactivating, reactivating or deleting the account. Partner
  * links change only through the partners service (ACCT_ACT_PARTNER_SYNC). */
 int acct_rule_partner_identity(uint64_t actor_user_id, const acct_membership *m, const acct_act *act);
+/* Whether acct_rule_partner_identity can refuse `act` at all (when not, the
+ * caller need not read the actor's membership). */
+bool acct_partner_identity_matters(const acct_act *act);
 /* The message that goes with a refusal of acct_rule_partner_identity. */
 const char *acct_partner_identity_message(const acct_act *act);
 

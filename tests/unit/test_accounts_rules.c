@@ -144,6 +144,13 @@ static void test_part_08_partner_identity_never_decides_the_account_existence(vo
     own.assignment_id = "as-1";
     assert_int_equal(acct_rule_partner_identity(7, &own, &delete_act), 0);
     assert_int_equal(acct_rule_partner_identity(7, NULL, &delete_act), 0);
+    /* what it can never refuse need not be looked up, and nothing else is skipped */
+    acct_membership linked = linked_super_admin();
+    for (int k = ACCT_ACT_USER; k <= ACCT_ACT_PARTNER_SYNC; k++) {
+        acct_act act = {.kind = (acct_act_kind)k, .hub_id = 1, .roles_after = ACCT_ROLE_SUPER_ADMIN};
+        if (!acct_partner_identity_matters(&act)) assert_int_equal(acct_rule_partner_identity(7, &linked, &act), 0);
+    }
+    assert_true(acct_partner_identity_matters(&delete_act));
 }
 
 static void test_part_08_client_super_admin_removes_member(void **state) {

@@ -26,8 +26,8 @@
  * "dev-<name>" for service:<name> (deploy/local/lib.sh makes the same). */
 #define DEV_KEY "dev:HS256:orgmesh-dev-secret"
 #define DEV_SERVICE_SECRET "orgmesh-dev-secret-"
-static const char *const dev_identities[] = {"accounts", "organizations", "connections", "assets",
-                                             "partners", "notifier",      "demo",        "demo-loader"};
+static const char *const dev_identities[] = {"accounts", "organizations", "connections", "assets", "partners",
+                                             "notifier", "demo",          "demo-loader", "crm",    "support"};
 #define N_DEV_IDENTITIES (sizeof dev_identities / sizeof dev_identities[0])
 #define DEFAULT_ISSUER "orgmesh-local"
 #define DEFAULT_AUDIENCE "orgmesh"
