@@ -797,16 +797,20 @@ static void on_new_call(rpc_ctx *ctx) {
         return;
     }
     ctx->req = protobuf_c_message_unpack(m->md->input, rpc_pb_allocator(ctx), len, buf);
-    free(buf);
     if (ctx->req == NULL) {
+        free(buf);
         reply_error(ctx, ctx->oom ? OM_E_NOMEM : OM_E_MALFORMED_MESSAGE, NULL, inline_call);
         return;
     }
-    /* Before any handler, inline or not: strings valid UTF-8 without NUL,
-     * Timestamps and Durations in range (SPEC 8: every input validated). */
+    /* Before any handler, inline or not: strings valid UTF-8 without NUL
+     * (which protobuf-c would silently cut at), Timestamps and Durations in
+     * range (SPEC 8: every input validated). */
     char path[256];
-    int reason = 0;
-    if (pbcheck_message_ex(ctx->req, path, sizeof path, &reason) != 0) {
+    int reason = OM_E_INVALID_UTF8;
+    int bad = pbcheck_wire_nul(m->md->input, buf, len, path, sizeof path);
+    free(buf);
+    if (bad == 0) bad = pbcheck_message_ex(ctx->req, path, sizeof path, &reason);
+    if (bad != 0) {
         rpc_violation(ctx, path, "%s", om_err_message(reason));
         reply_error(ctx, reason, NULL, inline_call);
         return;
