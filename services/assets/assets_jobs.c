@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "om_time.h"
 #include "app.h"
 #include "assets.h"
 #include "audit.h"
@@ -49,13 +50,7 @@ static worker W[MAX_WORKERS];
 
 void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us) {
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
 }
 
 void assets_history_resource(uint64_t hub, const char *kind, const char *id, char *buf, size_t cap) {

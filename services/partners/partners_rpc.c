@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "om_time.h"
 #include "audit.h"
 #include "config.h"
 #include "idem.h"
@@ -116,17 +117,15 @@ static PbTimestamp *ts(ps_mem *m, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = m->alloc(m->ud, sizeof *t);
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
     return t;
 }
 
-static int64_t ts_us(const PbTimestamp *t) { return t == NULL ? 0 : t->seconds * 1000000 + t->nanos / 1000; }
+/* Overflow-safe: a time outside 0001..9999 is clamped (pbcheck refused it
+ * before the handler ran anyway). */
+static int64_t ts_us(const PbTimestamp *t) {
+    return t == NULL ? 0 : om_timestamp_us_clamped(t->seconds, t->nanos);
+}
 
 static char *etag(ps_mem *m, int64_t version) { return m_sprintf(m, "W/\"%" PRId64 "\"", version); }
 

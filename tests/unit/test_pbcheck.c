@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "om_err.h"
+#include "om_time.h"
 #include "pbcheck.h"
 #include "pbcheck_test.pb-c.h"
 
@@ -78,6 +79,33 @@ static void test_timestamp_and_duration_ranges(void **state) {
     assert_int_not_equal(pbcheck_duration(-1, 1), 0);
     assert_int_not_equal(pbcheck_duration(0, 1000000000), 0);
     assert_int_not_equal(pbcheck_duration(0, -1000000000), 0);
+}
+
+/* The one conversion helper (om_time.h): no overflow for any input. */
+static void test_om_time_conversions(void **state) {
+    (void)state;
+    int64_t us = 42;
+    assert_false(om_timestamp_to_us(INT64_MAX, 0, &us));
+    assert_false(om_timestamp_to_us(INT64_MIN, 0, &us));
+    assert_false(om_timestamp_to_us(0, -1, &us));
+    assert_int_equal(us, 42);
+    assert_true(om_timestamp_to_us(PBCHECK_TIMESTAMP_MAX_SECONDS, 999999999, &us));
+    assert_int_equal(us, OM_TIMESTAMP_MAX_US);
+    assert_true(om_timestamp_to_us(-1, 500000000, &us));
+    assert_int_equal(us, -500000);
+    assert_int_equal(om_timestamp_us_clamped(INT64_MAX, 0), OM_TIMESTAMP_MAX_US);
+    assert_int_equal(om_timestamp_us_clamped(INT64_MIN, 0), OM_TIMESTAMP_MIN_US);
+    assert_int_equal(om_timestamp_us_clamped(1, 2000), 1000002);
+    int64_t s;
+    int32_t n;
+    om_us_to_timestamp(-1, &s, &n);
+    assert_int_equal(s, -1);
+    assert_int_equal(n, 999999000);
+    om_us_to_timestamp(INT64_MIN, &s, &n);
+    assert_true(n >= 0 && n < 1000000000);
+    om_us_to_timestamp(INT64_MAX, &s, &n);
+    assert_true(n >= 0 && n < 1000000000);
+    assert_int_equal(PBCHECK_TIMESTAMP_MIN_SECONDS, OM_TIMESTAMP_MIN_SECONDS);
 }
 
 /* ---- whole messages ---- */
@@ -367,6 +395,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_accepts_valid),
         cmocka_unit_test(test_utf8_refuses_invalid),
         cmocka_unit_test(test_timestamp_and_duration_ranges),
+        cmocka_unit_test(test_om_time_conversions),
         cmocka_unit_test(test_message_paths),
         cmocka_unit_test(test_oneof_members),
         cmocka_unit_test(test_depth_limit),
