@@ -618,6 +618,7 @@ def test_asset_06_restarted_replica_reclaims_its_own_dead_leases_at_once(w, suit
         final = om.eventually(done, timeout=20, message="the job did not resume")
         took = time.monotonic() - t0
         assert (final.state, final.copied_count) == (S.COPY_JOB_STATE_SUCCEEDED, 30)
+        print(f"job done {took:.1f} s after the restart was started")
         assert took < 10, f"resumed after {took:.1f} s"  # the lease was 30 s
         rows = psql(f"SELECT source_asset_id, count(*) FROM assets.assets WHERE hub_id = {b} GROUP BY 1")
         assert len(rows) == 30 and all(r.endswith("|1") for r in rows)   # each copied once
