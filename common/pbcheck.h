@@ -12,12 +12,14 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "om_time.h"
+
 /* Deeper nesting is refused (protobuf-c's unpack has no limit of its own). */
 #define PBCHECK_MAX_DEPTH 32
 
 /* google.protobuf.Timestamp: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z. */
-#define PBCHECK_TIMESTAMP_MIN_SECONDS (-62135596800LL)
-#define PBCHECK_TIMESTAMP_MAX_SECONDS 253402300799LL
+#define PBCHECK_TIMESTAMP_MIN_SECONDS OM_TIMESTAMP_MIN_SECONDS
+#define PBCHECK_TIMESTAMP_MAX_SECONDS OM_TIMESTAMP_MAX_SECONDS
 /* google.protobuf.Duration: about ±10,000 years. */
 #define PBCHECK_DURATION_MAX_SECONDS 315576000000LL
 
