@@ -470,6 +470,30 @@ def c_remove_employee_from_client(w):
         metadata=om.as_user(m))
 
 
+def _link(w):
+    p, m, e = w.partner()
+    c = w.account(w.user())
+    return apb.AddPartnerLinkedMembershipRequest(hub_id=c, user_id=e, partner_hub_id=p,
+                                                 assignment_id=str(uuid.uuid4()), on_behalf_of=f"user:{m}")
+
+
+def c_add_partner_linked_membership(w):
+    req = _link(w)
+
+    def call(rid):
+        req.request_id = rid
+        w.acc_int.AddPartnerLinkedMembership(req, metadata=PARTNERS_SVC)
+    return call
+
+
+def c_remove_partner_linked_membership(w):
+    add = _link(w)
+    w.acc_int.AddPartnerLinkedMembership(add, metadata=PARTNERS_SVC)
+    return lambda rid: w.acc_int.RemovePartnerLinkedMembership(apb.RemovePartnerLinkedMembershipRequest(
+        hub_id=add.hub_id, user_id=add.user_id, assignment_id=add.assignment_id, reason="t",
+        on_behalf_of=add.on_behalf_of, request_id=rid), metadata=PARTNERS_SVC)
+
+
 CASES = {
     "CreateAccount": c_create_account, "UpdateAccount": c_update_account,
     "DeactivateAccount": c_deactivate_account, "ReactivateAccount": c_reactivate_account,
@@ -488,13 +512,13 @@ CASES = {
     "ApproveAccessRequest": c_approve_access_request, "DeclineAccessRequest": c_decline_access_request,
     "CancelAccessRequest": c_cancel_access_request, "ResendAccessRequest": c_resend_access_request,
     "RemoveEmployeeFromClient": c_remove_employee_from_client,
+    "AddPartnerLinkedMembership": c_add_partner_linked_membership,
+    "RemovePartnerLinkedMembership": c_remove_partner_linked_membership,
 }
 
 # Mutating RPCs without a case yet (issue 14: to be written); a new RPC must
 # be added to CASES or, with a reason, here.
 NOT_YET = {
-    "AddPartnerLinkedMembership": "internal, called by partners' link sync; needs an ACTIVE assignment's link",
-    "RemovePartnerLinkedMembership": "internal, called by partners' link sync; needs a linked membership",
     "CancelCopyJob": "needs a job still running when the call arrives",
     "ReplayDeadLetters": "needs a dead letter (an email that exhausted its retries)",
 }
