@@ -494,6 +494,20 @@ def c_remove_partner_linked_membership(w):
         on_behalf_of=add.on_behalf_of, request_id=rid), metadata=PARTNERS_SVC)
 
 
+def c_replay_dead_letters(w):
+    """A sent access-request email turned into a dead letter (as 8 failed
+    attempts would leave it), then replayed."""
+    m, ca, req_id = w.pending()
+    sent = om.eventually(lambda: psql(f"SELECT id FROM notifier.delivery WHERE access_request_id = '{req_id}'"
+                                      f" AND state = 2"), timeout=20, message="the email was never sent")
+    dl = psql(f"UPDATE notifier.delivery SET state = 5 WHERE id = {sent[0]};"
+              f" INSERT INTO notifier.dead_letter (delivery_id, event_id, event_type, recipient_user_id,"
+              f" recipient_email, reason, attempts) SELECT id, event_id, event_type, recipient_user_id,"
+              f" recipient_email, 'test', 8 FROM notifier.delivery WHERE id = {sent[0]} RETURNING id")
+    return lambda rid: w.n.ReplayDeadLetters(npb.ReplayDeadLettersRequest(dead_letter_ids=[dl[-1]], request_id=rid),
+                                             metadata=SVC)
+
+
 CASES = {
     "CreateAccount": c_create_account, "UpdateAccount": c_update_account,
     "DeactivateAccount": c_deactivate_account, "ReactivateAccount": c_reactivate_account,
@@ -514,13 +528,13 @@ CASES = {
     "RemoveEmployeeFromClient": c_remove_employee_from_client,
     "AddPartnerLinkedMembership": c_add_partner_linked_membership,
     "RemovePartnerLinkedMembership": c_remove_partner_linked_membership,
+    "ReplayDeadLetters": c_replay_dead_letters,
 }
 
 # Mutating RPCs without a case yet (issue 14: to be written); a new RPC must
 # be added to CASES or, with a reason, here.
 NOT_YET = {
     "CancelCopyJob": "needs a job still running when the call arrives",
-    "ReplayDeadLetters": "needs a dead letter (an email that exhausted its retries)",
 }
 
 
