@@ -534,7 +534,8 @@ CASES = {
 # Mutating RPCs without a case yet (issue 14: to be written); a new RPC must
 # be added to CASES or, with a reason, here.
 NOT_YET = {
-    "CancelCopyJob": "needs a job still running when the call arrives",
+    "CancelCopyJob": "needs a job held RUNNING and otherwise idle; a batch blocked on a lock is given"
+                     " back and claimed again every few seconds, so the state never settles",
 }
 
 
