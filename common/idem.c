@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "audit.h"
+#include "config.h"
 #include "log.h"
 #include "om_err.h"
 
@@ -80,6 +81,11 @@ static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
 
 static void fault_init(void) {
     const char *v = getenv("ORGMESH_TEST_FAULT_REQUEST_ID");
+    if (v != NULL && v[0] != '\0' && !cfg_bool("ORGMESH_DEV_MODE", false)) {
+        /* a deployment never injects faults, whatever its environment says */
+        log_warn("ORGMESH_TEST_FAULT_REQUEST_ID is ignored outside ORGMESH_DEV_MODE=1");
+        return;
+    }
     if (v != NULL && v[0] != '\0') {
         fault_prefix = v;
         fault_len = strlen(v);
