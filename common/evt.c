@@ -226,7 +226,8 @@ static struct {
     char progress_key[192];
     relay_group groups[RELAY_GROUPS_MAX];
     int ngroups;
-    metrics_counter *m_backlog, *m_rerelayed, *m_gaps, *m_losses, *m_lag_max;
+    metrics_counter *m_backlog, *m_rerelayed, *m_gaps, *m_losses, *m_lag_max, *m_dropped;
+    char trimmed_to[48];  /* the last MINID trim */
 } relay;
 
 typedef struct relay_item {
@@ -604,6 +605,30 @@ static relay_group *relay_group_of(const char *name) {
     return g;
 }
 
+/* Trim the stream by what every known group has applied: entries below the
+ * entry of the lowest watermark (XTRIM MINID). XADD's MAXLEN ~
+ * ORGMESH_EVT_STREAM_MAXLEN stays as the hard bound on memory. */
+static void relay_trim(pg_conn *pg, cache_conn *rconn) {
+    pg_res *r = NULL;
+    if (pg_exec(pg,
+                "SELECT o.stream_id FROM outbox o WHERE o.relayed_at IS NOT NULL AND o.relay_seq ="
+                " (SELECT min(watermark) FROM evt_groups)",
+                NULL, &r) != 0 ||
+        pg_nrows(r) != 1 || !sid_ok(pg_str(r, 0, 0)) ||
+        strcmp(pg_str(r, 0, 0), relay.trimmed_to) == 0) {
+        pg_free(r);
+        return;
+    }
+    char sid[48];
+    snprintf(sid, sizeof sid, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+    const char *argv[] = {"XTRIM", relay.stream, "MINID", sid}; /* exact: O(entries removed) */
+    redisReply *t = relay_cmd(rconn, 4, argv);
+    if (t != NULL && t->type == REDIS_REPLY_INTEGER)
+        snprintf(relay.trimmed_to, sizeof relay.trimmed_to, "%s", sid);
+    if (t != NULL) freeReplyObject(t);
+}
+
 static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
     if (cache_conn_ctx(rconn) == NULL) return;
     pg_res *r = NULL;
@@ -702,6 +727,7 @@ static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
     }
     pg_free(r);
     metrics_gauge_set(relay.m_lag_max, lag_max);
+    relay_trim(pg, rconn);
     r = NULL;
     if (pg_exec(pg, "SELECT count(*) FROM outbox WHERE relayed_at IS NULL", NULL, &r) == 0)
         metrics_gauge_set(relay.m_backlog, pg_i64(r, 0, 0));
@@ -710,14 +736,36 @@ static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
 
 /* Now and then: relayed rows older than a day, stale request ids, and
  * applied event ids too old to be redelivered. */
-static void relay_housekeeping(pg_conn *pg, int applied_retention_h) {
+static void relay_housekeeping(pg_conn *pg, int applied_retention_h, int outbox_max_h) {
     pg_res *r = NULL;
+    /* Issue 12: a row goes once every known consumer group has applied it
+     * (seq at or below the lowest watermark) and it is a day old; rows
+     * relayed before sequencing existed (no seq) after a day as before. */
     if (pg_exec(pg,
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                " WHERE relayed_at < now() - interval '24 hours' LIMIT 10000)",
+                " WHERE relayed_at < now() - interval '24 hours' AND (relay_seq IS NULL OR"
+                " relay_seq <= (SELECT coalesce(min(watermark), 9223372036854775807)"
+                " FROM evt_groups)) LIMIT 10000)",
                 NULL, &r) == 0 &&
         pg_affected(r) > 0)
-        log_info("outbox: deleted %lld relayed rows", (long long)pg_affected(r));
+        log_info("outbox: deleted %lld rows every consumer group has applied",
+                 (long long)pg_affected(r));
+    pg_free(r);
+    r = NULL;
+    /* The bound: rows some group has not applied are kept at most
+     * ORGMESH_EVT_OUTBOX_MAX_AGE_H; dropping one is counted (alert). */
+    pg_params mp = {0};
+    pg_p_i64(&mp, outbox_max_h);
+    if (pg_exec(pg,
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " WHERE created_at < now() - make_interval(hours => $1::int) LIMIT 10000)",
+                &mp, &r) == 0 &&
+        pg_affected(r) > 0) {
+        metrics_counter_add(relay.m_dropped, pg_affected(r));
+        log_error("outbox: dropped %lld events older than %d h that some consumer group has"
+                  " not applied (ORGMESH_EVT_OUTBOX_MAX_AGE_H)",
+                  (long long)pg_affected(r), outbox_max_h);
+    }
     pg_free(r);
     r = NULL;
     pg_params p = {0};
@@ -738,6 +786,7 @@ static void *relay_main(void *arg) {
         return NULL;
     }
     int retention_h = (int)cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 24 * 365);
+    int outbox_max_h = (int)cfg_int("ORGMESH_EVT_OUTBOX_MAX_AGE_H", 168, 25, 24 * 365);
     int64_t next_housekeeping = 0, next_check = 0, next_reconcile = 0;
     unsigned checked_gen = 0;
     int backoff = 0;
@@ -754,7 +803,7 @@ static void *relay_main(void *arg) {
         }
         int64_t now = evt_now_ms();
         if (now >= next_housekeeping) {
-            relay_housekeeping(pg, retention_h);
+            relay_housekeeping(pg, retention_h, outbox_max_h);
             next_housekeeping = now + RELAY_HOUSEKEEPING_MS;
         }
         /* Before relaying on a new connection (Redis may have restarted
@@ -803,6 +852,7 @@ int evt_relay_start(const char *service) {
     snprintf(relay.progress_key, sizeof relay.progress_key, "%s" EVT_PROGRESS_PREFIX "%s",
              cache_namespace(), service);
     relay.ngroups = 0;
+    relay.trimmed_to[0] = '\0';
     if (relay.m_backlog == NULL) {
         relay.m_backlog = metrics_counter_register(
             "orgmesh_evt_outbox_backlog", "outbox rows not (or not again) relayed to Redis");
@@ -813,6 +863,9 @@ int evt_relay_start(const char *service) {
             "consumer groups found unable to get their next event (reconciliation)");
         relay.m_losses = metrics_counter_register(
             "orgmesh_evt_redis_losses_total", "times the relay found that Redis lost its stream");
+        relay.m_dropped = metrics_counter_register(
+            "orgmesh_evt_outbox_dropped_unapplied_total",
+            "outbox events dropped after ORGMESH_EVT_OUTBOX_MAX_AGE_H before every group applied");
         relay.m_lag_max = metrics_counter_register(
             "orgmesh_evt_oldest_unapplied_seconds",
             "age of the oldest event some known consumer group has not applied");
@@ -1021,8 +1074,13 @@ static int consumer_apply(pg_conn *c, void *arg) {
         pg_p_null(&p);
     pg_res *r = NULL;
     /* (source, seq): the group's progress, published for the relay (issue 12) */
+    /* An event at or below the group's watermark was applied, even if its
+     * id has left applied_events since (retention): a re-relay of old rows
+     * applies nothing twice. */
     int rc = pg_exec(c,
-                     "INSERT INTO applied_events (event_id, source, seq) VALUES ($1::uuid, $2, $3)"
+                     "INSERT INTO applied_events (event_id, source, seq)"
+                     " SELECT $1::uuid, $2, $3::bigint WHERE $3::bigint IS NULL OR NOT EXISTS"
+                     " (SELECT 1 FROM evt_progress WHERE source = $2 AND watermark >= $3::bigint)"
                      " ON CONFLICT DO NOTHING",
                      &p, &r);
     if (rc != 0) return rc;

@@ -44,10 +44,12 @@ static int handler(pg_conn *tx, const evt_event *ev, void *arg) {
     return pg_exec(tx, "INSERT INTO effects (event_id) VALUES ($1::uuid)", &p, NULL);
 }
 
-static void consumers_start(void) {
+static void consumers_start_as(const char *g) {
     evt_subscription sub = {.source = svc, .fn = handler, .lanes = 1};
-    assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
+    assert_int_equal(evt_consumers_start(g, &sub, 1), 0);
 }
+
+static void consumers_start(void) { consumers_start_as(group); }
 
 typedef struct emit_arg {
     int64_t n;
@@ -206,6 +208,97 @@ static void test_evt_stream_trimmed_events_applied(void **state) {
     epilogue(it_ms(), "stream trimmed", RECONCILE_BOUND_MS);
 }
 
+static long long stream_len(void) {
+    redisContext *r = it_redis();
+    redisReply *rep = redisCommand(r, "XLEN %s", stream);
+    long long n = rep != NULL && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    freeReplyObject(rep);
+    redisFree(r);
+    return n;
+}
+
+/* The id of the stream's first entry ("" when empty). */
+static void first_entry(char *out, size_t cap) {
+    redisContext *r = it_redis();
+    redisReply *rep = redisCommand(r, "XRANGE %s - + COUNT 1", stream);
+    out[0] = '\0';
+    if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 1)
+        snprintf(out, cap, "%s", rep->element[0]->element[0]->str);
+    freeReplyObject(rep);
+    redisFree(r);
+}
+
+static bool wait_first_entry_is(const char *sid, int timeout_ms) {
+    int64_t deadline = it_ms() + timeout_ms;
+    char got[64];
+    while (it_ms() < deadline) {
+        first_entry(got, sizeof got);
+        if (strcmp(got, sid) == 0) return true;
+        it_sleep_ms(20);
+    }
+    return false;
+}
+
+static void sid_of_seq(int seq, char *out, size_t cap) {
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT stream_id FROM " SCHEMA ".outbox WHERE relay_seq = %d", seq);
+    pg_res *r = NULL;
+    assert_int_equal(pg_exec(pg_local(), sql, NULL, &r), 0);
+    assert_int_equal(pg_nrows(r), 1);
+    snprintf(out, cap, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+}
+
+/* The stream is trimmed by what every known group applied (XTRIM MINID of
+ * the slowest group's watermark), never by a blind length: while a second
+ * group is down, its 20 unapplied entries stay though the first group
+ * applied them; once it catches up they go. */
+static void test_evt_stream_trimmed_only_below_slowest_group(void **state) {
+    char slow[64], sid[48];
+    snprintf(slow, sizeof slow, "%s", it_unique("itslow"));
+    snprintf(group, sizeof group, "%s", it_unique("itfast"));
+    /* the fast group is known from the start (at 0), so nothing is trimmed
+     * before it reads the stream from its beginning */
+    char key[160], sql[256];
+    snprintf(key, sizeof key, "%s" EVT_PROGRESS_PREFIX "%s", cache_namespace(), svc);
+    redisContext *rc = it_redis();
+    freeReplyObject(redisCommand(rc, "HSET %s %s 0", key, group));
+    redisFree(rc);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM " SCHEMA ".evt_groups WHERE grp = '%s'", group);
+    assert_true(wait_sql(sql, 1, 10000));
+    consumers_start_as(slow);
+    for (int i = 0; i < 5; i++) emit_one(i + 1);
+    assert_true(wait_all_applied_once(10000));
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM " SCHEMA ".evt_groups WHERE grp = '%s' AND watermark = 5",
+             slow);
+    assert_true(wait_sql(sql, 1, 10000));
+    evt_consumers_stop();
+    it_sql("TRUNCATE " SCHEMA ".effects");
+    /* the fast group reads everything from the start, the slow one is down
+     * (both in this one schema: the events the slow group applied count as
+     * applied for the fast one too, as for two replicas of one service) */
+    consumers_start();
+    for (int i = 0; i < N; i++) emit_one(100 + i);
+    assert_true(wait_sql("SELECT count(*) FROM " SCHEMA ".effects", N, 10000));
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM " SCHEMA ".evt_groups WHERE grp = '%s' AND watermark = 25",
+             group);
+    assert_true(wait_sql(sql, 1, 10000));
+    /* trimmed to the slow group's watermark entry (seq 5), not beyond */
+    sid_of_seq(5, sid, sizeof sid);
+    assert_true(wait_first_entry_is(sid, 10000));
+    assert_int_equal(stream_len(), 1 + N);
+    evt_consumers_stop();
+    /* the slow group back: it applies its 20, then the stream is trimmed to seq 25 */
+    consumers_start_as(slow);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM " SCHEMA ".evt_groups WHERE grp = '%s' AND watermark = 25",
+             slow);
+    assert_true(wait_sql(sql, 1, 10000));
+    sid_of_seq(25, sid, sizeof sid);
+    assert_true(wait_first_entry_is(sid, 10000));
+    assert_int_equal(stream_len(), 1);
+    evt_consumers_stop();
+}
+
 /* Each test: a producer of its own (stream, sequence, epoch) and an empty
  * outbox, so that groups and rows of the tests before do not count. */
 static int fresh_producer(void **state) {
@@ -249,6 +342,7 @@ int main(void) {
         LOSS_TEST(test_evt_group_recreated_at_end_events_applied),
         LOSS_TEST(test_evt_group_deleted_events_applied),
         LOSS_TEST(test_evt_stream_trimmed_events_applied),
+        LOSS_TEST(test_evt_stream_trimmed_only_below_slowest_group),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
