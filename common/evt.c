@@ -208,6 +208,7 @@ int evt_emit(pg_conn *tx, const evt_meta *meta, const ProtobufCMessage *payload,
 
 typedef struct relay_group {
     char name[64];
+    metrics_counter *m_lag; /* orgmesh_evt_oldest_unapplied_seconds_<group> */
     int64_t wm;          /* the watermark a gap was last seen at */
     int suspect;         /* rounds in a row the gap was seen */
     int64_t rerelayed_ms; /* when re-relayed from wm (0: never) */
@@ -602,6 +603,13 @@ static relay_group *relay_group_of(const char *name) {
     memset(g, 0, sizeof *g);
     snprintf(g->name, sizeof g->name, "%s", name);
     g->wm = -1;
+    /* one gauge per group (the registry has no labels; '-' becomes '_') */
+    char metric[128];
+    int w = snprintf(metric, sizeof metric, "orgmesh_evt_oldest_unapplied_seconds_%s", name);
+    for (int i = 0; w > 0 && i < w && metric[i] != '\0'; i++)
+        if (metric[i] == '-') metric[i] = '_';
+    g->m_lag = metrics_counter_register(
+        metric, "age of the oldest outbox event this consumer group has not applied (0: none)");
     return g;
 }
 
@@ -651,6 +659,7 @@ static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
         if (!pg_isnull(r, i, 3) && pg_i64(r, i, 3) > lag_max) lag_max = pg_i64(r, i, 3);
         relay_group *g = relay_group_of(name);
         if (g == NULL) continue;
+        metrics_gauge_set(g->m_lag, pg_isnull(r, i, 3) ? 0 : pg_i64(r, i, 3));
         if (g->wm != wm) {
             g->wm = wm;
             g->suspect = 0;

@@ -22,6 +22,7 @@
 #include "evt.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "it_util.h"
+#include "metrics.h"
 #include "om_err.h"
 
 #define SCHEMA "it_evtloss"
@@ -132,6 +133,18 @@ static void prologue(void) {
     assert_int_equal(outbox_rows(), N + 1);
 }
 
+/* A counter's value in the metrics text (-1 when absent). */
+static long long metric(const char *name) {
+    char *text = metrics_render();
+    long long v = -1;
+    char pat[160];
+    snprintf(pat, sizeof pat, "\n%s ", name);
+    const char *p = text != NULL ? strstr(text, pat) : NULL;
+    if (p != NULL) v = strtoll(p + strlen(pat), NULL, 10);
+    free(text);
+    return v;
+}
+
 static void redis_lost_and_back(void) {
     assert_int_equal(it_stack("redis-kill"), 0);
     assert_int_equal(it_stack("redis-start"), 0);
@@ -151,9 +164,13 @@ static void epilogue(int64_t back_ms, const char *what, int64_t bound_ms) {
 /* The issue's reproduction: the consumer is stopped, the events are relayed
  * (not yet delivered), Redis is killed -9 and restarts empty. */
 static void test_evt_redis_killed_undelivered_events_applied_after_restart_empty(void **state) {
+    long long losses = metric("orgmesh_evt_redis_losses_total");
+    long long rerelayed = metric("orgmesh_evt_rerelayed_total");
     prologue();
     redis_lost_and_back();
     epilogue(it_ms(), "killed, undelivered", BOUND_MS);
+    assert_int_equal(metric("orgmesh_evt_redis_losses_total"), losses + 1);
+    assert_int_equal(metric("orgmesh_evt_rerelayed_total"), rerelayed + N);
 }
 
 /* Entries read by a consumer (pending, not acknowledged) that then dies
@@ -198,6 +215,7 @@ static void test_evt_group_deleted_events_applied(void **state) {
 
 /* The stream trimmed to nothing while the consumer is down. */
 static void test_evt_stream_trimmed_events_applied(void **state) {
+    long long gaps = metric("orgmesh_evt_reconcile_gaps_total");
     prologue();
     redisContext *r = it_redis();
     redisReply *rep = redisCommand(r, "XTRIM %s MAXLEN 0", stream);
@@ -206,6 +224,7 @@ static void test_evt_stream_trimmed_events_applied(void **state) {
     freeReplyObject(rep);
     redisFree(r);
     epilogue(it_ms(), "stream trimmed", RECONCILE_BOUND_MS);
+    assert_int_equal(metric("orgmesh_evt_reconcile_gaps_total"), gaps + 1);
 }
 
 static long long stream_len(void) {
