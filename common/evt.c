@@ -640,13 +640,14 @@ static void relay_trim(pg_conn *pg, cache_conn *rconn) {
 static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
     if (cache_conn_ctx(rconn) == NULL) return;
     pg_res *r = NULL;
-    /* Each group's next row, if relayed; the backlog; the oldest unapplied age. */
+    /* Each group's next row: its entry id if relayed (not while marked for
+     * re-relay), and its age (seq order is relay order: the oldest one the
+     * group has not applied, one index lookup). */
     if (pg_exec(pg,
-                "SELECT g.grp, g.watermark, o.stream_id,"
-                " (SELECT extract(epoch FROM now() - min(created_at))::bigint FROM outbox"
-                "   WHERE relay_seq > g.watermark)"
+                "SELECT g.grp, g.watermark, CASE WHEN o.relayed_at IS NOT NULL THEN o.stream_id END,"
+                " extract(epoch FROM now() - o.created_at)::bigint"
                 " FROM evt_groups g LEFT JOIN outbox o ON o.relay_seq = g.watermark + 1"
-                "  AND o.relayed_at IS NOT NULL ORDER BY g.grp",
+                " ORDER BY g.grp",
                 NULL, &r) != 0) {
         pg_free(r);
         return;

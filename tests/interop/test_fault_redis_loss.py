@@ -13,6 +13,11 @@ empty, then:
   Redis is back (membership checks: the seat event went through Redis; flip
   checks: own writes, invalidated through PostgreSQL).
 
+Each kill comes during a rolling restart of the connections service (killed
+2 s before Redis, started again after it), so that entries are in the stream
+undelivered when Redis dies — the issue's case; its RPCs failing with
+UNAVAILABLE meanwhile are expected and counted apart.
+
 Short mode (ctest, CI): one kill, 3 s down. Full mode (OM_FAULT_FULL=1, or
 `tests/faults/redis_loss`): three kills of 10 s each. Kills Redis: runs alone."""
 import collections
@@ -110,6 +115,15 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
     flip_checks = []                    # (sent, received, allowed)
     requests = []                       # access request ids acknowledged
     errors = collections.Counter()
+    expected = collections.Counter()    # connections restarting: UNAVAILABLE is its answer
+    restarting = threading.Event()
+
+    def failed(what, e):
+        if restarting.is_set() and e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                 grpc.StatusCode.DEADLINE_EXCEEDED):
+            expected[f"{what} {e.code()}"] += 1
+        else:
+            errors[f"{what} {e.code()}"] += 1
 
     def writer():
         while not stop.is_set():
@@ -131,7 +145,8 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
                     if cw.mirror(u, c, a)[0]:
                         first_allowed[u] = time.monotonic()
                 except grpc.RpcError as e:
-                    errors[f"check {e.code()}"] += 1
+                    failed("check", e)
+                    break   # connections restarting: try again in a moment
             if stop.is_set() and time.monotonic() > stop.deadline:
                 return
             time.sleep(0.02)
@@ -147,7 +162,7 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
                 with lock:
                     flips.append((time.monotonic(), on))
             except grpc.RpcError as e:
-                errors[f"flip {e.code()}"] += 1
+                failed("flip", e)
             time.sleep(0.5)
 
     def flip_checks_loop():
@@ -157,7 +172,7 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
                 ok = cw.mirror(reader, c, b)[0]
                 flip_checks.append((t0, time.monotonic(), ok))
             except grpc.RpcError as e:
-                errors[f"flipcheck {e.code()}"] += 1
+                failed("flipcheck", e)
             time.sleep(0.01)
 
     def access_requests():
@@ -179,10 +194,15 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
     time.sleep(UP_S)  # steady load before the first kill (the scenario's timeline)
     for _ in range(KILLS):
         down = time.monotonic()
+        restarting.set()
+        suite["connections"].kill()
+        time.sleep(2.0)     # seat events pile up undelivered in the stream
         om.redis_kill()
         time.sleep(DOWN_S)  # the outage's length is the scenario
         om.redis_start()
+        suite["connections"].restart()
         outages.append((down, time.monotonic()))
+        restarting.clear()
         time.sleep(UP_S)
     stop.deadline = time.monotonic() + 20
     stop.set()
@@ -257,7 +277,8 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
           f" (each once), {len(flips) - 1} flips, {len(flip_checks)} flip checks ({wrong} wrong);"
           f" consumer pairs checked: {sorted(pairs)};"
           f" seats written before the last recovery all allowed"
-          f" {max(after_recovery, default=0):.2f} s after it; errors: {dict(errors)}")
+          f" {max(after_recovery, default=0):.2f} s after it; errors: {dict(errors)};"
+          f" expected while connections restarted: {dict(expected)}")
     assert not late, f"{len(late)} seats checked wrong past the bound: {late[:10]}"
     assert wrong == 0
     assert not errors, dict(errors)
