@@ -569,6 +569,15 @@ static void relay_check(pg_conn *pg, cache_conn *rconn) {
     pg_p_str(&ep, token);
     if (pg_exec(pg, "UPDATE evt_relay SET epoch = $1, last_stream_id = NULL", &ep, NULL) != 0)
         goto done;
+    /* The new epoch goes to Redis while we hold the lock, so that another
+     * replica's relay does not see the mismatch again; if the commit then
+     * fails, the next check finds a mismatch and marks again (duplicates
+     * only). If Redis refuses it, nothing is marked yet: tried again. */
+    const char *sargv[] = {"SET", relay.epoch_key, token};
+    redisReply *sr = relay_cmd(rconn, 3, sargv);
+    bool set_ok = sr != NULL && sr->type == REDIS_REPLY_STATUS;
+    if (sr != NULL) freeReplyObject(sr);
+    if (!set_ok) goto done;
     if (pg_commit(pg) != 0) goto done;
     commit = true;
     if (why != NULL) {
@@ -578,11 +587,6 @@ static void relay_check(pg_conn *pg, cache_conn *rconn) {
                  " (the lowest watermark of %lld known consumer groups)",
                  relay.stream, why, (long long)marked, (long long)min_wm, (long long)ngroups);
     }
-    /* After the commit: if this fails, the next check finds a mismatch
-     * and marks again (duplicates only). */
-    const char *sargv[] = {"SET", relay.epoch_key, token};
-    redisReply *s = relay_cmd(rconn, 3, sargv);
-    if (s != NULL) freeReplyObject(s);
 done:
     pg_free(r);
     if (!commit) pg_rollback(pg);

@@ -18,7 +18,10 @@ Each kill comes during a rolling restart of the connections service (killed
 undelivered when Redis dies — the issue's case; its RPCs failing with
 UNAVAILABLE meanwhile are expected and counted apart.
 
-Short mode (ctest, CI): one kill, 3 s down. Full mode (OM_FAULT_FULL=1, or
+Short mode (ctest, CI): one kill, 2 s down.
+
+The issue's own reproduction (20 seats while connections is down, Redis
+killed and restarted empty) is the first test here: it shares the services. Full mode (OM_FAULT_FULL=1, or
 `tests/faults/redis_loss`): three kills of 10 s each. Kills Redis: runs alone."""
 import collections
 import hashlib
@@ -41,11 +44,11 @@ pytestmark = [pytest.mark.exclusive_stack,
 
 FULL = os.environ.get("OM_FAULT_FULL") == "1"
 KILLS = 3 if FULL else 1
-DOWN_S = 10.0 if FULL else 3.0
-UP_S = 10.0 if FULL else 4.0       # steady load before, between and after the kills
+DOWN_S = 10.0 if FULL else 2.0
+UP_S = 10.0 if FULL else 3.0       # steady load before, between and after the kills
 BOUND_S = 3.0                       # CONN-09: 2 s cache TTL + the relay's 1 s loss check
 HEALTHY_S = 3.0                     # an event-driven change while Redis is up (lenient on a busy box)
-EMPLOYEES = 120 if FULL else 20     # access requests (one email each)
+EMPLOYEES = 120 if FULL else 12     # access requests (one email each)
 
 SINK = SmtpSink()
 OM_SERVICES = ["accounts", "organizations", "connections", "partners", "notifier"]
@@ -85,6 +88,62 @@ def one(sql):
 
 def message_id(event_id, user_id):
     return "<" + hashlib.sha256(f"{event_id}/{user_id}".encode()).hexdigest()[:32] + "@orgmesh>"
+
+
+USERS = 20
+
+
+def connections_caught_up():
+    """The accounts relay knows the connections group, and its watermark
+    covers every accounts event so far."""
+    return one("SELECT count(*) FROM accounts.evt_groups WHERE grp = 'connections' AND watermark >="
+               " (SELECT coalesce(max(relay_seq), 0) FROM accounts.outbox)") == "1"
+
+
+def allowed(w, user, s, t):
+    return w.mirror(user, s, t) == (True, cpb.DenialReason.DENIAL_REASON_UNSPECIFIED)
+
+
+def repro(w, suite, lose):
+    owner = w.user()
+    org, (a, b, c) = w.organization(owner)
+    w.quick(owner, org, a)                       # mirroring both ways between every pair
+    om.eventually(connections_caught_up, timeout=15,
+                  message="the accounts relay learns the connections group's watermark")
+    suite["connections"].kill()                  # a rolling restart, say
+    mark = int(one("SELECT coalesce(max(id), 0) FROM accounts.outbox"))
+    users = [w.user() for _ in range(USERS)]
+    for u in users:
+        w.member(a, u, seats=[apb.SEAT_SALES])   # all return OK
+    om.eventually(lambda: one(f"SELECT count(*) FROM accounts.outbox WHERE id > {mark}"
+                              " AND relayed_at IS NULL") == "0", timeout=10,
+                  message="the membership events are relayed (and then lost with Redis)")
+    lose()
+    back = time.monotonic()
+    suite["connections"].restart()
+    pending = set(users)
+    while pending and time.monotonic() - back < BOUND_S + 10:
+        pending = {u for u in pending if not allowed(w, u, c, a)}
+        time.sleep(0.02)
+    took = time.monotonic() - back
+    print(f"every check right {took * 1000:.0f} ms after Redis was back ({len(pending)} still wrong)")
+    assert not pending, f"{len(pending)} of {USERS} users still NOT_A_MEMBER {took:.1f} s after Redis was back"
+    assert took <= BOUND_S, f"checks right only {took:.2f} s after Redis was back"
+    # every event of the accounts outbox since the mark applied by connections, once
+    missing = one("SELECT count(*) FROM accounts.outbox o WHERE o.id > "
+                  f"{mark} AND NOT EXISTS (SELECT 1 FROM connections.applied_events e"
+                  " WHERE e.event_id = o.event_id)")
+    om.eventually(lambda: one("SELECT count(*) FROM accounts.outbox o WHERE o.id > "
+                              f"{mark} AND NOT EXISTS (SELECT 1 FROM connections.applied_events e"
+                              " WHERE e.event_id = o.event_id)") == "0", timeout=10,
+                  message=f"connections applies every accounts event ({missing} missing at first)")
+
+
+def test_evt_redis_killed_restarted_empty_while_connections_down_checks_right_within_bound(suite, smtp):
+    def lose():
+        om.redis_kill()
+        om.redis_start()
+    repro(CWorld(suite), suite, lose)
 
 
 def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
