@@ -252,23 +252,27 @@ def test_fault_redis_killed_under_mixed_load_nothing_lost(suite, smtp):
     for t in threads:
         t.start()
     outages = []
-    time.sleep(UP_S)  # steady load before the first kill (the scenario's timeline)
-    for _ in range(KILLS):
-        down = time.monotonic()
-        restarting.set()
-        suite["connections"].kill()
-        time.sleep(2.0)     # seat events pile up undelivered in the stream
-        om.redis_kill()
-        time.sleep(DOWN_S)  # the outage's length is the scenario
-        om.redis_start()
-        suite["connections"].restart()
-        outages.append((down, time.monotonic()))
-        restarting.clear()
-        time.sleep(UP_S)
-    stop.deadline = time.monotonic() + 20
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    try:
+        time.sleep(UP_S)  # steady load before the first kill (the scenario's timeline)
+        for _ in range(KILLS):
+            down = time.monotonic()
+            restarting.set()
+            suite["connections"].kill()
+            time.sleep(2.0)     # seat events pile up undelivered in the stream
+            om.redis_kill()
+            time.sleep(DOWN_S)  # the outage's length is the scenario
+            om.redis_start()
+            suite["connections"].restart()
+            outages.append((down, time.monotonic()))
+            restarting.clear()
+            time.sleep(UP_S)
+    finally:
+        # also when a step failed: the load threads end (a gRPC call left
+        # running in a thread can hold up the interpreter's exit)
+        stop.deadline = time.monotonic() + 20
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
     last_up = outages[-1][1]
 
     # 1. every acknowledged write is present
