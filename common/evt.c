@@ -27,6 +27,7 @@
 #include "google/protobuf/timestamp.pb-c.h"
 #include "idem.h"
 #include "log.h"
+#include "metrics.h"
 #include "om_err.h"
 #include "om_time.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
@@ -189,6 +190,30 @@ int evt_emit(pg_conn *tx, const evt_meta *meta, const ProtobufCMessage *payload,
 
 /* ---- the relay ---------------------------------------------------------- */
 
+/* Issue 12 (docs/common/evt.md, "Redis losing data"): the outbox stays the
+ * log of record. Each row gets a gap-free relay_seq when first relayed
+ * (evt_relay.next_seq, advanced in the same transaction as relayed_at), the
+ * stream entry carries it (field "s"), and the relay remembers the entry id.
+ * Consumers publish the highest seq below which they applied everything
+ * (their watermark) to the hash orgmesh:progress:<service>; the relay keeps
+ * a durable copy (evt_groups). When Redis lost data (its epoch key is gone
+ * or different, the stream is gone or went backwards), every row above the
+ * lowest watermark is relayed again, in seq order; reconciliation does the
+ * same for one group whose next event cannot reach it any more. */
+
+#define RELAY_CHECK_MS 1000        /* loss detection and watermarks */
+#define RELAY_RECONCILE_MS 2000    /* gaps of single groups (a skip: two rounds) */
+#define RELAY_RERELAY_AGAIN_MS 600000 /* a gap at the same watermark again */
+#define RELAY_GROUPS_MAX 64
+
+typedef struct relay_group {
+    char name[64];
+    metrics_counter *m_lag; /* orgmesh_evt_oldest_unapplied_seconds_<group> */
+    int64_t wm;          /* the watermark a gap was last seen at */
+    int suspect;         /* rounds in a row the gap was seen */
+    int64_t rerelayed_ms; /* when re-relayed from wm (0: never) */
+} relay_group;
+
 static struct {
     bool running;
     pthread_t th;
@@ -198,24 +223,67 @@ static struct {
     char lock_key[128];
     char channel[96];
     char maxlen[24];
+    char epoch_key[192];
+    char progress_key[192];
+    relay_group groups[RELAY_GROUPS_MAX];
+    int ngroups;
+    metrics_counter *m_backlog, *m_rerelayed, *m_gaps, *m_losses, *m_lag_max, *m_dropped;
+    char trimmed_to[48];  /* the last MINID trim */
 } relay;
 
 typedef struct relay_item {
     int64_t id;
+    int64_t seq;
     int row;
 } relay_item;
 
 static int relay_item_cmp(const void *a, const void *b) {
-    int64_t x = ((const relay_item *)a)->id, y = ((const relay_item *)b)->id;
-    return (x > y) - (x < y);
+    const relay_item *x = a, *y = b;
+    /* rows relayed before (kept seq) first, by seq; new rows by id */
+    if ((x->seq > 0) != (y->seq > 0)) return x->seq > 0 ? -1 : 1;
+    int64_t p = x->seq > 0 ? x->seq : x->id, q = y->seq > 0 ? y->seq : y->id;
+    return (p > q) - (p < q);
 }
 
 enum { RELAY_MORE = 1 };
 
-/* One batch: lock the oldest unrelayed rows, XADD them in id order
- * (pipelined), mark them relayed, commit. Any Redis trouble rolls back:
- * the rows wait in the outbox. Returns the number of rows... or RELAY_MORE
- * when a full batch went (look again at once), 0, or a negative code. */
+/* Stream entry ids "ms-seq" compared as numbers (a, b well formed). */
+static int sid_cmp(const char *a, const char *b) {
+    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    if (sscanf(a, "%llu-%llu", &am, &as) < 1 || sscanf(b, "%llu-%llu", &bm, &bs) < 1) return 0;
+    if (am != bm) return am < bm ? -1 : 1;
+    return (as > bs) - (as < bs);
+}
+
+static bool sid_ok(const char *s) {
+    if (s == NULL || s[0] == '\0' || strlen(s) > 44) return false;
+    for (const char *q = s; *q; q++)
+        if (!((*q >= '0' && *q <= '9') || *q == '-')) return false;
+    return true;
+}
+
+/* Append to a growing string; false on exhaustion. */
+static bool sb_add(char **buf, size_t *len, size_t *cap, const char *s) {
+    size_t n = strlen(s);
+    if (*len + n + 1 > *cap) {
+        size_t nc = (*cap == 0 ? 1024 : *cap * 2);
+        while (nc < *len + n + 1) nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (nb == NULL) return false;
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, s, n + 1);
+    *len += n;
+    return true;
+}
+
+/* One batch: lock the oldest rows to relay (rows marked for re-relay first,
+ * in seq order, then new rows in id order), give new rows their seq, XADD
+ * them (pipelined), record relayed_at, seq and entry id, commit. Any Redis
+ * trouble rolls back: the rows wait in the outbox and the seqs are given
+ * back. Returns RELAY_MORE when a full batch went (look again at once), 0,
+ * or a negative code. */
 static int relay_batch(pg_conn *pg, cache_conn *rconn) {
     redisContext *ctx = cache_conn_ctx(rconn);
     if (ctx == NULL) return OM_E_UNAVAILABLE; /* Redis down: events wait */
@@ -223,48 +291,83 @@ static int relay_batch(pg_conn *pg, cache_conn *rconn) {
     if (rc != 0) return rc;
     pg_res *r = NULL;
     relay_item *items = NULL;
+    char **sids = NULL;
+    char *ids_s = NULL, *seqs_s = NULL, *sids_s = NULL;
+    size_t il = 0, ic = 0, ql = 0, qc = 0, sl = 0, sc = 0;
+    int n = 0;
+    bool mine = false, committed = false;
     pg_params lp = {0};
     pg_p_str(&lp, relay.lock_key);
     /* One relay per service at a time (replicas): the stream then follows
      * outbox order, and per aggregate that is commit order. */
     rc = pg_exec(pg, "SELECT pg_try_advisory_xact_lock(hashtext($1))", &lp, &r);
     if (rc != 0) goto fail;
-    bool mine = pg_bool(r, 0, 0);
+    mine = pg_bool(r, 0, 0);
     pg_free(r);
     r = NULL;
     if (!mine) goto fail; /* rc is 0: another replica is relaying */
 
     pg_params bp = {0};
     pg_p_i64(&bp, RELAY_BATCH);
+    /* Rows marked for re-relay (they keep their seq) go first, in seq order. */
     rc = pg_exec(pg,
-                 "UPDATE outbox SET relayed_at = now() WHERE id IN (SELECT id FROM outbox"
-                 " WHERE relayed_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                 " RETURNING id, type, envelope",
+                 "SELECT id, relay_seq, type, envelope FROM outbox WHERE relayed_at IS NULL"
+                 " AND relay_seq IS NOT NULL ORDER BY relay_seq LIMIT $1 FOR UPDATE SKIP LOCKED",
                  &bp, &r);
+    if (rc == 0 && pg_nrows(r) == 0) {
+        pg_free(r);
+        r = NULL;
+        rc = pg_exec(pg,
+                     "SELECT id, relay_seq, type, envelope FROM outbox WHERE relayed_at IS NULL"
+                     " AND relay_seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                     &bp, &r);
+    }
     if (rc != 0) goto fail;
-    int n = pg_nrows(r);
+    n = pg_nrows(r);
     if (n == 0) goto fail;
     items = malloc((size_t)n * sizeof *items);
-    if (items == NULL) {
+    sids = calloc((size_t)n, sizeof *sids);
+    if (items == NULL || sids == NULL) {
         rc = OM_E_NOMEM;
         goto fail;
     }
-    for (int i = 0; i < n; i++) items[i] = (relay_item){pg_i64(r, i, 0), i};
-    qsort(items, (size_t)n, sizeof *items, relay_item_cmp); /* RETURNING has no order */
+    int fresh = 0;
+    for (int i = 0; i < n; i++) {
+        items[i] = (relay_item){pg_i64(r, i, 0), pg_isnull(r, i, 1) ? 0 : pg_i64(r, i, 1), i};
+        if (items[i].seq <= 0) fresh++;
+    }
+    qsort(items, (size_t)n, sizeof *items, relay_item_cmp);
+    if (fresh > 0) {
+        /* Gap-free: the counter moves in this transaction, so a rollback
+         * (Redis failed) gives the numbers back. */
+        pg_res *sr = NULL;
+        pg_params sp = {0};
+        pg_p_i64(&sp, fresh);
+        rc = pg_exec(pg, "UPDATE evt_relay SET next_seq = next_seq + $1 RETURNING next_seq - $1",
+                     &sp, &sr);
+        int64_t base = rc == 0 && pg_nrows(sr) == 1 ? pg_i64(sr, 0, 0) : 0;
+        pg_free(sr);
+        if (rc == 0 && base <= 0) rc = OM_E_INTERNAL;
+        if (rc != 0) goto fail;
+        for (int i = 0; i < n; i++)
+            if (items[i].seq <= 0) items[i].seq = base++;
+    }
 
     for (int i = 0; i < n; i++) {
         size_t elen = 0;
-        const uint8_t *env = pg_bytes(r, items[i].row, 2, &elen);
-        const char *type = pg_str(r, items[i].row, 1);
+        const uint8_t *env = pg_bytes(r, items[i].row, 3, &elen);
+        const char *type = pg_str(r, items[i].row, 2);
         if (env == NULL) {
             rc = OM_E_NOMEM;
             goto fail;
         }
+        char seq[24];
+        snprintf(seq, sizeof seq, "%lld", (long long)items[i].seq);
         const char *argv[] = {"XADD", relay.stream, "MAXLEN", "~", relay.maxlen, "*",
-                              "e", (const char *)env, "t", type};
+                              "e", (const char *)env, "t", type, "s", seq};
         size_t lens[] = {4, strlen(relay.stream), 6, 1, strlen(relay.maxlen), 1,
-                         1, elen, 1, strlen(type)};
-        if (redisAppendCommandArgv(ctx, 10, argv, lens) != REDIS_OK) {
+                         1, elen, 1, strlen(type), 1, strlen(seq)};
+        if (redisAppendCommandArgv(ctx, 12, argv, lens) != REDIS_OK) {
             /* Replies of what was appended would be out of step: start over. */
             cache_conn_drop(rconn);
             rc = OM_E_NOMEM;
@@ -282,36 +385,401 @@ static int relay_batch(pg_conn *pg, cache_conn *rconn) {
         if (rep->type == REDIS_REPLY_ERROR) {
             log_error("relay: XADD %s failed: %s", relay.stream, rep->str);
             rc = OM_E_INTERNAL; /* read every reply, then roll back */
+        } else if (rep->type == REDIS_REPLY_STRING && sid_ok(rep->str)) {
+            sids[i] = strdup(rep->str);
+            if (sids[i] == NULL) rc = OM_E_NOMEM;
+        } else {
+            rc = OM_E_INTERNAL;
         }
         freeReplyObject(rep);
     }
     if (rc != 0) goto fail;
+    /* relayed_at, seq and entry id of every row in one statement */
+    bool ok = sb_add(&ids_s, &il, &ic, "{") && sb_add(&seqs_s, &ql, &qc, "{") &&
+              sb_add(&sids_s, &sl, &sc, "{");
+    for (int i = 0; ok && i < n; i++) {
+        char a[24], b[24];
+        snprintf(a, sizeof a, "%s%lld", i ? "," : "", (long long)items[i].id);
+        snprintf(b, sizeof b, "%s%lld", i ? "," : "", (long long)items[i].seq);
+        ok = sb_add(&ids_s, &il, &ic, a) && sb_add(&seqs_s, &ql, &qc, b) &&
+             sb_add(&sids_s, &sl, &sc, i ? "," : "") && sb_add(&sids_s, &sl, &sc, sids[i]);
+    }
+    ok = ok && sb_add(&ids_s, &il, &ic, "}") && sb_add(&seqs_s, &ql, &qc, "}") &&
+         sb_add(&sids_s, &sl, &sc, "}");
+    if (!ok) {
+        rc = OM_E_NOMEM;
+        goto fail;
+    }
+    pg_params up = {0};
+    pg_p_str(&up, ids_s);
+    pg_p_str(&up, seqs_s);
+    pg_p_str(&up, sids_s);
+    rc = pg_exec(pg,
+                 "UPDATE outbox o SET relayed_at = now(), relay_seq = v.seq, stream_id = v.sid"
+                 " FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, seq, sid)"
+                 " WHERE o.id = v.id",
+                 &up, NULL);
+    if (rc != 0) goto fail;
+    pg_params lsp = {0};
+    pg_p_str(&lsp, sids[n - 1]);
+    rc = pg_exec(pg, "UPDATE evt_relay SET last_stream_id = $1", &lsp, NULL);
+    if (rc != 0) goto fail;
+    committed = true;
     rc = pg_commit(pg);
     if (rc != 0)
         log_warn("relay: COMMIT failed after XADD (%s); those events will be sent again and "
                  "consumers will drop the duplicates",
                  pg_errmsg(pg));
+fail:
+    if (!committed) pg_rollback(pg);
     pg_free(r);
     free(items);
+    for (int i = 0; sids != NULL && i < n; i++) free(sids[i]);
+    free(sids);
+    free(ids_s);
+    free(seqs_s);
+    free(sids_s);
     if (rc != 0) return rc;
     return n == RELAY_BATCH ? RELAY_MORE : 0;
-fail:
+}
+
+/* A new random epoch token (hex). */
+static int relay_token(char out[33]) {
+    uint8_t b[16];
+    if (RAND_bytes(b, sizeof b) != 1) return OM_E_INTERNAL;
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
+}
+
+static redisReply *relay_cmd(cache_conn *rc, int argc, const char **argv) {
+    size_t lens[8];
+    if (argc > 8) return NULL;
+    for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
+    return cache_conn_cmd(rc, argc, argv, lens);
+}
+
+/* Mark every relayed row above `wm` for re-relay (they keep their seq). */
+static int64_t relay_mark_from(pg_conn *pg, int64_t wm) {
+    pg_params p = {0};
+    pg_p_i64(&p, wm);
+    pg_res *r = NULL;
+    int64_t n = -1;
+    if (pg_exec(pg,
+                "UPDATE outbox SET relayed_at = NULL WHERE relay_seq > $1 AND relayed_at IS NOT NULL",
+                &p, &r) == 0)
+        n = pg_affected(r);
     pg_free(r);
-    free(items);
-    pg_rollback(pg);
-    return rc;
+    return n;
+}
+
+/* The groups' watermarks from Redis into evt_groups (each only grows). */
+static void relay_read_progress(pg_conn *pg, cache_conn *rconn) {
+    const char *argv[] = {"HGETALL", relay.progress_key};
+    redisReply *h = relay_cmd(rconn, 2, argv);
+    if (h == NULL) return;
+    for (size_t i = 0; h->type == REDIS_REPLY_ARRAY && i + 1 < h->elements; i += 2) {
+        const redisReply *g = h->element[i], *v = h->element[i + 1];
+        if (g->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+            !evt_name_ok(g->str))
+            continue;
+        char *end = NULL;
+        long long wm = strtoll(v->str, &end, 10);
+        if (end == v->str || *end != '\0' || wm < 0) continue;
+        pg_params p = {0};
+        pg_p_str(&p, g->str);
+        pg_p_i64(&p, wm);
+        pg_exec(pg,
+                "INSERT INTO evt_groups (grp, watermark) VALUES ($1, $2) ON CONFLICT (grp) DO"
+                " UPDATE SET watermark = GREATEST(evt_groups.watermark, EXCLUDED.watermark),"
+                " updated_at = now()",
+                &p, NULL);
+    }
+    freeReplyObject(h);
+}
+
+/* Did Redis lose what the relay gave it? Its epoch key is gone or
+ * different (restart, FLUSHALL, another instance), the stream is gone
+ * while rows were relayed, or its last generated id is below the last one
+ * the relay got (failover to a replica that missed writes). Then mark
+ * every row above the lowest known watermark for re-relay and start a new
+ * epoch. Under the relay's lock (one relay at a time). */
+static void relay_check(pg_conn *pg, cache_conn *rconn) {
+    if (cache_conn_ctx(rconn) == NULL) return;
+    relay_read_progress(pg, rconn);
+    if (pg_begin(pg) != 0) return;
+    pg_res *r = NULL;
+    pg_params lp = {0};
+    pg_p_str(&lp, relay.lock_key);
+    bool commit = false;
+    if (pg_exec(pg, "SELECT pg_try_advisory_xact_lock(hashtext($1))", &lp, &r) != 0 ||
+        !pg_bool(r, 0, 0))
+        goto done;
+    pg_free(r);
+    r = NULL;
+    if (pg_exec(pg,
+                "SELECT epoch, last_stream_id, (SELECT min(watermark) FROM evt_groups),"
+                " (SELECT count(*) FROM evt_groups) FROM evt_relay FOR UPDATE",
+                NULL, &r) != 0 ||
+        pg_nrows(r) != 1)
+        goto done;
+    bool had_epoch = !pg_isnull(r, 0, 0);
+    char db_epoch[40], last_sid[48];
+    snprintf(db_epoch, sizeof db_epoch, "%s", pg_str(r, 0, 0));
+    snprintf(last_sid, sizeof last_sid, "%s", pg_str(r, 0, 1));
+    int64_t min_wm = pg_isnull(r, 0, 2) ? 0 : pg_i64(r, 0, 2);
+    int64_t ngroups = pg_i64(r, 0, 3);
+
+    const char *gargv[] = {"GET", relay.epoch_key};
+    redisReply *g = relay_cmd(rconn, 2, gargv);
+    if (g == NULL) goto done;
+    bool same = g->type == REDIS_REPLY_STRING && had_epoch && strcmp(g->str, db_epoch) == 0;
+    bool redis_has = g->type == REDIS_REPLY_STRING;
+    freeReplyObject(g);
+    const char *why = NULL;
+    if (!had_epoch) {
+        why = NULL; /* first start (or first with this version): nothing to compare */
+    } else if (!same) {
+        why = redis_has ? "its epoch changed" : "its epoch key is gone";
+    } else if (sid_ok(last_sid)) {
+        const char *xargv[] = {"XINFO", "STREAM", relay.stream};
+        redisReply *x = relay_cmd(rconn, 3, xargv);
+        if (x == NULL) goto done;
+        if (x->type == REDIS_REPLY_ERROR) {
+            why = "the stream is gone";
+        } else {
+            for (size_t i = 0; x->type == REDIS_REPLY_ARRAY && i + 1 < x->elements; i += 2)
+                if (x->element[i]->type == REDIS_REPLY_STRING &&
+                    strcmp(x->element[i]->str, "last-generated-id") == 0 &&
+                    x->element[i + 1]->type == REDIS_REPLY_STRING &&
+                    sid_cmp(x->element[i + 1]->str, last_sid) < 0)
+                    why = "the stream went backwards";
+        }
+        freeReplyObject(x);
+    }
+    if (had_epoch && why == NULL) goto done; /* all is well */
+
+    char token[33];
+    if (relay_token(token) != 0) goto done;
+    int64_t marked = 0;
+    if (why != NULL) {
+        marked = relay_mark_from(pg, min_wm);
+        if (marked < 0) goto done;
+    }
+    pg_params ep = {0};
+    pg_p_str(&ep, token);
+    if (pg_exec(pg, "UPDATE evt_relay SET epoch = $1, last_stream_id = NULL", &ep, NULL) != 0)
+        goto done;
+    /* The new epoch goes to Redis while we hold the lock, so that another
+     * replica's relay does not see the mismatch again; if the commit then
+     * fails, the next check finds a mismatch and marks again (duplicates
+     * only). If Redis refuses it, nothing is marked yet: tried again. */
+    const char *sargv[] = {"SET", relay.epoch_key, token};
+    redisReply *sr = relay_cmd(rconn, 3, sargv);
+    bool set_ok = sr != NULL && sr->type == REDIS_REPLY_STATUS;
+    if (sr != NULL) freeReplyObject(sr);
+    if (!set_ok) goto done;
+    if (pg_commit(pg) != 0) goto done;
+    commit = true;
+    if (why != NULL) {
+        metrics_counter_add(relay.m_losses, 1);
+        metrics_counter_add(relay.m_rerelayed, marked);
+        log_warn("relay: Redis lost events of %s (%s): relaying again %lld events above seq %lld"
+                 " (the lowest watermark of %lld known consumer groups)",
+                 relay.stream, why, (long long)marked, (long long)min_wm, (long long)ngroups);
+    }
+done:
+    pg_free(r);
+    if (!commit) pg_rollback(pg);
+}
+
+/* Reconciliation: for each known group, is the event after its watermark
+ * still able to reach it? Not when its entry is gone from the stream
+ * (trimmed, deleted), nor when the group has gone past it without applying
+ * it (a group recreated at "$", an acknowledged entry not applied) for two
+ * rounds in a row. Then relay again from that watermark + 1. The same
+ * watermark is re-relayed at most every RELAY_RERELAY_AGAIN_MS (an event
+ * that the group dead-lettered stays a gap: the lag alert fires). */
+static relay_group *relay_group_of(const char *name) {
+    for (int i = 0; i < relay.ngroups; i++)
+        if (strcmp(relay.groups[i].name, name) == 0) return &relay.groups[i];
+    if (relay.ngroups == RELAY_GROUPS_MAX) return NULL;
+    relay_group *g = &relay.groups[relay.ngroups++];
+    memset(g, 0, sizeof *g);
+    snprintf(g->name, sizeof g->name, "%s", name);
+    g->wm = -1;
+    /* one gauge per group (the registry has no labels; '-' becomes '_') */
+    char metric[128];
+    int w = snprintf(metric, sizeof metric, "orgmesh_evt_oldest_unapplied_seconds_%s", name);
+    for (int i = 0; w > 0 && i < w && metric[i] != '\0'; i++)
+        if (metric[i] == '-') metric[i] = '_';
+    g->m_lag = metrics_counter_register(
+        metric, "age of the oldest outbox event this consumer group has not applied (0: none)");
+    return g;
+}
+
+/* Trim the stream by what every known group has applied: entries below the
+ * entry of the lowest watermark (XTRIM MINID). XADD's MAXLEN ~
+ * ORGMESH_EVT_STREAM_MAXLEN stays as the hard bound on memory. */
+static void relay_trim(pg_conn *pg, cache_conn *rconn) {
+    pg_res *r = NULL;
+    if (pg_exec(pg,
+                "SELECT o.stream_id FROM outbox o WHERE o.relayed_at IS NOT NULL AND o.relay_seq ="
+                " (SELECT min(watermark) FROM evt_groups)",
+                NULL, &r) != 0 ||
+        pg_nrows(r) != 1 || !sid_ok(pg_str(r, 0, 0)) ||
+        strcmp(pg_str(r, 0, 0), relay.trimmed_to) == 0) {
+        pg_free(r);
+        return;
+    }
+    char sid[48];
+    snprintf(sid, sizeof sid, "%s", pg_str(r, 0, 0));
+    pg_free(r);
+    const char *argv[] = {"XTRIM", relay.stream, "MINID", sid}; /* exact: O(entries removed) */
+    redisReply *t = relay_cmd(rconn, 4, argv);
+    if (t != NULL && t->type == REDIS_REPLY_INTEGER)
+        snprintf(relay.trimmed_to, sizeof relay.trimmed_to, "%s", sid);
+    if (t != NULL) freeReplyObject(t);
+}
+
+static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
+    if (cache_conn_ctx(rconn) == NULL) return;
+    pg_res *r = NULL;
+    /* Each group's next row: its entry id if relayed (not while marked for
+     * re-relay), and its age (seq order is relay order: the oldest one the
+     * group has not applied, one index lookup). */
+    if (pg_exec(pg,
+                "SELECT g.grp, g.watermark, CASE WHEN o.relayed_at IS NOT NULL THEN o.stream_id END,"
+                " extract(epoch FROM now() - o.created_at)::bigint"
+                " FROM evt_groups g LEFT JOIN outbox o ON o.relay_seq = g.watermark + 1"
+                " ORDER BY g.grp",
+                NULL, &r) != 0) {
+        pg_free(r);
+        return;
+    }
+    int64_t lag_max = 0;
+    for (int i = 0; i < pg_nrows(r); i++) {
+        const char *name = pg_str(r, i, 0);
+        int64_t wm = pg_i64(r, i, 1);
+        const char *sid = pg_str(r, i, 2);
+        if (!pg_isnull(r, i, 3) && pg_i64(r, i, 3) > lag_max) lag_max = pg_i64(r, i, 3);
+        relay_group *g = relay_group_of(name);
+        if (g == NULL) continue;
+        metrics_gauge_set(g->m_lag, pg_isnull(r, i, 3) ? 0 : pg_i64(r, i, 3));
+        if (g->wm != wm) {
+            g->wm = wm;
+            g->suspect = 0;
+        }
+        if (!sid_ok(sid)) {
+            g->suspect = 0; /* nothing after the watermark, or not relayed yet */
+            continue;
+        }
+        bool gap = false, gone = false;
+        const char *xargv[] = {"XRANGE", relay.stream, sid, sid};
+        redisReply *x = relay_cmd(rconn, 4, xargv);
+        if (x == NULL) break;
+        gone = x->type == REDIS_REPLY_ARRAY && x->elements == 0;
+        freeReplyObject(x);
+        if (gone) {
+            gap = true;
+        } else {
+            /* past it without applying it, and not pending in the group? */
+            const char *gargv[] = {"XINFO", "GROUPS", relay.stream};
+            redisReply *gr = relay_cmd(rconn, 3, gargv);
+            if (gr == NULL) break;
+            bool past = false;
+            for (size_t j = 0; gr->type == REDIS_REPLY_ARRAY && j < gr->elements; j++) {
+                const redisReply *e = gr->element[j];
+                const char *gname = NULL, *last = NULL;
+                for (size_t k = 0; e->type == REDIS_REPLY_ARRAY && k + 1 < e->elements; k += 2) {
+                    if (e->element[k]->type != REDIS_REPLY_STRING ||
+                        e->element[k + 1]->type != REDIS_REPLY_STRING)
+                        continue;
+                    if (strcmp(e->element[k]->str, "name") == 0) gname = e->element[k + 1]->str;
+                    if (strcmp(e->element[k]->str, "last-delivered-id") == 0)
+                        last = e->element[k + 1]->str;
+                }
+                if (gname != NULL && last != NULL && strcmp(gname, name) == 0)
+                    past = sid_cmp(last, sid) >= 0;
+            }
+            freeReplyObject(gr);
+            if (past) {
+                const char *pargv[] = {"XPENDING", relay.stream, name, sid, sid, "1"};
+                redisReply *p = relay_cmd(rconn, 6, pargv);
+                if (p == NULL) break;
+                bool pending = p->type == REDIS_REPLY_ARRAY && p->elements > 0;
+                freeReplyObject(p);
+                gap = !pending && ++g->suspect >= 2;
+            } else {
+                g->suspect = 0;
+            }
+        }
+        int64_t now = evt_now_ms();
+        if (!gap || (g->rerelayed_ms != 0 && now - g->rerelayed_ms < RELAY_RERELAY_AGAIN_MS))
+            continue;
+        /* under the relay lock, so that no batch runs meanwhile */
+        if (pg_begin(pg) != 0) continue;
+        pg_res *lr = NULL;
+        pg_params lp = {0};
+        pg_p_str(&lp, relay.lock_key);
+        int64_t marked = -1;
+        if (pg_exec(pg, "SELECT pg_try_advisory_xact_lock(hashtext($1))", &lp, &lr) == 0 &&
+            pg_bool(lr, 0, 0))
+            marked = relay_mark_from(pg, wm);
+        pg_free(lr);
+        if (marked >= 0 && pg_commit(pg) == 0) {
+            g->rerelayed_ms = now;
+            g->suspect = 0;
+            metrics_counter_add(relay.m_gaps, 1);
+            metrics_counter_add(relay.m_rerelayed, marked);
+            log_warn("relay: consumer group %s of %s cannot get the event after seq %lld (%s):"
+                     " relaying again %lld events",
+                     name, relay.stream, (long long)wm,
+                     gone ? "gone from the stream" : "skipped by the group", (long long)marked);
+        } else {
+            pg_rollback(pg);
+        }
+    }
+    pg_free(r);
+    metrics_gauge_set(relay.m_lag_max, lag_max);
+    relay_trim(pg, rconn);
+    r = NULL;
+    if (pg_exec(pg, "SELECT count(*) FROM outbox WHERE relayed_at IS NULL", NULL, &r) == 0)
+        metrics_gauge_set(relay.m_backlog, pg_i64(r, 0, 0));
+    pg_free(r);
 }
 
 /* Now and then: relayed rows older than a day, stale request ids, and
  * applied event ids too old to be redelivered. */
-static void relay_housekeeping(pg_conn *pg, int applied_retention_h) {
+static void relay_housekeeping(pg_conn *pg, int applied_retention_h, int outbox_max_h) {
     pg_res *r = NULL;
+    /* Issue 12: a row goes once every known consumer group has applied it
+     * (seq at or below the lowest watermark) and it is a day old; rows
+     * relayed before sequencing existed (no seq) after a day as before. */
     if (pg_exec(pg,
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                " WHERE relayed_at < now() - interval '24 hours' LIMIT 10000)",
+                " WHERE relayed_at < now() - interval '24 hours' AND (relay_seq IS NULL OR"
+                " relay_seq <= (SELECT coalesce(min(watermark), 9223372036854775807)"
+                " FROM evt_groups)) LIMIT 10000)",
                 NULL, &r) == 0 &&
         pg_affected(r) > 0)
-        log_info("outbox: deleted %lld relayed rows", (long long)pg_affected(r));
+        log_info("outbox: deleted %lld rows every consumer group has applied",
+                 (long long)pg_affected(r));
+    pg_free(r);
+    r = NULL;
+    /* The bound: rows some group has not applied are kept at most
+     * ORGMESH_EVT_OUTBOX_MAX_AGE_H; dropping one is counted (alert). */
+    pg_params mp = {0};
+    pg_p_i64(&mp, outbox_max_h);
+    if (pg_exec(pg,
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " WHERE created_at < now() - make_interval(hours => $1::int) LIMIT 10000)",
+                &mp, &r) == 0 &&
+        pg_affected(r) > 0) {
+        metrics_counter_add(relay.m_dropped, pg_affected(r));
+        log_error("outbox: dropped %lld events older than %d h that some consumer group has"
+                  " not applied (ORGMESH_EVT_OUTBOX_MAX_AGE_H)",
+                  (long long)pg_affected(r), outbox_max_h);
+    }
     pg_free(r);
     r = NULL;
     pg_params p = {0};
@@ -332,7 +800,9 @@ static void *relay_main(void *arg) {
         return NULL;
     }
     int retention_h = (int)cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 24 * 365);
-    int64_t next_housekeeping = 0;
+    int outbox_max_h = (int)cfg_int("ORGMESH_EVT_OUTBOX_MAX_AGE_H", 168, 25, 24 * 365);
+    int64_t next_housekeeping = 0, next_check = 0, next_reconcile = 0;
+    unsigned checked_gen = 0;
     int backoff = 0;
     while (!atomic_load(&relay.stop)) {
         if (pg == NULL) {
@@ -347,8 +817,19 @@ static void *relay_main(void *arg) {
         }
         int64_t now = evt_now_ms();
         if (now >= next_housekeeping) {
-            relay_housekeeping(pg, retention_h);
+            relay_housekeeping(pg, retention_h, outbox_max_h);
             next_housekeeping = now + RELAY_HOUSEKEEPING_MS;
+        }
+        /* Before relaying on a new connection (Redis may have restarted
+         * empty), and every second. */
+        if (now >= next_check || (rconn->ctx != NULL && rconn->gen != checked_gen)) {
+            relay_check(pg, rconn);
+            checked_gen = rconn->gen;
+            next_check = now + RELAY_CHECK_MS;
+        }
+        if (now >= next_reconcile) {
+            relay_reconcile(pg, rconn);
+            next_reconcile = now + RELAY_RECONCILE_MS;
         }
         int rc = relay_batch(pg, rconn);
         if (rc == RELAY_MORE) continue;
@@ -380,6 +861,29 @@ int evt_relay_start(const char *service) {
              service);
     snprintf(relay.lock_key, sizeof relay.lock_key, "orgmesh.relay.%s", pg_schema());
     snprintf(relay.channel, sizeof relay.channel, "orgmesh_outbox_%s", pg_schema());
+    snprintf(relay.epoch_key, sizeof relay.epoch_key, "%sorgmesh:evt:epoch:%s", cache_namespace(),
+             service);
+    snprintf(relay.progress_key, sizeof relay.progress_key, "%s" EVT_PROGRESS_PREFIX "%s",
+             cache_namespace(), service);
+    relay.ngroups = 0;
+    relay.trimmed_to[0] = '\0';
+    if (relay.m_backlog == NULL) {
+        relay.m_backlog = metrics_counter_register(
+            "orgmesh_evt_outbox_backlog", "outbox rows not (or not again) relayed to Redis");
+        relay.m_rerelayed = metrics_counter_register(
+            "orgmesh_evt_rerelayed_total", "outbox events relayed again after Redis lost them");
+        relay.m_gaps = metrics_counter_register(
+            "orgmesh_evt_reconcile_gaps_total",
+            "consumer groups found unable to get their next event (reconciliation)");
+        relay.m_losses = metrics_counter_register(
+            "orgmesh_evt_redis_losses_total", "times the relay found that Redis lost its stream");
+        relay.m_dropped = metrics_counter_register(
+            "orgmesh_evt_outbox_dropped_unapplied_total",
+            "outbox events dropped after ORGMESH_EVT_OUTBOX_MAX_AGE_H before every group applied");
+        relay.m_lag_max = metrics_counter_register(
+            "orgmesh_evt_oldest_unapplied_seconds",
+            "age of the oldest event some known consumer group has not applied");
+    }
     snprintf(relay.maxlen, sizeof relay.maxlen, "%lld",
              (long long)cfg_int("ORGMESH_EVT_STREAM_MAXLEN", 1000000, 1000, INT64_C(1) << 40));
     if (evt_pipe(relay.pipe) != 0) return OM_E_INTERNAL;
@@ -419,6 +923,7 @@ void evt_relay_stop(void) {
 typedef struct lane_item {
     struct lane_item *next;
     Orgmesh__Events__V1__Envelope *env;
+    int64_t seq;             /* the relay's sequence number (field "s"), 0 if none */
     char sid[]; /* the stream entry id */
 } lane_item;
 
@@ -442,6 +947,7 @@ typedef struct consumer {
     evt_handler_fn fn;
     void *arg;
     char stream[192];
+    char progress_key[192];  /* orgmesh:progress:<source> */
     cache_conn *rc;          /* the reader's */
     int nlanes;              /* 1: the reader applies entries itself */
     lane *lanes;             /* nlanes > 1 */
@@ -564,6 +1070,7 @@ static void consumer_deadletter(consumer *k, cache_conn *rc, const char *id,
 typedef struct apply_ctx {
     consumer *k;
     const evt_event *ev;
+    int64_t seq;
     bool dup;
 } apply_ctx;
 
@@ -574,9 +1081,20 @@ static int consumer_apply(pg_conn *c, void *arg) {
     a->dup = false;
     pg_params p = {0};
     pg_p_str(&p, a->ev->id);
+    pg_p_str(&p, a->k->source);
+    if (a->seq > 0)
+        pg_p_i64(&p, a->seq);
+    else
+        pg_p_null(&p);
     pg_res *r = NULL;
+    /* (source, seq): the group's progress, published for the relay (issue 12) */
+    /* An event at or below the group's watermark was applied, even if its
+     * id has left applied_events since (retention): a re-relay of old rows
+     * applies nothing twice. */
     int rc = pg_exec(c,
-                     "INSERT INTO applied_events (event_id) VALUES ($1::uuid)"
+                     "INSERT INTO applied_events (event_id, source, seq)"
+                     " SELECT $1::uuid, $2, $3::bigint WHERE $3::bigint IS NULL OR NOT EXISTS"
+                     " (SELECT 1 FROM evt_progress WHERE source = $2 AND watermark >= $3::bigint)"
                      " ON CONFLICT DO NOTHING",
                      &p, &r);
     if (rc != 0) return rc;
@@ -612,14 +1130,22 @@ static int64_t evt_time_us(const Google__Protobuf__Timestamp *t) {
  * there is nothing to apply: a deleted entry (nil), or a malformed one,
  * which goes to the dead letters at once. */
 static Orgmesh__Events__V1__Envelope *consumer_unpack(consumer *k, cache_conn *rc,
-                                                      const redisReply *entry, const char **sid) {
+                                                      const redisReply *entry, const char **sid,
+                                                      int64_t *seq) {
     *sid = NULL;
+    *seq = 0;
     if (!reply_is(entry, REDIS_REPLY_ARRAY) || entry->elements != 2 ||
         !reply_is(entry->element[0], REDIS_REPLY_STRING))
         return NULL;
     *sid = entry->element[0]->str;
     const redisReply *fields = entry->element[1];
     const redisReply *e = reply_field(fields, "e");
+    const redisReply *sq = reply_field(fields, "s");
+    if (sq != NULL) {
+        char *end = NULL;
+        long long v = strtoll(sq->str, &end, 10);
+        if (end != sq->str && *end == '\0' && v > 0) *seq = v;
+    }
     Orgmesh__Events__V1__Envelope *env =
         e != NULL ? orgmesh__events__v1__envelope__unpack(NULL, e->len, (const uint8_t *)e->str)
                   : NULL;
@@ -636,7 +1162,8 @@ static Orgmesh__Events__V1__Envelope *consumer_unpack(consumer *k, cache_conn *r
  * pending), or OM_E_UNAVAILABLE (PostgreSQL gone, or a handler that could
  * not reach what it needs): the caller backs off. */
 static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
-                              const Orgmesh__Events__V1__Envelope *env, const char *sid) {
+                              const Orgmesh__Events__V1__Envelope *env, const char *sid,
+                              int64_t seq) {
     evt_event ev = {
         .id = env->id,
         .type = env->type,
@@ -649,7 +1176,7 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
         .payload_len = env->payload != NULL ? env->payload->value.len : 0,
         .stream_id = sid,
     };
-    apply_ctx a = {.k = k, .ev = &ev};
+    apply_ctx a = {.k = k, .ev = &ev, .seq = seq};
     log_set_trace(env->trace_id);
     int ret = pg_tx(pg, consumer_apply, &a);
     if (ret == 0) {
@@ -667,9 +1194,10 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
  * consumer_apply_env; 0 for an entry with nothing to apply. */
 static int consumer_process(consumer *k, pg_conn *pg, cache_conn *rc, const redisReply *entry) {
     const char *sid = NULL;
-    Orgmesh__Events__V1__Envelope *env = consumer_unpack(k, rc, entry, &sid);
+    int64_t seq = 0;
+    Orgmesh__Events__V1__Envelope *env = consumer_unpack(k, rc, entry, &sid, &seq);
     if (env == NULL) return 0;
-    int ret = consumer_apply_env(k, pg, rc, env, sid);
+    int ret = consumer_apply_env(k, pg, rc, env, sid, seq);
     orgmesh__events__v1__envelope__free_unpacked(env, NULL);
     return ret;
 }
@@ -685,7 +1213,8 @@ static uint32_t subject_hash(const char *s) {
  * stays pending (a claim retries it). */
 static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *entry) {
     const char *sid = NULL;
-    Orgmesh__Events__V1__Envelope *env = consumer_unpack(k, rc, entry, &sid);
+    int64_t seq = 0;
+    Orgmesh__Events__V1__Envelope *env = consumer_unpack(k, rc, entry, &sid, &seq);
     if (env == NULL) return;
     size_t n = strlen(sid) + 1;
     lane_item *it = malloc(sizeof *it + n);
@@ -696,6 +1225,7 @@ static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *ent
     }
     it->next = NULL;
     it->env = env;
+    it->seq = seq;
     memcpy(it->sid, sid, n);
     lane *l = &k->lanes[subject_hash(env->subject) % (uint32_t)k->nlanes];
     pthread_mutex_lock(&k->mu);
@@ -924,7 +1454,7 @@ static int lane_apply(lane *l, pg_conn **pg, const lane_item *it) {
         int ret = OM_E_UNAVAILABLE;
         bool down = true, outage = true;
         if (*pg != NULL || pg_connect(pg) == 0) {
-            ret = consumer_apply_env(k, *pg, l->rc, it->env, it->sid);
+            ret = consumer_apply_env(k, *pg, l->rc, it->env, it->sid, it->seq);
             const char *st = pg_sqlstate(*pg);
             down = ret == OM_E_UNAVAILABLE && st[0] != '\0';
             outage = strncmp(st, "08", 2) == 0; /* connection exception */
@@ -1001,6 +1531,57 @@ static void *lane_main(void *arg) {
     return NULL;
 }
 
+/* ---- progress ------------------------------------------------------------- */
+
+#define CONSUMER_PROGRESS_MS 1000
+
+/* The group's watermark for this source: the highest relay seq with every
+ * seq at or below it applied (evt_progress, advanced from applied_events),
+ * published to Redis every second from the database, so that a Redis that
+ * lost it learns it again at once (issue 12). */
+static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
+    if (*ppg == NULL && pg_connect(ppg) != 0) return;
+    pg_params p = {0};
+    pg_p_str(&p, k->source);
+    pg_res *r = NULL;
+    /* seq - wm = row number holds exactly for the contiguous run above wm */
+    int rc0 = pg_exec(*ppg,
+                      "WITH p AS (SELECT COALESCE((SELECT watermark FROM evt_progress"
+                      "  WHERE source = $1), 0) AS wm),"
+                      " s AS (SELECT a.seq, row_number() OVER (ORDER BY a.seq) AS rn"
+                      "  FROM applied_events a, p WHERE a.source = $1 AND a.seq > p.wm"
+                      "  ORDER BY a.seq LIMIT 100000)"
+                      " SELECT p.wm, p.wm + COALESCE((SELECT max(rn) FROM s WHERE s.seq = p.wm + s.rn),"
+                      "  0) FROM p",
+                      &p, &r);
+    if (rc0 != 0 || pg_nrows(r) != 1) {
+        pg_free(r);
+        if (pg_sqlstate(*ppg)[0] == '0' && pg_sqlstate(*ppg)[1] == '8') {
+            pg_close(*ppg);
+            *ppg = NULL;
+        }
+        return;
+    }
+    int64_t old = pg_i64(r, 0, 0), wm = pg_i64(r, 0, 1);
+    pg_free(r);
+    if (wm > old) {
+        pg_params u = {0};
+        pg_p_str(&u, k->source);
+        pg_p_i64(&u, wm);
+        if (pg_exec(*ppg,
+                    "INSERT INTO evt_progress (source, watermark) VALUES ($1, $2)"
+                    " ON CONFLICT (source) DO UPDATE SET watermark ="
+                    " GREATEST(evt_progress.watermark, EXCLUDED.watermark), updated_at = now()",
+                    &u, NULL) != 0)
+            return;
+    }
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)wm);
+    const char *argv[] = {"HSET", k->progress_key, cons.group, v};
+    redisReply *h = consumer_cmd(rc, 4, argv);
+    if (h != NULL) freeReplyObject(h);
+}
+
 /* ---- the reader ------------------------------------------------------------- */
 
 static void *consumer_main(void *arg) {
@@ -1013,7 +1594,8 @@ static void *consumer_main(void *arg) {
     if (claim_every > 2000) claim_every = 2000;
     bool group_ok = false, pg_down = false;
     unsigned group_gen = 0;
-    int64_t next_claim = 0, next_gc = evt_now_ms() + CONSUMER_GC_MS;
+    int64_t next_claim = 0, next_gc = evt_now_ms() + CONSUMER_GC_MS, next_progress = 0;
+    pg_conn *ppg = NULL; /* progress (issue 12) */
     int backoff = 0;
     while (!atomic_load(&cons.stop)) {
         int ret = 0;
@@ -1058,6 +1640,10 @@ static void *consumer_main(void *arg) {
             next_claim = now + claim_every;
             room = consumer_room(k);
         }
+        if (ret == 0 && now >= next_progress) {
+            consumer_progress(k, &ppg, rc);
+            next_progress = now + CONSUMER_PROGRESS_MS;
+        }
         if (ret == 0 && now >= next_gc) {
             consumer_gc(k, rc);
             next_gc = now + CONSUMER_GC_MS;
@@ -1073,6 +1659,7 @@ static void *consumer_main(void *arg) {
         }
     }
     pg_close(pg);
+    pg_close(ppg);
     pg_local_close();
     return NULL;
 }
@@ -1106,6 +1693,8 @@ static int consumer_init(consumer *k, const evt_subscription *sub, int nlanes) {
     k->arg = sub->arg;
     snprintf(k->stream, sizeof k->stream, "%s%s%s", cache_namespace(), EVT_STREAM_PREFIX,
              sub->source);
+    snprintf(k->progress_key, sizeof k->progress_key, "%s%s%s", cache_namespace(),
+             EVT_PROGRESS_PREFIX, sub->source);
     /* The command timeout must outlast XREADGROUP's BLOCK. */
     if (cache_conn_new(&k->rc, CONSUMER_BLOCK_MS + 1500) != 0) return OM_E_NOMEM;
     k->nlanes = nlanes;

@@ -22,6 +22,10 @@
  * "orgmesh:deadletter:<service>", with the original fields plus
  * stream, id, group, reason and deliveries. */
 #define EVT_DEADLETTER_PREFIX "orgmesh:deadletter:"
+/* Where consumer groups publish, per producing service, the highest relay
+ * sequence number below which they applied every event (issue 12):
+ * hash "orgmesh:progress:<source>", field <group>. */
+#define EVT_PROGRESS_PREFIX "orgmesh:progress:"
 
 typedef struct evt_meta {
     const char *subject;      /* aggregate, e.g. "accounts/123" */

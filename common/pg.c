@@ -909,6 +909,34 @@ static const pg_migration pg_runtime_migrations[] = {
      "  request_id text,\n"
      "  trace_id text);\n"
      "CREATE INDEX IF NOT EXISTS audit_resource ON audit (resource, id);\n"},
+    /* Issue 12 (docs/common/evt.md "Redis losing data"): the relay's gap-free
+     * sequence and stream entry id per row, its epoch, the consumer groups'
+     * applied watermarks it knows; on the consumer side the sequence of
+     * each applied event and the contiguous watermark per source. */
+    {5, "evt_delivery",
+     "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS relay_seq bigint;\n"
+     "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS stream_id text;\n"
+     "CREATE UNIQUE INDEX IF NOT EXISTS outbox_relay_seq ON outbox (relay_seq);\n"
+     "CREATE INDEX IF NOT EXISTS outbox_rerelay ON outbox (relay_seq)\n"
+     "  WHERE relayed_at IS NULL AND relay_seq IS NOT NULL;\n"
+     "CREATE TABLE IF NOT EXISTS evt_relay (\n"
+     "  one boolean PRIMARY KEY DEFAULT true CHECK (one),\n"
+     "  next_seq bigint NOT NULL DEFAULT 1,\n"
+     "  epoch text,\n"
+     "  last_stream_id text);\n"
+     "INSERT INTO evt_relay DEFAULT VALUES ON CONFLICT DO NOTHING;\n"
+     "CREATE TABLE IF NOT EXISTS evt_groups (\n"
+     "  grp text PRIMARY KEY,\n"
+     "  watermark bigint NOT NULL,\n"
+     "  updated_at timestamptz NOT NULL DEFAULT now());\n"
+     "ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS source text;\n"
+     "ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS seq bigint;\n"
+     "CREATE INDEX IF NOT EXISTS applied_events_seq ON applied_events (source, seq)\n"
+     "  WHERE seq IS NOT NULL;\n"
+     "CREATE TABLE IF NOT EXISTS evt_progress (\n"
+     "  source text PRIMARY KEY,\n"
+     "  watermark bigint NOT NULL,\n"
+     "  updated_at timestamptz NOT NULL DEFAULT now());\n"},
 };
 
 static bool pg_no_tx(const char *sql) {

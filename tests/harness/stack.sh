@@ -3,7 +3,7 @@
 # loopback ports, everything (data, sockets, logs, pid files) inside one dir.
 #
 #   stack.sh start|stop|status|clean <dir>
-#   stack.sh pg-stop|pg-start|pg-restart|redis-stop|redis-start <dir>
+#   stack.sh pg-stop|pg-start|pg-restart|redis-stop|redis-kill|redis-start <dir>
 #
 # start is idempotent (reuses what runs) and writes <dir>/env, the `export`
 # lines the tests and services source. stop never fails and leaves nothing
@@ -18,7 +18,7 @@ PG_USER=orgmesh          # OS user (when root) and database superuser
 PG_DB=orgmesh
 
 usage() {
-    echo "usage: $0 start|stop|status|clean|pg-stop|pg-start|pg-restart|redis-stop|redis-start <dir>" >&2
+    echo "usage: $0 start|stop|status|clean|pg-stop|pg-start|pg-restart|redis-stop|redis-kill|redis-start <dir>" >&2
     exit 2
 }
 [ $# -eq 2 ] || usage
@@ -314,6 +314,18 @@ pg-restart)
     pg_start || exit 1
     ;;
 redis-stop) redis_stop ;;
+redis-kill)
+    # kill -9: no shutdown, no save (the next redis-start starts empty)
+    if pid=$(redis_pid); then
+        kill -KILL "$pid" 2>/dev/null
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+    fi
+    rm -f "$dir/redis.pid"
+    say "Redis killed (-9)"
+    ;;
 redis-start)
     redis_start || exit 1
     write_env

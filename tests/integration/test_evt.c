@@ -905,6 +905,7 @@ static void test_evt_lanes_event_timing_out_in_postgresql_dead_lettered(void **s
  * out the current one): a raw libpq connection to `postgres`. */
 static PGconn *outage_admin;
 static char outage_db[128];
+static redisContext *outage_rc; /* freed by the teardown, also after a failed assertion */
 
 static void admin_sql(const char *sql) {
     PGresult *r = PQexec(outage_admin, sql);
@@ -934,7 +935,80 @@ static int outage_teardown(void **state) {
         outage_admin = NULL;
     }
     evt_consumers_stop();
+    if (outage_rc != NULL) redisFree(outage_rc);
+    outage_rc = NULL;
     return 0;
+}
+
+/* Add entries in one MULTI/EXEC: a reader blocked in XREADGROUP gets them
+ * all in one reply (Redis serves blocked readers after EXEC). */
+static void xadd_events_atomic(const char *key, int from, int to, char (*ids)[37]) {
+    redisContext *r = it_redis();
+    uint8_t *bufs[64];
+    size_t lens[64];
+    assert_true(to - from <= 64);
+    redisAppendCommand(r, "MULTI");
+    for (int i = from; i < to; i++) {
+        char subject[32];
+        snprintf(subject, sizeof subject, "lanes/%d", i % 4);
+        envelope_of(subject, i, 74000 + i, &bufs[i - from], &lens[i - from], ids[i]);
+        redisAppendCommand(r, "XADD %s * e %b t test", key, bufs[i - from], lens[i - from]);
+    }
+    redisAppendCommand(r, "EXEC");
+    bool ok = true;
+    int nrep = to - from + 2; /* MULTI, each XADD (QUEUED), EXEC */
+    for (int k = 0; k < nrep; k++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(r, (void **)&rep) != REDIS_OK || rep == NULL ||
+            rep->type == REDIS_REPLY_ERROR)
+            ok = false;
+        if (k == nrep - 1 && (rep == NULL || rep->type != REDIS_REPLY_ARRAY)) ok = false;
+        freeReplyObject(rep);
+    }
+    for (int i = from; i < to; i++) free(bufs[i - from]);
+    redisFree(r);
+    assert_true(ok);
+}
+
+/* The group's only consumer other than "dead": how many entries it has
+ * pending and how long ago it last asked for entries (XINFO CONSUMERS). */
+static bool our_consumer(const char *key, const char *group, long long *pending_out,
+                         long long *idle_out) {
+    redisContext *r = it_redis();
+    redisReply *rep = redisCommand(r, "XINFO CONSUMERS %s %s", key, group);
+    bool found = false;
+    for (size_t i = 0; rep != NULL && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        const redisReply *c = rep->element[i];
+        bool dead = false;
+        long long pend = -1, idle = -1;
+        for (size_t j = 0; j + 1 < c->elements; j += 2) {
+            const char *k = c->element[j]->str;
+            const redisReply *v = c->element[j + 1];
+            if (strcmp(k, "name") == 0) dead = strcmp(v->str, "dead") == 0;
+            if (strcmp(k, "pending") == 0) pend = v->integer;
+            if (strcmp(k, "idle") == 0) idle = v->integer;
+        }
+        if (dead) continue;
+        *pending_out = pend;
+        *idle_out = idle;
+        found = true;
+    }
+    freeReplyObject(rep);
+    redisFree(r);
+    return found;
+}
+
+/* Wait until our reader holds `n` entries and has not asked Redis for more
+ * for `quiet_ms` (longer than its XREADGROUP BLOCK): it has paused. */
+static bool wait_reader_paused_holding(const char *key, const char *group, long long n,
+                                       long long quiet_ms, int timeout_ms) {
+    int64_t deadline = it_ms() + timeout_ms;
+    while (it_ms() < deadline) {
+        long long pend = -1, idle = -1;
+        if (our_consumer(key, group, &pend, &idle) && pend == n && idle >= quiet_ms) return true;
+        it_sleep_ms(20);
+    }
+    return false;
 }
 
 static double cpu_seconds(void) {
@@ -971,16 +1045,15 @@ static void test_evt_lanes_pg_outage_no_loss_no_claims_no_spin(void **state) {
 
     db_connections(false);
     /* the lanes get these, lose their connections, and wait for PostgreSQL */
-    for (int i = 10; i < 20; i++) {
-        char subject[32];
-        snprintf(subject, sizeof subject, "lanes/%d", i % 4);
-        xadd_event(key, subject, i, 74000 + i, ids[i]);
-    }
-    it_sleep_ms(1500); /* the lanes have noticed, the reader has paused */
+    xadd_events_atomic(key, 10, 20, ids);
+    /* The reader got all ten in one read (not some, pausing before the
+     * rest, which the dead consumer below would then read), the lanes
+     * noticed, and the reader paused: no XREADGROUP for over its BLOCK. */
+    assert_true(wait_reader_paused_holding(key, group, 10, 1200, 10000));
     /* a consumer that dies with entries (read by hand): ours must not claim
      * them while PostgreSQL is away, though they are idle past the claim time */
     for (int i = 20; i < N; i++) xadd_event(key, "lanes/5", i, 74000 + i, ids[i]);
-    redisContext *rc = it_redis();
+    redisContext *rc = outage_rc = it_redis();
     redisReply *rep = redisCommand(rc, "XREADGROUP GROUP %s dead COUNT 100 STREAMS %s >", group, key);
     assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
     assert_int_equal(rep->element[0]->element[1]->elements, N - 20);
@@ -1009,7 +1082,6 @@ static void test_evt_lanes_pg_outage_no_loss_no_claims_no_spin(void **state) {
     assert_true(wait_pending_zero(key, group, 5000));
     evt_consumers_stop();
     assert_each_once(ids, N);
-    redisFree(rc);
 }
 
 static int setup(void **state) {

@@ -726,6 +726,11 @@ def redis_start():
     _stack("redis-start")
 
 
+def redis_kill():
+    """kill -9: Redis dies without saving; redis_start() brings it back empty."""
+    _stack("redis-kill")
+
+
 def pg_restart():
     _stack("pg-restart")
 
