@@ -29,6 +29,14 @@
     XX(REQUEST_ID_REUSED, GRPC_STATUS_INVALID_ARGUMENT,                                 \
        "this request_id was already used for a different request")                     \
     XX(FAILED_PRECONDITION, GRPC_STATUS_FAILED_PRECONDITION, "failed precondition")     \
+    /* request checks every call passes (common/pbcheck.c) */                           \
+    XX(INVALID_UTF8, GRPC_STATUS_INVALID_ARGUMENT,                                      \
+       "a string is not valid UTF-8 (or contains U+0000)")                             \
+    XX(TIMESTAMP_OUT_OF_RANGE, GRPC_STATUS_INVALID_ARGUMENT,                            \
+       "a timestamp lies outside 0001-01-01..9999-12-31 or its nanos are out of range") \
+    XX(DURATION_OUT_OF_RANGE, GRPC_STATUS_INVALID_ARGUMENT,                             \
+       "a duration exceeds 10,000 years or its nanos are out of range")                \
+    XX(NESTING_TOO_DEEP, GRPC_STATUS_INVALID_ARGUMENT, "the message is nested too deeply") \
     /* identity (SPEC 8) */                                                             \
     XX(UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid credentials")  \
     XX(TOKEN_EXPIRED, GRPC_STATUS_UNAUTHENTICATED, "the token has expired")             \

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "om_time.h"
+#include "pbcheck.h"
 #include "rpc_internal.h"
 
 #define RPC_REQUESTS_PER_METHOD 8   /* calls posted per method and poller */
@@ -799,6 +800,15 @@ static void on_new_call(rpc_ctx *ctx) {
     free(buf);
     if (ctx->req == NULL) {
         reply_error(ctx, ctx->oom ? OM_E_NOMEM : OM_E_MALFORMED_MESSAGE, NULL, inline_call);
+        return;
+    }
+    /* Before any handler, inline or not: strings valid UTF-8 without NUL,
+     * Timestamps and Durations in range (SPEC 8: every input validated). */
+    char path[256];
+    int reason = 0;
+    if (pbcheck_message_ex(ctx->req, path, sizeof path, &reason) != 0) {
+        rpc_violation(ctx, path, "%s", om_err_message(reason));
+        reply_error(ctx, reason, NULL, inline_call);
         return;
     }
     if (inline_call) {
