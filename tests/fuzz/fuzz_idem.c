@@ -62,30 +62,6 @@ static void init(void) {
     if (n_targets == 0) FAIL("no method has a request_id");
 }
 
-/* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
-static bool utf8_valid(const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k;
-        unsigned min;
-        if (c < 0x80) { i++; continue; }
-        if (c >= 0xc2 && c <= 0xdf) k = 1, min = 0x80;
-        else if (c >= 0xe0 && c <= 0xef) k = 2, min = 0x800;
-        else if (c >= 0xf0 && c <= 0xf4) k = 3, min = 0x10000;
-        else return false;
-        if (i + k >= n) return false; /* truncated sequence */
-        unsigned cp = c & (0x3f >> k);
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + j] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += k + 1;
-    }
-    return true;
-}
-
 /* FUZZ_LIST=1: print the methods in selector order and exit (make_seeds.py). */
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
@@ -121,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *orig = *slot;
     *slot = rid;
 
-    bool valid_id = utf8_valid((const unsigned char *)rid, idlen);
+    bool valid_id = fuzz_utf8_valid((const unsigned char *)rid, idlen);
     int rc = 0;
 #ifdef OM_HAVE_PBCHECK
     char path[256] = "";

@@ -7,7 +7,10 @@
  * every string, Timestamp/Duration ranges), then builds the reply status as
  * rpc_server.c does (rpc_status_pack). It asserts that the outcome is
  * "accepted" or an INVALID_ARGUMENT status (issue 14: no malformed input
- * gets INTERNAL), that a refusal names a field, that the status a client
+ * gets INTERNAL), that an accepted request holds only what a handler and
+ * PostgreSQL can take (fuzz_oracle: strict UTF-8 strings, Timestamps and
+ * Durations that convert to microseconds, checked independently of the
+ * validator), that a refusal names a field, that the status a client
  * receives is itself valid (parses, and its strings are UTF-8), and that an
  * accepted request packs back to bytes that are accepted again. */
 #include <stdint.h>
@@ -62,15 +65,22 @@ static void init(void) {
     if (n_methods == 0) abort();
 }
 
-/* Decode + validate: the server's admission step. 0 or an OM_E_* code; on
- * INVALID_ARGUMENT from the validator, field holds the offending path. */
+/* Decode + validate: the server's admission step, as on_new_call in
+ * rpc_server.c does it. 0 or the OM_E_* code the call fails with; when the
+ * validator refused, field holds the offending path. */
 static int admit(const ProtobufCMethodDescriptor *md, const uint8_t *data, size_t size,
                  char *field, size_t field_len, ProtobufCMessage **out) {
     *out = protobuf_c_message_unpack(md->input, NULL, size, data);
     if (*out == NULL) return OM_E_MALFORMED_MESSAGE;
 #ifdef OM_HAVE_PBCHECK
-    int rc = pbcheck_message(*out, field, field_len);
-    if (rc != 0) return rc;
+    int reason = 0;
+    if (pbcheck_message_ex(*out, field, field_len, &reason) != 0) {
+        if (reason == 0) {
+            fprintf(stderr, "fuzz_rpc: pbcheck refused without a reason (%s)\n", field);
+            abort();
+        }
+        return reason;
+    }
 #else
     (void)field;
     (void)field_len;
@@ -116,8 +126,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ProtobufCMessage *req = NULL;
     int rc = admit(md, data, size, field, sizeof field, &req);
     CHECK(rc == 0 || om_err_status(rc) == GRPC_STATUS_INVALID_ARGUMENT);
-    if (rc == OM_E_INVALID_ARGUMENT) CHECK(field[0] != '\0' && memchr(field, '\0', sizeof field));
+    /* A refusal by the validator names the field. */
+    if (rc != 0 && rc != OM_E_MALFORMED_MESSAGE) CHECK(field[0] != '\0' && memchr(field, '\0', sizeof field));
 
+    if (rc == 0) {
+        /* Accepted: nothing a handler (or PostgreSQL) cannot take. */
+        const char *bad = fuzz_oracle(req);
+        if (bad != NULL) fprintf(stderr, "fuzz_rpc: field %s accepted\n", bad);
+        CHECK(bad == NULL);
+    }
     if (rc == 0 && !fuzz_has_tag0(req)) {
         /* Accepted: what the handler sees packs back and is accepted again. */
         size_t n = protobuf_c_message_get_packed_size(req);
@@ -132,7 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (rc != 0) {
         /* Refused: the status as rpc_server.c builds it, read back as a
          * client would. */
-        rpc_kv v = {.key = field, .value = "must be valid UTF-8 within range"};
+        rpc_kv v = {.key = field, .value = om_err_message(rc)};
         rpc_error_info e = {
             .code = rc,
             .message = om_err_message(rc),
