@@ -3,9 +3,9 @@
  * Input: two bytes select the method among every method of every service
  * descriptor generated from proto/ (the registry bench/gen_registry.cmake
  * writes), the rest is the request payload. The target runs what the server
- * does before a handler: protobuf-c unpack, then pbcheck_message (UTF-8 of
- * every string, Timestamp/Duration ranges), then builds the reply status as
- * rpc_server.c does (rpc_status_pack). It asserts that the outcome is
+ * does before a handler, rpc_admit (common/rpc_server.c: protobuf-c unpack,
+ * then pbcheck: UTF-8 of every string, Timestamp/Duration ranges), then
+ * builds the reply status as rpc_server.c does (rpc_status_pack). It asserts that the outcome is
  * "accepted" or an INVALID_ARGUMENT status (issue 14: no malformed input
  * gets INTERNAL), that an accepted request holds only what a handler and
  * PostgreSQL can take (fuzz_oracle: strict UTF-8 strings, Timestamps and
@@ -65,27 +65,19 @@ static void init(void) {
     if (n_methods == 0) abort();
 }
 
-/* Decode + validate: the server's admission step, as on_new_call in
- * rpc_server.c does it. 0 or the OM_E_* code the call fails with; when the
- * validator refused, field holds the offending path. */
+/* The server's admission step: rpc_admit (common/rpc_server.c), what
+ * on_new_call runs before any handler; without the validator (before
+ * issue-input, or OM_FUZZ_NO_PBCHECK) only the decoding. */
 static int admit(const ProtobufCMethodDescriptor *md, const uint8_t *data, size_t size,
                  char *field, size_t field_len, ProtobufCMessage **out) {
-    *out = protobuf_c_message_unpack(md->input, NULL, size, data);
-    if (*out == NULL) return OM_E_MALFORMED_MESSAGE;
 #ifdef OM_HAVE_PBCHECK
-    int reason = 0;
-    if (pbcheck_message_ex(*out, field, field_len, &reason) != 0) {
-        if (reason == 0) {
-            fprintf(stderr, "fuzz_rpc: pbcheck refused without a reason (%s)\n", field);
-            abort();
-        }
-        return reason;
-    }
+    return rpc_admit(md->input, NULL, data, size, out, field, field_len);
 #else
-    (void)field;
     (void)field_len;
+    field[0] = '\0';
+    *out = protobuf_c_message_unpack(md->input, NULL, size, data);
+    return *out == NULL ? OM_E_MALFORMED_MESSAGE : 0;
 #endif
-    return 0;
 }
 
 /* Every string of a message (recursively) is valid UTF-8: what a strict
