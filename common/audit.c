@@ -1,6 +1,7 @@
 /* audit.c — the audit history of a service (audit.h, SPEC 8): one row per
  * mutation in <schema>.audit, written in the mutation's transaction, with the
  * before/after messages packed next to their type names. */
+#include "om_time.h"
 #include "audit.h"
 
 #include <inttypes.h>
@@ -167,8 +168,7 @@ Orgmesh__Type__V1__AuditEntry **audit_page_entries(rpc_ctx *ctx, const audit_pag
         e->trace_id = rpc_strdup(ctx, r->trace_id);
         Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
         google__protobuf__timestamp__init(t);
-        t->seconds = r->at_us / 1000000;
-        t->nanos = (int32_t)(r->at_us % 1000000) * 1000;
+        om_us_to_timestamp(r->at_us, &t->seconds, &t->nanos);
         e->time = t;
         e->before = any_of(ctx, r->before_type, r->before, r->before_len);
         e->after = any_of(ctx, r->after_type, r->after, r->after_len);

@@ -603,10 +603,9 @@ static const redisReply *reply_field(const redisReply *fields, const char *name)
 /* Envelope time as unix microseconds; 0 when absent or out of range (the
  * bytes come from the stream: never trust them with an overflow). */
 static int64_t evt_time_us(const Google__Protobuf__Timestamp *t) {
-    if (t == NULL || t->seconds > INT64_MAX / 1000000 - 1 || t->seconds < INT64_MIN / 1000000 + 1 ||
-        t->nanos < 0 || t->nanos > 999999999)
-        return 0;
-    return t->seconds * 1000000 + t->nanos / 1000;
+    int64_t us = 0;
+    if (t == NULL || !om_timestamp_to_us(t->seconds, t->nanos, &us)) return 0;
+    return us;
 }
 
 /* The evt_event view of an envelope (pointers into it). */

@@ -4,6 +4,7 @@
 #include "idem.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,32 @@ static void idem_params(pg_params *p, const idem_key *key) {
 
 static bool idem_active(const idem_key *key) {
     return key != NULL && key->request_id != NULL && key->request_id[0] != '\0';
+}
+
+/* Tests only (issue 14): with ORGMESH_TEST_FAULT_REQUEST_ID=<prefix> set at
+ * start, every mutation whose request_id begins with <prefix> fails in
+ * idem_store, after its reply was written, i.e. after all of the
+ * transaction's writes and just before COMMIT: the latest a mutation can
+ * fail. The transaction rolls back and the call answers INTERNAL, so a test
+ * can check that nothing of it stays anywhere. Unset (production), the cost
+ * is one pthread_once and one NULL test per mutation. */
+static const char *fault_prefix;
+static size_t fault_len;
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+
+static void fault_init(void) {
+    const char *v = getenv("ORGMESH_TEST_FAULT_REQUEST_ID");
+    if (v != NULL && v[0] != '\0') {
+        fault_prefix = v;
+        fault_len = strlen(v);
+        log_warn("ORGMESH_TEST_FAULT_REQUEST_ID is set: mutations with request ids starting with \"%s\""
+                 " will fail (tests only)", v);
+    }
+}
+
+static bool fault_due(const idem_key *key) {
+    pthread_once(&fault_once, fault_init);
+    return fault_prefix != NULL && strncmp(key->request_id, fault_prefix, fault_len) == 0;
 }
 
 int idem_check(pg_conn *tx, const idem_key *key, const ProtobufCMessageDescriptor *desc,
@@ -166,6 +193,10 @@ int idem_store(pg_conn *tx, const idem_key *key, const ProtobufCMessage *resp) {
     }
     pg_free(r);
     free(buf);
+    if (rc == 0 && fault_due(key)) {
+        log_warn("idem: injected fault for request_id %s (ORGMESH_TEST_FAULT_REQUEST_ID)", key->request_id);
+        return OM_E_INTERNAL;
+    }
     return rc;
 }
 

@@ -202,3 +202,112 @@ int pbcheck_message_ex(const ProtobufCMessage *msg, char *path, size_t path_len,
 int pbcheck_message(const ProtobufCMessage *msg, char *path, size_t path_len) {
     return pbcheck_message_ex(msg, path, path_len, NULL);
 }
+
+/* ------------------------------------------------------------------------ */
+/* U+0000 in the encoded bytes                                                */
+
+static int read_varint(const uint8_t *buf, size_t len, size_t *pos, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *pos < len; shift += 7) {
+        uint8_t b = buf[(*pos)++];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if ((b & 0x80) == 0) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Index of the occurrence of field `id` that starts at `at` (repeated
+ * fields appear once per element; computed only on failure). */
+static size_t occurrence(const uint8_t *buf, size_t len, uint32_t id, size_t at) {
+    size_t pos = 0, n = 0;
+    while (pos < at && pos < len) {
+        uint64_t key, v;
+        size_t start = pos;
+        if (read_varint(buf, len, &pos, &key) != 0) break;
+        unsigned wt = (unsigned)(key & 7);
+        if (wt == 0) {
+            if (read_varint(buf, len, &pos, &v) != 0) break;
+        } else if (wt == 1) {
+            pos += 8;
+        } else if (wt == 5) {
+            pos += 4;
+        } else if (wt == 2) {
+            if (read_varint(buf, len, &pos, &v) != 0 || v > len - pos) break;
+            pos += (size_t)v;
+        } else {
+            break;
+        }
+        if (start < at && (key >> 3) == id) n++;
+    }
+    return n;
+}
+
+static int wire_walk(walk *w, const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len) {
+    if (w->depth >= PBCHECK_MAX_DEPTH) {
+        w->reason = OM_E_NESTING_TOO_DEEP;
+        w->fail_depth = w->depth;
+        return -1;
+    }
+    size_t pos = 0;
+    while (pos < len) {
+        size_t start = pos;
+        uint64_t key, v;
+        if (read_varint(buf, len, &pos, &key) != 0) return 0; /* unpack refuses it */
+        unsigned wt = (unsigned)(key & 7);
+        if (wt == 0) {
+            if (read_varint(buf, len, &pos, &v) != 0) return 0;
+            continue;
+        }
+        if (wt == 1 || wt == 5) {
+            pos += wt == 1 ? 8 : 4;
+            continue;
+        }
+        if (wt != 2) return 0; /* groups: only in unknown fields, never seen by handlers */
+        if (read_varint(buf, len, &pos, &v) != 0 || v > len - pos) return 0;
+        const uint8_t *val = buf + pos;
+        size_t n = (size_t)v;
+        pos += n;
+        if (key >> 3 > UINT32_MAX) continue;
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+        if (f == NULL) continue;
+        frame *fr = &w->stack[w->depth];
+        fr->field = f;
+        fr->index = SIZE_MAX;
+        int rc = 0;
+        if (f->type == PROTOBUF_C_TYPE_STRING) {
+            if (n > 0 && memchr(val, 0, n) != NULL) {
+                w->reason = OM_E_INVALID_UTF8;
+                w->fail_depth = w->depth + 1;
+                rc = -1;
+            }
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            w->depth++;
+            rc = wire_walk(w, f->descriptor, val, n);
+            w->depth--;
+        }
+        if (rc != 0) {
+            /* Only now: which element of a repeated field this was. */
+            if (f->label == PROTOBUF_C_LABEL_REPEATED) fr->index = occurrence(buf, len, f->id, start);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int pbcheck_wire_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                     char *path, size_t path_len) {
+    walk w;
+    w.depth = 0;
+    w.leaf = NULL;
+    w.reason = 0;
+    w.fail_depth = 0;
+    if (path != NULL && path_len > 0) path[0] = '\0';
+    if (buf == NULL || len == 0) return 0;
+    if (wire_walk(&w, desc, buf, len) == 0) return 0;
+    write_path(&w, w.fail_depth, path, path_len);
+    return OM_E_INVALID_ARGUMENT;
+}

@@ -33,6 +33,14 @@ int pbcheck_message(const ProtobufCMessage *msg, char *path, size_t path_len);
  * or OM_E_NESTING_TOO_DEEP. */
 int pbcheck_message_ex(const ProtobufCMessage *msg, char *path, size_t path_len, int *reason);
 
+/* protobuf-c ends a decoded string at its first NUL byte, so a handler
+ * would silently see "ab" for "ab\0cd": U+0000 can only be seen in the
+ * encoded bytes. 0 when no string field (at any depth) of the encoded
+ * message `buf` of type `desc` holds a NUL byte; else OM_E_INVALID_ARGUMENT
+ * and the field's path, as above. Call it on bytes protobuf-c decoded. */
+int pbcheck_wire_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                     char *path, size_t path_len);
+
 /* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above
  * U+10FFFF, and no U+0000 (PostgreSQL text cannot hold it). */
 int pbcheck_utf8(const uint8_t *s, size_t len);

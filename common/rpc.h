@@ -135,8 +135,10 @@ int rpc_server_add(rpc_server *srv, const rpc_service *svc);
 int rpc_server_start(rpc_server *srv);
 /* The bound port (useful with port 0). */
 int rpc_server_port(const rpc_server *srv);
-/* Stop accepting, let in-flight calls finish for up to `grace_ms`, then
- * cancel the rest. Blocks until everything has stopped. */
+/* Drain and stop (SPEC 9): new calls are answered UNAVAILABLE at once,
+ * calls in flight get up to `grace_ms` to finish normally, and those still
+ * running then are answered UNAVAILABLE too (never CANCELLED: clients retry
+ * UNAVAILABLE). Blocks until everything has stopped. */
 void rpc_server_stop(rpc_server *srv, int grace_ms);
 void rpc_server_free(rpc_server *srv);
 

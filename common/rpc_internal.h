@@ -61,7 +61,8 @@ grpc_byte_buffer *rpc_bb_pack(const ProtobufCMessage *msg);
 /* ---- admission ---- */
 
 /* What the server does with a request's bytes before any handler: decode
- * with `alloc`, then pbcheck. 0 and *req; OM_E_MALFORMED_MESSAGE (no *req);
+ * with `alloc`, then pbcheck (NUL in the encoded strings, then the decoded
+ * message). 0 and *req; OM_E_MALFORMED_MESSAGE (no *req);
  * or the validator's code (OM_E_INVALID_UTF8...) with *req set (free it
  * with `alloc`) and the offending field in `path` (else path is ""). The
  * fuzz target tests/fuzz/fuzz_rpc runs it on any method's input. */

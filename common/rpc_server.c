@@ -145,6 +145,13 @@ struct rpc_server {
     bool workers_stop;
     bool shutting_down;
     bool shutdown_done;
+    /* Calls accepted and not yet freed, so a shutdown can wait for them and
+     * answer the ones it gives up on UNAVAILABLE (not gRPC's CANCELLED). */
+    pthread_mutex_t calls_mu;
+    pthread_cond_t calls_cv;
+    rpc_ctx *calls;     /* doubly linked through live_prev/live_next */
+    int n_calls;
+    atomic_bool draining;
     pthread_cond_t shutdown_cv;
     rpc_tag shutdown_tag;
 
@@ -199,6 +206,8 @@ struct rpc_ctx {
     grpc_status_code status;
     grpc_byte_buffer *stream_in; /* reflection: last message received */
 
+    bool live;      /* on srv->calls */
+    rpc_ctx *live_prev, *live_next;
     bool on_worker; /* the handler runs on a worker thread */
     bool deferred;  /* an inline call re-queued with RPC_DEFER */
     rpc_ctx *next; /* work queue */
@@ -437,7 +446,32 @@ static rpc_ctx *ctx_new(rpc_server *srv, poller *p, srv_method *m) {
     return ctx;
 }
 
+/* Accepted calls are counted until freed (see rpc_server_stop). */
+static void live_add(rpc_ctx *ctx) {
+    rpc_server *srv = ctx->srv;
+    pthread_mutex_lock(&srv->calls_mu);
+    ctx->live = true;
+    ctx->live_prev = NULL;
+    ctx->live_next = srv->calls;
+    if (srv->calls) srv->calls->live_prev = ctx;
+    srv->calls = ctx;
+    srv->n_calls++;
+    pthread_mutex_unlock(&srv->calls_mu);
+}
+
+static void live_remove(rpc_ctx *ctx) {
+    rpc_server *srv = ctx->srv;
+    pthread_mutex_lock(&srv->calls_mu);
+    if (ctx->live_prev) ctx->live_prev->live_next = ctx->live_next;
+    else srv->calls = ctx->live_next;
+    if (ctx->live_next) ctx->live_next->live_prev = ctx->live_prev;
+    ctx->live = false;
+    if (--srv->n_calls == 0) pthread_cond_broadcast(&srv->calls_cv);
+    pthread_mutex_unlock(&srv->calls_mu);
+}
+
 static void ctx_free(rpc_ctx *ctx) {
+    if (ctx->live) live_remove(ctx);
     if (ctx->call != NULL) grpc_call_unref(ctx->call);
     if (ctx->payload != NULL) grpc_byte_buffer_destroy(ctx->payload);
     if (ctx->reply != NULL) grpc_byte_buffer_destroy(ctx->reply);
@@ -750,14 +784,17 @@ static int read_metadata(rpc_ctx *ctx) {
 /* arrivals                                                                   */
 
 static void start_stream(rpc_ctx *ctx);
+static int health_check(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_);
 
 int rpc_admit(const ProtobufCMessageDescriptor *input, ProtobufCAllocator *alloc, const uint8_t *buf,
               size_t len, ProtobufCMessage **req, char *path, size_t path_len) {
     path[0] = '\0';
     *req = protobuf_c_message_unpack(input, alloc, len, buf);
     if (*req == NULL) return OM_E_MALFORMED_MESSAGE;
-    /* Before any handler, inline or not: strings valid UTF-8 without NUL,
-     * Timestamps and Durations in range (SPEC 8: every input validated). */
+    /* Before any handler, inline or not: strings valid UTF-8 without NUL
+     * (which protobuf-c would silently cut at), Timestamps and Durations in
+     * range (SPEC 8: every input validated). */
+    if (pbcheck_wire_nul(input, buf, len, path, path_len) != 0) return OM_E_INVALID_UTF8;
     int reason = 0;
     if (pbcheck_message_ex(*req, path, path_len, &reason) != 0)
         return reason != 0 ? reason : OM_E_INVALID_ARGUMENT;
@@ -769,6 +806,14 @@ static void on_new_call(rpc_ctx *ctx) {
     srv_method *m = ctx->method;
     ctx->start_us = now_us();
     post_request(srv, ctx->poller, m); /* keep the slot filled */
+
+    /* SPEC 9: while the server drains, new calls are refused with a status
+     * clients retry (health checks still answer, NOT_SERVING). */
+    if (atomic_load(&srv->draining) && m->fn != health_check) {
+        reply_error(ctx, OM_E_UNAVAILABLE, "the server is shutting down", true);
+        return;
+    }
+    live_add(ctx);
 
     if (m->stream) {
         int rc = read_metadata(ctx);
@@ -1046,6 +1091,9 @@ int rpc_server_new(rpc_server **out, const rpc_server_opts *opts) {
     pthread_cond_init(&srv->cv, NULL);
     pthread_cond_init(&srv->shutdown_cv, NULL);
     pthread_mutex_init(&srv->health_mu, NULL);
+    pthread_mutex_init(&srv->calls_mu, NULL);
+    pthread_cond_init(&srv->calls_cv, NULL);
+    atomic_init(&srv->draining, false);
     srv->shutdown_tag = (rpc_tag){TAG_SHUTDOWN, srv};
     if (opts->descriptor_set != NULL) {
         int rc = refl_new(&srv->refl, opts->descriptor_set, opts->descriptor_set_len);
@@ -1202,9 +1250,31 @@ int rpc_server_port(const rpc_server *srv) {
 void rpc_server_stop(rpc_server *srv, int grace_ms) {
     if (srv == NULL || !srv->started || srv->shutting_down) return;
     srv->shutting_down = true;
-    grpc_server_shutdown_and_notify(srv->server, srv->pollers[0].cq, &srv->shutdown_tag);
 
+    /* Drain first, with the listener still open: gRPC core's own shutdown
+     * fails calls that arrive after it started, and cancel_all_calls ends
+     * the running ones, both with CANCELLED, which clients do not retry.
+     * So: new calls are answered UNAVAILABLE (on_new_call), calls in flight
+     * get `grace_ms` to finish normally, and those still running then are
+     * ended with UNAVAILABLE. Only then does core shut down, with nothing
+     * left in flight. */
+    atomic_store(&srv->draining, true);
     struct timespec until = om_deadline(CLOCK_REALTIME, grace_ms);
+    pthread_mutex_lock(&srv->calls_mu);
+    while (srv->n_calls > 0) {
+        if (pthread_cond_timedwait(&srv->calls_cv, &srv->calls_mu, &until) == ETIMEDOUT) break;
+    }
+    if (srv->n_calls > 0) {
+        log_warn("rpc: %d calls still running after %d ms; answering them UNAVAILABLE", srv->n_calls,
+                 grace_ms);
+        for (rpc_ctx *c = srv->calls; c != NULL; c = c->live_next)
+            grpc_call_cancel_with_status(c->call, GRPC_STATUS_UNAVAILABLE,
+                                         "the server is shutting down", NULL);
+    }
+    pthread_mutex_unlock(&srv->calls_mu);
+
+    grpc_server_shutdown_and_notify(srv->server, srv->pollers[0].cq, &srv->shutdown_tag);
+    until = om_deadline(CLOCK_REALTIME, 1000);
     pthread_mutex_lock(&srv->mu);
     while (!srv->shutdown_done) {
         if (pthread_cond_timedwait(&srv->shutdown_cv, &srv->mu, &until) == ETIMEDOUT) break;
@@ -1212,7 +1282,7 @@ void rpc_server_stop(rpc_server *srv, int grace_ms) {
     bool done = srv->shutdown_done;
     pthread_mutex_unlock(&srv->mu);
     if (!done) {
-        log_warn("rpc: calls still running after %d ms; cancelling them", grace_ms);
+        /* a call that raced the drain: nothing better left to do */
         grpc_server_cancel_all_calls(srv->server);
         pthread_mutex_lock(&srv->mu);
         while (!srv->shutdown_done) pthread_cond_wait(&srv->shutdown_cv, &srv->mu);
@@ -1247,6 +1317,8 @@ void rpc_server_free(rpc_server *srv) {
     pthread_cond_destroy(&srv->cv);
     pthread_cond_destroy(&srv->shutdown_cv);
     pthread_mutex_destroy(&srv->health_mu);
+    pthread_mutex_destroy(&srv->calls_mu);
+    pthread_cond_destroy(&srv->calls_cv);
     free(srv->service);
     free(srv->listen);
     free(srv);

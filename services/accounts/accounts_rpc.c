@@ -3,6 +3,7 @@
  * one handler per RPC, each with a line naming the rules it enforces. Rules
  * live in accounts_rules.c, SQL in accounts_store.c. Every mutation runs in
  * one transaction: request id, change, audit entry and events together. */
+#include "om_time.h"
 #include "accounts_rpc.h"
 
 #include <inttypes.h>
@@ -117,13 +118,7 @@ static PbTimestamp *timestamp(rpc_ctx *ctx, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
     return t;
 }
 

@@ -11,7 +11,15 @@
  * items are claimed again when their lease runs out; the item locks and the
  * unique index on assets (job_id, source_asset_id) make a second copy
  * impossible. Before each batch the connection is asked again (CONN-07);
- * the job's state is read in the batch's statement (cancellation). */
+ * the job's state is read in the batch's statement (cancellation).
+ *
+ * A lease's owner names the replica (a stable identity: ORGMESH_REPLICA_ID,
+ * else "<hostname>:<listen port>", the same across restarts of one pod or
+ * process slot and different for replicas side by side) and the process
+ * incarnation: "<replica>/<pid>.<random>/<worker>". A replica that starts
+ * frees the leases a previous incarnation of itself left (it crashed: no
+ * one else can be using them), so its jobs resume at once instead of after
+ * the lease; leases of other replicas are left to run out (ASSET-06). */
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -20,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "om_time.h"
 #include "app.h"
 #include "assets.h"
 #include "audit.h"
@@ -37,11 +46,12 @@ static struct {
     int started;
     int wake[2];
     volatile int stop;
-    char owner[64]; /* this process; a worker's owner is "<owner>/<n>" */
+    char replica[96]; /* stable identity of this replica */
+    char owner[128];  /* "<replica>/<pid>.<random>": this incarnation; a worker's is "<owner>/<n>" */
 } E = {.wake = {-1, -1}};
 
 typedef struct worker {
-    char owner[80]; /* "<host>:<pid>:<random>/<n>": recorded on the batches it claims */
+    char owner[144]; /* "<replica>/<pid>.<random>/<n>": recorded on the batches it claims */
 } worker;
 static worker W[MAX_WORKERS];
 
@@ -49,13 +59,7 @@ static worker W[MAX_WORKERS];
 
 void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us) {
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
 }
 
 void assets_history_resource(uint64_t hub, const char *kind, const char *id, char *buf, size_t cap) {
@@ -544,6 +548,23 @@ static void *worker_main(void *arg) {
     const worker *w = arg;
     pg_conn *c = NULL;
     while (!E.stop && pg_connect(&c) != 0) nap(500);
+    if (c != NULL) {
+        /* Leases of a previous incarnation of this replica: it died holding
+         * them (a clean stop hands them back), so free them now. Idempotent;
+         * every worker does it once, before its first claim. */
+        pg_params p = {0};
+        pg_p_str(&p, E.replica);
+        pg_p_str(&p, E.owner);
+        pg_res *r = NULL;
+        if (pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE finish_time IS NULL"
+                       " AND lease_until IS NOT NULL AND starts_with(owner, $1 || '/')"
+                       " AND NOT starts_with(owner, $2 || '/') RETURNING job_id::text, batch_no", &p, &r) == 0) {
+            if (pg_nrows(r) > 0)
+                log_info("copy workers: freed %d batch lease(s) of a previous incarnation of %s", pg_nrows(r),
+                         E.replica);
+            pg_free(r);
+        }
+    }
     if (c != NULL && pg_listen(c, NOTIFY_CHANNEL) != 0) log_warn("copy workers: LISTEN failed; polling");
     char cur[ASSET_ID_LEN] = ""; /* the job of our last batch */
     while (!E.stop && c != NULL) {
@@ -581,9 +602,22 @@ int assets_jobs_start(void) {
     E.delay_ms = (int)cfg_int("ORGMESH_ASSETS_BATCH_DELAY_MS", 0, 0, 60000);
     E.lease_ms = (int)cfg_int("ORGMESH_ASSETS_LEASE_MS", 30000, 500, 3600000);
     E.poll_ms = (int)cfg_int("ORGMESH_ASSETS_POLL_MS", 1000, 10, 60000);
-    char host[32] = "";
-    gethostname(host, sizeof host - 1);
-    snprintf(E.owner, sizeof E.owner, "%.31s:%d:%08x", host, (int)getpid(), (unsigned)random());
+    const char *id = cfg_str("ORGMESH_REPLICA_ID", "");
+    if (id[0] != '\0') {
+        snprintf(E.replica, sizeof E.replica, "%.80s", id);
+    } else {
+        char host[65] = "";
+        gethostname(host, sizeof host - 1);
+        const char *listen = cfg_str("ORGMESH_LISTEN", "");
+        const char *port = strrchr(listen, ':');
+        snprintf(E.replica, sizeof E.replica, "%.64s:%.8s", host, port ? port + 1 : "default");
+    }
+    for (char *ch = E.replica; *ch; ch++)
+        if (*ch == '/' || *ch < 0x21 || *ch > 0x7e) *ch = '_'; /* '/' separates the parts */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    snprintf(E.owner, sizeof E.owner, "%s/%d.%08x", E.replica, (int)getpid(),
+             (unsigned)(random() ^ (unsigned long)now.tv_nsec));
     if (pipe(E.wake) != 0) return OM_E_INTERNAL;
     E.stop = 0;
     for (int i = 0; i < E.workers; i++) {
@@ -591,7 +625,7 @@ int assets_jobs_start(void) {
         if (pthread_create(&E.threads[i], NULL, worker_main, &W[i]) != 0) return OM_E_INTERNAL;
         E.started++;
     }
-    log_info("copy workers: %d, batch %d, lease %d ms", E.workers, E.batch, E.lease_ms);
+    log_info("copy workers: %d, batch %d, lease %d ms, owner %s", E.workers, E.batch, E.lease_ms, E.owner);
     return 0;
 }
 

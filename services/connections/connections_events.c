@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "om_time.h"
 #include "audit.h"
 #include "connections.h"
 #include "log.h"
@@ -26,13 +27,7 @@
 
 static void timestamp(PbTimestamp *t, int64_t us) {
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
 }
 
 void conn_pb_build(conn_pb *v) {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "om_time.h"
 #include "audit.h"
 #include "idem.h"
 #include "log.h"
@@ -29,13 +30,7 @@ static Google__Protobuf__Timestamp *ts(rpc_ctx *ctx, const pg_res *r, int row, i
     int64_t us = pg_time_us(r, row, col);
     Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, rem = us % 1000000;
-    if (rem < 0) {
-        s -= 1;
-        rem += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(rem * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
     return t;
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "om_time.h"
 #include "audit.h"
 #include "log.h"
 #include "om_err.h"
@@ -19,13 +20,7 @@
 
 void org_timestamp(PbTimestamp *t, int64_t us) {
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
 }
 
 void org_member_pb(PbOrgMember *pm, PbTimestamp *ts, const org_member_row *m) {

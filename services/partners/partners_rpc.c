@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "om_time.h"
 #include "audit.h"
 #include "config.h"
 #include "idem.h"
@@ -116,17 +117,15 @@ static PbTimestamp *ts(ps_mem *m, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = m->alloc(m->ud, sizeof *t);
     google__protobuf__timestamp__init(t);
-    int64_t s = us / 1000000, r = us % 1000000;
-    if (r < 0) {
-        s -= 1;
-        r += 1000000;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
     return t;
 }
 
-static int64_t ts_us(const PbTimestamp *t) { return t == NULL ? 0 : t->seconds * 1000000 + t->nanos / 1000; }
+/* Overflow-safe: a time outside 0001..9999 is clamped (pbcheck refused it
+ * before the handler ran anyway). */
+static int64_t ts_us(const PbTimestamp *t) {
+    return t == NULL ? 0 : om_timestamp_us_clamped(t->seconds, t->nanos);
+}
 
 static char *etag(ps_mem *m, int64_t version) { return m_sprintf(m, "W/\"%" PRId64 "\"", version); }
 
@@ -649,6 +648,11 @@ struct mutation {
     ProtobufCMessage *resp;
     const ProtobufCMessageDescriptor *resp_desc;
     apply_fn apply;
+    /* Optional: runs in the same transaction after the reply is stored (not
+     * on a replay): the place for a call to another service, so that every
+     * local step that can fail has run before it (issue 14: a failed call
+     * leaves nothing behind, remote effects included). */
+    apply_fn after_store;
     void *op;
     idem_key key;
     const char *request_id;
@@ -678,7 +682,9 @@ static int mu_tx(pg_conn *tx, void *arg) {
     mutation *mu = arg;
     mu->err_msg = NULL;
     protobuf_c_message_init(mu->resp_desc, mu->resp);
-    return idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, &mu->replayed);
+    int rc = idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, &mu->replayed);
+    if (rc == 0 && !mu->replayed && mu->after_store != NULL) rc = mu->after_store(mu, tx);
+    return rc;
 }
 
 static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
@@ -769,6 +775,31 @@ static int apply_tag(mutation *mu, pg_conn *tx) {
     return 0;
 }
 
+/* Undo the tags this call set on the accounts side when its own
+ * transaction then failed (issue 14: a failed call leaves nothing). The
+ * users it tagged were untagged before (UNCHANGED ones are not touched), so
+ * untagging them again is exact; SetPartnerEmployee is idempotent, and the
+ * two MembershipChanged events accounts emits leave our copy untagged. */
+static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_behalf) {
+    for (size_t i = 0; i < op->req->n_user_ids; i++) {
+        if (op->status[i] != ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE) continue;
+        Orgmesh__Accounts__V1__SetPartnerEmployeeRequest sreq;
+        orgmesh__accounts__v1__set_partner_employee_request__init(&sreq);
+        sreq.hub_id = op->req->partner_hub_id;
+        sreq.user_id = op->req->user_ids[i];
+        sreq.partner_employee = false;
+        sreq.on_behalf_of = (char *)on_behalf;
+        ProtobufCMessage *out = NULL;
+        rpc_status st;
+        int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+                                  &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
+        if (out != NULL) protobuf_c_message_free_unpacked(out, NULL);
+        if (rc != 0 && rc != OM_E_NOT_FOUND)
+            log_error("partners: %s failed and user %" PRIu64 " stays tagged in %" PRIu64 ": %s (trace %s)",
+                      rpc_method_name(ctx), sreq.user_id, sreq.hub_id, st.message, rpc_trace_id(ctx));
+    }
+}
+
 /* TagEmployees — PART-01: partner managers tag members of the PARTNER account, per item. */
 static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(TagEmployeesRequest) *req = (const void *)req_;
@@ -776,6 +807,9 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     if (req->n_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d users per call", PART_MAX_BATCH);
     check_batch(ctx, "user_ids", req->user_ids, req->n_user_ids);
+    /* everything that can be refused is refused before accounts is called */
+    if (strlen(req->request_id) > IDEM_MAX_REQUEST_ID)
+        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
@@ -798,7 +832,10 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
                                    req->user_ids[i]);
             continue;
         }
-        if (rc != 0) return fail(ctx, rc, "membership");
+        if (rc != 0) {
+            untag_after_failure(ctx, &op, on_behalf);
+            return fail(ctx, rc, "membership");
+        }
         if (mb.partner_employee) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_UNCHANGED;
             continue;
@@ -818,8 +855,11 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
             op.err[i] = item_error(&m, rc, field, "%s", st.message);
             continue;
         }
-        if (rc != 0) return rpc_fail(ctx, rc == OM_E_NOT_PARTNER_ACCOUNT ? rc : OM_E_UNAVAILABLE,
-                                     "the accounts service refused the tag: %s", st.message);
+        if (rc != 0) {
+            untag_after_failure(ctx, &op, on_behalf);
+            return rpc_fail(ctx, rc == OM_E_NOT_PARTNER_ACCOUNT ? rc : OM_E_UNAVAILABLE,
+                            "the accounts service refused the tag: %s", st.message);
+        }
         const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
         if (sr->membership != NULL) {
             pa_membership_from_pb(sr->membership, &op.mb[i]);
@@ -829,46 +869,28 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE;
     }
     mutation mu = {.ctx = ctx, .apply = apply_tag, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    int rc = mutate(&mu, req_, resp);
+    if (rc != 0) untag_after_failure(ctx, &op, on_behalf);
+    return rc;
 }
 
 typedef struct untag_op {
     const PB(UntagEmployeeRequest) *req;
-    bool tagged; /* tagged when the call began */
+    bool tagged;      /* tagged when the call began */
+    ps_membership mb; /* the locked copy */
 } untag_op;
 
 static int apply_untag(mutation *mu, pg_conn *tx) {
     untag_op *op = mu->op;
     const PB(UntagEmployeeRequest) *req = op->req;
     PB(UntagEmployeeResponse) *resp = (void *)mu->resp;
-    ps_membership mb;
     resp->user_id = req->user_id;
     if (!op->tagged) return 0; /* not tagged: nothing changes */
-    /* The copy's row stays locked across the accounts call, so the consumer
-     * applies accounts' MembershipChanged after this commit and finds it
-     * done: the cascade runs once, here, and the counts are this call's. */
-    int rc = ps_membership_get(tx, req->partner_hub_id, req->user_id, 2, &mu->mem, &mb);
-    if (rc != 0) return rc;
-    Orgmesh__Accounts__V1__SetPartnerEmployeeRequest sreq;
-    orgmesh__accounts__v1__set_partner_employee_request__init(&sreq);
-    sreq.hub_id = req->partner_hub_id;
-    sreq.user_id = req->user_id;
-    sreq.partner_employee = false;
-    sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
-    ProtobufCMessage *out = NULL;
-    rpc_status st;
-    rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
-                          &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
-    if (rc == 0) {
-        const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
-        if (sr->membership) {
-            pa_membership_from_pb(sr->membership, &mb);
-            rc = ps_membership_put(tx, &mb, NULL);
-        }
-        protobuf_c_message_free_unpacked(out, NULL);
-    } else if (rc != OM_E_NOT_FOUND) { /* NOT_FOUND: they left the partner; the cascade is due anyway */
-        return mu_fail(mu, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
-    }
+    /* The copy's row stays locked to the end of the transaction (after the
+     * accounts call, untag_remote), so the consumer applies accounts'
+     * MembershipChanged after this commit and finds it done: the cascade
+     * runs once, here, and the counts are this call's. */
+    int rc = ps_membership_get(tx, req->partner_hub_id, req->user_id, 2, &mu->mem, &op->mb);
     if (rc != 0) return rc;
     int cancelled = 0, revoked = 0;
     /* PART-01: untagging ends the employee's assignments as PART-09 does */
@@ -877,6 +899,36 @@ static int apply_untag(mutation *mu, pg_conn *tx) {
     resp->cancelled_request_count = cancelled;
     resp->revoked_assignment_count = revoked;
     return rc;
+}
+
+/* The accounts side of the untag, last in the transaction (mutation.after_store):
+ * if it fails, the cascade rolls back and nothing happened anywhere. Only a
+ * failed COMMIT after it could still leave the untag on the accounts side. */
+static int untag_remote(mutation *mu, pg_conn *tx) {
+    untag_op *op = mu->op;
+    const PB(UntagEmployeeRequest) *req = op->req;
+    if (!op->tagged) return 0;
+    Orgmesh__Accounts__V1__SetPartnerEmployeeRequest sreq;
+    orgmesh__accounts__v1__set_partner_employee_request__init(&sreq);
+    sreq.hub_id = req->partner_hub_id;
+    sreq.user_id = req->user_id;
+    sreq.partner_employee = false;
+    sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
+    ProtobufCMessage *out = NULL;
+    rpc_status st;
+    int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+                              &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
+    if (rc == 0) {
+        const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
+        if (sr->membership) {
+            pa_membership_from_pb(sr->membership, &op->mb);
+            rc = ps_membership_put(tx, &op->mb, NULL);
+        }
+        protobuf_c_message_free_unpacked(out, NULL);
+        return rc;
+    }
+    if (rc == OM_E_NOT_FOUND) return 0; /* they left the partner; the cascade is due anyway */
+    return mu_fail(mu, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
 }
 
 /* After a cascade: remove the partner-linked memberships now (PART-09). */
@@ -906,7 +958,8 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
     if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
-    mutation mu = {.ctx = ctx, .apply = apply_untag, .op = &op, .request_id = req->request_id};
+    mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
+                   .request_id = req->request_id};
     if (mutate(&mu, req_, resp) != 0) return -1;
     sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
     return 0;

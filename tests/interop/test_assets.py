@@ -569,6 +569,71 @@ def test_asset_06_killed_mid_job_resumes_and_copies_each_asset_once(w, suite):
     assert started == ["1"]                                              # not again on resume
 
 
+def test_asset_06_restarted_replica_reclaims_its_own_dead_leases_at_once(w, suite):
+    """With the default 30 s lease, a replica killed while holding a batch
+    resumes the job as soon as it is back: its next incarnation (same
+    ORGMESH_REPLICA_ID) frees the leases of the dead one at start. The lease
+    of another replica is left alone."""
+    u = w.user()
+    org, a, b = w.connected(u)
+    forms = many_forms(w, u, a, 30, "Q")
+    main = suite["assets"]
+    main.kill()                                          # only the replica under test copies
+    env = {"ORGMESH_ASSETS_LEASE_MS": "30000", "ORGMESH_ASSETS_BATCH_DELAY_MS": "0",
+           "ORGMESH_REPLICA_ID": f"crash-test-{uuid.uuid4().hex[:8]}"}
+    # An uncommitted asset of the same name in the target: the batch that
+    # copies Q017 waits on it, holding its lease, when the replica is killed.
+    blocker = subprocess.Popen([PSQL, "-qAtX", "-d", os.environ["ORGMESH_PG_URL"]], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    blocker.stdin.write(f"BEGIN; INSERT INTO assets.assets (hub_id, type, name, body) VALUES"
+                        f" ({b}, {int(T.ASSET_TYPE_FORM)}, 'Q017', '{{}}'); SELECT pg_backend_pid();\n")
+    blocker.stdin.flush()
+    blocker_pid = int(blocker.stdout.readline().strip())
+    first = second = None
+    try:
+        first = main.replica("assets-crash-1.log", env=env)
+        stub = first.stub(sgrpc.AssetsServiceStub)
+        j = stub.CopyAssets(spb.CopyAssetsRequest(source_hub_id=a, target_hub_id=b, asset_ids=forms,
+                                                  options=spb.CopyOptions(conflict_policy=spb.CONFLICT_POLICY_RENAME)),
+                            metadata=om.as_user(u)).job
+        om.eventually(lambda: psql(f"SELECT count(*) FROM pg_stat_activity"
+                                   f" WHERE {blocker_pid} = ANY(pg_blocking_pids(pid))") != ["0"], timeout=20,
+                      message="the batch copying Q017 never waited on the uncommitted row")
+        first.kill()                                     # SIGKILL, holding that batch's lease
+        held = psql(f"SELECT count(*) FROM assets.copy_batches WHERE job_id = '{j.job_id}'"
+                    f" AND finish_time IS NULL AND lease_until > now() + interval '20 seconds'")
+        assert held != ["0"]                             # without reclaiming, ~30 s to wait
+        blocker.stdin.write("ROLLBACK;\n")
+        blocker.stdin.close()
+        blocker.wait(5)
+        psql(f"INSERT INTO assets.copy_batches (job_id, batch_no, rank, seq_lo, seq_hi, owner, lease_until)"
+             f" VALUES ('{j.job_id}', 9999, 0, 100000, 100001, 'another-replica/1.abc/1', now() + interval '1 hour')")
+        t0 = time.monotonic()
+        second = main.replica("assets-crash-2.log", env=env)
+        stub = second.stub(sgrpc.AssetsServiceStub)
+
+        def done():
+            job = stub.GetCopyJob(spb.GetCopyJobRequest(job_id=j.job_id), metadata=om.as_user(u)).job
+            return job if job.state in TERMINAL else None
+        final = om.eventually(done, timeout=20, message="the job did not resume")
+        took = time.monotonic() - t0
+        assert (final.state, final.copied_count) == (S.COPY_JOB_STATE_SUCCEEDED, 30)
+        print(f"job done {took:.1f} s after the restart was started")
+        assert took < 10, f"resumed after {took:.1f} s"  # the lease was 30 s
+        rows = psql(f"SELECT source_asset_id, count(*) FROM assets.assets WHERE hub_id = {b} GROUP BY 1")
+        assert len(rows) == 30 and all(r.endswith("|1") for r in rows)   # each copied once
+        assert psql(f"SELECT lease_until > now() FROM assets.copy_batches WHERE job_id = '{j.job_id}'"
+                    f" AND batch_no = 9999") == ["t"]    # another replica's lease: untouched
+    finally:
+        if blocker.poll() is None:
+            blocker.kill()
+        for r in (first, second):
+            if r is not None:
+                r.stop()
+        main.restart()
+        w.reconnect()
+
+
 def second_replica(suite):
     """Another assets process on the same database and Redis, with the same
     settings as the session's (small batches, short lease), on ports of its
@@ -589,12 +654,13 @@ def test_asset_06_two_replicas_share_a_job_and_copy_each_asset_once(w, suite):
         assert j.total == 60
         final = w.wait(u, j.job_id, timeout=60)
         assert (final.state, final.done, final.copied_count) == (S.COPY_JOB_STATE_SUCCEEDED, 60, 60)
-        # which worker took which batch: "<host>:<pid>:<random>/<worker>"
+        # which worker took which batch: "<replica>/<pid>.<random>/<worker>"
         batches = {}
         for row in psql(f"SELECT batch_no, seq_lo, seq_hi, owner, finish_time IS NOT NULL, copied"
                         f" FROM assets.copy_batches WHERE job_id = '{j.job_id}'"):
             no, lo, hi, owner, finished, copied = row.split("|")
-            batches[int(no)] = (int(lo), int(hi), int(owner.split(":")[1]), finished == "t", int(copied))
+            batches[int(no)] = (int(lo), int(hi), int(owner.split("/")[1].split(".")[0]), finished == "t",
+                                int(copied))
         items = [tuple(int(x) if x else None for x in r.split("|")) for r in psql(
             f"SELECT seq, batch_no, outcome FROM assets.copy_items WHERE job_id = '{j.job_id}' ORDER BY seq")]
         assert len(items) == 60 and {o for _, _, o in items} == {O.COPY_OUTCOME_COPIED}

@@ -3,6 +3,7 @@
  * client. Needs no PostgreSQL or Redis. */
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,8 +42,11 @@ static int64_t mono_ms(void) {
 
 /* ---- the test service ---- */
 
+static atomic_int echo_started; /* handlers entered, for tests that wait on them */
+
 static int do_echo(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const Orgmesh__Test__V1__EchoRequest *req = (const void *)req_;
+    atomic_fetch_add(&echo_started, 1);
     Orgmesh__Test__V1__EchoResponse *resp = (void *)resp_;
     for (int waited = 0; waited < req->sleep_ms; waited += 10) {
         if (rpc_cancelled(ctx))
@@ -93,9 +97,9 @@ static const rpc_method echo_methods[] = {
 };
 static const rpc_service echo_service = {&orgmesh__test__v1__echo_service__descriptor, echo_methods};
 
-static rpc_server *start_server(void) {
+static rpc_server *start_server_with(int workers) {
     rpc_server *s = NULL;
-    rpc_server_opts o = {.service = "test", .listen = "127.0.0.1:0", .workers = 4};
+    rpc_server_opts o = {.service = "test", .listen = "127.0.0.1:0", .workers = workers};
     assert_int_equal(rpc_server_new(&s, &o), 0);
     assert_int_equal(rpc_server_add(s, &echo_service), 0);
     rpc_server_set_auth(s, auth);
@@ -103,6 +107,10 @@ static rpc_server *start_server(void) {
     assert_int_equal(rpc_server_start(s), 0);
     assert_true(rpc_server_port(s) > 0);
     return s;
+}
+
+static rpc_server *start_server(void) {
+    return start_server_with(4);
 }
 
 static rpc_client *connect_to(rpc_server *s) {
@@ -362,6 +370,102 @@ static void test_rpc_stop_drains_calls_in_flight(void **state) {
     rpc_server_free(s);
 }
 
+/* ---- shutdown: every call ends OK or UNAVAILABLE, never CANCELLED (issue 14 #4) ---- */
+
+typedef struct drain_call {
+    rpc_client *c;
+    int sleep_ms;
+    bool loop; /* an arrival: call until the server refuses */
+    int n_ok, n_unavailable, n_other, n_draining;
+    grpc_status_code other;
+} drain_call;
+
+static void *drain_main(void *arg) {
+    drain_call *d = arg;
+    for (int i = 0; i < 100000; i++) {
+        Orgmesh__Test__V1__EchoRequest req = ORGMESH__TEST__V1__ECHO_REQUEST__INIT;
+        req.text = "drain";
+        req.sleep_ms = d->sleep_ms;
+        rpc_call_opts o = {.token = user_token, .deadline_ms = 8000};
+        Orgmesh__Test__V1__EchoResponse *resp = NULL;
+        rpc_status st;
+        memset(&st, 0, sizeof st);
+        int rc = rpc_client_call(d->c, i % 2 ? "/orgmesh.test.v1.EchoService/EchoInline"
+                                             : "/orgmesh.test.v1.EchoService/Echo",
+                                 &req.base, &orgmesh__test__v1__echo_response__descriptor,
+                                 (ProtobufCMessage **)&resp, &o, &st);
+        if (resp) protobuf_c_message_free_unpacked(&resp->base, NULL);
+        if (rc == 0) {
+            d->n_ok++;
+        } else if (st.code == GRPC_STATUS_UNAVAILABLE) {
+            d->n_unavailable++;
+            if (strstr(st.message, "shutting down") != NULL) d->n_draining++;
+        } else {
+            d->n_other++;
+            d->other = st.code;
+        }
+        if (!d->loop || rc != 0) break;
+    }
+    return NULL;
+}
+
+typedef struct stopper {
+    rpc_server *s;
+    int grace_ms;
+    int64_t took_ms;
+} stopper;
+
+static void *stop_main(void *arg) {
+    stopper *st = arg;
+    int64_t t0 = mono_ms();
+    rpc_server_stop(st->s, st->grace_ms);
+    st->took_ms = mono_ms() - t0;
+    return NULL;
+}
+
+static void test_rpc_stop_answers_unavailable_never_cancelled(void **state) {
+    (void)state;
+    enum { SHORT = 24, LONG = 6, ARRIVING = 8, GRACE_MS = 1500 };
+    rpc_server *s = start_server_with(SHORT + LONG + 2);
+    rpc_client *c = connect_to(s);
+    drain_call calls[SHORT + LONG + ARRIVING];
+    pthread_t th[SHORT + LONG + ARRIVING];
+    memset(calls, 0, sizeof calls);
+    atomic_store(&echo_started, 0);
+    for (int i = 0; i < SHORT + LONG; i++) {
+        calls[i].c = c;
+        calls[i].sleep_ms = i < SHORT ? 400 : 6000; /* within the grace / beyond it */
+        pthread_create(&th[i], NULL, drain_main, &calls[i]);
+    }
+    /* every one of them running in a handler */
+    int64_t until = mono_ms() + 5000;
+    while (atomic_load(&echo_started) < SHORT + LONG && mono_ms() < until) sleep_ms(5);
+    assert_int_equal(atomic_load(&echo_started), SHORT + LONG);
+
+    stopper st = {.s = s, .grace_ms = GRACE_MS};
+    pthread_t stop_th;
+    pthread_create(&stop_th, NULL, stop_main, &st);
+    for (int i = SHORT + LONG; i < SHORT + LONG + ARRIVING; i++) { /* arriving during the drain */
+        calls[i].c = c;
+        calls[i].loop = true;
+        pthread_create(&th[i], NULL, drain_main, &calls[i]);
+    }
+    for (int i = 0; i < SHORT + LONG + ARRIVING; i++) pthread_join(th[i], NULL);
+    pthread_join(stop_th, NULL);
+
+    int draining = 0;
+    for (int i = 0; i < SHORT + LONG + ARRIVING; i++) {
+        if (calls[i].n_other != 0) fail_msg("call %d ended with status %d", i, (int)calls[i].other);
+        draining += calls[i].n_draining;
+    }
+    for (int i = 0; i < SHORT; i++) assert_int_equal(calls[i].n_ok, 1); /* finished in the grace */
+    for (int i = SHORT; i < SHORT + LONG; i++) assert_int_equal(calls[i].n_unavailable, 1);
+    assert_true(draining >= 1); /* arrivals were answered by the draining server */
+    assert_true(st.took_ms < GRACE_MS + 2000);
+    rpc_client_free(c);
+    rpc_server_free(s);
+}
+
 static void *hammer_main(void *arg) {
     int *fails = arg;
     for (int i = 0; i < 200; i++) {
@@ -400,6 +504,7 @@ int main(void) {
         cmocka_unit_test(test_rpc_malformed_request_invalid_argument),
         cmocka_unit_test(test_rpc_concurrent_calls_all_answered_correctly),
         cmocka_unit_test(test_rpc_stop_drains_calls_in_flight),
+        cmocka_unit_test(test_rpc_stop_answers_unavailable_never_cancelled),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
