@@ -1126,6 +1126,33 @@ static int64_t evt_time_us(const Google__Protobuf__Timestamp *t) {
     return us;
 }
 
+/* The evt_event view of an envelope (pointers into it). */
+static void event_of(const Orgmesh__Events__V1__Envelope *env, const char *sid, evt_event *ev) {
+    *ev = (evt_event){
+        .id = env->id,
+        .type = env->type,
+        .source = env->source,
+        .subject = env->subject,
+        .version = env->aggregate_version,
+        .time_us = evt_time_us(env->time),
+        .actor = env->actor,
+        .payload = env->payload != NULL ? env->payload->value.data : NULL,
+        .payload_len = env->payload != NULL ? env->payload->value.len : 0,
+        .stream_id = sid,
+    };
+}
+
+ProtobufCMessage *evt_envelope_unpack(const uint8_t *data, size_t len, evt_event *ev) {
+    Orgmesh__Events__V1__Envelope *env = orgmesh__events__v1__envelope__unpack(NULL, len, data);
+    if (env == NULL) return NULL;
+    if (!evt_uuid_ok(env->id)) {
+        orgmesh__events__v1__envelope__free_unpacked(env, NULL);
+        return NULL;
+    }
+    if (ev != NULL) event_of(env, NULL, ev);
+    return &env->base;
+}
+
 /* The envelope of a delivered entry, with its entry id in *sid; NULL when
  * there is nothing to apply: a deleted entry (nil), or a malformed one,
  * which goes to the dead letters at once. */
@@ -1146,15 +1173,13 @@ static Orgmesh__Events__V1__Envelope *consumer_unpack(consumer *k, cache_conn *r
         long long v = strtoll(sq->str, &end, 10);
         if (end != sq->str && *end == '\0' && v > 0) *seq = v;
     }
-    Orgmesh__Events__V1__Envelope *env =
-        e != NULL ? orgmesh__events__v1__envelope__unpack(NULL, e->len, (const uint8_t *)e->str)
-                  : NULL;
-    if (env == NULL || !evt_uuid_ok(env->id)) {
+    ProtobufCMessage *msg =
+        e != NULL ? evt_envelope_unpack((const uint8_t *)e->str, e->len, NULL) : NULL;
+    if (msg == NULL) {
         consumer_deadletter(k, rc, *sid, fields, "malformed: no valid orgmesh.events.v1.Envelope", 1);
-        if (env != NULL) orgmesh__events__v1__envelope__free_unpacked(env, NULL);
         return NULL;
     }
-    return env;
+    return (Orgmesh__Events__V1__Envelope *)msg;
 }
 
 /* Apply one event in its own transaction and acknowledge it: 0 when applied
@@ -1164,18 +1189,8 @@ static Orgmesh__Events__V1__Envelope *consumer_unpack(consumer *k, cache_conn *r
 static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
                               const Orgmesh__Events__V1__Envelope *env, const char *sid,
                               int64_t seq) {
-    evt_event ev = {
-        .id = env->id,
-        .type = env->type,
-        .source = env->source,
-        .subject = env->subject,
-        .version = env->aggregate_version,
-        .time_us = evt_time_us(env->time),
-        .actor = env->actor,
-        .payload = env->payload != NULL ? env->payload->value.data : NULL,
-        .payload_len = env->payload != NULL ? env->payload->value.len : 0,
-        .stream_id = sid,
-    };
+    evt_event ev;
+    event_of(env, sid, &ev);
     apply_ctx a = {.k = k, .ev = &ev, .seq = seq};
     log_set_trace(env->trace_id);
     int ret = pg_tx(pg, consumer_apply, &a);

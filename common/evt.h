@@ -90,6 +90,13 @@ typedef struct evt_subscription {
 int evt_consumers_start(const char *service, const evt_subscription *subs, int n);
 void evt_consumers_stop(void);
 
+/* Decode the bytes of a stream entry (its "e" field) as a consumer does:
+ * the orgmesh.events.v1.Envelope, or NULL when they are not one with a valid
+ * id (a consumer dead-letters those). When `ev` is non-NULL it is filled
+ * with pointers into the envelope (stream_id NULL). Free the result with
+ * protobuf_c_message_free_unpacked(msg, NULL). */
+ProtobufCMessage *evt_envelope_unpack(const uint8_t *data, size_t len, evt_event *ev);
+
 /* Build the envelope bytes for tests and tools (malloc'd). */
 int evt_envelope_pack(const char *source, const evt_meta *meta, const ProtobufCMessage *payload,
                       uint8_t **out, size_t *out_len, char *id_out);

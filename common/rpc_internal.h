@@ -58,6 +58,17 @@ int rpc_bb_read(grpc_byte_buffer *bb, uint8_t **out, size_t *len);
 /* Pack a message into a new byte buffer (NULL on allocation failure). */
 grpc_byte_buffer *rpc_bb_pack(const ProtobufCMessage *msg);
 
+/* ---- admission ---- */
+
+/* What the server does with a request's bytes before any handler: decode
+ * with `alloc`, then pbcheck (NUL in the encoded strings, then the decoded
+ * message). 0 and *req; OM_E_MALFORMED_MESSAGE (no *req);
+ * or the validator's code (OM_E_INVALID_UTF8...) with *req set (free it
+ * with `alloc`) and the offending field in `path` (else path is ""). The
+ * fuzz target tests/fuzz/fuzz_rpc runs it on any method's input. */
+int rpc_admit(const ProtobufCMessageDescriptor *input, ProtobufCAllocator *alloc, const uint8_t *buf,
+              size_t len, ProtobufCMessage **req, char *path, size_t path_len);
+
 /* Free what this thread remembered (verified tokens) before it exits. */
 void rpc_thread_cleanup(void);
 

@@ -816,6 +816,21 @@ static int read_metadata(rpc_ctx *ctx) {
 static void start_stream(rpc_ctx *ctx);
 static int health_check(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_);
 
+int rpc_admit(const ProtobufCMessageDescriptor *input, ProtobufCAllocator *alloc, const uint8_t *buf,
+              size_t len, ProtobufCMessage **req, char *path, size_t path_len) {
+    path[0] = '\0';
+    *req = protobuf_c_message_unpack(input, alloc, len, buf);
+    if (*req == NULL) return OM_E_MALFORMED_MESSAGE;
+    /* Before any handler, inline or not: strings valid UTF-8 without NUL
+     * (which protobuf-c would silently cut at), Timestamps and Durations in
+     * range (SPEC 8: every input validated). */
+    if (pbcheck_wire_nul(input, buf, len, path, path_len) != 0) return OM_E_INVALID_UTF8;
+    int reason = 0;
+    if (pbcheck_message_ex(*req, path, path_len, &reason) != 0)
+        return reason != 0 ? reason : OM_E_INVALID_ARGUMENT;
+    return 0;
+}
+
 static void on_new_call(rpc_ctx *ctx) {
     rpc_server *srv = ctx->srv;
     srv_method *m = ctx->method;
@@ -869,23 +884,15 @@ static void on_new_call(rpc_ctx *ctx) {
         reply_error(ctx, OM_E_NOMEM, NULL, inline_call);
         return;
     }
-    ctx->req = protobuf_c_message_unpack(m->md->input, rpc_pb_allocator(ctx), len, buf);
-    if (ctx->req == NULL) {
-        free(buf);
-        reply_error(ctx, ctx->oom ? OM_E_NOMEM : OM_E_MALFORMED_MESSAGE, NULL, inline_call);
-        return;
-    }
-    /* Before any handler, inline or not: strings valid UTF-8 without NUL
-     * (which protobuf-c would silently cut at), Timestamps and Durations in
-     * range (SPEC 8: every input validated). */
     char path[256];
-    int reason = OM_E_INVALID_UTF8;
-    int bad = pbcheck_wire_nul(m->md->input, buf, len, path, sizeof path);
+    ProtobufCMessage *req = NULL;
+    rc = rpc_admit(m->md->input, rpc_pb_allocator(ctx), buf, len, &req, path, sizeof path);
+    ctx->req = req;
     free(buf);
-    if (bad == 0) bad = pbcheck_message_ex(ctx->req, path, sizeof path, &reason);
-    if (bad != 0) {
-        rpc_violation(ctx, path, "%s", om_err_message(reason));
-        reply_error(ctx, reason, NULL, inline_call);
+    if (rc != 0) {
+        if (rc == OM_E_MALFORMED_MESSAGE && ctx->oom) rc = OM_E_NOMEM;
+        if (path[0] != '\0') rpc_violation(ctx, path, "%s", om_err_message(rc));
+        reply_error(ctx, rc, NULL, inline_call);
         return;
     }
     if (inline_call) {
