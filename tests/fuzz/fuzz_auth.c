@@ -2,15 +2,19 @@
  *
  * A fixed configuration: issuer "fuzz-iss", audience "fuzz-aud", keys
  * "hs1" (HS256) and "es1" (ES256, tests/fuzz/keys), clock fixed at
- * FUZZ_NOW so that the seed tokens stay valid.
+ * FUZZ_NOW so that the seed tokens stay valid. Keys are bound to the
+ * identities they may sign for (SPEC 8): hs1 signs user tokens and
+ * service:assets, es1 user tokens only; any other subject is refused with
+ * KEY_NOT_BOUND_TO_SUBJECT.
  * First input byte, low bit:
  *   0  the rest is a compact token, verified as sent (parsing, base64url,
  *      header, both signature checks);
  *   1  the rest is "<header JSON>\n<claims JSON>": the target signs it with
  *      the HS256 key and verifies it, so the fuzzer reaches the header and
  *      claims checks behind the signature.
- * Asserts: the answer is 0, UNAUTHENTICATED or TOKEN_EXPIRED; an accepted
- * token names a user or a service and is not expired; auth_verify and
+ * Asserts: the answer is 0, UNAUTHENTICATED, TOKEN_EXPIRED or
+ * KEY_NOT_BOUND_TO_SUBJECT; an accepted token names a user or a service its
+ * key is bound to and is not expired; auth_verify and
  * auth_verify_claims agree. */
 #include <stdint.h>
 #include <stdio.h>
@@ -36,7 +40,8 @@ static void init(void) {
     static char keys[1024];
     snprintf(keys, sizeof keys, "hs1:HS256:" HS_SECRET ";es1:ES256:%s/keys/es256-fuzz.pub.pem",
              OM_FUZZ_DIR);
-    auth_config cfg = {.issuer = "fuzz-iss", .audience = "fuzz-aud", .keys = keys};
+    auth_config cfg = {.issuer = "fuzz-iss", .audience = "fuzz-aud", .keys = keys,
+                       .key_subjects = "hs1=users,service:assets;es1=users"};
     if (auth_new(&ctx, &cfg) != 0) {
         fprintf(stderr, "fuzz_auth: auth_new failed (keys %s)\n", keys);
         abort();
@@ -65,13 +70,15 @@ static void verify(const char *tok, size_t len) {
     om_actor a1, a2;
     char *claims = NULL;
     int rc = auth_verify_claims(ctx, tok, len, &a1, &claims);
-    if (rc != 0 && rc != OM_E_UNAUTHENTICATED && rc != OM_E_TOKEN_EXPIRED) {
+    if (rc != 0 && rc != OM_E_UNAUTHENTICATED && rc != OM_E_TOKEN_EXPIRED &&
+        rc != OM_E_KEY_NOT_BOUND_TO_SUBJECT) {
         fprintf(stderr, "fuzz_auth: unexpected answer %s\n", om_err_name(rc));
         abort();
     }
     if (rc == 0) {
         if ((a1.user_id == 0) == (a1.service[0] == '\0') || claims == NULL ||
-            a1.exp + 30 < FUZZ_NOW || memchr(a1.service, '\0', sizeof a1.service) == NULL) {
+            a1.exp + 30 < FUZZ_NOW || memchr(a1.service, '\0', sizeof a1.service) == NULL ||
+            (a1.service[0] != '\0' && strcmp(a1.service, "assets") != 0)) {
             fprintf(stderr, "fuzz_auth: accepted a token without a valid actor\n");
             abort();
         }
