@@ -256,6 +256,14 @@ static int wire_walk(walk *w, const ProtobufCMessageDescriptor *d, const uint8_t
         size_t start = pos;
         uint64_t key, v;
         if (read_varint(buf, len, &pos, &key) != 0) return 0; /* unpack refuses it */
+        if (key >> 3 == 0) {
+            /* Field number 0 does not exist; protobuf-c 1.4.1 still accepts
+             * it written as a two-byte tag (found by fuzz_rpc), then refuses
+             * its own re-encoding. */
+            w->reason = OM_E_MALFORMED_MESSAGE;
+            w->fail_depth = w->depth;
+            return -1;
+        }
         unsigned wt = (unsigned)(key & 7);
         if (wt == 0) {
             if (read_varint(buf, len, &pos, &v) != 0) return 0;
@@ -300,6 +308,12 @@ static int wire_walk(walk *w, const ProtobufCMessageDescriptor *d, const uint8_t
 
 int pbcheck_wire_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
                      char *path, size_t path_len) {
+    return pbcheck_wire_ex(desc, buf, len, path, path_len, NULL);
+}
+
+int pbcheck_wire_ex(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                    char *path, size_t path_len, int *reason) {
+    if (reason != NULL) *reason = 0;
     walk w;
     w.depth = 0;
     w.leaf = NULL;
@@ -309,5 +323,6 @@ int pbcheck_wire_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
     if (buf == NULL || len == 0) return 0;
     if (wire_walk(&w, desc, buf, len) == 0) return 0;
     write_path(&w, w.fail_depth, path, path_len);
+    if (reason != NULL) *reason = w.reason;
     return OM_E_INVALID_ARGUMENT;
 }

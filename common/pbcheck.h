@@ -42,6 +42,12 @@ int pbcheck_message_ex(const ProtobufCMessage *msg, char *path, size_t path_len,
  * and the field's path, as above. Call it on bytes protobuf-c decoded. */
 int pbcheck_wire_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
                      char *path, size_t path_len);
+/* The same, and *reason (when not NULL) gets the specific code:
+ * OM_E_INVALID_UTF8 (a NUL byte in a string), OM_E_MALFORMED_MESSAGE (a field
+ * numbered 0, which protobuf-c accepts in a two-byte tag) or
+ * OM_E_NESTING_TOO_DEEP. */
+int pbcheck_wire_ex(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                    char *path, size_t path_len, int *reason);
 
 /* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above
  * U+10FFFF, and no U+0000 (PostgreSQL text cannot hold it). */

@@ -824,8 +824,9 @@ int rpc_admit(const ProtobufCMessageDescriptor *input, ProtobufCAllocator *alloc
     /* Before any handler, inline or not: strings valid UTF-8 without NUL
      * (which protobuf-c would silently cut at), Timestamps and Durations in
      * range (SPEC 8: every input validated). */
-    if (pbcheck_wire_nul(input, buf, len, path, path_len) != 0) return OM_E_INVALID_UTF8;
     int reason = 0;
+    if (pbcheck_wire_ex(input, buf, len, path, path_len, &reason) != 0)
+        return reason != 0 ? reason : OM_E_INVALID_UTF8;
     if (pbcheck_message_ex(*req, path, path_len, &reason) != 0)
         return reason != 0 ? reason : OM_E_INVALID_ARGUMENT;
     return 0;

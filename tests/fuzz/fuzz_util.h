@@ -12,9 +12,9 @@
 /* True when `m` or a message inside it kept an unknown field numbered 0.
  * protobuf-c 1.4.1 accepts such a tag when it is encoded in more than one
  * byte (80 00) but refuses its own one-byte re-encoding (00), so the
- * request does not survive a pack/unpack round trip. Handlers never read
- * unknown fields; the targets only skip the round-trip check for these
- * (docs/reliability.md "Fuzzing", findings). */
+ * request would not survive a pack/unpack round trip. pbcheck_wire_ex now
+ * refuses field 0 before any handler; fuzz_rpc asserts that no accepted
+ * request holds one (docs/reliability.md "Fuzzing", findings). */
 static inline bool fuzz_has_tag0(const ProtobufCMessage *m) {
     if (m == NULL) return false;
     for (unsigned i = 0; i < m->n_unknown_fields; i++)

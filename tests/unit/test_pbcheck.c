@@ -333,6 +333,28 @@ static void test_nul_found_in_the_encoded_bytes(void **state) {
     free(buf);
 }
 
+/* Field number 0 does not exist, but protobuf-c 1.4.1 decodes it when the tag
+ * is written in two bytes (0x80 0x00) and then refuses its own re-encoding
+ * (found by fuzz_rpc): the wire check refuses it as a malformed message. */
+static void test_field_number_zero_refused(void **state) {
+    (void)state;
+    const ProtobufCMessageDescriptor *d = &orgmesh__test__v1__check_request__descriptor;
+    /* varint field 0 in a two-byte tag, value 1 */
+    static const uint8_t zero[] = {0x80, 0x00, 0x01};
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, sizeof zero, zero);
+    if (m != NULL) protobuf_c_message_free_unpacked(m, NULL); /* what made it a finding */
+    char path[64];
+    int reason = -1;
+    assert_int_equal(pbcheck_wire_ex(d, zero, sizeof zero, path, sizeof path, &reason),
+                     OM_E_INVALID_ARGUMENT);
+    assert_int_equal(reason, OM_E_MALFORMED_MESSAGE);
+    assert_int_equal(pbcheck_wire_nul(d, zero, sizeof zero, path, sizeof path), OM_E_INVALID_ARGUMENT);
+    /* field 1 in the same two-byte form is an ordinary field */
+    static const uint8_t one[] = {0x88, 0x00, 0x01};
+    assert_int_equal(pbcheck_wire_ex(d, one, sizeof one, path, sizeof path, &reason), 0);
+    assert_int_equal(reason, 0);
+}
+
 /* The check runs on every request: time it on a large one (4 MiB class). */
 static void test_speed_on_a_large_request(void **state) {
     (void)state;
@@ -411,6 +433,7 @@ int main(void) {
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_path_truncated_and_terminated),
         cmocka_unit_test(test_nul_found_in_the_encoded_bytes),
+        cmocka_unit_test(test_field_number_zero_refused),
         cmocka_unit_test(test_speed_on_a_large_request),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
