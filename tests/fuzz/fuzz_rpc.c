@@ -1,7 +1,7 @@
 /* fuzz_rpc.c — the generic target: a request of ANY method of ANY service.
  *
  * Input: two bytes select the method among every method of every service
- * descriptor generated from proto/ (the registry bench/gen_registry.cmake
+ * descriptor generated from proto/ (the registry cmake/gen_descriptors.cmake
  * writes), the rest is the request payload. The target runs what the server
  * does before a handler, rpc_admit (common/rpc_server.c: protobuf-c unpack,
  * then pbcheck: UTF-8 of every string, Timestamp/Duration ranges), then
