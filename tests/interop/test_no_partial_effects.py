@@ -15,7 +15,7 @@ partners' cached "not a member" rows (membership_copy.present = false) are
 left out: a lookup records accounts' truth, not an effect of the call.
 
 The snapshot leaves out bookkeeping that is not state (outbox, audit,
-idempotency, applied_events, migrations) and the version/update_time/etag
+idempotency, applied_events, event delivery positions, migrations) and the version/update_time/etag
 columns: an undone remote change (TagEmployees) bumps the owner's version."""
 
 import atexit
@@ -66,7 +66,10 @@ PARTNERS_SVC = om.bearer(om.service_token("partners"))
 MKT_ENT = [(apb.HUB_MARKETING, apb.TIER_ENTERPRISE)]
 PRO = [(apb.HUB_SALES, apb.TIER_PROFESSIONAL)]
 ACK = opb.DataSharingAcknowledgement(accepted=True, text_version="2023-06")
-BOOKKEEPING = ("outbox", "audit", "idempotency", "applied_events", "runtime_migrations", "schema_migrations")
+BOOKKEEPING = ("outbox", "audit", "idempotency", "applied_events", "runtime_migrations", "schema_migrations",
+               # event delivery positions (docs/common/evt.md): they move while
+               # earlier events are still being relayed and applied
+               "evt_relay", "evt_groups", "evt_progress")
 
 
 def mutating_rpcs():
