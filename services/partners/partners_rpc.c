@@ -586,7 +586,7 @@ static int is_member(rpc_ctx *ctx, pg_conn *c, uint64_t hub, bool *member) {
     *member = false;
     uint64_t me = caller_id(ctx);
     if (me == 0 || hub == 0) return 0;
-    int rc = pa_ensure_membership(c, hub, me, &m, &mb);
+    int rc = pa_ensure_membership(ctx, c, hub, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     *member = mb.present;
@@ -610,14 +610,14 @@ static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_accoun
     if (acct == NULL) acct = &buf;
     const bool seen = hidden == MAY_SEE;
     if (hidden == NULL || seen) hidden = rpc_sprintf(ctx, "account %" PRIu64 " does not exist", partner);
-    int rc = pa_ensure_account(c, partner, &m, acct);
+    int rc = pa_ensure_account(ctx, c, partner, &m, acct);
     if (rc == 0 && acct->deleted) rc = OM_E_NOT_FOUND;
     if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "%s", hidden) : fail(ctx, rc, "partner account");
     uint64_t me = caller_id(ctx);
     bool member = false;
     unsigned roles = 0;
     if (me != 0) {
-        rc = pa_ensure_membership(c, partner, me, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         member = rc == 0 && mb.present;
         roles = member ? mb.roles : 0;
@@ -641,7 +641,7 @@ static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok, int
     if (code) *code = OM_E_PERMISSION_DENIED;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
-    int rc = pa_ensure_membership(c, client, me, &m, &mb);
+    int rc = pa_ensure_membership(ctx, c, client, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     int r = part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0);
@@ -657,10 +657,10 @@ static int manager_ok(rpc_ctx *ctx, pg_conn *c, uint64_t partner, bool *ok) {
     *ok = false;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
-    int rc = pa_ensure_account(c, partner, &m, &acct);
+    int rc = pa_ensure_account(ctx, c, partner, &m, &acct);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
-    rc = pa_ensure_membership(c, partner, me, &m, &mb);
+    rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     *ok = part_rule_partner_manager(acct.kind, mb.present, mb.roles) == 0;
@@ -905,7 +905,7 @@ static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_b
         sreq.on_behalf_of = (char *)on_behalf;
         ProtobufCMessage *out = NULL;
         rpc_status st;
-        int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+        int rc = pa_accounts_call(ctx, "SetPartnerEmployee", &sreq.base,
                                   &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (out != NULL) protobuf_c_message_free_unpacked(out, NULL);
         if (rc != 0 && rc != OM_E_NOT_FOUND)
@@ -939,7 +939,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         char field[32];
         snprintf(field, sizeof field, "user_ids[%zu]", i);
         ps_membership mb;
-        int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_ids[i], &m, &mb);
+        int rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_ids[i], &m, &mb);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
@@ -962,7 +962,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         sreq.on_behalf_of = (char *)on_behalf;
         ProtobufCMessage *out = NULL;
         rpc_status st;
-        rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+        rc = pa_accounts_call(ctx, "SetPartnerEmployee", &sreq.base,
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (rc == OM_E_NOT_FOUND) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
@@ -1030,7 +1030,7 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
     sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
     ProtobufCMessage *out = NULL;
     rpc_status st;
-    int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+    int rc = pa_accounts_call(mu->ctx, "SetPartnerEmployee", &sreq.base,
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
     if (rc == 0) {
         const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
@@ -1069,7 +1069,7 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     ps_mem m = call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
-    int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
+    int rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_id, &m, &mb);
     if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
@@ -1208,7 +1208,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
             op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(c, id, &m, &a);
+        int rc = pa_ensure_account(ctx, c, id, &m, &a);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
             continue;
@@ -1354,20 +1354,20 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
             it->err = item_error(&m, OM_E_INVALID_ARGUMENT, it->field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(c, it->client, &m, &acc);
+        int rc = pa_ensure_account(ctx, c, it->client, &m, &acc);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && acc.deleted)) {
             it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "account %" PRIu64 " does not exist", it->client);
             continue;
         }
         if (rc != 0) return fail(ctx, rc, "client account");
-        rc = pa_ensure_user(c, it->employee, &m, &u);
+        rc = pa_ensure_user(ctx, c, it->employee, &m, &u);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && u.deleted)) {
             it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "user %" PRIu64 " does not exist", it->employee);
             continue;
         }
         if (rc != 0) return fail(ctx, rc, "user");
         it->employee_name = u.display_name;
-        rc = pa_ensure_membership(c, op->partner, it->employee, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, op->partner, it->employee, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         /* PART-03 */
         if (rc == OM_E_NOT_FOUND || !mb.present || !mb.partner_employee) {
@@ -1377,7 +1377,7 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
         }
         /* PART-04: "already a member" decides whether the client is asked,
          * so it is read fresh from accounts */
-        rc = pa_refresh_membership(c, it->client, it->employee, &m, &mb);
+        rc = pa_refresh_membership(ctx, c, it->client, it->employee, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         it->member = rc == 0 && mb.present;
     }
@@ -2097,7 +2097,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
     for (size_t i = 0; i < req->n_recipient_user_ids; i++) {
         uint64_t r = req->recipient_user_ids[i];
         ps_membership mb;
-        rc = pa_ensure_membership(c, a.client_hub_id, r, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, a.client_hub_id, r, &m, &mb);
         if (rc == OM_E_NOT_FOUND) continue;
         if (rc != 0) return fail(ctx, rc, "membership");
         if (part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0) != 0)
