@@ -167,8 +167,7 @@ Orgmesh__Type__V1__AuditEntry **audit_page_entries(rpc_ctx *ctx, const audit_pag
         e->request_id = rpc_strdup(ctx, r->request_id);
         e->trace_id = rpc_strdup(ctx, r->trace_id);
         Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
-        google__protobuf__timestamp__init(t);
-        om_us_to_timestamp(r->at_us, &t->seconds, &t->nanos);
+        om_pb_timestamp(t, r->at_us);
         e->time = t;
         e->before = any_of(ctx, r->before_type, r->before, r->before_len);
         e->after = any_of(ctx, r->after_type, r->after, r->after_len);

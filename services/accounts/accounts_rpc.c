@@ -117,8 +117,7 @@ static char *etag_of(rpc_ctx *ctx, int64_t version) {
 static PbTimestamp *timestamp(rpc_ctx *ctx, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
 }
 

@@ -25,11 +25,6 @@
 
 /* ---- protobuf views ---- */
 
-static void timestamp(PbTimestamp *t, int64_t us) {
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
-}
-
 void conn_pb_build(conn_pb *v) {
     PbConnection *p = &v->pb;
     orgmesh__connections__v1__connection__init(p);
@@ -49,8 +44,8 @@ void conn_pb_build(conn_pb *v) {
     conn_etag_encode(v->row.version, v->etag);
     p->etag = v->etag;
     if (v->row.create_us != 0) {
-        timestamp(&v->ct, v->row.create_us);
-        timestamp(&v->ut, v->row.update_us);
+        om_pb_timestamp(&v->ct, v->row.create_us);
+        om_pb_timestamp(&v->ut, v->row.update_us);
         p->create_time = &v->ct;
         p->update_time = &v->ut;
     }

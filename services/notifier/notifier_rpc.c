@@ -29,8 +29,7 @@ static Google__Protobuf__Timestamp *ts(rpc_ctx *ctx, const pg_res *r, int row, i
     if (pg_isnull(r, row, col)) return NULL;
     int64_t us = pg_time_us(r, row, col);
     Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
 }
 

@@ -19,18 +19,13 @@
 
 /* ---- snapshots ------------------------------------------------------------ */
 
-void org_timestamp(PbTimestamp *t, int64_t us) {
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
-}
-
 void org_member_pb(PbOrgMember *pm, PbTimestamp *ts, const org_member_row *m) {
     orgmesh__organizations__v1__org_member__init(pm);
     pm->hub_id = m->hub_id;
     pm->name = (char *)m->name;
     pm->marketing_enterprise = m->marketing_enterprise;
     pm->founding_account = m->founding;
-    org_timestamp(ts, m->join_us);
+    om_pb_timestamp(ts, m->join_us);
     pm->join_time = ts;
     pm->joined_by_user_id = m->joined_by;
     pm->acknowledgement_id = (char *)m->ack_id;
@@ -52,8 +47,8 @@ void org_snapshot_build(org_snapshot *s) {
     p->version = s->o.version;
     org_etag_encode(s->o.version, s->etag);
     p->etag = s->etag;
-    org_timestamp(&s->create, s->o.create_us);
-    org_timestamp(&s->update, s->o.update_us);
+    om_pb_timestamp(&s->create, s->o.create_us);
+    om_pb_timestamp(&s->update, s->o.update_us);
     p->create_time = &s->create;
     p->update_time = &s->update;
 }

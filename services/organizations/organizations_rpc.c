@@ -906,7 +906,7 @@ static void hist_row(void *arg, const org_hist_row *r) {
     e->request_id = rpc_strdup(ctx, r->request_id);
     e->trace_id = rpc_strdup(ctx, r->trace_id);
     PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
-    org_timestamp(t, r->time_us);
+    om_pb_timestamp(t, r->time_us);
     e->time = t;
     e->before = any_of(ctx, r->before_type, r->before, r->before_len);
     e->after = any_of(ctx, r->after_type, r->after, r->after_len);

@@ -149,8 +149,7 @@ void pa_who_parse(const char *s, om_actor *buf, pa_who *out) {
 static PbTimestamp *ts(ps_mem *m, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = m->alloc(m->ud, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
 }
 
