@@ -107,23 +107,4 @@ int store_memberships_list(pg_conn *c, const store_membership_filter *f, store_m
 /* SUPER_ADMIN members of the account other than `except_user`. */
 int store_count_super_admins(pg_conn *c, uint64_t hub_id, uint64_t except_user, long *out);
 
-/* ---- audit history ----------------------------------------------------------------------- */
-
-/* One row of the runtime's audit table, payloads still packed. */
-typedef struct store_audit_row {
-    int64_t id;
-    const char *actor, *action, *resource, *reason, *request_id, *trace_id;
-    const char *before_type, *after_type; /* full message names, "" when none */
-    const uint8_t *before;
-    size_t before_len;
-    const uint8_t *after;
-    size_t after_len;
-    int64_t time_us;
-} store_audit_row;
-
-/* Entries about `resource` and, with `subtree`, everything below it
- * ("accounts/1/memberships/..."), newest first, id < before_id (0 = newest). */
-int store_audit_list(pg_conn *c, const char *resource, bool subtree, int64_t before_id, int limit,
-                     store_mem *m, store_audit_row *out, int *n);
-
 #endif

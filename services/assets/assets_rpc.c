@@ -13,6 +13,7 @@
 #include "app.h"
 #include "assets.h"
 #include "audit.h"
+#include "history.h"
 #include "idem.h"
 #include "log.h"
 #include "om_err.h"
@@ -921,52 +922,43 @@ static int h_results(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
 /* ---- ListAssetHistory — SPEC 8 audit; viewing as ASSET-01 reads ---- */
 
 typedef struct history_state {
-    int limit;
-    int64_t before_id;
+    page_req pg; /* keyset: the id below which the next page starts */
     char asset_id[ASSET_ID_LEN]; /* lower case; "" = the whole account */
-    const char *scope;
 } history_state;
 
 static int history_apply(call *cl, pg_conn *tx) {
     const APB(ListAssetHistoryRequest) *req = cl->req;
     history_state *s = cl->data;
-    rpc_ctx *ctx = cl->ctx;
     int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
-    audit_page pg = {0};
-    if ((rc = store_history_list(tx, req->hub_id, s->asset_id, s->before_id, s->limit, &pg)) != 0) return rc;
+    char key[128];
+    history_req q = {.page = &s->pg, .resource = key,
+                     .scope = store_history_key(req->hub_id, s->asset_id, key, sizeof key)};
+    history_out h;
+    if ((rc = history_list(cl->ctx, tx, &q, &h)) != 0) return rc;
     APB(ListAssetHistoryResponse) *resp = (void *)cl->resp;
-    resp->entries = audit_page_entries(ctx, &pg);
-    resp->n_entries = (size_t)pg.n;
-    char *cursor = pg.next_before_id > 0 ? rpc_sprintf(ctx, "%" PRId64, pg.next_before_id) : NULL;
-    audit_page_free(&pg);
-    char *tok = NULL;
-    if ((rc = page_token_encode(s->scope, cursor, &tok)) != 0) return rc;
-    resp->next_page_token = rpc_strdup(ctx, tok);
-    free(tok);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(ListAssetHistoryRequest) *req = (const void *)req_;
     history_state s = {0};
+    int limit;
     check_hub(ctx, "hub_id", req->hub_id);
     if (req->asset_id && req->asset_id[0] && !asset_uuid_valid(req->asset_id))
         rpc_violation(ctx, "asset_id", "is not an id of this service");
-    if (page_size_normalize(req->page_size, &s.limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->asset_id && req->asset_id[0]) {
         snprintf(s.asset_id, sizeof s.asset_id, "%s", req->asset_id);
         for (char *p = s.asset_id; *p; p++)
             if (*p >= 'A' && *p <= 'F') *p = (char)(*p - 'A' + 'a');
     }
-    s.scope = rpc_sprintf(ctx, "assets.ListAssetHistory|hub=%" PRIu64 "|asset=%s", req->hub_id, s.asset_id);
-    char *cursor = NULL;
-    if (page_token_decode(s.scope, req->page_token, &cursor) != 0) return rpc_fail(ctx, OM_E_INVALID_PAGE_TOKEN, NULL);
-    if (cursor) {
-        s.before_id = strtoll(cursor, NULL, 10);
-        free(cursor);
-    }
+    const char *scope = rpc_sprintf(ctx, "assets.ListAssetHistory|hub=%" PRIu64 "|asset=%s", req->hub_id, s.asset_id);
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &s.pg) != 0) return -1;
     call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = history_apply, .data = &s};
     return run(&cl, NULL);
 }

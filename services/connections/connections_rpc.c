@@ -18,6 +18,7 @@
 
 #include "app.h"
 #include "audit.h"
+#include "history.h"
 #include "config.h"
 #include "connections.h"
 #include "connections_rpc.h"
@@ -940,29 +941,18 @@ static int apply_history(call *cl, pg_conn *tx) {
     int rc = load_org(cl, tx, req->organization_id, st);
     if (rc == 0) rc = require_viewer(cl, tx, st, NULL);
     if (rc != 0) return rc;
-    int limit = 0;
-    page_size_normalize(req->page_size, &limit);
+    page_req pg;
     char *scope = rpc_sprintf(ctx, "connections.ListConnectionHistory|%s", req->organization_id);
-    char *cursor = NULL;
-    if ((rc = page_token_decode(scope, req->page_token, &cursor)) != 0) return cl_fail(cl, rc, "invalid page token");
-    int64_t before = cursor ? strtoll(cursor, NULL, 10) : 0;
-    free(cursor);
+    if ((rc = page_read(req->page_size, req->page_token, scope, 1, &pg)) != 0)
+        return cl_fail(cl, rc, "invalid page token");
     char resource[96];
     conn_history_resource(req->organization_id, resource, sizeof resource);
-    audit_page pg = {0};
-    if ((rc = audit_list(tx, resource, before, limit, &pg)) != 0) return rc;
-    resp->entries = audit_page_entries(ctx, &pg);
-    resp->n_entries = (size_t)pg.n;
-    resp->next_page_token = "";
-    if (pg.next_before_id > 0) {
-        char cur[24], *tok = NULL;
-        snprintf(cur, sizeof cur, "%" PRId64, pg.next_before_id);
-        if (page_token_encode(scope, cur, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
-    audit_page_free(&pg);
+    history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
+    history_out h;
+    if ((rc = history_list(ctx, tx, &q, &h)) != 0) return rc;
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 

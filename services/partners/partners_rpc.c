@@ -14,6 +14,7 @@
 
 #include "om_time.h"
 #include "audit.h"
+#include "history.h"
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
@@ -673,7 +674,7 @@ typedef struct lpage {
     const char *scope;
 } lpage;
 
-static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
+static int lpage_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
     memset(pg, 0, sizeof *pg);
     pg->scope = scope;
     if (page_size_normalize(size, &pg->limit) != 0) {
@@ -692,7 +693,7 @@ static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *
     return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
 }
 
-static char *page_next(rpc_ctx *ctx, const lpage *pg, int got) {
+static char *lpage_next(rpc_ctx *ctx, const lpage *pg, int got) {
     char cursor[24], *tok = NULL;
     if (got < pg->limit) return rpc_strdup(ctx, "");
     snprintf(cursor, sizeof cursor, "%d", pg->offset + got);
@@ -1088,7 +1089,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-11 */
@@ -1100,7 +1101,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
     for (int i = 0; i < n; i++) resp->employees[i] = employee_pb(&m, req->partner_hub_id, &list[i]);
     resp->n_employees = (size_t)n;
-    resp->next_page_token = page_next(ctx, &pg, n);
+    resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1110,7 +1111,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
                         const char *method, PB(PartnerClient) ***out, size_t *n_out, char **next) {
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
-    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, size, token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1; /* PART-02 */
@@ -1124,7 +1125,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = client_pb(&m, partner, &list[i]);
     *n_out = (size_t)n;
-    *next = page_next(ctx, &pg, n);
+    *next = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1460,7 +1461,7 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
                                     req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool ok = false;
@@ -1489,7 +1490,7 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     resp->access_requests = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->access_requests);
     for (int i = 0; i < n; i++) resp->access_requests[i] = pa_request_pb(&m, &list[i]);
     resp->n_access_requests = (size_t)n;
-    resp->next_page_token = page_next(ctx, &pg, n);
+    resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1854,7 +1855,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
-    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, size, token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
@@ -1869,7 +1870,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
     *n_out = (size_t)n;
-    *next = page_next(ctx, &pg, n);
+    *next = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1907,7 +1908,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-12 */
@@ -1972,7 +1973,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     int got = n_lines - from < pg.limit ? n_lines - from : pg.limit;
     resp->clients = lines + from;
     resp->n_clients = (size_t)got;
-    resp->next_page_token = from + got < n_lines ? page_next(ctx, &pg, got) : rpc_strdup(ctx, "");
+    resp->next_page_token = from + got < n_lines ? lpage_next(ctx, &pg, got) : rpc_strdup(ctx, "");
     resp->credited_totals = totals;
     resp->n_credited_totals = (size_t)n_totals;
     resp->compute_time = ts(&m, (int64_t)time(NULL) * 1000000);
@@ -1985,30 +1986,21 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
+    page_req pg; /* keyset: the id below which the next page starts */
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
-    audit_page page;
-    /* the page cursor is the id below which the next page starts */
-    int rc = audit_list(c, resource, pg.offset, pg.limit, &page);
+    history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
+    history_out h;
+    int rc = history_list(ctx, c, &q, &h);
     if (rc != 0) return fail(ctx, rc, "history");
-    resp->entries = audit_page_entries(ctx, &page);
-    resp->n_entries = (size_t)page.n;
-    resp->next_page_token = rpc_strdup(ctx, "");
-    if (page.next_before_id > 0 && page.n == pg.limit) {
-        char cursor[24], *tok = NULL;
-        snprintf(cursor, sizeof cursor, "%" PRId64, page.next_before_id);
-        if (page_token_encode(scope, cursor, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
-    audit_page_free(&page);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 
