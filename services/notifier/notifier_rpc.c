@@ -41,7 +41,7 @@ static int fail_db(rpc_ctx *ctx, pg_conn *c, int rc) {
 #define DELIVERY_COLS                                                                                              \
     "id, event_id, event_type, recipient_user_id, recipient_email, locale, template, message_id, state, attempts," \
     " last_error, client_hub_id, create_time, send_time,"                                                          \
-    " CASE WHEN state IN (3, 4) THEN next_attempt_at END"
+    " CASE WHEN state IN (" OM_SQL(NT_SQL_RETRYING) ", " OM_SQL(NT_SQL_DEFERRED) ") THEN next_attempt_at END"
 
 static PB(Delivery) *delivery_pb(rpc_ctx *ctx, const pg_res *r, int i) {
     PB(Delivery) *d = rpc_alloc(ctx, sizeof *d);
@@ -168,8 +168,8 @@ static int replay_one(pg_conn *tx, int64_t id) {
     pg_p_i64(&p, id);
     pg_res *r = NULL;
     int rc = pg_exec(tx,
-                     "UPDATE delivery d SET state = 1, attempts = 0, next_attempt_at = now(), last_error = ''"
-                     " FROM dead_letter l WHERE l.id = $1 AND d.id = l.delivery_id AND d.state = 5"
+                     "UPDATE delivery d SET state = " OM_SQL(NT_SQL_PENDING) ", attempts = 0, next_attempt_at = now(), last_error = ''"
+                     " FROM dead_letter l WHERE l.id = $1 AND d.id = l.delivery_id AND d.state = " OM_SQL(NT_SQL_DEAD)
                      " RETURNING d.id",
                      &p, &r);
     if (rc != 0) return rc;
@@ -200,7 +200,7 @@ static int replay_tx(pg_conn *tx, void *arg) {
     if (op->req->all) {
         rc = pg_exec(tx,
                      "SELECT l.id FROM dead_letter l JOIN delivery d ON d.id = l.delivery_id"
-                     " WHERE d.state = 5 ORDER BY l.id FOR UPDATE OF l",
+                     " WHERE d.state = " OM_SQL(NT_SQL_DEAD) " ORDER BY l.id FOR UPDATE OF l",
                      NULL, &r);
     } else {
         /* the ids were validated as numbers */
