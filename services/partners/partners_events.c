@@ -161,7 +161,7 @@ int pa_refresh_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, uint64_t us
             pg_p_u64(&p, user_id);
             pg_p_i64(&p, cur.version);
             rc = pg_exec(c,
-                         "UPDATE membership_copy SET present = false WHERE hub_id = $1 AND user_id = $2"
+                         "UPDATE membership_copies SET present = false WHERE hub_id = $1 AND user_id = $2"
                          " AND version = $3",
                          &p, NULL);
         }
