@@ -13,12 +13,11 @@
 #include <stdint.h>
 
 #include "accounts_rules.h"
+#include "om_mem.h"
 #include "pg.h"
 
-typedef struct store_mem {
-    void *(*alloc)(void *ud, size_t n); /* never NULL for a handler's arena */
-    void *ud;
-} store_mem;
+/* Where results are allocated (om_mem.h): the call's arena. */
+typedef om_mem store_mem;
 
 /* Aggregate names: the event subject, the audit resource and the tombstone key. */
 void store_account_subject(uint64_t hub_id, char *buf, size_t cap);

@@ -37,12 +37,6 @@ extern const rpc_service partners_internal_service;
 int partners_init(void);
 void partners_fini(void);
 
-/* Memory for code outside a call (event handlers, timers): freed at once. */
-typedef struct pa_arena {
-    void *blocks;
-} pa_arena;
-void *pa_arena_alloc(void *arena, size_t n);
-void pa_arena_free(pa_arena *a);
 
 /* Who acted: a user or service (actor) or an automatic rule. */
 typedef struct pa_who {

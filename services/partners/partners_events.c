@@ -287,11 +287,11 @@ static int link_sync_tx(pg_conn *tx, void *arg) {
 }
 
 int pa_link_sync(pg_conn *c, const char *id) {
-    pa_arena ar = {0};
-    ps_mem m = {pa_arena_alloc, &ar};
+    om_arena ar = {0};
+    ps_mem m = om_arena_mem(&ar);
     sync_ctx s = {id, &m};
     int rc = pg_tx(c, link_sync_tx, &s);
-    pa_arena_free(&ar);
+    om_arena_free(&ar);
     /* accounts unreachable: the sync round tries again a little later */
     if (rc != 0 && transient(rc)) ps_asg_sync_later(c, id, 5);
     return rc;
@@ -336,11 +336,11 @@ static int expire_tx(pg_conn *tx, void *arg) {
 }
 
 int pa_expire_round(pg_conn *c, int limit) {
-    pa_arena ar = {0};
-    ps_mem m = {pa_arena_alloc, &ar};
+    om_arena ar = {0};
+    ps_mem m = om_arena_mem(&ar);
     expire_ctx e = {.limit = limit > 64 ? 64 : limit, .m = &m};
     int rc = pg_tx(c, expire_tx, &e);
-    pa_arena_free(&ar);
+    om_arena_free(&ar);
     return rc != 0 ? -1 : e.done;
 }
 
@@ -503,12 +503,12 @@ static const copies_sink accounts_sink = {.account = on_account, .user = on_user
 
 int pa_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg) {
     (void)arg;
-    pa_arena ar = {0};
-    ps_mem m = {pa_arena_alloc, &ar};
+    om_arena ar = {0};
+    ps_mem m = om_arena_mem(&ar);
     om_actor buf;
     pa_apply ap = {.m = &m};
     pa_who_parse(ev->actor, &buf, &ap.w);
     int rc = copies_apply_event(tx, ev, &accounts_sink, &ap);
-    pa_arena_free(&ar);
+    om_arena_free(&ar);
     return rc;
 }

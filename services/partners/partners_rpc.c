@@ -77,31 +77,7 @@ int partners_init(void) {
     return 0;
 }
 
-/* ---- memory ------------------------------------------------------------------- */
-
-struct pa_block {
-    struct pa_block *next;
-    max_align_t data[];
-};
-
-void *pa_arena_alloc(void *arena, size_t n) {
-    pa_arena *a = arena;
-    struct pa_block *b = calloc(1, sizeof *b + n + 1);
-    if (b == NULL) abort(); /* small blocks: out of memory is fatal here */
-    b->next = a->blocks;
-    a->blocks = b;
-    return b->data;
-}
-
-void pa_arena_free(pa_arena *a) {
-    struct pa_block *b = a->blocks;
-    while (b != NULL) {
-        struct pa_block *n = b->next;
-        free(b);
-        b = n;
-    }
-    a->blocks = NULL;
-}
+/* ---- memory (om_mem.h) ---------------------------------------------------------- */
 
 static void *call_alloc(void *ud, size_t n) { return rpc_calloc(ud, 1, n); }
 static ps_mem call_mem(rpc_ctx *ctx) { return (ps_mem){call_alloc, ctx}; }
