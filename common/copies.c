@@ -3,6 +3,7 @@
 #include "copies.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "app.h"
@@ -112,8 +113,13 @@ int copies_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
                        .deadline_ms = copies_deadline_ms(ctx),
                        .idempotent = true};
     int rc = rpc_client_call(cl, method, req, resp_desc, resp, &o, st);
-    if (rc != 0) log_debug("accounts %s: %s %s %s", method, om_err_name(rc), st->reason, st->message);
+    if (rc != 0) log_warn("accounts %s: %s %s %s", method, om_err_name(rc), st->reason, st->message);
     return rc;
+}
+
+/* SPEC 2: the owner not answering is UNAVAILABLE, whatever the reason. */
+static int fetch_failed(int rc) {
+    return rc == OM_E_NOT_FOUND ? rc : OM_E_UNAVAILABLE;
 }
 
 int copies_fetch_accounts(rpc_ctx *ctx, const uint64_t *ids, size_t n,
@@ -126,7 +132,7 @@ int copies_fetch_accounts(rpc_ctx *ctx, const uint64_t *ids, size_t n,
         int rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
                              &orgmesh__accounts__v1__batch_get_accounts_response__descriptor,
                              (ProtobufCMessage **)&r, NULL);
-        if (rc != 0) return rc;
+        if (rc != 0) return fetch_failed(rc);
         for (size_t i = 0; rc == 0 && i < r->n_accounts; i++)
             if (r->accounts[i] != NULL && pg_id_valid(r->accounts[i]->hub_id)) rc = put(r->accounts[i], arg);
         protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -145,11 +151,38 @@ int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(c
         int rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetUsers", &req.base,
                              &orgmesh__accounts__v1__batch_get_users_response__descriptor, (ProtobufCMessage **)&r,
                              NULL);
-        if (rc != 0) return rc;
+        if (rc != 0) return fetch_failed(rc);
         for (size_t i = 0; rc == 0 && i < r->n_users; i++)
             if (r->users[i] != NULL && pg_id_valid(r->users[i]->user_id)) rc = put(r->users[i], arg);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         if (rc != 0) return rc;
     }
     return 0;
+}
+
+int copies_fetch_memberships(rpc_ctx *ctx, uint64_t user_id,
+                             int (*put)(const CopiesMembership *const *ms, size_t n, void *arg), void *arg) {
+    char *token = NULL;
+    int rc = 0;
+    for (int page = 0; page < COPIES_MEMBERSHIP_PAGES; page++) {
+        APB(ListMembershipsRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
+        req.user_id = user_id;
+        req.page_size = 1000;
+        req.page_token = token ? token : (char *)"";
+        APB(ListMembershipsResponse) *r = NULL;
+        rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
+                         &orgmesh__accounts__v1__list_memberships_response__descriptor, (ProtobufCMessage **)&r, NULL);
+        free(token);
+        token = NULL;
+        if (rc != 0) return fetch_failed(rc);
+        rc = put((const CopiesMembership *const *)r->memberships, r->n_memberships, arg);
+        if (rc == 0 && r->next_page_token != NULL && r->next_page_token[0] != '\0') {
+            token = strdup(r->next_page_token);
+            if (token == NULL) rc = OM_E_NOMEM;
+        }
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (rc != 0 || token == NULL) break;
+    }
+    free(token);
+    return rc;
 }

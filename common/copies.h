@@ -59,12 +59,21 @@ int copies_deadline_ms(rpc_ctx *ctx);
 /* Fetch-on-miss: BatchGetAccounts / BatchGetUsers for ids (in batches of
  * COPIES_BATCH), each account or user found passed to put (run by the
  * caller in its transaction or not, as it chooses). Returns 0 when every
- * call succeeded (whether or not every id was found), else copies_call's
- * code or put's. */
+ * call succeeded (whether or not every id was found); a failed call is
+ * OM_E_UNAVAILABLE (OM_E_NOT_FOUND kept), put's failure is returned as is. */
 #define COPIES_BATCH 100
 int copies_fetch_accounts(rpc_ctx *ctx, const uint64_t *ids, size_t n,
                           int (*put)(const CopiesAccount *a, void *arg), void *arg);
 int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(const CopiesUser *u, void *arg),
                        void *arg);
+
+/* Every membership of user_id (AccountsService.ListMemberships as this
+ * service: the actor's memberships for an authorization), a page of up to
+ * 1000 at a time handed to put (entries may be NULL or carry invalid ids:
+ * put skips them), at most COPIES_MEMBERSHIP_PAGES pages. Failures as
+ * copies_fetch_accounts. */
+#define COPIES_MEMBERSHIP_PAGES 20
+int copies_fetch_memberships(rpc_ctx *ctx, uint64_t user_id,
+                             int (*put)(const CopiesMembership *const *ms, size_t n, void *arg), void *arg);
 
 #endif

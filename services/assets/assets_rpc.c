@@ -13,6 +13,7 @@
 #include "app.h"
 #include "assets.h"
 #include "audit.h"
+#include "copies.h"
 #include "history.h"
 #include "idem.h"
 #include "log.h"
@@ -53,10 +54,15 @@ static int cl_fail(call *cl, int code, const char *fmt, ...) {
     return code;
 }
 
+typedef struct memb_page {
+    const CopiesMembership *const *ms;
+    size_t n;
+} memb_page;
+
 static int memb_tx(pg_conn *tx, void *arg) {
-    Orgmesh__Accounts__V1__ListMembershipsResponse *r = arg;
-    for (size_t i = 0; i < r->n_memberships; i++) {
-        const Orgmesh__Accounts__V1__Membership *m = r->memberships[i];
+    const memb_page *p = arg;
+    for (size_t i = 0; i < p->n; i++) {
+        const CopiesMembership *m = p->ms[i];
         if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
         int rc = store_membership_upsert(tx, m->hub_id, m->user_id,
                                          assets_roles_bits((const int *)m->roles, m->n_roles), false, m->version);
@@ -65,36 +71,14 @@ static int memb_tx(pg_conn *tx, void *arg) {
     return 0;
 }
 
+static int memb_put(const CopiesMembership *const *ms, size_t n, void *c) {
+    memb_page p = {ms, n};
+    return pg_tx(c, memb_tx, &p);
+}
+
 /* SPEC 2: the actor's memberships, from their owner, into the local copy. */
 static int fetch_memberships(call *cl, pg_conn *c) {
-    rpc_client *client = app_peer("accounts");
-    if (client == NULL) return OM_E_UNAVAILABLE;
-    char *token = NULL;
-    for (int page = 0; page < 20; page++) {
-        Orgmesh__Accounts__V1__ListMembershipsRequest req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
-        req.user_id = cl->actor->user_id;
-        req.page_size = 1000;
-        req.page_token = token ? token : (char *)"";
-        Orgmesh__Accounts__V1__ListMembershipsResponse *resp = NULL;
-        int64_t left = rpc_time_left_ms(cl->ctx);
-        rpc_call_opts o = {.token = app_service_token(), .trace_id = rpc_trace_id(cl->ctx),
-                           .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000, .idempotent = true};
-        rpc_status st;
-        int rc = rpc_client_call(client, "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
-                                 &orgmesh__accounts__v1__list_memberships_response__descriptor,
-                                 (ProtobufCMessage **)&resp, &o, &st);
-        if (rc != 0) {
-            log_warn("accounts ListMemberships failed: %d %s %s", (int)st.code, st.reason, st.message);
-            return OM_E_UNAVAILABLE;
-        }
-        rc = pg_tx(c, memb_tx, resp);
-        token = (rc == 0 && resp->next_page_token && resp->next_page_token[0])
-                    ? rpc_strdup(cl->ctx, resp->next_page_token)
-                    : NULL;
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-        if (rc != 0 || token == NULL) return rc;
-    }
-    return 0;
+    return copies_fetch_memberships(cl->ctx, cl->actor->user_id, memb_put, c);
 }
 
 static int call_tx(pg_conn *tx, void *arg) {

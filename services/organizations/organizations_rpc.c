@@ -13,6 +13,7 @@
 
 #include "app.h"
 #include "audit.h"
+#include "copies.h"
 #include "history.h"
 #include "config.h"
 #include "google/rpc/error_details.pb-c.h"
@@ -163,60 +164,26 @@ static pg_conn *db(rpc_ctx *ctx) {
 
 static int accounts_call(call *cl, const char *method, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp) {
-    rpc_client *peer = app_peer("accounts");
-    if (peer == NULL) return OM_E_UNAVAILABLE;
-    int64_t left = rpc_time_left_ms(cl->ctx);
-    rpc_call_opts o = {
-        .token = app_service_token(),
-        .trace_id = rpc_trace_id(cl->ctx),
-        .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000,
-        .idempotent = true,
-    };
-    rpc_status st;
-    int rc = rpc_client_call(peer, method, req, desc, resp, &o, &st);
-    if (rc != 0) {
-        log_warn("accounts %s failed: %d %s %s", method, (int)st.code, st.reason, st.message);
-        return OM_E_UNAVAILABLE;
-    }
-    return 0;
+    return copies_call(cl->ctx, method, req, desc, resp, NULL) == 0 ? 0 : OM_E_UNAVAILABLE;
+}
+
+static int put_account(const CopiesAccount *pa, void *arg) {
+    org_account a;
+    org_account_from_pb(pa, &a);
+    return store_account_upsert(arg, &a, NULL);
 }
 
 /* BatchGetAccounts for `ids`; the accounts found become local copies. */
 static int fetch_accounts(call *cl, pg_conn *c, const uint64_t *ids, int n) {
-    for (int at = 0; at < n; at += ORG_MAX_BATCH) {
-        APB(BatchGetAccountsRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_ACCOUNTS_REQUEST__INIT;
-        req.hub_ids = (uint64_t *)ids + at;
-        req.n_hub_ids = (size_t)(n - at < ORG_MAX_BATCH ? n - at : ORG_MAX_BATCH);
-        APB(BatchGetAccountsResponse) *resp = NULL;
-        int rc = accounts_call(cl, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
-                               &orgmesh__accounts__v1__batch_get_accounts_response__descriptor,
-                               (ProtobufCMessage **)&resp);
-        if (rc != 0) return rc;
-        for (size_t i = 0; rc == 0 && i < resp->n_accounts; i++) {
-            if (resp->accounts[i] == NULL || !pg_id_valid(resp->accounts[i]->hub_id)) continue;
-            org_account a;
-            org_account_from_pb(resp->accounts[i], &a);
-            rc = store_account_upsert(c, &a, NULL);
-        }
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-        if (rc != 0) return rc;
-    }
-    return 0;
+    return copies_fetch_accounts(cl->ctx, ids, (size_t)n, put_account, c);
+}
+
+static int put_user(const CopiesUser *u, void *arg) {
+    return store_user_upsert(arg, u->user_id, u->two_factor_enabled, false, u->version);
 }
 
 static int fetch_user(call *cl, pg_conn *c, uint64_t user_id) {
-    APB(BatchGetUsersRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_USERS_REQUEST__INIT;
-    req.user_ids = &user_id;
-    req.n_user_ids = 1;
-    APB(BatchGetUsersResponse) *resp = NULL;
-    int rc = accounts_call(cl, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetUsers", &req.base,
-                           &orgmesh__accounts__v1__batch_get_users_response__descriptor, (ProtobufCMessage **)&resp);
-    if (rc != 0) return rc;
-    for (size_t i = 0; rc == 0 && i < resp->n_users; i++)
-        if (resp->users[i] != NULL && resp->users[i]->user_id == user_id)
-            rc = store_user_upsert(c, user_id, resp->users[i]->two_factor_enabled, false, resp->users[i]->version);
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
-    return rc;
+    return copies_fetch_users(cl->ctx, &user_id, 1, put_user, c);
 }
 
 /* Every membership of the user (ListMembershipsInternal), stored as copies;

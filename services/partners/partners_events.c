@@ -102,16 +102,11 @@ static int put_user(const CopiesUser *p, void *arg) {
     return ps_user_put(pa->c, &u, NULL);
 }
 
-/* A failed fetch: NOT_FOUND stays, anything else from accounts is UNAVAILABLE. */
-static int fetch_failed(int rc) {
-    return rc == OM_E_NOT_FOUND ? rc : OM_E_UNAVAILABLE;
-}
-
 int pa_ensure_account(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out) {
     int rc = ps_account_get(c, hub_id, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
     put_arg a = {.c = c};
-    if ((rc = copies_fetch_accounts(ctx, &hub_id, 1, put_account, &a)) != 0) return a.found ? rc : fetch_failed(rc);
+    if ((rc = copies_fetch_accounts(ctx, &hub_id, 1, put_account, &a)) != 0) return rc; /* UNAVAILABLE or NOT_FOUND (copies.h) */
     return a.found ? ps_account_get(c, hub_id, m, out) : OM_E_NOT_FOUND;
 }
 
@@ -119,7 +114,7 @@ int pa_ensure_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, ps_mem *m, ps_use
     int rc = ps_user_get(c, user_id, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
     put_arg a = {.c = c};
-    if ((rc = copies_fetch_users(ctx, &user_id, 1, put_user, &a)) != 0) return a.found ? rc : fetch_failed(rc);
+    if ((rc = copies_fetch_users(ctx, &user_id, 1, put_user, &a)) != 0) return rc; /* UNAVAILABLE or NOT_FOUND (copies.h) */
     return a.found ? ps_user_get(c, user_id, m, out) : OM_E_NOT_FOUND;
 }
 
