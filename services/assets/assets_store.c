@@ -10,6 +10,28 @@
 #include "assets.h"
 #include "audit.h"
 #include "om_err.h"
+#include "om_sql.h"
+
+/* Job states and item outcomes in SQL text (om_sql.h), checked against the
+ * CopyJobState and CopyOutcome values of assets.proto. */
+#define ASSET_SQL_QUEUED 1
+#define ASSET_SQL_RUNNING 2
+#define ASSET_SQL_PENDING 1
+#define ASSET_SQL_COPIED 2
+#define ASSET_SQL_SKIPPED 3
+#define ASSET_SQL_FAILED 4
+#define ASSET_SQL_CANCELLED 5
+_Static_assert(ASSET_SQL_QUEUED == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED &&
+                   ASSET_SQL_RUNNING == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_RUNNING,
+               "ASSET_SQL job states and CopyJobState agree");
+_Static_assert(ASSET_SQL_PENDING == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_PENDING &&
+                   ASSET_SQL_COPIED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_COPIED &&
+                   ASSET_SQL_SKIPPED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_SKIPPED &&
+                   ASSET_SQL_FAILED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_FAILED &&
+                   ASSET_SQL_CANCELLED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_CANCELLED,
+               "ASSET_SQL outcomes and CopyOutcome agree");
+/* Open jobs: the predicate of the partial index copy_jobs_open. */
+#define SQL_JOB_OPEN OM_SQL(ASSET_SQL_QUEUED) ", " OM_SQL(ASSET_SQL_RUNNING)
 
 static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
@@ -222,17 +244,15 @@ int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, i
 
 /* ---- audit history (SPEC 8) ---- */
 
-int store_history_list(pg_conn *c, uint64_t hub, const char *asset_id, int64_t before_id, int limit,
-                       audit_page *out) {
+history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, size_t cap) {
     /* One asset: its exact resource; the account: everything under
      * accounts/<hub>/ (its assets and the copy jobs into it). */
-    char key[128];
     if (asset_id && asset_id[0]) {
-        assets_history_resource(hub, "assets", asset_id, key, sizeof key);
-        return audit_list(c, key, before_id, limit, out);
+        assets_history_resource(hub, "assets", asset_id, key, cap);
+        return HISTORY_RESOURCE;
     }
-    snprintf(key, sizeof key, "accounts/%" PRIu64 "/", hub);
-    return audit_list_prefix(c, key, before_id, limit, out);
+    snprintf(key, cap, "accounts/%" PRIu64 "/", hub);
+    return HISTORY_PREFIX;
 }
 
 /* ---- memberships ---- */
@@ -282,7 +302,7 @@ int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned r
     " j.total, j.done + coalesce(b.c + b.k + b.x, 0), j.copied + coalesce(b.c, 0), j.skipped + coalesce(b.k, 0)," \
     " j.failed + coalesce(b.x, 0), j.failure_reason, j.created_by, j.version, j.create_time, j.start_time,"    \
     " j.end_time, j.update_time FROM copy_jobs j LEFT JOIN LATERAL (SELECT sum(copied) AS c, sum(skipped) AS k," \
-    " sum(failed) AS x FROM copy_batches cb WHERE cb.job_id = j.job_id AND j.state IN (1, 2)"                  \
+    " sum(failed) AS x FROM copy_batches cb WHERE cb.job_id = j.job_id AND j.state IN (" SQL_JOB_OPEN ")"        \
     " AND cb.finish_time IS NOT NULL AND NOT cb.folded) b ON true"
 
 static void job_from(pg_res *r, int i, job_row *j) {
@@ -416,19 +436,24 @@ int store_job_stop(pg_conn *tx, job_row *j, int state, const char *reason, const
     pg_p_str(&p, j->id);
     pg_p_str(&p, reason);
     pg_p_str(&p, message);
-    int rc = pg_exec(tx, "UPDATE copy_items SET outcome = 5, error_reason = $2, error_message = $3, finish_time = now()"
-                         " WHERE job_id = $1::uuid AND outcome = 1", &p, NULL);
+    int rc = pg_exec(tx,
+                     "UPDATE copy_items SET outcome = " OM_SQL(ASSET_SQL_CANCELLED) ", error_reason = $2,"
+                     " error_message = $3, finish_time = now()"
+                     " WHERE job_id = $1::uuid AND outcome = " OM_SQL(ASSET_SQL_PENDING),
+                     &p, NULL);
     if (rc != 0) return rc;
     pg_params q = {0};
     pg_p_str(&q, j->id);
     pg_p_i64(&q, state);
-    pg_p_str(&q, state == 6 ? "" : reason);
+    pg_p_str(&q, state == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_CANCELLED ? "" : reason);
     /* The counters recounted from the items (the batches' counts included). */
     rc = pg_exec(tx, "UPDATE copy_jobs j SET state = $2, failure_reason = $3, done = total, copied = c.copied,"
                      " skipped = c.skipped, failed = c.failed, end_time = now(), update_time = now(),"
                      " version = version + 1, lease_owner = NULL, lease_until = NULL"
-                     " FROM (SELECT count(*) FILTER (WHERE outcome = 2) AS copied, count(*) FILTER (WHERE outcome = 3)"
-                     "  AS skipped, count(*) FILTER (WHERE outcome = 4) AS failed FROM copy_items WHERE job_id = $1::uuid) c"
+                     " FROM (SELECT count(*) FILTER (WHERE outcome = " OM_SQL(ASSET_SQL_COPIED) ") AS copied,"
+                     "  count(*) FILTER (WHERE outcome = " OM_SQL(ASSET_SQL_SKIPPED) ") AS skipped,"
+                     "  count(*) FILTER (WHERE outcome = " OM_SQL(ASSET_SQL_FAILED) ") AS failed"
+                     "  FROM copy_items WHERE job_id = $1::uuid) c"
                      " WHERE j.job_id = $1::uuid", &q, NULL);
     if (rc != 0) return rc;
     return store_job_get(tx, j->id, false, j);

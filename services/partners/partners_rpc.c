@@ -14,6 +14,7 @@
 
 #include "om_time.h"
 #include "audit.h"
+#include "history.h"
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
@@ -76,31 +77,7 @@ int partners_init(void) {
     return 0;
 }
 
-/* ---- memory ------------------------------------------------------------------- */
-
-struct pa_block {
-    struct pa_block *next;
-    max_align_t data[];
-};
-
-void *pa_arena_alloc(void *arena, size_t n) {
-    pa_arena *a = arena;
-    struct pa_block *b = calloc(1, sizeof *b + n + 1);
-    if (b == NULL) abort(); /* small blocks: out of memory is fatal here */
-    b->next = a->blocks;
-    a->blocks = b;
-    return b->data;
-}
-
-void pa_arena_free(pa_arena *a) {
-    struct pa_block *b = a->blocks;
-    while (b != NULL) {
-        struct pa_block *n = b->next;
-        free(b);
-        b = n;
-    }
-    a->blocks = NULL;
-}
+/* ---- memory (om_mem.h) ---------------------------------------------------------- */
 
 static void *call_alloc(void *ud, size_t n) { return rpc_calloc(ud, 1, n); }
 static ps_mem call_mem(rpc_ctx *ctx) { return (ps_mem){call_alloc, ctx}; }
@@ -149,8 +126,7 @@ void pa_who_parse(const char *s, om_actor *buf, pa_who *out) {
 static PbTimestamp *ts(ps_mem *m, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = m->alloc(m->ud, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
 }
 
@@ -586,7 +562,7 @@ static int is_member(rpc_ctx *ctx, pg_conn *c, uint64_t hub, bool *member) {
     *member = false;
     uint64_t me = caller_id(ctx);
     if (me == 0 || hub == 0) return 0;
-    int rc = pa_ensure_membership(c, hub, me, &m, &mb);
+    int rc = pa_ensure_membership(ctx, c, hub, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     *member = mb.present;
@@ -610,14 +586,14 @@ static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_accoun
     if (acct == NULL) acct = &buf;
     const bool seen = hidden == MAY_SEE;
     if (hidden == NULL || seen) hidden = rpc_sprintf(ctx, "account %" PRIu64 " does not exist", partner);
-    int rc = pa_ensure_account(c, partner, &m, acct);
+    int rc = pa_ensure_account(ctx, c, partner, &m, acct);
     if (rc == 0 && acct->deleted) rc = OM_E_NOT_FOUND;
     if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "%s", hidden) : fail(ctx, rc, "partner account");
     uint64_t me = caller_id(ctx);
     bool member = false;
     unsigned roles = 0;
     if (me != 0) {
-        rc = pa_ensure_membership(c, partner, me, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         member = rc == 0 && mb.present;
         roles = member ? mb.roles : 0;
@@ -641,7 +617,7 @@ static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok, int
     if (code) *code = OM_E_PERMISSION_DENIED;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
-    int rc = pa_ensure_membership(c, client, me, &m, &mb);
+    int rc = pa_ensure_membership(ctx, c, client, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     int r = part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0);
@@ -657,10 +633,10 @@ static int manager_ok(rpc_ctx *ctx, pg_conn *c, uint64_t partner, bool *ok) {
     *ok = false;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
-    int rc = pa_ensure_account(c, partner, &m, &acct);
+    int rc = pa_ensure_account(ctx, c, partner, &m, &acct);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
-    rc = pa_ensure_membership(c, partner, me, &m, &mb);
+    rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     *ok = part_rule_partner_manager(acct.kind, mb.present, mb.roles) == 0;
@@ -674,7 +650,7 @@ typedef struct lpage {
     const char *scope;
 } lpage;
 
-static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
+static int lpage_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
     memset(pg, 0, sizeof *pg);
     pg->scope = scope;
     if (page_size_normalize(size, &pg->limit) != 0) {
@@ -693,7 +669,7 @@ static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *
     return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
 }
 
-static char *page_next(rpc_ctx *ctx, const lpage *pg, int got) {
+static char *lpage_next(rpc_ctx *ctx, const lpage *pg, int got) {
     char cursor[24], *tok = NULL;
     if (got < pg->limit) return rpc_strdup(ctx, "");
     snprintf(cursor, sizeof cursor, "%d", pg->offset + got);
@@ -905,7 +881,7 @@ static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_b
         sreq.on_behalf_of = (char *)on_behalf;
         ProtobufCMessage *out = NULL;
         rpc_status st;
-        int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+        int rc = pa_accounts_call(ctx, "SetPartnerEmployee", &sreq.base,
                                   &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (out != NULL) protobuf_c_message_free_unpacked(out, NULL);
         if (rc != 0 && rc != OM_E_NOT_FOUND)
@@ -939,7 +915,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         char field[32];
         snprintf(field, sizeof field, "user_ids[%zu]", i);
         ps_membership mb;
-        int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_ids[i], &m, &mb);
+        int rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_ids[i], &m, &mb);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
@@ -962,7 +938,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         sreq.on_behalf_of = (char *)on_behalf;
         ProtobufCMessage *out = NULL;
         rpc_status st;
-        rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+        rc = pa_accounts_call(ctx, "SetPartnerEmployee", &sreq.base,
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (rc == OM_E_NOT_FOUND) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
@@ -1030,7 +1006,7 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
     sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
     ProtobufCMessage *out = NULL;
     rpc_status st;
-    int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+    int rc = pa_accounts_call(mu->ctx, "SetPartnerEmployee", &sreq.base,
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
     if (rc == 0) {
         const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
@@ -1069,7 +1045,7 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     ps_mem m = call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
-    int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
+    int rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_id, &m, &mb);
     if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
@@ -1089,7 +1065,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-11 */
@@ -1101,7 +1077,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
     for (int i = 0; i < n; i++) resp->employees[i] = employee_pb(&m, req->partner_hub_id, &list[i]);
     resp->n_employees = (size_t)n;
-    resp->next_page_token = page_next(ctx, &pg, n);
+    resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1111,7 +1087,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
                         const char *method, PB(PartnerClient) ***out, size_t *n_out, char **next) {
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
-    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, size, token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1; /* PART-02 */
@@ -1125,7 +1101,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = client_pb(&m, partner, &list[i]);
     *n_out = (size_t)n;
-    *next = page_next(ctx, &pg, n);
+    *next = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1208,7 +1184,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
             op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(c, id, &m, &a);
+        int rc = pa_ensure_account(ctx, c, id, &m, &a);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
             continue;
@@ -1354,20 +1330,20 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
             it->err = item_error(&m, OM_E_INVALID_ARGUMENT, it->field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(c, it->client, &m, &acc);
+        int rc = pa_ensure_account(ctx, c, it->client, &m, &acc);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && acc.deleted)) {
             it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "account %" PRIu64 " does not exist", it->client);
             continue;
         }
         if (rc != 0) return fail(ctx, rc, "client account");
-        rc = pa_ensure_user(c, it->employee, &m, &u);
+        rc = pa_ensure_user(ctx, c, it->employee, &m, &u);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && u.deleted)) {
             it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "user %" PRIu64 " does not exist", it->employee);
             continue;
         }
         if (rc != 0) return fail(ctx, rc, "user");
         it->employee_name = u.display_name;
-        rc = pa_ensure_membership(c, op->partner, it->employee, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, op->partner, it->employee, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         /* PART-03 */
         if (rc == OM_E_NOT_FOUND || !mb.present || !mb.partner_employee) {
@@ -1377,7 +1353,7 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
         }
         /* PART-04: "already a member" decides whether the client is asked,
          * so it is read fresh from accounts */
-        rc = pa_refresh_membership(c, it->client, it->employee, &m, &mb);
+        rc = pa_refresh_membership(ctx, c, it->client, it->employee, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         it->member = rc == 0 && mb.present;
     }
@@ -1461,7 +1437,7 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
                                     req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool ok = false;
@@ -1490,7 +1466,7 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     resp->access_requests = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->access_requests);
     for (int i = 0; i < n; i++) resp->access_requests[i] = pa_request_pb(&m, &list[i]);
     resp->n_access_requests = (size_t)n;
-    resp->next_page_token = page_next(ctx, &pg, n);
+    resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1855,7 +1831,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
-    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, size, token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
@@ -1870,7 +1846,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
     *n_out = (size_t)n;
-    *next = page_next(ctx, &pg, n);
+    *next = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1908,7 +1884,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-12 */
@@ -1973,7 +1949,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     int got = n_lines - from < pg.limit ? n_lines - from : pg.limit;
     resp->clients = lines + from;
     resp->n_clients = (size_t)got;
-    resp->next_page_token = from + got < n_lines ? page_next(ctx, &pg, got) : rpc_strdup(ctx, "");
+    resp->next_page_token = from + got < n_lines ? lpage_next(ctx, &pg, got) : rpc_strdup(ctx, "");
     resp->credited_totals = totals;
     resp->n_credited_totals = (size_t)n_totals;
     resp->compute_time = ts(&m, (int64_t)time(NULL) * 1000000);
@@ -1986,30 +1962,21 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
+    page_req pg; /* keyset: the id below which the next page starts */
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
-    audit_page page;
-    /* the page cursor is the id below which the next page starts */
-    int rc = audit_list(c, resource, pg.offset, pg.limit, &page);
+    history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
+    history_out h;
+    int rc = history_list(ctx, c, &q, &h);
     if (rc != 0) return fail(ctx, rc, "history");
-    resp->entries = audit_page_entries(ctx, &page);
-    resp->n_entries = (size_t)page.n;
-    resp->next_page_token = rpc_strdup(ctx, "");
-    if (page.next_before_id > 0 && page.n == pg.limit) {
-        char cursor[24], *tok = NULL;
-        snprintf(cursor, sizeof cursor, "%" PRId64, page.next_before_id);
-        if (page_token_encode(scope, cursor, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
-    audit_page_free(&page);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 
@@ -2097,7 +2064,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
     for (size_t i = 0; i < req->n_recipient_user_ids; i++) {
         uint64_t r = req->recipient_user_ids[i];
         ps_membership mb;
-        rc = pa_ensure_membership(c, a.client_hub_id, r, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, a.client_hub_id, r, &m, &mb);
         if (rc == OM_E_NOT_FOUND) continue;
         if (rc != 0) return fail(ctx, rc, "membership");
         if (part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0) != 0)
