@@ -1,0 +1,116 @@
+/* op.c — the request pipeline (op.h): request id, transaction and retries,
+ * fetch rounds, and the one mapping of a failure to the call's status. */
+#include "op.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+int op_fail(op_call *op, int code, const char *fmt, ...) {
+    op->err = code;
+    op->msg[0] = '\0';
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(op->msg, sizeof op->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+void op_violation(op_call *op, const char *field, const char *fmt, ...) {
+    if (op->n_viol >= OP_MAX_VIOLATIONS) return;
+    snprintf(op->viol[op->n_viol].field, sizeof op->viol[0].field, "%s", field);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(op->viol[op->n_viol].msg, sizeof op->viol[0].msg, fmt, ap);
+    va_end(ap);
+    op->n_viol++;
+}
+
+int op_need(op_call *op, unsigned what) {
+    op->need |= what;
+    return OP_NEED_FETCH;
+}
+
+/* The request's `request_id` (SPEC 8), "" when it has none. */
+static const char *request_id_of(const ProtobufCMessage *req) {
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "request_id");
+    if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING || f->label == PROTOBUF_C_LABEL_REPEATED) return "";
+    const char *s = *(const char *const *)((const char *)req + f->offset);
+    return s != NULL ? s : "";
+}
+
+static int op_apply(pg_conn *tx, void *arg) {
+    op_call *op = arg;
+    return op->def->apply(op, tx);
+}
+
+/* One attempt: everything the last one recorded is forgotten first. */
+static int op_tx(pg_conn *tx, void *arg) {
+    op_call *op = arg;
+    op->err = 0;
+    op->msg[0] = '\0';
+    op->n_viol = 0;
+    op->need = 0;
+    if (op->def->reset != NULL) op->def->reset(op, op->arg);
+    protobuf_c_message_init(op->resp->descriptor, op->resp);
+    if (!op->def->mutation) return op_apply(tx, op);
+    return idem_run(tx, &op->key, op->resp, rpc_pb_allocator(op->ctx), op_apply, op, NULL);
+}
+
+/* The failure `rc` of the op as the call's status. */
+static int op_status(op_call *op, int rc) {
+    rpc_ctx *ctx = op->ctx;
+    if (op->n_viol > 0) {
+        for (int i = 0; i < op->n_viol; i++) rpc_violation(ctx, op->viol[i].field, "%s", op->viol[i].msg);
+        return rpc_fail_invalid(ctx);
+    }
+    if (op->err == rc && rc != 0) {
+        if (op->def->failed != NULL) op->def->failed(op, op->arg, rc);
+        return op->msg[0] ? rpc_fail(ctx, rc, "%s", op->msg) : rpc_fail(ctx, rc, NULL);
+    }
+    if (rc == OM_E_UNAVAILABLE)
+        return rpc_fail(ctx, rc, "%s",
+                        op->def->unavailable ? op->def->unavailable
+                                             : "a peer service or the database is unavailable; retry");
+    if (rc == OM_E_INTERNAL)
+        log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(op->db), pg_errmsg(op->db));
+    return rpc_fail(ctx, rc, NULL);
+}
+
+int op_run(rpc_ctx *ctx, const op_def *def, const void *req, ProtobufCMessage *resp, void *arg) {
+    op_call *op = rpc_calloc(ctx, 1, sizeof *op);
+    op->ctx = ctx;
+    op->actor = rpc_actor(ctx);
+    op->req = req;
+    op->resp = resp;
+    op->arg = arg;
+    op->def = def;
+    if (def->mutation) {
+        int rc = rpc_idem_key(ctx, &op->key, request_id_of(req), req);
+        if (rc != 0) return rc;
+    }
+    op->db = pg_local();
+    if (op->db == NULL) return rpc_fail(ctx, OM_E_UNAVAILABLE, "the %s database is unreachable", pg_schema());
+    int rounds = def->max_rounds > 0 ? def->max_rounds : OP_MAX_ROUNDS;
+    int rc = 0;
+    for (op->round = 0; op->round < rounds; op->round++) {
+        rc = pg_tx(op->db, op_tx, op);
+        if (rc != OP_NEED_FETCH) break;
+        if (def->fetch == NULL) {
+            log_error("%s: a copy is missing but the op cannot fetch", rpc_method_name(ctx));
+            rc = OM_E_INTERNAL;
+            break;
+        }
+        unsigned need = op->need;
+        op->fetched |= need;
+        if ((rc = def->fetch(ctx, op, arg)) != 0) break;
+        rc = OP_NEED_FETCH;
+    }
+    if (rc == 0) return 0;
+    if (rc == OP_NEED_FETCH) rc = OM_E_UNAVAILABLE;
+    return op_status(op, rc);
+}
