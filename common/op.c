@@ -35,6 +35,12 @@ int op_need(op_call *op, unsigned what) {
     return OP_NEED_FETCH;
 }
 
+void op_need_id(op_call *op, uint64_t id) {
+    for (int i = 0; i < op->n_need_ids; i++)
+        if (op->need_ids[i] == id) return;
+    if (op->n_need_ids < OP_MAX_NEED_IDS) op->need_ids[op->n_need_ids++] = id;
+}
+
 /* The request's `request_id` (SPEC 8), "" when it has none. */
 static const char *request_id_of(const ProtobufCMessage *req) {
     const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "request_id");
@@ -55,6 +61,8 @@ static int op_tx(pg_conn *tx, void *arg) {
     op->msg[0] = '\0';
     op->n_viol = 0;
     op->need = 0;
+    op->n_need_ids = 0;
+    op->need_key = NULL;
     if (op->def->reset != NULL) op->def->reset(op, op->arg);
     protobuf_c_message_init(op->resp->descriptor, op->resp);
     if (!op->def->mutation) return op_apply(tx, op);

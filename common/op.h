@@ -32,6 +32,7 @@
 #define OM_OP_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <protobuf-c/protobuf-c.h>
 
@@ -46,6 +47,9 @@
 
 /* Fetch rounds when op_def.max_rounds is 0. */
 #define OP_MAX_ROUNDS 4
+
+/* Ids of missing copies one attempt can name (op->need_ids). */
+#define OP_MAX_NEED_IDS 128
 
 /* Field violations op_violation keeps per attempt. */
 #define OP_MAX_VIOLATIONS 8
@@ -89,6 +93,11 @@ struct op_call {
     pg_conn *db;      /* the worker's connection (for fetch) */
     unsigned need;    /* what the last attempt found missing (op_need) */
     unsigned fetched; /* everything fetched in earlier rounds */
+    /* what exactly is missing, for fetch (cleared before every attempt):
+     * ids (e.g. accounts) and one key (e.g. an organization id) */
+    uint64_t need_ids[OP_MAX_NEED_IDS];
+    int n_need_ids;
+    const char *need_key;
     int round;
     /* the failure recorded by op_fail in the last attempt */
     int err;
@@ -114,5 +123,7 @@ void op_violation(op_call *op, const char *field, const char *fmt, ...) __attrib
 /* Ask for a fetch round of `what` (service bits, added to op->need).
  * Returns OP_NEED_FETCH: `return op_need(op, NEED_ACCOUNTS)`. */
 int op_need(op_call *op, unsigned what);
+/* Add `id` to op->need_ids (once; ignored when full). */
+void op_need_id(op_call *op, uint64_t id);
 
 #endif
