@@ -7,7 +7,6 @@
 #include "accounts_rpc.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +16,9 @@
 #include "audit.h"
 #include "config.h"
 #include "evt.h"
-#include "idem.h"
 #include "log.h"
 #include "om_err.h"
+#include "op.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
 #include "page.h"
@@ -302,27 +301,21 @@ static char *page_next(rpc_ctx *ctx, const list_page *pg, int *n, uint64_t k1, u
 typedef struct mutation mutation;
 typedef int (*apply_fn)(mutation *mu, pg_conn *tx);
 
+/* One mutation's own state (op_run's arg); the request id, transaction,
+ * retries and failure are op_run's (common/op.h). */
 struct mutation {
     rpc_ctx *ctx;
+    op_call *oc; /* the running attempt */
     const void *req;
     ProtobufCMessage *resp;
-    const ProtobufCMessageDescriptor *resp_desc;
     apply_fn apply;
     void *op; /* the handler's own state, rebuilt by apply on every attempt */
-    idem_key key;
     const char *request_id;
     /* who acted: the caller, or whom the partners service acted for */
     const om_actor *actor; /* NULL when a rule acted */
     const char *rule;
     om_actor on_behalf;
     bool gated; /* apply passed gate() (PART-08) */
-    /* set by apply when it fails */
-    const char *err_msg;
-    int n_viol;
-    struct {
-        char field[96];
-        char msg[160];
-    } viol[8];
 };
 
 /* The message of a refusal: a non-member's NOT_FOUND (AIP-193) says no more
@@ -331,30 +324,21 @@ static const char *hidden_or(int rc, const char *msg) {
     return rc == OM_E_NOT_FOUND ? "no such account" : msg;
 }
 
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    mu->err_msg = rpc_strdup(mu->ctx, buf);
-    return code;
-}
-
 static void mu_violation(void *arg, const char *field, const char *msg) {
     mutation *mu = arg;
-    if (mu->n_viol >= 8) return;
-    snprintf(mu->viol[mu->n_viol].field, sizeof mu->viol[0].field, "%s", field);
-    snprintf(mu->viol[mu->n_viol].msg, sizeof mu->viol[0].msg, "%s", msg);
-    mu->n_viol++;
+    op_violation(mu->oc, field, "%s", msg);
 }
 
 static acct_violations mu_violations(mutation *mu) { return (acct_violations){mu_violation, mu, 0}; }
 
-static int mu_apply(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
+/* op_def.apply of every mutation: the handler's apply, then the PART-08
+ * check that it passed the gate. */
+static int mu_apply(op_call *oc, pg_conn *tx) {
+    mutation *mu = oc->arg;
+    mu->oc = oc;
+    mu->resp = oc->resp;
     mu->gated = false;
+    if (mu->actor == NULL && mu->rule == NULL) mu->actor = oc->actor;
     int rc = mu->apply(mu, tx);
     if (rc == 0 && !mu->gated) {
         /* every mutation passes the PART-08 gate; one that forgot commits nothing */
@@ -364,36 +348,7 @@ static int mu_apply(pg_conn *tx, void *arg) {
     return rc;
 }
 
-static int mu_tx(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
-    /* a retried attempt starts from nothing */
-    mu->err_msg = NULL;
-    mu->n_viol = 0;
-    protobuf_c_message_init(mu->resp_desc, mu->resp);
-    return idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, NULL);
-}
-
-/* Runs mu->apply in one transaction with the request id claimed, and turns
- * a failure into the call's error. */
-static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
-    rpc_ctx *ctx = mu->ctx;
-    mu->resp = resp;
-    mu->resp_desc = resp->descriptor;
-    if (mu->actor == NULL && mu->rule == NULL) mu->actor = rpc_actor(ctx);
-    int rc = rpc_idem_key(ctx, &mu->key, mu->request_id, req);
-    if (rc != 0) return rc;
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    rc = pg_tx(c, mu_tx, mu);
-    if (rc == 0) return 0;
-    if (mu->n_viol > 0) {
-        for (int i = 0; i < mu->n_viol; i++) rpc_violation(ctx, mu->viol[i].field, "%s", mu->viol[i].msg);
-        return rpc_fail_invalid(ctx);
-    }
-    if (rc == OM_E_INTERNAL && mu->err_msg == NULL)
-        log_error("accounts: %s failed: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    return mu->err_msg ? rpc_fail(ctx, rc, "%s", mu->err_msg) : rpc_fail(ctx, rc, NULL);
-}
+static const op_def mutation_def = {.apply = mu_apply, .mutation = true};
 
 /* "user:<id>" or "rule:<ID>" given by the partners service (the actor it
  * acts for), "" for itself. Reports a violation and returns non-zero when
@@ -505,7 +460,7 @@ static int gate(mutation *mu, pg_conn *tx, const acct_act *act, bool have_mine, 
         mine = rc == 0 ? &buf : NULL;
     }
     int rc = acct_rule_partner_identity(who, mine, act);
-    return rc != 0 ? mu_fail(mu, rc, "%s", acct_partner_identity_message(act)) : 0;
+    return rc != 0 ? op_fail(mu->oc, rc, "%s", acct_partner_identity_message(act)) : 0;
 }
 
 /* ---- events ------------------------------------------------------------------------------ */
@@ -610,10 +565,10 @@ typedef struct member_facts {
 static int load_facts(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t user_id, member_facts *f) {
     store_mem m = call_mem(mu->ctx);
     int rc = store_account_get(tx, hub_id, false, &m, &f->account);
-    if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "account %" PRIu64 " does not exist", hub_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(mu->oc, rc, "account %" PRIu64 " does not exist", hub_id);
     if (rc != 0) return rc;
     rc = store_user_get(tx, user_id, false, &m, &f->user);
-    if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "user %" PRIu64 " does not exist", user_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(mu->oc, rc, "user %" PRIu64 " does not exist", user_id);
     return rc;
 }
 
@@ -704,12 +659,12 @@ static int apply_create_account(mutation *mu, pg_conn *tx) {
         /* the creator becomes its SUPER_ADMIN, so they must be in the directory */
         rc = store_user_get(tx, caller->user_id, false, &m, &f.user);
         if (rc == OM_E_NOT_FOUND)
-            return mu_fail(mu, OM_E_FAILED_PRECONDITION, "the calling user %" PRIu64 " is not in the directory",
+            return op_fail(mu->oc, OM_E_FAILED_PRECONDITION, "the calling user %" PRIu64 " is not in the directory",
                            caller->user_id);
         if (rc != 0) return rc;
     }
     rc = store_account_insert(tx, &a);
-    if (rc == OM_E_ALREADY_EXISTS) return mu_fail(mu, rc, "account %" PRIu64 " already exists", a.hub_id);
+    if (rc == OM_E_ALREADY_EXISTS) return op_fail(mu->oc, rc, "account %" PRIu64 " already exists", a.hub_id);
     if (rc != 0) return rc;
 
     PB(AccountCreated) e;
@@ -752,7 +707,7 @@ static int h_create_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     acct_subs_sort(&op.account);
 
     mutation mu = {.ctx = ctx, .apply = apply_create_account, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* GetAccount: members of the account and services (the account's existence is not revealed to others). */
@@ -829,7 +784,7 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->patch.hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
-        return mu_fail(mu, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_UPDATE_ACCOUNT, .hub_id = op->patch.hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, op->patch.hub_id, true, &m, &before)) != 0) return rc;
@@ -877,7 +832,7 @@ static int h_update_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     account_from_pb(req->account, &op.patch);
 
     mutation mu = {.ctx = ctx, .apply = apply_update_account, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 typedef struct state_op {
@@ -897,9 +852,9 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
+        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return mu_fail(mu, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = op->hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
@@ -942,7 +897,7 @@ static int set_state(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     state_op op = {.hub_id = hub_id, .etag = etag, .reason = reason, .to = to};
     mutation mu = {.ctx = ctx, .apply = apply_set_state, .op = &op, .request_id = request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* DeactivateAccount: SUPER_ADMIN or a service; a no-op when already deactivated (ORG-09 DEACTIVATED follows). */
@@ -969,9 +924,9 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, req->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
+        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return mu_fail(mu, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = req->hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
@@ -1011,7 +966,7 @@ static int h_delete_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_delete_account, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* One page of audit history of `resource` (and below it with subtree). */
@@ -1099,12 +1054,12 @@ static int apply_create_user(mutation *mu, pg_conn *tx) {
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if (!is_service(caller) && (rc = store_user_manages_any(tx, caller->user_id, &manages)) != 0) return rc;
     if ((rc = acct_rule_create_user(caller, manages, u.user_id)) != 0)
-        return mu_fail(mu, rc, u.user_id ? "only service identities may choose the user_id"
+        return op_fail(mu->oc, rc, u.user_id ? "only service identities may choose the user_id"
                                          : "creating users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS "
                                            "in some account");
     rc = store_user_insert(tx, &u);
-    if (rc == OM_E_EMAIL_TAKEN) return mu_fail(mu, rc, "the email address %s is already in use", u.email);
-    if (rc == OM_E_ALREADY_EXISTS) return mu_fail(mu, rc, "user %" PRIu64 " already exists", u.user_id);
+    if (rc == OM_E_EMAIL_TAKEN) return op_fail(mu->oc, rc, "the email address %s is already in use", u.email);
+    if (rc == OM_E_ALREADY_EXISTS) return op_fail(mu->oc, rc, "user %" PRIu64 " already exists", u.user_id);
     if (rc != 0) return rc;
     PB(UserCreated) e;
     orgmesh__accounts__v1__user_created__init(&e);
@@ -1133,7 +1088,7 @@ static int h_create_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     op.user.locale = op.locale;
     mutation mu = {.ctx = ctx, .apply = apply_create_user, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* Whether the caller may see user `id` (themselves, a service, a colleague). */
@@ -1240,7 +1195,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
     char subject[64];
 
     int rc = may_change_user(mu->ctx, tx, op->patch.user_id);
-    if (rc != 0) return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves may change their profile");
+    if (rc != 0) return op_fail(mu->oc, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves may change their profile");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if ((rc = store_user_get(tx, op->patch.user_id, true, &m, &before)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, before.version)) != 0) return rc;
@@ -1254,7 +1209,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
     if (acct_user_changed(&before, &after)) {
         after.version = before.version + 1;
         rc = store_user_update(tx, &after);
-        if (rc == OM_E_EMAIL_TAKEN) return mu_fail(mu, rc, "the email address %s is already in use", after.email);
+        if (rc == OM_E_EMAIL_TAKEN) return op_fail(mu->oc, rc, "the email address %s is already in use", after.email);
         if (rc != 0) return rc;
         PB(UserUpdated) e;
         orgmesh__accounts__v1__user_updated__init(&e);
@@ -1290,7 +1245,7 @@ static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     user_from_pb(req->user, &op.patch);
     mutation mu = {.ctx = ctx, .apply = apply_update_user, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 static int apply_delete_user(mutation *mu, pg_conn *tx) {
@@ -1302,7 +1257,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
 
     int rc = may_change_user(mu->ctx, tx, req->user_id);
     if (rc != 0)
-        return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves or a service may delete a user");
+        return op_fail(mu->oc, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves or a service may delete a user");
     /* a user leaving the directory takes their own memberships along: not an act in any account */
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if ((rc = store_user_get(tx, req->user_id, true, &m, &u)) != 0) return rc;
@@ -1320,7 +1275,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
                 long others = 0;
                 if ((rc = store_count_super_admins(tx, page[i].hub_id, u.user_id, &others)) != 0) return rc;
                 if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-                    return mu_fail(mu, rc, "the user is the last SUPER_ADMIN of account %" PRIu64
+                    return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64
                                            "; give the role to someone else first", page[i].hub_id);
             }
             rc = remove_membership(mu, tx, &page[i], &facts, CAUSE(USER_DELETED), NULL);
@@ -1346,7 +1301,7 @@ static int h_delete_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     check_etag(ctx, req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_delete_user, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ListUserHistory: the user or a service; the user's own changes, newest first. */
@@ -1389,7 +1344,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, 0, op->roles)) != 0)
-        return mu_fail(mu, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
+        return op_fail(mu->oc, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
                                    ? "granting SUPER_ADMIN needs SUPER_ADMIN"
                                    : hidden_or(rc, "adding users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     acct_act act = {.kind = ACCT_ACT_CREATE_MEMBERSHIP, .hub_id = op->hub_id, .roles_after = op->roles};
@@ -1400,7 +1355,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
                           .assignment_id = "", .created_by_user_id = acting_user(mu)};
     rc = store_membership_insert(tx, &mb);
     if (rc == OM_E_ALREADY_EXISTS)
-        return mu_fail(mu, rc, "user %" PRIu64 " is already a member of account %" PRIu64, op->user_id,
+        return op_fail(mu->oc, rc, "user %" PRIu64 " is already a member of account %" PRIu64, op->user_id,
                        op->hub_id);
     if (rc != 0) return rc;
     if ((rc = emit_membership_added(mu, tx, &mb, &f)) != 0) return rc;
@@ -1430,7 +1385,7 @@ static int h_create_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     op.hub_id = in->hub_id;
     op.user_id = in->user_id;
     mutation mu = {.ctx = ctx, .apply = apply_create_membership, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* GetMembership: members of the account, the user, and services. */
@@ -1521,7 +1476,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(caller, mine)) != 0)
-        return mu_fail(mu, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     /* the account row serialises membership changes (the last SUPER_ADMIN check) */
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &before)) != 0) return rc;
@@ -1532,7 +1487,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
                     .roles_after = after.roles};
     if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, before.roles, after.roles)) != 0)
-        return mu_fail(mu, rc, "granting or removing SUPER_ADMIN needs SUPER_ADMIN");
+        return op_fail(mu->oc, rc, "granting or removing SUPER_ADMIN needs SUPER_ADMIN");
     /* preconditions after every permission (a refused caller learns nothing from an etag) */
     if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
@@ -1540,7 +1495,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
         long others = 0;
         if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
         if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return mu_fail(mu, rc, "an account keeps at least one SUPER_ADMIN");
+            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
     }
     if (acct_membership_changed(&before, &after)) {
         after.version = before.version + 1;
@@ -1575,7 +1530,7 @@ static int h_update_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     op.etag = req->etag;
     op.mask = req->update_mask;
     mutation mu = {.ctx = ctx, .apply = apply_update_membership, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 static int apply_delete_membership(mutation *mu, pg_conn *tx) {
@@ -1590,7 +1545,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     /* PART-08: only the client removes a user from the client account */
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
-        return mu_fail(mu, rc, "%s", hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &mb)) != 0) return rc;
     acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = op->hub_id, .target = &mb};
@@ -1600,7 +1555,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
         long others = 0;
         if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
         if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return mu_fail(mu, rc, "an account keeps at least one SUPER_ADMIN");
+            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
     }
     if ((rc = store_user_get(tx, op->user_id, false, &m, &f.user)) != 0) return rc;
     PB(MembershipRemovalCause) cause =
@@ -1618,7 +1573,7 @@ static int h_delete_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     membership_op op = {.hub_id = req->hub_id, .user_id = req->user_id, .etag = req->etag, .reason = req->reason};
     mutation mu = {.ctx = ctx, .apply = apply_delete_membership, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ---- AccountsInternalService ------------------------------------------------------------- */
@@ -1640,13 +1595,13 @@ static int apply_set_partner_employee(mutation *mu, pg_conn *tx) {
     int rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_PARTNER_SYNC, .hub_id = req->hub_id}, false, NULL);
     if (rc != 0) return rc;
     rc = store_account_get(tx, req->hub_id, false, &m, &f.account);
-    if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "account %" PRIu64 " does not exist", req->hub_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(mu->oc, rc, "account %" PRIu64 " does not exist", req->hub_id);
     if (rc != 0) return rc;
     /* PART-01: the tag only exists in a PARTNER account */
     if (f.account.kind != ACCT_KIND_PARTNER) return OM_E_NOT_PARTNER_ACCOUNT;
     rc = store_membership_get(tx, req->hub_id, req->user_id, true, &m, &before);
     if (rc == OM_E_NOT_FOUND)
-        return mu_fail(mu, rc, "user %" PRIu64 " is not a member of account %" PRIu64, req->user_id, req->hub_id);
+        return op_fail(mu->oc, rc, "user %" PRIu64 " is not a member of account %" PRIu64, req->user_id, req->hub_id);
     if (rc != 0) return rc;
     after = before;
     after.partner_employee = req->partner_employee;
@@ -1671,7 +1626,7 @@ static int h_set_partner_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     check_id(ctx, "user_id", req->user_id);
     take_on_behalf_of(&mu, req->on_behalf_of, false);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 typedef struct link_op {
@@ -1708,7 +1663,7 @@ static int apply_add_partner_link(mutation *mu, pg_conn *tx) {
     after = before;
     if (acct_has_partner_link(&before)) {
         if (before.partner_hub_id != req->partner_hub_id || strcmp(before.assignment_id, req->assignment_id) != 0)
-            return mu_fail(mu, OM_E_FAILED_PRECONDITION,
+            return op_fail(mu->oc, OM_E_FAILED_PRECONDITION,
                            "the membership already carries the link of assignment %s", before.assignment_id);
         /* the same link again: nothing to do */
     } else {
@@ -1744,7 +1699,7 @@ static int h_add_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessage 
     op.roles = roles_in(ctx, "roles", req->roles, req->n_roles);
     take_on_behalf_of(&mu, req->on_behalf_of, false);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 static int apply_remove_partner_link(mutation *mu, pg_conn *tx) {
@@ -1794,7 +1749,7 @@ static int h_remove_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessa
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     take_on_behalf_of(&mu, req->on_behalf_of, true);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* Distinct ids of a batch, in request order; non-zero (failed) when too many or invalid. */
