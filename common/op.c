@@ -65,8 +65,12 @@ static int op_tx(pg_conn *tx, void *arg) {
     op->need_key = NULL;
     if (op->def->reset != NULL) op->def->reset(op, op->arg);
     protobuf_c_message_init(op->resp->descriptor, op->resp);
-    if (!op->def->mutation) return op_apply(tx, op);
-    return idem_run(tx, &op->key, op->resp, rpc_pb_allocator(op->ctx), op_apply, op, NULL);
+    op->replayed = false;
+    int rc = op->def->mutation
+                 ? idem_run(tx, &op->key, op->resp, rpc_pb_allocator(op->ctx), op_apply, op, &op->replayed)
+                 : op_apply(tx, op);
+    if (rc == 0 && !op->replayed && op->def->after_store != NULL) rc = op->def->after_store(op, tx);
+    return rc;
 }
 
 /* The failure `rc` of the op as the call's status. */
@@ -118,7 +122,10 @@ int op_run(rpc_ctx *ctx, const op_def *def, const void *req, ProtobufCMessage *r
         if ((rc = def->fetch(ctx, op, arg)) != 0) break;
         rc = OP_NEED_FETCH;
     }
-    if (rc == 0) return 0;
+    if (rc == 0) {
+        if (def->committed != NULL) def->committed(op, arg);
+        return 0;
+    }
     if (rc == OP_NEED_FETCH) rc = OM_E_UNAVAILABLE;
     return op_status(op, rc);
 }

@@ -67,6 +67,11 @@ typedef struct op_def {
      * stored with it (SPEC 8). A request without such a field is not
      * idempotent. */
     bool mutation;
+    /* Runs in the same transaction after the reply was stored, not on a
+     * replay: the place for a call to another service, so that every local
+     * step that can fail has run before it (issue 14: a failed call leaves
+     * nothing behind). May be NULL. */
+    op_apply_fn after_store;
     /* Fetch the local copies op->need names from their owners (SPEC 2),
      * outside any transaction, within what is left of the caller's
      * deadline (rpc_time_left_ms). 0 or an OM_E_* code (op_fail for a
@@ -78,6 +83,10 @@ typedef struct op_def {
     /* Called when the call fails with the code op_fail recorded, before the
      * status is sent (e.g. to add a PreconditionFailure detail). May be NULL. */
     void (*failed)(op_call *op, void *arg, int code);
+    /* Called after the transaction committed (op->replayed says whether the
+     * reply is a stored one), e.g. to copy what the caller needs into its
+     * own state. May be NULL. */
+    void (*committed)(op_call *op, void *arg);
     int max_rounds; /* fetch rounds; 0: OP_MAX_ROUNDS */
     /* The message of UNAVAILABLE (a peer or the database); NULL: a default. */
     const char *unavailable;
@@ -99,6 +108,7 @@ struct op_call {
     int n_need_ids;
     const char *need_key;
     int round;
+    bool replayed; /* the reply is the stored one of an earlier call */
     /* the failure recorded by op_fail in the last attempt */
     int err;
     char msg[512];

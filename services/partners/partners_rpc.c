@@ -17,7 +17,7 @@
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
-#include "idem.h"
+#include "op.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/type/v1/audit.pb-c.h"
@@ -735,7 +735,7 @@ static int rate_take(pg_conn *c, const char *what, uint64_t actor, int64_t per_a
 
 /* The answer over a limit: RESOURCE_EXHAUSTED, reason RATE_LIMITED, a
  * google.rpc.RetryInfo with the delay and ErrorInfo metadata naming the limit. */
-static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
+static void rate_details(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
     if (retry_ms < 0) retry_ms = 0;
     Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
     d.seconds = retry_ms / 1000;
@@ -744,9 +744,19 @@ static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t 
     ri.retry_delay = &d;
     rpc_error_detail(ctx, &ri.base);
     rpc_error_meta(ctx, "limit", rpc_sprintf(ctx, "%s_%s", what, which ? which : ""));
-    return rpc_fail(ctx, OM_E_RATE_LIMITED, "too many %s %s; retry in %" PRId64 " s", what,
-                    which && strcmp(which, "per_client") == 0 ? "for this client" : "by you",
-                    (retry_ms + 999) / 1000);
+}
+
+static const char *rate_message(const char *what, const char *which, int64_t retry_ms) {
+    static __thread char buf[160];
+    if (retry_ms < 0) retry_ms = 0;
+    snprintf(buf, sizeof buf, "too many %s %s; retry in %" PRId64 " s", what,
+             which && strcmp(which, "per_client") == 0 ? "for this client" : "by you", (retry_ms + 999) / 1000);
+    return buf;
+}
+
+static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
+    rate_details(ctx, what, which, retry_ms);
+    return rpc_fail(ctx, OM_E_RATE_LIMITED, "%s", rate_message(what, which, retry_ms));
 }
 
 /* ---- the mutation transaction ---------------------------------------------------------------- */
@@ -754,10 +764,12 @@ static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t 
 typedef struct mutation mutation;
 typedef int (*apply_fn)(mutation *mu, pg_conn *tx);
 
+/* One mutation's own state (op_run's arg); the request id, transaction,
+ * retries and failure are op_run's (common/op.h). */
 struct mutation {
     rpc_ctx *ctx;
+    op_call *oc; /* the running attempt */
     ProtobufCMessage *resp;
-    const ProtobufCMessageDescriptor *resp_desc;
     apply_fn apply;
     /* Optional: runs in the same transaction after the reply is stored (not
      * on a replay): the place for a call to another service, so that every
@@ -765,60 +777,51 @@ struct mutation {
      * leaves nothing behind, remote effects included). */
     apply_fn after_store;
     void *op;
-    idem_key key;
     const char *request_id;
     pa_who who;
     ps_mem mem;
-    const char *err_msg;
-    bool replayed;
+    const char *rate_what;  /* RATE_LIMITED: what was limited */
     int64_t retry_ms;       /* RATE_LIMITED: when the window ends */
     const char *rate_which; /* RATE_LIMITED: which limit */
+    bool replayed;          /* after op_run: the reply was a stored one */
 };
 
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
-    char buf[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    mu->err_msg = rpc_strdup(mu->ctx, buf);
-    return code;
-}
-
-static int mu_apply(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
+static int mu_apply(op_call *oc, pg_conn *tx) {
+    mutation *mu = oc->arg;
+    mu->oc = oc;
+    mu->resp = oc->resp;
+    mu->mem = call_mem(mu->ctx);
+    mu->who.actor = oc->actor;
+    mu->who.trace_id = rpc_trace_id(mu->ctx);
+    mu->who.request_id = mu->request_id;
+    mu->rate_what = NULL;
     return mu->apply(mu, tx);
 }
 
-static int mu_tx(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
-    mu->err_msg = NULL;
-    protobuf_c_message_init(mu->resp_desc, mu->resp);
-    int rc = idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, &mu->replayed);
-    if (rc == 0 && !mu->replayed && mu->after_store != NULL) rc = mu->after_store(mu, tx);
-    return rc;
+static int mu_after_store(op_call *oc, pg_conn *tx) {
+    mutation *mu = oc->arg;
+    return mu->after_store != NULL ? mu->after_store(mu, tx) : 0;
 }
 
-static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
-    rpc_ctx *ctx = mu->ctx;
-    mu->resp = resp;
-    mu->resp_desc = resp->descriptor;
-    mu->mem = call_mem(ctx);
-    mu->who.actor = rpc_actor(ctx);
-    mu->who.trace_id = rpc_trace_id(ctx);
-    mu->who.request_id = mu->request_id;
-    int rc = rpc_idem_key(ctx, &mu->key, mu->request_id, req);
-    if (rc != 0) return rc;
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    rc = pg_tx(c, mu_tx, mu);
-    if (rc == 0) return 0;
-    if (rc == OM_E_INTERNAL && mu->err_msg == NULL)
-        log_error("partners: %s failed: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, mu->err_msg ? mu->err_msg : "calls", mu->rate_which, mu->retry_ms);
-    return mu->err_msg ? rpc_fail(ctx, rc, "%s", mu->err_msg) : rpc_fail(ctx, rc, NULL);
+/* Issue 13: a limit was reached in this attempt (`what`: "resends" ...). */
+static int mu_rate_limited(mutation *mu, const char *what) {
+    mu->rate_what = what;
+    return op_fail(mu->oc, OM_E_RATE_LIMITED, "%s", rate_message(what, mu->rate_which, mu->retry_ms));
 }
+
+static void mu_failed(op_call *oc, void *arg, int code) {
+    mutation *mu = arg;
+    if (code == OM_E_RATE_LIMITED && mu->rate_what != NULL)
+        rate_details(oc->ctx, mu->rate_what, mu->rate_which, mu->retry_ms);
+}
+
+static void mu_committed(op_call *oc, void *arg) { ((mutation *)arg)->replayed = oc->replayed; }
+
+static const op_def mutation_def = {.apply = mu_apply,
+                                    .mutation = true,
+                                    .after_store = mu_after_store,
+                                    .failed = mu_failed,
+                                    .committed = mu_committed};
 
 /* After commit: the accounts side of the assignments the call changed
  * (failures stay marked and the sync loop retries them). */
@@ -983,7 +986,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE;
     }
     mutation mu = {.ctx = ctx, .apply = apply_tag, .op = &op, .request_id = req->request_id};
-    int rc = mutate(&mu, req_, resp);
+    int rc = op_run(ctx, &mutation_def, req_, resp, &mu);
     if (rc != 0) untag_after_failure(ctx, &op, on_behalf);
     return rc;
 }
@@ -1042,7 +1045,7 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
         return rc;
     }
     if (rc == OM_E_NOT_FOUND) return 0; /* they left the partner; the cascade is due anyway */
-    return mu_fail(mu, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
+    return op_fail(mu->oc, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
 }
 
 /* After a cascade: remove the partner-linked memberships now (PART-09). */
@@ -1074,7 +1077,7 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
                    .request_id = req->request_id};
-    if (mutate(&mu, req_, resp) != 0) return -1;
+    if (op_run(ctx, &mutation_def, req_, resp, &mu) != 0) return -1;
     sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
     return 0;
 }
@@ -1216,7 +1219,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         if (rc != 0) return fail(ctx, rc, "account");
     }
     mutation mu = {.ctx = ctx, .apply = apply_add_clients, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ---- PART-03, PART-04, PART-06: assignments ------------------------------------------------------ */
@@ -1318,7 +1321,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
         /* issue 13: access requests created, per actor and per client (the whole call rolls back) */
         if ((rc = rate_take(tx, "access_requests", caller_id(mu->ctx), partners_cfg.requests_per_actor, it->client,
                             partners_cfg.requests_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
-            return rc == OM_E_RATE_LIMITED ? mu_fail(mu, rc, "access_requests") : rc;
+            return rc == OM_E_RATE_LIMITED ? mu_rate_limited(mu, "access_requests") : rc;
         rc = pa_emit(tx, m, &mu->who, PA_EV_REQUESTED, &a, false); /* the notifier emails the client */
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACCESS_REQUESTED, &a);
     }
@@ -1394,7 +1397,7 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
     op->resp_results = results;
     op->resp_n = n_results;
     mutation mu = {.ctx = ctx, .apply = apply_assign, .op = op, .request_id = request_id};
-    if (mutate(&mu, req_, resp) != 0) return -1;
+    if (op_run(ctx, &mutation_def, req_, resp, &mu) != 0) return -1;
     if (!mu.replayed) {
         for (int i = 0; i < op->n; i++) {
             PB(AssignmentResult) *r = op->results[i];
@@ -1591,7 +1594,7 @@ static int apply_answer(mutation *mu, pg_conn *tx) {
     /* PART-05: PENDING -> ACTIVE | DECLINED | CANCELLED; a repeat returns it as
      * it stands, a conflicting answer is refused */
     if ((rc = part_rule_answer(a.state, a.cause, op->answer, &apply)) != 0)
-        return mu_fail(mu, rc, "the access request is %s",
+        return op_fail(mu->oc, rc, "the access request is %s",
                        protobuf_c_enum_descriptor_get_value(&orgmesh__partners__v1__assignment_state__descriptor,
                                                             a.state)
                            ? protobuf_c_enum_descriptor_get_value(
@@ -1679,7 +1682,7 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
                         "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
     }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
-    if (mutate(&mu, req_, resp) != 0) return -1;
+    if (op_run(ctx, &mutation_def, req_, resp, &mu) != 0) return -1;
     if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
     return 0;
 }
@@ -1742,7 +1745,7 @@ static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     answer_op op = {.answer = PART_ANSWER_CANCEL, .reason = req->reason};
     snprintf(op.id, sizeof op.id, "%s", a.id);
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 typedef struct resend_op {
@@ -1754,16 +1757,16 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     ps_assignment a;
     int rc = ps_asg_get(tx, op->id, true, &mu->mem, &a);
     if (rc != 0) return rc;
-    if (a.state != PART_ST_PENDING) return mu_fail(mu, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
+    if (a.state != PART_ST_PENDING) return op_fail(mu->oc, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
     int64_t next = 0;
     /* PART-04: at most once per hour, timed by the database clock */
     if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
-        return mu_fail(mu, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
+        return op_fail(mu->oc, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
                        (next - a.now_us + 999999) / 1000000);
     /* issue 13: resends per actor and per client (each one emails the client's admins) */
     if ((rc = rate_take(tx, "resends", caller_id(mu->ctx), partners_cfg.resends_per_actor, a.client_hub_id,
                         partners_cfg.resends_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
-        return rc == OM_E_RATE_LIMITED ? mu_fail(mu, rc, "resends") : rc;
+        return rc == OM_E_RATE_LIMITED ? mu_rate_limited(mu, "resends") : rc;
     a.send_count++;
     a.last_send_us = -1; /* now() */
     if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;
@@ -1782,7 +1785,7 @@ static int h_resend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     resend_op op;
     snprintf(op.id, sizeof op.id, "%s", a.id);
     mutation mu = {.ctx = ctx, .apply = apply_resend, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ---- PART-07: removal by the partner -------------------------------------------------------------- */
@@ -1800,7 +1803,7 @@ static int apply_remove(mutation *mu, pg_conn *tx) {
     int rc = ps_asg_get_open(tx, req->client_hub_id, req->employee_user_id, true, &mu->mem, &a);
     if (rc == 0 && a.partner_hub_id != req->partner_hub_id) rc = OM_E_NOT_FOUND;
     if (rc == OM_E_NOT_FOUND)
-        return mu_fail(mu, rc, "employee %" PRIu64 " has no open assignment to client %" PRIu64 " for this partner",
+        return op_fail(mu->oc, rc, "employee %" PRIu64 " has no open assignment to client %" PRIu64 " for this partner",
                        req->employee_user_id, req->client_hub_id);
     if (rc != 0) return rc;
     /* PART-07: ACTIVE -> REVOKED (the linked membership goes, an earlier one
@@ -1831,7 +1834,7 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
     remove_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_remove, .op = &op, .request_id = req->request_id};
-    if (mutate(&mu, req_, resp_) != 0) return -1;
+    if (op_run(ctx, &mutation_def, req_, resp_, &mu) != 0) return -1;
     if (mu.replayed || resp->assignment == NULL) return 0;
     if (op.revoked) {
         sync_after(c, op.id);
@@ -2068,7 +2071,7 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     audit_actor_string(rpc_actor(ctx), NULL, reporter, sizeof reporter);
     activities_op op = {.req = req, .reporter = reporter};
     mutation mu = {.ctx = ctx, .apply = apply_activities, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* IssueAccessRequestTokens — PART-04: one single-use token per client-admin recipient, only its hash kept; same event, same tokens. */
