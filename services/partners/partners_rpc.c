@@ -60,13 +60,13 @@ int partners_init(void) {
             log_error("ORGMESH_PARTNERS_TOKEN_KEY is not set: refusing to start (access-request links must be "
                       "signed with a secret shared by every replica; ORGMESH_DEV_MODE=1 is for local "
                       "development only)");
-            return -1;
+            return OM_E_INTERNAL;
         }
         static char random_key[65];
         unsigned char raw[32];
         if (RAND_bytes(raw, sizeof raw) != 1) {
             log_error("partners: no random bytes for a development token key");
-            return -1;
+            return OM_E_INTERNAL;
         }
         for (size_t i = 0; i < sizeof raw; i++) snprintf(random_key + 2 * i, 3, "%02x", raw[i]);
         log_warn("ORGMESH_PARTNERS_TOKEN_KEY is not set (development mode): access-request links use a random "
@@ -919,6 +919,7 @@ static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_b
 
 /* TagEmployees — PART-01: partner managers tag members of the PARTNER account, per item. */
 static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(TagEmployeesRequest) *req = (const void *)req_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_user_ids > PART_MAX_BATCH)
@@ -930,7 +931,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-01 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
     ps_mem m = call_mem(ctx);
     tag_op op = {.req = req};
     size_t n = req->n_user_ids;
@@ -942,7 +943,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         char field[32];
         snprintf(field, sizeof field, "user_ids[%zu]", i);
         ps_membership mb;
-        int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_ids[i], &m, &mb);
+        rc = pa_refresh_membership(c, req->partner_hub_id, req->user_ids[i], &m, &mb);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
@@ -986,7 +987,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE;
     }
     mutation mu = {.ctx = ctx, .apply = apply_tag, .op = &op, .request_id = req->request_id};
-    int rc = op_run(ctx, &mutation_def, req_, resp, &mu);
+    rc = op_run(ctx, &mutation_def, req_, resp, &mu);
     if (rc != 0) untag_after_failure(ctx, &op, on_behalf);
     return rc;
 }
@@ -1061,6 +1062,7 @@ static void sync_employee(rpc_ctx *ctx, pg_conn *c, uint64_t partner, uint64_t e
 
 /* UntagEmployee — PART-01, PART-09: untag; PENDING requests CANCELLED, ACTIVE assignments REVOKED, linked memberships removed. */
 static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(UntagEmployeeRequest) *req = (const void *)req_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
     check_id(ctx, "user_id", req->user_id);
@@ -1068,22 +1070,23 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-01 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
     ps_mem m = call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
-    int rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
+    rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
     if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
                    .request_id = req->request_id};
-    if (op_run(ctx, &mutation_def, req_, resp, &mu) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
     sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
     return 0;
 }
 
 /* ListPartnerEmployees — PART-11: tagged employees with client counts and last activity; partner managers only. */
 static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(ListPartnerEmployeesRequest) *req = (const void *)req_;
     PB(ListPartnerEmployeesResponse) *resp = (void *)resp_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
@@ -1092,14 +1095,14 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-11 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-11 */
     ps_mem m = call_mem(ctx);
     ps_employee *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
-    int rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
+    rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "employees");
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
     for (int i = 0; i < n; i++) resp->employees[i] = employee_pb(&m, req->partner_hub_id, &list[i]);
@@ -1112,18 +1115,19 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
 
 static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32_t size, const char *token,
                         const char *method, PB(PartnerClient) ***out, size_t *n_out, char **next) {
+    int rc;
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
-    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    if ((rc = page_open(ctx, size, token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1; /* PART-02 */
+    if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc; /* PART-02 */
     ps_mem m = call_mem(ctx);
     uint64_t hub = 0;
     if (query != NULL && !part_query_hub_id(query, &hub)) hub = 0;
     ps_client *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
-    int rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
+    rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "clients");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = client_pb(&m, partner, &list[i]);
@@ -1191,6 +1195,7 @@ static int apply_add_clients(mutation *mu, pg_conn *tx) {
 
 /* AddClients — PART-02: adds existing accounts to the client list, per item; partner managers only. */
 static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(AddClientsRequest) *req = (const void *)req_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_client_hub_ids > PART_MAX_BATCH)
@@ -1199,7 +1204,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     ps_mem m = call_mem(ctx);
     clients_op op = {.req = req, .err = rpc_calloc(ctx, req->n_client_hub_ids, sizeof *op.err)};
     for (size_t i = 0; i < req->n_client_hub_ids; i++) {
@@ -1211,7 +1216,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
             op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(c, id, &m, &a);
+        rc = pa_ensure_account(c, id, &m, &a);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
             continue;
@@ -1389,15 +1394,16 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
 
 static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, assign_op *op,
                       const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
+    int rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, op->partner, NULL, NULL) != 0) return -1; /* PART-03 */
-    if (assign_prepare(ctx, c, op) != 0) return -1;
+    if ((rc = require_manager(ctx, c, op->partner, NULL, NULL)) != 0) return rc; /* PART-03 */
+    if ((rc = assign_prepare(ctx, c, op)) != 0) return rc;
     op->results = rpc_calloc(ctx, (size_t)op->n + 1, sizeof *op->results);
     op->resp_results = results;
     op->resp_n = n_results;
     mutation mu = {.ctx = ctx, .apply = apply_assign, .op = op, .request_id = request_id};
-    if (op_run(ctx, &mutation_def, req_, resp, &mu) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
     if (!mu.replayed) {
         for (int i = 0; i < op->n; i++) {
             PB(AssignmentResult) *r = op->results[i];
@@ -1452,6 +1458,7 @@ static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, Protob
 
 /* ListAccessRequests — PART-04: by partner (partner managers) and/or by client (client admins), newest first. */
 static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(ListAccessRequestsRequest) *req = (const void *)req_;
     PB(ListAccessRequestsResponse) *resp = (void *)resp_;
     if (req->partner_hub_id == 0 && req->client_hub_id == 0)
@@ -1464,11 +1471,11 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
                                     req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool ok = false;
-    int rc = 0;
+    rc = 0;
     if (req->partner_hub_id != 0) rc = manager_ok(ctx, c, req->partner_hub_id, &ok);
     if (rc == 0 && !ok && req->client_hub_id != 0) rc = client_admin(ctx, c, req->client_hub_id, &ok, NULL);
     if (rc != 0) return fail(ctx, rc, "membership");
@@ -1541,6 +1548,7 @@ static int resolve_request(rpc_ctx *ctx, pg_conn *c, const char *id, const char 
 
 /* GetAccessRequest — PART-04: by id (partner managers, client admins) or by token (its recipient). */
 static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(GetAccessRequestRequest) *req = (const void *)req_;
     PB(GetAccessRequestResponse) *resp = (void *)resp_;
     pg_conn *c = db(ctx);
@@ -1552,9 +1560,9 @@ static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
     const char *rid = req->key_case == ORGMESH__PARTNERS__V1__GET_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
                           ? req->access_request_id
                           : NULL;
-    if (resolve_request(ctx, c, rid, tok, id, hash, &by_token) != 0) return -1;
+    if ((rc = resolve_request(ctx, c, rid, tok, id, hash, &by_token)) != 0) return rc;
     ps_assignment a;
-    int rc = reread(ctx, c, id, &a);
+    rc = reread(ctx, c, id, &a);
     if (rc != 0) return fail(ctx, rc, "access request");
     bool ok = by_token;
     if (!ok && (rc = manager_ok(ctx, c, a.partner_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
@@ -1655,14 +1663,15 @@ static int apply_answer(mutation *mu, pg_conn *tx) {
 /* Approve and Decline share everything but the answer (PART-05). */
 static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, part_answer answer,
                          const char *rid, const char *tok, const char *reason, unsigned roles, const char *request_id) {
+    int rc;
     check_text(ctx, "reason", reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     answer_op op = {.answer = answer, .reason = reason ? reason : "", .roles = roles};
-    if (resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token) != 0) return -1;
+    if ((rc = resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token)) != 0) return rc;
     ps_assignment a;
-    int rc = reread(ctx, c, op.id, &a);
+    rc = reread(ctx, c, op.id, &a);
     if (rc != 0) return fail(ctx, rc, "access request");
     bool ok = false;
     /* PART-05: only a signed-in client admin answers; a token alone never grants anything */
@@ -1682,7 +1691,7 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
                         "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
     }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
-    if (op_run(ctx, &mutation_def, req_, resp, &mu) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
     if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
     return 0;
 }
@@ -1735,13 +1744,14 @@ static int partner_request(rpc_ctx *ctx, pg_conn *c, const char *rid, ps_assignm
 
 /* CancelAccessRequest — PART-04: a partner manager cancels a PENDING request (PART-05 repeat/conflict rules). */
 static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(CancelAccessRequestRequest) *req = (const void *)req_;
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_assignment a;
-    if (partner_request(ctx, c, req->access_request_id, &a) != 0) return -1;
+    if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
     answer_op op = {.answer = PART_ANSWER_CANCEL, .reason = req->reason};
     snprintf(op.id, sizeof op.id, "%s", a.id);
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = req->request_id};
@@ -1777,11 +1787,12 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
 
 /* ResendAccessRequest — PART-04: a partner manager resends a PENDING request, at most once per hour (RESEND_TOO_SOON). */
 static int h_resend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(ResendAccessRequestRequest) *req = (const void *)req_;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_assignment a;
-    if (partner_request(ctx, c, req->access_request_id, &a) != 0) return -1;
+    if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
     resend_op op;
     snprintf(op.id, sizeof op.id, "%s", a.id);
     mutation mu = {.ctx = ctx, .apply = apply_resend, .op = &op, .request_id = req->request_id};
@@ -1818,6 +1829,7 @@ static int apply_remove(mutation *mu, pg_conn *tx) {
 
 /* RemoveEmployeeFromClient — PART-07: confirmation "REMOVE"; REVOKED and the partner-linked membership removed. */
 static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(RemoveEmployeeFromClientRequest) *req = (const void *)req_;
     PB(RemoveEmployeeFromClientResponse) *resp = (void *)resp_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
@@ -1831,10 +1843,10 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     }
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     remove_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_remove, .op = &op, .request_id = req->request_id};
-    if (op_run(ctx, &mutation_def, req_, resp_, &mu) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp_, &mu)) != 0) return rc;
     if (mu.replayed || resp->assignment == NULL) return 0;
     if (op.revoked) {
         sync_after(c, op.id);
@@ -1853,22 +1865,23 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
 static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, uint64_t employee, uint64_t client,
                             int state, int32_t size, const char *token, PB(Assignment) ***out, size_t *n_out,
                             char **next) {
+    int rc;
     if ((int)state < 0 || state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
-    if (page_open(ctx, size, token, scope, &pg) != 0) return -1;
+    if ((rc = page_open(ctx, size, token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
-    if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc;
     ps_mem m = call_mem(ctx);
     ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .state = state,
                        .order = client != 0 ? 2 : 1, .offset = pg.offset, .limit = pg.limit};
     ps_assignment *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
-    int rc = ps_asg_list(c, &f, &m, list, &n);
+    rc = ps_asg_list(c, &f, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "assignments");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
@@ -1903,6 +1916,7 @@ static int h_list_client_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, P
 
 /* GetManagedMrrReport — PART-12: per client its MRR, whether the partner is credited, and the users who block it. */
 static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(GetManagedMrrReportRequest) *req = (const void *)req_;
     PB(GetManagedMrrReportResponse) *resp = (void *)resp_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
@@ -1911,14 +1925,14 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-12 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-12 */
     ps_mem m = call_mem(ctx);
     ps_client *clients = NULL;
     int n = 0;
-    int rc = ps_clients_all(c, req->partner_hub_id, &m, &clients, &n);
+    rc = ps_clients_all(c, req->partner_hub_id, &m, &clients, &n);
     if (rc != 0) return fail(ctx, rc, "clients");
     PB(ClientMrr) **lines = rpc_calloc(ctx, (size_t)n + 1, sizeof *lines);
     int n_lines = 0;
@@ -1985,21 +1999,22 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
 
 /* ListPartnerHistory — SPEC 8: the partner's audit entries, newest first; partner managers only. */
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(ListPartnerHistoryRequest) *req = (const void *)req_;
     PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
     check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
     audit_page page;
     /* the page cursor is the id below which the next page starts */
-    int rc = audit_list(c, resource, pg.offset, pg.limit, &page);
+    rc = audit_list(c, resource, pg.offset, pg.limit, &page);
     if (rc != 0) return fail(ctx, rc, "history");
     resp->entries = audit_page_entries(ctx, &page);
     resp->n_entries = (size_t)page.n;
