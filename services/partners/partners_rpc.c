@@ -1,8 +1,10 @@
 /* partners_rpc.c — the handlers of PartnersService and PartnersInternalService
- * (SPEC 6), plus the protobuf conversions, the events every path emits and
- * the PART-09 cascade they share. Rules are in partners_rules.c, SQL in
- * partners_store.c, the accounts side in partners_events.c. Every mutation
- * runs in one transaction: request id, change, audit entry and events. */
+ * (SPEC 6): validation, then op_run (common/op.h) for every mutation. Rules
+ * are in partners_rules.c, SQL in partners_store.c, the conversions, events
+ * and shared state changes (PART-09 cascade) in partners_assign.c, the
+ * accounts side in partners_events.c, settings in partners_config.c. Every
+ * mutation runs in one transaction: request id, change, audit entry and
+ * events. */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,9 +12,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/rand.h>
-
-#include "om_time.h"
 #include "audit.h"
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
@@ -34,216 +33,11 @@ _Static_assert((int)ORGMESH__PARTNERS__V1__ASSIGNMENT_CHANGE_CAUSE__ASSIGNMENT_C
 #define MAX_REASON_CHARS 1000
 #define MAX_QUERY_CHARS 256
 
-partners_config partners_cfg = {PART_DEFAULT_REQUEST_TTL_S, PART_DEFAULT_RESEND_INTERVAL_S, 1000, "", 3600,
-                                 500, 100, 100, 20, 30, 100};
 
-int partners_init(void) {
-    partners_cfg.request_ttl_s =
-        cfg_int("ORGMESH_PARTNERS_REQUEST_TTL_S", PART_DEFAULT_REQUEST_TTL_S, 1, 365LL * 24 * 3600);
-    partners_cfg.resend_interval_s =
-        cfg_int("ORGMESH_PARTNERS_RESEND_INTERVAL_S", PART_DEFAULT_RESEND_INTERVAL_S, 0, 30LL * 24 * 3600);
-    partners_cfg.timer_ms = (int)cfg_int("ORGMESH_PARTNERS_TIMER_MS", 1000, 10, 600000);
-    /* Abuse limits (issue 13): per window, per actor and per client account; 0 = none. */
-    const int64_t big = 1000000000;
-    partners_cfg.rate_window_s = cfg_int("ORGMESH_PARTNERS_RATE_WINDOW_S", 3600, 1, 7LL * 24 * 3600);
-    partners_cfg.requests_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_REQUESTS_PER_ACTOR", 500, 0, big);
-    partners_cfg.requests_per_client = cfg_int("ORGMESH_PARTNERS_RATE_REQUESTS_PER_CLIENT", 100, 0, big);
-    partners_cfg.resends_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_ACTOR", 100, 0, big);
-    partners_cfg.resends_per_client = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_CLIENT", 20, 0, big);
-    partners_cfg.tokens_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_ACTOR", 30, 0, big);
-    partners_cfg.tokens_per_client = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_CLIENT", 100, 0, big);
-    /* Link tokens must verify on every replica: one key for all of them, and
-     * never a key published in the source (docs/security.md). */
-    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", NULL);
-    if (partners_cfg.token_key == NULL || partners_cfg.token_key[0] == '\0') {
-        if (!cfg_bool("ORGMESH_DEV_MODE", false)) {
-            log_error("ORGMESH_PARTNERS_TOKEN_KEY is not set: refusing to start (access-request links must be "
-                      "signed with a secret shared by every replica; ORGMESH_DEV_MODE=1 is for local "
-                      "development only)");
-            return OM_E_INTERNAL;
-        }
-        static char random_key[65];
-        unsigned char raw[32];
-        if (RAND_bytes(raw, sizeof raw) != 1) {
-            log_error("partners: no random bytes for a development token key");
-            return OM_E_INTERNAL;
-        }
-        for (size_t i = 0; i < sizeof raw; i++) snprintf(random_key + 2 * i, 3, "%02x", raw[i]);
-        log_warn("ORGMESH_PARTNERS_TOKEN_KEY is not set (development mode): access-request links use a random "
-                 "key of this process");
-        partners_cfg.token_key = random_key;
-    }
-    return 0;
-}
-
-/* ---- memory ------------------------------------------------------------------- */
-
-struct pa_block {
-    struct pa_block *next;
-    max_align_t data[];
-};
-
-void *pa_arena_alloc(void *arena, size_t n) {
-    pa_arena *a = arena;
-    struct pa_block *b = calloc(1, sizeof *b + n + 1);
-    if (b == NULL) abort(); /* small blocks: out of memory is fatal here */
-    b->next = a->blocks;
-    a->blocks = b;
-    return b->data;
-}
-
-void pa_arena_free(pa_arena *a) {
-    struct pa_block *b = a->blocks;
-    while (b != NULL) {
-        struct pa_block *n = b->next;
-        free(b);
-        b = n;
-    }
-    a->blocks = NULL;
-}
+/* ---- call memory and per-item errors ------------------------------------------------ */
 
 static void *call_alloc(void *ud, size_t n) { return rpc_calloc(ud, 1, n); }
 static ps_mem call_mem(rpc_ctx *ctx) { return (ps_mem){call_alloc, ctx}; }
-
-static char *m_strdup(ps_mem *m, const char *s) {
-    if (s == NULL) s = "";
-    size_t n = strlen(s);
-    char *p = m->alloc(m->ud, n + 1);
-    memcpy(p, s, n + 1);
-    return p;
-}
-
-static char *m_sprintf(ps_mem *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static char *m_sprintf(ps_mem *m, const char *fmt, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return m_strdup(m, buf);
-}
-
-const char *pa_who_string(const pa_who *w, ps_mem *m) {
-    char buf[64];
-    audit_actor_string(w->actor, w->rule, buf, sizeof buf);
-    return m_strdup(m, buf);
-}
-
-void pa_who_parse(const char *s, om_actor *buf, pa_who *out) {
-    memset(out, 0, sizeof *out);
-    memset(buf, 0, sizeof *buf);
-    if (s == NULL) return;
-    if (strncmp(s, "user:", 5) == 0) {
-        buf->user_id = strtoull(s + 5, NULL, 10);
-        out->actor = buf;
-    } else if (strncmp(s, "service:", 8) == 0) {
-        snprintf(buf->service, sizeof buf->service, "%s", s + 8);
-        out->actor = buf;
-    } else if (strncmp(s, "rule:", 5) == 0) {
-        out->rule = s + 5;
-    }
-}
-
-/* ---- conversions ------------------------------------------------------------------ */
-
-static PbTimestamp *ts(ps_mem *m, int64_t us) {
-    if (us == 0) return NULL;
-    PbTimestamp *t = m->alloc(m->ud, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
-    return t;
-}
-
-/* Overflow-safe: a time outside 0001..9999 is clamped (pbcheck refused it
- * before the handler ran anyway). */
-static int64_t ts_us(const PbTimestamp *t) {
-    return t == NULL ? 0 : om_timestamp_us_clamped(t->seconds, t->nanos);
-}
-
-static char *etag(ps_mem *m, int64_t version) { return m_sprintf(m, "W/\"%" PRId64 "\"", version); }
-
-PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a) {
-    PB(Assignment) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__assignment__init(p);
-    p->assignment_id = m_strdup(m, a->id);
-    p->partner_hub_id = a->partner_hub_id;
-    p->partner_name = m_strdup(m, a->partner_name);
-    p->employee_user_id = a->employee_user_id;
-    p->employee_email = m_strdup(m, a->employee_email);
-    p->employee_display_name = m_strdup(m, a->employee_name);
-    p->client_hub_id = a->client_hub_id;
-    p->client_name = m_strdup(m, a->client_name);
-    p->state = (PB(AssignmentState))a->state;
-    p->state_cause = (PB(AssignmentChangeCause))a->cause;
-    p->access_request_id = m_strdup(m, a->request_id);
-    p->assigned_by_user_id = a->assigned_by;
-    p->last_activity_time = ts(m, a->last_activity_us);
-    p->activity_count_30d = a->activity_30d;
-    p->version = a->version;
-    p->etag = etag(m, a->version);
-    p->create_time = ts(m, a->create_us);
-    p->activate_time = ts(m, a->activate_us);
-    p->end_time = ts(m, a->end_us);
-    p->update_time = ts(m, a->update_us);
-    return p;
-}
-
-PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a) {
-    if (a->request_id[0] == '\0') return NULL;
-    PB(AccessRequest) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__access_request__init(p);
-    p->access_request_id = m_strdup(m, a->request_id);
-    p->assignment_id = m_strdup(m, a->id);
-    p->partner_hub_id = a->partner_hub_id;
-    p->partner_name = m_strdup(m, a->partner_name);
-    p->employee_user_id = a->employee_user_id;
-    p->employee_email = m_strdup(m, a->employee_email);
-    p->employee_display_name = m_strdup(m, a->employee_name);
-    p->client_hub_id = a->client_hub_id;
-    p->client_name = m_strdup(m, a->client_name);
-    p->state = (PB(AssignmentState))a->state;
-    p->state_cause = (PB(AssignmentChangeCause))a->cause;
-    p->requested_by_user_id = a->assigned_by;
-    p->expire_time = ts(m, a->expire_us);
-    p->send_count = a->send_count;
-    p->last_send_time = ts(m, a->last_send_us);
-    if (a->state == PART_ST_PENDING && a->last_send_us != 0)
-        p->next_resend_time = ts(m, a->last_send_us + partners_cfg.resend_interval_s * 1000000);
-    p->answered_by_user_id = a->answered_by;
-    p->answer_time = ts(m, a->answer_us);
-    p->answer_reason = m_strdup(m, a->answer_reason);
-    p->version = a->version;
-    p->etag = etag(m, a->version);
-    p->create_time = ts(m, a->create_us);
-    return p;
-}
-
-static PB(PartnerEmployee) *employee_pb(ps_mem *m, uint64_t partner, const ps_employee *e) {
-    PB(PartnerEmployee) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__partner_employee__init(p);
-    p->partner_hub_id = partner;
-    p->user_id = e->user_id;
-    p->email = m_strdup(m, e->email);
-    p->display_name = m_strdup(m, e->display_name);
-    p->client_count = e->client_count;
-    p->pending_request_count = e->pending_count;
-    p->last_activity_time = ts(m, e->last_activity_us);
-    p->tag_time = ts(m, e->tag_us);
-    p->tagged_by_user_id = e->tagged_by;
-    return p;
-}
-
-static PB(PartnerClient) *client_pb(ps_mem *m, uint64_t partner, const ps_client *c) {
-    PB(PartnerClient) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__partner_client__init(p);
-    p->partner_hub_id = partner;
-    p->client_hub_id = c->client_hub_id;
-    p->client_name = m_strdup(m, c->name);
-    p->source = (PB(ClientSource))c->source;
-    p->active_employee_count = c->active_count;
-    p->add_time = ts(m, c->add_us);
-    return p;
-}
 
 static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -252,17 +46,17 @@ static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char 
     Orgmesh__Type__V1__ItemError *e = m->alloc(m->ud, sizeof *e);
     orgmesh__type__v1__item_error__init(e);
     e->code = (int32_t)om_err_status(code);
-    e->reason = m_strdup(m, om_err_name(code));
+    e->reason = pa_strdup(m, om_err_name(code));
     if (fmt != NULL) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(buf, sizeof buf, fmt, ap);
         va_end(ap);
-        e->message = m_strdup(m, buf);
+        e->message = pa_strdup(m, buf);
     } else {
-        e->message = m_strdup(m, om_err_message(code));
+        e->message = pa_strdup(m, om_err_message(code));
     }
-    e->field = m_strdup(m, field);
+    e->field = pa_strdup(m, field);
     return e;
 }
 
@@ -273,265 +67,11 @@ static Orgmesh__Type__V1__ItemError *conflict_error(ps_mem *m, const char *field
     Orgmesh__Type__V1__ItemError *e = item_error(m, OM_E_EMAIL_CONNECTED_TO_OTHER_PARTNER, field, "%s",
                                                  PART_CONFLICT_MESSAGE);
     part_conflict_title(name, title, sizeof title);
-    e->title = m_strdup(m, title);
+    e->title = pa_strdup(m, title);
     e->n_resolutions = 3;
     e->resolutions = m->alloc(m->ud, 3 * sizeof *e->resolutions);
-    for (int i = 0; i < 3; i++) e->resolutions[i] = m_strdup(m, part_conflict_resolutions[i]);
+    for (int i = 0; i < 3; i++) e->resolutions[i] = pa_strdup(m, part_conflict_resolutions[i]);
     return e;
-}
-
-/* ---- events and audit ---------------------------------------------------------------- */
-
-static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
-                      const ProtobufCMessage *payload) {
-    evt_meta meta = {.subject = subject, .version = version, .actor = w->actor, .rule = w->rule,
-                     .trace_id = w->trace_id};
-    return evt_emit(tx, &meta, payload, NULL);
-}
-
-static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *action,
-                 const ProtobufCMessage *after, const char *reason) {
-    char resource[48];
-    snprintf(resource, sizeof resource, "partners/%" PRIu64, partner);
-    audit_entry e = {
-        .actor = w->actor,
-        .rule = w->rule,
-        .action = action,
-        .resource = resource,
-        .after = after,
-        .reason = reason && reason[0] ? reason : NULL,
-        .request_id = w->request_id && w->request_id[0] ? w->request_id : NULL,
-        .trace_id = w->trace_id,
-    };
-    return audit_record(tx, &e);
-}
-
-int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
-            bool membership_removed) {
-    char subject[96];
-    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/assignments/%s", a->partner_hub_id, a->id);
-    const char *actor = pa_who_string(w, m);
-    PB(Assignment) *asg = pa_assignment_pb(m, a);
-    PB(AccessRequest) *req = pa_request_pb(m, a);
-    PB(AssignmentChangeCause) cause = (PB(AssignmentChangeCause))a->cause;
-    const char *action = "assignment.update";
-    int rc;
-    switch (kind) {
-    case PA_EV_REQUESTED: {
-        PB(AccessRequested) e;
-        orgmesh__partners__v1__access_requested__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.create";
-        break;
-    }
-    case PA_EV_RESENT: {
-        PB(AccessRequestResent) e;
-        orgmesh__partners__v1__access_request_resent__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.resend";
-        break;
-    }
-    case PA_EV_APPROVED: {
-        PB(AccessApproved) e;
-        orgmesh__partners__v1__access_approved__init(&e);
-        e.access_request = req;
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.approve";
-        break;
-    }
-    case PA_EV_DECLINED: {
-        PB(AccessDeclined) e;
-        orgmesh__partners__v1__access_declined__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.decline";
-        break;
-    }
-    case PA_EV_EXPIRED: {
-        PB(AccessRequestExpired) e;
-        orgmesh__partners__v1__access_request_expired__init(&e);
-        e.access_request = req;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.expire";
-        break;
-    }
-    case PA_EV_CANCELLED: {
-        PB(AccessRequestCancelled) e;
-        orgmesh__partners__v1__access_request_cancelled__init(&e);
-        e.access_request = req;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.cancel";
-        break;
-    }
-    case PA_EV_REVOKED: {
-        PB(AccessRevoked) e;
-        orgmesh__partners__v1__access_revoked__init(&e);
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        e.membership_removed = membership_removed;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "assignment.revoke";
-        break;
-    }
-    case PA_EV_ACTIVATED:
-    default: {
-        PB(AssignmentActivated) e;
-        orgmesh__partners__v1__assignment_activated__init(&e);
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "assignment.activate";
-        break;
-    }
-    }
-    if (rc != 0) return rc;
-    return audit(tx, w, a->partner_hub_id, action, &asg->base, a->answer_reason);
-}
-
-static int emit_client_added(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t client) {
-    ps_client cl;
-    ps_account pa;
-    int rc = ps_client_get(tx, partner, client, m, &cl);
-    if (rc != 0) return rc;
-    if (ps_account_get(tx, partner, m, &pa) != 0) pa.name = "";
-    char subject[96];
-    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/clients/%" PRIu64, partner, client);
-    PB(ClientAdded) e;
-    orgmesh__partners__v1__client_added__init(&e);
-    e.client = client_pb(m, partner, &cl);
-    e.partner_name = m_strdup(m, pa.name);
-    e.actor = (char *)pa_who_string(w, m);
-    if ((rc = emit_event(tx, w, subject, 1, &e.base)) != 0) return rc;
-    return audit(tx, w, partner, "client.add", &e.client->base, NULL);
-}
-
-static int emit_employee(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, int64_t version,
-                         bool tagged, part_cause cause, int cancelled, int revoked) {
-    ps_employee emp;
-    ps_account pa;
-    ps_user u;
-    int rc = ps_employee_get(tx, partner, user, m, &emp);
-    if (rc == OM_E_NOT_FOUND) {
-        memset(&emp, 0, sizeof emp);
-        emp.user_id = user;
-        if (ps_user_get(tx, user, m, &u) == 0) {
-            emp.email = u.email;
-            emp.display_name = u.display_name;
-        } else {
-            emp.email = emp.display_name = "";
-        }
-    } else if (rc != 0) {
-        return rc;
-    }
-    if (ps_account_get(tx, partner, m, &pa) != 0) pa.name = "";
-    char subject[96];
-    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/employees/%" PRIu64, partner, user);
-    PB(PartnerEmployee) *pe = employee_pb(m, partner, &emp);
-    if (tagged) {
-        PB(EmployeeTagged) e;
-        orgmesh__partners__v1__employee_tagged__init(&e);
-        e.employee = pe;
-        e.partner_name = m_strdup(m, pa.name);
-        e.actor = (char *)pa_who_string(w, m);
-        rc = emit_event(tx, w, subject, version, &e.base);
-        return rc != 0 ? rc : audit(tx, w, partner, "employee.tag", &pe->base, NULL);
-    }
-    PB(EmployeeUntagged) e;
-    orgmesh__partners__v1__employee_untagged__init(&e);
-    e.employee = pe;
-    e.partner_name = m_strdup(m, pa.name);
-    e.cause = (PB(AssignmentChangeCause))cause;
-    e.actor = (char *)pa_who_string(w, m);
-    e.cancelled_request_count = cancelled;
-    e.revoked_assignment_count = revoked;
-    rc = emit_event(tx, w, subject, version, &e.base);
-    return rc != 0 ? rc : audit(tx, w, partner, "employee.untag", &pe->base, NULL);
-}
-
-/* ---- shared state changes ---------------------------------------------------------------- */
-
-/* Ends one open assignment: PENDING -> CANCELLED, ACTIVE -> REVOKED with the
- * accounts side to undo (link_sync; AccessRevoked follows from the sync,
- * which knows whether the membership went). */
-static int end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
-                          const char *reason, bool *revoked) {
-    *revoked = false;
-    if (a->state == PART_ST_PENDING) {
-        a->state = PART_ST_CANCELLED;
-        a->cause = cause;
-        a->answer_reason = reason ? reason : "";
-        a->end_actor = pa_who_string(w, m);
-        int rc = ps_asg_save(tx, a, m);
-        return rc != 0 ? rc : pa_emit(tx, m, w, PA_EV_CANCELLED, a, false);
-    }
-    if (a->state == PART_ST_ACTIVE) {
-        a->state = PART_ST_REVOKED;
-        a->cause = cause;
-        a->answer_reason = reason ? reason : a->answer_reason;
-        a->end_actor = pa_who_string(w, m);
-        a->link_sync = true;
-        *revoked = true;
-        return ps_asg_save(tx, a, m);
-    }
-    return 0;
-}
-
-int pa_end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
-                      const char *reason, bool *revoked) {
-    return end_assignment(tx, m, w, a, cause, reason, revoked);
-}
-
-int pa_cascade(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, part_cause cause,
-               int *cancelled, int *revoked) {
-    char(*ids)[40] = NULL;
-    int n = 0;
-    *cancelled = *revoked = 0;
-    /* PART-09: every open assignment, each re-read under its lock so that an
-     * approval committed meanwhile is revoked rather than missed. */
-    int rc = ps_asg_open_ids(tx, partner, user, m, &ids, &n);
-    for (int i = 0; rc == 0 && i < n; i++) {
-        ps_assignment a;
-        bool rev = false;
-        if ((rc = ps_asg_get(tx, ids[i], true, m, &a)) != 0) break;
-        int before = a.state;
-        if ((rc = end_assignment(tx, m, w, &a, cause, NULL, &rev)) != 0) break;
-        if (before == PART_ST_PENDING) (*cancelled)++;
-        if (rev) (*revoked)++;
-    }
-    if (rc != 0) return rc;
-    ps_membership mb;
-    int64_t version = 0;
-    if (ps_membership_get(tx, partner, user, 0, m, &mb) == 0) version = mb.version;
-    if ((rc = ps_tag_forget(tx, partner, user)) != 0) return rc;
-    return emit_employee(tx, m, w, partner, user, version, false, cause, *cancelled, *revoked);
-}
-
-int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a) {
-    /* PART-05: the client added the employee while the request was pending */
-    a->state = PART_ST_ACTIVE;
-    a->cause = PART_CAUSE_CLIENT_ADDED_MEMBER;
-    a->answered_by = w->actor ? w->actor->user_id : 0;
-    a->link_sync = true;
-    a->link_adopt = true; /* the membership exists because of the request */
-    a->link_actor = w->actor && w->actor->user_id ? pa_who_string(w, m) : "";
-    int rc = ps_asg_save(tx, a, m);
-    if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_APPROVED, a, false);
-    /* each event carries a version of its own (SPEC 2) */
-    if (rc == 0) rc = ps_asg_save(tx, a, m);
-    if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_ACTIVATED, a, false);
-    return rc;
 }
 
 /* ---- handler helpers -------------------------------------------------------------------- */
@@ -878,14 +418,14 @@ static int apply_tag(mutation *mu, pg_conn *tx) {
              * the copy, the record of who tagged and the event follow here */
             if ((rc = ps_membership_put(tx, &op->mb[i], NULL)) != 0) return rc;
             if ((rc = ps_tag_record(tx, req->partner_hub_id, r->user_id, caller_id(mu->ctx))) != 0) return rc;
-            if ((rc = emit_employee(tx, m, &mu->who, req->partner_hub_id, r->user_id, op->mb[i].version, true, 0, 0,
+            if ((rc = pa_emit_employee(tx, m, &mu->who, req->partner_hub_id, r->user_id, op->mb[i].version, true, 0, 0,
                                     0)) != 0)
                 return rc;
         }
         if (op->status[i] != ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED) {
             ps_employee e;
             if (ps_employee_get(tx, req->partner_hub_id, r->user_id, m, &e) == 0)
-                r->employee = employee_pb(m, req->partner_hub_id, &e);
+                r->employee = pa_employee_pb(m, req->partner_hub_id, &e);
         }
         resp->results[i] = r;
     }
@@ -1105,7 +645,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "employees");
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
-    for (int i = 0; i < n; i++) resp->employees[i] = employee_pb(&m, req->partner_hub_id, &list[i]);
+    for (int i = 0; i < n; i++) resp->employees[i] = pa_employee_pb(&m, req->partner_hub_id, &list[i]);
     resp->n_employees = (size_t)n;
     resp->next_page_token = page_next(ctx, &pg, n);
     return 0;
@@ -1130,7 +670,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "clients");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
-    for (int i = 0; i < n; i++) (*out)[i] = client_pb(&m, partner, &list[i]);
+    for (int i = 0; i < n; i++) (*out)[i] = pa_client_pb(&m, partner, &list[i]);
     *n_out = (size_t)n;
     *next = page_next(ctx, &pg, n);
     return 0;
@@ -1182,13 +722,13 @@ static int apply_add_clients(mutation *mu, pg_conn *tx) {
         bool added = false;
         int rc = ps_client_add(tx, req->partner_hub_id, r->client_hub_id, ORGMESH__PARTNERS__V1__CLIENT_SOURCE__CLIENT_SOURCE_MANUAL,
                                &added);
-        if (rc == 0 && added) rc = emit_client_added(tx, &mu->mem, &mu->who, req->partner_hub_id, r->client_hub_id);
+        if (rc == 0 && added) rc = pa_emit_client_added(tx, &mu->mem, &mu->who, req->partner_hub_id, r->client_hub_id);
         if (rc != 0) return rc;
         r->status = added ? ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE
                           : ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_UNCHANGED;
         ps_client cl;
         if (ps_client_get(tx, req->partner_hub_id, r->client_hub_id, &mu->mem, &cl) == 0)
-            r->client = client_pb(&mu->mem, req->partner_hub_id, &cl);
+            r->client = pa_client_pb(&mu->mem, req->partner_hub_id, &cl);
     }
     return 0;
 }
@@ -1317,7 +857,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
     if ((rc = ps_client_add(tx, partner, it->client, ORGMESH__PARTNERS__V1__CLIENT_SOURCE__CLIENT_SOURCE_ASSIGNMENT,
                             &added)) != 0)
         return rc;
-    if (added && (rc = emit_client_added(tx, m, &mu->who, partner, it->client)) != 0) return rc;
+    if (added && (rc = pa_emit_client_added(tx, m, &mu->who, partner, it->client)) != 0) return rc;
     if ((rc = ps_asg_get(tx, a.id, false, m, &a)) != 0) return rc;
     if (a.state == PART_ST_ACTIVE) {
         rc = pa_emit(tx, m, &mu->who, PA_EV_ACTIVATED, &a, false);
@@ -1820,7 +1360,7 @@ static int apply_remove(mutation *mu, pg_conn *tx) {
     /* PART-07: ACTIVE -> REVOKED (the linked membership goes, an earlier one
      * stays); PENDING -> CANCELLED */
     part_cause cause = a.state == PART_ST_ACTIVE ? PART_CAUSE_REMOVED_BY_PARTNER : PART_CAUSE_CANCELLED_BY_PARTNER;
-    if ((rc = end_assignment(tx, &mu->mem, &mu->who, &a, cause, req->reason, &op->revoked)) != 0) return rc;
+    if ((rc = pa_end_assignment(tx, &mu->mem, &mu->who, &a, cause, req->reason, &op->revoked)) != 0) return rc;
     snprintf(op->id, sizeof op->id, "%s", a.id);
     PB(RemoveEmployeeFromClientResponse) *r = (void *)mu->resp;
     r->assignment = pa_assignment_pb(&mu->mem, &a);
@@ -1993,7 +1533,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     resp->next_page_token = from + got < n_lines ? page_next(ctx, &pg, got) : rpc_strdup(ctx, "");
     resp->credited_totals = totals;
     resp->n_credited_totals = (size_t)n_totals;
-    resp->compute_time = ts(&m, (int64_t)time(NULL) * 1000000);
+    resp->compute_time = pa_ts(&m, (int64_t)time(NULL) * 1000000);
     return 0;
 }
 
@@ -2050,7 +1590,7 @@ static int apply_activities(mutation *mu, pg_conn *tx) {
         if (!fresh) continue;
         resp->accepted_count++;
         /* PART-13: attributed to the partner only for tagged employees with an ACTIVE assignment there */
-        if ((rc = ps_activity_attribute(tx, a->user_id, a->hub_id, ts_us(a->time), a->kind, &attributed)) != 0)
+        if ((rc = ps_activity_attribute(tx, a->user_id, a->hub_id, pa_ts_us(a->time), a->kind, &attributed)) != 0)
             return rc;
         if (attributed) resp->attributed_count++;
     }
@@ -2072,7 +1612,7 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         snprintf(f, sizeof f, "activities[%zu].hub_id", i);
         check_id(ctx, f, a->hub_id);
         const char *why = NULL;
-        if (part_activity_check(a->kind, ts_us(a->time), now, &why) != 0) {
+        if (part_activity_check(a->kind, pa_ts_us(a->time), now, &why) != 0) {
             snprintf(f, sizeof f, "activities[%zu]", i);
             rpc_violation(ctx, f, "%s", why);
         }
@@ -2130,7 +1670,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         orgmesh__partners__v1__recipient_token__init(t);
         t->recipient_user_id = r;
         t->token = rpc_strdup(ctx, token);
-        t->expire_time = ts(&m, a.expire_us);
+        t->expire_time = pa_ts(&m, a.expire_us);
         resp->tokens[resp->n_tokens++] = t;
     }
     return 0;
