@@ -19,6 +19,9 @@
 #include "orgmesh/connections/v1/connections.pb-c.h"
 #include "page.h"
 
+_Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_CANCELLED == JOB_CANCELLED, "job states");
+_Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED == JOB_QUEUED, "job states");
+
 /* What a handler's transaction may find missing (op_need). */
 #define NEED_MEMBERSHIPS 1u
 
@@ -719,7 +722,7 @@ static int h_list_jobs(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMess
     const APB(ListCopyJobsRequest) *req = (const void *)req_;
     jlist_state s = {0};
     check_hub(ctx, "hub_id", req->hub_id);
-    if ((int)req->state < 0 || (int)req->state > 6) rpc_violation(ctx, "state", "unknown state");
+    if ((int)req->state < 0 || (int)req->state > JOB_CANCELLED) rpc_violation(ctx, "state", "unknown state");
     if (page_size_normalize(req->page_size, &s.limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     s.scope = rpc_sprintf(ctx, "assets.ListCopyJobs|hub=%" PRIu64 "|state=%d", req->hub_id, (int)req->state);
@@ -739,15 +742,15 @@ static int cancel_apply(op_call *cl, pg_conn *tx) {
     int rc = load_job(cl, tx, req->job_id, true, &j);
     if (rc != 0) return rc;
     APB(CancelCopyJobResponse) *resp = (void *)cl->resp;
-    if (j.state == 6) { /* already cancelled: unchanged */
+    if (j.state == JOB_CANCELLED) { /* already cancelled: unchanged */
         resp->job = job_pb_of(cl->ctx, &j);
         return 0;
     }
-    if (j.state != 1 && j.state != 2)
+    if (j.state != JOB_QUEUED && j.state != JOB_RUNNING)
         return op_fail(cl, OM_E_FAILED_PRECONDITION, "copy job %s has already ended", j.id);
     /* ASSET-03: the worker sees the state between batches and stops; the
      * job row's lock orders this after a batch under way. */
-    if ((rc = store_job_stop(tx, &j, 6, "CANCELLED", "the job was cancelled")) != 0) return rc;
+    if ((rc = store_job_stop(tx, &j, JOB_CANCELLED, "CANCELLED", "the job was cancelled")) != 0) return rc;
     if ((rc = assets_emit_job(tx, &j, true, cl->actor)) != 0) return rc;
     resp->job = job_pb_of(cl->ctx, &j);
     return 0;
