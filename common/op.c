@@ -41,6 +41,19 @@ void op_need_id(op_call *op, uint64_t id) {
     if (op->n_need_ids < OP_MAX_NEED_IDS) op->need_ids[op->n_need_ids++] = id;
 }
 
+pg_conn *op_db(rpc_ctx *ctx) {
+    pg_conn *c = pg_local();
+    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the %s database is unreachable", pg_schema());
+    return c;
+}
+
+void op_check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
+    if (id == 0)
+        rpc_violation(ctx, field, "must be set");
+    else if (!pg_id_valid(id))
+        rpc_violation(ctx, field, "is out of range");
+}
+
 /* The request's `request_id` (SPEC 8), "" when it has none. */
 static const char *request_id_of(const ProtobufCMessage *req) {
     const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "request_id");
@@ -105,8 +118,7 @@ int op_run(rpc_ctx *ctx, const op_def *def, const void *req, ProtobufCMessage *r
         int rc = rpc_idem_key(ctx, &op->key, request_id_of(req), req);
         if (rc != 0) return rc;
     }
-    op->db = pg_local();
-    if (op->db == NULL) return rpc_fail(ctx, OM_E_UNAVAILABLE, "the %s database is unreachable", pg_schema());
+    if ((op->db = op_db(ctx)) == NULL) return OM_E_UNAVAILABLE;
     int rounds = def->max_rounds > 0 ? def->max_rounds : OP_MAX_ROUNDS;
     int rc = 0;
     for (op->round = 0; op->round < rounds; op->round++) {

@@ -136,4 +136,13 @@ int op_need(op_call *op, unsigned what);
 /* Add `id` to op->need_ids (once; ignored when full). */
 void op_need_id(op_call *op, uint64_t id);
 
+/* ---- the plain pieces a handler uses around op_run ---- */
+
+/* The worker's connection, or NULL with the call failed UNAVAILABLE ("the
+ * <service> database is unreachable"). */
+pg_conn *op_db(rpc_ctx *ctx);
+/* A required id (hub, user ...): "must be set" when 0, "is out of range"
+ * when it cannot be a PostgreSQL bigint (rpc_violation on `field`). */
+void op_check_id(rpc_ctx *ctx, const char *field, uint64_t id);
+
 #endif

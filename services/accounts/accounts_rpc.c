@@ -70,12 +70,6 @@ static acct_violations ctx_violations(rpc_ctx *ctx) { return (acct_violations){v
 
 static bool is_service(const om_actor *a) { return auth_is_service(a, NULL); }
 
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the directory database is unreachable");
-    return c;
-}
-
 /* A failed read: the store's code, logged when it is the database's fault. */
 static int fail_store(rpc_ctx *ctx, pg_conn *c, int rc) {
     if (rc == OM_E_INTERNAL) log_error("accounts: SQL error %s: %s", pg_sqlstate(c), pg_errmsg(c));
@@ -86,13 +80,6 @@ static unsigned role_bit(int v) { return (v >= 1 && v <= 4) ? 1u << (v - 1) : 0;
 static unsigned seat_bit(int v) { return (v >= 1 && v <= 2) ? 1u << (v - 1) : 0; }
 
 /* Required ids: present and within what PostgreSQL's bigint holds. */
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
-
 static void check_etag(rpc_ctx *ctx, const char *etag) {
     int64_t v;
     if (etag != NULL && etag[0] != '\0' && acct_etag_decode(etag, &v) != 0)
@@ -719,9 +706,9 @@ static int h_get_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     acct_account a;
     store_mem m = call_mem(ctx);
 
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -752,7 +739,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
                                     req->name_prefix);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     store_account_filter f = {.member_user_id = member, .kind = (acct_kind)req->kind,
                               .state = (acct_state)req->state, .name_prefix = req->name_prefix,
@@ -822,7 +809,7 @@ static int h_update_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
         rpc_violation(ctx, "account", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "account.hub_id", req->account->hub_id);
+    op_check_id(ctx, "account.hub_id", req->account->hub_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
     if (req->account->n_subscriptions > ACCT_MAX_SUBS_IN)
@@ -891,7 +878,7 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
 
 static int set_state(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, uint64_t hub_id,
                      const char *etag, const char *reason, const char *request_id, acct_state to) {
-    check_id(ctx, "hub_id", hub_id);
+    op_check_id(ctx, "hub_id", hub_id);
     check_etag(ctx, etag);
     check_text(ctx, "reason", reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -961,7 +948,7 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
 /* DeleteAccount: SUPER_ADMIN or a service; etag; every membership goes first, then the account. */
 static int h_delete_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(DeleteAccountRequest) *req = (const void *)req_;
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     check_etag(ctx, req->etag);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -1022,11 +1009,11 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     char resource[64];
     int rc;
 
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListAccountHistory|hub=%" PRIu64, req->hub_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -1118,9 +1105,9 @@ static int h_get_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
     store_mem m = call_mem(ctx);
     acct_user u;
 
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = may_view_user(ctx, c, req->user_id);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -1138,7 +1125,7 @@ static int h_get_user_by_email(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
 
     if (!acct_email_valid(req->email)) rpc_violation(ctx, "email", "must be an email address (local@domain)");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = store_user_get_by_email(c, req->email, &m, &u);
     if (rc == 0) rc = may_view_user(ctx, c, u.user_id);
@@ -1166,7 +1153,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
                                     strlen(req->email), req->email, strlen(req->query_prefix), req->query_prefix);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     store_user_filter f = {.visible_to = visible, .email = req->email, .query_prefix = req->query_prefix,
                            .after_user_id = pg.k1, .limit = pg.limit + 1};
@@ -1238,7 +1225,7 @@ static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         rpc_violation(ctx, "user", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "user.user_id", req->user->user_id);
+    op_check_id(ctx, "user.user_id", req->user->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
     check_etag(ctx, req->etag);
@@ -1297,7 +1284,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
 /* DeleteUser: the user or a service; their memberships go first (MembershipRemoved each, PART-09). */
 static int h_delete_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(DeleteUserRequest) *req = (const void *)req_;
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "user_id", req->user_id);
     check_etag(ctx, req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_delete_user, .request_id = req->request_id};
@@ -1312,11 +1299,11 @@ static int h_list_user_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     char resource[64];
     int rc;
 
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListUserHistory|user=%" PRIu64, req->user_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = may_change_user(ctx, c, req->user_id);
     if (rc == OM_E_PERMISSION_DENIED) return rpc_fail(ctx, rc, "only the user themselves may read their history");
@@ -1373,8 +1360,8 @@ static int h_create_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         rpc_violation(ctx, "membership", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "membership.hub_id", in->hub_id);
-    check_id(ctx, "membership.user_id", in->user_id);
+    op_check_id(ctx, "membership.hub_id", in->hub_id);
+    op_check_id(ctx, "membership.user_id", in->user_id);
     op.roles = roles_in(ctx, "membership.roles", in->roles, in->n_roles);
     op.seats = seats_in(ctx, "membership.seats", in->seats, in->n_seats);
     if (in->partner_employee)
@@ -1397,10 +1384,10 @@ static int h_get_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     acct_membership mbuf, mb;
     const acct_membership *mine;
 
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -1429,7 +1416,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
                                     "|roles=%u|visible=%" PRIu64, hub_id, user_id, any_roles, visible_to);
     if ((rc = page_open(ctx, page_size, page_token, scope, &pg)) != 0) return rc;
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (visible_to != 0 && hub_id != 0) {
         acct_membership mbuf;
@@ -1517,8 +1504,8 @@ static int h_update_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         rpc_violation(ctx, "membership", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "membership.hub_id", in->hub_id);
-    check_id(ctx, "membership.user_id", in->user_id);
+    op_check_id(ctx, "membership.hub_id", in->hub_id);
+    op_check_id(ctx, "membership.user_id", in->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
     check_etag(ctx, req->etag);
@@ -1566,8 +1553,8 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
 /* DeleteMembership: PART-08 — the client's SUPER_ADMIN/ACCOUNT_PERMISSIONS or the partners service. */
 static int h_delete_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(DeleteMembershipRequest) *req = (const void *)req_;
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     check_etag(ctx, req->etag);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -1622,8 +1609,8 @@ static int h_set_partner_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     int rc = require_service(ctx, "partners");
     if (rc != 0) return rc;
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_set_partner_employee, .request_id = req->request_id};
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     take_on_behalf_of(&mu, req->on_behalf_of, false);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return op_run(ctx, &mutation_def, req_, resp, &mu);
@@ -1687,9 +1674,9 @@ static int h_add_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessage 
     if (rc != 0) return rc;
     link_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_add_partner_link, .op = &op, .request_id = req->request_id};
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->hub_id != 0 && req->hub_id == req->partner_hub_id)
         rpc_violation(ctx, "partner_hub_id", "must differ from hub_id (the client account)");
     if (req->assignment_id[0] == '\0')
@@ -1743,8 +1730,8 @@ static int h_remove_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessa
     int rc = require_service(ctx, "partners");
     if (rc != 0) return rc;
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_remove_partner_link, .request_id = req->request_id};
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (req->assignment_id[0] == '\0') rpc_violation(ctx, "assignment_id", "must be set");
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     take_on_behalf_of(&mu, req->on_behalf_of, true);
@@ -1780,7 +1767,7 @@ static int h_batch_get_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
 
     if ((rc = require_service(ctx, NULL)) != 0) return rc;
     if ((rc = batch_ids(ctx, "hub_ids", req->hub_ids, req->n_hub_ids, &ids, &n_ids)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_account *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_accounts_batch(c, ids, n_ids, &m, rows, &n);
@@ -1810,7 +1797,7 @@ static int h_batch_get_users(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
 
     if ((rc = require_service(ctx, NULL)) != 0) return rc;
     if ((rc = batch_ids(ctx, "user_ids", req->user_ids, req->n_user_ids, &ids, &n_ids)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_user *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_users_batch(c, ids, n_ids, &m, rows, &n);

@@ -57,20 +57,7 @@ typedef struct org_state {
     int nrows;
 } org_state;
 
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the connections database is unreachable");
-    return c;
-}
-
 /* ---- validation ---- */
-
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
 
 static void check_org_id(rpc_ctx *ctx, const char *s) {
     if (s == NULL || s[0] == '\0')
@@ -634,7 +621,7 @@ static const op_def quick_def = {.apply = apply_quick, .mutation = true, .fetch 
 static int h_quick(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(QuickConnectRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return op_run(ctx, &quick_def, req, resp, NULL);
 }
@@ -686,14 +673,14 @@ static const op_def add_def = {.apply = apply_add, .mutation = true, .fetch = co
 static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(AddConnectionsRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
-    check_id(ctx, "from_hub_id", req->from_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "from_hub_id", req->from_hub_id);
     if (req->n_to_hub_ids < 1 || req->n_to_hub_ids > MAX_ADD)
         rpc_violation(ctx, "to_hub_ids", "must name 1 to %d accounts", MAX_ADD);
     for (size_t i = 0; i < req->n_to_hub_ids && i < MAX_BATCH; i++) {
         char f[32];
         snprintf(f, sizeof f, "to_hub_ids[%zu]", i);
-        check_id(ctx, f, req->to_hub_ids[i]);
+        op_check_id(ctx, f, req->to_hub_ids[i]);
         if (req->to_hub_ids[i] != 0 && req->to_hub_ids[i] == req->from_hub_id)
             rpc_violation(ctx, f, "repeats from_hub_id: a connection links two different accounts (SAME_ACCOUNT)");
         for (size_t j = 0; j < i; j++)
@@ -775,7 +762,7 @@ static const op_def batch_def = {.apply = apply_batch, .mutation = true, .fetch 
 static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(BatchUpdateConnectionsRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     if (req->n_changes > MAX_BATCH) return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d changes per batch", MAX_BATCH);
     if (req->n_changes == 0) rpc_violation(ctx, "changes", "must hold at least one change");
     for (size_t i = 0; i < req->n_changes; i++) {
@@ -786,9 +773,9 @@ static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage 
             rpc_violation(ctx, f, "must be CREATE, UPDATE or DELETE");
         }
         snprintf(f, sizeof f, "changes[%zu].account_a", i);
-        check_id(ctx, f, ch->account_a);
+        op_check_id(ctx, f, ch->account_a);
         snprintf(f, sizeof f, "changes[%zu].account_b", i);
-        check_id(ctx, f, ch->account_b);
+        op_check_id(ctx, f, ch->account_b);
         if (ch->account_a != 0 && ch->account_a == ch->account_b)
             rpc_violation(ctx, f, "equals account_a: a connection links two different accounts (SAME_ACCOUNT)");
         for (size_t j = 0; j < i; j++) {
@@ -851,7 +838,7 @@ static const op_def delete_def = {.apply = apply_delete, .mutation = true, .fetc
 static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(DeleteConnectionRequest) *req = (const void *)req_;
     if (!conn_uuid_valid(req->connection_id)) rpc_violation(ctx, "connection_id", "is not a connection id");
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     check_etag(ctx, "etag", req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return op_run(ctx, &delete_def, req, resp, NULL);
@@ -912,7 +899,7 @@ static int facts_of(rpc_ctx *ctx, uint64_t s, uint64_t t, conn_facts *f) {
     if (conn_cache_get_facts(s, t, f)) return 0;
     if (!rpc_on_worker(ctx)) return RPC_DEFER;
     uint64_t gen = conn_cache_gen(); /* before the read: see connections_cache.h */
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = store_facts(c, s, t, f);
     if (rc != 0) return rpc_fail(ctx, rc, NULL);
@@ -924,7 +911,7 @@ static int seat_of(rpc_ctx *ctx, uint64_t hub, uint64_t user, conn_seat *seat) {
     if (conn_cache_get_seat(hub, user, seat)) return 0;
     if (!rpc_on_worker(ctx)) return RPC_DEFER;
     uint64_t gen = conn_cache_gen();
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = store_seat(c, hub, user, seat);
     if (rc != 0) return rpc_fail(ctx, rc, NULL);
@@ -943,9 +930,9 @@ static int require_self_or_service(rpc_ctx *ctx, uint64_t user_id) {
 static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(CheckMirrorAccessRequest) *req = (const void *)req_;
     CPB(CheckMirrorAccessResponse) *resp = (void *)resp_;
-    check_id(ctx, "user_id", req->user_id);
-    check_id(ctx, "source_hub_id", req->source_hub_id);
-    check_id(ctx, "target_hub_id", req->target_hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "source_hub_id", req->source_hub_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->source_hub_id == req->target_hub_id)
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
@@ -965,8 +952,8 @@ static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(ListMirrorSourcesRequest) *req = (const void *)req_;
     CPB(ListMirrorSourcesResponse) *resp = (void *)resp_;
-    check_id(ctx, "user_id", req->user_id);
-    check_id(ctx, "target_hub_id", req->target_hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
     int limit;
     if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -985,7 +972,7 @@ static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     if (!conn_cache_get_sources(req->target_hub_id, src, &n)) {
         if (!rpc_on_worker(ctx)) return RPC_DEFER;
         uint64_t gen = conn_cache_gen();
-        pg_conn *c = db(ctx);
+        pg_conn *c = op_db(ctx);
         if (c == NULL) return OM_E_UNAVAILABLE;
         if ((rc = store_mirror_sources(c, req->target_hub_id, src, CONN_CACHE_MAX_SOURCES, &n)) != 0)
             return rpc_fail(ctx, rc, NULL);
@@ -1002,8 +989,8 @@ static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
 static int h_check_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(CheckAssetCopyRequest) *req = (const void *)req_;
     CPB(CheckAssetCopyResponse) *resp = (void *)resp_;
-    check_id(ctx, "source_hub_id", req->source_hub_id);
-    check_id(ctx, "target_hub_id", req->target_hub_id);
+    op_check_id(ctx, "source_hub_id", req->source_hub_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->source_hub_id == req->target_hub_id)
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");

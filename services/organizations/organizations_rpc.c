@@ -64,13 +64,6 @@ static void id_list(char *buf, size_t cap, const uint64_t *ids, int n) {
 
 /* ---- validation ------------------------------------------------------------------ */
 
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
-
 static void check_org_id(rpc_ctx *ctx, const char *s) {
     if (s == NULL || s[0] == '\0')
         rpc_violation(ctx, "organization_id", "must be set");
@@ -97,7 +90,7 @@ static void check_ids(rpc_ctx *ctx, const char *field, const uint64_t *ids, size
     for (size_t i = 0; i < n; i++) {
         char f[64];
         snprintf(f, sizeof f, "%s[%zu]", field, i);
-        check_id(ctx, f, ids[i]);
+        op_check_id(ctx, f, ids[i]);
         if (ids[i] != 0 && ids[i] == other)
             rpc_violation(ctx, f, "repeats %s", other_field);
         for (size_t j = 0; j < i; j++)
@@ -127,12 +120,6 @@ static int require_user(rpc_ctx *ctx) {
     if (a == NULL || a->user_id == 0)
         return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "organizations are managed by users, not by services");
     return 0;
-}
-
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the organizations database is unreachable");
-    return c;
 }
 
 /* ---- the accounts service (SPEC 2: fill missing copies) ------------------------------- */
@@ -412,7 +399,7 @@ static int require_viewer(op_call *cl, pg_conn *tx, const org_snapshot *s, const
  * missing) and the token's mfa_at within the window. */
 static int require_mfa(rpc_ctx *ctx) {
     const om_actor *actor = rpc_actor(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool tfa = false, deleted = false;
     int rc = store_user_get(c, actor->user_id, &tfa, &deleted);
@@ -538,7 +525,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     const bool by_ent =
         req->target_case == ORGMESH__ORGANIZATIONS__V1__LIST_ELIGIBLE_ACCOUNTS_REQUEST__TARGET_ENTERPRISE_HUB_ID;
     if (!by_org && !by_ent) rpc_violation(ctx, "target", "set enterprise_hub_id or organization_id");
-    if (by_ent) check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
+    if (by_ent) op_check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
     if (by_org) check_org_id(ctx, req->organization_id);
     if (req->filter < 0 || req->filter > 2) rpc_violation(ctx, "filter", "is not a CandidateFilter");
     int limit = 0;
@@ -556,7 +543,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     uint64_t after = cursor ? strtoull(cursor, NULL, 10) : 0;
     free(cursor);
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* Every account the actor is a member of, from the directory itself. */
     uint64_t *hubs = NULL;
@@ -720,7 +707,7 @@ static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     const OPB(CreateOrganizationRequest) *req = (const void *)req_;
     if (req->n_member_hub_ids > ORG_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d accounts per call", ORG_MAX_BATCH);
-    check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
+    op_check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
     check_ids(ctx, "member_hub_ids", req->member_hub_ids, req->n_member_hub_ids, req->enterprise_hub_id,
               "enterprise_hub_id");
     check_ack_fields(ctx, req->acknowledgement);
@@ -783,7 +770,7 @@ static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
 static int h_get_by_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(GetOrganizationByAccountRequest) *req = (const void *)req_;
     OPB(GetOrganizationByAccountResponse) *resp = (void *)resp_;
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     read_op op = {.hub_id = req->hub_id};
     int rc = read_org(ctx, resp_, &op);
@@ -876,7 +863,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     free(cursor);
     read_op op = {.org_id = req->organization_id};
     if ((rc = read_org(ctx, resp_, &op)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     resp->entries = rpc_calloc(ctx, (size_t)limit + 1, sizeof *resp->entries);
     hist_ctx h = {.ctx = ctx, .resp = resp};
@@ -964,7 +951,7 @@ static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
     if (req->n_hub_ids > ORG_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d accounts per call", ORG_MAX_BATCH);
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     if (req->n_hub_ids == 0) rpc_violation(ctx, "hub_ids", "name at least one account to add");
     check_ids(ctx, "hub_ids", req->hub_ids, req->n_hub_ids, 0, "");
     check_etag(ctx, req->etag, false);
@@ -1018,8 +1005,8 @@ static const op_def remove_def = {
 static int h_remove(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const OPB(RemoveOrgMemberRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     check_etag(ctx, req->etag, false);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -1049,7 +1036,7 @@ static const op_def delete_def = {
 static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const OPB(DeleteOrganizationRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     check_etag(ctx, req->etag, true); /* ORG-11 */
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);

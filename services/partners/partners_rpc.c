@@ -76,19 +76,6 @@ static Orgmesh__Type__V1__ItemError *conflict_error(ps_mem *m, const char *field
 
 /* ---- handler helpers -------------------------------------------------------------------- */
 
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the partners database is unreachable");
-    return c;
-}
-
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
-
 static long utf8_len(const char *s) {
     long n = 0;
     for (const unsigned char *p = (const unsigned char *)s; p && *p; p++) {
@@ -381,7 +368,7 @@ static void check_batch(rpc_ctx *ctx, const char *field, const uint64_t *ids, si
     for (size_t i = 0; i < n && i < PART_MAX_BATCH; i++) {
         char f[64];
         snprintf(f, sizeof f, "%s[%zu]", field, i);
-        check_id(ctx, f, ids[i]);
+        op_check_id(ctx, f, ids[i]);
         for (size_t j = 0; j < i; j++)
             if (ids[j] == ids[i]) {
                 rpc_violation(ctx, f, "is a duplicate");
@@ -461,7 +448,7 @@ static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_b
 static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     int rc;
     const PB(TagEmployeesRequest) *req = (const void *)req_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d users per call", PART_MAX_BATCH);
     check_batch(ctx, "user_ids", req->user_ids, req->n_user_ids);
@@ -469,7 +456,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     if (strlen(req->request_id) > IDEM_MAX_REQUEST_ID)
         rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
     ps_mem m = call_mem(ctx);
@@ -604,11 +591,11 @@ static void sync_employee(rpc_ctx *ctx, pg_conn *c, uint64_t partner, uint64_t e
 static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     int rc;
     const PB(UntagEmployeeRequest) *req = (const void *)req_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
     ps_mem m = call_mem(ctx);
@@ -629,14 +616,14 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     int rc;
     const PB(ListPartnerEmployeesRequest) *req = (const void *)req_;
     PB(ListPartnerEmployeesResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-11 */
     ps_mem m = call_mem(ctx);
@@ -659,7 +646,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
     if ((rc = page_open(ctx, size, token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc; /* PART-02 */
     ps_mem m = call_mem(ctx);
@@ -680,7 +667,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
 static int h_list_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListClientsRequest) *req = (const void *)req_;
     PB(ListClientsResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return list_clients(ctx, req->partner_hub_id, NULL, req->page_size, req->page_token, "ListClients",
                         &resp->clients, &resp->n_clients, &resp->next_page_token);
@@ -690,7 +677,7 @@ static int h_list_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 static int h_search_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(SearchClientsRequest) *req = (const void *)req_;
     PB(SearchClientsResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->query[0] == '\0') rpc_violation(ctx, "query", "must be set");
     check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -737,12 +724,12 @@ static int apply_add_clients(mutation *mu, pg_conn *tx) {
 static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     int rc;
     const PB(AddClientsRequest) *req = (const void *)req_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_client_hub_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
     check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     ps_mem m = call_mem(ctx);
@@ -935,7 +922,7 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
 static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, assign_op *op,
                       const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
     int rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, op->partner, NULL, NULL)) != 0) return rc; /* PART-03 */
     if ((rc = assign_prepare(ctx, c, op)) != 0) return rc;
@@ -958,8 +945,8 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
 static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignClientsToEmployeeRequest) *req = (const void *)req_;
     PB(AssignClientsToEmployeeResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "employee_user_id", req->employee_user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "employee_user_id", req->employee_user_id);
     if (req->n_client_hub_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
     check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
@@ -978,8 +965,8 @@ static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
 static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignEmployeesToClientRequest) *req = (const void *)req_;
     PB(AssignEmployeesToClientResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "client_hub_id", req->client_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "client_hub_id", req->client_hub_id);
     if (req->n_employee_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d employees per call", PART_MAX_BATCH);
     check_batch(ctx, "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids);
@@ -1003,16 +990,16 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     PB(ListAccessRequestsResponse) *resp = (void *)resp_;
     if (req->partner_hub_id == 0 && req->client_hub_id == 0)
         rpc_violation(ctx, "partner_hub_id", "partner_hub_id or client_hub_id is required");
-    if (req->partner_hub_id != 0) check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    if (req->client_hub_id != 0) check_id(ctx, "client_hub_id", req->client_hub_id);
-    if (req->employee_user_id != 0) check_id(ctx, "employee_user_id", req->employee_user_id);
+    if (req->partner_hub_id != 0) op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (req->client_hub_id != 0) op_check_id(ctx, "client_hub_id", req->client_hub_id);
+    if (req->employee_user_id != 0) op_check_id(ctx, "employee_user_id", req->employee_user_id);
     if ((int)req->state < 0 || (int)req->state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
                                     req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool ok = false;
     rc = 0;
@@ -1091,7 +1078,7 @@ static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
     int rc;
     const PB(GetAccessRequestRequest) *req = (const void *)req_;
     PB(GetAccessRequestResponse) *resp = (void *)resp_;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     char id[40];
     uint8_t hash[32];
@@ -1206,7 +1193,7 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     int rc;
     check_text(ctx, "reason", reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     answer_op op = {.answer = answer, .reason = reason ? reason : "", .roles = roles};
     if ((rc = resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token)) != 0) return rc;
@@ -1288,7 +1275,7 @@ static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     const PB(CancelAccessRequestRequest) *req = (const void *)req_;
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_assignment a;
     if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
@@ -1329,7 +1316,7 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
 static int h_resend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     int rc;
     const PB(ResendAccessRequestRequest) *req = (const void *)req_;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_assignment a;
     if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
@@ -1372,16 +1359,16 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     int rc;
     const PB(RemoveEmployeeFromClientRequest) *req = (const void *)req_;
     PB(RemoveEmployeeFromClientResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "employee_user_id", req->employee_user_id);
-    check_id(ctx, "client_hub_id", req->client_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "employee_user_id", req->employee_user_id);
+    op_check_id(ctx, "client_hub_id", req->client_hub_id);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (part_rule_confirmation(req->confirmation) != 0) { /* PART-07 */
         rpc_violation(ctx, "confirmation", "must be exactly REMOVE");
         return rpc_fail(ctx, OM_E_CONFIRMATION_REQUIRED, "type REMOVE to confirm");
     }
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     remove_op op = {.req = req};
@@ -1412,7 +1399,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
     if ((rc = page_open(ctx, size, token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
     if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc;
@@ -1434,8 +1421,8 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
 static int h_list_employee_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListEmployeeClientsRequest) *req = (const void *)req_;
     PB(ListEmployeeClientsResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "employee_user_id", req->employee_user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "employee_user_id", req->employee_user_id);
     return list_assignments(ctx, "ListEmployeeClients", req->partner_hub_id, req->employee_user_id, 0,
                             (int)req->state, req->page_size, req->page_token, &resp->assignments,
                             &resp->n_assignments, &resp->next_page_token);
@@ -1445,8 +1432,8 @@ static int h_list_employee_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, P
 static int h_list_client_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListClientEmployeesRequest) *req = (const void *)req_;
     PB(ListClientEmployeesResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "client_hub_id", req->client_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "client_hub_id", req->client_hub_id);
     return list_assignments(ctx, "ListClientEmployees", req->partner_hub_id, 0, req->client_hub_id,
                             (int)req->state, req->page_size, req->page_token, &resp->assignments,
                             &resp->n_assignments, &resp->next_page_token);
@@ -1459,14 +1446,14 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     int rc;
     const PB(GetManagedMrrReportRequest) *req = (const void *)req_;
     PB(GetManagedMrrReportResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if ((int)req->filter < 0 || (int)req->filter > 2) rpc_violation(ctx, "filter", "is not a filter");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-12 */
     ps_mem m = call_mem(ctx);
@@ -1542,12 +1529,12 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     int rc;
     const PB(ListPartnerHistoryRequest) *req = (const void *)req_;
     PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     char resource[48];
@@ -1608,9 +1595,9 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         const PB(Activity) *a = req->activities[i];
         char f[48];
         snprintf(f, sizeof f, "activities[%zu].user_id", i);
-        check_id(ctx, f, a->user_id);
+        op_check_id(ctx, f, a->user_id);
         snprintf(f, sizeof f, "activities[%zu].hub_id", i);
-        check_id(ctx, f, a->hub_id);
+        op_check_id(ctx, f, a->hub_id);
         const char *why = NULL;
         if (part_activity_check(a->kind, pa_ts_us(a->time), now, &why) != 0) {
             snprintf(f, sizeof f, "activities[%zu]", i);
@@ -1640,7 +1627,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d recipients per call", PART_MAX_BATCH);
     check_batch(ctx, "recipient_user_ids", req->recipient_user_ids, req->n_recipient_user_ids);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_mem m = call_mem(ctx);
     ps_assignment a;
