@@ -1,7 +1,6 @@
 /* audit.c — the audit history of a service (audit.h, SPEC 8): one row per
  * mutation in <schema>.audit, written in the mutation's transaction, with the
  * before/after messages packed next to their type names. */
-#include "om_time.h"
 #include "audit.h"
 
 #include <inttypes.h>
@@ -10,8 +9,6 @@
 #include <string.h>
 
 #include "om_err.h"
-#include "orgmesh/type/v1/audit.pb-c.h"
-#include "rpc.h"
 
 void audit_actor_string(const om_actor *actor, const char *rule, char *buf, size_t cap) {
     if (buf == NULL || cap == 0) return;
@@ -129,6 +126,15 @@ int audit_list(pg_conn *c, const char *resource, int64_t before_id, int limit, a
                      resource, before_id, limit, out);
 }
 
+/* The resource itself and everything under "<resource>/" (a statement of
+ * its own, like the prefix one). */
+int audit_list_tree(pg_conn *c, const char *resource, int64_t before_id, int limit, audit_page *out) {
+    return page_read(c,
+                     AUDIT_COLS " WHERE (resource = $1 OR starts_with(resource, $1 || '/')) AND id < $2"
+                                " ORDER BY id DESC LIMIT $3",
+                     resource, before_id, limit, out);
+}
+
 /* A statement of its own (not an OR in the one above), so each keeps its plan. */
 int audit_list_prefix(pg_conn *c, const char *prefix, int64_t before_id, int limit, audit_page *out) {
     return page_read(c, AUDIT_COLS " WHERE starts_with(resource, $1) AND id < $2 ORDER BY id DESC LIMIT $3", prefix,
@@ -140,39 +146,4 @@ void audit_page_free(audit_page *p) {
     free(p->rows);
     pg_free(p->res);
     memset(p, 0, sizeof *p);
-}
-
-static Google__Protobuf__Any *any_of(rpc_ctx *ctx, const char *type, const uint8_t *data, size_t len) {
-    if (type == NULL || type[0] == '\0') return NULL;
-    Google__Protobuf__Any *a = rpc_alloc(ctx, sizeof *a);
-    google__protobuf__any__init(a);
-    a->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", type);
-    a->value.data = rpc_alloc(ctx, len + 1);
-    if (len) memcpy(a->value.data, data, len);
-    a->value.len = len;
-    return a;
-}
-
-Orgmesh__Type__V1__AuditEntry **audit_page_entries(rpc_ctx *ctx, const audit_page *pg) {
-    Orgmesh__Type__V1__AuditEntry **out = rpc_calloc(ctx, (size_t)pg->n + 1, sizeof *out);
-    for (int i = 0; i < pg->n; i++) {
-        const audit_row *r = &pg->rows[i];
-        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
-        orgmesh__type__v1__audit_entry__init(e);
-        e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
-        e->actor = rpc_strdup(ctx, r->actor);
-        e->action = rpc_strdup(ctx, r->action);
-        e->resource = rpc_strdup(ctx, r->resource);
-        e->reason = rpc_strdup(ctx, r->reason);
-        e->request_id = rpc_strdup(ctx, r->request_id);
-        e->trace_id = rpc_strdup(ctx, r->trace_id);
-        Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
-        google__protobuf__timestamp__init(t);
-        om_us_to_timestamp(r->at_us, &t->seconds, &t->nanos);
-        e->time = t;
-        e->before = any_of(ctx, r->before_type, r->before, r->before_len);
-        e->after = any_of(ctx, r->after_type, r->after, r->after_len);
-        out[i] = e;
-    }
-    return out;
 }

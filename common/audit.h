@@ -1,7 +1,8 @@
 /* audit.h — every mutation is recorded in the owning service's audit history
  * (SPEC 8): actor or rule, action, resource, before/after, reason, time,
  * request id. before/after are protobuf messages stored with their type name,
- * so ListHistory can return them as google.protobuf.Any. */
+ * so ListHistory (history.h) can return them as google.protobuf.Any. This
+ * module stores and reads; it knows nothing of calls (rpc.h). */
 #ifndef OM_AUDIT_H
 #define OM_AUDIT_H
 
@@ -56,14 +57,10 @@ int audit_list(pg_conn *c, const char *resource, int64_t before_id, int limit, a
 /* The same for every resource that starts with `prefix` (e.g. all under
  * "accounts/7/"). */
 int audit_list_prefix(pg_conn *c, const char *prefix, int64_t before_id, int limit, audit_page *out);
+/* The resource and every resource under "<resource>/" (an organization and
+ * its members, an account and its memberships). */
+int audit_list_tree(pg_conn *c, const char *resource, int64_t before_id, int limit, audit_page *out);
 void audit_page_free(audit_page *p);
-
-/* The page as orgmesh.type.v1.AuditEntry messages for a ListHistory reply,
- * allocated in the call (strings and bytes copied, so the page may be freed
- * at once): n + 1 pointers, the first pg->n set; before/after are Any of
- * the stored message types, absent when none was stored. */
-struct rpc_ctx;
-struct Orgmesh__Type__V1__AuditEntry;
-struct Orgmesh__Type__V1__AuditEntry **audit_page_entries(struct rpc_ctx *ctx, const audit_page *pg);
+/* A ListHistory reply is made of a page by history.h (history_list). */
 
 #endif

@@ -1,12 +1,15 @@
 /* om_time.h — deadlines for pthread_cond_timedwait, and the conversions
  * between unix microseconds (how services store time) and
- * google.protobuf.Timestamp seconds/nanos, overflow-safe for any input. */
+ * google.protobuf.Timestamp seconds/nanos, overflow-safe for any input;
+ * om_pb_timestamp fills a Timestamp message. */
 #ifndef OM_TIME_H
 #define OM_TIME_H
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
+
+#include "google/protobuf/timestamp.pb-c.h"
 
 /* google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z ..
  * 9999-12-31T23:59:59.999999Z, in unix microseconds (fits int64 easily). */
@@ -45,6 +48,13 @@ static inline void om_us_to_timestamp(int64_t us, int64_t *seconds, int32_t *nan
     }
     *seconds = s;
     *nanos = (int32_t)(r * 1000);
+}
+
+/* *t, initialised, as the Timestamp of unix microseconds: the one way every
+ * service fills a google.protobuf.Timestamp. */
+static inline void om_pb_timestamp(Google__Protobuf__Timestamp *t, int64_t us) {
+    google__protobuf__timestamp__init(t);
+    om_us_to_timestamp(us, &t->seconds, &t->nanos);
 }
 
 /* `clock` now plus `ms` milliseconds: pass the clock the condition variable

@@ -4,6 +4,7 @@
  * live in accounts_rules.c, SQL in accounts_store.c. Every mutation runs in
  * one transaction: request id, change, audit entry and events together. */
 #include "om_time.h"
+#include "history.h"
 #include "accounts_rpc.h"
 
 #include <inttypes.h>
@@ -103,8 +104,7 @@ static char *etag_of(rpc_ctx *ctx, int64_t version) {
 static PbTimestamp *timestamp(rpc_ctx *ctx, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
 }
 
@@ -240,48 +240,9 @@ static unsigned seats_in(rpc_ctx *ctx, const char *field, const PB(Seat) *v, siz
 
 /* ---- paging (page.h) --------------------------------------------------------------------- */
 
-/* One list request: its limit and where the previous page stopped (a keyset
- * cursor "k1:k2"). `scope` names the list and its filters, so a token of
- * another query is INVALID_PAGE_TOKEN. */
-typedef struct list_page {
-    int limit;
-    uint64_t k1, k2;
-    const char *scope;
-} list_page;
-
-/* 0, or non-zero with the call already failed. */
-static int page_open(rpc_ctx *ctx, int32_t page_size, const char *token, const char *scope, list_page *pg) {
-    memset(pg, 0, sizeof *pg);
-    pg->scope = scope;
-    if (page_size_normalize(page_size, &pg->limit) != 0) {
-        rpc_violation(ctx, "page_size", "must not be negative");
-        return rpc_fail_invalid(ctx);
-    }
-    char *cursor = NULL;
-    int rc = page_token_decode(scope, token, &cursor);
-    if (rc == 0 && cursor != NULL) {
-        unsigned long long a = 0, b = 0;
-        if (sscanf(cursor, "%llu:%llu", &a, &b) != 2) rc = OM_E_INVALID_PAGE_TOKEN;
-        pg->k1 = a;
-        pg->k2 = b;
-    }
-    free(cursor);
-    return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
-}
-
-/* Lists read one row more than the page holds: whether it came tells if
- * there is a next page. Trims *n to the page and returns the next page's
- * token (after the keys of the last row kept), "" when there is none. */
-static char *page_next(rpc_ctx *ctx, const list_page *pg, int *n, uint64_t k1, uint64_t k2) {
-    char cursor[48], *tok = NULL;
-    if (*n <= pg->limit) return rpc_strdup(ctx, "");
-    *n = pg->limit;
-    snprintf(cursor, sizeof cursor, "%" PRIu64 ":%" PRIu64, k1, k2);
-    if (page_token_encode(pg->scope, cursor, &tok) != 0) return rpc_strdup(ctx, "");
-    char *out = rpc_strdup(ctx, tok);
-    free(tok);
-    return out;
-}
+/* Every list reads one row more than the page holds (page_trim tells from
+ * it whether a next page follows); the keyset cursor is "k1:k2". */
+#define ACCT_PAGE_KEYS 2
 
 /* ---- the mutation transaction ------------------------------------------------------------ */
 
@@ -724,7 +685,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     PB(ListAccountsResponse) *resp = (void *)resp_;
     const om_actor *actor = rpc_actor(ctx);
     store_mem m = call_mem(ctx);
-    list_page pg;
+    page_req pg;
     int rc;
 
     if (req->kind != 0 && acct_kind_name((acct_kind)req->kind) == NULL)
@@ -737,7 +698,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     const char *scope = rpc_sprintf(ctx, "accounts.ListAccounts|member=%" PRIu64 "|kind=%d|state=%d|name=%zu:%s",
                                     member, (int)req->kind, (int)req->state, strlen(req->name_prefix),
                                     req->name_prefix);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
 
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
@@ -748,7 +709,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     int n = 0;
     rc = store_accounts_list(c, &f, &m, rows, &n);
     if (rc != 0) return fail_store(ctx, c, rc);
-    resp->next_page_token = page_next(ctx, &pg, &n, rows[pg.limit - 1].hub_id, 0);
+    resp->next_page_token = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].hub_id, 0);
     resp->accounts = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->accounts);
     for (int i = 0; i < n; i++) resp->accounts[resp->n_accounts++] = account_pb(ctx, &rows[i]);
     return 0;
@@ -957,45 +918,15 @@ static int h_delete_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
 }
 
 /* One page of audit history of `resource` (and below it with subtree). */
-static int list_history(rpc_ctx *ctx, pg_conn *c, const char *resource, bool subtree, const list_page *pg,
+static int list_history(rpc_ctx *ctx, pg_conn *c, const char *resource, bool subtree, const page_req *pg,
                         Orgmesh__Type__V1__AuditEntry ***out, size_t *n_out, char **next) {
-    store_mem m = call_mem(ctx);
-    store_audit_row *rows = rpc_calloc(ctx, (size_t)pg->limit + 1, sizeof *rows);
-    int n = 0;
-    int rc = store_audit_list(c, resource, subtree, (int64_t)pg->k1, pg->limit + 1, &m, rows, &n);
+    history_req q = {.page = pg, .scope = subtree ? HISTORY_TREE : HISTORY_RESOURCE, .resource = resource};
+    history_out h;
+    int rc = history_list(ctx, c, &q, &h);
     if (rc != 0) return fail_store(ctx, c, rc);
-    *next = page_next(ctx, pg, &n, (uint64_t)rows[pg->limit - 1].id, 0);
-    *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
-    *n_out = 0;
-    for (int i = 0; i < n; i++) {
-        Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
-        orgmesh__type__v1__audit_entry__init(e);
-        e->id = rpc_sprintf(ctx, "%" PRId64, rows[i].id);
-        e->actor = (char *)rows[i].actor;
-        e->action = (char *)rows[i].action;
-        e->resource = (char *)rows[i].resource;
-        e->reason = (char *)rows[i].reason;
-        e->request_id = (char *)rows[i].request_id;
-        e->trace_id = (char *)rows[i].trace_id;
-        e->time = timestamp(ctx, rows[i].time_us);
-        if (rows[i].before_type[0] != '\0') {
-            Google__Protobuf__Any *any = rpc_alloc(ctx, sizeof *any);
-            google__protobuf__any__init(any);
-            any->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", rows[i].before_type);
-            any->value.data = (uint8_t *)rows[i].before;
-            any->value.len = rows[i].before_len;
-            e->before = any;
-        }
-        if (rows[i].after_type[0] != '\0') {
-            Google__Protobuf__Any *any = rpc_alloc(ctx, sizeof *any);
-            google__protobuf__any__init(any);
-            any->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", rows[i].after_type);
-            any->value.data = (uint8_t *)rows[i].after;
-            any->value.len = rows[i].after_len;
-            e->after = any;
-        }
-        (*out)[(*n_out)++] = e;
-    }
+    *out = h.entries;
+    *n_out = h.n;
+    *next = h.next_page_token;
     return 0;
 }
 
@@ -1005,14 +936,14 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     PB(ListAccountHistoryResponse) *resp = (void *)resp_;
     acct_membership mbuf;
     const acct_membership *mine;
-    list_page pg;
+    page_req pg;
     char resource[64];
     int rc;
 
     op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListAccountHistory|hub=%" PRIu64, req->hub_id);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
@@ -1141,7 +1072,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     PB(ListUsersResponse) *resp = (void *)resp_;
     const om_actor *actor = rpc_actor(ctx);
     store_mem m = call_mem(ctx);
-    list_page pg;
+    page_req pg;
     int rc;
 
     if (req->email[0] != '\0' && strlen(req->email) > ACCT_EMAIL_MAX)
@@ -1151,7 +1082,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     uint64_t visible = is_service(actor) ? 0 : actor->user_id;
     const char *scope = rpc_sprintf(ctx, "accounts.ListUsers|visible=%" PRIu64 "|email=%zu:%s|q=%zu:%s", visible,
                                     strlen(req->email), req->email, strlen(req->query_prefix), req->query_prefix);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
 
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
@@ -1161,7 +1092,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     int n = 0;
     rc = store_users_list(c, &f, &m, rows, &n);
     if (rc != 0) return fail_store(ctx, c, rc);
-    resp->next_page_token = page_next(ctx, &pg, &n, rows[pg.limit - 1].user_id, 0);
+    resp->next_page_token = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].user_id, 0);
     resp->users = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->users);
     for (int i = 0; i < n; i++) resp->users[resp->n_users++] = user_pb(ctx, &rows[i]);
     return 0;
@@ -1295,14 +1226,14 @@ static int h_delete_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
 static int h_list_user_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListUserHistoryRequest) *req = (const void *)req_;
     PB(ListUserHistoryResponse) *resp = (void *)resp_;
-    list_page pg;
+    page_req pg;
     char resource[64];
     int rc;
 
     op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListUserHistory|user=%" PRIu64, req->user_id);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = may_change_user(ctx, c, req->user_id);
@@ -1405,7 +1336,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
                             PbMembership ***out, size_t *n_out, char **next) {
     int rc;
     store_mem m = call_mem(ctx);
-    list_page pg;
+    page_req pg;
 
     if (hub_id == 0 && user_id == 0) rpc_violation(ctx, "hub_id", "hub_id or user_id must be set");
     if (hub_id != 0 && !pg_id_valid(hub_id)) rpc_violation(ctx, "hub_id", "is out of range");
@@ -1414,7 +1345,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListMemberships|hub=%" PRIu64 "|user=%" PRIu64
                                     "|roles=%u|visible=%" PRIu64, hub_id, user_id, any_roles, visible_to);
-    if ((rc = page_open(ctx, page_size, page_token, scope, &pg)) != 0) return rc;
+    if ((rc = page_open(ctx, page_size, page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
 
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
@@ -1433,7 +1364,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
     int n = 0;
     rc = store_memberships_list(c, &f, &m, rows, &n);
     if (rc != 0) return fail_store(ctx, c, rc);
-    *next = page_next(ctx, &pg, &n, rows[pg.limit - 1].hub_id, rows[pg.limit - 1].user_id);
+    *next = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].hub_id, rows[pg.limit - 1].user_id);
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     *n_out = 0;
     for (int i = 0; i < n; i++) (*out)[(*n_out)++] = membership_pb(ctx, &rows[i]);

@@ -1,6 +1,7 @@
 /* accounts_rules.c — the accounts service's pure domain rules (see
  * accounts_rules.h): shapes and validation, update masks, downgrade
  * detection and the events a change emits, who may do what, etags. */
+#include "om_ids.h"
 #include "accounts_rules.h"
 
 #include <inttypes.h>
@@ -689,20 +690,13 @@ int acct_rule_partner_employee(acct_kind kind, bool partner_employee) {
 /* ---- etags ------------------------------------------------------------------------------- */
 
 void acct_etag_encode(int64_t version, char out[ACCT_ETAG_MAX]) {
-    snprintf(out, ACCT_ETAG_MAX, "\"v%" PRId64 "\"", version);
+    om_etag_encode('v', version, out);
 }
 
 int acct_etag_decode(const char *etag, int64_t *version) {
-    if (etag == NULL) return -1;
-    size_t len = strlen(etag);
-    if (len < 4 || len > 22 || etag[0] != '"' || etag[1] != 'v' || etag[len - 1] != '"') return -1;
-    int64_t v = 0;
-    for (size_t i = 2; i < len - 1; i++) {
-        if (!is_digit((unsigned char)etag[i])) return -1;
-        if (v > (INT64_MAX - 9) / 10) return -1;
-        v = v * 10 + (etag[i] - '0');
-    }
-    if (len - 3 > 1 && etag[2] == '0') return -1; /* one spelling per version */
+    int64_t v;
+    if (om_etag_decode('v', etag, &v) != 0) return -1;
+    if (strlen(etag) - 3 > 1 && etag[2] == '0') return -1; /* one spelling per version */
     *version = v;
     return 0;
 }

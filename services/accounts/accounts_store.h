@@ -13,12 +13,11 @@
 #include <stdint.h>
 
 #include "accounts_rules.h"
+#include "om_mem.h"
 #include "pg.h"
 
-typedef struct store_mem {
-    void *(*alloc)(void *ud, size_t n); /* never NULL for a handler's arena */
-    void *ud;
-} store_mem;
+/* Where results are allocated (om_mem.h): the call's arena. */
+typedef om_mem store_mem;
 
 /* Aggregate names: the event subject, the audit resource and the tombstone key. */
 void store_account_subject(uint64_t hub_id, char *buf, size_t cap);
@@ -106,24 +105,5 @@ int store_memberships_list(pg_conn *c, const store_membership_filter *f, store_m
                            acct_membership *out, int *n);
 /* SUPER_ADMIN members of the account other than `except_user`. */
 int store_count_super_admins(pg_conn *c, uint64_t hub_id, uint64_t except_user, long *out);
-
-/* ---- audit history ----------------------------------------------------------------------- */
-
-/* One row of the runtime's audit table, payloads still packed. */
-typedef struct store_audit_row {
-    int64_t id;
-    const char *actor, *action, *resource, *reason, *request_id, *trace_id;
-    const char *before_type, *after_type; /* full message names, "" when none */
-    const uint8_t *before;
-    size_t before_len;
-    const uint8_t *after;
-    size_t after_len;
-    int64_t time_us;
-} store_audit_row;
-
-/* Entries about `resource` and, with `subtree`, everything below it
- * ("accounts/1/memberships/..."), newest first, id < before_id (0 = newest). */
-int store_audit_list(pg_conn *c, const char *resource, bool subtree, int64_t before_id, int limit,
-                     store_mem *m, store_audit_row *out, int *n);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "assets_rules.h"
 #include "evt.h"
+#include "history.h"
 #include "orgmesh/assets/v1/assets.pb-c.h"
 #include "orgmesh/assets/v1/events.pb-c.h"
 #include "pg.h"
@@ -120,12 +121,9 @@ void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us);
  * copy job ("accounts/<target>/copy_jobs/<id>"); `kind` is "assets" or
  * "copy_jobs". ListAssetHistory lists everything under "accounts/<hub>/". */
 void assets_history_resource(uint64_t hub, const char *kind, const char *id, char *buf, size_t cap);
-/* SPEC 8: one page of the audit history of account `hub` (asset_id NULL or
- * "") or of one of its assets, newest first, ids below before_id (0: from
- * the newest). *out is freed with audit_page_free. */
-struct audit_page;
-int store_history_list(pg_conn *c, uint64_t hub, const char *asset_id, int64_t before_id, int limit,
-                       struct audit_page *out);
+/* SPEC 8: the history of one asset (asset_id) or of the account (asset_id
+ * NULL or ""): the key history_list (history.h) reads, into key, and how. */
+history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, size_t cap);
 
 /* The copy engine. */
 int assets_jobs_start(void);

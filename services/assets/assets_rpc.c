@@ -12,6 +12,8 @@
 #include "app.h"
 #include "assets.h"
 #include "audit.h"
+#include "copies.h"
+#include "history.h"
 #include "op.h"
 #include "log.h"
 #include "om_err.h"
@@ -25,10 +27,15 @@ _Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED =
 /* What a handler's transaction may find missing (op_need). */
 #define NEED_MEMBERSHIPS 1u
 
+typedef struct memb_page {
+    const CopiesMembership *const *ms;
+    size_t n;
+} memb_page;
+
 static int memb_tx(pg_conn *tx, void *arg) {
-    Orgmesh__Accounts__V1__ListMembershipsResponse *r = arg;
-    for (size_t i = 0; i < r->n_memberships; i++) {
-        const Orgmesh__Accounts__V1__Membership *m = r->memberships[i];
+    const memb_page *p = arg;
+    for (size_t i = 0; i < p->n; i++) {
+        const CopiesMembership *m = p->ms[i];
         if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
         int rc = store_membership_upsert(tx, m->hub_id, m->user_id,
                                          assets_roles_bits((const int *)m->roles, m->n_roles), false, m->version);
@@ -37,39 +44,15 @@ static int memb_tx(pg_conn *tx, void *arg) {
     return 0;
 }
 
+static int memb_put(const CopiesMembership *const *ms, size_t n, void *c) {
+    memb_page p = {ms, n};
+    return pg_tx(c, memb_tx, &p);
+}
+
 /* SPEC 2: the actor's memberships, from their owner, into the local copy. */
 static int assets_fetch(rpc_ctx *ctx, op_call *cl, void *arg) {
-    (void)ctx;
     (void)arg;
-    pg_conn *c = cl->db;
-    rpc_client *client = app_peer("accounts");
-    if (client == NULL) return OM_E_UNAVAILABLE;
-    char *token = NULL;
-    for (int page = 0; page < 20; page++) {
-        Orgmesh__Accounts__V1__ListMembershipsRequest req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
-        req.user_id = cl->actor->user_id;
-        req.page_size = 1000;
-        req.page_token = token ? token : (char *)"";
-        Orgmesh__Accounts__V1__ListMembershipsResponse *resp = NULL;
-        int64_t left = rpc_time_left_ms(cl->ctx);
-        rpc_call_opts o = {.token = app_service_token(), .trace_id = rpc_trace_id(cl->ctx),
-                           .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000, .idempotent = true};
-        rpc_status st;
-        int rc = rpc_client_call(client, "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
-                                 &orgmesh__accounts__v1__list_memberships_response__descriptor,
-                                 (ProtobufCMessage **)&resp, &o, &st);
-        if (rc != 0) {
-            log_warn("accounts ListMemberships failed: %d %s %s", (int)st.code, st.reason, st.message);
-            return OM_E_UNAVAILABLE;
-        }
-        rc = pg_tx(c, memb_tx, resp);
-        token = (rc == 0 && resp->next_page_token && resp->next_page_token[0])
-                    ? rpc_strdup(cl->ctx, resp->next_page_token)
-                    : NULL;
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-        if (rc != 0 || token == NULL) return rc;
-    }
-    return 0;
+    return copies_fetch_memberships(ctx, cl->actor->user_id, memb_put, cl->db);
 }
 
 /* The actor's standing in `hub`: a member at all, and with MARKETING_ACCESS
@@ -851,29 +834,24 @@ static int h_results(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
 /* ---- ListAssetHistory — SPEC 8 audit; viewing as ASSET-01 reads ---- */
 
 typedef struct history_state {
-    int limit;
-    int64_t before_id;
+    page_req pg; /* keyset: the id below which the next page starts */
     char asset_id[ASSET_ID_LEN]; /* lower case; "" = the whole account */
-    const char *scope;
 } history_state;
 
 static int history_apply(op_call *cl, pg_conn *tx) {
     const APB(ListAssetHistoryRequest) *req = cl->req;
     history_state *s = cl->arg;
-    rpc_ctx *ctx = cl->ctx;
     int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
-    audit_page pg = {0};
-    if ((rc = store_history_list(tx, req->hub_id, s->asset_id, s->before_id, s->limit, &pg)) != 0) return rc;
+    char key[128];
+    history_req q = {.page = &s->pg, .resource = key,
+                     .scope = store_history_key(req->hub_id, s->asset_id, key, sizeof key)};
+    history_out h;
+    if ((rc = history_list(cl->ctx, tx, &q, &h)) != 0) return rc;
     APB(ListAssetHistoryResponse) *resp = (void *)cl->resp;
-    resp->entries = audit_page_entries(ctx, &pg);
-    resp->n_entries = (size_t)pg.n;
-    char *cursor = pg.next_before_id > 0 ? rpc_sprintf(ctx, "%" PRId64, pg.next_before_id) : NULL;
-    audit_page_free(&pg);
-    char *tok = NULL;
-    if ((rc = page_token_encode(s->scope, cursor, &tok)) != 0) return rc;
-    resp->next_page_token = rpc_strdup(ctx, tok);
-    free(tok);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 
@@ -881,23 +859,20 @@ static const op_def history_def = {.apply = history_apply, .fetch = assets_fetch
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(ListAssetHistoryRequest) *req = (const void *)req_;
     history_state s = {0};
+    int limit;
     check_hub(ctx, "hub_id", req->hub_id);
     if (req->asset_id && req->asset_id[0] && !asset_uuid_valid(req->asset_id))
         rpc_violation(ctx, "asset_id", "is not an id of this service");
-    if (page_size_normalize(req->page_size, &s.limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
+    if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->asset_id && req->asset_id[0]) {
         snprintf(s.asset_id, sizeof s.asset_id, "%s", req->asset_id);
         for (char *p = s.asset_id; *p; p++)
             if (*p >= 'A' && *p <= 'F') *p = (char)(*p - 'A' + 'a');
     }
-    s.scope = rpc_sprintf(ctx, "assets.ListAssetHistory|hub=%" PRIu64 "|asset=%s", req->hub_id, s.asset_id);
-    char *cursor = NULL;
-    if (page_token_decode(s.scope, req->page_token, &cursor) != 0) return rpc_fail(ctx, OM_E_INVALID_PAGE_TOKEN, NULL);
-    if (cursor) {
-        s.before_id = strtoll(cursor, NULL, 10);
-        free(cursor);
-    }
+    const char *scope = rpc_sprintf(ctx, "assets.ListAssetHistory|hub=%" PRIu64 "|asset=%s", req->hub_id, s.asset_id);
+    int rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, 1, &s.pg)) != 0) return rc;
     return op_run(ctx, &history_def, req, resp, &s);
 }
 

@@ -1,5 +1,6 @@
 /* assets_rules.c — the pure rules of the assets service (SPEC 5); see
  * assets_rules.h. */
+#include "om_ids.h"
 #include "assets_rules.h"
 
 #include <inttypes.h>
@@ -79,34 +80,15 @@ int asset_pick_copy_name(const char *base, const char *const *taken, size_t n_ta
 }
 
 void asset_etag_encode(int64_t version, char out[ASSET_ETAG_MAX]) {
-    snprintf(out, ASSET_ETAG_MAX, "\"a%" PRId64 "\"", version);
+    om_etag_encode('a', version, out);
 }
 
 int asset_etag_decode(const char *etag, int64_t *version) {
-    if (etag == NULL) return -1;
-    size_t len = strlen(etag);
-    if (len < 4 || len > 22 || etag[0] != '"' || etag[1] != 'a' || etag[len - 1] != '"') return -1;
-    int64_t v = 0;
-    for (size_t i = 2; i < len - 1; i++) {
-        if (etag[i] < '0' || etag[i] > '9') return -1;
-        if (v > (INT64_MAX - 9) / 10) return -1;
-        v = v * 10 + (etag[i] - '0');
-    }
-    *version = v;
-    return 0;
+    return om_etag_decode('a', etag, version);
 }
 
 bool asset_uuid_valid(const char *s) {
-    if (s == NULL || strlen(s) != 36) return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-') return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
+    return om_uuid_valid(s);
 }
 
 /* ASSET-03 */

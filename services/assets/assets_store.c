@@ -222,17 +222,15 @@ int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, i
 
 /* ---- audit history (SPEC 8) ---- */
 
-int store_history_list(pg_conn *c, uint64_t hub, const char *asset_id, int64_t before_id, int limit,
-                       audit_page *out) {
+history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, size_t cap) {
     /* One asset: its exact resource; the account: everything under
      * accounts/<hub>/ (its assets and the copy jobs into it). */
-    char key[128];
     if (asset_id && asset_id[0]) {
-        assets_history_resource(hub, "assets", asset_id, key, sizeof key);
-        return audit_list(c, key, before_id, limit, out);
+        assets_history_resource(hub, "assets", asset_id, key, cap);
+        return HISTORY_RESOURCE;
     }
-    snprintf(key, sizeof key, "accounts/%" PRIu64 "/", hub);
-    return audit_list_prefix(c, key, before_id, limit, out);
+    snprintf(key, cap, "accounts/%" PRIu64 "/", hub);
+    return HISTORY_PREFIX;
 }
 
 /* ---- memberships ---- */

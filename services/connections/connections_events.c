@@ -15,20 +15,15 @@
 #include "om_time.h"
 #include "audit.h"
 #include "connections.h"
+#include "copies.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
 #include "orgmesh/organizations/v1/events.pb-c.h"
 
-#define APB(x) Orgmesh__Accounts__V1__##x
 #define OPB(x) Orgmesh__Organizations__V1__##x
 
 /* ---- protobuf views ---- */
-
-static void timestamp(PbTimestamp *t, int64_t us) {
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
-}
 
 void conn_pb_build(conn_pb *v) {
     PbConnection *p = &v->pb;
@@ -49,8 +44,8 @@ void conn_pb_build(conn_pb *v) {
     conn_etag_encode(v->row.version, v->etag);
     p->etag = v->etag;
     if (v->row.create_us != 0) {
-        timestamp(&v->ct, v->row.create_us);
-        timestamp(&v->ut, v->row.update_us);
+        om_pb_timestamp(&v->ct, v->row.create_us);
+        om_pb_timestamp(&v->ut, v->row.update_us);
         p->create_time = &v->ct;
         p->update_time = &v->ut;
     }
@@ -217,78 +212,32 @@ out:
     return rc;
 }
 
-/* ---- the accounts consumer ---- */
+/* ---- the accounts consumer (SPEC 2, through common/copies) ---- */
 
-static void *unpack_field1(const evt_event *ev, const ProtobufCMessageDescriptor *d, ProtobufCMessage **m) {
-    *m = protobuf_c_message_unpack(d, NULL, ev->payload_len, ev->payload);
-    if (*m == NULL) {
-        log_error("event %s (%s): payload cannot be decoded; ignored", ev->id, ev->type);
-        return NULL;
-    }
-    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, 1);
-    if (f == NULL || f->type != PROTOBUF_C_TYPE_MESSAGE) return NULL;
-    return *(void **)((char *)*m + f->offset);
-}
-
-static int on_account(pg_conn *tx, const evt_event *ev, const ProtobufCMessageDescriptor *d, bool deleted) {
-    ProtobufCMessage *m = NULL;
-    const APB(Account) *pa = unpack_field1(ev, d, &m);
-    int rc = 0;
-    if (pa != NULL && pg_id_valid(pa->hub_id)) {
-        int64_t version = ev->version > 0 ? ev->version : pa->version; /* SPEC 2: the event's own version */
-        rc = store_account_upsert(tx, pa->hub_id, pa->sensitive_data_enabled, deleted, version);
-        /* CONN-05: against the copy as it now stands (whatever the order the
-         * events came in), restrict where it is still a mirroring source. */
-        bool known, sensitive = false;
-        if (rc == 0) rc = store_sensitivity(tx, &pa->hub_id, 1, &known, &sensitive);
-        if (rc == 0 && sensitive) rc = conn_restrict_sensitive_source(tx, pa->hub_id, ev->id);
-        if (rc == 0) rc = store_notify_change(tx);
-    }
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
+static int on_account(pg_conn *tx, const copies_event *e, const CopiesAccount *pa, void *arg) {
+    (void)arg;
+    int rc = store_account_upsert(tx, pa->hub_id, pa->sensitive_data_enabled, e->deleted, e->version);
+    /* CONN-05: against the copy as it now stands (whatever the order the
+     * events came in), restrict where it is still a mirroring source. */
+    bool known, sensitive = false;
+    if (rc == 0) rc = store_sensitivity(tx, &pa->hub_id, 1, &known, &sensitive);
+    if (rc == 0 && sensitive) rc = conn_restrict_sensitive_source(tx, pa->hub_id, e->ev->id);
+    if (rc == 0) rc = store_notify_change(tx);
     return rc;
 }
 
-static int on_membership(pg_conn *tx, const evt_event *ev, const ProtobufCMessageDescriptor *d, bool deleted) {
-    ProtobufCMessage *m = NULL;
-    const APB(Membership) *mb = unpack_field1(ev, d, &m);
-    int rc = 0;
-    if (mb != NULL && pg_id_valid(mb->hub_id) && pg_id_valid(mb->user_id)) {
-        rc = store_membership_upsert(tx, mb->hub_id, mb->user_id, conn_roles_bits((const int *)mb->roles, mb->n_roles),
-                                     conn_seats_bits((const int *)mb->seats, mb->n_seats), deleted,
-                                     ev->version > 0 ? ev->version : mb->version);
-        if (rc == 0) rc = store_notify_change(tx);
-    }
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
+static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembership *mb, void *arg) {
+    (void)arg;
+    int rc = store_membership_upsert(tx, mb->hub_id, mb->user_id, conn_roles_bits((const int *)mb->roles, mb->n_roles),
+                                     conn_seats_bits((const int *)mb->seats, mb->n_seats), e->deleted, e->version);
+    if (rc == 0) rc = store_notify_change(tx);
     return rc;
 }
 
-static const struct {
-    const ProtobufCMessageDescriptor *d;
-    int (*fn)(pg_conn *, const evt_event *, const ProtobufCMessageDescriptor *, bool);
-    bool deleted;
-} account_handlers[] = {
-    {&orgmesh__accounts__v1__account_created__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_updated__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__subscriptions_changed__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_downgraded__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__hosting_location_changed__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__sensitive_data_enabled__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__sensitive_data_disabled__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_deactivated__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_reactivated__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_deleted__descriptor, on_account, true},
-    {&orgmesh__accounts__v1__membership_added__descriptor, on_membership, false},
-    {&orgmesh__accounts__v1__membership_changed__descriptor, on_membership, false},
-    {&orgmesh__accounts__v1__membership_removed__descriptor, on_membership, true},
-};
+static const copies_sink accounts_sink = {.account = on_account, .membership = on_membership};
 
 int conn_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg) {
-    (void)arg;
-    if (ev->type == NULL) return 0;
-    for (size_t i = 0; i < sizeof account_handlers / sizeof account_handlers[0]; i++)
-        if (strcmp(ev->type, account_handlers[i].d->name) == 0)
-            return account_handlers[i].fn(tx, ev, account_handlers[i].d, account_handlers[i].deleted);
-    return 0;
+    return copies_apply_event(tx, ev, &accounts_sink, arg);
 }
 
 /* ---- the organizations consumer (CONN-09) ---- */

@@ -17,7 +17,9 @@
 
 #include "app.h"
 #include "audit.h"
+#include "history.h"
 #include "config.h"
+#include "copies.h"
 #include "connections.h"
 #include "connections_rpc.h"
 #include "op.h"
@@ -100,14 +102,10 @@ static int peer_call(op_call *cl, const char *peer, const char *method, const Pr
     if (c == NULL) return OM_E_UNAVAILABLE;
     rpc_status st;
     int rc;
-    if (as_caller) {
+    if (as_caller)
         rc = rpc_client_call_ctx(c, cl->ctx, method, req, desc, resp, &st);
-    } else {
-        int64_t left = rpc_time_left_ms(cl->ctx);
-        rpc_call_opts o = {.token = app_service_token(), .trace_id = rpc_trace_id(cl->ctx),
-                           .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000, .idempotent = true};
-        rc = rpc_client_call(c, method, req, desc, resp, &o, &st);
-    }
+    else /* only the accounts service is called as this service (SPEC 2 copies) */
+        rc = copies_call(cl->ctx, method, req, desc, resp, &st);
     if (rc != 0) {
         log_warn("%s %s failed: %d %s %s", peer, method, (int)st.code, st.reason, st.message);
         if (st.code == GRPC_STATUS_NOT_FOUND) return OM_E_NOT_FOUND;
@@ -178,10 +176,15 @@ static int fetch_accounts(op_call *cl, pg_conn *c) {
     return rc;
 }
 
+typedef struct memb_page {
+    const CopiesMembership *const *ms;
+    size_t n;
+} memb_page;
+
 static int memb_tx(pg_conn *tx, void *arg) {
-    APB(ListMembershipsResponse) *r = arg;
-    for (size_t i = 0; i < r->n_memberships; i++) {
-        const APB(Membership) *m = r->memberships[i];
+    const memb_page *p = arg;
+    for (size_t i = 0; i < p->n; i++) {
+        const CopiesMembership *m = p->ms[i];
         if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
         int rc = store_membership_upsert(tx, m->hub_id, m->user_id, conn_roles_bits((const int *)m->roles, m->n_roles),
                                          conn_seats_bits((const int *)m->seats, m->n_seats), false, m->version);
@@ -190,27 +193,14 @@ static int memb_tx(pg_conn *tx, void *arg) {
     return store_notify_change(tx);
 }
 
+static int memb_put(const CopiesMembership *const *ms, size_t n, void *c) {
+    memb_page p = {ms, n};
+    return pg_tx(c, memb_tx, &p);
+}
+
 /* The actor's memberships (roles for CONN-08). */
 static int fetch_memberships(op_call *cl, pg_conn *c) {
-    char *token = NULL;
-    for (int page = 0; page < 20; page++) {
-        APB(ListMembershipsRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
-        req.user_id = cl->actor->user_id;
-        req.page_size = 1000;
-        req.page_token = token ? token : (char *)"";
-        APB(ListMembershipsResponse) *resp = NULL;
-        int rc = peer_call(cl, "accounts", "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
-                           &orgmesh__accounts__v1__list_memberships_response__descriptor, (ProtobufCMessage **)&resp,
-                           false);
-        if (rc != 0) return rc;
-        rc = pg_tx(c, memb_tx, resp);
-        token = (rc == 0 && resp->next_page_token && resp->next_page_token[0])
-                    ? rpc_strdup(cl->ctx, resp->next_page_token)
-                    : NULL;
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-        if (rc != 0 || token == NULL) return rc;
-    }
-    return 0;
+    return copies_fetch_memberships(cl->ctx, cl->actor->user_id, memb_put, c);
 }
 
 /* op_def.fetch: what the last attempt found missing (SPEC 2). */
@@ -854,29 +844,18 @@ static int apply_history(op_call *cl, pg_conn *tx) {
     int rc = load_org(cl, tx, req->organization_id, st);
     if (rc == 0) rc = require_viewer(cl, tx, st, NULL);
     if (rc != 0) return rc;
-    int limit = 0;
-    page_size_normalize(req->page_size, &limit);
+    page_req pg;
     char *scope = rpc_sprintf(ctx, "connections.ListConnectionHistory|%s", req->organization_id);
-    char *cursor = NULL;
-    if ((rc = page_token_decode(scope, req->page_token, &cursor)) != 0) return op_fail(cl, rc, "invalid page token");
-    int64_t before = cursor ? strtoll(cursor, NULL, 10) : 0;
-    free(cursor);
+    if ((rc = page_read(req->page_size, req->page_token, scope, 1, &pg)) != 0)
+        return op_fail(cl, rc, "invalid page token");
     char resource[96];
     conn_history_resource(req->organization_id, resource, sizeof resource);
-    audit_page pg = {0};
-    if ((rc = audit_list(tx, resource, before, limit, &pg)) != 0) return rc;
-    resp->entries = audit_page_entries(ctx, &pg);
-    resp->n_entries = (size_t)pg.n;
-    resp->next_page_token = "";
-    if (pg.next_before_id > 0) {
-        char cur[24], *tok = NULL;
-        snprintf(cur, sizeof cur, "%" PRId64, pg.next_before_id);
-        if (page_token_encode(scope, cur, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
-    audit_page_free(&pg);
+    history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
+    history_out h;
+    if ((rc = history_list(ctx, tx, &q, &h)) != 0) return rc;
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 

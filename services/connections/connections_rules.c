@@ -1,5 +1,6 @@
 /* connections_rules.c — the pure rules of the connections service (SPEC 4);
  * see connections_rules.h. Unit-tested in tests/unit/test_connections_rules.c. */
+#include "om_ids.h"
 #include "connections_rules.h"
 
 #include <inttypes.h>
@@ -89,32 +90,13 @@ int conn_decide_asset(const conn_facts *f) {
 }
 
 void conn_etag_encode(int64_t version, char out[CONN_ETAG_MAX]) {
-    snprintf(out, CONN_ETAG_MAX, "\"c%" PRId64 "\"", version);
+    om_etag_encode('c', version, out);
 }
 
 int conn_etag_decode(const char *etag, int64_t *version) {
-    if (etag == NULL) return -1;
-    size_t len = strlen(etag);
-    if (len < 4 || len > 22 || etag[0] != '"' || etag[1] != 'c' || etag[len - 1] != '"') return -1;
-    int64_t v = 0;
-    for (size_t i = 2; i < len - 1; i++) {
-        if (etag[i] < '0' || etag[i] > '9') return -1;
-        if (v > (INT64_MAX - 9) / 10) return -1;
-        v = v * 10 + (etag[i] - '0');
-    }
-    *version = v;
-    return 0;
+    return om_etag_decode('c', etag, version);
 }
 
 bool conn_uuid_valid(const char *s) {
-    if (s == NULL || strlen(s) != 36) return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-') return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
+    return om_uuid_valid(s);
 }

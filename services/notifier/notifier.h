@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "evt.h"
+#include "om_sql.h"
 #include "notifier_render.h"
 #include "pg.h"
 #include "rpc.h"
@@ -22,6 +23,20 @@ enum {
     NT_ST_DEAD = 5,
     NT_ST_CANCELLED = 6,
 };
+
+/* The same states in SQL text: "state = " OM_SQL(NT_SQL_SENT) (om_sql.h). */
+#define NT_SQL_PENDING 1
+#define NT_SQL_SENT 2
+#define NT_SQL_RETRYING 3
+#define NT_SQL_DEFERRED 4
+#define NT_SQL_DEAD 5
+#define NT_SQL_CANCELLED 6
+_Static_assert(NT_SQL_PENDING == NT_ST_PENDING && NT_SQL_SENT == NT_ST_SENT && NT_SQL_RETRYING == NT_ST_RETRYING &&
+                   NT_SQL_DEFERRED == NT_ST_DEFERRED && NT_SQL_DEAD == NT_ST_DEAD &&
+                   NT_SQL_CANCELLED == NT_ST_CANCELLED,
+               "NT_SQL_* and NT_ST_* agree");
+/* Due for a send: what the partial index delivery_due covers. */
+#define NT_SQL_DUE OM_SQL(NT_SQL_PENDING) ", " OM_SQL(NT_SQL_RETRYING) ", " OM_SQL(NT_SQL_DEFERRED)
 
 /* Where an access-request email's token goes; filled in when sending. */
 #define NT_TOKEN_MARK "{{token}}"

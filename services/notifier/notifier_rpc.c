@@ -8,6 +8,7 @@
 
 #include "om_time.h"
 #include "audit.h"
+#include "history.h"
 #include "op.h"
 #include "log.h"
 #include "notifier.h"
@@ -29,38 +30,8 @@ static Google__Protobuf__Timestamp *ts(rpc_ctx *ctx, const pg_res *r, int row, i
     if (pg_isnull(r, row, col)) return NULL;
     int64_t us = pg_time_us(r, row, col);
     Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
-}
-
-/* Page size and keyset cursor (the last id returned; 0 = from the newest). */
-static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, int *limit, int64_t *before) {
-    *before = 0;
-    if (page_size_normalize(size, limit) != 0) {
-        rpc_violation(ctx, "page_size", "must not be negative");
-        return rpc_fail_invalid(ctx);
-    }
-    char *cursor = NULL;
-    int rc = page_token_decode(scope, token, &cursor);
-    if (rc == 0 && cursor != NULL) {
-        char *end = NULL;
-        long long v = strtoll(cursor, &end, 10);
-        if (end == cursor || *end != '\0' || v <= 0) rc = OM_E_INVALID_PAGE_TOKEN;
-        *before = v;
-    }
-    free(cursor);
-    return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
-}
-
-static char *page_next(rpc_ctx *ctx, const char *scope, int got, int limit, int64_t last_id) {
-    if (got < limit) return rpc_strdup(ctx, "");
-    char cursor[24], *tok = NULL;
-    snprintf(cursor, sizeof cursor, "%" PRId64, last_id);
-    if (page_token_encode(scope, cursor, &tok) != 0) return rpc_strdup(ctx, "");
-    char *out = rpc_strdup(ctx, tok);
-    free(tok);
-    return out;
 }
 
 static int fail_db(rpc_ctx *ctx, pg_conn *c, int rc) {
@@ -71,7 +42,7 @@ static int fail_db(rpc_ctx *ctx, pg_conn *c, int rc) {
 #define DELIVERY_COLS                                                                                              \
     "id, event_id, event_type, recipient_user_id, recipient_email, locale, template, message_id, state, attempts," \
     " last_error, client_hub_id, create_time, send_time,"                                                          \
-    " CASE WHEN state IN (3, 4) THEN next_attempt_at END"
+    " CASE WHEN state IN (" OM_SQL(NT_SQL_RETRYING) ", " OM_SQL(NT_SQL_DEFERRED) ") THEN next_attempt_at END"
 
 static PB(Delivery) *delivery_pb(rpc_ctx *ctx, const pg_res *r, int i) {
     PB(Delivery) *d = rpc_alloc(ctx, sizeof *d);
@@ -107,9 +78,8 @@ static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "notifier.ListDeliveries|%s|%" PRIu64 "|%s|%d", req->event_id,
                                     req->recipient_user_id, req->recipient_email, (int)req->state);
-    int limit;
-    int64_t before;
-    if (page_open(ctx, req->page_size, req->page_token, scope, &limit, &before) != 0) return -1;
+    page_req pg; /* keyset: the last id returned */
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     pg_params p = {0};
@@ -117,8 +87,8 @@ static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     pg_p_i64(&p, (int64_t)req->recipient_user_id);
     pg_p_str(&p, req->recipient_email);
     pg_p_i64(&p, (int64_t)req->state);
-    pg_p_i64(&p, before);
-    pg_p_i64(&p, limit);
+    pg_p_i64(&p, (int64_t)pg.k1);
+    pg_p_i64(&p, pg.limit);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "SELECT " DELIVERY_COLS " FROM delivery"
@@ -131,7 +101,7 @@ static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     resp->deliveries = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->deliveries);
     for (int i = 0; i < n; i++) resp->deliveries[i] = delivery_pb(ctx, r, i);
     resp->n_deliveries = (size_t)n;
-    resp->next_page_token = page_next(ctx, scope, n, limit, n > 0 ? pg_i64(r, n - 1, 0) : 0);
+    resp->next_page_token = page_next(ctx, &pg, n >= pg.limit, n > 0 ? (uint64_t)pg_i64(r, n - 1, 0) : 0, 0);
     pg_free(r);
     return 0;
 }
@@ -144,16 +114,15 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     if (strlen(req->event_type) > 200) rpc_violation(ctx, "event_type", "at most 200 characters");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "notifier.ListDeadLetters|%s|%s", req->event_type, req->event_id);
-    int limit;
-    int64_t before;
-    if (page_open(ctx, req->page_size, req->page_token, scope, &limit, &before) != 0) return -1;
+    page_req pg; /* keyset: the last id returned */
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     pg_params p = {0};
     pg_p_str(&p, req->event_type);
     pg_p_str(&p, req->event_id);
-    pg_p_i64(&p, before);
-    pg_p_i64(&p, limit);
+    pg_p_i64(&p, (int64_t)pg.k1);
+    pg_p_i64(&p, pg.limit);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "SELECT id, event_id, event_type, recipient_user_id, recipient_email, reason, attempts,"
@@ -180,7 +149,7 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         resp->dead_letters[i] = d;
     }
     resp->n_dead_letters = (size_t)n;
-    resp->next_page_token = page_next(ctx, scope, n, limit, n > 0 ? pg_i64(r, n - 1, 0) : 0);
+    resp->next_page_token = page_next(ctx, &pg, n >= pg.limit, n > 0 ? (uint64_t)pg_i64(r, n - 1, 0) : 0, 0);
     pg_free(r);
     return 0;
 }
@@ -190,23 +159,19 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
 static int replay_one(pg_conn *tx, int64_t id) {
     pg_params p = {0};
     pg_p_i64(&p, id);
-    pg_p_i64(&p, NT_ST_PENDING);
-    pg_p_i64(&p, NT_ST_DEAD);
     pg_res *r = NULL;
     int rc = pg_exec(tx,
-                     "UPDATE delivery d SET state = $2, attempts = 0, next_attempt_at = now(), last_error = ''"
-                     " FROM dead_letter l WHERE l.id = $1 AND d.id = l.delivery_id AND d.state = $3"
+                     "UPDATE delivery d SET state = " OM_SQL(NT_SQL_PENDING) ", attempts = 0, next_attempt_at = now(), last_error = ''"
+                     " FROM dead_letter l WHERE l.id = $1 AND d.id = l.delivery_id AND d.state = " OM_SQL(NT_SQL_DEAD)
                      " RETURNING d.id",
                      &p, &r);
     if (rc != 0) return rc;
     int n = pg_nrows(r);
     pg_free(r);
     if (n == 0) return 0;
-    pg_params q = {0};
-    pg_p_i64(&q, id);
     rc = pg_exec(tx,
                  "UPDATE dead_letter SET replay_count = replay_count + 1, last_replay_time = now() WHERE id = $1",
-                 &q, NULL);
+                 &p, NULL);
     return rc != 0 ? rc : 1;
 }
 
@@ -217,12 +182,10 @@ static int replay_apply(op_call *op, pg_conn *tx) {
     int rc;
     pg_res *r = NULL;
     if (req->all) {
-        pg_params p = {0};
-        pg_p_i64(&p, NT_ST_DEAD);
         rc = pg_exec(tx,
                      "SELECT l.id FROM dead_letter l JOIN delivery d ON d.id = l.delivery_id"
-                     " WHERE d.state = $1 ORDER BY l.id FOR UPDATE OF l",
-                     &p, &r);
+                     " WHERE d.state = " OM_SQL(NT_SQL_DEAD) " ORDER BY l.id FOR UPDATE OF l",
+                     NULL, &r);
     } else {
         /* the ids were validated as numbers */
         pg_params p = {0};
@@ -306,26 +269,17 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     const PB(ListDeadLetterHistoryRequest) *req = (const void *)req_;
     PB(ListDeadLetterHistoryResponse) *resp = (void *)resp_;
     const char *scope = "notifier.ListDeadLetterHistory";
-    int limit;
-    int64_t before;
-    if (page_open(ctx, req->page_size, req->page_token, scope, &limit, &before) != 0) return -1;
+    page_req pg; /* keyset: the last id returned */
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    audit_page page;
-    int rc = audit_list(c, NULL, before, limit, &page);
+    history_req q = {.page = &pg, .scope = HISTORY_ALL};
+    history_out h;
+    int rc = history_list(ctx, c, &q, &h);
     if (rc != 0) return fail_db(ctx, c, rc);
-    resp->entries = audit_page_entries(ctx, &page);
-    resp->n_entries = (size_t)page.n;
-    resp->next_page_token = rpc_strdup(ctx, "");
-    if (page.next_before_id > 0 && page.n == limit) {
-        char cursor[24], *tok = NULL;
-        snprintf(cursor, sizeof cursor, "%" PRId64, page.next_before_id);
-        if (page_token_encode(scope, cursor, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
-    audit_page_free(&page);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 

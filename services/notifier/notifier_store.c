@@ -99,7 +99,7 @@ static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
         pg_params p = {0};
         pg_p_i64(&p, d->id);
         rc = pg_exec(c,
-                     "UPDATE delivery SET state = 6, last_error = 'no link for this recipient: the access request"
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_CANCELLED) ", last_error = 'no link for this recipient: the access request"
                      " is no longer pending, or the recipient is not a client admin' WHERE id = $1",
                      &p, NULL);
         log_info("delivery %" PRId64 " cancelled: access request %s is no longer pending, or user %" PRIu64
@@ -128,7 +128,7 @@ static int cap_check(pg_conn *c, const due_row *d) {
     pg_p_i64(&q, nt_cfg.cap_window_s);
     pg_res *r = NULL;
     rc = pg_exec(c,
-                 "SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND state = 2"
+                 "SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND state = " OM_SQL(NT_SQL_SENT)
                  " AND send_time > now() - make_interval(secs => $2::bigint)",
                  &q, &r);
     if (rc != 0) return rc;
@@ -140,9 +140,9 @@ static int cap_check(pg_conn *c, const due_row *d) {
     pg_p_u64(&u, d->client);
     pg_p_i64(&u, nt_cfg.cap_window_s);
     rc = pg_exec(c,
-                 "UPDATE delivery SET state = 4, last_error = 'client hourly cap reached',"
+                 "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEFERRED) ", last_error = 'client hourly cap reached',"
                  " next_attempt_at = GREATEST(now() + interval '1 second',"
-                 "   (SELECT min(send_time) FROM delivery WHERE client_hub_id = $2 AND state = 2"
+                 "   (SELECT min(send_time) FROM delivery WHERE client_hub_id = $2 AND state = " OM_SQL(NT_SQL_SENT)
                  "     AND send_time > now() - make_interval(secs => $3::bigint))"
                  "   + make_interval(secs => $3::bigint))"
                  " WHERE id = $1",
@@ -198,7 +198,7 @@ static int delivered(pg_conn *c, const due_row *d) {
     pg_params p = {0};
     pg_p_i64(&p, d->id);
     int rc = pg_exec(c,
-                     "UPDATE delivery SET state = 2, attempts = attempts + 1, send_time = now(),"
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_SENT) ", attempts = attempts + 1, send_time = now(),"
                      " last_error = '' WHERE id = $1",
                      &p, NULL);
     if (rc != 0) return rc;
@@ -233,12 +233,12 @@ static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
     if (!last) {
         pg_p_i64(&p, backoff_ms(d->attempts + 1));
         return pg_exec(c,
-                       "UPDATE delivery SET state = 3, attempts = attempts + 1, last_error = $2,"
+                       "UPDATE delivery SET state = " OM_SQL(NT_SQL_RETRYING) ", attempts = attempts + 1, last_error = $2,"
                        " next_attempt_at = now() + make_interval(secs => $3::bigint / 1000.0)"
                        " WHERE id = $1",
                        &p, NULL);
     }
-    int rc = pg_exec(c, "UPDATE delivery SET state = 5, attempts = attempts + 1, last_error = $2 WHERE id = $1", &p,
+    int rc = pg_exec(c, "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEAD) ", attempts = attempts + 1, last_error = $2 WHERE id = $1", &p,
                      NULL);
     return rc != 0 ? rc : dead_letter(c, d, err);
 }
@@ -250,7 +250,7 @@ int nt_send_one(pg_conn *c) {
     rc = pg_exec(c,
                  "SELECT id, event_id, event_type, recipient_user_id, recipient_email, locale, message_id,"
                  " subject, body, client_hub_id, attempts, access_request_id FROM delivery"
-                 " WHERE state IN (1, 3, 4) AND next_attempt_at <= now()"
+                 " WHERE state IN (" NT_SQL_DUE ") AND next_attempt_at <= now()"
                  " ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
                  NULL, &r);
     if (rc != 0) goto fail;

@@ -8,6 +8,7 @@
 
 #include "auth.h"
 #include "evt.h"
+#include "om_time.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/organizations/v1/events.pb-c.h"
 #include "orgmesh/organizations/v1/organizations.pb-c.h"
@@ -38,7 +39,6 @@ int org_snapshot_load(pg_conn *c, org_snapshot *s);
 /* Builds s->pb from s->o and s->m[0..n). */
 void org_snapshot_build(org_snapshot *s);
 void org_member_pb(PbOrgMember *pm, PbTimestamp *ts, const org_member_row *m);
-void org_timestamp(PbTimestamp *t, int64_t us);
 
 /* The local copy (SPEC 2) of an account from its protobuf form. */
 void org_account_from_pb(const Orgmesh__Accounts__V1__Account *pa, org_account *out);

@@ -9,6 +9,7 @@
 
 #include "om_time.h"
 #include "audit.h"
+#include "copies.h"
 #include "log.h"
 #include "om_err.h"
 #include "organizations.h"
@@ -18,18 +19,13 @@
 
 /* ---- snapshots ------------------------------------------------------------ */
 
-void org_timestamp(PbTimestamp *t, int64_t us) {
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
-}
-
 void org_member_pb(PbOrgMember *pm, PbTimestamp *ts, const org_member_row *m) {
     orgmesh__organizations__v1__org_member__init(pm);
     pm->hub_id = m->hub_id;
     pm->name = (char *)m->name;
     pm->marketing_enterprise = m->marketing_enterprise;
     pm->founding_account = m->founding;
-    org_timestamp(ts, m->join_us);
+    om_pb_timestamp(ts, m->join_us);
     pm->join_time = ts;
     pm->joined_by_user_id = m->joined_by;
     pm->acknowledgement_id = (char *)m->ack_id;
@@ -51,8 +47,8 @@ void org_snapshot_build(org_snapshot *s) {
     p->version = s->o.version;
     org_etag_encode(s->o.version, s->etag);
     p->etag = s->etag;
-    org_timestamp(&s->create, s->o.create_us);
-    org_timestamp(&s->update, s->o.update_us);
+    om_pb_timestamp(&s->create, s->o.create_us);
+    om_pb_timestamp(&s->update, s->o.update_us);
     p->create_time = &s->create;
     p->update_time = &s->update;
 }
@@ -268,86 +264,33 @@ out:
     return rc;
 }
 
-/* An account event: every one of them carries the account after the change
- * as field 1. */
-static int on_account(pg_conn *tx, const evt_event *ev, const ProtobufCMessageDescriptor *d, bool deleted) {
-    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, ev->payload_len, ev->payload);
-    if (m == NULL) {
-        log_error("event %s (%s): payload cannot be decoded; ignored", ev->id, ev->type);
-        return 0;
-    }
-    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, 1);
-    const APB(Account) *pa = NULL;
-    if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE)
-        pa = *(const APB(Account) **)((const char *)m + f->offset);
-    int rc = 0;
-    if (pa != NULL && pg_id_valid(pa->hub_id)) {
-        org_account a;
-        org_account_from_pb(pa, &a);
-        a.deleted = deleted;
-        if (ev->version > 0) a.version = ev->version; /* SPEC 2: the event's own version */
-        rc = store_account_upsert(tx, &a, NULL);
-        if (rc == 0) rc = enforce(tx, a.hub_id, ev);
-    }
-    protobuf_c_message_free_unpacked(m, NULL);
+/* The accounts consumer's three kinds (SPEC 2, through common/copies). */
+static int on_account(pg_conn *tx, const copies_event *e, const CopiesAccount *pa, void *arg) {
+    (void)arg;
+    org_account a;
+    org_account_from_pb(pa, &a);
+    a.deleted = e->deleted;
+    a.version = e->version; /* SPEC 2: the event's own version */
+    int rc = store_account_upsert(tx, &a, NULL);
+    if (rc == 0) rc = enforce(tx, a.hub_id, e->ev);
     return rc;
 }
 
-static int on_user(pg_conn *tx, const evt_event *ev, const ProtobufCMessageDescriptor *d, bool deleted) {
-    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, ev->payload_len, ev->payload);
-    if (m == NULL) return 0;
-    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, 1);
-    const APB(User) *u = f ? *(const APB(User) **)((const char *)m + f->offset) : NULL;
-    int rc = 0;
-    if (u != NULL && pg_id_valid(u->user_id))
-        rc = store_user_upsert(tx, u->user_id, u->two_factor_enabled, deleted,
-                               ev->version > 0 ? ev->version : u->version);
-    protobuf_c_message_free_unpacked(m, NULL);
-    return rc;
+static int on_user(pg_conn *tx, const copies_event *e, const CopiesUser *u, void *arg) {
+    (void)arg;
+    return store_user_upsert(tx, u->user_id, u->two_factor_enabled, e->deleted, e->version);
 }
 
-static int on_membership(pg_conn *tx, const evt_event *ev, const ProtobufCMessageDescriptor *d, bool deleted) {
-    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, ev->payload_len, ev->payload);
-    if (m == NULL) return 0;
-    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, 1);
-    const APB(Membership) *mb = f ? *(const APB(Membership) **)((const char *)m + f->offset) : NULL;
-    int rc = 0;
-    if (mb != NULL && pg_id_valid(mb->hub_id) && pg_id_valid(mb->user_id))
-        rc = store_membership_upsert(tx, mb->hub_id, mb->user_id, deleted ? 0 : org_roles_bits(mb->roles, mb->n_roles),
-                                     deleted, ev->version > 0 ? ev->version : mb->version);
-    protobuf_c_message_free_unpacked(m, NULL);
-    return rc;
+static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembership *mb, void *arg) {
+    (void)arg;
+    return store_membership_upsert(tx, mb->hub_id, mb->user_id, e->deleted ? 0 : org_roles_bits(mb->roles, mb->n_roles),
+                                   e->deleted, e->version);
 }
 
-static const struct {
-    const ProtobufCMessageDescriptor *d;
-    int (*fn)(pg_conn *, const evt_event *, const ProtobufCMessageDescriptor *, bool);
-    bool deleted;
-} handlers[] = {
-    {&orgmesh__accounts__v1__account_created__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_updated__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__subscriptions_changed__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_downgraded__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__hosting_location_changed__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__sensitive_data_enabled__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__sensitive_data_disabled__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_deactivated__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_reactivated__descriptor, on_account, false},
-    {&orgmesh__accounts__v1__account_deleted__descriptor, on_account, true},
-    {&orgmesh__accounts__v1__user_created__descriptor, on_user, false},
-    {&orgmesh__accounts__v1__user_updated__descriptor, on_user, false},
-    {&orgmesh__accounts__v1__user_deleted__descriptor, on_user, true},
-    {&orgmesh__accounts__v1__membership_added__descriptor, on_membership, false},
-    {&orgmesh__accounts__v1__membership_changed__descriptor, on_membership, false},
-    {&orgmesh__accounts__v1__membership_removed__descriptor, on_membership, true},
-};
+static const copies_sink accounts_sink = {.account = on_account, .user = on_user, .membership = on_membership};
 
 /* SPEC 2: runs inside the consumer's transaction, which records the event
  * id with these effects (exactly once); versions keep older states out. */
 int org_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg) {
-    (void)arg;
-    if (ev->type == NULL) return 0;
-    for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++)
-        if (strcmp(ev->type, handlers[i].d->name) == 0) return handlers[i].fn(tx, ev, handlers[i].d, handlers[i].deleted);
-    return 0; /* not an event this service needs */
+    return copies_apply_event(tx, ev, &accounts_sink, arg);
 }

@@ -13,6 +13,8 @@
 
 #include "app.h"
 #include "audit.h"
+#include "copies.h"
+#include "history.h"
 #include "config.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "op.h"
@@ -126,60 +128,26 @@ static int require_user(rpc_ctx *ctx) {
 
 static int accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp) {
-    rpc_client *peer = app_peer("accounts");
-    if (peer == NULL) return OM_E_UNAVAILABLE;
-    int64_t left = rpc_time_left_ms(ctx);
-    rpc_call_opts o = {
-        .token = app_service_token(),
-        .trace_id = rpc_trace_id(ctx),
-        .deadline_ms = left < 5000 ? (int)(left > 0 ? left : 1) : 5000,
-        .idempotent = true,
-    };
-    rpc_status st;
-    int rc = rpc_client_call(peer, method, req, desc, resp, &o, &st);
-    if (rc != 0) {
-        log_warn("accounts %s failed: %d %s %s", method, (int)st.code, st.reason, st.message);
-        return OM_E_UNAVAILABLE;
-    }
-    return 0;
+    return copies_call(ctx, method, req, desc, resp, NULL) == 0 ? 0 : OM_E_UNAVAILABLE;
+}
+
+static int put_account(const CopiesAccount *pa, void *arg) {
+    org_account a;
+    org_account_from_pb(pa, &a);
+    return store_account_upsert(arg, &a, NULL);
 }
 
 /* BatchGetAccounts for `ids`; the accounts found become local copies. */
 static int fetch_accounts(rpc_ctx *ctx, pg_conn *c, const uint64_t *ids, int n) {
-    for (int at = 0; at < n; at += ORG_MAX_BATCH) {
-        APB(BatchGetAccountsRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_ACCOUNTS_REQUEST__INIT;
-        req.hub_ids = (uint64_t *)ids + at;
-        req.n_hub_ids = (size_t)(n - at < ORG_MAX_BATCH ? n - at : ORG_MAX_BATCH);
-        APB(BatchGetAccountsResponse) *resp = NULL;
-        int rc = accounts_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
-                               &orgmesh__accounts__v1__batch_get_accounts_response__descriptor,
-                               (ProtobufCMessage **)&resp);
-        if (rc != 0) return rc;
-        for (size_t i = 0; rc == 0 && i < resp->n_accounts; i++) {
-            if (resp->accounts[i] == NULL || !pg_id_valid(resp->accounts[i]->hub_id)) continue;
-            org_account a;
-            org_account_from_pb(resp->accounts[i], &a);
-            rc = store_account_upsert(c, &a, NULL);
-        }
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-        if (rc != 0) return rc;
-    }
-    return 0;
+    return copies_fetch_accounts(ctx, ids, (size_t)n, put_account, c);
+}
+
+static int put_user(const CopiesUser *u, void *arg) {
+    return store_user_upsert(arg, u->user_id, u->two_factor_enabled, false, u->version);
 }
 
 static int fetch_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id) {
-    APB(BatchGetUsersRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_USERS_REQUEST__INIT;
-    req.user_ids = &user_id;
-    req.n_user_ids = 1;
-    APB(BatchGetUsersResponse) *resp = NULL;
-    int rc = accounts_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetUsers", &req.base,
-                           &orgmesh__accounts__v1__batch_get_users_response__descriptor, (ProtobufCMessage **)&resp);
-    if (rc != 0) return rc;
-    for (size_t i = 0; rc == 0 && i < resp->n_users; i++)
-        if (resp->users[i] != NULL && resp->users[i]->user_id == user_id)
-            rc = store_user_upsert(c, user_id, resp->users[i]->two_factor_enabled, false, resp->users[i]->version);
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
-    return rc;
+    return copies_fetch_users(ctx, &user_id, 1, put_user, c);
 }
 
 /* Every membership of the user (ListMembershipsInternal), stored as copies;
@@ -809,45 +777,8 @@ static int h_list_members(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
     return 0;
 }
 
-/* ListOrganizationHistory — ORG-08, ORG-12. */
-typedef struct hist_ctx {
-    rpc_ctx *ctx;
-    OPB(ListOrganizationHistoryResponse) *resp;
-    int64_t last_id;
-} hist_ctx;
-
-static Google__Protobuf__Any *any_of(rpc_ctx *ctx, const char *type, const uint8_t *data, size_t len) {
-    if (type == NULL || type[0] == '\0') return NULL;
-    Google__Protobuf__Any *a = rpc_alloc(ctx, sizeof *a);
-    google__protobuf__any__init(a);
-    a->type_url = rpc_sprintf(ctx, "type.googleapis.com/%s", type);
-    a->value.data = rpc_alloc(ctx, len + 1);
-    if (len) memcpy(a->value.data, data, len);
-    a->value.len = len;
-    return a;
-}
-
-static void hist_row(void *arg, const org_hist_row *r) {
-    hist_ctx *h = arg;
-    rpc_ctx *ctx = h->ctx;
-    Orgmesh__Type__V1__AuditEntry *e = rpc_alloc(ctx, sizeof *e);
-    orgmesh__type__v1__audit_entry__init(e);
-    e->id = rpc_sprintf(ctx, "%" PRId64, r->id);
-    e->actor = rpc_strdup(ctx, r->actor);
-    e->action = rpc_strdup(ctx, r->action);
-    e->resource = rpc_strdup(ctx, r->resource);
-    e->reason = rpc_strdup(ctx, r->reason);
-    e->request_id = rpc_strdup(ctx, r->request_id);
-    e->trace_id = rpc_strdup(ctx, r->trace_id);
-    PbTimestamp *t = rpc_alloc(ctx, sizeof *t);
-    org_timestamp(t, r->time_us);
-    e->time = t;
-    e->before = any_of(ctx, r->before_type, r->before, r->before_len);
-    e->after = any_of(ctx, r->after_type, r->after, r->after_len);
-    h->resp->entries[h->resp->n_entries++] = e;
-    h->last_id = r->id;
-}
-
+/* ListOrganizationHistory — ORG-08, ORG-12: the organization's entries and
+ * those of its members ("organizations/<id>/..."). */
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(ListOrganizationHistoryRequest) *req = (const void *)req_;
     OPB(ListOrganizationHistoryResponse) *resp = (void *)resp_;
@@ -856,27 +787,21 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     char *scope = rpc_sprintf(ctx, "organizations.ListOrganizationHistory|%s", req->organization_id);
-    char *cursor = NULL;
-    int rc = page_token_decode(scope, req->page_token, &cursor);
-    if (rc != 0) return rpc_fail(ctx, rc, NULL);
-    int64_t before = cursor ? strtoll(cursor, NULL, 10) : 0;
-    free(cursor);
+    page_req pg; /* keyset: the id below which the next page starts */
+    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
     read_op op = {.org_id = req->organization_id};
-    if ((rc = read_org(ctx, resp_, &op)) != 0) return rc;
+    int rc = read_org(ctx, resp_, &op);
+    if (rc != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    resp->entries = rpc_calloc(ctx, (size_t)limit + 1, sizeof *resp->entries);
-    hist_ctx h = {.ctx = ctx, .resp = resp};
-    if ((rc = store_history(c, req->organization_id, before, limit, hist_row, &h)) != 0) return rpc_fail(ctx, rc, NULL);
-    resp->next_page_token = "";
-    if ((int)resp->n_entries == limit && h.last_id > 0) {
-        char cur[24], *tok = NULL;
-        snprintf(cur, sizeof cur, "%" PRId64, h.last_id);
-        if (page_token_encode(scope, cur, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
+    char resource[64];
+    snprintf(resource, sizeof resource, "organizations/%s", req->organization_id);
+    history_req q = {.page = &pg, .scope = HISTORY_TREE, .resource = resource};
+    history_out h;
+    if ((rc = history_list(ctx, c, &q, &h)) != 0) return rpc_fail(ctx, rc, NULL);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 

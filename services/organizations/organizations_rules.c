@@ -1,5 +1,6 @@
 /* organizations_rules.c — the pure rules of SPEC §3 (see organizations_rules.h).
  * No I/O: the store reads the local copies, the handlers call these. */
+#include "om_ids.h"
 #include "organizations_rules.h"
 
 #include <inttypes.h>
@@ -93,34 +94,15 @@ bool org_has_enterprise(const org_account *members, size_t n) {
 }
 
 void org_etag_encode(int64_t version, char out[ORG_ETAG_MAX]) {
-    snprintf(out, ORG_ETAG_MAX, "\"o%" PRId64 "\"", version);
+    om_etag_encode('o', version, out);
 }
 
 int org_etag_decode(const char *etag, int64_t *version) {
-    if (etag == NULL) return -1;
-    size_t len = strlen(etag);
-    if (len < 4 || len > 22 || etag[0] != '"' || etag[1] != 'o' || etag[len - 1] != '"') return -1;
-    int64_t v = 0;
-    for (size_t i = 2; i < len - 1; i++) {
-        if (etag[i] < '0' || etag[i] > '9') return -1;
-        if (v > (INT64_MAX - 9) / 10) return -1;
-        v = v * 10 + (etag[i] - '0');
-    }
-    *version = v;
-    return 0;
+    return om_etag_decode('o', etag, version);
 }
 
 bool org_uuid_valid(const char *s) {
-    if (s == NULL || strlen(s) != 36) return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-') return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
+    return om_uuid_valid(s);
 }
 
 uint64_t org_first_duplicate(const uint64_t *ids, size_t n) {

@@ -78,20 +78,4 @@ int store_member_delete(pg_conn *c, const char *org_id, uint64_t hub_id);
 int store_org_set_version(pg_conn *c, const char *org_id, int64_t version, int64_t *update_us);
 int store_org_delete(pg_conn *c, const char *org_id);
 
-/* ---- history (ORG-12) ----------------------------------------------------------- */
-
-typedef struct org_hist_row {
-    int64_t id, time_us;
-    const char *actor, *action, *resource, *reason, *request_id, *trace_id;
-    const char *before_type, *after_type;
-    const uint8_t *before, *after;
-    size_t before_len, after_len;
-} org_hist_row;
-
-/* Entries about the organization and its members, newest first, id <
- * before_id (0 = newest), at most `limit`; fn sees each row (valid only
- * during the call). */
-int store_history(pg_conn *c, const char *org_id, int64_t before_id, int limit,
-                  void (*fn)(void *arg, const org_hist_row *row), void *arg);
-
 #endif

@@ -37,12 +37,6 @@ extern const rpc_service partners_internal_service;
 int partners_init(void);
 void partners_fini(void);
 
-/* Memory for code outside a call (event handlers, timers): freed at once. */
-typedef struct pa_arena {
-    void *blocks;
-} pa_arena;
-void *pa_arena_alloc(void *arena, size_t n);
-void pa_arena_free(pa_arena *a);
 
 /* Who acted: a user or service (actor) or an automatic rule. */
 typedef struct pa_who {
@@ -61,12 +55,12 @@ void pa_who_parse(const char *s, om_actor *buf, pa_who *out);
 /* The local copy, fetched from accounts when missing. NOT_FOUND when accounts
  * does not know it either (memberships: a tombstone is returned instead, with
  * present = false). OM_E_UNAVAILABLE when accounts cannot be reached. */
-int pa_ensure_account(pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out);
-int pa_ensure_user(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out);
-int pa_ensure_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out);
+int pa_ensure_account(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out);
+int pa_ensure_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out);
+int pa_ensure_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out);
 /* Re-reads one membership from accounts (fresh, for decisions that create
  * access: PART-04 "already a member"). */
-int pa_refresh_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out);
+int pa_refresh_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out);
 
 /* The accounts side of an assignment (see the migration): if link_sync is
  * set, makes the accounts call with the row locked and clears it. 0 when done
@@ -79,7 +73,7 @@ int pa_expire_round(pg_conn *c, int limit);
 
 /* A call to AccountsInternalService with this service's own identity
  * (SPEC 8). `method` is the RPC name, e.g. "SetPartnerEmployee". */
-int pa_accounts_call(const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
                      ProtobufCMessage **resp, rpc_status *st);
 void pa_membership_from_pb(const Orgmesh__Accounts__V1__Membership *p, ps_membership *out);
 

@@ -1,5 +1,5 @@
 /* partners_assign.c — what every path that changes an assignment shares
- * (SPEC 6): call-independent memory, the actor of a change, the protobuf
+ * (SPEC 6): the actor of a change, the protobuf
  * conversions, the events and audit entries, and the shared state changes
  * (ending an assignment, the PART-09 cascade, PART-05's activation by the
  * client). Used by the handlers (partners_rpc.c) and by the accounts-event
@@ -15,33 +15,6 @@
 #include "partners.h"
 
 typedef Google__Protobuf__Timestamp PbTimestamp;
-
-/* ---- memory ------------------------------------------------------------------- */
-
-struct pa_block {
-    struct pa_block *next;
-    max_align_t data[];
-};
-
-void *pa_arena_alloc(void *arena, size_t n) {
-    pa_arena *a = arena;
-    struct pa_block *b = calloc(1, sizeof *b + n + 1);
-    if (b == NULL) abort(); /* small blocks: out of memory is fatal here */
-    b->next = a->blocks;
-    a->blocks = b;
-    return b->data;
-}
-
-void pa_arena_free(pa_arena *a) {
-    struct pa_block *b = a->blocks;
-    while (b != NULL) {
-        struct pa_block *n = b->next;
-        free(b);
-        b = n;
-    }
-    a->blocks = NULL;
-}
-
 
 char *pa_strdup(ps_mem *m, const char *s) {
     if (s == NULL) s = "";
@@ -87,8 +60,7 @@ void pa_who_parse(const char *s, om_actor *buf, pa_who *out) {
 PbTimestamp *pa_ts(ps_mem *m, int64_t us) {
     if (us == 0) return NULL;
     PbTimestamp *t = m->alloc(m->ud, sizeof *t);
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
+    om_pb_timestamp(t, us);
     return t;
 }
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "copies.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
@@ -26,22 +27,13 @@
 
 /* ---- calls to accounts ------------------------------------------------------- */
 
-int pa_accounts_call(const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
-                     ProtobufCMessage **resp, rpc_status *st) {
+/* Through common/copies: within ctx's deadline (ctx NULL: a background
+ * round, 5 s), with the service token. */
+int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, rpc_status *st) {
     char path[128];
-    rpc_status local;
-    if (st == NULL) st = &local;
-    memset(st, 0, sizeof *st);
-    rpc_client *cl = app_peer("accounts");
-    if (cl == NULL) {
-        snprintf(st->message, sizeof st->message, "ORGMESH_ACCOUNTS_ADDR is not set");
-        return OM_E_UNAVAILABLE;
-    }
     snprintf(path, sizeof path, "/orgmesh.accounts.v1.AccountsInternalService/%s", method);
-    rpc_call_opts o = {.token = app_service_token(), .deadline_ms = 5000, .idempotent = true};
-    int rc = rpc_client_call(cl, path, req, resp_desc, resp, &o, st);
-    if (rc != 0) log_debug("accounts %s: %s %s", method, om_err_name(rc), st->message);
-    return rc;
+    return copies_call(ctx, path, req, resp_desc, resp, st);
 }
 
 static unsigned roles_bits(const ACC(Role) *v, size_t n) {
@@ -89,58 +81,51 @@ static void user_from_pb(const ACC(User) *p, ps_user *out) {
 
 /* ---- local copies, fetched when missing (SPEC 2) ----------------------------------- */
 
-int pa_ensure_account(pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out) {
+typedef struct put_arg {
+    pg_conn *c;
+    bool found;
+} put_arg;
+
+static int put_account(const CopiesAccount *p, void *arg) {
+    put_arg *pa = arg;
+    ps_account a;
+    account_from_pb(p, &a);
+    pa->found = true;
+    return ps_account_put(pa->c, &a, NULL);
+}
+
+static int put_user(const CopiesUser *p, void *arg) {
+    put_arg *pa = arg;
+    ps_user u;
+    user_from_pb(p, &u);
+    pa->found = true;
+    return ps_user_put(pa->c, &u, NULL);
+}
+
+int pa_ensure_account(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out) {
     int rc = ps_account_get(c, hub_id, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
-    ACC(BatchGetAccountsRequest) req;
-    orgmesh__accounts__v1__batch_get_accounts_request__init(&req);
-    req.n_hub_ids = 1;
-    req.hub_ids = &hub_id;
-    ProtobufCMessage *resp = NULL;
-    rc = pa_accounts_call("BatchGetAccounts", &req.base, &orgmesh__accounts__v1__batch_get_accounts_response__descriptor,
-                          &resp, NULL);
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rc : OM_E_UNAVAILABLE;
-    const ACC(BatchGetAccountsResponse) *r = (const void *)resp;
-    rc = OM_E_NOT_FOUND;
-    for (size_t i = 0; i < r->n_accounts; i++) {
-        ps_account a;
-        account_from_pb(r->accounts[i], &a);
-        if ((rc = ps_account_put(c, &a, NULL)) != 0) break;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rc != 0 ? rc : ps_account_get(c, hub_id, m, out);
+    put_arg a = {.c = c};
+    if ((rc = copies_fetch_accounts(ctx, &hub_id, 1, put_account, &a)) != 0) return rc; /* UNAVAILABLE or NOT_FOUND (copies.h) */
+    return a.found ? ps_account_get(c, hub_id, m, out) : OM_E_NOT_FOUND;
 }
 
-int pa_ensure_user(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out) {
+int pa_ensure_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out) {
     int rc = ps_user_get(c, user_id, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
-    ACC(BatchGetUsersRequest) req;
-    orgmesh__accounts__v1__batch_get_users_request__init(&req);
-    req.n_user_ids = 1;
-    req.user_ids = &user_id;
-    ProtobufCMessage *resp = NULL;
-    rc = pa_accounts_call("BatchGetUsers", &req.base, &orgmesh__accounts__v1__batch_get_users_response__descriptor,
-                          &resp, NULL);
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rc : OM_E_UNAVAILABLE;
-    const ACC(BatchGetUsersResponse) *r = (const void *)resp;
-    rc = OM_E_NOT_FOUND;
-    for (size_t i = 0; i < r->n_users; i++) {
-        ps_user u;
-        user_from_pb(r->users[i], &u);
-        if ((rc = ps_user_put(c, &u, NULL)) != 0) break;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rc != 0 ? rc : ps_user_get(c, user_id, m, out);
+    put_arg a = {.c = c};
+    if ((rc = copies_fetch_users(ctx, &user_id, 1, put_user, &a)) != 0) return rc; /* UNAVAILABLE or NOT_FOUND (copies.h) */
+    return a.found ? ps_user_get(c, user_id, m, out) : OM_E_NOT_FOUND;
 }
 
-int pa_refresh_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out) {
+int pa_refresh_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out) {
     ACC(ListMembershipsInternalRequest) req;
     orgmesh__accounts__v1__list_memberships_internal_request__init(&req);
     req.hub_id = hub_id;
     req.user_id = user_id;
     req.page_size = 10;
     ProtobufCMessage *resp = NULL;
-    int rc = pa_accounts_call("ListMembershipsInternal", &req.base,
+    int rc = pa_accounts_call(ctx, "ListMembershipsInternal", &req.base,
                               &orgmesh__accounts__v1__list_memberships_internal_response__descriptor, &resp, NULL);
     if (rc != 0) return OM_E_UNAVAILABLE;
     const ACC(ListMembershipsInternalResponse) *r = (const void *)resp;
@@ -171,7 +156,7 @@ int pa_refresh_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem 
             pg_p_u64(&p, user_id);
             pg_p_i64(&p, cur.version);
             rc = pg_exec(c,
-                         "UPDATE membership_copy SET present = false WHERE hub_id = $1 AND user_id = $2"
+                         "UPDATE membership_copies SET present = false WHERE hub_id = $1 AND user_id = $2"
                          " AND version = $3",
                          &p, NULL);
         }
@@ -180,10 +165,10 @@ int pa_refresh_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem 
     return ps_membership_get(c, hub_id, user_id, 0, m, out);
 }
 
-int pa_ensure_membership(pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out) {
+int pa_ensure_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, uint64_t user_id, ps_mem *m, ps_membership *out) {
     int rc = ps_membership_get(c, hub_id, user_id, 0, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
-    return pa_refresh_membership(c, hub_id, user_id, m, out);
+    return pa_refresh_membership(ctx, c, hub_id, user_id, m, out);
 }
 
 /* ---- the link sync ---------------------------------------------------------------------- */
@@ -240,7 +225,7 @@ static int link_sync_tx(pg_conn *tx, void *arg) {
         req.on_behalf_of = strncmp(a.link_actor, "user:", 5) == 0 ? (char *)a.link_actor : "";
         snprintf(request_id, sizeof request_id, "link:%s:%d", a.id, a.link_gen);
         req.request_id = request_id;
-        rc = pa_accounts_call("AddPartnerLinkedMembership", &req.base,
+        rc = pa_accounts_call(NULL, "AddPartnerLinkedMembership", &req.base,
                               &orgmesh__accounts__v1__add_partner_linked_membership_response__descriptor, &out, &st);
         if (rc == 0 && a.cause == PART_CAUSE_ALREADY_MEMBER &&
             !((const ACC(AddPartnerLinkedMembershipResponse) *)out)->already_member) {
@@ -271,7 +256,7 @@ static int link_sync_tx(pg_conn *tx, void *arg) {
                                : "";
         snprintf(request_id, sizeof request_id, "unlink:%s:%d", a.id, a.link_gen);
         req.request_id = request_id;
-        rc = pa_accounts_call("RemovePartnerLinkedMembership", &req.base,
+        rc = pa_accounts_call(NULL, "RemovePartnerLinkedMembership", &req.base,
                               &orgmesh__accounts__v1__remove_partner_linked_membership_response__descriptor, &out,
                               &st);
         if (rc == 0) removed = ((const ACC(RemovePartnerLinkedMembershipResponse) *)out)->membership_removed;
@@ -297,11 +282,11 @@ static int link_sync_tx(pg_conn *tx, void *arg) {
 }
 
 int pa_link_sync(pg_conn *c, const char *id) {
-    pa_arena ar = {0};
-    ps_mem m = {pa_arena_alloc, &ar};
+    om_arena ar = {0};
+    ps_mem m = om_arena_mem(&ar);
     sync_ctx s = {id, &m};
     int rc = pg_tx(c, link_sync_tx, &s);
-    pa_arena_free(&ar);
+    om_arena_free(&ar);
     /* accounts unreachable: the sync round tries again a little later */
     if (rc != 0 && transient(rc)) ps_asg_sync_later(c, id, 5);
     return rc;
@@ -346,11 +331,11 @@ static int expire_tx(pg_conn *tx, void *arg) {
 }
 
 int pa_expire_round(pg_conn *c, int limit) {
-    pa_arena ar = {0};
-    ps_mem m = {pa_arena_alloc, &ar};
+    om_arena ar = {0};
+    ps_mem m = om_arena_mem(&ar);
     expire_ctx e = {.limit = limit > 64 ? 64 : limit, .m = &m};
     int rc = pg_tx(c, expire_tx, &e);
-    pa_arena_free(&ar);
+    om_arena_free(&ar);
     return rc != 0 ? -1 : e.done;
 }
 
@@ -474,69 +459,51 @@ static int on_account_deleted(pg_conn *tx, ps_mem *m, const pa_who *w, const ACC
     return rc;
 }
 
-static bool type_is(const evt_event *ev, const char *name) {
-    return ev->type != NULL && strcmp(ev->type, name) == 0;
+/* The accounts consumer's three kinds (SPEC 2, through common/copies). */
+typedef struct pa_apply {
+    ps_mem *m;
+    pa_who w;
+} pa_apply;
+
+static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembership *mb, void *arg) {
+    (void)mb;
+    pa_apply *ap = arg;
+    if (e->msg->descriptor == &orgmesh__accounts__v1__membership_added__descriptor)
+        return on_membership_added(tx, ap->m, &ap->w, (const ACC(MembershipAdded) *)e->msg);
+    if (e->msg->descriptor == &orgmesh__accounts__v1__membership_changed__descriptor)
+        return on_membership_changed(tx, ap->m, &ap->w, (const ACC(MembershipChanged) *)e->msg);
+    return on_membership_removed(tx, ap->m, &ap->w, (const ACC(MembershipRemoved) *)e->msg);
 }
 
-static int handle(pg_conn *tx, const evt_event *ev, ps_mem *m) {
-    om_actor buf;
-    pa_who w;
-    pa_who_parse(ev->actor, &buf, &w);
-    int rc = 0;
-    if (type_is(ev, "orgmesh.accounts.v1.MembershipAdded")) {
-        ACC(MembershipAdded) *e = orgmesh__accounts__v1__membership_added__unpack(NULL, ev->payload_len, ev->payload);
-        if (e == NULL) return 0; /* malformed: nothing to apply */
-        rc = on_membership_added(tx, m, &w, e);
-        orgmesh__accounts__v1__membership_added__free_unpacked(e, NULL);
-    } else if (type_is(ev, "orgmesh.accounts.v1.MembershipChanged")) {
-        ACC(MembershipChanged) *e =
-            orgmesh__accounts__v1__membership_changed__unpack(NULL, ev->payload_len, ev->payload);
-        if (e == NULL) return 0;
-        rc = on_membership_changed(tx, m, &w, e);
-        orgmesh__accounts__v1__membership_changed__free_unpacked(e, NULL);
-    } else if (type_is(ev, "orgmesh.accounts.v1.MembershipRemoved")) {
-        ACC(MembershipRemoved) *e =
-            orgmesh__accounts__v1__membership_removed__unpack(NULL, ev->payload_len, ev->payload);
-        if (e == NULL) return 0;
-        rc = on_membership_removed(tx, m, &w, e);
-        orgmesh__accounts__v1__membership_removed__free_unpacked(e, NULL);
-    } else if (type_is(ev, "orgmesh.accounts.v1.UserCreated") || type_is(ev, "orgmesh.accounts.v1.UserUpdated") ||
-               type_is(ev, "orgmesh.accounts.v1.UserDeleted")) {
-        /* every user event carries the user as field 1 */
-        ACC(UserCreated) *e = orgmesh__accounts__v1__user_created__unpack(NULL, ev->payload_len, ev->payload);
-        if (e == NULL) return 0;
-        if (e->user != NULL) {
-            ps_user u;
-            user_from_pb(e->user, &u);
-            u.deleted = type_is(ev, "orgmesh.accounts.v1.UserDeleted");
-            rc = ps_user_put(tx, &u, NULL);
-        }
-        orgmesh__accounts__v1__user_created__free_unpacked(e, NULL);
-    } else if (strncmp(ev->type ? ev->type : "", "orgmesh.accounts.v1.Account", 27) == 0 ||
-               type_is(ev, "orgmesh.accounts.v1.SubscriptionsChanged") ||
-               type_is(ev, "orgmesh.accounts.v1.HostingLocationChanged") ||
-               type_is(ev, "orgmesh.accounts.v1.SensitiveDataEnabled") ||
-               type_is(ev, "orgmesh.accounts.v1.SensitiveDataDisabled")) {
-        /* every account event carries the account as field 1 */
-        ACC(AccountCreated) *e = orgmesh__accounts__v1__account_created__unpack(NULL, ev->payload_len, ev->payload);
-        if (e == NULL) return 0;
-        if (e->account != NULL) {
-            ps_account a;
-            bool current = false;
-            account_from_pb(e->account, &a);
-            a.deleted = type_is(ev, "orgmesh.accounts.v1.AccountDeleted");
-            rc = ps_account_put(tx, &a, &current);
-            if (rc == 0 && a.deleted && current) rc = on_account_deleted(tx, m, &w, e->account);
-        }
-        orgmesh__accounts__v1__account_created__free_unpacked(e, NULL);
-    }
+static int on_user(pg_conn *tx, const copies_event *e, const CopiesUser *pu, void *arg) {
+    (void)arg;
+    ps_user u;
+    user_from_pb(pu, &u);
+    u.deleted = e->deleted;
+    return ps_user_put(tx, &u, NULL);
+}
+
+static int on_account(pg_conn *tx, const copies_event *e, const CopiesAccount *pa, void *arg) {
+    pa_apply *ap = arg;
+    ps_account a;
+    bool current = false;
+    account_from_pb(pa, &a);
+    a.deleted = e->deleted;
+    int rc = ps_account_put(tx, &a, &current);
+    if (rc == 0 && a.deleted && current) rc = on_account_deleted(tx, ap->m, &ap->w, pa);
     return rc;
 }
 
+static const copies_sink accounts_sink = {.account = on_account, .user = on_user, .membership = on_membership};
+
 int pa_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg) {
-    pa_arena ar = {0};
-    ps_mem m = {pa_arena_alloc, &ar};
-    int rc = handle(tx, ev, &m);
-    pa_arena_free(&ar);
+    (void)arg;
+    om_arena ar = {0};
+    ps_mem m = om_arena_mem(&ar);
+    om_actor buf;
+    pa_apply ap = {.m = &m};
+    pa_who_parse(ev->actor, &buf, &ap.w);
+    int rc = copies_apply_event(tx, ev, &accounts_sink, &ap);
+    om_arena_free(&ar);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "audit.h"
+#include "history.h"
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
@@ -113,7 +114,7 @@ static int is_member(rpc_ctx *ctx, pg_conn *c, uint64_t hub, bool *member) {
     *member = false;
     uint64_t me = caller_id(ctx);
     if (me == 0 || hub == 0) return 0;
-    int rc = pa_ensure_membership(c, hub, me, &m, &mb);
+    int rc = pa_ensure_membership(ctx, c, hub, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     *member = mb.present;
@@ -137,14 +138,14 @@ static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_accoun
     if (acct == NULL) acct = &buf;
     const bool seen = hidden == MAY_SEE;
     if (hidden == NULL || seen) hidden = rpc_sprintf(ctx, "account %" PRIu64 " does not exist", partner);
-    int rc = pa_ensure_account(c, partner, &m, acct);
+    int rc = pa_ensure_account(ctx, c, partner, &m, acct);
     if (rc == 0 && acct->deleted) rc = OM_E_NOT_FOUND;
     if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "%s", hidden) : fail(ctx, rc, "partner account");
     uint64_t me = caller_id(ctx);
     bool member = false;
     unsigned roles = 0;
     if (me != 0) {
-        rc = pa_ensure_membership(c, partner, me, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         member = rc == 0 && mb.present;
         roles = member ? mb.roles : 0;
@@ -168,7 +169,7 @@ static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok, int
     if (code) *code = OM_E_PERMISSION_DENIED;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
-    int rc = pa_ensure_membership(c, client, me, &m, &mb);
+    int rc = pa_ensure_membership(ctx, c, client, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     int r = part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0);
@@ -184,10 +185,10 @@ static int manager_ok(rpc_ctx *ctx, pg_conn *c, uint64_t partner, bool *ok) {
     *ok = false;
     uint64_t me = caller_id(ctx);
     if (me == 0) return 0;
-    int rc = pa_ensure_account(c, partner, &m, &acct);
+    int rc = pa_ensure_account(ctx, c, partner, &m, &acct);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
-    rc = pa_ensure_membership(c, partner, me, &m, &mb);
+    rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
     if (rc == OM_E_NOT_FOUND) return 0;
     if (rc != 0) return rc;
     *ok = part_rule_partner_manager(acct.kind, mb.present, mb.roles) == 0;
@@ -201,7 +202,7 @@ typedef struct lpage {
     const char *scope;
 } lpage;
 
-static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
+static int lpage_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
     memset(pg, 0, sizeof *pg);
     pg->scope = scope;
     if (page_size_normalize(size, &pg->limit) != 0) {
@@ -220,7 +221,7 @@ static int page_open(rpc_ctx *ctx, int32_t size, const char *token, const char *
     return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
 }
 
-static char *page_next(rpc_ctx *ctx, const lpage *pg, int got) {
+static char *lpage_next(rpc_ctx *ctx, const lpage *pg, int got) {
     char cursor[24], *tok = NULL;
     if (got < pg->limit) return rpc_strdup(ctx, "");
     snprintf(cursor, sizeof cursor, "%d", pg->offset + got);
@@ -435,7 +436,7 @@ static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_b
         sreq.on_behalf_of = (char *)on_behalf;
         ProtobufCMessage *out = NULL;
         rpc_status st;
-        int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+        int rc = pa_accounts_call(ctx, "SetPartnerEmployee", &sreq.base,
                                   &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (out != NULL) protobuf_c_message_free_unpacked(out, NULL);
         if (rc != 0 && rc != OM_E_NOT_FOUND)
@@ -470,7 +471,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         char field[32];
         snprintf(field, sizeof field, "user_ids[%zu]", i);
         ps_membership mb;
-        rc = pa_refresh_membership(c, req->partner_hub_id, req->user_ids[i], &m, &mb);
+        rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_ids[i], &m, &mb);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
@@ -493,7 +494,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         sreq.on_behalf_of = (char *)on_behalf;
         ProtobufCMessage *out = NULL;
         rpc_status st;
-        rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+        rc = pa_accounts_call(ctx, "SetPartnerEmployee", &sreq.base,
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (rc == OM_E_NOT_FOUND) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
@@ -561,7 +562,7 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
     sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
     ProtobufCMessage *out = NULL;
     rpc_status st;
-    int rc = pa_accounts_call("SetPartnerEmployee", &sreq.base,
+    int rc = pa_accounts_call(mu->ctx, "SetPartnerEmployee", &sreq.base,
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
     if (rc == 0) {
         const Orgmesh__Accounts__V1__SetPartnerEmployeeResponse *sr = (const void *)out;
@@ -601,7 +602,7 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     ps_mem m = call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
-    rc = pa_refresh_membership(c, req->partner_hub_id, req->user_id, &m, &mb);
+    rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_id, &m, &mb);
     if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
@@ -622,7 +623,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-11 */
@@ -634,7 +635,7 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
     for (int i = 0; i < n; i++) resp->employees[i] = pa_employee_pb(&m, req->partner_hub_id, &list[i]);
     resp->n_employees = (size_t)n;
-    resp->next_page_token = page_next(ctx, &pg, n);
+    resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -645,7 +646,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     int rc;
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
-    if ((rc = page_open(ctx, size, token, scope, &pg)) != 0) return rc;
+    if ((rc = lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc; /* PART-02 */
@@ -659,7 +660,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_client_pb(&m, partner, &list[i]);
     *n_out = (size_t)n;
-    *next = page_next(ctx, &pg, n);
+    *next = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -743,7 +744,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
             op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
             continue;
         }
-        rc = pa_ensure_account(c, id, &m, &a);
+        rc = pa_ensure_account(ctx, c, id, &m, &a);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
             continue;
@@ -889,20 +890,20 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
             it->err = item_error(&m, OM_E_INVALID_ARGUMENT, it->field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(c, it->client, &m, &acc);
+        int rc = pa_ensure_account(ctx, c, it->client, &m, &acc);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && acc.deleted)) {
             it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "account %" PRIu64 " does not exist", it->client);
             continue;
         }
         if (rc != 0) return fail(ctx, rc, "client account");
-        rc = pa_ensure_user(c, it->employee, &m, &u);
+        rc = pa_ensure_user(ctx, c, it->employee, &m, &u);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && u.deleted)) {
             it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "user %" PRIu64 " does not exist", it->employee);
             continue;
         }
         if (rc != 0) return fail(ctx, rc, "user");
         it->employee_name = u.display_name;
-        rc = pa_ensure_membership(c, op->partner, it->employee, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, op->partner, it->employee, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         /* PART-03 */
         if (rc == OM_E_NOT_FOUND || !mb.present || !mb.partner_employee) {
@@ -912,7 +913,7 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
         }
         /* PART-04: "already a member" decides whether the client is asked,
          * so it is read fresh from accounts */
-        rc = pa_refresh_membership(c, it->client, it->employee, &m, &mb);
+        rc = pa_refresh_membership(ctx, c, it->client, it->employee, &m, &mb);
         if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
         it->member = rc == 0 && mb.present;
     }
@@ -998,7 +999,7 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
                                     req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool ok = false;
@@ -1027,7 +1028,7 @@ static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     resp->access_requests = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->access_requests);
     for (int i = 0; i < n; i++) resp->access_requests[i] = pa_request_pb(&m, &list[i]);
     resp->n_access_requests = (size_t)n;
-    resp->next_page_token = page_next(ctx, &pg, n);
+    resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1398,7 +1399,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
-    if ((rc = page_open(ctx, size, token, scope, &pg)) != 0) return rc;
+    if ((rc = lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
@@ -1413,7 +1414,7 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
     *n_out = (size_t)n;
-    *next = page_next(ctx, &pg, n);
+    *next = lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1452,7 +1453,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-12 */
@@ -1517,7 +1518,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     int got = n_lines - from < pg.limit ? n_lines - from : pg.limit;
     resp->clients = lines + from;
     resp->n_clients = (size_t)got;
-    resp->next_page_token = from + got < n_lines ? page_next(ctx, &pg, got) : rpc_strdup(ctx, "");
+    resp->next_page_token = from + got < n_lines ? lpage_next(ctx, &pg, got) : rpc_strdup(ctx, "");
     resp->credited_totals = totals;
     resp->n_credited_totals = (size_t)n_totals;
     resp->compute_time = pa_ts(&m, (int64_t)time(NULL) * 1000000);
@@ -1531,30 +1532,21 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
+    page_req pg; /* keyset: the id below which the next page starts */
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
-    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, 1, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
-    audit_page page;
-    /* the page cursor is the id below which the next page starts */
-    rc = audit_list(c, resource, pg.offset, pg.limit, &page);
+    history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
+    history_out h;
+    rc = history_list(ctx, c, &q, &h);
     if (rc != 0) return fail(ctx, rc, "history");
-    resp->entries = audit_page_entries(ctx, &page);
-    resp->n_entries = (size_t)page.n;
-    resp->next_page_token = rpc_strdup(ctx, "");
-    if (page.next_before_id > 0 && page.n == pg.limit) {
-        char cursor[24], *tok = NULL;
-        snprintf(cursor, sizeof cursor, "%" PRId64, page.next_before_id);
-        if (page_token_encode(scope, cursor, &tok) == 0) {
-            resp->next_page_token = rpc_strdup(ctx, tok);
-            free(tok);
-        }
-    }
-    audit_page_free(&page);
+    resp->entries = h.entries;
+    resp->n_entries = h.n;
+    resp->next_page_token = h.next_page_token;
     return 0;
 }
 
@@ -1642,7 +1634,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
     for (size_t i = 0; i < req->n_recipient_user_ids; i++) {
         uint64_t r = req->recipient_user_ids[i];
         ps_membership mb;
-        rc = pa_ensure_membership(c, a.client_hub_id, r, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, a.client_hub_id, r, &m, &mb);
         if (rc == OM_E_NOT_FOUND) continue;
         if (rc != 0) return fail(ctx, rc, "membership");
         if (part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0) != 0)

@@ -6,6 +6,26 @@
 #include <string.h>
 
 #include "om_err.h"
+#include "om_sql.h"
+#include "partners_rules.h"
+
+/* Assignment states in SQL text (om_sql.h): PART_ST_* of partners_rules.h. */
+#define PART_SQL_PENDING 1
+#define PART_SQL_ACTIVE 2
+#define PART_SQL_DECLINED 3
+#define PART_SQL_EXPIRED 4
+#define PART_SQL_CANCELLED 5
+#define PART_SQL_REVOKED 6
+_Static_assert(PART_SQL_PENDING == PART_ST_PENDING && PART_SQL_ACTIVE == PART_ST_ACTIVE &&
+                   PART_SQL_DECLINED == PART_ST_DECLINED && PART_SQL_EXPIRED == PART_ST_EXPIRED &&
+                   PART_SQL_CANCELLED == PART_ST_CANCELLED && PART_SQL_REVOKED == PART_ST_REVOKED,
+               "PART_SQL_* and PART_ST_* agree");
+#define SQL_ACTIVE OM_SQL(PART_SQL_ACTIVE)
+#define SQL_PENDING OM_SQL(PART_SQL_PENDING)
+/* Open (PART-06): the predicate of the unique index assignment_open_per_client. */
+#define SQL_OPEN SQL_PENDING ", " SQL_ACTIVE
+/* Ended: every state after an answer. */
+#define SQL_ENDED OM_SQL(PART_SQL_DECLINED) ", " OM_SQL(PART_SQL_EXPIRED) ", " OM_SQL(PART_SQL_CANCELLED) ", " OM_SQL(PART_SQL_REVOKED)
 
 static const char *dup_str(ps_mem *m, const char *s) {
     size_t n = strlen(s);
@@ -35,16 +55,16 @@ int ps_account_put(pg_conn *c, const ps_account *a, bool *current) {
     pg_p_bool(&p, a->deleted);
     pg_p_i64(&p, a->version);
     int rc = pg_exec(c,
-                     "INSERT INTO account_copy (hub_id, kind, name, mrr_minor, mrr_currency, deleted, version)"
+                     "INSERT INTO account_copies (hub_id, kind, name, mrr_minor, mrr_currency, deleted, version)"
                      " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hub_id) DO UPDATE SET"
                      " kind = EXCLUDED.kind, name = EXCLUDED.name, mrr_minor = EXCLUDED.mrr_minor,"
                      " mrr_currency = EXCLUDED.mrr_currency, deleted = EXCLUDED.deleted, version = EXCLUDED.version"
-                     " WHERE account_copy.version < EXCLUDED.version",
+                     " WHERE account_copies.version < EXCLUDED.version",
                      &p, NULL);
     if (rc != 0 || current == NULL) return rc;
     pg_params q = {0};
     pg_p_u64(&q, a->hub_id);
-    return exec_current(c, "SELECT version FROM account_copy WHERE hub_id = $1", &q, a->version, current);
+    return exec_current(c, "SELECT version FROM account_copies WHERE hub_id = $1", &q, a->version, current);
 }
 
 int ps_user_put(pg_conn *c, const ps_user *u, bool *current) {
@@ -55,16 +75,16 @@ int ps_user_put(pg_conn *c, const ps_user *u, bool *current) {
     pg_p_bool(&p, u->deleted);
     pg_p_i64(&p, u->version);
     int rc = pg_exec(c,
-                     "INSERT INTO user_copy (user_id, email, display_name, deleted, version)"
+                     "INSERT INTO user_copies (user_id, email, display_name, deleted, version)"
                      " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET"
                      " email = EXCLUDED.email, display_name = EXCLUDED.display_name,"
                      " deleted = EXCLUDED.deleted, version = EXCLUDED.version"
-                     " WHERE user_copy.version < EXCLUDED.version",
+                     " WHERE user_copies.version < EXCLUDED.version",
                      &p, NULL);
     if (rc != 0 || current == NULL) return rc;
     pg_params q = {0};
     pg_p_u64(&q, u->user_id);
-    return exec_current(c, "SELECT version FROM user_copy WHERE user_id = $1", &q, u->version, current);
+    return exec_current(c, "SELECT version FROM user_copies WHERE user_id = $1", &q, u->version, current);
 }
 
 int ps_membership_put(pg_conn *c, const ps_membership *mb, bool *current) {
@@ -78,19 +98,19 @@ int ps_membership_put(pg_conn *c, const ps_membership *mb, bool *current) {
     pg_p_str(&p, mb->link_assignment_id ? mb->link_assignment_id : "");
     pg_p_i64(&p, mb->version);
     int rc = pg_exec(c,
-                     "INSERT INTO membership_copy (hub_id, user_id, present, roles, partner_employee,"
+                     "INSERT INTO membership_copies (hub_id, user_id, present, roles, partner_employee,"
                      " link_partner_hub_id, link_assignment_id, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                      " ON CONFLICT (hub_id, user_id) DO UPDATE SET present = EXCLUDED.present,"
                      " roles = EXCLUDED.roles, partner_employee = EXCLUDED.partner_employee,"
                      " link_partner_hub_id = EXCLUDED.link_partner_hub_id,"
                      " link_assignment_id = EXCLUDED.link_assignment_id, version = EXCLUDED.version"
-                     " WHERE membership_copy.version < EXCLUDED.version",
+                     " WHERE membership_copies.version < EXCLUDED.version",
                      &p, NULL);
     if (rc != 0 || current == NULL) return rc;
     pg_params q = {0};
     pg_p_u64(&q, mb->hub_id);
     pg_p_u64(&q, mb->user_id);
-    return exec_current(c, "SELECT version FROM membership_copy WHERE hub_id = $1 AND user_id = $2", &q,
+    return exec_current(c, "SELECT version FROM membership_copies WHERE hub_id = $1 AND user_id = $2", &q,
                         mb->version, current);
 }
 
@@ -99,7 +119,7 @@ int ps_account_get(pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out) {
     pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
     int rc = pg_exec(c,
-                     "SELECT hub_id, kind, name, mrr_minor, mrr_currency, deleted, version FROM account_copy"
+                     "SELECT hub_id, kind, name, mrr_minor, mrr_currency, deleted, version FROM account_copies"
                      " WHERE hub_id = $1",
                      &p, &r);
     if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
@@ -120,7 +140,7 @@ int ps_user_get(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out) {
     pg_params p = {0};
     pg_res *r = NULL;
     pg_p_u64(&p, user_id);
-    int rc = pg_exec(c, "SELECT user_id, email, display_name, deleted, version FROM user_copy WHERE user_id = $1",
+    int rc = pg_exec(c, "SELECT user_id, email, display_name, deleted, version FROM user_copies WHERE user_id = $1",
                      &p, &r);
     if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
     if (rc == 0) {
@@ -137,11 +157,11 @@ int ps_user_get(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out) {
 int ps_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, int lock, ps_mem *m, ps_membership *out) {
     static const char *const sql[3] = {
         "SELECT hub_id, user_id, present, roles, partner_employee, link_partner_hub_id, link_assignment_id,"
-        " version FROM membership_copy WHERE hub_id = $1 AND user_id = $2",
+        " version FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
         "SELECT hub_id, user_id, present, roles, partner_employee, link_partner_hub_id, link_assignment_id,"
-        " version FROM membership_copy WHERE hub_id = $1 AND user_id = $2 FOR SHARE",
+        " version FROM membership_copies WHERE hub_id = $1 AND user_id = $2 FOR SHARE",
         "SELECT hub_id, user_id, present, roles, partner_employee, link_partner_hub_id, link_assignment_id,"
-        " version FROM membership_copy WHERE hub_id = $1 AND user_id = $2 FOR UPDATE",
+        " version FROM membership_copies WHERE hub_id = $1 AND user_id = $2 FOR UPDATE",
     };
     pg_params p = {0};
     pg_res *r = NULL;
@@ -186,13 +206,13 @@ int ps_tag_forget(pg_conn *c, uint64_t partner, uint64_t user) {
 #define EMP_SQL                                                                                         \
     "SELECT m.user_id, COALESCE(u.email, ''), COALESCE(u.display_name, ''),"                           \
     " (SELECT count(*) FROM assignment a WHERE a.partner_hub_id = m.hub_id AND"                        \
-    "   a.employee_user_id = m.user_id AND a.state = 2),"                                               \
+    "   a.employee_user_id = m.user_id AND a.state = " SQL_ACTIVE "),"                                 \
     " (SELECT count(*) FROM assignment a WHERE a.partner_hub_id = m.hub_id AND"                        \
-    "   a.employee_user_id = m.user_id AND a.state = 1),"                                               \
+    "   a.employee_user_id = m.user_id AND a.state = " SQL_PENDING "),"                                \
     " (SELECT max(x.at) FROM activity x JOIN assignment a ON a.id = x.assignment_id"                   \
     "   WHERE a.partner_hub_id = m.hub_id AND a.employee_user_id = m.user_id),"                        \
     " t.tag_time, COALESCE(t.tagged_by, 0)"                                                              \
-    " FROM membership_copy m LEFT JOIN user_copy u ON u.user_id = m.user_id"                            \
+    " FROM membership_copies m LEFT JOIN user_copies u ON u.user_id = m.user_id"                            \
     " LEFT JOIN employee_tag t ON t.partner_hub_id = m.hub_id AND t.user_id = m.user_id"               \
     " WHERE m.hub_id = $1 AND m.present AND m.partner_employee"
 
@@ -258,9 +278,9 @@ int ps_client_add(pg_conn *c, uint64_t partner, uint64_t client, int source, boo
 #define CLIENT_SQL                                                                              \
     "SELECT c.client_hub_id, COALESCE(a.name, ''), c.source,"                                  \
     " (SELECT count(*) FROM assignment s WHERE s.partner_hub_id = c.partner_hub_id AND"        \
-    "   s.client_hub_id = c.client_hub_id AND s.state = 2),"                                    \
+    "   s.client_hub_id = c.client_hub_id AND s.state = " SQL_ACTIVE "),"                      \
     " c.add_time, COALESCE(a.mrr_minor, 0), COALESCE(a.mrr_currency, '')"                        \
-    " FROM client c LEFT JOIN account_copy a ON a.hub_id = c.client_hub_id WHERE c.partner_hub_id = $1"
+    " FROM client c LEFT JOIN account_copies a ON a.hub_id = c.client_hub_id WHERE c.partner_hub_id = $1"
 
 static void read_client(pg_res *r, int i, ps_mem *m, ps_client *out) {
     out->client_hub_id = pg_u64(r, i, 0);
@@ -331,9 +351,9 @@ int ps_clients_all(pg_conn *c, uint64_t partner, ps_mem *m, ps_client **out, int
     " a.link_sync, a.link_gen, a.link_adopt, a.link_roles, a.link_actor, a.membership_removed, a.end_actor," \
     " now()"
 #define ASG_FROM                                                                  \
-    " FROM assignment a LEFT JOIN account_copy pa ON pa.hub_id = a.partner_hub_id" \
-    " LEFT JOIN account_copy ca ON ca.hub_id = a.client_hub_id"                    \
-    " LEFT JOIN user_copy u ON u.user_id = a.employee_user_id"
+    " FROM assignment a LEFT JOIN account_copies pa ON pa.hub_id = a.partner_hub_id" \
+    " LEFT JOIN account_copies ca ON ca.hub_id = a.client_hub_id"                    \
+    " LEFT JOIN user_copies u ON u.user_id = a.employee_user_id"
 
 static void read_asg(pg_res *r, int i, ps_mem *m, ps_assignment *a) {
     memset(a, 0, sizeof *a);
@@ -430,7 +450,7 @@ int ps_asg_get_open(pg_conn *c, uint64_t client, uint64_t employee, bool lock, p
     pg_p_u64(&p, employee);
     int rc = pg_exec(c,
                      "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND employee_user_id = $2"
-                     " AND state IN (1, 2)",
+                     " AND state IN (" SQL_OPEN ")",
                      &p, &r);
     if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
     char id[40] = "";
@@ -439,7 +459,7 @@ int ps_asg_get_open(pg_conn *c, uint64_t client, uint64_t employee, bool lock, p
     if (rc != 0) return rc;
     rc = ps_asg_get(c, id, lock, m, out);
     /* it ended between the two statements: there is no open one now */
-    if (rc == 0 && out->state != 1 && out->state != 2) rc = OM_E_NOT_FOUND;
+    if (rc == 0 && out->state != PART_ST_PENDING && out->state != PART_ST_ACTIVE) rc = OM_E_NOT_FOUND;
     return rc;
 }
 
@@ -465,11 +485,11 @@ int ps_asg_insert(pg_conn *c, ps_assignment *a, bool with_request, int64_t ttl_s
                      " state, state_cause, assigned_by, activate_time, expire_time, send_count, last_send_time,"
                      " link_sync, link_gen, link_adopt, link_actor, link_sync_after)"
                      " VALUES (gen_random_uuid(), CASE WHEN $7 THEN gen_random_uuid() END, $1, $2, $3, $4, $5, $6,"
-                     " CASE WHEN $4 = 2 THEN now() END,"
+                     " CASE WHEN $4 = " SQL_ACTIVE " THEN now() END,"
                      " CASE WHEN $7 THEN now() + make_interval(secs => $8) END,"
                      " CASE WHEN $7 THEN 1 ELSE 0 END, CASE WHEN $7 THEN now() END,"
                      " $9, CASE WHEN $9 THEN 1 ELSE 0 END, $10, $11, now() + interval '1 second')"
-                     " ON CONFLICT (client_hub_id, employee_user_id) WHERE state IN (1, 2) DO NOTHING"
+                     " ON CONFLICT (client_hub_id, employee_user_id) WHERE state IN (" SQL_OPEN ") DO NOTHING"
                      " RETURNING id::text",
                      &p, &r);
     if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_ALREADY_EXISTS;
@@ -496,10 +516,10 @@ int ps_asg_save(pg_conn *c, ps_assignment *a, ps_mem *m) {
     pg_p_i64(&p, a->last_send_us);
     int rc = pg_exec(c,
                      "UPDATE assignment SET version = version + 1, update_time = now(),"
-                     " activate_time = CASE WHEN $2 = 2 AND state <> 2 THEN now() ELSE activate_time END,"
-                     " end_time = CASE WHEN $2 IN (3, 4, 5, 6) AND state NOT IN (3, 4, 5, 6) THEN now()"
+                     " activate_time = CASE WHEN $2 = " SQL_ACTIVE " AND state <> " SQL_ACTIVE " THEN now() ELSE activate_time END,"
+                     " end_time = CASE WHEN $2 IN (" SQL_ENDED ") AND state NOT IN (" SQL_ENDED ") THEN now()"
                      "   ELSE end_time END,"
-                     " answer_time = CASE WHEN state = 1 AND $2 <> 1 THEN now() ELSE answer_time END,"
+                     " answer_time = CASE WHEN state = " SQL_PENDING " AND $2 <> " SQL_PENDING " THEN now() ELSE answer_time END,"
                      " last_send_time = CASE WHEN $13::bigint = -1 THEN now() ELSE last_send_time END,"
                      " state = $2, state_cause = $3, send_count = $4, answered_by = $5, answer_reason = $6,"
                      " link_gen = CASE WHEN $7 THEN link_gen + 1 ELSE link_gen END,"
@@ -571,14 +591,14 @@ int ps_asg_open_ids(pg_conn *c, uint64_t partner, uint64_t employee, ps_mem *m, 
     pg_p_u64(&p, employee);
     return read_ids(c,
                     "SELECT id::text FROM assignment WHERE partner_hub_id = $1 AND employee_user_id = $2"
-                    " AND state IN (1, 2) ORDER BY id",
+                    " AND state IN (" SQL_OPEN ") ORDER BY id",
                     &p, m, ids, n);
 }
 
 int ps_asg_open_ids_of_client(pg_conn *c, uint64_t client, ps_mem *m, char (**ids)[40], int *n) {
     pg_params p = {0};
     pg_p_u64(&p, client);
-    return read_ids(c, "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND state IN (1, 2) ORDER BY id",
+    return read_ids(c, "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND state IN (" SQL_OPEN ") ORDER BY id",
                     &p, m, ids, n);
 }
 
@@ -602,7 +622,7 @@ int ps_asg_sync_due(pg_conn *c, int limit, char (*ids)[40], int *n) {
 
 int ps_asg_expired_due(pg_conn *c, int limit, char (*ids)[40], int *n) {
     return due(c,
-               "SELECT id::text FROM assignment WHERE state = 1 AND expire_time <= now()"
+               "SELECT id::text FROM assignment WHERE state = " SQL_PENDING " AND expire_time <= now()"
                " ORDER BY expire_time LIMIT $1 FOR UPDATE SKIP LOCKED",
                limit, ids, n);
 }
@@ -666,12 +686,12 @@ int ps_common_members(pg_conn *c, uint64_t partner, uint64_t client, ps_mem *m, 
         "SELECT pm.user_id, COALESCE(u.email, ''), COALESCE(u.display_name, ''), pm.partner_employee,"
         " EXISTS (SELECT 1 FROM refusal f WHERE f.partner_hub_id = $1 AND f.client_hub_id = $2"
         "   AND f.user_id = pm.user_id AND EXISTS (SELECT 1 FROM assignment o WHERE o.client_hub_id = $2"
-        "   AND o.employee_user_id = pm.user_id AND o.state IN (1, 2) AND o.partner_hub_id <> $1)),"
+        "   AND o.employee_user_id = pm.user_id AND o.state IN (" SQL_OPEN ") AND o.partner_hub_id <> $1)),"
         " EXISTS (SELECT 1 FROM assignment a WHERE a.partner_hub_id = $1 AND a.client_hub_id = $2"
-        "   AND a.employee_user_id = pm.user_id AND a.state = 2)"
-        " FROM membership_copy pm JOIN membership_copy cm ON cm.user_id = pm.user_id AND cm.hub_id = $2"
+        "   AND a.employee_user_id = pm.user_id AND a.state = " SQL_ACTIVE ")"
+        " FROM membership_copies pm JOIN membership_copies cm ON cm.user_id = pm.user_id AND cm.hub_id = $2"
         "   AND cm.present"
-        " LEFT JOIN user_copy u ON u.user_id = pm.user_id"
+        " LEFT JOIN user_copies u ON u.user_id = pm.user_id"
         " WHERE pm.hub_id = $1 AND pm.present ORDER BY pm.user_id",
         &p, &r);
     *n = 0;
@@ -717,9 +737,9 @@ int ps_activity_attribute(pg_conn *c, uint64_t user, uint64_t hub, int64_t at_us
     int rc = pg_exec(c,
                      "INSERT INTO activity (assignment_id, at, kind)"
                      " SELECT a.id, to_timestamp($3::bigint / 1000000.0), $4 FROM assignment a"
-                     " JOIN membership_copy m ON m.hub_id = a.partner_hub_id AND m.user_id = a.employee_user_id"
+                     " JOIN membership_copies m ON m.hub_id = a.partner_hub_id AND m.user_id = a.employee_user_id"
                      "   AND m.present AND m.partner_employee"
-                     " WHERE a.employee_user_id = $1 AND a.client_hub_id = $2 AND a.state = 2",
+                     " WHERE a.employee_user_id = $1 AND a.client_hub_id = $2 AND a.state = " SQL_ACTIVE,
                      &p, &r);
     *attributed = rc == 0 && pg_affected(r) > 0;
     pg_free(r);

@@ -9,12 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "om_mem.h"
 #include "pg.h"
 
-typedef struct ps_mem {
-    void *(*alloc)(void *ud, size_t n);
-    void *ud;
-} ps_mem;
+/* Where results are allocated (om_mem.h): the call's arena, or an om_arena
+ * outside a call. */
+typedef om_mem ps_mem;
 
 /* ---- local copies (SPEC 2) ------------------------------------------------ */
 

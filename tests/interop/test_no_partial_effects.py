@@ -11,7 +11,7 @@ succeeds; the test snapshots the state tables of all six schemas, sends it
 with a fault- request id, checks INTERNAL and an unchanged state once the
 services are idle again, then sends it again with a plain id and checks it
 succeeds and writes (so the faulted request would have written something).
-partners' cached "not a member" rows (membership_copy.present = false) are
+partners' cached "not a member" rows (membership_copies.present = false) are
 left out: a lookup records accounts' truth, not an effect of the call.
 
 The snapshot leaves out bookkeeping that is not state (outbox, audit,
@@ -112,7 +112,7 @@ def snapshot():
 def _where(table):
     # partners' membership copy also caches "not a member" (present = false)
     # when a call looks a membership up: accounts' truth, not the call's effect.
-    return " WHERE r.present" if table == "partners.membership_copy" else ""
+    return " WHERE r.present" if table == "partners.membership_copies" else ""
 
 
 def rows(tables):

@@ -1,0 +1,188 @@
+/* copies.c — see copies.h: the one applier of the accounts service's events
+ * and the one call to the accounts service for a missing copy (SPEC 2). */
+#include "copies.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "log.h"
+#include "om_err.h"
+#include "orgmesh/accounts/v1/accounts.pb-c.h"
+
+#define APB(x) Orgmesh__Accounts__V1__##x
+
+enum copies_kind { COPIES_ACCOUNT, COPIES_USER, COPIES_MEMBERSHIP };
+
+static const struct {
+    const ProtobufCMessageDescriptor *d;
+    enum copies_kind kind;
+    bool deleted;
+} kinds[] = {
+    {&orgmesh__accounts__v1__account_created__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__account_updated__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__subscriptions_changed__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__account_downgraded__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__hosting_location_changed__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__sensitive_data_enabled__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__sensitive_data_disabled__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__account_deactivated__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__account_reactivated__descriptor, COPIES_ACCOUNT, false},
+    {&orgmesh__accounts__v1__account_deleted__descriptor, COPIES_ACCOUNT, true},
+    {&orgmesh__accounts__v1__user_created__descriptor, COPIES_USER, false},
+    {&orgmesh__accounts__v1__user_updated__descriptor, COPIES_USER, false},
+    {&orgmesh__accounts__v1__user_deleted__descriptor, COPIES_USER, true},
+    {&orgmesh__accounts__v1__membership_added__descriptor, COPIES_MEMBERSHIP, false},
+    {&orgmesh__accounts__v1__membership_changed__descriptor, COPIES_MEMBERSHIP, false},
+    {&orgmesh__accounts__v1__membership_removed__descriptor, COPIES_MEMBERSHIP, true},
+};
+
+static bool wanted(const copies_sink *s, enum copies_kind k) {
+    return k == COPIES_ACCOUNT ? s->account != NULL : k == COPIES_USER ? s->user != NULL : s->membership != NULL;
+}
+
+int copies_apply_event(pg_conn *tx, const evt_event *ev, const copies_sink *sink, void *arg) {
+    if (ev->type == NULL) return 0;
+    size_t i = 0;
+    while (i < sizeof kinds / sizeof kinds[0] && strcmp(ev->type, kinds[i].d->name) != 0) i++;
+    if (i == sizeof kinds / sizeof kinds[0] || !wanted(sink, kinds[i].kind)) return 0; /* not kept here */
+    const ProtobufCMessageDescriptor *d = kinds[i].d;
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, ev->payload_len, ev->payload);
+    if (m == NULL) {
+        log_error("event %s (%s): payload cannot be decoded; ignored", ev->id, ev->type);
+        return 0;
+    }
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, 1);
+    const void *item = (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) ? *(void *const *)((const char *)m + f->offset)
+                                                                          : NULL;
+    copies_event e = {.ev = ev, .msg = m, .deleted = kinds[i].deleted, .version = ev->version};
+    int rc = 0;
+    if (item == NULL) goto out;
+    switch (kinds[i].kind) {
+    case COPIES_ACCOUNT: {
+        const CopiesAccount *a = item;
+        if (!pg_id_valid(a->hub_id)) break;
+        if (e.version <= 0) e.version = a->version;
+        rc = sink->account(tx, &e, a, arg);
+        break;
+    }
+    case COPIES_USER: {
+        const CopiesUser *u = item;
+        if (!pg_id_valid(u->user_id)) break;
+        if (e.version <= 0) e.version = u->version;
+        rc = sink->user(tx, &e, u, arg);
+        break;
+    }
+    case COPIES_MEMBERSHIP: {
+        const CopiesMembership *mb = item;
+        if (!pg_id_valid(mb->hub_id) || !pg_id_valid(mb->user_id)) break;
+        if (e.version <= 0) e.version = mb->version;
+        rc = sink->membership(tx, &e, mb, arg);
+        break;
+    }
+    }
+out:
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
+}
+
+int copies_deadline_ms(rpc_ctx *ctx) {
+    if (ctx == NULL) return 5000;
+    int64_t left = rpc_time_left_ms(ctx);
+    return left < 5000 ? (int)(left > 0 ? left : 1) : 5000;
+}
+
+int copies_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, rpc_status *st) {
+    rpc_status local;
+    if (st == NULL) st = &local;
+    memset(st, 0, sizeof *st);
+    *resp = NULL;
+    rpc_client *cl = app_peer("accounts");
+    if (cl == NULL) {
+        snprintf(st->message, sizeof st->message, "ORGMESH_ACCOUNTS_ADDR is not set");
+        return OM_E_UNAVAILABLE;
+    }
+    if (ctx != NULL && rpc_time_left_ms(ctx) <= 0) {
+        snprintf(st->message, sizeof st->message, "the caller's deadline has passed");
+        return OM_E_UNAVAILABLE;
+    }
+    rpc_call_opts o = {.token = app_service_token(),
+                       .trace_id = ctx ? rpc_trace_id(ctx) : NULL,
+                       .deadline_ms = copies_deadline_ms(ctx),
+                       .idempotent = true};
+    int rc = rpc_client_call(cl, method, req, resp_desc, resp, &o, st);
+    if (rc != 0) log_warn("accounts %s: %s %s %s", method, om_err_name(rc), st->reason, st->message);
+    return rc;
+}
+
+/* SPEC 2: the owner not answering is UNAVAILABLE, whatever the reason. */
+static int fetch_failed(int rc) {
+    return rc == OM_E_NOT_FOUND ? rc : OM_E_UNAVAILABLE;
+}
+
+int copies_fetch_accounts(rpc_ctx *ctx, const uint64_t *ids, size_t n,
+                          int (*put)(const CopiesAccount *a, void *arg), void *arg) {
+    for (size_t at = 0; at < n; at += COPIES_BATCH) {
+        APB(BatchGetAccountsRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_ACCOUNTS_REQUEST__INIT;
+        req.hub_ids = (uint64_t *)ids + at;
+        req.n_hub_ids = n - at < COPIES_BATCH ? n - at : COPIES_BATCH;
+        APB(BatchGetAccountsResponse) *r = NULL;
+        int rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
+                             &orgmesh__accounts__v1__batch_get_accounts_response__descriptor,
+                             (ProtobufCMessage **)&r, NULL);
+        if (rc != 0) return fetch_failed(rc);
+        for (size_t i = 0; rc == 0 && i < r->n_accounts; i++)
+            if (r->accounts[i] != NULL && pg_id_valid(r->accounts[i]->hub_id)) rc = put(r->accounts[i], arg);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(const CopiesUser *u, void *arg),
+                       void *arg) {
+    for (size_t at = 0; at < n; at += COPIES_BATCH) {
+        APB(BatchGetUsersRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_USERS_REQUEST__INIT;
+        req.user_ids = (uint64_t *)ids + at;
+        req.n_user_ids = n - at < COPIES_BATCH ? n - at : COPIES_BATCH;
+        APB(BatchGetUsersResponse) *r = NULL;
+        int rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/BatchGetUsers", &req.base,
+                             &orgmesh__accounts__v1__batch_get_users_response__descriptor, (ProtobufCMessage **)&r,
+                             NULL);
+        if (rc != 0) return fetch_failed(rc);
+        for (size_t i = 0; rc == 0 && i < r->n_users; i++)
+            if (r->users[i] != NULL && pg_id_valid(r->users[i]->user_id)) rc = put(r->users[i], arg);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+int copies_fetch_memberships(rpc_ctx *ctx, uint64_t user_id,
+                             int (*put)(const CopiesMembership *const *ms, size_t n, void *arg), void *arg) {
+    char *token = NULL;
+    int rc = 0;
+    for (int page = 0; page < COPIES_MEMBERSHIP_PAGES; page++) {
+        APB(ListMembershipsRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
+        req.user_id = user_id;
+        req.page_size = 1000;
+        req.page_token = token ? token : (char *)"";
+        APB(ListMembershipsResponse) *r = NULL;
+        rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
+                         &orgmesh__accounts__v1__list_memberships_response__descriptor, (ProtobufCMessage **)&r, NULL);
+        free(token);
+        token = NULL;
+        if (rc != 0) return fetch_failed(rc);
+        rc = put((const CopiesMembership *const *)r->memberships, r->n_memberships, arg);
+        if (rc == 0 && r->next_page_token != NULL && r->next_page_token[0] != '\0') {
+            token = strdup(r->next_page_token);
+            if (token == NULL) rc = OM_E_NOMEM;
+        }
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (rc != 0 || token == NULL) break;
+    }
+    free(token);
+    return rc;
+}
