@@ -160,8 +160,27 @@ int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(c
     return 0;
 }
 
-int copies_fetch_memberships(rpc_ctx *ctx, uint64_t user_id,
-                             int (*put)(const CopiesMembership *const *ms, size_t n, void *arg), void *arg) {
+typedef struct memb_page {
+    const APB(ListMembershipsResponse) *r;
+    int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg);
+    int (*done)(pg_conn *tx, void *arg);
+    void *arg;
+} memb_page;
+
+static int memb_page_tx(pg_conn *tx, void *arg) {
+    const memb_page *p = arg;
+    for (size_t i = 0; i < p->r->n_memberships; i++) {
+        const CopiesMembership *m = p->r->memberships[i];
+        if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
+        int rc = p->put(tx, m, p->arg);
+        if (rc != 0) return rc;
+    }
+    return p->done ? p->done(tx, p->arg) : 0;
+}
+
+int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
+                             int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
+                             int (*done)(pg_conn *tx, void *arg), void *arg) {
     char *token = NULL;
     int rc = 0;
     for (int page = 0; page < COPIES_MEMBERSHIP_PAGES; page++) {
@@ -175,7 +194,8 @@ int copies_fetch_memberships(rpc_ctx *ctx, uint64_t user_id,
         free(token);
         token = NULL;
         if (rc != 0) return fetch_failed(rc);
-        rc = put((const CopiesMembership *const *)r->memberships, r->n_memberships, arg);
+        memb_page p = {.r = r, .put = put, .done = done, .arg = arg};
+        rc = pg_tx(c, memb_page_tx, &p);
         if (rc == 0 && r->next_page_token != NULL && r->next_page_token[0] != '\0') {
             token = strdup(r->next_page_token);
             if (token == NULL) rc = OM_E_NOMEM;

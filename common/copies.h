@@ -68,12 +68,14 @@ int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(c
                        void *arg);
 
 /* Every membership of user_id (AccountsService.ListMemberships as this
- * service: the actor's memberships for an authorization), a page of up to
- * 1000 at a time handed to put (entries may be NULL or carry invalid ids:
- * put skips them), at most COPIES_MEMBERSHIP_PAGES pages. Failures as
+ * service: the actor's memberships for an authorization), up to 1000 a page,
+ * at most COPIES_MEMBERSHIP_PAGES pages. Each page is stored in a
+ * transaction of its own on c: put for each membership with valid ids, then
+ * done (NULL: nothing) in the same transaction. Failures as
  * copies_fetch_accounts. */
 #define COPIES_MEMBERSHIP_PAGES 20
-int copies_fetch_memberships(rpc_ctx *ctx, uint64_t user_id,
-                             int (*put)(const CopiesMembership *const *ms, size_t n, void *arg), void *arg);
+int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
+                             int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
+                             int (*done)(pg_conn *tx, void *arg), void *arg);
 
 #endif

@@ -27,32 +27,16 @@ _Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED =
 /* What a handler's transaction may find missing (op_need). */
 #define NEED_MEMBERSHIPS 1u
 
-typedef struct memb_page {
-    const CopiesMembership *const *ms;
-    size_t n;
-} memb_page;
-
-static int memb_tx(pg_conn *tx, void *arg) {
-    const memb_page *p = arg;
-    for (size_t i = 0; i < p->n; i++) {
-        const CopiesMembership *m = p->ms[i];
-        if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
-        int rc = store_membership_upsert(tx, m->hub_id, m->user_id,
-                                         assets_roles_bits((const int *)m->roles, m->n_roles), false, m->version);
-        if (rc != 0) return rc;
-    }
-    return 0;
-}
-
-static int memb_put(const CopiesMembership *const *ms, size_t n, void *c) {
-    memb_page p = {ms, n};
-    return pg_tx(c, memb_tx, &p);
+static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
+    (void)arg;
+    return store_membership_upsert(tx, m->hub_id, m->user_id, assets_roles_bits((const int *)m->roles, m->n_roles),
+                                   false, m->version);
 }
 
 /* SPEC 2: the actor's memberships, from their owner, into the local copy. */
 static int assets_fetch(rpc_ctx *ctx, op_call *cl, void *arg) {
     (void)arg;
-    return copies_fetch_memberships(ctx, cl->actor->user_id, memb_put, cl->db);
+    return copies_fetch_memberships(ctx, cl->db, cl->actor->user_id, memb_put, NULL, NULL);
 }
 
 /* The actor's standing in `hub`: a member at all, and with MARKETING_ACCESS

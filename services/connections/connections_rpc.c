@@ -176,31 +176,20 @@ static int fetch_accounts(op_call *cl, pg_conn *c) {
     return rc;
 }
 
-typedef struct memb_page {
-    const CopiesMembership *const *ms;
-    size_t n;
-} memb_page;
-
-static int memb_tx(pg_conn *tx, void *arg) {
-    const memb_page *p = arg;
-    for (size_t i = 0; i < p->n; i++) {
-        const CopiesMembership *m = p->ms[i];
-        if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
-        int rc = store_membership_upsert(tx, m->hub_id, m->user_id, conn_roles_bits((const int *)m->roles, m->n_roles),
-                                         conn_seats_bits((const int *)m->seats, m->n_seats), false, m->version);
-        if (rc != 0) return rc;
-    }
-    return store_notify_change(tx);
+static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
+    (void)arg;
+    return store_membership_upsert(tx, m->hub_id, m->user_id, conn_roles_bits((const int *)m->roles, m->n_roles),
+                                   conn_seats_bits((const int *)m->seats, m->n_seats), false, m->version);
 }
 
-static int memb_put(const CopiesMembership *const *ms, size_t n, void *c) {
-    memb_page p = {ms, n};
-    return pg_tx(c, memb_tx, &p);
+static int memb_done(pg_conn *tx, void *arg) {
+    (void)arg;
+    return store_notify_change(tx);
 }
 
 /* The actor's memberships (roles for CONN-08). */
 static int fetch_memberships(op_call *cl, pg_conn *c) {
-    return copies_fetch_memberships(cl->ctx, cl->actor->user_id, memb_put, c);
+    return copies_fetch_memberships(cl->ctx, c, cl->actor->user_id, memb_put, memb_done, NULL);
 }
 
 /* op_def.fetch: what the last attempt found missing (SPEC 2). */

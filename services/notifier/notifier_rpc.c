@@ -161,7 +161,8 @@ static int replay_one(pg_conn *tx, int64_t id) {
     pg_p_i64(&p, id);
     pg_res *r = NULL;
     int rc = pg_exec(tx,
-                     "UPDATE delivery d SET state = " OM_SQL(NT_SQL_PENDING) ", attempts = 0, next_attempt_at = now(), last_error = ''"
+                     "UPDATE delivery d SET state = " OM_SQL(NT_SQL_PENDING) ", attempts = 0,"
+                     " next_attempt_at = now(), last_error = ''"
                      " FROM dead_letter l WHERE l.id = $1 AND d.id = l.delivery_id AND d.state = " OM_SQL(NT_SQL_DEAD)
                      " RETURNING d.id",
                      &p, &r);

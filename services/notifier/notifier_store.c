@@ -99,7 +99,8 @@ static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
         pg_params p = {0};
         pg_p_i64(&p, d->id);
         rc = pg_exec(c,
-                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_CANCELLED) ", last_error = 'no link for this recipient: the access request"
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_CANCELLED) ","
+                     " last_error = 'no link for this recipient: the access request"
                      " is no longer pending, or the recipient is not a client admin' WHERE id = $1",
                      &p, NULL);
         log_info("delivery %" PRId64 " cancelled: access request %s is no longer pending, or user %" PRIu64
@@ -233,12 +234,16 @@ static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
     if (!last) {
         pg_p_i64(&p, backoff_ms(d->attempts + 1));
         return pg_exec(c,
-                       "UPDATE delivery SET state = " OM_SQL(NT_SQL_RETRYING) ", attempts = attempts + 1, last_error = $2,"
+                       "UPDATE delivery SET state = " OM_SQL(NT_SQL_RETRYING) ","
+                       " attempts = attempts + 1, last_error = $2,"
                        " next_attempt_at = now() + make_interval(secs => $3::bigint / 1000.0)"
                        " WHERE id = $1",
                        &p, NULL);
     }
-    int rc = pg_exec(c, "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEAD) ", attempts = attempts + 1, last_error = $2 WHERE id = $1", &p,
+    int rc = pg_exec(c,
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEAD) ", attempts = attempts + 1, last_error = $2"
+                     " WHERE id = $1",
+                     &p,
                      NULL);
     return rc != 0 ? rc : dead_letter(c, d, err);
 }

@@ -73,8 +73,8 @@ int pa_expire_round(pg_conn *c, int limit);
 
 /* A call to AccountsInternalService with this service's own identity
  * (SPEC 8). `method` is the RPC name, e.g. "SetPartnerEmployee". */
-int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
-                     ProtobufCMessage **resp, rpc_status *st);
+int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, rpc_status *st);
 void pa_membership_from_pb(const Orgmesh__Accounts__V1__Membership *p, ps_membership *out);
 
 /* The accounts event consumer (PART-05 direct add, PART-08, PART-09). */

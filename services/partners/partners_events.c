@@ -106,7 +106,8 @@ int pa_ensure_account(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, ps_mem *m, ps_a
     int rc = ps_account_get(c, hub_id, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
     put_arg a = {.c = c};
-    if ((rc = copies_fetch_accounts(ctx, &hub_id, 1, put_account, &a)) != 0) return rc; /* UNAVAILABLE or NOT_FOUND (copies.h) */
+    /* a failed fetch: UNAVAILABLE or NOT_FOUND (copies.h) */
+    if ((rc = copies_fetch_accounts(ctx, &hub_id, 1, put_account, &a)) != 0) return rc;
     return a.found ? ps_account_get(c, hub_id, m, out) : OM_E_NOT_FOUND;
 }
 
@@ -114,7 +115,7 @@ int pa_ensure_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, ps_mem *m, ps_use
     int rc = ps_user_get(c, user_id, m, out);
     if (rc != OM_E_NOT_FOUND) return rc;
     put_arg a = {.c = c};
-    if ((rc = copies_fetch_users(ctx, &user_id, 1, put_user, &a)) != 0) return rc; /* UNAVAILABLE or NOT_FOUND (copies.h) */
+    if ((rc = copies_fetch_users(ctx, &user_id, 1, put_user, &a)) != 0) return rc;
     return a.found ? ps_user_get(c, user_id, m, out) : OM_E_NOT_FOUND;
 }
 

@@ -25,7 +25,9 @@ _Static_assert(PART_SQL_PENDING == PART_ST_PENDING && PART_SQL_ACTIVE == PART_ST
 /* Open (PART-06): the predicate of the unique index assignment_open_per_client. */
 #define SQL_OPEN SQL_PENDING ", " SQL_ACTIVE
 /* Ended: every state after an answer. */
-#define SQL_ENDED OM_SQL(PART_SQL_DECLINED) ", " OM_SQL(PART_SQL_EXPIRED) ", " OM_SQL(PART_SQL_CANCELLED) ", " OM_SQL(PART_SQL_REVOKED)
+#define SQL_ENDED                                                                                       \
+    OM_SQL(PART_SQL_DECLINED) ", " OM_SQL(PART_SQL_EXPIRED) ", " OM_SQL(PART_SQL_CANCELLED) ", "             \
+        OM_SQL(PART_SQL_REVOKED)
 
 static const char *dup_str(ps_mem *m, const char *s) {
     size_t n = strlen(s);
@@ -516,10 +518,12 @@ int ps_asg_save(pg_conn *c, ps_assignment *a, ps_mem *m) {
     pg_p_i64(&p, a->last_send_us);
     int rc = pg_exec(c,
                      "UPDATE assignment SET version = version + 1, update_time = now(),"
-                     " activate_time = CASE WHEN $2 = " SQL_ACTIVE " AND state <> " SQL_ACTIVE " THEN now() ELSE activate_time END,"
+                     " activate_time = CASE WHEN $2 = " SQL_ACTIVE " AND state <> " SQL_ACTIVE " THEN now()"
+                     "   ELSE activate_time END,"
                      " end_time = CASE WHEN $2 IN (" SQL_ENDED ") AND state NOT IN (" SQL_ENDED ") THEN now()"
                      "   ELSE end_time END,"
-                     " answer_time = CASE WHEN state = " SQL_PENDING " AND $2 <> " SQL_PENDING " THEN now() ELSE answer_time END,"
+                     " answer_time = CASE WHEN state = " SQL_PENDING " AND $2 <> " SQL_PENDING " THEN now()"
+                     "   ELSE answer_time END,"
                      " last_send_time = CASE WHEN $13::bigint = -1 THEN now() ELSE last_send_time END,"
                      " state = $2, state_cause = $3, send_count = $4, answered_by = $5, answer_reason = $6,"
                      " link_gen = CASE WHEN $7 THEN link_gen + 1 ELSE link_gen END,"
@@ -598,7 +602,9 @@ int ps_asg_open_ids(pg_conn *c, uint64_t partner, uint64_t employee, ps_mem *m, 
 int ps_asg_open_ids_of_client(pg_conn *c, uint64_t client, ps_mem *m, char (**ids)[40], int *n) {
     pg_params p = {0};
     pg_p_u64(&p, client);
-    return read_ids(c, "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND state IN (" SQL_OPEN ") ORDER BY id",
+    return read_ids(c,
+                    "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND state IN (" SQL_OPEN ")"
+                    " ORDER BY id",
                     &p, m, ids, n);
 }
 

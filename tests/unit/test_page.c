@@ -198,6 +198,44 @@ static void test_page_token_limits(void **state) {
     free(big);
 }
 
+/* page_read (page_call.c): the keyset cursor of a list call, one or two
+ * unsigned keys, never capped (partners' history cursor used to be an int
+ * refused above 1e8, so its history stopped paging past audit id 1e8). */
+static char *token_of(const char *cursor) {
+    char *tok = NULL;
+    assert_int_equal(page_token_encode(SCOPE, cursor, &tok), 0);
+    return tok;
+}
+
+static void test_page_read_keyset_one_and_two_keys(void **state) {
+    (void)state;
+    page_req pg;
+    assert_int_equal(page_read(0, "", SCOPE, 1, &pg), 0);
+    assert_false(pg.more);
+    assert_int_equal(pg.limit, 50);
+    char *t1 = token_of("2500000000");
+    assert_int_equal(page_read(10, t1, SCOPE, 1, &pg), 0);
+    assert_true(pg.more);
+    assert_int_equal(pg.limit, 10);
+    assert_true(pg.k1 == 2500000000ULL);
+    char *t2 = token_of("18446744073709551615:7");
+    assert_int_equal(page_read(10, t2, SCOPE, 2, &pg), 0);
+    assert_true(pg.k1 == UINT64_MAX && pg.k2 == 7);
+    /* the other spelling, a sign, overflow, a non-digit: refused */
+    assert_int_equal(page_read(10, t1, SCOPE, 2, &pg), OM_E_INVALID_PAGE_TOKEN);
+    assert_int_equal(page_read(10, t2, SCOPE, 1, &pg), OM_E_INVALID_PAGE_TOKEN);
+    const char *bad[] = {"-1", "+1", "18446744073709551616", "12a", ":", "1:", ":1", " 1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *t = token_of(bad[i]);
+        int keys = strchr(bad[i], ':') ? 2 : 1;
+        assert_int_equal(page_read(10, t, SCOPE, keys, &pg), OM_E_INVALID_PAGE_TOKEN);
+        free(t);
+    }
+    assert_int_equal(page_read(-1, "", SCOPE, 1, &pg), OM_E_INVALID_ARGUMENT);
+    free(t1);
+    free(t2);
+}
+
 int main(void) {
     setenv("ORGMESH_PAGE_TOKEN_KEY", "unit-test-key", 1);
     const struct CMUnitTest tests[] = {
@@ -209,6 +247,7 @@ int main(void) {
         cmocka_unit_test(test_page_token_forged_cursor_rejected),
         cmocka_unit_test(test_page_token_key_shared_across_replicas),
         cmocka_unit_test(test_page_token_limits),
+        cmocka_unit_test(test_page_read_keyset_one_and_two_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
