@@ -8,7 +8,6 @@
 #include "accounts_rpc.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +17,9 @@
 #include "audit.h"
 #include "config.h"
 #include "evt.h"
-#include "idem.h"
 #include "log.h"
 #include "om_err.h"
+#include "op.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
 #include "page.h"
@@ -72,12 +71,6 @@ static acct_violations ctx_violations(rpc_ctx *ctx) { return (acct_violations){v
 
 static bool is_service(const om_actor *a) { return auth_is_service(a, NULL); }
 
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the directory database is unreachable");
-    return c;
-}
-
 /* A failed read: the store's code, logged when it is the database's fault. */
 static int fail_store(rpc_ctx *ctx, pg_conn *c, int rc) {
     if (rc == OM_E_INTERNAL) log_error("accounts: SQL error %s: %s", pg_sqlstate(c), pg_errmsg(c));
@@ -88,13 +81,6 @@ static unsigned role_bit(int v) { return (v >= 1 && v <= 4) ? 1u << (v - 1) : 0;
 static unsigned seat_bit(int v) { return (v >= 1 && v <= 2) ? 1u << (v - 1) : 0; }
 
 /* Required ids: present and within what PostgreSQL's bigint holds. */
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
-
 static void check_etag(rpc_ctx *ctx, const char *etag) {
     int64_t v;
     if (etag != NULL && etag[0] != '\0' && acct_etag_decode(etag, &v) != 0)
@@ -263,27 +249,21 @@ static unsigned seats_in(rpc_ctx *ctx, const char *field, const PB(Seat) *v, siz
 typedef struct mutation mutation;
 typedef int (*apply_fn)(mutation *mu, pg_conn *tx);
 
+/* One mutation's own state (op_run's arg); the request id, transaction,
+ * retries and failure are op_run's (common/op.h). */
 struct mutation {
     rpc_ctx *ctx;
+    op_call *oc; /* the running attempt */
     const void *req;
     ProtobufCMessage *resp;
-    const ProtobufCMessageDescriptor *resp_desc;
     apply_fn apply;
     void *op; /* the handler's own state, rebuilt by apply on every attempt */
-    idem_key key;
     const char *request_id;
     /* who acted: the caller, or whom the partners service acted for */
     const om_actor *actor; /* NULL when a rule acted */
     const char *rule;
     om_actor on_behalf;
     bool gated; /* apply passed gate() (PART-08) */
-    /* set by apply when it fails */
-    const char *err_msg;
-    int n_viol;
-    struct {
-        char field[96];
-        char msg[160];
-    } viol[8];
 };
 
 /* The message of a refusal: a non-member's NOT_FOUND (AIP-193) says no more
@@ -292,30 +272,21 @@ static const char *hidden_or(int rc, const char *msg) {
     return rc == OM_E_NOT_FOUND ? "no such account" : msg;
 }
 
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    mu->err_msg = rpc_strdup(mu->ctx, buf);
-    return code;
-}
-
 static void mu_violation(void *arg, const char *field, const char *msg) {
     mutation *mu = arg;
-    if (mu->n_viol >= 8) return;
-    snprintf(mu->viol[mu->n_viol].field, sizeof mu->viol[0].field, "%s", field);
-    snprintf(mu->viol[mu->n_viol].msg, sizeof mu->viol[0].msg, "%s", msg);
-    mu->n_viol++;
+    op_violation(mu->oc, field, "%s", msg);
 }
 
 static acct_violations mu_violations(mutation *mu) { return (acct_violations){mu_violation, mu, 0}; }
 
-static int mu_apply(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
+/* op_def.apply of every mutation: the handler's apply, then the PART-08
+ * check that it passed the gate. */
+static int mu_apply(op_call *oc, pg_conn *tx) {
+    mutation *mu = oc->arg;
+    mu->oc = oc;
+    mu->resp = oc->resp;
     mu->gated = false;
+    if (mu->actor == NULL && mu->rule == NULL) mu->actor = oc->actor;
     int rc = mu->apply(mu, tx);
     if (rc == 0 && !mu->gated) {
         /* every mutation passes the PART-08 gate; one that forgot commits nothing */
@@ -325,36 +296,7 @@ static int mu_apply(pg_conn *tx, void *arg) {
     return rc;
 }
 
-static int mu_tx(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
-    /* a retried attempt starts from nothing */
-    mu->err_msg = NULL;
-    mu->n_viol = 0;
-    protobuf_c_message_init(mu->resp_desc, mu->resp);
-    return idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, NULL);
-}
-
-/* Runs mu->apply in one transaction with the request id claimed, and turns
- * a failure into the call's error. */
-static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
-    rpc_ctx *ctx = mu->ctx;
-    mu->resp = resp;
-    mu->resp_desc = resp->descriptor;
-    if (mu->actor == NULL && mu->rule == NULL) mu->actor = rpc_actor(ctx);
-    int rc = rpc_idem_key(ctx, &mu->key, mu->request_id, req);
-    if (rc != 0) return rc;
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    rc = pg_tx(c, mu_tx, mu);
-    if (rc == 0) return 0;
-    if (mu->n_viol > 0) {
-        for (int i = 0; i < mu->n_viol; i++) rpc_violation(ctx, mu->viol[i].field, "%s", mu->viol[i].msg);
-        return rpc_fail_invalid(ctx);
-    }
-    if (rc == OM_E_INTERNAL && mu->err_msg == NULL)
-        log_error("accounts: %s failed: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    return mu->err_msg ? rpc_fail(ctx, rc, "%s", mu->err_msg) : rpc_fail(ctx, rc, NULL);
-}
+static const op_def mutation_def = {.apply = mu_apply, .mutation = true};
 
 /* "user:<id>" or "rule:<ID>" given by the partners service (the actor it
  * acts for), "" for itself. Reports a violation and returns non-zero when
@@ -466,7 +408,7 @@ static int gate(mutation *mu, pg_conn *tx, const acct_act *act, bool have_mine, 
         mine = rc == 0 ? &buf : NULL;
     }
     int rc = acct_rule_partner_identity(who, mine, act);
-    return rc != 0 ? mu_fail(mu, rc, "%s", acct_partner_identity_message(act)) : 0;
+    return rc != 0 ? op_fail(mu->oc, rc, "%s", acct_partner_identity_message(act)) : 0;
 }
 
 /* ---- events ------------------------------------------------------------------------------ */
@@ -571,10 +513,10 @@ typedef struct member_facts {
 static int load_facts(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t user_id, member_facts *f) {
     store_mem m = call_mem(mu->ctx);
     int rc = store_account_get(tx, hub_id, false, &m, &f->account);
-    if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "account %" PRIu64 " does not exist", hub_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(mu->oc, rc, "account %" PRIu64 " does not exist", hub_id);
     if (rc != 0) return rc;
     rc = store_user_get(tx, user_id, false, &m, &f->user);
-    if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "user %" PRIu64 " does not exist", user_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(mu->oc, rc, "user %" PRIu64 " does not exist", user_id);
     return rc;
 }
 
@@ -665,12 +607,12 @@ static int apply_create_account(mutation *mu, pg_conn *tx) {
         /* the creator becomes its SUPER_ADMIN, so they must be in the directory */
         rc = store_user_get(tx, caller->user_id, false, &m, &f.user);
         if (rc == OM_E_NOT_FOUND)
-            return mu_fail(mu, OM_E_FAILED_PRECONDITION, "the calling user %" PRIu64 " is not in the directory",
+            return op_fail(mu->oc, OM_E_FAILED_PRECONDITION, "the calling user %" PRIu64 " is not in the directory",
                            caller->user_id);
         if (rc != 0) return rc;
     }
     rc = store_account_insert(tx, &a);
-    if (rc == OM_E_ALREADY_EXISTS) return mu_fail(mu, rc, "account %" PRIu64 " already exists", a.hub_id);
+    if (rc == OM_E_ALREADY_EXISTS) return op_fail(mu->oc, rc, "account %" PRIu64 " already exists", a.hub_id);
     if (rc != 0) return rc;
 
     PB(AccountCreated) e;
@@ -713,7 +655,7 @@ static int h_create_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     acct_subs_sort(&op.account);
 
     mutation mu = {.ctx = ctx, .apply = apply_create_account, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* GetAccount: members of the account and services (the account's existence is not revealed to others). */
@@ -725,9 +667,9 @@ static int h_get_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     acct_account a;
     store_mem m = call_mem(ctx);
 
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -758,7 +700,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
                                     req->name_prefix);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     store_account_filter f = {.member_user_id = member, .kind = (acct_kind)req->kind,
                               .state = (acct_state)req->state, .name_prefix = req->name_prefix,
@@ -790,7 +732,7 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->patch.hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
-        return mu_fail(mu, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_UPDATE_ACCOUNT, .hub_id = op->patch.hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, op->patch.hub_id, true, &m, &before)) != 0) return rc;
@@ -828,7 +770,7 @@ static int h_update_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
         rpc_violation(ctx, "account", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "account.hub_id", req->account->hub_id);
+    op_check_id(ctx, "account.hub_id", req->account->hub_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
     if (req->account->n_subscriptions > ACCT_MAX_SUBS_IN)
@@ -838,7 +780,7 @@ static int h_update_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     account_from_pb(req->account, &op.patch);
 
     mutation mu = {.ctx = ctx, .apply = apply_update_account, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 typedef struct state_op {
@@ -858,9 +800,9 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
+        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return mu_fail(mu, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = op->hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
@@ -897,13 +839,13 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
 
 static int set_state(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, uint64_t hub_id,
                      const char *etag, const char *reason, const char *request_id, acct_state to) {
-    check_id(ctx, "hub_id", hub_id);
+    op_check_id(ctx, "hub_id", hub_id);
     check_etag(ctx, etag);
     check_text(ctx, "reason", reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     state_op op = {.hub_id = hub_id, .etag = etag, .reason = reason, .to = to};
     mutation mu = {.ctx = ctx, .apply = apply_set_state, .op = &op, .request_id = request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* DeactivateAccount: SUPER_ADMIN or a service; a no-op when already deactivated (ORG-09 DEACTIVATED follows). */
@@ -930,9 +872,9 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, req->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return mu_fail(mu, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
+        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return mu_fail(mu, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = req->hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
@@ -967,12 +909,12 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
 /* DeleteAccount: SUPER_ADMIN or a service; etag; every membership goes first, then the account. */
 static int h_delete_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(DeleteAccountRequest) *req = (const void *)req_;
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     check_etag(ctx, req->etag);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_delete_account, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* One page of audit history of `resource` (and below it with subtree). */
@@ -998,11 +940,11 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     char resource[64];
     int rc;
 
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListAccountHistory|hub=%" PRIu64, req->hub_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -1030,12 +972,12 @@ static int apply_create_user(mutation *mu, pg_conn *tx) {
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if (!is_service(caller) && (rc = store_user_manages_any(tx, caller->user_id, &manages)) != 0) return rc;
     if ((rc = acct_rule_create_user(caller, manages, u.user_id)) != 0)
-        return mu_fail(mu, rc, u.user_id ? "only service identities may choose the user_id"
+        return op_fail(mu->oc, rc, u.user_id ? "only service identities may choose the user_id"
                                          : "creating users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS "
                                            "in some account");
     rc = store_user_insert(tx, &u);
-    if (rc == OM_E_EMAIL_TAKEN) return mu_fail(mu, rc, "the email address %s is already in use", u.email);
-    if (rc == OM_E_ALREADY_EXISTS) return mu_fail(mu, rc, "user %" PRIu64 " already exists", u.user_id);
+    if (rc == OM_E_EMAIL_TAKEN) return op_fail(mu->oc, rc, "the email address %s is already in use", u.email);
+    if (rc == OM_E_ALREADY_EXISTS) return op_fail(mu->oc, rc, "user %" PRIu64 " already exists", u.user_id);
     if (rc != 0) return rc;
     PB(UserCreated) e;
     orgmesh__accounts__v1__user_created__init(&e);
@@ -1064,7 +1006,7 @@ static int h_create_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     op.user.locale = op.locale;
     mutation mu = {.ctx = ctx, .apply = apply_create_user, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* Whether the caller may see user `id` (themselves, a service, a colleague). */
@@ -1094,9 +1036,9 @@ static int h_get_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
     store_mem m = call_mem(ctx);
     acct_user u;
 
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = may_view_user(ctx, c, req->user_id);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -1114,7 +1056,7 @@ static int h_get_user_by_email(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
 
     if (!acct_email_valid(req->email)) rpc_violation(ctx, "email", "must be an email address (local@domain)");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = store_user_get_by_email(c, req->email, &m, &u);
     if (rc == 0) rc = may_view_user(ctx, c, u.user_id);
@@ -1142,7 +1084,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
                                     strlen(req->email), req->email, strlen(req->query_prefix), req->query_prefix);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     store_user_filter f = {.visible_to = visible, .email = req->email, .query_prefix = req->query_prefix,
                            .after_user_id = pg.k1, .limit = pg.limit + 1};
@@ -1171,7 +1113,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
     char subject[64];
 
     int rc = may_change_user(mu->ctx, tx, op->patch.user_id);
-    if (rc != 0) return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves may change their profile");
+    if (rc != 0) return op_fail(mu->oc, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves may change their profile");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if ((rc = store_user_get(tx, op->patch.user_id, true, &m, &before)) != 0) return rc;
     if ((rc = acct_etag_check(req->etag, before.version)) != 0) return rc;
@@ -1185,7 +1127,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
     if (acct_user_changed(&before, &after)) {
         after.version = before.version + 1;
         rc = store_user_update(tx, &after);
-        if (rc == OM_E_EMAIL_TAKEN) return mu_fail(mu, rc, "the email address %s is already in use", after.email);
+        if (rc == OM_E_EMAIL_TAKEN) return op_fail(mu->oc, rc, "the email address %s is already in use", after.email);
         if (rc != 0) return rc;
         PB(UserUpdated) e;
         orgmesh__accounts__v1__user_updated__init(&e);
@@ -1214,14 +1156,14 @@ static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         rpc_violation(ctx, "user", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "user.user_id", req->user->user_id);
+    op_check_id(ctx, "user.user_id", req->user->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
     check_etag(ctx, req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     user_from_pb(req->user, &op.patch);
     mutation mu = {.ctx = ctx, .apply = apply_update_user, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 static int apply_delete_user(mutation *mu, pg_conn *tx) {
@@ -1233,7 +1175,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
 
     int rc = may_change_user(mu->ctx, tx, req->user_id);
     if (rc != 0)
-        return mu_fail(mu, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves or a service may delete a user");
+        return op_fail(mu->oc, rc, rc == OM_E_NOT_FOUND ? "no such user" : "only the user themselves or a service may delete a user");
     /* a user leaving the directory takes their own memberships along: not an act in any account */
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_USER}, false, NULL)) != 0) return rc;
     if ((rc = store_user_get(tx, req->user_id, true, &m, &u)) != 0) return rc;
@@ -1251,7 +1193,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
                 long others = 0;
                 if ((rc = store_count_super_admins(tx, page[i].hub_id, u.user_id, &others)) != 0) return rc;
                 if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-                    return mu_fail(mu, rc, "the user is the last SUPER_ADMIN of account %" PRIu64
+                    return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64
                                            "; give the role to someone else first", page[i].hub_id);
             }
             rc = remove_membership(mu, tx, &page[i], &facts, CAUSE(USER_DELETED), NULL);
@@ -1273,11 +1215,11 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
 /* DeleteUser: the user or a service; their memberships go first (MembershipRemoved each, PART-09). */
 static int h_delete_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(DeleteUserRequest) *req = (const void *)req_;
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "user_id", req->user_id);
     check_etag(ctx, req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_delete_user, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ListUserHistory: the user or a service; the user's own changes, newest first. */
@@ -1288,11 +1230,11 @@ static int h_list_user_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     char resource[64];
     int rc;
 
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     const char *scope = rpc_sprintf(ctx, "accounts.ListUserHistory|user=%" PRIu64, req->user_id);
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = may_change_user(ctx, c, req->user_id);
     if (rc == OM_E_PERMISSION_DENIED) return rpc_fail(ctx, rc, "only the user themselves may read their history");
@@ -1320,7 +1262,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, 0, op->roles)) != 0)
-        return mu_fail(mu, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
+        return op_fail(mu->oc, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
                                    ? "granting SUPER_ADMIN needs SUPER_ADMIN"
                                    : hidden_or(rc, "adding users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     acct_act act = {.kind = ACCT_ACT_CREATE_MEMBERSHIP, .hub_id = op->hub_id, .roles_after = op->roles};
@@ -1331,7 +1273,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
                           .assignment_id = "", .created_by_user_id = acting_user(mu)};
     rc = store_membership_insert(tx, &mb);
     if (rc == OM_E_ALREADY_EXISTS)
-        return mu_fail(mu, rc, "user %" PRIu64 " is already a member of account %" PRIu64, op->user_id,
+        return op_fail(mu->oc, rc, "user %" PRIu64 " is already a member of account %" PRIu64, op->user_id,
                        op->hub_id);
     if (rc != 0) return rc;
     if ((rc = emit_membership_added(mu, tx, &mb, &f)) != 0) return rc;
@@ -1349,8 +1291,8 @@ static int h_create_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         rpc_violation(ctx, "membership", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "membership.hub_id", in->hub_id);
-    check_id(ctx, "membership.user_id", in->user_id);
+    op_check_id(ctx, "membership.hub_id", in->hub_id);
+    op_check_id(ctx, "membership.user_id", in->user_id);
     op.roles = roles_in(ctx, "membership.roles", in->roles, in->n_roles);
     op.seats = seats_in(ctx, "membership.seats", in->seats, in->n_seats);
     if (in->partner_employee)
@@ -1361,7 +1303,7 @@ static int h_create_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     op.hub_id = in->hub_id;
     op.user_id = in->user_id;
     mutation mu = {.ctx = ctx, .apply = apply_create_membership, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* GetMembership: members of the account, the user, and services. */
@@ -1373,10 +1315,10 @@ static int h_get_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     acct_membership mbuf, mb;
     const acct_membership *mine;
 
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
@@ -1405,7 +1347,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
                                     "|roles=%u|visible=%" PRIu64, hub_id, user_id, any_roles, visible_to);
     if ((rc = page_open(ctx, page_size, page_token, scope, ACCT_PAGE_KEYS, &pg)) != 0) return rc;
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (visible_to != 0 && hub_id != 0) {
         acct_membership mbuf;
@@ -1452,7 +1394,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(caller, mine)) != 0)
-        return mu_fail(mu, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     /* the account row serialises membership changes (the last SUPER_ADMIN check) */
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &before)) != 0) return rc;
@@ -1463,7 +1405,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
                     .roles_after = after.roles};
     if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, before.roles, after.roles)) != 0)
-        return mu_fail(mu, rc, "granting or removing SUPER_ADMIN needs SUPER_ADMIN");
+        return op_fail(mu->oc, rc, "granting or removing SUPER_ADMIN needs SUPER_ADMIN");
     /* preconditions after every permission (a refused caller learns nothing from an etag) */
     if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
@@ -1471,7 +1413,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
         long others = 0;
         if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
         if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return mu_fail(mu, rc, "an account keeps at least one SUPER_ADMIN");
+            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
     }
     if (acct_membership_changed(&before, &after)) {
         after.version = before.version + 1;
@@ -1493,8 +1435,8 @@ static int h_update_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         rpc_violation(ctx, "membership", "must be set");
         return rpc_fail_invalid(ctx);
     }
-    check_id(ctx, "membership.hub_id", in->hub_id);
-    check_id(ctx, "membership.user_id", in->user_id);
+    op_check_id(ctx, "membership.hub_id", in->hub_id);
+    op_check_id(ctx, "membership.user_id", in->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
     check_etag(ctx, req->etag);
@@ -1506,7 +1448,7 @@ static int h_update_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     op.etag = req->etag;
     op.mask = req->update_mask;
     mutation mu = {.ctx = ctx, .apply = apply_update_membership, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 static int apply_delete_membership(mutation *mu, pg_conn *tx) {
@@ -1521,7 +1463,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     /* PART-08: only the client removes a user from the client account */
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
-        return mu_fail(mu, rc, "%s", hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &mb)) != 0) return rc;
     acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = op->hub_id, .target = &mb};
@@ -1531,7 +1473,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
         long others = 0;
         if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
         if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return mu_fail(mu, rc, "an account keeps at least one SUPER_ADMIN");
+            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
     }
     if ((rc = store_user_get(tx, op->user_id, false, &m, &f.user)) != 0) return rc;
     PB(MembershipRemovalCause) cause =
@@ -1542,14 +1484,14 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
 /* DeleteMembership: PART-08 — the client's SUPER_ADMIN/ACCOUNT_PERMISSIONS or the partners service. */
 static int h_delete_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(DeleteMembershipRequest) *req = (const void *)req_;
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     check_etag(ctx, req->etag);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     membership_op op = {.hub_id = req->hub_id, .user_id = req->user_id, .etag = req->etag, .reason = req->reason};
     mutation mu = {.ctx = ctx, .apply = apply_delete_membership, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ---- AccountsInternalService ------------------------------------------------------------- */
@@ -1571,13 +1513,13 @@ static int apply_set_partner_employee(mutation *mu, pg_conn *tx) {
     int rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_PARTNER_SYNC, .hub_id = req->hub_id}, false, NULL);
     if (rc != 0) return rc;
     rc = store_account_get(tx, req->hub_id, false, &m, &f.account);
-    if (rc == OM_E_NOT_FOUND) return mu_fail(mu, rc, "account %" PRIu64 " does not exist", req->hub_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(mu->oc, rc, "account %" PRIu64 " does not exist", req->hub_id);
     if (rc != 0) return rc;
     /* PART-01: the tag only exists in a PARTNER account */
     if (f.account.kind != ACCT_KIND_PARTNER) return OM_E_NOT_PARTNER_ACCOUNT;
     rc = store_membership_get(tx, req->hub_id, req->user_id, true, &m, &before);
     if (rc == OM_E_NOT_FOUND)
-        return mu_fail(mu, rc, "user %" PRIu64 " is not a member of account %" PRIu64, req->user_id, req->hub_id);
+        return op_fail(mu->oc, rc, "user %" PRIu64 " is not a member of account %" PRIu64, req->user_id, req->hub_id);
     if (rc != 0) return rc;
     after = before;
     after.partner_employee = req->partner_employee;
@@ -1598,11 +1540,11 @@ static int h_set_partner_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     int rc = require_service(ctx, "partners");
     if (rc != 0) return rc;
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_set_partner_employee, .request_id = req->request_id};
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     take_on_behalf_of(&mu, req->on_behalf_of, false);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 typedef struct link_op {
@@ -1639,7 +1581,7 @@ static int apply_add_partner_link(mutation *mu, pg_conn *tx) {
     after = before;
     if (acct_has_partner_link(&before)) {
         if (before.partner_hub_id != req->partner_hub_id || strcmp(before.assignment_id, req->assignment_id) != 0)
-            return mu_fail(mu, OM_E_FAILED_PRECONDITION,
+            return op_fail(mu->oc, OM_E_FAILED_PRECONDITION,
                            "the membership already carries the link of assignment %s", before.assignment_id);
         /* the same link again: nothing to do */
     } else {
@@ -1663,9 +1605,9 @@ static int h_add_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessage 
     if (rc != 0) return rc;
     link_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_add_partner_link, .op = &op, .request_id = req->request_id};
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->hub_id != 0 && req->hub_id == req->partner_hub_id)
         rpc_violation(ctx, "partner_hub_id", "must differ from hub_id (the client account)");
     if (req->assignment_id[0] == '\0')
@@ -1675,7 +1617,7 @@ static int h_add_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessage 
     op.roles = roles_in(ctx, "roles", req->roles, req->n_roles);
     take_on_behalf_of(&mu, req->on_behalf_of, false);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 static int apply_remove_partner_link(mutation *mu, pg_conn *tx) {
@@ -1719,13 +1661,13 @@ static int h_remove_partner_linked_membership(rpc_ctx *ctx, const ProtobufCMessa
     int rc = require_service(ctx, "partners");
     if (rc != 0) return rc;
     mutation mu = {.ctx = ctx, .req = req, .apply = apply_remove_partner_link, .request_id = req->request_id};
-    check_id(ctx, "hub_id", req->hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     if (req->assignment_id[0] == '\0') rpc_violation(ctx, "assignment_id", "must be set");
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     take_on_behalf_of(&mu, req->on_behalf_of, true);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* Distinct ids of a batch, in request order; non-zero (failed) when too many or invalid. */
@@ -1756,7 +1698,7 @@ static int h_batch_get_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
 
     if ((rc = require_service(ctx, NULL)) != 0) return rc;
     if ((rc = batch_ids(ctx, "hub_ids", req->hub_ids, req->n_hub_ids, &ids, &n_ids)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_account *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_accounts_batch(c, ids, n_ids, &m, rows, &n);
@@ -1786,7 +1728,7 @@ static int h_batch_get_users(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
 
     if ((rc = require_service(ctx, NULL)) != 0) return rc;
     if ((rc = batch_ids(ctx, "user_ids", req->user_ids, req->n_user_ids, &ids, &n_ids)) != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_user *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_users_batch(c, ids, n_ids, &m, rows, &n);

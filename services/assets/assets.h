@@ -70,6 +70,18 @@ int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned r
 unsigned assets_roles_bits(const int *roles, size_t n);
 
 /* ---- jobs (assets_jobs.c) ---- */
+
+/* A copy job's state: the values of CopyJobState (assets.proto), also the
+ * values stored in copy_jobs.state. */
+typedef enum job_state {
+    JOB_QUEUED = 1,
+    JOB_RUNNING = 2,
+    JOB_SUCCEEDED = 3,
+    JOB_PARTIALLY_SUCCEEDED = 4,
+    JOB_FAILED = 5,
+    JOB_CANCELLED = 6,
+} job_state;
+
 typedef struct job_row {
     char id[ASSET_ID_LEN];
     uint64_t source, target;

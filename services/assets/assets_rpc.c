@@ -1,11 +1,10 @@
 /* assets_rpc.c — the handlers of orgmesh.assets.v1.AssetsService (SPEC 5).
- * Small helpers first (validation, the runner that wraps a handler's work in
- * a transaction with its request id and fetches a missing membership copy
- * from the accounts service, authorization), then one handler per RPC with
+ * Small helpers first (validation, the fetch of a missing membership copy
+ * from the accounts service that op_run calls between attempts,
+ * authorization), then one handler per RPC (validation, then op_run) with
  * a line naming the rules it enforces. Rules are in assets_rules.c, SQL in
  * assets_store.c, the copying itself in assets_jobs.c. */
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,44 +14,18 @@
 #include "audit.h"
 #include "copies.h"
 #include "history.h"
-#include "idem.h"
+#include "op.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/connections/v1/connections.pb-c.h"
 #include "page.h"
 
-#define NEED_FETCH 2
-#define MAX_FETCH_ROUNDS 3
+_Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_CANCELLED == JOB_CANCELLED, "job states");
+_Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED == JOB_QUEUED, "job states");
 
-/* ---- one call's state and the runner ---- */
-
-typedef struct call call;
-typedef int (*apply_fn)(call *cl, pg_conn *tx);
-
-struct call {
-    rpc_ctx *ctx;
-    const om_actor *actor;
-    const void *req;
-    ProtobufCMessage *resp;
-    apply_fn apply;
-    idem_key key;
-    bool mutation;
-    bool fetched;
-    int err;
-    char msg[512];
-    void *data; /* the handler's own state */
-};
-
-static int cl_fail(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int cl_fail(call *cl, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cl->msg, sizeof cl->msg, fmt, ap);
-    va_end(ap);
-    cl->err = code;
-    return code;
-}
+/* What a handler's transaction may find missing (op_need). */
+#define NEED_MEMBERSHIPS 1u
 
 static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
     (void)arg;
@@ -61,66 +34,21 @@ static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
 }
 
 /* SPEC 2: the actor's memberships, from their owner, into the local copy. */
-static int fetch_memberships(call *cl, pg_conn *c) {
-    return copies_fetch_memberships(cl->ctx, c, cl->actor->user_id, memb_put, NULL, NULL);
-}
-
-static int call_tx(pg_conn *tx, void *arg) {
-    call *cl = arg;
-    cl->err = 0;
-    cl->msg[0] = '\0';
-    protobuf_c_message_init(cl->resp->descriptor, cl->resp);
-    if (!cl->mutation) return cl->apply(cl, tx);
-    ProtobufCMessage *stored = NULL;
-    int rc = idem_check(tx, &cl->key, cl->resp->descriptor, rpc_pb_allocator(cl->ctx), &stored);
-    if (rc == 1) { /* SPEC 8: a repeat gets the first reply */
-        memcpy(cl->resp, stored, cl->resp->descriptor->sizeof_message);
-        return 0;
-    }
-    if (rc != 0) return rc;
-    if ((rc = cl->apply(cl, tx)) != 0) return rc;
-    return idem_store(tx, &cl->key, cl->resp);
-}
-
-static int run(call *cl, const char *request_id) {
-    rpc_ctx *ctx = cl->ctx;
-    cl->actor = rpc_actor(ctx);
-    if (cl->mutation) {
-        int rc = idem_key_init(&cl->key, cl->actor, rpc_method_name(ctx), request_id, cl->req);
-        if (rc == OM_E_INVALID_ARGUMENT) {
-            rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
-            return rpc_fail_invalid(ctx);
-        }
-        if (rc != 0) return rpc_fail(ctx, rc, NULL);
-    }
-    pg_conn *c = pg_local();
-    if (c == NULL) return rpc_fail(ctx, OM_E_UNAVAILABLE, "the assets database is unreachable");
-    int rc = 0;
-    for (int round = 0; round < MAX_FETCH_ROUNDS; round++) {
-        rc = pg_tx(c, call_tx, cl);
-        if (rc != NEED_FETCH) break;
-        cl->fetched = true;
-        if ((rc = fetch_memberships(cl, c)) != 0) break;
-        rc = NEED_FETCH;
-    }
-    if (rc == 0) return 0;
-    if (rc == NEED_FETCH) rc = OM_E_UNAVAILABLE;
-    if (cl->err == rc) return rpc_fail(ctx, rc, "%s", cl->msg);
-    if (rc == OM_E_UNAVAILABLE) return rpc_fail(ctx, rc, "a peer service or the database is unavailable; retry");
-    if (rc == OM_E_INTERNAL) log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    return rpc_fail(ctx, rc, NULL);
+static int assets_fetch(rpc_ctx *ctx, op_call *cl, void *arg) {
+    (void)arg;
+    return copies_fetch_memberships(ctx, cl->db, cl->actor->user_id, memb_put, NULL, NULL);
 }
 
 /* The actor's standing in `hub`: a member at all, and with MARKETING_ACCESS
  * or SUPER_ADMIN (service identities act for the platform: both). */
-static int marketing_in(call *cl, pg_conn *tx, uint64_t hub, bool *member, bool *allowed) {
+static int marketing_in(op_call *cl, pg_conn *tx, uint64_t hub, bool *member, bool *allowed) {
     *member = *allowed = cl->actor->user_id == 0;
     if (*allowed) return 0;
     bool known;
     unsigned roles;
     int rc = store_membership_roles(tx, hub, cl->actor->user_id, &known, &roles, member);
     if (rc != 0) return rc;
-    if (!known && !cl->fetched) return NEED_FETCH;
+    if (!known && !(cl->fetched & NEED_MEMBERSHIPS)) return op_need(cl, NEED_MEMBERSHIPS);
     *allowed = (roles & (ROLE_BIT_MARKETING_ACCESS | ROLE_BIT_SUPER_ADMIN)) != 0;
     return 0;
 }
@@ -130,15 +58,15 @@ static int marketing_in(call *cl, pg_conn *tx, uint64_t hub, bool *member, bool 
  * who is no member of the account may not learn that it, or what `hidden`
  * names in it, exists: NOT_FOUND with `hidden` (or "account <id> not
  * found"), as for an id that does not exist. */
-static int require_marketing(call *cl, pg_conn *tx, uint64_t hub, const char *hidden) {
+static int require_marketing(op_call *cl, pg_conn *tx, uint64_t hub, const char *hidden) {
     bool member, allowed;
     int rc = marketing_in(cl, tx, hub, &member, &allowed);
     if (rc != 0 || allowed) return rc;
     if (!member) {
-        if (hidden != NULL) return cl_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
-        return cl_fail(cl, OM_E_NOT_FOUND, "account %" PRIu64 " not found", hub);
+        if (hidden != NULL) return op_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
+        return op_fail(cl, OM_E_NOT_FOUND, "account %" PRIu64 " not found", hub);
     }
-    return cl_fail(cl, OM_E_PERMISSION_DENIED, "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " is required",
+    return op_fail(cl, OM_E_PERMISSION_DENIED, "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " is required",
                    hub);
 }
 
@@ -255,14 +183,14 @@ static APB(CopyJob) *job_pb_of(rpc_ctx *ctx, const job_row *j) {
     return &v->pb;
 }
 
-static int emit_asset(call *cl, pg_conn *tx, const asset_row *a, const ProtobufCMessage *ev) {
+static int emit_asset(op_call *cl, pg_conn *tx, const asset_row *a, const ProtobufCMessage *ev) {
     char subject[64];
     snprintf(subject, sizeof subject, "assets/%s", a->id);
     evt_meta meta = {.subject = subject, .version = a->version, .actor = cl->actor, .trace_id = rpc_trace_id(cl->ctx)};
     return evt_emit(tx, &meta, ev, NULL);
 }
 
-static int audit_asset(call *cl, pg_conn *tx, const asset_row *a, const char *action, const ProtobufCMessage *before,
+static int audit_asset(op_call *cl, pg_conn *tx, const asset_row *a, const char *action, const ProtobufCMessage *before,
                        const ProtobufCMessage *after, const char *request_id) {
     char resource[128];
     assets_history_resource(a->hub, "assets", a->id, resource, sizeof resource);
@@ -272,31 +200,31 @@ static int audit_asset(call *cl, pg_conn *tx, const asset_row *a, const char *ac
 }
 
 /* ASSET-01: references name assets of the same account, of the stated type. */
-static int refs_valid(call *cl, pg_conn *tx, const asset_row *a) {
+static int refs_valid(op_call *cl, pg_conn *tx, const asset_row *a) {
     int bad = -1;
     int rc = store_refs_check(tx, a->hub, a->refs, a->n_refs, &bad);
     if (rc == OM_E_NOT_FOUND) {
         rpc_violation(cl->ctx, "asset.references", "reference %d: no such asset in account %" PRIu64, bad, a->hub);
-        return cl_fail(cl, OM_E_INVALID_ARGUMENT, "a reference names no asset of this account");
+        return op_fail(cl, OM_E_INVALID_ARGUMENT, "a reference names no asset of this account");
     }
     if (rc == OM_E_INVALID_ARGUMENT) {
         rpc_violation(cl->ctx, "asset.references", "reference %d: the type does not match the asset", bad);
-        return cl_fail(cl, OM_E_INVALID_ARGUMENT, "a reference's type does not match the asset");
+        return op_fail(cl, OM_E_INVALID_ARGUMENT, "a reference's type does not match the asset");
     }
     return rc;
 }
 
 /* ---- CreateAsset — ASSET-01 ---- */
 
-static int create_apply(call *cl, pg_conn *tx) {
+static int create_apply(op_call *cl, pg_conn *tx) {
     const APB(CreateAssetRequest) *req = cl->req;
-    asset_row *a = cl->data;
+    asset_row *a = cl->arg;
     int rc = require_marketing(cl, tx, a->hub, NULL);
     if (rc != 0) return rc;
     if ((rc = refs_valid(cl, tx, a)) != 0) return rc;
     rc = store_asset_insert(tx, a);
     if (rc == OM_E_NAME_CONFLICT) /* ASSET-01: unique per account and type, ignoring case */
-        return cl_fail(cl, rc, "account %" PRIu64 " already has an asset of this type named \"%s\"", a->hub, a->name);
+        return op_fail(cl, rc, "account %" PRIu64 " already has an asset of this type named \"%s\"", a->hub, a->name);
     if (rc != 0) return rc;
     APB(CreateAssetResponse) *resp = (void *)cl->resp;
     resp->asset = asset_pb(cl->ctx, a);
@@ -306,6 +234,7 @@ static int create_apply(call *cl, pg_conn *tx) {
     return audit_asset(cl, tx, a, "asset.create", NULL, &resp->asset->base, req->request_id);
 }
 
+static const op_def create_def = {.apply = create_apply, .mutation = true, .fetch = assets_fetch};
 static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(CreateAssetRequest) *req = (const void *)req_;
     const APB(Asset) *in = req->asset;
@@ -325,31 +254,30 @@ static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     a.refs = refs_from(in->references, in->n_references);
     a.n_refs = (int)in->n_references;
     if (a.refs == NULL) return rpc_fail(ctx, OM_E_NOMEM, NULL);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = create_apply, .mutation = true, .data = &a};
-    int rc = run(&cl, req->request_id);
+    int rc = op_run(ctx, &create_def, req, resp, &a);
     free(a.refs);
     return rc;
 }
 
 /* ---- GetAsset — ASSET-01 ---- */
 
-static int get_apply(call *cl, pg_conn *tx) {
+static int get_apply(op_call *cl, pg_conn *tx) {
     const APB(GetAssetRequest) *req = cl->req;
     asset_row a;
     int rc = store_asset_get(tx, req->asset_id, false, &a);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "asset %s not found", req->asset_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "asset %s not found", req->asset_id);
     if (rc == 0) rc = require_marketing(cl, tx, a.hub, rpc_sprintf(cl->ctx, "asset %s not found", req->asset_id));
     if (rc == 0) ((APB(GetAssetResponse) *)cl->resp)->asset = asset_pb(cl->ctx, &a);
     asset_row_clear(&a);
     return rc;
 }
 
+static const op_def get_def = {.apply = get_apply, .fetch = assets_fetch};
 static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(GetAssetRequest) *req = (const void *)req_;
     check_uuid(ctx, "asset_id", req->asset_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = get_apply};
-    return run(&cl, NULL);
+    return op_run(ctx, &get_def, req, resp, NULL);
 }
 
 /* ---- ListAssets — ASSET-01 ---- */
@@ -361,9 +289,9 @@ typedef struct list_state {
     const char *scope;
 } list_state;
 
-static int list_apply(call *cl, pg_conn *tx) {
+static int list_apply(op_call *cl, pg_conn *tx) {
     const APB(ListAssetsRequest) *req = cl->req;
-    list_state *s = cl->data;
+    list_state *s = cl->arg;
     int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
     asset_row *rows = NULL;
@@ -394,6 +322,7 @@ static int list_apply(call *cl, pg_conn *tx) {
     return rc;
 }
 
+static const op_def list_def = {.apply = list_apply, .fetch = assets_fetch};
 static int h_list(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(ListAssetsRequest) *req = (const void *)req_;
     list_state s = {0};
@@ -414,8 +343,7 @@ static int h_list(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
         }
         free(cursor);
     }
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = list_apply, .data = &s};
-    return run(&cl, NULL);
+    return op_run(ctx, &list_def, req, resp, &s);
 }
 
 /* ---- UpdateAsset — ASSET-01 (etag) ---- */
@@ -425,18 +353,18 @@ typedef struct update_state {
     asset_ref *new_refs;
 } update_state;
 
-static int update_apply(call *cl, pg_conn *tx) {
+static int update_apply(op_call *cl, pg_conn *tx) {
     const APB(UpdateAssetRequest) *req = cl->req;
-    update_state *s = cl->data;
+    update_state *s = cl->arg;
     asset_row a;
     int rc = store_asset_get(tx, req->asset->asset_id, true, &a);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "asset %s not found", req->asset->asset_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "asset %s not found", req->asset->asset_id);
     if (rc != 0) return rc;
     APB(Asset) *before = asset_pb(cl->ctx, &a);
     if ((rc = require_marketing(cl, tx, a.hub, rpc_sprintf(cl->ctx, "asset %s not found", req->asset->asset_id))) != 0)
         goto out;
     if (!etag_matches(req->etag, a.version)) {
-        rc = cl_fail(cl, OM_E_ETAG_MISMATCH, "asset %s changed since it was read", a.id);
+        rc = op_fail(cl, OM_E_ETAG_MISMATCH, "asset %s changed since it was read", a.id);
         goto out;
     }
     const char *changed[3];
@@ -458,13 +386,13 @@ static int update_apply(call *cl, pg_conn *tx) {
         if (!asset_ref_allowed(a.type, ASSET_LIST) && !asset_ref_allowed(a.type, ASSET_FORM) &&
             req->asset->n_references > 0) {
             rpc_violation(cl->ctx, "asset.references", "this type of asset cannot reference others");
-            rc = cl_fail(cl, OM_E_INVALID_ARGUMENT, "invalid references");
+            rc = op_fail(cl, OM_E_INVALID_ARGUMENT, "invalid references");
             goto out;
         }
         for (size_t i = 0; i < req->asset->n_references; i++)
             if (!asset_ref_allowed(a.type, (int)req->asset->references[i]->type)) {
                 rpc_violation(cl->ctx, "asset.references", "this type of asset cannot reference that type");
-                rc = cl_fail(cl, OM_E_INVALID_ARGUMENT, "invalid references");
+                rc = op_fail(cl, OM_E_INVALID_ARGUMENT, "invalid references");
                 goto out;
             }
         size_t nref = req->asset->n_references;
@@ -482,7 +410,7 @@ static int update_apply(call *cl, pg_conn *tx) {
     }
     rc = store_asset_update(tx, &a, s->refs);
     if (rc == OM_E_NAME_CONFLICT) {
-        rc = cl_fail(cl, rc, "account %" PRIu64 " already has an asset of this type named \"%s\"", a.hub, a.name);
+        rc = op_fail(cl, rc, "account %" PRIu64 " already has an asset of this type named \"%s\"", a.hub, a.name);
         goto out;
     }
     if (rc != 0) goto out;
@@ -500,6 +428,7 @@ out:
     return rc;
 }
 
+static const op_def update_def = {.apply = update_apply, .mutation = true, .fetch = assets_fetch};
 static int h_update(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(UpdateAssetRequest) *req = (const void *)req_;
     update_state s = {0};
@@ -523,29 +452,28 @@ static int h_update(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (s.refs && (s.new_refs = refs_from(req->asset->references, req->asset->n_references)) == NULL)
         return rpc_fail(ctx, OM_E_NOMEM, NULL);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = update_apply, .mutation = true, .data = &s};
-    int rc = run(&cl, req->request_id);
+    int rc = op_run(ctx, &update_def, req, resp, &s);
     free(s.new_refs);
     return rc;
 }
 
 /* ---- DeleteAsset — ASSET-01 ---- */
 
-static int delete_apply(call *cl, pg_conn *tx) {
+static int delete_apply(op_call *cl, pg_conn *tx) {
     const APB(DeleteAssetRequest) *req = cl->req;
     asset_row a;
     int rc = store_asset_get(tx, req->asset_id, true, &a);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "asset %s not found", req->asset_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "asset %s not found", req->asset_id);
     if (rc != 0) return rc;
     if ((rc = require_marketing(cl, tx, a.hub, rpc_sprintf(cl->ctx, "asset %s not found", req->asset_id))) != 0)
         goto out;
     if (!etag_matches(req->etag, a.version)) {
-        rc = cl_fail(cl, OM_E_ETAG_MISMATCH, "asset %s changed since it was read", a.id);
+        rc = op_fail(cl, OM_E_ETAG_MISMATCH, "asset %s changed since it was read", a.id);
         goto out;
     }
     rc = store_asset_delete(tx, a.id);
     if (rc == OM_E_ASSET_IN_USE) {
-        rc = cl_fail(cl, rc, "another asset of the account references asset %s", a.id);
+        rc = op_fail(cl, rc, "another asset of the account references asset %s", a.id);
         goto out;
     }
     if (rc != 0) goto out;
@@ -560,13 +488,13 @@ out:
     return rc;
 }
 
+static const op_def delete_def = {.apply = delete_apply, .mutation = true, .fetch = assets_fetch};
 static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(DeleteAssetRequest) *req = (const void *)req_;
     check_uuid(ctx, "asset_id", req->asset_id);
     check_etag(ctx, req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = delete_apply, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &delete_def, req, resp, NULL);
 }
 
 /* ---- CopyAssets — ASSET-02, CONN-07 ---- */
@@ -575,9 +503,9 @@ typedef struct copy_state {
     const char *ids; /* uuid[] literal */
 } copy_state;
 
-static int copy_apply(call *cl, pg_conn *tx) {
+static int copy_apply(op_call *cl, pg_conn *tx) {
     const APB(CopyAssetsRequest) *req = cl->req;
-    copy_state *s = cl->data;
+    copy_state *s = cl->arg;
     /* ASSET-02: MARKETING_ACCESS or SUPER_ADMIN in both accounts. */
     int rc = require_marketing(cl, tx, req->source_hub_id, NULL);
     if (rc == 0) rc = require_marketing(cl, tx, req->target_hub_id, NULL);
@@ -593,11 +521,11 @@ static int copy_apply(call *cl, pg_conn *tx) {
         rpc_violation(cl->ctx, "asset_ids", "not assets of account %" PRIu64 ": %.300s", req->source_hub_id,
                       missing ? missing : "");
         free(missing);
-        return cl_fail(cl, rc, "some assets are not in the source account");
+        return op_fail(cl, rc, "some assets are not in the source account");
     }
     free(missing);
     if (rc == OM_E_BATCH_TOO_LARGE)
-        return cl_fail(cl, rc, "a job copies at most %d assets, dependencies included", ASSET_JOB_MAX);
+        return op_fail(cl, rc, "a job copies at most %d assets, dependencies included", ASSET_JOB_MAX);
     if (rc != 0) return rc;
     APB(CopyAssetsResponse) *resp = (void *)cl->resp;
     resp->job = job_pb_of(cl->ctx, &j);
@@ -612,7 +540,7 @@ static int copy_apply(call *cl, pg_conn *tx) {
 
 /* ASSET-02: the actor's rights alone (CopyAssets checks them before asking
  * the connections service). */
-static int copy_authz_apply(call *cl, pg_conn *tx) {
+static int copy_authz_apply(op_call *cl, pg_conn *tx) {
     const APB(CopyAssetsRequest) *req = cl->req;
     int rc = require_marketing(cl, tx, req->source_hub_id, NULL);
     if (rc == 0) rc = require_marketing(cl, tx, req->target_hub_id, NULL);
@@ -646,6 +574,8 @@ static int check_copy_allowed(rpc_ctx *ctx, uint64_t s, uint64_t t) {
     return 0;
 }
 
+static const op_def copy_authz_def = {.apply = copy_authz_apply, .fetch = assets_fetch};
+static const op_def copy_def = {.apply = copy_apply, .mutation = true, .fetch = assets_fetch};
 static int h_copy(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(CopyAssetsRequest) *req = (const void *)req_;
     check_hub(ctx, "source_hub_id", req->source_hub_id);
@@ -666,8 +596,7 @@ static int h_copy(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
     /* AIP-193: the actor's rights first (again inside the job's transaction),
      * so that whether copying flows between two accounts of another tenant
      * never shows. */
-    call pre = {.ctx = ctx, .req = req, .resp = resp, .apply = copy_authz_apply};
-    int rc = run(&pre, NULL);
+    int rc = op_run(ctx, &copy_authz_def, req, resp, NULL);
     if (rc != 0) return rc;
     rc = check_copy_allowed(ctx, req->source_hub_id, req->target_hub_id); /* ASSET-02 via CONN-07 */
     if (rc != 0) return rc;
@@ -683,8 +612,7 @@ static int h_copy(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
     ids[off++] = '}';
     ids[off] = '\0';
     copy_state s = {.ids = ids};
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = copy_apply, .mutation = true, .data = &s};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &copy_def, req, resp, &s);
 }
 
 /* ---- jobs: Get, List, Cancel, Results — ASSET-03 ---- */
@@ -692,25 +620,25 @@ static int h_copy(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
 /* Visible to members with marketing rights in the source or the target; a
  * member of either without them: PERMISSION_DENIED; anyone else: NOT_FOUND
  * (AIP-193), as for a job that does not exist. */
-static int require_job_viewer(call *cl, pg_conn *tx, const job_row *j) {
+static int require_job_viewer(op_call *cl, pg_conn *tx, const job_row *j) {
     bool ms, as, mt, at;
     int rc = marketing_in(cl, tx, j->source, &ms, &as);
     if (rc == 0) rc = marketing_in(cl, tx, j->target, &mt, &at);
     if (rc != 0 || as || at) return rc;
-    if (!ms && !mt) return cl_fail(cl, OM_E_NOT_FOUND, "copy job %s not found", j->id);
-    return cl_fail(cl, OM_E_PERMISSION_DENIED,
+    if (!ms && !mt) return op_fail(cl, OM_E_NOT_FOUND, "copy job %s not found", j->id);
+    return op_fail(cl, OM_E_PERMISSION_DENIED,
                    "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " or %" PRIu64 " is required", j->source,
                    j->target);
 }
 
-static int load_job(call *cl, pg_conn *tx, const char *id, bool lock, job_row *j) {
+static int load_job(op_call *cl, pg_conn *tx, const char *id, bool lock, job_row *j) {
     int rc = store_job_get(tx, id, lock, j);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "copy job %s not found", id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "copy job %s not found", id);
     if (rc != 0) return rc;
     return require_job_viewer(cl, tx, j);
 }
 
-static int getjob_apply(call *cl, pg_conn *tx) {
+static int getjob_apply(op_call *cl, pg_conn *tx) {
     const APB(GetCopyJobRequest) *req = cl->req;
     job_row j;
     int rc = load_job(cl, tx, req->job_id, false, &j);
@@ -718,12 +646,12 @@ static int getjob_apply(call *cl, pg_conn *tx) {
     return rc;
 }
 
+static const op_def getjob_def = {.apply = getjob_apply, .fetch = assets_fetch};
 static int h_get_job(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(GetCopyJobRequest) *req = (const void *)req_;
     check_uuid(ctx, "job_id", req->job_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = getjob_apply};
-    return run(&cl, NULL);
+    return op_run(ctx, &getjob_def, req, resp, NULL);
 }
 
 typedef struct jlist_state {
@@ -733,9 +661,9 @@ typedef struct jlist_state {
     const char *scope;
 } jlist_state;
 
-static int listjobs_apply(call *cl, pg_conn *tx) {
+static int listjobs_apply(op_call *cl, pg_conn *tx) {
     const APB(ListCopyJobsRequest) *req = cl->req;
-    jlist_state *s = cl->data;
+    jlist_state *s = cl->arg;
     int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
     job_row *rows = NULL;
@@ -756,11 +684,12 @@ static int listjobs_apply(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def listjobs_def = {.apply = listjobs_apply, .fetch = assets_fetch};
 static int h_list_jobs(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(ListCopyJobsRequest) *req = (const void *)req_;
     jlist_state s = {0};
     check_hub(ctx, "hub_id", req->hub_id);
-    if ((int)req->state < 0 || (int)req->state > 6) rpc_violation(ctx, "state", "unknown state");
+    if ((int)req->state < 0 || (int)req->state > JOB_CANCELLED) rpc_violation(ctx, "state", "unknown state");
     if (page_size_normalize(req->page_size, &s.limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     s.scope = rpc_sprintf(ctx, "assets.ListCopyJobs|hub=%" PRIu64 "|state=%d", req->hub_id, (int)req->state);
@@ -771,36 +700,35 @@ static int h_list_jobs(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMess
         if (sscanf(cursor, "%lld %36s", &us, s.before_id) == 2) s.before_us = (int64_t)us;
         free(cursor);
     }
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = listjobs_apply, .data = &s};
-    return run(&cl, NULL);
+    return op_run(ctx, &listjobs_def, req, resp, &s);
 }
 
-static int cancel_apply(call *cl, pg_conn *tx) {
+static int cancel_apply(op_call *cl, pg_conn *tx) {
     const APB(CancelCopyJobRequest) *req = cl->req;
     job_row j;
     int rc = load_job(cl, tx, req->job_id, true, &j);
     if (rc != 0) return rc;
     APB(CancelCopyJobResponse) *resp = (void *)cl->resp;
-    if (j.state == 6) { /* already cancelled: unchanged */
+    if (j.state == JOB_CANCELLED) { /* already cancelled: unchanged */
         resp->job = job_pb_of(cl->ctx, &j);
         return 0;
     }
-    if (j.state != 1 && j.state != 2)
-        return cl_fail(cl, OM_E_FAILED_PRECONDITION, "copy job %s has already ended", j.id);
+    if (j.state != JOB_QUEUED && j.state != JOB_RUNNING)
+        return op_fail(cl, OM_E_FAILED_PRECONDITION, "copy job %s has already ended", j.id);
     /* ASSET-03: the worker sees the state between batches and stops; the
      * job row's lock orders this after a batch under way. */
-    if ((rc = store_job_stop(tx, &j, 6, "CANCELLED", "the job was cancelled")) != 0) return rc;
+    if ((rc = store_job_stop(tx, &j, JOB_CANCELLED, "CANCELLED", "the job was cancelled")) != 0) return rc;
     if ((rc = assets_emit_job(tx, &j, true, cl->actor)) != 0) return rc;
     resp->job = job_pb_of(cl->ctx, &j);
     return 0;
 }
 
+static const op_def cancel_def = {.apply = cancel_apply, .mutation = true, .fetch = assets_fetch};
 static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(CancelCopyJobRequest) *req = (const void *)req_;
     check_uuid(ctx, "job_id", req->job_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = cancel_apply, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &cancel_def, req, resp, NULL);
 }
 
 typedef struct results_state {
@@ -809,9 +737,9 @@ typedef struct results_state {
     const char *scope;
 } results_state;
 
-static int results_apply(call *cl, pg_conn *tx) {
+static int results_apply(op_call *cl, pg_conn *tx) {
     const APB(ListCopyJobResultsRequest) *req = cl->req;
-    results_state *s = cl->data;
+    results_state *s = cl->arg;
     job_row j;
     int rc = load_job(cl, tx, req->job_id, false, &j);
     if (rc != 0) return rc;
@@ -869,6 +797,7 @@ static int results_apply(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def results_def = {.apply = results_apply, .fetch = assets_fetch};
 static int h_results(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(ListCopyJobResultsRequest) *req = (const void *)req_;
     results_state s = {0};
@@ -883,8 +812,7 @@ static int h_results(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
         s.after_seq = atoll(cursor);
         free(cursor);
     }
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = results_apply, .data = &s};
-    return run(&cl, NULL);
+    return op_run(ctx, &results_def, req, resp, &s);
 }
 
 /* ---- ListAssetHistory — SPEC 8 audit; viewing as ASSET-01 reads ---- */
@@ -894,9 +822,9 @@ typedef struct history_state {
     char asset_id[ASSET_ID_LEN]; /* lower case; "" = the whole account */
 } history_state;
 
-static int history_apply(call *cl, pg_conn *tx) {
+static int history_apply(op_call *cl, pg_conn *tx) {
     const APB(ListAssetHistoryRequest) *req = cl->req;
-    history_state *s = cl->data;
+    history_state *s = cl->arg;
     int rc = require_marketing(cl, tx, req->hub_id, NULL);
     if (rc != 0) return rc;
     char key[128];
@@ -911,6 +839,7 @@ static int history_apply(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def history_def = {.apply = history_apply, .fetch = assets_fetch};
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(ListAssetHistoryRequest) *req = (const void *)req_;
     history_state s = {0};
@@ -926,9 +855,9 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
             if (*p >= 'A' && *p <= 'F') *p = (char)(*p - 'A' + 'a');
     }
     const char *scope = rpc_sprintf(ctx, "assets.ListAssetHistory|hub=%" PRIu64 "|asset=%s", req->hub_id, s.asset_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &s.pg) != 0) return -1;
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = history_apply, .data = &s};
-    return run(&cl, NULL);
+    int rc;
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, 1, &s.pg)) != 0) return rc;
+    return op_run(ctx, &history_def, req, resp, &s);
 }
 
 /* Issue 13: who may call each method with a service identity (rpc_method

@@ -1,8 +1,8 @@
 /* connections_rpc.c — the handlers of orgmesh.connections.v1.ConnectionsService
  * (SPEC 4). Small helpers first (validation, the local copies and their
- * fetching from the owners, the transaction runner, authorization, the plan
- * of a configuration change), then one handler per RPC with a line naming
- * the rules it enforces. Rules are in connections_rules.c, SQL in
+ * fetching from the owners (conn_fetch, called by op_run), authorization,
+ * the plan of a configuration change), then one handler per RPC (validation,
+ * then op_run) with a line naming the rules it enforces. Rules are in connections_rules.c, SQL in
  * connections_store.c. Every rule of a write is checked against the local
  * copies inside the transaction that writes, under the organization's lock.
  *
@@ -11,7 +11,6 @@
  * that the same call runs again on a worker, which reads PostgreSQL and
  * fills the cache. */
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +22,7 @@
 #include "copies.h"
 #include "connections.h"
 #include "connections_rpc.h"
-#include "idem.h"
+#include "op.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
@@ -35,13 +34,10 @@
 #define OPB(x) Orgmesh__Organizations__V1__##x
 #define MAX_BATCH 100
 #define MAX_ADD 4
-/* A positive code: a local copy is missing; the runner fetches it from its
- * owner and runs the transaction again. */
-#define NEED_FETCH 2
-#define NEED_ORG 1
-#define NEED_ACCOUNTS 2
-#define NEED_MEMBERSHIPS 4
-#define MAX_FETCH_ROUNDS 4
+/* What a transaction may find missing (op_need); conn_fetch brings it. */
+#define NEED_ORG 1u
+#define NEED_ACCOUNTS 2u
+#define NEED_MEMBERSHIPS 4u
 
 int connections_init(void) {
     conn_cache_init(cfg_int("ORGMESH_CONN_CACHE_TTL_MS", CONN_CACHE_TTL_DEFAULT_MS, 1, 3600000));
@@ -63,49 +59,7 @@ typedef struct org_state {
     int nrows;
 } org_state;
 
-typedef struct call call;
-typedef int (*apply_fn)(call *cl, pg_conn *tx);
-
-struct call {
-    rpc_ctx *ctx;
-    const om_actor *actor;
-    const void *req;
-    ProtobufCMessage *resp;
-    apply_fn apply;
-    idem_key key;
-    bool mutation;
-    const char *org_id; /* the organization to fetch when its copy is missing */
-    unsigned need, fetched;
-    uint64_t need_hubs[CONN_MAX_MEMBERS_READ];
-    int n_need_hubs;
-    int err;
-    char msg[512];
-};
-
-static int cl_fail(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int cl_fail(call *cl, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cl->msg, sizeof cl->msg, fmt, ap);
-    va_end(ap);
-    cl->err = code;
-    return code;
-}
-
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the connections database is unreachable");
-    return c;
-}
-
 /* ---- validation ---- */
-
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
 
 static void check_org_id(rpc_ctx *ctx, const char *s) {
     if (s == NULL || s[0] == '\0')
@@ -142,7 +96,7 @@ static conn_feature feature_of(const PbFeature *f, conn_feature dflt) {
 
 /* ---- the owners (SPEC 2: fill missing copies) ---- */
 
-static int peer_call(call *cl, const char *peer, const char *method, const ProtobufCMessage *req,
+static int peer_call(op_call *cl, const char *peer, const char *method, const ProtobufCMessage *req,
                      const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, bool as_caller) {
     rpc_client *c = app_peer(peer);
     if (c == NULL) return OM_E_UNAVAILABLE;
@@ -169,21 +123,21 @@ static int snap_tx(pg_conn *tx, void *arg) { return conn_apply_org_snapshot(tx, 
 
 /* The organization, read from its owner with the caller's own token (so
  * the owner's viewing rule, ORG-08, applies too). */
-static int fetch_org(call *cl, pg_conn *c) {
+static int fetch_org(op_call *cl, pg_conn *c) {
     OPB(GetOrganizationRequest) req = ORGMESH__ORGANIZATIONS__V1__GET_ORGANIZATION_REQUEST__INIT;
-    req.organization_id = (char *)cl->org_id;
+    req.organization_id = (char *)cl->need_key;
     OPB(GetOrganizationResponse) *resp = NULL;
     int rc = peer_call(cl, "organizations", "/orgmesh.organizations.v1.OrganizationsService/GetOrganization", &req.base,
                        &orgmesh__organizations__v1__get_organization_response__descriptor, (ProtobufCMessage **)&resp,
                        true);
     if (rc != 0) return rc;
     const OPB(Organization) *o = resp->organization;
-    if (o != NULL && o->organization_id && strcmp(o->organization_id, cl->org_id) == 0) {
+    if (o != NULL && o->organization_id && strcmp(o->organization_id, cl->need_key) == 0) {
         uint64_t hubs[CONN_MAX_MEMBERS_READ];
         int n = 0;
         for (size_t i = 0; i < o->n_members && n < CONN_MAX_MEMBERS_READ; i++)
             if (o->members[i] && pg_id_valid(o->members[i]->hub_id)) hubs[n++] = o->members[i]->hub_id;
-        snap_arg a = {.s = {.org_id = cl->org_id, .version = o->version, .hubs = hubs, .n = n,
+        snap_arg a = {.s = {.org_id = cl->need_key, .version = o->version, .hubs = hubs, .n = n,
                             .cause_event_id = "", .cause_reason = "FETCHED"}};
         rc = pg_tx(c, snap_tx, &a);
     }
@@ -207,10 +161,10 @@ static int acct_tx(pg_conn *tx, void *arg) {
     return store_notify_change(tx);
 }
 
-static int fetch_accounts(call *cl, pg_conn *c) {
+static int fetch_accounts(op_call *cl, pg_conn *c) {
     APB(BatchGetAccountsRequest) req = ORGMESH__ACCOUNTS__V1__BATCH_GET_ACCOUNTS_REQUEST__INIT;
-    req.hub_ids = cl->need_hubs;
-    req.n_hub_ids = (size_t)cl->n_need_hubs;
+    req.hub_ids = cl->need_ids;
+    req.n_hub_ids = (size_t)cl->n_need_ids;
     APB(BatchGetAccountsResponse) *resp = NULL;
     int rc = peer_call(cl, "accounts", "/orgmesh.accounts.v1.AccountsInternalService/BatchGetAccounts", &req.base,
                        &orgmesh__accounts__v1__batch_get_accounts_response__descriptor, (ProtobufCMessage **)&resp,
@@ -234,59 +188,23 @@ static int memb_done(pg_conn *tx, void *arg) {
 }
 
 /* The actor's memberships (roles for CONN-08). */
-static int fetch_memberships(call *cl, pg_conn *c) {
+static int fetch_memberships(op_call *cl, pg_conn *c) {
     return copies_fetch_memberships(cl->ctx, c, cl->actor->user_id, memb_put, memb_done, NULL);
 }
 
-/* ---- the runner ---- */
-
-static int call_apply(pg_conn *tx, void *arg) {
-    call *cl = arg;
-    return cl->apply(cl, tx);
-}
-
-static int call_tx(pg_conn *tx, void *arg) {
-    call *cl = arg;
-    cl->err = 0;
-    cl->msg[0] = '\0';
-    cl->need = 0;
-    cl->n_need_hubs = 0;
-    protobuf_c_message_init(cl->resp->descriptor, cl->resp);
-    if (!cl->mutation) return cl->apply(cl, tx);
-    return idem_run(tx, &cl->key, cl->resp, rpc_pb_allocator(cl->ctx), call_apply, cl, NULL);
-}
-
-/* Runs cl->apply in a transaction (with the request id for mutations),
- * fetching missing copies between attempts; turns a failure into the call's
- * error. */
-static int run(call *cl, const char *request_id) {
-    rpc_ctx *ctx = cl->ctx;
-    cl->actor = rpc_actor(ctx);
-    if (cl->mutation) {
-        int rc = rpc_idem_key(ctx, &cl->key, request_id, cl->req);
-        if (rc != 0) return rc;
-    }
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
+/* op_def.fetch: what the last attempt found missing (SPEC 2). */
+static int conn_fetch(rpc_ctx *ctx, op_call *cl, void *arg) {
+    (void)ctx;
+    (void)arg;
     int rc = 0;
-    for (int round = 0; round < MAX_FETCH_ROUNDS; round++) {
-        rc = pg_tx(c, call_tx, cl);
-        if (rc != NEED_FETCH) break;
-        unsigned need = cl->need;
-        cl->fetched |= need;
-        if ((need & NEED_ORG) && (rc = fetch_org(cl, c)) != 0) break;
-        if ((need & NEED_ACCOUNTS) && (rc = fetch_accounts(cl, c)) != 0) break;
-        if ((need & NEED_MEMBERSHIPS) && (rc = fetch_memberships(cl, c)) != 0) break;
-        rc = NEED_FETCH;
+    if ((cl->need & NEED_ORG) && (rc = fetch_org(cl, cl->db)) != 0) {
+        if (rc == OM_E_NOT_FOUND && cl->err != rc)
+            return op_fail(cl, rc, "organization %s not found", cl->need_key ? cl->need_key : "");
+        return rc;
     }
-    if (rc == 0) return 0;
-    if (rc == NEED_FETCH) rc = OM_E_UNAVAILABLE;
-    if (cl->err == rc) return rpc_fail(ctx, rc, "%s", cl->msg);
-    if (rc == OM_E_NOT_FOUND) return rpc_fail(ctx, rc, "organization %s not found", cl->org_id ? cl->org_id : "");
-    if (rc == OM_E_UNAVAILABLE)
-        return rpc_fail(ctx, rc, "a peer service or the database is unavailable; retry");
-    if (rc == OM_E_INTERNAL) log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    return rpc_fail(ctx, rc, NULL);
+    if ((cl->need & NEED_ACCOUNTS) && (rc = fetch_accounts(cl, cl->db)) != 0) return rc;
+    if ((cl->need & NEED_MEMBERSHIPS) && (rc = fetch_memberships(cl, cl->db)) != 0) return rc;
+    return 0;
 }
 
 /* ---- the organization's state, read inside the transaction ---- */
@@ -299,26 +217,24 @@ static int member_index(const org_state *st, uint64_t hub) {
 
 /* Reads the copy of the organization (locked for a mutation), its members,
  * their sensitivity and its connections. */
-static int load_org(call *cl, pg_conn *tx, const char *org_id, org_state *st) {
-    cl->org_id = org_id;
-    int rc = cl->mutation ? store_org_lock(tx, org_id, &st->o) : store_org_get(tx, org_id, false, &st->o);
+static int load_org(op_call *cl, pg_conn *tx, const char *org_id, org_state *st) {
+    cl->need_key = org_id;
+    int rc = cl->def->mutation ? store_org_lock(tx, org_id, &st->o) : store_org_get(tx, org_id, false, &st->o);
     if (rc == OM_E_NOT_FOUND || (rc == 0 && st->o.version == 0)) {
         if (!(cl->fetched & NEED_ORG)) {
-            cl->need |= NEED_ORG;
-            return NEED_FETCH;
+            return op_need(cl, NEED_ORG);
         }
-        return cl_fail(cl, OM_E_NOT_FOUND, "organization %s not found", org_id);
+        return op_fail(cl, OM_E_NOT_FOUND, "organization %s not found", org_id);
     }
     if (rc != 0) return rc;
-    if (st->o.deleted) return cl_fail(cl, OM_E_NOT_FOUND, "organization %s was deleted", org_id);
+    if (st->o.deleted) return op_fail(cl, OM_E_NOT_FOUND, "organization %s was deleted", org_id);
     if ((rc = store_org_members(tx, org_id, st->hubs, CONN_MAX_MEMBERS_READ, &st->n)) != 0) return rc;
     bool known[CONN_MAX_MEMBERS_READ];
     if ((rc = store_sensitivity(tx, st->hubs, st->n, known, st->sensitive)) != 0) return rc;
     for (int i = 0; i < st->n; i++)
-        if (!known[i]) cl->need_hubs[cl->n_need_hubs++] = st->hubs[i];
-    if (cl->n_need_hubs > 0 && !(cl->fetched & NEED_ACCOUNTS)) {
-        cl->need |= NEED_ACCOUNTS;
-        return NEED_FETCH;
+        if (!known[i]) op_need_id(cl, st->hubs[i]);
+    if (cl->n_need_ids > 0 && !(cl->fetched & NEED_ACCOUNTS)) {
+        return op_need(cl, NEED_ACCOUNTS);
     }
     return store_conns_of_org(tx, org_id, st->rows, CONN_MAX_ROWS, &st->nrows);
 }
@@ -326,7 +242,7 @@ static int load_org(call *cl, pg_conn *tx, const char *org_id, org_state *st) {
 /* Defect 5 (AIP-193): a user who is a member of no account of the
  * organization may not know it exists: NOT_FOUND, worded as for an id that
  * does not exist (`hidden`, or "organization <id> not found"). */
-static int require_visible(call *cl, pg_conn *tx, const org_state *st, const char *hidden) {
+static int require_visible(op_call *cl, pg_conn *tx, const org_state *st, const char *hidden) {
     if (cl->actor->user_id == 0) return 0;
     bool known[CONN_MAX_MEMBERS_READ], member[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
@@ -338,17 +254,16 @@ static int require_visible(call *cl, pg_conn *tx, const org_state *st, const cha
         missing = missing || !known[i];
     }
     if (missing && !(cl->fetched & NEED_MEMBERSHIPS)) {
-        cl->need |= NEED_MEMBERSHIPS;
-        return NEED_FETCH;
+        return op_need(cl, NEED_MEMBERSHIPS);
     }
-    if (hidden != NULL) return cl_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
-    return cl_fail(cl, OM_E_NOT_FOUND, "organization %s not found", st->o.id);
+    if (hidden != NULL) return op_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
+    return op_fail(cl, OM_E_NOT_FOUND, "organization %s not found", st->o.id);
 }
 
 /* CONN-08 -> ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the
  * organization (service identities may read too); a member of one of its
  * accounts without either role: PERMISSION_DENIED; anyone else NOT_FOUND. */
-static int require_viewer(call *cl, pg_conn *tx, const org_state *st, const char *hidden) {
+static int require_viewer(op_call *cl, pg_conn *tx, const org_state *st, const char *hidden) {
     if (cl->actor->user_id == 0) return 0;
     int rc = require_visible(cl, tx, st, hidden);
     if (rc != 0) return rc;
@@ -357,19 +272,19 @@ static int require_viewer(call *cl, pg_conn *tx, const org_state *st, const char
     if ((rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL)) != 0) return rc;
     for (int i = 0; i < st->n; i++)
         if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
-    return cl_fail(cl, OM_E_PERMISSION_DENIED,
+    return op_fail(cl, OM_E_PERMISSION_DENIED,
                    "only SUPER_ADMIN or PARTNER_ADMIN users of an account of the organization can view it (CONN-08, ORG-08)");
 }
 
 /* CONN-08: acting from an account of the organization, SUPER_ADMIN in every
  * account of it (after require_visible: AIP-193). */
-static int require_manager(call *cl, pg_conn *tx, const org_state *st, uint64_t acting, const char *hidden) {
+static int require_manager(op_call *cl, pg_conn *tx, const org_state *st, uint64_t acting, const char *hidden) {
     if (cl->actor->user_id == 0)
-        return cl_fail(cl, OM_E_PERMISSION_DENIED, "connections are managed by users, not by services (CONN-08)");
+        return op_fail(cl, OM_E_PERMISSION_DENIED, "connections are managed by users, not by services (CONN-08)");
     int rc = require_visible(cl, tx, st, hidden);
     if (rc != 0) return rc;
     if (member_index(st, acting) < 0)
-        return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s (CONN-08)",
+        return op_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s (CONN-08)",
                        acting, st->o.id);
     bool known[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
@@ -378,10 +293,9 @@ static int require_manager(call *cl, pg_conn *tx, const org_state *st, uint64_t 
     for (int i = 0; i < st->n; i++) {
         if (roles[i] & CONN_ROLE_SUPER_ADMIN) continue;
         if (!known[i] && !(cl->fetched & NEED_MEMBERSHIPS)) {
-            cl->need |= NEED_MEMBERSHIPS;
-            return NEED_FETCH;
+            return op_need(cl, NEED_MEMBERSHIPS);
         }
-        return cl_fail(cl, OM_E_NOT_SUPER_ADMIN,
+        return op_fail(cl, OM_E_NOT_SUPER_ADMIN,
                        "the actor must be SUPER_ADMIN in every account of the organization; not in %" PRIu64 " (CONN-08)",
                        st->hubs[i]);
     }
@@ -424,21 +338,21 @@ static bool item_changed(const org_state *st, const plan_item *it) {
 
 /* CONN-01, CONN-05 over the whole resulting configuration (CONN-04: as a
  * whole, before anything is written). */
-static int plan_check(call *cl, const org_state *st, const plan *p) {
+static int plan_check(op_call *cl, const org_state *st, const plan *p) {
     for (int i = 0; i < p->n; i++) {
         const plan_item *it = &p->it[i];
         if (it->removed || !item_changed(st, it)) continue;
         int ia = member_index(st, it->cfg.a), ib = member_index(st, it->cfg.b);
         if (ia < 0 || ib < 0)
-            return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s (CONN-01)",
+            return op_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s (CONN-01)",
                            ia < 0 ? it->cfg.a : it->cfg.b, st->o.id);
         if (!conn_feature_valid(&it->cfg.mirroring, it->cfg.a, it->cfg.b) ||
             !conn_feature_valid(&it->cfg.asset_copying, it->cfg.a, it->cfg.b))
-            return cl_fail(cl, OM_E_INVALID_ARGUMENT,
+            return op_fail(cl, OM_E_INVALID_ARGUMENT,
                            "a ONE_WAY source must be one of the connection's accounts %" PRIu64 " and %" PRIu64 " (CONN-01)",
                            it->cfg.a, it->cfg.b);
         if (conn_sensitive_source(&it->cfg, st->sensitive[ia], st->sensitive[ib])) /* CONN-05 */
-            return cl_fail(cl, OM_E_SENSITIVE_DATA_SOURCE,
+            return op_fail(cl, OM_E_SENSITIVE_DATA_SOURCE,
                            "account %" PRIu64 " has sensitive data enabled and cannot be a mirroring source (CONN-05)",
                            st->sensitive[ia] ? it->cfg.a : it->cfg.b);
     }
@@ -466,7 +380,7 @@ typedef struct applied {
 /* Applies the plan (or, with validate_only, only describes its result):
  * writes each changed connection, one ConnectionsChanged event and one audit
  * entry per change, and the post-commit cache invalidation. */
-static int plan_apply(call *cl, pg_conn *tx, org_state *st, plan *p, int origin, uint64_t acting,
+static int plan_apply(op_call *cl, pg_conn *tx, org_state *st, plan *p, int origin, uint64_t acting,
                       const char *request_id, bool validate_only, applied *out) {
     int rc = plan_check(cl, st, p);
     if (rc != 0) return rc;
@@ -525,7 +439,7 @@ static int plan_apply(call *cl, pg_conn *tx, org_state *st, plan *p, int origin,
                 action = "connection.create";
                 rc = store_conn_insert(tx, &after->row);
                 if (rc == OM_E_ALREADY_EXISTS)
-                    return cl_fail(cl, rc, "accounts %" PRIu64 " and %" PRIu64 " are already connected (CONN-01)",
+                    return op_fail(cl, rc, "accounts %" PRIu64 " and %" PRIu64 " are already connected (CONN-01)",
                                    it->cfg.a, it->cfg.b);
                 if (rc == 0) out->created[out->n_created++] = rpc_strdup(ctx, after->row.id);
             }
@@ -572,7 +486,7 @@ static int plan_apply(call *cl, pg_conn *tx, org_state *st, plan *p, int origin,
 
 /* ---- ListConnections, GetConnection (CONN-08 -> ORG-08) ---- */
 
-static int apply_list(call *cl, pg_conn *tx) {
+static int apply_list(op_call *cl, pg_conn *tx) {
     const CPB(ListConnectionsRequest) *req = cl->req;
     CPB(ListConnectionsResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
@@ -583,7 +497,7 @@ static int apply_list(call *cl, pg_conn *tx) {
     page_size_normalize(req->page_size, &limit);
     char *scope = rpc_sprintf(cl->ctx, "connections.ListConnections|%s|%" PRIu64, req->organization_id, req->hub_id);
     char *cursor = NULL;
-    if ((rc = page_token_decode(scope, req->page_token, &cursor)) != 0) return cl_fail(cl, rc, "invalid page token");
+    if ((rc = page_token_decode(scope, req->page_token, &cursor)) != 0) return op_fail(cl, rc, "invalid page token");
     uint64_t ca = 0, cb = 0;
     if (cursor) sscanf(cursor, "%" SCNu64 "-%" SCNu64, &ca, &cb);
     free(cursor);
@@ -614,6 +528,7 @@ static int apply_list(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def list_def = {.apply = apply_list, .fetch = conn_fetch};
 /* ListConnections — CONN-08 (viewing as ORG-08). */
 static int h_list(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(ListConnectionsRequest) *req = (const void *)req_;
@@ -622,16 +537,15 @@ static int h_list(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *
     int limit;
     if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_list};
-    return run(&cl, NULL);
+    return op_run(ctx, &list_def, req, resp, NULL);
 }
 
-static int apply_get(call *cl, pg_conn *tx) {
+static int apply_get(op_call *cl, pg_conn *tx) {
     const CPB(GetConnectionRequest) *req = cl->req;
     CPB(GetConnectionResponse) *resp = (void *)cl->resp;
     conn_row *r = rpc_calloc(cl->ctx, 1, sizeof *r);
     int rc = store_conn_get(tx, req->connection_id, r);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "connection %s not found", req->connection_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "connection %s not found", req->connection_id);
     if (rc != 0) return rc;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     char *org = rpc_strdup(cl->ctx, r->org_id);
@@ -642,18 +556,18 @@ static int apply_get(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def get_def = {.apply = apply_get, .fetch = conn_fetch};
 /* GetConnection — CONN-08 (viewing as ORG-08). */
 static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(GetConnectionRequest) *req = (const void *)req_;
     if (!conn_uuid_valid(req->connection_id)) rpc_violation(ctx, "connection_id", "is not a connection id");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_get};
-    return run(&cl, NULL);
+    return op_run(ctx, &get_def, req, resp, NULL);
 }
 
 /* ---- QuickConnect (CONN-02) ---- */
 
-static int apply_quick(call *cl, pg_conn *tx) {
+static int apply_quick(op_call *cl, pg_conn *tx) {
     const CPB(QuickConnectRequest) *req = cl->req;
     CPB(QuickConnectResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
@@ -681,14 +595,14 @@ static int apply_quick(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def quick_def = {.apply = apply_quick, .mutation = true, .fetch = conn_fetch};
 /* QuickConnect — CONN-02, CONN-05, CONN-04 (validate_only), CONN-08. */
 static int h_quick(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(QuickConnectRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_quick, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &quick_def, req, resp, NULL);
 }
 
 /* ---- AddConnections (CONN-03) ---- */
@@ -700,7 +614,7 @@ static conn_feature add_feature(const PbFeature *f, uint64_t from) {
     return x;
 }
 
-static int apply_add(call *cl, pg_conn *tx) {
+static int apply_add(op_call *cl, pg_conn *tx) {
     const CPB(AddConnectionsRequest) *req = cl->req;
     CPB(AddConnectionsResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
@@ -716,7 +630,7 @@ static int apply_add(call *cl, pg_conn *tx) {
         conn_cfg c = {0};
         conn_pair(req->from_hub_id, req->to_hub_ids[i], &c.a, &c.b);
         if (plan_find(p, c.a, c.b) != NULL)
-            return cl_fail(cl, OM_E_ALREADY_EXISTS, "accounts %" PRIu64 " and %" PRIu64 " are already connected (CONN-01)",
+            return op_fail(cl, OM_E_ALREADY_EXISTS, "accounts %" PRIu64 " and %" PRIu64 " are already connected (CONN-01)",
                            c.a, c.b);
         c.mirroring = add_feature(mf, req->from_hub_id);
         c.asset_copying = add_feature(af, req->from_hub_id);
@@ -733,18 +647,19 @@ static int apply_add(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def add_def = {.apply = apply_add, .mutation = true, .fetch = conn_fetch};
 /* AddConnections — CONN-03, CONN-01, CONN-04, CONN-05, CONN-08. */
 static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(AddConnectionsRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
-    check_id(ctx, "from_hub_id", req->from_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "from_hub_id", req->from_hub_id);
     if (req->n_to_hub_ids < 1 || req->n_to_hub_ids > MAX_ADD)
         rpc_violation(ctx, "to_hub_ids", "must name 1 to %d accounts", MAX_ADD);
     for (size_t i = 0; i < req->n_to_hub_ids && i < MAX_BATCH; i++) {
         char f[32];
         snprintf(f, sizeof f, "to_hub_ids[%zu]", i);
-        check_id(ctx, f, req->to_hub_ids[i]);
+        op_check_id(ctx, f, req->to_hub_ids[i]);
         if (req->to_hub_ids[i] != 0 && req->to_hub_ids[i] == req->from_hub_id)
             rpc_violation(ctx, f, "repeats from_hub_id: a connection links two different accounts (SAME_ACCOUNT)");
         for (size_t j = 0; j < i; j++)
@@ -756,21 +671,20 @@ static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
     check_setting(ctx, "asset_copying", req->asset_copying);
     check_setting(ctx, "all_features", req->all_features);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_add, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &add_def, req, resp, NULL);
 }
 
 /* ---- BatchUpdateConnections (CONN-04) ---- */
 
-static int etag_matches(call *cl, const char *etag, const conn_row *r) {
+static int etag_matches(op_call *cl, const char *etag, const conn_row *r) {
     int64_t v;
     if (etag == NULL || etag[0] == '\0') return 0;
     if (conn_etag_decode(etag, &v) != 0 || v != r->version)
-        return cl_fail(cl, OM_E_ETAG_MISMATCH, "connection %s changed since it was read", r->id);
+        return op_fail(cl, OM_E_ETAG_MISMATCH, "connection %s changed since it was read", r->id);
     return 0;
 }
 
-static int apply_batch(call *cl, pg_conn *tx) {
+static int apply_batch(op_call *cl, pg_conn *tx) {
     const CPB(BatchUpdateConnectionsRequest) *req = cl->req;
     CPB(BatchUpdateConnectionsResponse) *resp = (void *)cl->resp;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
@@ -789,9 +703,9 @@ static int apply_batch(call *cl, pg_conn *tx) {
         switch (ch->operation) {
         case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_CREATE:
             if (it != NULL)
-                return cl_fail(cl, OM_E_ALREADY_EXISTS,
+                return op_fail(cl, OM_E_ALREADY_EXISTS,
                                "changes[%zu]: accounts %" PRIu64 " and %" PRIu64 " are already connected", i, a, b);
-            if (p->n >= CONN_MAX_ROWS) return cl_fail(cl, OM_E_BATCH_TOO_LARGE, "too many connections");
+            if (p->n >= CONN_MAX_ROWS) return op_fail(cl, OM_E_BATCH_TOO_LARGE, "too many connections");
             p->it[p->n++] = (plan_item){.cfg = {.a = a, .b = b,
                                                 .mirroring = feature_of(mf, (conn_feature){CONN_DIR_OFF, 0}),
                                                 .asset_copying = feature_of(af, (conn_feature){CONN_DIR_OFF, 0})},
@@ -800,7 +714,7 @@ static int apply_batch(call *cl, pg_conn *tx) {
         case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_UPDATE:
         case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_DELETE:
             if (it == NULL || it->existing < 0)
-                return cl_fail(cl, OM_E_NOT_FOUND, "changes[%zu]: accounts %" PRIu64 " and %" PRIu64 " are not connected",
+                return op_fail(cl, OM_E_NOT_FOUND, "changes[%zu]: accounts %" PRIu64 " and %" PRIu64 " are not connected",
                                i, a, b);
             if ((rc = etag_matches(cl, ch->etag, &st->rows[it->existing])) != 0) return rc;
             if (ch->operation == ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_DELETE) {
@@ -810,7 +724,7 @@ static int apply_batch(call *cl, pg_conn *tx) {
                 it->cfg.asset_copying = feature_of(af, it->cfg.asset_copying);
             }
             break;
-        default: return cl_fail(cl, OM_E_INVALID_ARGUMENT, "changes[%zu].operation must be set", i);
+        default: return op_fail(cl, OM_E_INVALID_ARGUMENT, "changes[%zu].operation must be set", i);
         }
     }
     applied out;
@@ -822,11 +736,12 @@ static int apply_batch(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def batch_def = {.apply = apply_batch, .mutation = true, .fetch = conn_fetch};
 /* BatchUpdateConnections — CONN-04 (atomic), CONN-01, CONN-05, CONN-08. */
 static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(BatchUpdateConnectionsRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     if (req->n_changes > MAX_BATCH) return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d changes per batch", MAX_BATCH);
     if (req->n_changes == 0) rpc_violation(ctx, "changes", "must hold at least one change");
     for (size_t i = 0; i < req->n_changes; i++) {
@@ -837,9 +752,9 @@ static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage 
             rpc_violation(ctx, f, "must be CREATE, UPDATE or DELETE");
         }
         snprintf(f, sizeof f, "changes[%zu].account_a", i);
-        check_id(ctx, f, ch->account_a);
+        op_check_id(ctx, f, ch->account_a);
         snprintf(f, sizeof f, "changes[%zu].account_b", i);
-        check_id(ctx, f, ch->account_b);
+        op_check_id(ctx, f, ch->account_b);
         if (ch->account_a != 0 && ch->account_a == ch->account_b)
             rpc_violation(ctx, f, "equals account_a: a connection links two different accounts (SAME_ACCOUNT)");
         for (size_t j = 0; j < i; j++) {
@@ -865,18 +780,17 @@ static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage 
         check_etag(ctx, f, ch->etag);
     }
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_batch, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &batch_def, req, resp, NULL);
 }
 
 /* ---- DeleteConnection ---- */
 
-static int apply_delete(call *cl, pg_conn *tx) {
+static int apply_delete(op_call *cl, pg_conn *tx) {
     const CPB(DeleteConnectionRequest) *req = cl->req;
     CPB(DeleteConnectionResponse) *resp = (void *)cl->resp;
     conn_row r;
     int rc = store_conn_get(tx, req->connection_id, &r);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "connection %s not found", req->connection_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "connection %s not found", req->connection_id);
     if (rc != 0) return rc;
     org_state *st = rpc_calloc(cl->ctx, 1, sizeof *st);
     char *org = rpc_strdup(cl->ctx, r.org_id);
@@ -886,7 +800,7 @@ static int apply_delete(call *cl, pg_conn *tx) {
     plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
     plan_from(p, st);
     plan_item *it = plan_find(p, r.cfg.a, r.cfg.b);
-    if (it == NULL) return cl_fail(cl, OM_E_NOT_FOUND, "connection %s not found", req->connection_id);
+    if (it == NULL) return op_fail(cl, OM_E_NOT_FOUND, "connection %s not found", req->connection_id);
     if ((rc = etag_matches(cl, req->etag, &st->rows[it->existing])) != 0) return rc;
     it->removed = true;
     applied out;
@@ -898,20 +812,20 @@ static int apply_delete(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def delete_def = {.apply = apply_delete, .mutation = true, .fetch = conn_fetch};
 /* DeleteConnection — CONN-04 (validate_only, etag), CONN-08. */
 static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(DeleteConnectionRequest) *req = (const void *)req_;
     if (!conn_uuid_valid(req->connection_id)) rpc_violation(ctx, "connection_id", "is not a connection id");
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     check_etag(ctx, "etag", req->etag);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_delete, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &delete_def, req, resp, NULL);
 }
 
 /* ---- ListConnectionHistory ---- */
 
-static int apply_history(call *cl, pg_conn *tx) {
+static int apply_history(op_call *cl, pg_conn *tx) {
     const CPB(ListConnectionHistoryRequest) *req = cl->req;
     CPB(ListConnectionHistoryResponse) *resp = (void *)cl->resp;
     rpc_ctx *ctx = cl->ctx;
@@ -922,7 +836,7 @@ static int apply_history(call *cl, pg_conn *tx) {
     page_req pg;
     char *scope = rpc_sprintf(ctx, "connections.ListConnectionHistory|%s", req->organization_id);
     if ((rc = page_read(req->page_size, req->page_token, scope, 1, &pg)) != 0)
-        return cl_fail(cl, rc, "invalid page token");
+        return op_fail(cl, rc, "invalid page token");
     char resource[96];
     conn_history_resource(req->organization_id, resource, sizeof resource);
     history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
@@ -934,6 +848,7 @@ static int apply_history(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def history_def = {.apply = apply_history, .fetch = conn_fetch};
 /* ListConnectionHistory — SPEC 8 audit, CONN-05/CONN-09 automatic changes; CONN-08 viewing. */
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const CPB(ListConnectionHistoryRequest) *req = (const void *)req_;
@@ -941,8 +856,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     int limit;
     if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_history};
-    return run(&cl, NULL);
+    return op_run(ctx, &history_def, req, resp, NULL);
 }
 
 /* ---- the hot checks (CONN-05, CONN-06, CONN-07, CONN-09) ---- */
@@ -953,7 +867,7 @@ static int facts_of(rpc_ctx *ctx, uint64_t s, uint64_t t, conn_facts *f) {
     if (conn_cache_get_facts(s, t, f)) return 0;
     if (!rpc_on_worker(ctx)) return RPC_DEFER;
     uint64_t gen = conn_cache_gen(); /* before the read: see connections_cache.h */
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = store_facts(c, s, t, f);
     if (rc != 0) return rpc_fail(ctx, rc, NULL);
@@ -965,7 +879,7 @@ static int seat_of(rpc_ctx *ctx, uint64_t hub, uint64_t user, conn_seat *seat) {
     if (conn_cache_get_seat(hub, user, seat)) return 0;
     if (!rpc_on_worker(ctx)) return RPC_DEFER;
     uint64_t gen = conn_cache_gen();
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = store_seat(c, hub, user, seat);
     if (rc != 0) return rpc_fail(ctx, rc, NULL);
@@ -984,9 +898,9 @@ static int require_self_or_service(rpc_ctx *ctx, uint64_t user_id) {
 static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(CheckMirrorAccessRequest) *req = (const void *)req_;
     CPB(CheckMirrorAccessResponse) *resp = (void *)resp_;
-    check_id(ctx, "user_id", req->user_id);
-    check_id(ctx, "source_hub_id", req->source_hub_id);
-    check_id(ctx, "target_hub_id", req->target_hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "source_hub_id", req->source_hub_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->source_hub_id == req->target_hub_id)
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
@@ -1006,8 +920,8 @@ static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(ListMirrorSourcesRequest) *req = (const void *)req_;
     CPB(ListMirrorSourcesResponse) *resp = (void *)resp_;
-    check_id(ctx, "user_id", req->user_id);
-    check_id(ctx, "target_hub_id", req->target_hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
     int limit;
     if (page_size_normalize(req->page_size, &limit) != 0) rpc_violation(ctx, "page_size", "must not be negative");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -1026,7 +940,7 @@ static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     if (!conn_cache_get_sources(req->target_hub_id, src, &n)) {
         if (!rpc_on_worker(ctx)) return RPC_DEFER;
         uint64_t gen = conn_cache_gen();
-        pg_conn *c = db(ctx);
+        pg_conn *c = op_db(ctx);
         if (c == NULL) return OM_E_UNAVAILABLE;
         if ((rc = store_mirror_sources(c, req->target_hub_id, src, CONN_CACHE_MAX_SOURCES, &n)) != 0)
             return rpc_fail(ctx, rc, NULL);
@@ -1043,8 +957,8 @@ static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
 static int h_check_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(CheckAssetCopyRequest) *req = (const void *)req_;
     CPB(CheckAssetCopyResponse) *resp = (void *)resp_;
-    check_id(ctx, "source_hub_id", req->source_hub_id);
-    check_id(ctx, "target_hub_id", req->target_hub_id);
+    op_check_id(ctx, "source_hub_id", req->source_hub_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->source_hub_id == req->target_hub_id)
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");

@@ -7,8 +7,9 @@
 #include <string.h>
 
 #include "om_time.h"
+#include "audit.h"
 #include "history.h"
-#include "idem.h"
+#include "op.h"
 #include "log.h"
 #include "notifier.h"
 #include "om_err.h"
@@ -153,14 +154,6 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     return 0;
 }
 
-typedef struct replay_op {
-    rpc_ctx *ctx;
-    const PB(ReplayDeadLettersRequest) *req;
-    PB(ReplayDeadLettersResponse) *resp;
-    idem_key key;
-    const char *err_msg;
-} replay_op;
-
 /* Puts one dead letter's delivery back in the queue (unless it was already
  * delivered since: then nothing is sent again). Returns 1 when replayed. */
 static int replay_one(pg_conn *tx, int64_t id) {
@@ -183,22 +176,13 @@ static int replay_one(pg_conn *tx, int64_t id) {
     return rc != 0 ? rc : 1;
 }
 
-static int replay_tx(pg_conn *tx, void *arg) {
-    replay_op *op = arg;
+static int replay_apply(op_call *op, pg_conn *tx) {
     rpc_ctx *ctx = op->ctx;
-    PB(ReplayDeadLettersResponse) *resp = op->resp;
-    ProtobufCMessage *stored = NULL;
-    op->err_msg = NULL;
-    orgmesh__notifier__v1__replay_dead_letters_response__init(resp);
-    int rc = idem_check(tx, &op->key, &orgmesh__notifier__v1__replay_dead_letters_response__descriptor,
-                        rpc_pb_allocator(ctx), &stored);
-    if (rc == 1) {
-        memcpy(resp, stored, sizeof *resp); /* SPEC 8: the first reply */
-        return 0;
-    }
-    if (rc != 0) return rc;
+    const PB(ReplayDeadLettersRequest) *req = op->req;
+    PB(ReplayDeadLettersResponse) *resp = (void *)op->resp;
+    int rc;
     pg_res *r = NULL;
-    if (op->req->all) {
+    if (req->all) {
         rc = pg_exec(tx,
                      "SELECT l.id FROM dead_letter l JOIN delivery d ON d.id = l.delivery_id"
                      " WHERE d.state = " OM_SQL(NT_SQL_DEAD) " ORDER BY l.id FOR UPDATE OF l",
@@ -207,22 +191,21 @@ static int replay_tx(pg_conn *tx, void *arg) {
         /* the ids were validated as numbers */
         pg_params p = {0};
         char *list = rpc_strdup(ctx, "{");
-        for (size_t i = 0; i < op->req->n_dead_letter_ids; i++)
-            list = rpc_sprintf(ctx, "%s%s%s", list, i ? "," : "", op->req->dead_letter_ids[i]);
+        for (size_t i = 0; i < req->n_dead_letter_ids; i++)
+            list = rpc_sprintf(ctx, "%s%s%s", list, i ? "," : "", req->dead_letter_ids[i]);
         list = rpc_sprintf(ctx, "%s}", list);
         pg_p_str(&p, list);
         rc = pg_exec(tx, "SELECT id FROM dead_letter WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", &p, &r);
         if (rc == 0) {
             /* unknown ids: NOT_FOUND, nothing replayed */
-            for (size_t i = 0; i < op->req->n_dead_letter_ids; i++) {
-                int64_t want = strtoll(op->req->dead_letter_ids[i], NULL, 10);
+            for (size_t i = 0; i < req->n_dead_letter_ids; i++) {
+                int64_t want = strtoll(req->dead_letter_ids[i], NULL, 10);
                 bool found = false;
                 for (int k = 0; k < pg_nrows(r); k++)
                     if (pg_i64(r, k, 0) == want) found = true;
                 if (!found) {
-                    op->err_msg = rpc_sprintf(ctx, "dead letter %s does not exist", op->req->dead_letter_ids[i]);
                     pg_free(r);
-                    return OM_E_NOT_FOUND;
+                    return op_fail(op, OM_E_NOT_FOUND, "dead letter %s does not exist", req->dead_letter_ids[i]);
                 }
             }
         }
@@ -246,14 +229,22 @@ static int replay_tx(pg_conn *tx, void *arg) {
         .action = "notifier.deadletter.replay",
         .resource = "notifier/dead-letters",
         .after = &resp->base,
-        .reason = op->req->all ? "all" : "selected",
-        .request_id = op->req->request_id,
+        .reason = req->all ? "all" : "selected",
+        .request_id = req->request_id,
         .trace_id = rpc_trace_id(ctx),
     };
     if ((rc = audit_record(tx, &e)) != 0) return rc;
     if (resp->replayed_count > 0 && (rc = nt_queue_notify(tx)) != 0) return rc;
-    return idem_store(tx, &op->key, &resp->base);
+    return 0;
 }
+
+static void replay_committed(op_call *op, void *arg) {
+    (void)arg;
+    const PB(ReplayDeadLettersResponse) *resp = (const void *)op->resp;
+    if (!op->replayed) log_info("replayed %d dead letters", resp->replayed_count);
+}
+
+static const op_def replay_def = {.apply = replay_apply, .mutation = true, .committed = replay_committed};
 
 /* ReplayDeadLetters — NOTE-03: dead letters back into the queue, same
  * Message-ID; a recipient already mailed for the event is not mailed again. */
@@ -271,22 +262,7 @@ static int h_replay(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
             rpc_violation(ctx, rpc_sprintf(ctx, "dead_letter_ids[%zu]", i), "not a dead letter id");
     }
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    replay_op op = {.ctx = ctx, .req = req, .resp = (void *)resp_};
-    int rc = idem_key_init(&op.key, rpc_actor(ctx), rpc_method_name(ctx), req->request_id, req_);
-    if (rc == OM_E_INVALID_ARGUMENT) {
-        rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
-        return rpc_fail_invalid(ctx);
-    }
-    if (rc != 0) return rpc_fail(ctx, rc, NULL);
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    rc = pg_tx(c, replay_tx, &op);
-    if (rc == 0) {
-        log_info("replayed %d dead letters", op.resp->replayed_count);
-        return 0;
-    }
-    if (op.err_msg != NULL) return rpc_fail(ctx, rc, "%s", op.err_msg);
-    return fail_db(ctx, c, rc);
+    return op_run(ctx, &replay_def, req, resp_, NULL);
 }
 
 /* ListDeadLetterHistory — SPEC 8: the notifier's audit history (replays). */

@@ -17,7 +17,7 @@
 #include "history.h"
 #include "config.h"
 #include "google/rpc/error_details.pb-c.h"
-#include "idem.h"
+#include "op.h"
 #include "log.h"
 #include "om_err.h"
 #include "organizations.h"
@@ -29,8 +29,9 @@
 #define MAX_TEXT_VERSION 64
 /* A positive code: the transaction found a local copy missing; the runner
  * fetches it from the accounts service and runs the transaction again. */
-#define NEED_FETCH 1
-#define MAX_FETCH_ROUNDS 4
+/* What a transaction may find missing (op_need); org_fetch brings it. */
+#define NEED_ACCOUNTS 1u
+#define NEED_MEMBERSHIPS 2u
 
 static int64_t mfa_window_s = ORG_MFA_WINDOW_DEFAULT_S;
 
@@ -47,37 +48,13 @@ typedef struct bad_account {
     unsigned reasons;
 } bad_account;
 
-typedef struct call call;
-typedef int (*apply_fn)(call *cl, pg_conn *tx);
-
-struct call {
-    rpc_ctx *ctx;
-    const om_actor *actor;
-    const void *req;
-    ProtobufCMessage *resp;
-    apply_fn apply;
-    idem_key key;
-    bool mutation;
-    /* copies missing in the last attempt, and what was fetched already */
-    uint64_t need[ORG_MAX_BATCH + 2];
-    int n_need;
-    bool need_memberships, fetched_accounts, fetched_memberships;
-    /* the error found inside the transaction */
-    int err;
-    char msg[512];
+/* ORG-02's refusals of one attempt (op_run's arg of CreateOrganization and
+ * AddAccountsToOrganization): every (account, reasons), sent as a
+ * PreconditionFailure when the call fails. */
+typedef struct bad_list {
     bad_account bad[ORG_MAX_BATCH + 2];
-    int n_bad;
-};
-
-static int cl_fail(call *cl, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int cl_fail(call *cl, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cl->msg, sizeof cl->msg, fmt, ap);
-    va_end(ap);
-    cl->err = code;
-    return code;
-}
+    int n;
+} bad_list;
 
 /* "1, 2, 3" */
 static void id_list(char *buf, size_t cap, const uint64_t *ids, int n) {
@@ -88,13 +65,6 @@ static void id_list(char *buf, size_t cap, const uint64_t *ids, int n) {
 }
 
 /* ---- validation ------------------------------------------------------------------ */
-
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
 
 static void check_org_id(rpc_ctx *ctx, const char *s) {
     if (s == NULL || s[0] == '\0')
@@ -122,7 +92,7 @@ static void check_ids(rpc_ctx *ctx, const char *field, const uint64_t *ids, size
     for (size_t i = 0; i < n; i++) {
         char f[64];
         snprintf(f, sizeof f, "%s[%zu]", field, i);
-        check_id(ctx, f, ids[i]);
+        op_check_id(ctx, f, ids[i]);
         if (ids[i] != 0 && ids[i] == other)
             rpc_violation(ctx, f, "repeats %s", other_field);
         for (size_t j = 0; j < i; j++)
@@ -154,17 +124,11 @@ static int require_user(rpc_ctx *ctx) {
     return 0;
 }
 
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the organizations database is unreachable");
-    return c;
-}
-
 /* ---- the accounts service (SPEC 2: fill missing copies) ------------------------------- */
 
-static int accounts_call(call *cl, const char *method, const ProtobufCMessage *req,
+static int accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp) {
-    return copies_call(cl->ctx, method, req, desc, resp, NULL) == 0 ? 0 : OM_E_UNAVAILABLE;
+    return copies_call(ctx, method, req, desc, resp, NULL) == 0 ? 0 : OM_E_UNAVAILABLE;
 }
 
 static int put_account(const CopiesAccount *pa, void *arg) {
@@ -174,21 +138,21 @@ static int put_account(const CopiesAccount *pa, void *arg) {
 }
 
 /* BatchGetAccounts for `ids`; the accounts found become local copies. */
-static int fetch_accounts(call *cl, pg_conn *c, const uint64_t *ids, int n) {
-    return copies_fetch_accounts(cl->ctx, ids, (size_t)n, put_account, c);
+static int fetch_accounts(rpc_ctx *ctx, pg_conn *c, const uint64_t *ids, int n) {
+    return copies_fetch_accounts(ctx, ids, (size_t)n, put_account, c);
 }
 
 static int put_user(const CopiesUser *u, void *arg) {
     return store_user_upsert(arg, u->user_id, u->two_factor_enabled, false, u->version);
 }
 
-static int fetch_user(call *cl, pg_conn *c, uint64_t user_id) {
-    return copies_fetch_users(cl->ctx, &user_id, 1, put_user, c);
+static int fetch_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id) {
+    return copies_fetch_users(ctx, &user_id, 1, put_user, c);
 }
 
 /* Every membership of the user (ListMembershipsInternal), stored as copies;
  * with hubs/roles non-NULL also returned (call memory), ordered by hub_id. */
-static int fetch_memberships(call *cl, pg_conn *c, uint64_t user_id, uint64_t **hubs, unsigned **roles, int *n) {
+static int fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, uint64_t **hubs, unsigned **roles, int *n) {
     int cap = 0, cnt = 0;
     uint64_t *h = NULL;
     unsigned *r = NULL;
@@ -200,7 +164,7 @@ static int fetch_memberships(call *cl, pg_conn *c, uint64_t user_id, uint64_t **
         req.page_size = 1000;
         req.page_token = token ? token : (char *)"";
         APB(ListMembershipsInternalResponse) *resp = NULL;
-        rc = accounts_call(cl, "/orgmesh.accounts.v1.AccountsInternalService/ListMembershipsInternal", &req.base,
+        rc = accounts_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/ListMembershipsInternal", &req.base,
                            &orgmesh__accounts__v1__list_memberships_internal_response__descriptor,
                            (ProtobufCMessage **)&resp);
         if (rc != 0) break;
@@ -212,8 +176,8 @@ static int fetch_memberships(call *cl, pg_conn *c, uint64_t user_id, uint64_t **
             if (hubs != NULL) {
                 if (cnt == cap) {
                     int ncap = cap ? cap * 2 : 64;
-                    uint64_t *nh = rpc_calloc(cl->ctx, (size_t)ncap, sizeof *nh);
-                    unsigned *nr = rpc_calloc(cl->ctx, (size_t)ncap, sizeof *nr);
+                    uint64_t *nh = rpc_calloc(ctx, (size_t)ncap, sizeof *nh);
+                    unsigned *nr = rpc_calloc(ctx, (size_t)ncap, sizeof *nr);
                     if (cnt) {
                         memcpy(nh, h, (size_t)cnt * sizeof *h);
                         memcpy(nr, r, (size_t)cnt * sizeof *r);
@@ -227,7 +191,7 @@ static int fetch_memberships(call *cl, pg_conn *c, uint64_t user_id, uint64_t **
                 cnt++;
             }
         }
-        token = (resp->next_page_token && resp->next_page_token[0]) ? rpc_strdup(cl->ctx, resp->next_page_token)
+        token = (resp->next_page_token && resp->next_page_token[0]) ? rpc_strdup(ctx, resp->next_page_token)
                                                                     : NULL;
         protobuf_c_message_free_unpacked(&resp->base, NULL);
         if (rc != 0 || token == NULL) break;
@@ -249,8 +213,8 @@ static const org_account *find_account(const org_account *a, int n, uint64_t hub
 }
 
 /* The copies of ids[0..n) into out (ordered by hub_id), locked with `lock`.
- * Missing ones are fetched once (NEED_FETCH); still missing: NOT_FOUND. */
-static int copies_accounts(call *cl, pg_conn *tx, const uint64_t *ids, int n, bool lock, org_account *out) {
+ * Missing ones are fetched once (NEED_ACCOUNTS); still missing: NOT_FOUND. */
+static int copies_accounts(op_call *cl, pg_conn *tx, const uint64_t *ids, int n, bool lock, org_account *out) {
     int got = 0;
     int rc = store_accounts_get(tx, ids, n, lock, out, &got);
     if (rc != 0) return rc;
@@ -259,106 +223,72 @@ static int copies_accounts(call *cl, pg_conn *tx, const uint64_t *ids, int n, bo
     int nm = 0;
     for (int i = 0; i < n && nm < ORG_MAX_BATCH + 2; i++)
         if (find_account(out, got, ids[i]) == NULL) missing[nm++] = ids[i];
-    if (!cl->fetched_accounts) {
-        memcpy(cl->need, missing, (size_t)nm * sizeof missing[0]);
-        cl->n_need = nm;
-        return NEED_FETCH;
+    if (!(cl->fetched & NEED_ACCOUNTS)) {
+        for (int i = 0; i < nm; i++) op_need_id(cl, missing[i]);
+        return op_need(cl, NEED_ACCOUNTS);
     }
     char list[512];
     id_list(list, sizeof list, missing, nm);
-    return cl_fail(cl, OM_E_NOT_FOUND, "no such account: %s", list);
+    return op_fail(cl, OM_E_NOT_FOUND, "no such account: %s", list);
 }
 
 /* The actor's roles in hubs[0..n) (and, when member is not NULL, whether
  * the actor is a member at all); unknown memberships are fetched once, then
  * count as none. */
-static int copies_roles(call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles, bool *member) {
+static int copies_roles(op_call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles, bool *member) {
     bool known[ORG_MAX_MEMBERS_READ + ORG_MAX_BATCH + 2];
     if (n > (int)(sizeof known / sizeof known[0])) return OM_E_INTERNAL;
     int rc = store_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles, member);
     if (rc != 0) return rc;
     for (int i = 0; i < n; i++)
-        if (!known[i] && !cl->fetched_memberships) {
-            cl->need_memberships = true;
-            return NEED_FETCH;
-        }
+        if (!known[i] && !(cl->fetched & NEED_MEMBERSHIPS)) return op_need(cl, NEED_MEMBERSHIPS);
     return 0;
 }
 
 /* ---- the transaction runner --------------------------------------------------------------- */
 
-static int call_apply(pg_conn *tx, void *arg) {
-    call *cl = arg;
-    return cl->apply(cl, tx);
-}
-
-static int call_tx(pg_conn *tx, void *arg) {
-    call *cl = arg;
-    cl->err = 0;
-    cl->msg[0] = '\0';
-    cl->n_bad = 0;
-    cl->n_need = 0;
-    cl->need_memberships = false;
-    protobuf_c_message_init(cl->resp->descriptor, cl->resp);
-    if (!cl->mutation) return cl->apply(cl, tx);
-    return idem_run(tx, &cl->key, cl->resp, rpc_pb_allocator(cl->ctx), call_apply, cl, NULL);
-}
-
-/* Runs cl->apply in a transaction (with the request id for mutations),
- * fetching missing copies between attempts, and turns a failure into the
- * call's error. */
-static int run(call *cl, const char *request_id) {
-    rpc_ctx *ctx = cl->ctx;
-    cl->actor = rpc_actor(ctx);
-    if (cl->mutation) {
-        int rc = rpc_idem_key(ctx, &cl->key, request_id, cl->req);
-        if (rc != 0) return rc;
-    }
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
+/* op_def.fetch: what the last attempt found missing (SPEC 2). */
+static int org_fetch(rpc_ctx *ctx, op_call *cl, void *arg) {
+    (void)arg;
     int rc = 0;
-    for (int round = 0; round < MAX_FETCH_ROUNDS; round++) {
-        rc = pg_tx(c, call_tx, cl);
-        if (rc != NEED_FETCH) break;
-        if (cl->n_need > 0) {
-            if ((rc = fetch_accounts(cl, c, cl->need, cl->n_need)) != 0) break;
-            cl->fetched_accounts = true;
-        }
-        if (cl->need_memberships) {
-            if ((rc = fetch_memberships(cl, c, cl->actor->user_id, NULL, NULL, NULL)) != 0) break;
-            cl->fetched_memberships = true;
-        }
-        rc = NEED_FETCH;
-    }
-    if (rc == 0) return 0;
-    if (rc == NEED_FETCH) rc = OM_E_UNAVAILABLE;
-    if (rc == OM_E_UNAVAILABLE && cl->err == 0)
-        return rpc_fail(ctx, rc, "the accounts service or the database is unavailable; retry");
-    if (cl->err != rc) {
-        if (rc == OM_E_INTERNAL) log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-        return rpc_fail(ctx, rc, NULL);
-    }
-    if (cl->n_bad > 0) { /* ORG-02: every (account, reason) */
-        Google__Rpc__PreconditionFailure *pf = rpc_alloc(ctx, sizeof *pf);
-        google__rpc__precondition_failure__init(pf);
-        int total = 0;
-        for (int i = 0; i < cl->n_bad; i++) total += __builtin_popcount(cl->bad[i].reasons);
-        pf->violations = rpc_calloc(ctx, (size_t)total + 1, sizeof *pf->violations);
-        for (int i = 0; i < cl->n_bad; i++)
-            for (int b = 0; b < ORG_INELIGIBLE_COUNT; b++) {
-                unsigned bit = 1u << b;
-                if (!(cl->bad[i].reasons & bit)) continue;
-                Google__Rpc__PreconditionFailure__Violation *v = rpc_alloc(ctx, sizeof *v);
-                google__rpc__precondition_failure__violation__init(v);
-                v->type = (char *)om_err_name(org_reason_code(bit));
-                v->subject = rpc_sprintf(ctx, "accounts/%" PRIu64, cl->bad[i].hub_id);
-                v->description = (char *)om_err_message(org_reason_code(bit));
-                pf->violations[pf->n_violations++] = v;
-            }
-        rpc_error_detail(ctx, &pf->base);
-    }
-    return rpc_fail(ctx, rc, "%s", cl->msg);
+    if ((cl->need & NEED_ACCOUNTS) && (rc = fetch_accounts(ctx, cl->db, cl->need_ids, cl->n_need_ids)) != 0)
+        return rc;
+    if ((cl->need & NEED_MEMBERSHIPS) && (rc = fetch_memberships(ctx, cl->db, cl->actor->user_id, NULL, NULL, NULL)) != 0)
+        return rc;
+    return 0;
 }
+
+static void bad_reset(op_call *cl, void *arg) {
+    (void)cl;
+    ((bad_list *)arg)->n = 0;
+}
+
+/* ORG-02: every (account, reason) of the refusal as a PreconditionFailure. */
+static void bad_failed(op_call *cl, void *arg, int code) {
+    (void)code;
+    const bad_list *b = arg;
+    rpc_ctx *ctx = cl->ctx;
+    if (b->n == 0) return;
+    Google__Rpc__PreconditionFailure *pf = rpc_alloc(ctx, sizeof *pf);
+    google__rpc__precondition_failure__init(pf);
+    int total = 0;
+    for (int i = 0; i < b->n; i++) total += __builtin_popcount(b->bad[i].reasons);
+    pf->violations = rpc_calloc(ctx, (size_t)total + 1, sizeof *pf->violations);
+    for (int i = 0; i < b->n; i++)
+        for (int k = 0; k < ORG_INELIGIBLE_COUNT; k++) {
+            unsigned bit = 1u << k;
+            if (!(b->bad[i].reasons & bit)) continue;
+            Google__Rpc__PreconditionFailure__Violation *v = rpc_alloc(ctx, sizeof *v);
+            google__rpc__precondition_failure__violation__init(v);
+            v->type = (char *)om_err_name(org_reason_code(bit));
+            v->subject = rpc_sprintf(ctx, "accounts/%" PRIu64, b->bad[i].hub_id);
+            v->description = (char *)om_err_message(org_reason_code(bit));
+            pf->violations[pf->n_violations++] = v;
+        }
+    rpc_error_detail(ctx, &pf->base);
+}
+
+#define ORG_UNAVAILABLE "the accounts service or the database is unavailable; retry"
 
 /* ---- authorization ------------------------------------------------------------------------- */
 
@@ -370,13 +300,13 @@ static int member_index(const org_snapshot *s, uint64_t hub_id) {
 
 /* ORG-07: acting from an account of the organization that has MARKETING
  * ENTERPRISE, and SUPER_ADMIN in every account of the organization. */
-static int require_manager(call *cl, pg_conn *tx, const org_snapshot *s, uint64_t acting_hub_id) {
+static int require_manager(op_call *cl, pg_conn *tx, const org_snapshot *s, uint64_t acting_hub_id) {
     int at = member_index(s, acting_hub_id);
     if (at < 0)
-        return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s",
+        return op_fail(cl, OM_E_NOT_IN_ORGANIZATION, "acting account %" PRIu64 " is not in organization %s",
                        acting_hub_id, s->o.id);
     if (!s->m[at].marketing_enterprise)
-        return cl_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
+        return op_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
                        "acting account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-07)", acting_hub_id);
     uint64_t hubs[ORG_MAX_MEMBERS_READ], lacking[ORG_MAX_MEMBERS_READ];
     unsigned roles[ORG_MAX_MEMBERS_READ];
@@ -389,7 +319,7 @@ static int require_manager(call *cl, pg_conn *tx, const org_snapshot *s, uint64_
     if (nl > 0) {
         char list[256];
         id_list(list, sizeof list, lacking, nl);
-        return cl_fail(cl, OM_E_NOT_SUPER_ADMIN,
+        return op_fail(cl, OM_E_NOT_SUPER_ADMIN,
                        "managing an organization requires SUPER_ADMIN in every account of it; not in: %s (ORG-07)",
                        list);
     }
@@ -401,7 +331,7 @@ static int require_manager(call *cl, pg_conn *tx, const org_snapshot *s, uint64_
  * orgmesh service. Everyone else gets NOT_FOUND, worded as for an id that
  * does not exist (`hidden`, or "no organization <id>"), never
  * PERMISSION_DENIED, so another tenant's ids reveal nothing. */
-static int require_visible(call *cl, pg_conn *tx, const org_snapshot *s, const char *hidden) {
+static int require_visible(op_call *cl, pg_conn *tx, const org_snapshot *s, const char *hidden) {
     if (auth_is_service(cl->actor, NULL)) return 0;
     uint64_t hubs[ORG_MAX_MEMBERS_READ];
     unsigned roles[ORG_MAX_MEMBERS_READ];
@@ -411,15 +341,15 @@ static int require_visible(call *cl, pg_conn *tx, const org_snapshot *s, const c
     if (rc != 0) return rc;
     for (int i = 0; i < s->n; i++)
         if (member[i]) return 0;
-    if (hidden != NULL) return cl_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
-    return cl_fail(cl, OM_E_NOT_FOUND, "no organization %s", s->o.id);
+    if (hidden != NULL) return op_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
+    return op_fail(cl, OM_E_NOT_FOUND, "no organization %s", s->o.id);
 }
 
 /* ORG-08: SUPER_ADMIN or PARTNER_ADMIN in an account of the organization
  * (orgmesh services may read too). A member of one of its accounts without
  * either role may know the organization exists: PERMISSION_DENIED; anyone
  * else: NOT_FOUND (require_visible, AIP-193). */
-static int require_viewer(call *cl, pg_conn *tx, const org_snapshot *s, const char *hidden) {
+static int require_viewer(op_call *cl, pg_conn *tx, const org_snapshot *s, const char *hidden) {
     if (auth_is_service(cl->actor, NULL)) return 0;
     int rc = require_visible(cl, tx, s, hidden);
     if (rc != 0) return rc;
@@ -429,29 +359,29 @@ static int require_viewer(call *cl, pg_conn *tx, const org_snapshot *s, const ch
     if ((rc = copies_roles(cl, tx, hubs, s->n, roles, NULL)) != 0) return rc;
     for (int i = 0; i < s->n; i++)
         if (org_roles_view(roles[i])) return 0;
-    return cl_fail(cl, OM_E_PERMISSION_DENIED,
+    return op_fail(cl, OM_E_PERMISSION_DENIED,
                    "only SUPER_ADMIN or PARTNER_ADMIN members of an account of the organization may view it (ORG-08)");
 }
 
 /* ORG-04: two-factor enabled (local copy of the user, fetched when
  * missing) and the token's mfa_at within the window. */
-static int require_mfa(call *cl) {
-    rpc_ctx *ctx = cl->ctx;
-    pg_conn *c = db(ctx);
+static int require_mfa(rpc_ctx *ctx) {
+    const om_actor *actor = rpc_actor(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool tfa = false, deleted = false;
-    int rc = store_user_get(c, cl->actor->user_id, &tfa, &deleted);
+    int rc = store_user_get(c, actor->user_id, &tfa, &deleted);
     if (rc == OM_E_NOT_FOUND) {
-        if ((rc = fetch_user(cl, c, cl->actor->user_id)) != 0)
+        if ((rc = fetch_user(ctx, c, actor->user_id)) != 0)
             return rpc_fail(ctx, rc, "the accounts service is unavailable; retry");
-        rc = store_user_get(c, cl->actor->user_id, &tfa, &deleted);
+        rc = store_user_get(c, actor->user_id, &tfa, &deleted);
         if (rc == OM_E_NOT_FOUND) {
             tfa = false;
             rc = 0;
         }
     }
     if (rc != 0) return rpc_fail(ctx, rc, NULL);
-    if (org_mfa_check(tfa && !deleted, cl->actor->mfa_at, (int64_t)time(NULL), mfa_window_s) != 0)
+    if (org_mfa_check(tfa && !deleted, actor->mfa_at, (int64_t)time(NULL), mfa_window_s) != 0)
         return rpc_fail(ctx, OM_E_MFA_REQUIRED,
                         tfa ? "verify your second factor again: it must be at most %" PRId64 " s old (ORG-04)"
                             : "turn on two-factor authentication first (ORG-04; window %" PRId64 " s)",
@@ -462,8 +392,9 @@ static int require_mfa(call *cl) {
 /* ORG-02: every account of ids (copies `accts`, ordered by hub_id) against
  * the organization's location; the first reason fails the call, all of them
  * go into the PreconditionFailure. */
-static int check_eligible(call *cl, pg_conn *tx, const uint64_t *ids, int n, const org_account *accts,
+static int check_eligible(op_call *cl, pg_conn *tx, const uint64_t *ids, int n, const org_account *accts,
                           const char *location) {
+    bad_list *bad = cl->arg;
     bool in_org[ORG_MAX_BATCH + 2];
     int rc = store_accounts_in_orgs(tx, ids, n, in_org);
     if (rc != 0) return rc;
@@ -475,18 +406,18 @@ static int check_eligible(call *cl, pg_conn *tx, const uint64_t *ids, int n, con
             if (ids[j] == a->hub_id) member = in_org[j];
         unsigned r = org_eligibility(a, location, member, true) & ORG_INELIGIBLE_ORG02;
         if (r == 0) continue;
-        if (first < 0) first = cl->n_bad;
-        cl->bad[cl->n_bad++] = (bad_account){a->hub_id, r};
+        if (first < 0) first = bad->n;
+        bad->bad[bad->n++] = (bad_account){a->hub_id, r};
     }
     if (first < 0) return 0;
-    unsigned bit = org_first_org02_reason(cl->bad[first].reasons);
+    unsigned bit = org_first_org02_reason(bad->bad[first].reasons);
     int code = org_reason_code(bit);
-    return cl_fail(cl, code, "account %" PRIu64 " cannot be in the organization: %s (ORG-02)", cl->bad[first].hub_id,
+    return op_fail(cl, code, "account %" PRIu64 " cannot be in the organization: %s (ORG-02)", bad->bad[first].hub_id,
                    om_err_message(code));
 }
 
 /* ORG-03: SUPER_ADMIN in each of ids. */
-static int require_super_admin_in(call *cl, pg_conn *tx, const uint64_t *ids, int n) {
+static int require_super_admin_in(op_call *cl, pg_conn *tx, const uint64_t *ids, int n) {
     unsigned roles[ORG_MAX_BATCH + 2];
     int rc = copies_roles(cl, tx, ids, n, roles, NULL);
     if (rc != 0) return rc;
@@ -497,38 +428,38 @@ static int require_super_admin_in(call *cl, pg_conn *tx, const uint64_t *ids, in
     if (nl == 0) return 0;
     char list[512];
     id_list(list, sizeof list, lacking, nl);
-    return cl_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be SUPER_ADMIN in every account concerned; not in: %s (ORG-03)",
+    return op_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be SUPER_ADMIN in every account concerned; not in: %s (ORG-03)",
                    list);
 }
 
 /* Defect 5 (AIP-193): an account the actor is not a member of answers as if
  * it did not exist, before any rule reveals something about it. */
-static int require_member_of_all(call *cl, const uint64_t *ids, int n, const bool *member) {
+static int require_member_of_all(op_call *cl, const uint64_t *ids, int n, const bool *member) {
     for (int i = 0; i < n; i++)
-        if (!member[i]) return cl_fail(cl, OM_E_NOT_FOUND, "no such account: %" PRIu64, ids[i]);
+        if (!member[i]) return op_fail(cl, OM_E_NOT_FOUND, "no such account: %" PRIu64, ids[i]);
     return 0;
 }
 
-static int etag_matches(call *cl, const char *etag, const org_snapshot *s) {
+static int etag_matches(op_call *cl, const char *etag, const org_snapshot *s) {
     int64_t v;
     if (etag == NULL || etag[0] == '\0') return 0;
     if (org_etag_decode(etag, &v) != 0 || v != s->o.version)
-        return cl_fail(cl, OM_E_ETAG_MISMATCH, "organization %s changed since it was read", s->o.id);
+        return op_fail(cl, OM_E_ETAG_MISMATCH, "organization %s changed since it was read", s->o.id);
     return 0;
 }
 
 /* The organization, read (FOR UPDATE when `lock`) with its members, in call
  * memory. */
-static int load_org(call *cl, pg_conn *tx, const char *org_id, bool lock, org_snapshot **out) {
+static int load_org(op_call *cl, pg_conn *tx, const char *org_id, bool lock, org_snapshot **out) {
     org_snapshot *s = rpc_calloc(cl->ctx, 1, sizeof *s);
     int rc = store_org_get(tx, org_id, lock, &s->o);
-    if (rc == OM_E_NOT_FOUND) return cl_fail(cl, rc, "no organization %s", org_id);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "no organization %s", org_id);
     if (rc == 0) rc = org_snapshot_load(tx, s);
     *out = s;
     return rc;
 }
 
-static org_who who_of(call *cl, const char *request_id) {
+static org_who who_of(op_call *cl, const char *request_id) {
     return (org_who){.actor = cl->actor, .rule = NULL, .request_id = request_id, .trace_id = rpc_trace_id(cl->ctx)};
 }
 
@@ -562,7 +493,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     const bool by_ent =
         req->target_case == ORGMESH__ORGANIZATIONS__V1__LIST_ELIGIBLE_ACCOUNTS_REQUEST__TARGET_ENTERPRISE_HUB_ID;
     if (!by_org && !by_ent) rpc_violation(ctx, "target", "set enterprise_hub_id or organization_id");
-    if (by_ent) check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
+    if (by_ent) op_check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
     if (by_org) check_org_id(ctx, req->organization_id);
     if (req->filter < 0 || req->filter > 2) rpc_violation(ctx, "filter", "is not a CandidateFilter");
     int limit = 0;
@@ -580,14 +511,13 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     uint64_t after = cursor ? strtoull(cursor, NULL, 10) : 0;
     free(cursor);
 
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    call cl = {.ctx = ctx, .actor = actor};
     /* Every account the actor is a member of, from the directory itself. */
     uint64_t *hubs = NULL;
     unsigned *roles = NULL;
     int n = 0;
-    if ((rc = fetch_memberships(&cl, c, actor->user_id, &hubs, &roles, &n)) != 0)
+    if ((rc = fetch_memberships(ctx, c, actor->user_id, &hubs, &roles, &n)) != 0)
         return rpc_fail(ctx, rc, "the accounts service is unavailable; retry");
     /* Their copies, fetched when missing (the Enterprise target too). */
     uint64_t *want = rpc_calloc(ctx, (size_t)n + 1, sizeof *want);
@@ -602,7 +532,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         int nm = 0;
         for (int i = 0; i < nw; i++)
             if (find_account(accts, got, want[i]) == NULL) missing[nm++] = want[i];
-        if ((rc = fetch_accounts(&cl, c, missing, nm)) != 0)
+        if ((rc = fetch_accounts(ctx, c, missing, nm)) != 0)
             return rpc_fail(ctx, rc, "the accounts service is unavailable; retry");
         if ((rc = store_accounts_get(c, want, nw, false, accts, &got)) != 0) return rpc_fail(ctx, rc, NULL);
     }
@@ -620,7 +550,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
                             "account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-01)", e->hub_id);
         location = e->hosting_location;
     } else {
-        cl.fetched_memberships = true; /* just fetched */
+        op_call cl = {.ctx = ctx, .actor = actor, .fetched = NEED_MEMBERSHIPS}; /* just fetched */
         org_snapshot *s = NULL;
         rc = load_org(&cl, c, req->organization_id, false, &s);
         if (rc == 0) rc = require_viewer(&cl, c, s, NULL); /* ORG-08, AIP-193 */
@@ -674,7 +604,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
 
 /* ---- CreateOrganization ------------------------------------------------------------------------ */
 
-static int apply_create(call *cl, pg_conn *tx) {
+static int apply_create(op_call *cl, pg_conn *tx) {
     const OPB(CreateOrganizationRequest) *req = cl->req;
     OPB(CreateOrganizationResponse) *resp = (void *)cl->resp;
     int n = (int)req->n_member_hub_ids + 1;
@@ -690,7 +620,7 @@ static int apply_create(call *cl, pg_conn *tx) {
     if ((rc = require_member_of_all(cl, ids, n, member)) != 0) return rc; /* AIP-193 */
     const org_account *ent = find_account(accts, n, req->enterprise_hub_id);
     if (!ent->marketing_enterprise) /* ORG-01 */
-        return cl_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
+        return op_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
                        "account %" PRIu64 " has no MARKETING ENTERPRISE subscription: create the organization from an"
                        " Enterprise account (ORG-01)",
                        ent->hub_id);
@@ -707,7 +637,7 @@ static int apply_create(call *cl, pg_conn *tx) {
     for (int i = 0; i < n; i++) {
         rc = store_member_insert(tx, s->o.id, ids[i], i == 0, cl->actor->user_id, ack_id);
         if (rc == OM_E_ALREADY_IN_ORGANIZATION)
-            return cl_fail(cl, rc, "account %" PRIu64 " is already in an organization (ORG-02)", ids[i]);
+            return op_fail(cl, rc, "account %" PRIu64 " is already in an organization (ORG-02)", ids[i]);
         if (rc != 0) return rc;
     }
     if ((rc = org_snapshot_load(tx, s)) != 0) return rc;
@@ -735,12 +665,17 @@ static int apply_create(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def create_def = {
+    .apply = apply_create, .mutation = true, .fetch = org_fetch, .reset = bad_reset, .failed = bad_failed,
+    .unavailable = ORG_UNAVAILABLE
+};
+
 /* CreateOrganization — ORG-01, ORG-02, ORG-03, ORG-04, ORG-06, ORG-12 (all or nothing). */
 static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const OPB(CreateOrganizationRequest) *req = (const void *)req_;
     if (req->n_member_hub_ids > ORG_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d accounts per call", ORG_MAX_BATCH);
-    check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
+    op_check_id(ctx, "enterprise_hub_id", req->enterprise_hub_id);
     check_ids(ctx, "member_hub_ids", req->member_hub_ids, req->n_member_hub_ids, req->enterprise_hub_id,
               "enterprise_hub_id");
     check_ack_fields(ctx, req->acknowledgement);
@@ -750,10 +685,10 @@ static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
                         "an organization holds at most %d accounts: the Enterprise account and up to %d more; %zu given",
                         ORG_MAX_ACCOUNTS, ORG_MAX_ACCOUNTS - 1, req->n_member_hub_ids + 1);
     if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
-    call cl = {.ctx = ctx, .actor = rpc_actor(ctx), .req = req, .resp = resp, .apply = apply_create, .mutation = true};
-    if (require_mfa(&cl) != 0) return OM_E_MFA_REQUIRED;           /* ORG-04 */
+    if (require_mfa(ctx) != 0) return OM_E_MFA_REQUIRED;           /* ORG-04 */
     if (require_ack(ctx, req->acknowledgement) != 0) return OM_E_ACKNOWLEDGEMENT_REQUIRED; /* ORG-06 */
-    return run(&cl, req->request_id);
+    bad_list bad = {.n = 0};
+    return op_run(ctx, &create_def, req, resp, &bad);
 }
 
 /* ---- reads ------------------------------------------------------------------------------------------- */
@@ -764,14 +699,14 @@ typedef struct read_op {
     org_snapshot *s;
 } read_op;
 
-static int apply_read(call *cl, pg_conn *tx) {
-    read_op *op = (void *)cl->req;
+static int apply_read(op_call *cl, pg_conn *tx) {
+    read_op *op = cl->arg;
     const char *org_id = op->org_id;
     char buf[ORG_ID_LEN];
     if (op->hub_id != 0) {
         int rc = store_org_of_account(tx, op->hub_id, buf);
         if (rc == OM_E_NOT_FOUND)
-            return cl_fail(cl, rc, "account %" PRIu64 " is not in an organization", op->hub_id);
+            return op_fail(cl, rc, "account %" PRIu64 " is not in an organization", op->hub_id);
         if (rc != 0) return rc;
         org_id = buf;
     }
@@ -783,10 +718,9 @@ static int apply_read(call *cl, pg_conn *tx) {
     return require_viewer(cl, tx, op->s, hidden); /* ORG-08, AIP-193 */
 }
 
-static int read_org(rpc_ctx *ctx, ProtobufCMessage *resp, read_op *op) {
-    call cl = {.ctx = ctx, .req = op, .resp = resp, .apply = apply_read};
-    return run(&cl, NULL);
-}
+static const op_def read_def = {.apply = apply_read, .fetch = org_fetch, .unavailable = ORG_UNAVAILABLE};
+
+static int read_org(rpc_ctx *ctx, ProtobufCMessage *resp, read_op *op) { return op_run(ctx, &read_def, NULL, resp, op); }
 
 /* GetOrganization — ORG-08. */
 static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
@@ -804,7 +738,7 @@ static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
 static int h_get_by_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(GetOrganizationByAccountRequest) *req = (const void *)req_;
     OPB(GetOrganizationByAccountResponse) *resp = (void *)resp_;
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     read_op op = {.hub_id = req->hub_id};
     int rc = read_org(ctx, resp_, &op);
@@ -858,7 +792,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     read_op op = {.org_id = req->organization_id};
     int rc = read_org(ctx, resp_, &op);
     if (rc != 0) return rc;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     char resource[64];
     snprintf(resource, sizeof resource, "organizations/%s", req->organization_id);
@@ -873,7 +807,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
 
 /* ---- AddOrgMembers ------------------------------------------------------------------------------------- */
 
-static int apply_add(call *cl, pg_conn *tx) {
+static int apply_add(op_call *cl, pg_conn *tx) {
     const OPB(AddOrgMembersRequest) *req = cl->req;
     OPB(AddOrgMembersResponse) *resp = (void *)cl->resp;
     int n = (int)req->n_hub_ids;
@@ -892,7 +826,7 @@ static int apply_add(call *cl, pg_conn *tx) {
     if ((rc = require_member_of_all(cl, req->hub_ids, n, member)) != 0) return rc; /* AIP-193 */
     if ((rc = require_super_admin_in(cl, tx, req->hub_ids, n)) != 0) return rc;    /* ORG-03 */
     if (org_cap_check(s->n, n) != 0)                                               /* ORG-01 */
-        return cl_fail(cl, OM_E_ORG_ACCOUNT_LIMIT,
+        return op_fail(cl, OM_E_ORG_ACCOUNT_LIMIT,
                        "organization %s has %d accounts; adding %d would exceed %d (ORG-01)", s->o.id, s->n, n,
                        ORG_MAX_ACCOUNTS);
     if ((rc = check_eligible(cl, tx, req->hub_ids, n, accts, s->o.hosting_location)) != 0) return rc; /* ORG-02 */
@@ -907,7 +841,7 @@ static int apply_add(call *cl, pg_conn *tx) {
     for (int i = 0; i < n; i++) {
         rc = store_member_insert(tx, s->o.id, req->hub_ids[i], false, cl->actor->user_id, ack_id);
         if (rc == OM_E_ALREADY_IN_ORGANIZATION)
-            return cl_fail(cl, rc, "account %" PRIu64 " is already in an organization (ORG-02)", req->hub_ids[i]);
+            return op_fail(cl, rc, "account %" PRIu64 " is already in an organization (ORG-02)", req->hub_ids[i]);
         if (rc != 0) return rc;
         s->o.version++; /* one version per event (SPEC 2) */
         if ((rc = store_org_set_version(tx, s->o.id, s->o.version, &s->o.update_us)) != 0) return rc;
@@ -931,13 +865,18 @@ static int apply_add(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def add_def = {
+    .apply = apply_add, .mutation = true, .fetch = org_fetch, .reset = bad_reset, .failed = bad_failed,
+    .unavailable = ORG_UNAVAILABLE
+};
+
 /* AddOrgMembers — ORG-01, ORG-02, ORG-03, ORG-04, ORG-06, ORG-07, ORG-12 (all or nothing). */
 static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const OPB(AddOrgMembersRequest) *req = (const void *)req_;
     if (req->n_hub_ids > ORG_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d accounts per call", ORG_MAX_BATCH);
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     if (req->n_hub_ids == 0) rpc_violation(ctx, "hub_ids", "name at least one account to add");
     check_ids(ctx, "hub_ids", req->hub_ids, req->n_hub_ids, 0, "");
     check_etag(ctx, req->etag, false);
@@ -947,15 +886,15 @@ static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
         return rpc_fail(ctx, OM_E_ORG_ACCOUNT_LIMIT, "an organization holds at most %d accounts; %zu cannot be added",
                         ORG_MAX_ACCOUNTS, req->n_hub_ids);
     if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
-    call cl = {.ctx = ctx, .actor = rpc_actor(ctx), .req = req, .resp = resp, .apply = apply_add, .mutation = true};
-    if (require_mfa(&cl) != 0) return OM_E_MFA_REQUIRED;                                /* ORG-04 */
+    if (require_mfa(ctx) != 0) return OM_E_MFA_REQUIRED;                                /* ORG-04 */
     if (require_ack(ctx, req->acknowledgement) != 0) return OM_E_ACKNOWLEDGEMENT_REQUIRED; /* ORG-06 */
-    return run(&cl, req->request_id);
+    bad_list bad = {.n = 0};
+    return op_run(ctx, &add_def, req, resp, &bad);
 }
 
 /* ---- RemoveOrgMember ---------------------------------------------------------------------------------- */
 
-static int apply_remove(call *cl, pg_conn *tx) {
+static int apply_remove(op_call *cl, pg_conn *tx) {
     const OPB(RemoveOrgMemberRequest) *req = cl->req;
     OPB(RemoveOrgMemberResponse) *resp = (void *)cl->resp;
     org_snapshot *s = NULL;
@@ -966,13 +905,13 @@ static int apply_remove(call *cl, pg_conn *tx) {
     if ((rc = etag_matches(cl, req->etag, s)) != 0) return rc;
     int at = member_index(s, req->hub_id);
     if (at < 0)
-        return cl_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s", req->hub_id,
+        return op_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s", req->hub_id,
                        s->o.id);
     bool other_enterprise = false;
     for (int i = 0; i < s->n; i++)
         if (i != at && s->m[i].marketing_enterprise) other_enterprise = true;
     if (!other_enterprise) /* ORG-07 */
-        return cl_fail(cl, OM_E_LAST_ENTERPRISE_ACCOUNT,
+        return op_fail(cl, OM_E_LAST_ENTERPRISE_ACCOUNT,
                        "account %" PRIu64 " is the last MARKETING ENTERPRISE account of the organization: delete the"
                        " organization instead (ORG-07)",
                        req->hub_id);
@@ -984,23 +923,25 @@ static int apply_remove(call *cl, pg_conn *tx) {
     return 0;
 }
 
+static const op_def remove_def = {
+    .apply = apply_remove, .mutation = true, .fetch = org_fetch, .unavailable = ORG_UNAVAILABLE
+};
 /* RemoveOrgMember — ORG-07 (LAST_ENTERPRISE_ACCOUNT), ORG-11, ORG-12. */
 static int h_remove(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const OPB(RemoveOrgMemberRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
-    check_id(ctx, "hub_id", req->hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "hub_id", req->hub_id);
     check_etag(ctx, req->etag, false);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_remove, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &remove_def, req, resp, NULL);
 }
 
 /* ---- DeleteOrganization -------------------------------------------------------------------------------- */
 
-static int apply_delete(call *cl, pg_conn *tx) {
+static int apply_delete(op_call *cl, pg_conn *tx) {
     const OPB(DeleteOrganizationRequest) *req = cl->req;
     org_snapshot *s = NULL;
     int rc = load_org(cl, tx, req->organization_id, true, &s);
@@ -1013,17 +954,19 @@ static int apply_delete(call *cl, pg_conn *tx) {
                       req->reason); /* ORG-11, ORG-12 */
 }
 
+static const op_def delete_def = {
+    .apply = apply_delete, .mutation = true, .fetch = org_fetch, .unavailable = ORG_UNAVAILABLE
+};
 /* DeleteOrganization — ORG-07, ORG-11 (etag required), ORG-12. */
 static int h_delete(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const OPB(DeleteOrganizationRequest) *req = (const void *)req_;
     check_org_id(ctx, req->organization_id);
-    check_id(ctx, "acting_hub_id", req->acting_hub_id);
+    op_check_id(ctx, "acting_hub_id", req->acting_hub_id);
     check_etag(ctx, req->etag, true); /* ORG-11 */
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (require_user(ctx) != 0) return OM_E_PERMISSION_DENIED;
-    call cl = {.ctx = ctx, .req = req, .resp = resp, .apply = apply_delete, .mutation = true};
-    return run(&cl, req->request_id);
+    return op_run(ctx, &delete_def, req, resp, NULL);
 }
 
 /* Issue 13: who may call each method with a service identity (rpc_method

@@ -30,7 +30,7 @@ typedef struct partners_config {
     int64_t resends_per_actor, resends_per_client;   /* ResendAccessRequest */
     int64_t tokens_per_actor, tokens_per_client;     /* emailed tokens presented */
 } partners_config;
-extern partners_config partners_cfg;
+extern partners_config partners_cfg; /* partners_config.c */
 
 extern const rpc_service partners_service;
 extern const rpc_service partners_internal_service;
@@ -80,7 +80,21 @@ void pa_membership_from_pb(const Orgmesh__Accounts__V1__Membership *p, ps_member
 /* The accounts event consumer (PART-05 direct add, PART-08, PART-09). */
 int pa_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg);
 
-/* ---- conversions and events (partners_rpc.c) --------------------------------- */
+/* ---- conversions and events (partners_assign.c) ------------------------------ */
+
+/* A copy of s ("" for NULL) in m. */
+char *pa_strdup(ps_mem *m, const char *s);
+/* Microseconds since the epoch as a Timestamp in m (NULL for 0), and back. */
+Google__Protobuf__Timestamp *pa_ts(ps_mem *m, int64_t us);
+int64_t pa_ts_us(const Google__Protobuf__Timestamp *t);
+PB(PartnerEmployee) *pa_employee_pb(ps_mem *m, uint64_t partner, const ps_employee *e);
+PB(PartnerClient) *pa_client_pb(ps_mem *m, uint64_t partner, const ps_client *c);
+/* ClientAdded and its audit entry, in tx. */
+int pa_emit_client_added(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t client);
+/* EmployeeTagged (tagged) or EmployeeUntagged with the PART-09 counts, and
+ * the audit entry, in tx. */
+int pa_emit_employee(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, int64_t version,
+                     bool tagged, part_cause cause, int cancelled, int revoked);
 
 PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a);
 PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a);

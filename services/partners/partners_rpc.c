@@ -1,8 +1,10 @@
 /* partners_rpc.c — the handlers of PartnersService and PartnersInternalService
- * (SPEC 6), plus the protobuf conversions, the events every path emits and
- * the PART-09 cascade they share. Rules are in partners_rules.c, SQL in
- * partners_store.c, the accounts side in partners_events.c. Every mutation
- * runs in one transaction: request id, change, audit entry and events. */
+ * (SPEC 6): validation, then op_run (common/op.h) for every mutation. Rules
+ * are in partners_rules.c, SQL in partners_store.c, the conversions, events
+ * and shared state changes (PART-09 cascade) in partners_assign.c, the
+ * accounts side in partners_events.c, settings in partners_config.c. Every
+ * mutation runs in one transaction: request id, change, audit entry and
+ * events. */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,15 +12,12 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/rand.h>
-
-#include "om_time.h"
 #include "audit.h"
 #include "history.h"
 #include "config.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
-#include "idem.h"
+#include "op.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/type/v1/audit.pb-c.h"
@@ -35,191 +34,11 @@ _Static_assert((int)ORGMESH__PARTNERS__V1__ASSIGNMENT_CHANGE_CAUSE__ASSIGNMENT_C
 #define MAX_REASON_CHARS 1000
 #define MAX_QUERY_CHARS 256
 
-partners_config partners_cfg = {PART_DEFAULT_REQUEST_TTL_S, PART_DEFAULT_RESEND_INTERVAL_S, 1000, "", 3600,
-                                 500, 100, 100, 20, 30, 100};
 
-int partners_init(void) {
-    partners_cfg.request_ttl_s =
-        cfg_int("ORGMESH_PARTNERS_REQUEST_TTL_S", PART_DEFAULT_REQUEST_TTL_S, 1, 365LL * 24 * 3600);
-    partners_cfg.resend_interval_s =
-        cfg_int("ORGMESH_PARTNERS_RESEND_INTERVAL_S", PART_DEFAULT_RESEND_INTERVAL_S, 0, 30LL * 24 * 3600);
-    partners_cfg.timer_ms = (int)cfg_int("ORGMESH_PARTNERS_TIMER_MS", 1000, 10, 600000);
-    /* Abuse limits (issue 13): per window, per actor and per client account; 0 = none. */
-    const int64_t big = 1000000000;
-    partners_cfg.rate_window_s = cfg_int("ORGMESH_PARTNERS_RATE_WINDOW_S", 3600, 1, 7LL * 24 * 3600);
-    partners_cfg.requests_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_REQUESTS_PER_ACTOR", 500, 0, big);
-    partners_cfg.requests_per_client = cfg_int("ORGMESH_PARTNERS_RATE_REQUESTS_PER_CLIENT", 100, 0, big);
-    partners_cfg.resends_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_ACTOR", 100, 0, big);
-    partners_cfg.resends_per_client = cfg_int("ORGMESH_PARTNERS_RATE_RESENDS_PER_CLIENT", 20, 0, big);
-    partners_cfg.tokens_per_actor = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_ACTOR", 30, 0, big);
-    partners_cfg.tokens_per_client = cfg_int("ORGMESH_PARTNERS_RATE_TOKENS_PER_CLIENT", 100, 0, big);
-    /* Link tokens must verify on every replica: one key for all of them, and
-     * never a key published in the source (docs/security.md). */
-    partners_cfg.token_key = cfg_str("ORGMESH_PARTNERS_TOKEN_KEY", NULL);
-    if (partners_cfg.token_key == NULL || partners_cfg.token_key[0] == '\0') {
-        if (!cfg_bool("ORGMESH_DEV_MODE", false)) {
-            log_error("ORGMESH_PARTNERS_TOKEN_KEY is not set: refusing to start (access-request links must be "
-                      "signed with a secret shared by every replica; ORGMESH_DEV_MODE=1 is for local "
-                      "development only)");
-            return -1;
-        }
-        static char random_key[65];
-        unsigned char raw[32];
-        if (RAND_bytes(raw, sizeof raw) != 1) {
-            log_error("partners: no random bytes for a development token key");
-            return -1;
-        }
-        for (size_t i = 0; i < sizeof raw; i++) snprintf(random_key + 2 * i, 3, "%02x", raw[i]);
-        log_warn("ORGMESH_PARTNERS_TOKEN_KEY is not set (development mode): access-request links use a random "
-                 "key of this process");
-        partners_cfg.token_key = random_key;
-    }
-    return 0;
-}
-
-/* ---- memory (om_mem.h) ---------------------------------------------------------- */
+/* ---- call memory and per-item errors ------------------------------------------------ */
 
 static void *call_alloc(void *ud, size_t n) { return rpc_calloc(ud, 1, n); }
 static ps_mem call_mem(rpc_ctx *ctx) { return (ps_mem){call_alloc, ctx}; }
-
-static char *m_strdup(ps_mem *m, const char *s) {
-    if (s == NULL) s = "";
-    size_t n = strlen(s);
-    char *p = m->alloc(m->ud, n + 1);
-    memcpy(p, s, n + 1);
-    return p;
-}
-
-static char *m_sprintf(ps_mem *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static char *m_sprintf(ps_mem *m, const char *fmt, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return m_strdup(m, buf);
-}
-
-const char *pa_who_string(const pa_who *w, ps_mem *m) {
-    char buf[64];
-    audit_actor_string(w->actor, w->rule, buf, sizeof buf);
-    return m_strdup(m, buf);
-}
-
-void pa_who_parse(const char *s, om_actor *buf, pa_who *out) {
-    memset(out, 0, sizeof *out);
-    memset(buf, 0, sizeof *buf);
-    if (s == NULL) return;
-    if (strncmp(s, "user:", 5) == 0) {
-        buf->user_id = strtoull(s + 5, NULL, 10);
-        out->actor = buf;
-    } else if (strncmp(s, "service:", 8) == 0) {
-        snprintf(buf->service, sizeof buf->service, "%s", s + 8);
-        out->actor = buf;
-    } else if (strncmp(s, "rule:", 5) == 0) {
-        out->rule = s + 5;
-    }
-}
-
-/* ---- conversions ------------------------------------------------------------------ */
-
-static PbTimestamp *ts(ps_mem *m, int64_t us) {
-    if (us == 0) return NULL;
-    PbTimestamp *t = m->alloc(m->ud, sizeof *t);
-    om_pb_timestamp(t, us);
-    return t;
-}
-
-/* Overflow-safe: a time outside 0001..9999 is clamped (pbcheck refused it
- * before the handler ran anyway). */
-static int64_t ts_us(const PbTimestamp *t) {
-    return t == NULL ? 0 : om_timestamp_us_clamped(t->seconds, t->nanos);
-}
-
-static char *etag(ps_mem *m, int64_t version) { return m_sprintf(m, "W/\"%" PRId64 "\"", version); }
-
-PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a) {
-    PB(Assignment) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__assignment__init(p);
-    p->assignment_id = m_strdup(m, a->id);
-    p->partner_hub_id = a->partner_hub_id;
-    p->partner_name = m_strdup(m, a->partner_name);
-    p->employee_user_id = a->employee_user_id;
-    p->employee_email = m_strdup(m, a->employee_email);
-    p->employee_display_name = m_strdup(m, a->employee_name);
-    p->client_hub_id = a->client_hub_id;
-    p->client_name = m_strdup(m, a->client_name);
-    p->state = (PB(AssignmentState))a->state;
-    p->state_cause = (PB(AssignmentChangeCause))a->cause;
-    p->access_request_id = m_strdup(m, a->request_id);
-    p->assigned_by_user_id = a->assigned_by;
-    p->last_activity_time = ts(m, a->last_activity_us);
-    p->activity_count_30d = a->activity_30d;
-    p->version = a->version;
-    p->etag = etag(m, a->version);
-    p->create_time = ts(m, a->create_us);
-    p->activate_time = ts(m, a->activate_us);
-    p->end_time = ts(m, a->end_us);
-    p->update_time = ts(m, a->update_us);
-    return p;
-}
-
-PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a) {
-    if (a->request_id[0] == '\0') return NULL;
-    PB(AccessRequest) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__access_request__init(p);
-    p->access_request_id = m_strdup(m, a->request_id);
-    p->assignment_id = m_strdup(m, a->id);
-    p->partner_hub_id = a->partner_hub_id;
-    p->partner_name = m_strdup(m, a->partner_name);
-    p->employee_user_id = a->employee_user_id;
-    p->employee_email = m_strdup(m, a->employee_email);
-    p->employee_display_name = m_strdup(m, a->employee_name);
-    p->client_hub_id = a->client_hub_id;
-    p->client_name = m_strdup(m, a->client_name);
-    p->state = (PB(AssignmentState))a->state;
-    p->state_cause = (PB(AssignmentChangeCause))a->cause;
-    p->requested_by_user_id = a->assigned_by;
-    p->expire_time = ts(m, a->expire_us);
-    p->send_count = a->send_count;
-    p->last_send_time = ts(m, a->last_send_us);
-    if (a->state == PART_ST_PENDING && a->last_send_us != 0)
-        p->next_resend_time = ts(m, a->last_send_us + partners_cfg.resend_interval_s * 1000000);
-    p->answered_by_user_id = a->answered_by;
-    p->answer_time = ts(m, a->answer_us);
-    p->answer_reason = m_strdup(m, a->answer_reason);
-    p->version = a->version;
-    p->etag = etag(m, a->version);
-    p->create_time = ts(m, a->create_us);
-    return p;
-}
-
-static PB(PartnerEmployee) *employee_pb(ps_mem *m, uint64_t partner, const ps_employee *e) {
-    PB(PartnerEmployee) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__partner_employee__init(p);
-    p->partner_hub_id = partner;
-    p->user_id = e->user_id;
-    p->email = m_strdup(m, e->email);
-    p->display_name = m_strdup(m, e->display_name);
-    p->client_count = e->client_count;
-    p->pending_request_count = e->pending_count;
-    p->last_activity_time = ts(m, e->last_activity_us);
-    p->tag_time = ts(m, e->tag_us);
-    p->tagged_by_user_id = e->tagged_by;
-    return p;
-}
-
-static PB(PartnerClient) *client_pb(ps_mem *m, uint64_t partner, const ps_client *c) {
-    PB(PartnerClient) *p = m->alloc(m->ud, sizeof *p);
-    orgmesh__partners__v1__partner_client__init(p);
-    p->partner_hub_id = partner;
-    p->client_hub_id = c->client_hub_id;
-    p->client_name = m_strdup(m, c->name);
-    p->source = (PB(ClientSource))c->source;
-    p->active_employee_count = c->active_count;
-    p->add_time = ts(m, c->add_us);
-    return p;
-}
 
 static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -228,17 +47,17 @@ static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char 
     Orgmesh__Type__V1__ItemError *e = m->alloc(m->ud, sizeof *e);
     orgmesh__type__v1__item_error__init(e);
     e->code = (int32_t)om_err_status(code);
-    e->reason = m_strdup(m, om_err_name(code));
+    e->reason = pa_strdup(m, om_err_name(code));
     if (fmt != NULL) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(buf, sizeof buf, fmt, ap);
         va_end(ap);
-        e->message = m_strdup(m, buf);
+        e->message = pa_strdup(m, buf);
     } else {
-        e->message = m_strdup(m, om_err_message(code));
+        e->message = pa_strdup(m, om_err_message(code));
     }
-    e->field = m_strdup(m, field);
+    e->field = pa_strdup(m, field);
     return e;
 }
 
@@ -249,281 +68,14 @@ static Orgmesh__Type__V1__ItemError *conflict_error(ps_mem *m, const char *field
     Orgmesh__Type__V1__ItemError *e = item_error(m, OM_E_EMAIL_CONNECTED_TO_OTHER_PARTNER, field, "%s",
                                                  PART_CONFLICT_MESSAGE);
     part_conflict_title(name, title, sizeof title);
-    e->title = m_strdup(m, title);
+    e->title = pa_strdup(m, title);
     e->n_resolutions = 3;
     e->resolutions = m->alloc(m->ud, 3 * sizeof *e->resolutions);
-    for (int i = 0; i < 3; i++) e->resolutions[i] = m_strdup(m, part_conflict_resolutions[i]);
+    for (int i = 0; i < 3; i++) e->resolutions[i] = pa_strdup(m, part_conflict_resolutions[i]);
     return e;
 }
 
-/* ---- events and audit ---------------------------------------------------------------- */
-
-static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
-                      const ProtobufCMessage *payload) {
-    evt_meta meta = {.subject = subject, .version = version, .actor = w->actor, .rule = w->rule,
-                     .trace_id = w->trace_id};
-    return evt_emit(tx, &meta, payload, NULL);
-}
-
-static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *action,
-                 const ProtobufCMessage *after, const char *reason) {
-    char resource[48];
-    snprintf(resource, sizeof resource, "partners/%" PRIu64, partner);
-    audit_entry e = {
-        .actor = w->actor,
-        .rule = w->rule,
-        .action = action,
-        .resource = resource,
-        .after = after,
-        .reason = reason && reason[0] ? reason : NULL,
-        .request_id = w->request_id && w->request_id[0] ? w->request_id : NULL,
-        .trace_id = w->trace_id,
-    };
-    return audit_record(tx, &e);
-}
-
-int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
-            bool membership_removed) {
-    char subject[96];
-    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/assignments/%s", a->partner_hub_id, a->id);
-    const char *actor = pa_who_string(w, m);
-    PB(Assignment) *asg = pa_assignment_pb(m, a);
-    PB(AccessRequest) *req = pa_request_pb(m, a);
-    PB(AssignmentChangeCause) cause = (PB(AssignmentChangeCause))a->cause;
-    const char *action = "assignment.update";
-    int rc;
-    switch (kind) {
-    case PA_EV_REQUESTED: {
-        PB(AccessRequested) e;
-        orgmesh__partners__v1__access_requested__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.create";
-        break;
-    }
-    case PA_EV_RESENT: {
-        PB(AccessRequestResent) e;
-        orgmesh__partners__v1__access_request_resent__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.resend";
-        break;
-    }
-    case PA_EV_APPROVED: {
-        PB(AccessApproved) e;
-        orgmesh__partners__v1__access_approved__init(&e);
-        e.access_request = req;
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.approve";
-        break;
-    }
-    case PA_EV_DECLINED: {
-        PB(AccessDeclined) e;
-        orgmesh__partners__v1__access_declined__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.decline";
-        break;
-    }
-    case PA_EV_EXPIRED: {
-        PB(AccessRequestExpired) e;
-        orgmesh__partners__v1__access_request_expired__init(&e);
-        e.access_request = req;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.expire";
-        break;
-    }
-    case PA_EV_CANCELLED: {
-        PB(AccessRequestCancelled) e;
-        orgmesh__partners__v1__access_request_cancelled__init(&e);
-        e.access_request = req;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.cancel";
-        break;
-    }
-    case PA_EV_REVOKED: {
-        PB(AccessRevoked) e;
-        orgmesh__partners__v1__access_revoked__init(&e);
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        e.membership_removed = membership_removed;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "assignment.revoke";
-        break;
-    }
-    case PA_EV_ACTIVATED:
-    default: {
-        PB(AssignmentActivated) e;
-        orgmesh__partners__v1__assignment_activated__init(&e);
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "assignment.activate";
-        break;
-    }
-    }
-    if (rc != 0) return rc;
-    return audit(tx, w, a->partner_hub_id, action, &asg->base, a->answer_reason);
-}
-
-static int emit_client_added(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t client) {
-    ps_client cl;
-    ps_account pa;
-    int rc = ps_client_get(tx, partner, client, m, &cl);
-    if (rc != 0) return rc;
-    if (ps_account_get(tx, partner, m, &pa) != 0) pa.name = "";
-    char subject[96];
-    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/clients/%" PRIu64, partner, client);
-    PB(ClientAdded) e;
-    orgmesh__partners__v1__client_added__init(&e);
-    e.client = client_pb(m, partner, &cl);
-    e.partner_name = m_strdup(m, pa.name);
-    e.actor = (char *)pa_who_string(w, m);
-    if ((rc = emit_event(tx, w, subject, 1, &e.base)) != 0) return rc;
-    return audit(tx, w, partner, "client.add", &e.client->base, NULL);
-}
-
-static int emit_employee(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, int64_t version,
-                         bool tagged, part_cause cause, int cancelled, int revoked) {
-    ps_employee emp;
-    ps_account pa;
-    ps_user u;
-    int rc = ps_employee_get(tx, partner, user, m, &emp);
-    if (rc == OM_E_NOT_FOUND) {
-        memset(&emp, 0, sizeof emp);
-        emp.user_id = user;
-        if (ps_user_get(tx, user, m, &u) == 0) {
-            emp.email = u.email;
-            emp.display_name = u.display_name;
-        } else {
-            emp.email = emp.display_name = "";
-        }
-    } else if (rc != 0) {
-        return rc;
-    }
-    if (ps_account_get(tx, partner, m, &pa) != 0) pa.name = "";
-    char subject[96];
-    snprintf(subject, sizeof subject, "partners/%" PRIu64 "/employees/%" PRIu64, partner, user);
-    PB(PartnerEmployee) *pe = employee_pb(m, partner, &emp);
-    if (tagged) {
-        PB(EmployeeTagged) e;
-        orgmesh__partners__v1__employee_tagged__init(&e);
-        e.employee = pe;
-        e.partner_name = m_strdup(m, pa.name);
-        e.actor = (char *)pa_who_string(w, m);
-        rc = emit_event(tx, w, subject, version, &e.base);
-        return rc != 0 ? rc : audit(tx, w, partner, "employee.tag", &pe->base, NULL);
-    }
-    PB(EmployeeUntagged) e;
-    orgmesh__partners__v1__employee_untagged__init(&e);
-    e.employee = pe;
-    e.partner_name = m_strdup(m, pa.name);
-    e.cause = (PB(AssignmentChangeCause))cause;
-    e.actor = (char *)pa_who_string(w, m);
-    e.cancelled_request_count = cancelled;
-    e.revoked_assignment_count = revoked;
-    rc = emit_event(tx, w, subject, version, &e.base);
-    return rc != 0 ? rc : audit(tx, w, partner, "employee.untag", &pe->base, NULL);
-}
-
-/* ---- shared state changes ---------------------------------------------------------------- */
-
-/* Ends one open assignment: PENDING -> CANCELLED, ACTIVE -> REVOKED with the
- * accounts side to undo (link_sync; AccessRevoked follows from the sync,
- * which knows whether the membership went). */
-static int end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
-                          const char *reason, bool *revoked) {
-    *revoked = false;
-    if (a->state == PART_ST_PENDING) {
-        a->state = PART_ST_CANCELLED;
-        a->cause = cause;
-        a->answer_reason = reason ? reason : "";
-        a->end_actor = pa_who_string(w, m);
-        int rc = ps_asg_save(tx, a, m);
-        return rc != 0 ? rc : pa_emit(tx, m, w, PA_EV_CANCELLED, a, false);
-    }
-    if (a->state == PART_ST_ACTIVE) {
-        a->state = PART_ST_REVOKED;
-        a->cause = cause;
-        a->answer_reason = reason ? reason : a->answer_reason;
-        a->end_actor = pa_who_string(w, m);
-        a->link_sync = true;
-        *revoked = true;
-        return ps_asg_save(tx, a, m);
-    }
-    return 0;
-}
-
-int pa_end_assignment(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a, part_cause cause,
-                      const char *reason, bool *revoked) {
-    return end_assignment(tx, m, w, a, cause, reason, revoked);
-}
-
-int pa_cascade(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t user, part_cause cause,
-               int *cancelled, int *revoked) {
-    char(*ids)[40] = NULL;
-    int n = 0;
-    *cancelled = *revoked = 0;
-    /* PART-09: every open assignment, each re-read under its lock so that an
-     * approval committed meanwhile is revoked rather than missed. */
-    int rc = ps_asg_open_ids(tx, partner, user, m, &ids, &n);
-    for (int i = 0; rc == 0 && i < n; i++) {
-        ps_assignment a;
-        bool rev = false;
-        if ((rc = ps_asg_get(tx, ids[i], true, m, &a)) != 0) break;
-        int before = a.state;
-        if ((rc = end_assignment(tx, m, w, &a, cause, NULL, &rev)) != 0) break;
-        if (before == PART_ST_PENDING) (*cancelled)++;
-        if (rev) (*revoked)++;
-    }
-    if (rc != 0) return rc;
-    ps_membership mb;
-    int64_t version = 0;
-    if (ps_membership_get(tx, partner, user, 0, m, &mb) == 0) version = mb.version;
-    if ((rc = ps_tag_forget(tx, partner, user)) != 0) return rc;
-    return emit_employee(tx, m, w, partner, user, version, false, cause, *cancelled, *revoked);
-}
-
-int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment *a) {
-    /* PART-05: the client added the employee while the request was pending */
-    a->state = PART_ST_ACTIVE;
-    a->cause = PART_CAUSE_CLIENT_ADDED_MEMBER;
-    a->answered_by = w->actor ? w->actor->user_id : 0;
-    a->link_sync = true;
-    a->link_adopt = true; /* the membership exists because of the request */
-    a->link_actor = w->actor && w->actor->user_id ? pa_who_string(w, m) : "";
-    int rc = ps_asg_save(tx, a, m);
-    if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_APPROVED, a, false);
-    /* each event carries a version of its own (SPEC 2) */
-    if (rc == 0) rc = ps_asg_save(tx, a, m);
-    if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_ACTIVATED, a, false);
-    return rc;
-}
-
 /* ---- handler helpers -------------------------------------------------------------------- */
-
-static pg_conn *db(rpc_ctx *ctx) {
-    pg_conn *c = pg_local();
-    if (c == NULL) rpc_fail(ctx, OM_E_UNAVAILABLE, "the partners database is unreachable");
-    return c;
-}
-
-static void check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
-    if (id == 0)
-        rpc_violation(ctx, field, "must be set");
-    else if (!pg_id_valid(id))
-        rpc_violation(ctx, field, "is out of range");
-}
 
 static long utf8_len(const char *s) {
     long n = 0;
@@ -711,7 +263,7 @@ static int rate_take(pg_conn *c, const char *what, uint64_t actor, int64_t per_a
 
 /* The answer over a limit: RESOURCE_EXHAUSTED, reason RATE_LIMITED, a
  * google.rpc.RetryInfo with the delay and ErrorInfo metadata naming the limit. */
-static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
+static void rate_details(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
     if (retry_ms < 0) retry_ms = 0;
     Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
     d.seconds = retry_ms / 1000;
@@ -720,9 +272,19 @@ static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t 
     ri.retry_delay = &d;
     rpc_error_detail(ctx, &ri.base);
     rpc_error_meta(ctx, "limit", rpc_sprintf(ctx, "%s_%s", what, which ? which : ""));
-    return rpc_fail(ctx, OM_E_RATE_LIMITED, "too many %s %s; retry in %" PRId64 " s", what,
-                    which && strcmp(which, "per_client") == 0 ? "for this client" : "by you",
-                    (retry_ms + 999) / 1000);
+}
+
+static const char *rate_message(const char *what, const char *which, int64_t retry_ms) {
+    static __thread char buf[160];
+    if (retry_ms < 0) retry_ms = 0;
+    snprintf(buf, sizeof buf, "too many %s %s; retry in %" PRId64 " s", what,
+             which && strcmp(which, "per_client") == 0 ? "for this client" : "by you", (retry_ms + 999) / 1000);
+    return buf;
+}
+
+static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
+    rate_details(ctx, what, which, retry_ms);
+    return rpc_fail(ctx, OM_E_RATE_LIMITED, "%s", rate_message(what, which, retry_ms));
 }
 
 /* ---- the mutation transaction ---------------------------------------------------------------- */
@@ -730,10 +292,12 @@ static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t 
 typedef struct mutation mutation;
 typedef int (*apply_fn)(mutation *mu, pg_conn *tx);
 
+/* One mutation's own state (op_run's arg); the request id, transaction,
+ * retries and failure are op_run's (common/op.h). */
 struct mutation {
     rpc_ctx *ctx;
+    op_call *oc; /* the running attempt */
     ProtobufCMessage *resp;
-    const ProtobufCMessageDescriptor *resp_desc;
     apply_fn apply;
     /* Optional: runs in the same transaction after the reply is stored (not
      * on a replay): the place for a call to another service, so that every
@@ -741,60 +305,51 @@ struct mutation {
      * leaves nothing behind, remote effects included). */
     apply_fn after_store;
     void *op;
-    idem_key key;
     const char *request_id;
     pa_who who;
     ps_mem mem;
-    const char *err_msg;
-    bool replayed;
+    const char *rate_what;  /* RATE_LIMITED: what was limited */
     int64_t retry_ms;       /* RATE_LIMITED: when the window ends */
     const char *rate_which; /* RATE_LIMITED: which limit */
+    bool replayed;          /* after op_run: the reply was a stored one */
 };
 
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int mu_fail(mutation *mu, int code, const char *fmt, ...) {
-    char buf[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    mu->err_msg = rpc_strdup(mu->ctx, buf);
-    return code;
-}
-
-static int mu_apply(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
+static int mu_apply(op_call *oc, pg_conn *tx) {
+    mutation *mu = oc->arg;
+    mu->oc = oc;
+    mu->resp = oc->resp;
+    mu->mem = call_mem(mu->ctx);
+    mu->who.actor = oc->actor;
+    mu->who.trace_id = rpc_trace_id(mu->ctx);
+    mu->who.request_id = mu->request_id;
+    mu->rate_what = NULL;
     return mu->apply(mu, tx);
 }
 
-static int mu_tx(pg_conn *tx, void *arg) {
-    mutation *mu = arg;
-    mu->err_msg = NULL;
-    protobuf_c_message_init(mu->resp_desc, mu->resp);
-    int rc = idem_run(tx, &mu->key, mu->resp, rpc_pb_allocator(mu->ctx), mu_apply, mu, &mu->replayed);
-    if (rc == 0 && !mu->replayed && mu->after_store != NULL) rc = mu->after_store(mu, tx);
-    return rc;
+static int mu_after_store(op_call *oc, pg_conn *tx) {
+    mutation *mu = oc->arg;
+    return mu->after_store != NULL ? mu->after_store(mu, tx) : 0;
 }
 
-static int mutate(mutation *mu, const ProtobufCMessage *req, ProtobufCMessage *resp) {
-    rpc_ctx *ctx = mu->ctx;
-    mu->resp = resp;
-    mu->resp_desc = resp->descriptor;
-    mu->mem = call_mem(ctx);
-    mu->who.actor = rpc_actor(ctx);
-    mu->who.trace_id = rpc_trace_id(ctx);
-    mu->who.request_id = mu->request_id;
-    int rc = rpc_idem_key(ctx, &mu->key, mu->request_id, req);
-    if (rc != 0) return rc;
-    pg_conn *c = db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    rc = pg_tx(c, mu_tx, mu);
-    if (rc == 0) return 0;
-    if (rc == OM_E_INTERNAL && mu->err_msg == NULL)
-        log_error("partners: %s failed: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, mu->err_msg ? mu->err_msg : "calls", mu->rate_which, mu->retry_ms);
-    return mu->err_msg ? rpc_fail(ctx, rc, "%s", mu->err_msg) : rpc_fail(ctx, rc, NULL);
+/* Issue 13: a limit was reached in this attempt (`what`: "resends" ...). */
+static int mu_rate_limited(mutation *mu, const char *what) {
+    mu->rate_what = what;
+    return op_fail(mu->oc, OM_E_RATE_LIMITED, "%s", rate_message(what, mu->rate_which, mu->retry_ms));
 }
+
+static void mu_failed(op_call *oc, void *arg, int code) {
+    mutation *mu = arg;
+    if (code == OM_E_RATE_LIMITED && mu->rate_what != NULL)
+        rate_details(oc->ctx, mu->rate_what, mu->rate_which, mu->retry_ms);
+}
+
+static void mu_committed(op_call *oc, void *arg) { ((mutation *)arg)->replayed = oc->replayed; }
+
+static const op_def mutation_def = {.apply = mu_apply,
+                                    .mutation = true,
+                                    .after_store = mu_after_store,
+                                    .failed = mu_failed,
+                                    .committed = mu_committed};
 
 /* After commit: the accounts side of the assignments the call changed
  * (failures stay marked and the sync loop retries them). */
@@ -814,7 +369,7 @@ static void check_batch(rpc_ctx *ctx, const char *field, const uint64_t *ids, si
     for (size_t i = 0; i < n && i < PART_MAX_BATCH; i++) {
         char f[64];
         snprintf(f, sizeof f, "%s[%zu]", field, i);
-        check_id(ctx, f, ids[i]);
+        op_check_id(ctx, f, ids[i]);
         for (size_t j = 0; j < i; j++)
             if (ids[j] == ids[i]) {
                 rpc_violation(ctx, f, "is a duplicate");
@@ -851,14 +406,14 @@ static int apply_tag(mutation *mu, pg_conn *tx) {
              * the copy, the record of who tagged and the event follow here */
             if ((rc = ps_membership_put(tx, &op->mb[i], NULL)) != 0) return rc;
             if ((rc = ps_tag_record(tx, req->partner_hub_id, r->user_id, caller_id(mu->ctx))) != 0) return rc;
-            if ((rc = emit_employee(tx, m, &mu->who, req->partner_hub_id, r->user_id, op->mb[i].version, true, 0, 0,
+            if ((rc = pa_emit_employee(tx, m, &mu->who, req->partner_hub_id, r->user_id, op->mb[i].version, true, 0, 0,
                                     0)) != 0)
                 return rc;
         }
         if (op->status[i] != ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED) {
             ps_employee e;
             if (ps_employee_get(tx, req->partner_hub_id, r->user_id, m, &e) == 0)
-                r->employee = employee_pb(m, req->partner_hub_id, &e);
+                r->employee = pa_employee_pb(m, req->partner_hub_id, &e);
         }
         resp->results[i] = r;
     }
@@ -892,8 +447,9 @@ static void untag_after_failure(rpc_ctx *ctx, const tag_op *op, const char *on_b
 
 /* TagEmployees — PART-01: partner managers tag members of the PARTNER account, per item. */
 static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(TagEmployeesRequest) *req = (const void *)req_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d users per call", PART_MAX_BATCH);
     check_batch(ctx, "user_ids", req->user_ids, req->n_user_ids);
@@ -901,9 +457,9 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     if (strlen(req->request_id) > IDEM_MAX_REQUEST_ID)
         rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-01 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
     ps_mem m = call_mem(ctx);
     tag_op op = {.req = req};
     size_t n = req->n_user_ids;
@@ -915,7 +471,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         char field[32];
         snprintf(field, sizeof field, "user_ids[%zu]", i);
         ps_membership mb;
-        int rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_ids[i], &m, &mb);
+        rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_ids[i], &m, &mb);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
@@ -959,7 +515,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE;
     }
     mutation mu = {.ctx = ctx, .apply = apply_tag, .op = &op, .request_id = req->request_id};
-    int rc = mutate(&mu, req_, resp);
+    rc = op_run(ctx, &mutation_def, req_, resp, &mu);
     if (rc != 0) untag_after_failure(ctx, &op, on_behalf);
     return rc;
 }
@@ -1018,7 +574,7 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
         return rc;
     }
     if (rc == OM_E_NOT_FOUND) return 0; /* they left the partner; the cascade is due anyway */
-    return mu_fail(mu, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
+    return op_fail(mu->oc, OM_E_UNAVAILABLE, "the accounts service refused the untag: %s", st.message);
 }
 
 /* After a cascade: remove the partner-linked memberships now (PART-09). */
@@ -1034,48 +590,50 @@ static void sync_employee(rpc_ctx *ctx, pg_conn *c, uint64_t partner, uint64_t e
 
 /* UntagEmployee — PART-01, PART-09: untag; PENDING requests CANCELLED, ACTIVE assignments REVOKED, linked memberships removed. */
 static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(UntagEmployeeRequest) *req = (const void *)req_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "user_id", req->user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "user_id", req->user_id);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-01 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
     ps_mem m = call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
-    int rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_id, &m, &mb);
+    rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_id, &m, &mb);
     if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
                    .request_id = req->request_id};
-    if (mutate(&mu, req_, resp) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
     sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
     return 0;
 }
 
 /* ListPartnerEmployees — PART-11: tagged employees with client counts and last activity; partner managers only. */
 static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(ListPartnerEmployeesRequest) *req = (const void *)req_;
     PB(ListPartnerEmployeesResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
-    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-11 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-11 */
     ps_mem m = call_mem(ctx);
     ps_employee *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
-    int rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
+    rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "employees");
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
-    for (int i = 0; i < n; i++) resp->employees[i] = employee_pb(&m, req->partner_hub_id, &list[i]);
+    for (int i = 0; i < n; i++) resp->employees[i] = pa_employee_pb(&m, req->partner_hub_id, &list[i]);
     resp->n_employees = (size_t)n;
     resp->next_page_token = lpage_next(ctx, &pg, n);
     return 0;
@@ -1085,21 +643,22 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
 
 static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32_t size, const char *token,
                         const char *method, PB(PartnerClient) ***out, size_t *n_out, char **next) {
+    int rc;
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
-    if (lpage_open(ctx, size, token, scope, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    if ((rc = lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1; /* PART-02 */
+    if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc; /* PART-02 */
     ps_mem m = call_mem(ctx);
     uint64_t hub = 0;
     if (query != NULL && !part_query_hub_id(query, &hub)) hub = 0;
     ps_client *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
-    int rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
+    rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "clients");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
-    for (int i = 0; i < n; i++) (*out)[i] = client_pb(&m, partner, &list[i]);
+    for (int i = 0; i < n; i++) (*out)[i] = pa_client_pb(&m, partner, &list[i]);
     *n_out = (size_t)n;
     *next = lpage_next(ctx, &pg, n);
     return 0;
@@ -1109,7 +668,7 @@ static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32
 static int h_list_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListClientsRequest) *req = (const void *)req_;
     PB(ListClientsResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return list_clients(ctx, req->partner_hub_id, NULL, req->page_size, req->page_token, "ListClients",
                         &resp->clients, &resp->n_clients, &resp->next_page_token);
@@ -1119,7 +678,7 @@ static int h_list_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 static int h_search_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(SearchClientsRequest) *req = (const void *)req_;
     PB(SearchClientsResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->query[0] == '\0') rpc_violation(ctx, "query", "must be set");
     check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
@@ -1151,28 +710,29 @@ static int apply_add_clients(mutation *mu, pg_conn *tx) {
         bool added = false;
         int rc = ps_client_add(tx, req->partner_hub_id, r->client_hub_id, ORGMESH__PARTNERS__V1__CLIENT_SOURCE__CLIENT_SOURCE_MANUAL,
                                &added);
-        if (rc == 0 && added) rc = emit_client_added(tx, &mu->mem, &mu->who, req->partner_hub_id, r->client_hub_id);
+        if (rc == 0 && added) rc = pa_emit_client_added(tx, &mu->mem, &mu->who, req->partner_hub_id, r->client_hub_id);
         if (rc != 0) return rc;
         r->status = added ? ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE
                           : ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_UNCHANGED;
         ps_client cl;
         if (ps_client_get(tx, req->partner_hub_id, r->client_hub_id, &mu->mem, &cl) == 0)
-            r->client = client_pb(&mu->mem, req->partner_hub_id, &cl);
+            r->client = pa_client_pb(&mu->mem, req->partner_hub_id, &cl);
     }
     return 0;
 }
 
 /* AddClients — PART-02: adds existing accounts to the client list, per item; partner managers only. */
 static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(AddClientsRequest) *req = (const void *)req_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_client_hub_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
     check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     ps_mem m = call_mem(ctx);
     clients_op op = {.req = req, .err = rpc_calloc(ctx, req->n_client_hub_ids, sizeof *op.err)};
     for (size_t i = 0; i < req->n_client_hub_ids; i++) {
@@ -1184,7 +744,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
             op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
             continue;
         }
-        int rc = pa_ensure_account(ctx, c, id, &m, &a);
+        rc = pa_ensure_account(ctx, c, id, &m, &a);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
             op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
             continue;
@@ -1192,7 +752,7 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         if (rc != 0) return fail(ctx, rc, "account");
     }
     mutation mu = {.ctx = ctx, .apply = apply_add_clients, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ---- PART-03, PART-04, PART-06: assignments ------------------------------------------------------ */
@@ -1285,7 +845,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
     if ((rc = ps_client_add(tx, partner, it->client, ORGMESH__PARTNERS__V1__CLIENT_SOURCE__CLIENT_SOURCE_ASSIGNMENT,
                             &added)) != 0)
         return rc;
-    if (added && (rc = emit_client_added(tx, m, &mu->who, partner, it->client)) != 0) return rc;
+    if (added && (rc = pa_emit_client_added(tx, m, &mu->who, partner, it->client)) != 0) return rc;
     if ((rc = ps_asg_get(tx, a.id, false, m, &a)) != 0) return rc;
     if (a.state == PART_ST_ACTIVE) {
         rc = pa_emit(tx, m, &mu->who, PA_EV_ACTIVATED, &a, false);
@@ -1294,7 +854,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
         /* issue 13: access requests created, per actor and per client (the whole call rolls back) */
         if ((rc = rate_take(tx, "access_requests", caller_id(mu->ctx), partners_cfg.requests_per_actor, it->client,
                             partners_cfg.requests_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
-            return rc == OM_E_RATE_LIMITED ? mu_fail(mu, rc, "access_requests") : rc;
+            return rc == OM_E_RATE_LIMITED ? mu_rate_limited(mu, "access_requests") : rc;
         rc = pa_emit(tx, m, &mu->who, PA_EV_REQUESTED, &a, false); /* the notifier emails the client */
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACCESS_REQUESTED, &a);
     }
@@ -1362,15 +922,16 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
 
 static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, assign_op *op,
                       const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
-    pg_conn *c = db(ctx);
+    int rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, op->partner, NULL, NULL) != 0) return -1; /* PART-03 */
-    if (assign_prepare(ctx, c, op) != 0) return -1;
+    if ((rc = require_manager(ctx, c, op->partner, NULL, NULL)) != 0) return rc; /* PART-03 */
+    if ((rc = assign_prepare(ctx, c, op)) != 0) return rc;
     op->results = rpc_calloc(ctx, (size_t)op->n + 1, sizeof *op->results);
     op->resp_results = results;
     op->resp_n = n_results;
     mutation mu = {.ctx = ctx, .apply = apply_assign, .op = op, .request_id = request_id};
-    if (mutate(&mu, req_, resp) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
     if (!mu.replayed) {
         for (int i = 0; i < op->n; i++) {
             PB(AssignmentResult) *r = op->results[i];
@@ -1385,8 +946,8 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
 static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignClientsToEmployeeRequest) *req = (const void *)req_;
     PB(AssignClientsToEmployeeResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "employee_user_id", req->employee_user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "employee_user_id", req->employee_user_id);
     if (req->n_client_hub_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
     check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
@@ -1405,8 +966,8 @@ static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
 static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignEmployeesToClientRequest) *req = (const void *)req_;
     PB(AssignEmployeesToClientResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "client_hub_id", req->client_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "client_hub_id", req->client_hub_id);
     if (req->n_employee_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d employees per call", PART_MAX_BATCH);
     check_batch(ctx, "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids);
@@ -1425,23 +986,24 @@ static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, Protob
 
 /* ListAccessRequests — PART-04: by partner (partner managers) and/or by client (client admins), newest first. */
 static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(ListAccessRequestsRequest) *req = (const void *)req_;
     PB(ListAccessRequestsResponse) *resp = (void *)resp_;
     if (req->partner_hub_id == 0 && req->client_hub_id == 0)
         rpc_violation(ctx, "partner_hub_id", "partner_hub_id or client_hub_id is required");
-    if (req->partner_hub_id != 0) check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    if (req->client_hub_id != 0) check_id(ctx, "client_hub_id", req->client_hub_id);
-    if (req->employee_user_id != 0) check_id(ctx, "employee_user_id", req->employee_user_id);
+    if (req->partner_hub_id != 0) op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    if (req->client_hub_id != 0) op_check_id(ctx, "client_hub_id", req->client_hub_id);
+    if (req->employee_user_id != 0) op_check_id(ctx, "employee_user_id", req->employee_user_id);
     if ((int)req->state < 0 || (int)req->state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
                                     req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
-    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     bool ok = false;
-    int rc = 0;
+    rc = 0;
     if (req->partner_hub_id != 0) rc = manager_ok(ctx, c, req->partner_hub_id, &ok);
     if (rc == 0 && !ok && req->client_hub_id != 0) rc = client_admin(ctx, c, req->client_hub_id, &ok, NULL);
     if (rc != 0) return fail(ctx, rc, "membership");
@@ -1514,9 +1076,10 @@ static int resolve_request(rpc_ctx *ctx, pg_conn *c, const char *id, const char 
 
 /* GetAccessRequest — PART-04: by id (partner managers, client admins) or by token (its recipient). */
 static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(GetAccessRequestRequest) *req = (const void *)req_;
     PB(GetAccessRequestResponse) *resp = (void *)resp_;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     char id[40];
     uint8_t hash[32];
@@ -1525,9 +1088,9 @@ static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
     const char *rid = req->key_case == ORGMESH__PARTNERS__V1__GET_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
                           ? req->access_request_id
                           : NULL;
-    if (resolve_request(ctx, c, rid, tok, id, hash, &by_token) != 0) return -1;
+    if ((rc = resolve_request(ctx, c, rid, tok, id, hash, &by_token)) != 0) return rc;
     ps_assignment a;
-    int rc = reread(ctx, c, id, &a);
+    rc = reread(ctx, c, id, &a);
     if (rc != 0) return fail(ctx, rc, "access request");
     bool ok = by_token;
     if (!ok && (rc = manager_ok(ctx, c, a.partner_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
@@ -1567,7 +1130,7 @@ static int apply_answer(mutation *mu, pg_conn *tx) {
     /* PART-05: PENDING -> ACTIVE | DECLINED | CANCELLED; a repeat returns it as
      * it stands, a conflicting answer is refused */
     if ((rc = part_rule_answer(a.state, a.cause, op->answer, &apply)) != 0)
-        return mu_fail(mu, rc, "the access request is %s",
+        return op_fail(mu->oc, rc, "the access request is %s",
                        protobuf_c_enum_descriptor_get_value(&orgmesh__partners__v1__assignment_state__descriptor,
                                                             a.state)
                            ? protobuf_c_enum_descriptor_get_value(
@@ -1628,14 +1191,15 @@ static int apply_answer(mutation *mu, pg_conn *tx) {
 /* Approve and Decline share everything but the answer (PART-05). */
 static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, part_answer answer,
                          const char *rid, const char *tok, const char *reason, unsigned roles, const char *request_id) {
+    int rc;
     check_text(ctx, "reason", reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     answer_op op = {.answer = answer, .reason = reason ? reason : "", .roles = roles};
-    if (resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token) != 0) return -1;
+    if ((rc = resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token)) != 0) return rc;
     ps_assignment a;
-    int rc = reread(ctx, c, op.id, &a);
+    rc = reread(ctx, c, op.id, &a);
     if (rc != 0) return fail(ctx, rc, "access request");
     bool ok = false;
     /* PART-05: only a signed-in client admin answers; a token alone never grants anything */
@@ -1655,7 +1219,7 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
                         "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
     }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
-    if (mutate(&mu, req_, resp) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
     if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
     return 0;
 }
@@ -1708,17 +1272,18 @@ static int partner_request(rpc_ctx *ctx, pg_conn *c, const char *rid, ps_assignm
 
 /* CancelAccessRequest — PART-04: a partner manager cancels a PENDING request (PART-05 repeat/conflict rules). */
 static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(CancelAccessRequestRequest) *req = (const void *)req_;
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_assignment a;
-    if (partner_request(ctx, c, req->access_request_id, &a) != 0) return -1;
+    if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
     answer_op op = {.answer = PART_ANSWER_CANCEL, .reason = req->reason};
     snprintf(op.id, sizeof op.id, "%s", a.id);
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 typedef struct resend_op {
@@ -1730,16 +1295,16 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     ps_assignment a;
     int rc = ps_asg_get(tx, op->id, true, &mu->mem, &a);
     if (rc != 0) return rc;
-    if (a.state != PART_ST_PENDING) return mu_fail(mu, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
+    if (a.state != PART_ST_PENDING) return op_fail(mu->oc, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
     int64_t next = 0;
     /* PART-04: at most once per hour, timed by the database clock */
     if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
-        return mu_fail(mu, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
+        return op_fail(mu->oc, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
                        (next - a.now_us + 999999) / 1000000);
     /* issue 13: resends per actor and per client (each one emails the client's admins) */
     if ((rc = rate_take(tx, "resends", caller_id(mu->ctx), partners_cfg.resends_per_actor, a.client_hub_id,
                         partners_cfg.resends_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
-        return rc == OM_E_RATE_LIMITED ? mu_fail(mu, rc, "resends") : rc;
+        return rc == OM_E_RATE_LIMITED ? mu_rate_limited(mu, "resends") : rc;
     a.send_count++;
     a.last_send_us = -1; /* now() */
     if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;
@@ -1750,15 +1315,16 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
 
 /* ResendAccessRequest — PART-04: a partner manager resends a PENDING request, at most once per hour (RESEND_TOO_SOON). */
 static int h_resend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
+    int rc;
     const PB(ResendAccessRequestRequest) *req = (const void *)req_;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_assignment a;
-    if (partner_request(ctx, c, req->access_request_id, &a) != 0) return -1;
+    if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
     resend_op op;
     snprintf(op.id, sizeof op.id, "%s", a.id);
     mutation mu = {.ctx = ctx, .apply = apply_resend, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* ---- PART-07: removal by the partner -------------------------------------------------------------- */
@@ -1776,13 +1342,13 @@ static int apply_remove(mutation *mu, pg_conn *tx) {
     int rc = ps_asg_get_open(tx, req->client_hub_id, req->employee_user_id, true, &mu->mem, &a);
     if (rc == 0 && a.partner_hub_id != req->partner_hub_id) rc = OM_E_NOT_FOUND;
     if (rc == OM_E_NOT_FOUND)
-        return mu_fail(mu, rc, "employee %" PRIu64 " has no open assignment to client %" PRIu64 " for this partner",
+        return op_fail(mu->oc, rc, "employee %" PRIu64 " has no open assignment to client %" PRIu64 " for this partner",
                        req->employee_user_id, req->client_hub_id);
     if (rc != 0) return rc;
     /* PART-07: ACTIVE -> REVOKED (the linked membership goes, an earlier one
      * stays); PENDING -> CANCELLED */
     part_cause cause = a.state == PART_ST_ACTIVE ? PART_CAUSE_REMOVED_BY_PARTNER : PART_CAUSE_CANCELLED_BY_PARTNER;
-    if ((rc = end_assignment(tx, &mu->mem, &mu->who, &a, cause, req->reason, &op->revoked)) != 0) return rc;
+    if ((rc = pa_end_assignment(tx, &mu->mem, &mu->who, &a, cause, req->reason, &op->revoked)) != 0) return rc;
     snprintf(op->id, sizeof op->id, "%s", a.id);
     PB(RemoveEmployeeFromClientResponse) *r = (void *)mu->resp;
     r->assignment = pa_assignment_pb(&mu->mem, &a);
@@ -1791,23 +1357,24 @@ static int apply_remove(mutation *mu, pg_conn *tx) {
 
 /* RemoveEmployeeFromClient — PART-07: confirmation "REMOVE"; REVOKED and the partner-linked membership removed. */
 static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(RemoveEmployeeFromClientRequest) *req = (const void *)req_;
     PB(RemoveEmployeeFromClientResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "employee_user_id", req->employee_user_id);
-    check_id(ctx, "client_hub_id", req->client_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "employee_user_id", req->employee_user_id);
+    op_check_id(ctx, "client_hub_id", req->client_hub_id);
     check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (part_rule_confirmation(req->confirmation) != 0) { /* PART-07 */
         rpc_violation(ctx, "confirmation", "must be exactly REMOVE");
         return rpc_fail(ctx, OM_E_CONFIRMATION_REQUIRED, "type REMOVE to confirm");
     }
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     remove_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_remove, .op = &op, .request_id = req->request_id};
-    if (mutate(&mu, req_, resp_) != 0) return -1;
+    if ((rc = op_run(ctx, &mutation_def, req_, resp_, &mu)) != 0) return rc;
     if (mu.replayed || resp->assignment == NULL) return 0;
     if (op.revoked) {
         sync_after(c, op.id);
@@ -1826,22 +1393,23 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
 static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, uint64_t employee, uint64_t client,
                             int state, int32_t size, const char *token, PB(Assignment) ***out, size_t *n_out,
                             char **next) {
+    int rc;
     if ((int)state < 0 || state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
-    if (lpage_open(ctx, size, token, scope, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    if ((rc = lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
-    if (require_manager(ctx, c, partner, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc;
     ps_mem m = call_mem(ctx);
     ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .state = state,
                        .order = client != 0 ? 2 : 1, .offset = pg.offset, .limit = pg.limit};
     ps_assignment *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
-    int rc = ps_asg_list(c, &f, &m, list, &n);
+    rc = ps_asg_list(c, &f, &m, list, &n);
     if (rc != 0) return fail(ctx, rc, "assignments");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
@@ -1854,8 +1422,8 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
 static int h_list_employee_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListEmployeeClientsRequest) *req = (const void *)req_;
     PB(ListEmployeeClientsResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "employee_user_id", req->employee_user_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "employee_user_id", req->employee_user_id);
     return list_assignments(ctx, "ListEmployeeClients", req->partner_hub_id, req->employee_user_id, 0,
                             (int)req->state, req->page_size, req->page_token, &resp->assignments,
                             &resp->n_assignments, &resp->next_page_token);
@@ -1865,8 +1433,8 @@ static int h_list_employee_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, P
 static int h_list_client_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(ListClientEmployeesRequest) *req = (const void *)req_;
     PB(ListClientEmployeesResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_id(ctx, "client_hub_id", req->client_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "client_hub_id", req->client_hub_id);
     return list_assignments(ctx, "ListClientEmployees", req->partner_hub_id, 0, req->client_hub_id,
                             (int)req->state, req->page_size, req->page_token, &resp->assignments,
                             &resp->n_assignments, &resp->next_page_token);
@@ -1876,22 +1444,23 @@ static int h_list_client_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, P
 
 /* GetManagedMrrReport — PART-12: per client its MRR, whether the partner is credited, and the users who block it. */
 static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(GetManagedMrrReportRequest) *req = (const void *)req_;
     PB(GetManagedMrrReportResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if ((int)req->filter < 0 || (int)req->filter > 2) rpc_violation(ctx, "filter", "is not a filter");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
-    if (lpage_open(ctx, req->page_size, req->page_token, scope, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1; /* PART-12 */
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-12 */
     ps_mem m = call_mem(ctx);
     ps_client *clients = NULL;
     int n = 0;
-    int rc = ps_clients_all(c, req->partner_hub_id, &m, &clients, &n);
+    rc = ps_clients_all(c, req->partner_hub_id, &m, &clients, &n);
     if (rc != 0) return fail(ctx, rc, "clients");
     PB(ClientMrr) **lines = rpc_calloc(ctx, (size_t)n + 1, sizeof *lines);
     int n_lines = 0;
@@ -1952,27 +1521,28 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     resp->next_page_token = from + got < n_lines ? lpage_next(ctx, &pg, got) : rpc_strdup(ctx, "");
     resp->credited_totals = totals;
     resp->n_credited_totals = (size_t)n_totals;
-    resp->compute_time = ts(&m, (int64_t)time(NULL) * 1000000);
+    resp->compute_time = pa_ts(&m, (int64_t)time(NULL) * 1000000);
     return 0;
 }
 
 /* ListPartnerHistory — SPEC 8: the partner's audit entries, newest first; partner managers only. */
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    int rc;
     const PB(ListPartnerHistoryRequest) *req = (const void *)req_;
     PB(ListPartnerHistoryResponse) *resp = (void *)resp_;
-    check_id(ctx, "partner_hub_id", req->partner_hub_id);
+    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     page_req pg; /* keyset: the id below which the next page starts */
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerHistory|%" PRIu64, req->partner_hub_id);
-    if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    if ((rc = page_open(ctx, req->page_size, req->page_token, scope, 1, &pg)) != 0) return rc;
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if (require_manager(ctx, c, req->partner_hub_id, NULL, NULL) != 0) return -1;
+    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
     history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
     history_out h;
-    int rc = history_list(ctx, c, &q, &h);
+    rc = history_list(ctx, c, &q, &h);
     if (rc != 0) return fail(ctx, rc, "history");
     resp->entries = h.entries;
     resp->n_entries = h.n;
@@ -1999,7 +1569,7 @@ static int apply_activities(mutation *mu, pg_conn *tx) {
         if (!fresh) continue;
         resp->accepted_count++;
         /* PART-13: attributed to the partner only for tagged employees with an ACTIVE assignment there */
-        if ((rc = ps_activity_attribute(tx, a->user_id, a->hub_id, ts_us(a->time), a->kind, &attributed)) != 0)
+        if ((rc = ps_activity_attribute(tx, a->user_id, a->hub_id, pa_ts_us(a->time), a->kind, &attributed)) != 0)
             return rc;
         if (attributed) resp->attributed_count++;
     }
@@ -2017,11 +1587,11 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
         const PB(Activity) *a = req->activities[i];
         char f[48];
         snprintf(f, sizeof f, "activities[%zu].user_id", i);
-        check_id(ctx, f, a->user_id);
+        op_check_id(ctx, f, a->user_id);
         snprintf(f, sizeof f, "activities[%zu].hub_id", i);
-        check_id(ctx, f, a->hub_id);
+        op_check_id(ctx, f, a->hub_id);
         const char *why = NULL;
-        if (part_activity_check(a->kind, ts_us(a->time), now, &why) != 0) {
+        if (part_activity_check(a->kind, pa_ts_us(a->time), now, &why) != 0) {
             snprintf(f, sizeof f, "activities[%zu]", i);
             rpc_violation(ctx, f, "%s", why);
         }
@@ -2035,7 +1605,7 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     audit_actor_string(rpc_actor(ctx), NULL, reporter, sizeof reporter);
     activities_op op = {.req = req, .reporter = reporter};
     mutation mu = {.ctx = ctx, .apply = apply_activities, .op = &op, .request_id = req->request_id};
-    return mutate(&mu, req_, resp);
+    return op_run(ctx, &mutation_def, req_, resp, &mu);
 }
 
 /* IssueAccessRequestTokens — PART-04: one single-use token per client-admin recipient, only its hash kept; same event, same tokens. */
@@ -2049,7 +1619,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d recipients per call", PART_MAX_BATCH);
     check_batch(ctx, "recipient_user_ids", req->recipient_user_ids, req->n_recipient_user_ids);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     ps_mem m = call_mem(ctx);
     ps_assignment a;
@@ -2079,7 +1649,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         orgmesh__partners__v1__recipient_token__init(t);
         t->recipient_user_id = r;
         t->token = rpc_strdup(ctx, token);
-        t->expire_time = ts(&m, a.expire_us);
+        t->expire_time = pa_ts(&m, a.expire_us);
         resp->tokens[resp->n_tokens++] = t;
     }
     return 0;
