@@ -137,8 +137,10 @@ static bool post(item *it) {
     if (L.tail) L.tail->next = it;
     else L.head = it;
     L.tail = it;
-    pthread_mutex_unlock(&L.mu);
+    /* Under the lock: the loop closes the async only with the lock held
+     * and the list empty, so no send can reach a closed handle. */
     uv_async_send(&L.async);
+    pthread_mutex_unlock(&L.mu);
     return true;
 }
 
