@@ -13,7 +13,7 @@
 #include "pg.h"
 
 #define LISTEN_BACKOFF_MIN_MS 100
-#define LISTEN_BACKOFF_MAX_MS 5000
+#define LISTEN_BACKOFF_MAX_MS 500 /* a connect attempt twice a second is cheap; the relay waits on it */
 
 /* One thing for the loop thread to do: a loop_call, or a loop_work's done. */
 typedef struct item {
