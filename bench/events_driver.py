@@ -341,6 +341,9 @@ def measure(a, P, m_md, pairs, total, clients, employees, setup_s, settle):
             "commit_and_reply (Envelope.time -> RPC reply at the driver)": summary_ms(st_commit),
             "relay (Envelope.time -> outbox relayed_at, relay tx start)": summary_ms(st_relay),
             "consume (relayed_at -> notifier delivery create_time, consumer tx start)": summary_ms(st_consume),
+            # before issue 15 send_time was the sender's transaction start
+            # (before the SMTP exchange); since, it is the outcome's record
+            # (after it): "send" is then negative and handle+queue is all
             "handle+queue (delivery create_time -> send_time, sender tx start)": summary_ms(st_queue),
             "send (send_time -> SMTP accepted: token RPC, format, SMTP session)": summary_ms(st_send),
         },
@@ -380,7 +383,8 @@ def search(a, P, m_md, pairs, clients, employees):
         steps.append({"rate": rate, "met": r["met"], "p99_ms": lat.get("p99_ms"), "p50_ms": lat.get("p50_ms"),
                       "calls_ok": r["calls_ok"], "calls": n, "achieved_rate": r["achieved_rate"],
                       "emails_lost": r["emails_lost"], "emails_duplicated": r["emails_duplicated"],
-                      "stage_rates_per_s": r["stage_rates_per_s"], "loadavg": r["loadavg"]})
+                      "stage_rates_per_s": r["stage_rates_per_s"], "loadavg": r["loadavg"],
+                      "stages_p50_p99_ms": {k: v and [v["p50_ms"], v["p99_ms"]] for k, v in r["stages"].items()}})
         log(f"search step {len(steps)}: {rate:g}/s -> {'pass' if r['met'] else 'FAIL'} (p99 {lat.get('p99_ms')} ms,"
             f" {r['emails_lost']} lost, {r['emails_duplicated']} duplicated, {r['call_errors']} call errors)")
         if r["met"]:
