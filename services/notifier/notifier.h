@@ -70,8 +70,9 @@ void nt_smtp_global_cleanup(void);
  * cfg must outlive it. */
 int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg);
 /* The outcome of one message: 0 sent; OM_E_UNAVAILABLE for a failure worth
- * retrying; OM_E_FAILED_PRECONDITION for a permanent one (5xx). err holds
- * the reason. Runs on the loop thread, never from inside nt_smtp_send. */
+ * retrying (an exchange aborted by nt_smtp_stop too); OM_E_FAILED_PRECONDITION
+ * for a permanent one (5xx); OM_E_CANCELLED when it never left (stopped
+ * while it waited for a connection). err holds the reason. Runs on the loop thread, never from inside nt_smtp_send. */
 typedef void (*nt_smtp_done_fn)(void *arg, int rc, const char *err);
 /* Queues `msg` (malloc'd; taken in every case) to `rcpt`; done runs once
  * when it is sent or has failed. Non-zero (done is then not called): the
@@ -118,7 +119,7 @@ typedef struct nt_job {
     char *msg; /* the formatted message, until handed to SMTP */
     size_t len;
     bool done; /* nothing left to record (e.g. CANCELLED while preparing) */
-    int rc;    /* the attempt's outcome (0 sent, OM_E_*) */
+    int rc;    /* the attempt's outcome (0 sent, OM_E_*; OM_E_CANCELLED: never sent, no attempt) */
     char err[512];
 } nt_job;
 

@@ -178,7 +178,7 @@ static void smtp_done(void *arg, int rc, const char *err) {
     j->rc = rc;
     snprintf(j->err, sizeof j->err, "%s", err);
     if (rc == 0) snd.sent++;
-    else snd.failed++;
+    else if (rc != OM_E_CANCELLED) snd.failed++;
     queue_outcome(j);
 }
 
@@ -197,7 +197,7 @@ static void prepare_done(void *arg, int rc) {
     }
     if (j->rc != 0 || snd.stopping) {
         if (j->rc == 0) {
-            j->rc = OM_E_UNAVAILABLE;
+            j->rc = OM_E_CANCELLED;
             snprintf(j->err, sizeof j->err, "stopping: not sent");
         }
         queue_outcome(j);
@@ -206,8 +206,8 @@ static void prepare_done(void *arg, int rc) {
     char *msg = j->msg;
     j->msg = NULL;
     if (nt_smtp_send(j->email, msg, j->len, smtp_done, j) != 0) {
-        j->rc = OM_E_UNAVAILABLE;
-        snprintf(j->err, sizeof j->err, "the SMTP engine is stopped");
+        j->rc = OM_E_CANCELLED;
+        snprintf(j->err, sizeof j->err, "stopping: not sent (the SMTP engine is stopped)");
         queue_outcome(j);
     }
 }
@@ -233,11 +233,11 @@ static void claim_done(void *arg, int rc) {
         j->next = NULL;
         snd.busy++;
         if (snd.stopping) {
-            j->rc = OM_E_UNAVAILABLE;
+            j->rc = OM_E_CANCELLED;
             snprintf(j->err, sizeof j->err, "stopping: not sent");
             queue_outcome(j);
         } else if (loop_work(prepare_work, prepare_done, j) != 0) {
-            j->rc = OM_E_UNAVAILABLE;
+            j->rc = OM_E_CANCELLED;
             snprintf(j->err, sizeof j->err, "stopping: not sent");
             queue_outcome(j);
         }

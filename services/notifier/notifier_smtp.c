@@ -246,6 +246,10 @@ static void unlink_active(job *j) {
 /* Hands waiting messages to libcurl while fewer than the connection limit
  * are in flight. */
 static void start_waiting(void) {
+    pthread_mutex_lock(&sm.mu);
+    bool stopping = sm.stop; /* the rest wait for engine_close: never sent */
+    pthread_mutex_unlock(&sm.mu);
+    if (stopping) return;
     job *j;
     while (sm.n_active < sm.cfg->max_connections && (j = jl_pop(&sm.waiting)) != NULL) {
         CURL *h = j->h = curl_easy_init();
@@ -320,7 +324,7 @@ static void engine_close(void) {
         job_finish(j, OM_E_UNAVAILABLE, "stopping: the SMTP transfer was aborted");
     }
     job *j;
-    while ((j = jl_pop(&sm.waiting)) != NULL) job_finish(j, OM_E_UNAVAILABLE, "stopping: not sent");
+    while ((j = jl_pop(&sm.waiting)) != NULL) job_finish(j, OM_E_CANCELLED, "stopping: not sent");
     curl_multi_cleanup(sm.multi); /* the cached connections: their sockets are shut down, no QUIT awaited */
     sm.multi = NULL;
     while (sm.socks != NULL) sock_release(sm.socks);

@@ -242,6 +242,13 @@ static int delivered(pg_conn *c, const due_row *d) {
 
 static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
     if (send_rc == 0) return delivered(c, d);
+    if (send_rc == OM_E_CANCELLED) { /* never handed to SMTP (stopping): due again now, no attempt spent */
+        pg_params r = {0};
+        pg_p_i64(&r, d->id);
+        pg_p_i64(&r, d->lease);
+        return pg_exec(c, "UPDATE delivery SET lease_token = 0, next_attempt_at = now() WHERE id = $1 AND lease_token = $2",
+                       &r, NULL);
+    }
     pg_params p = {0};
     pg_p_i64(&p, d->id);
     pg_p_str(&p, err);
@@ -423,7 +430,9 @@ int nt_record(pg_conn *c, nt_job *jobs) {
     if (rc == 0) {
         for (nt_job *j = jobs; j; j = j->next) {
             if (j->done) continue;
-            if (j->rc == 0)
+            if (j->rc == OM_E_CANCELLED)
+                log_info("delivery %" PRId64 " released: %s", j->id, j->err);
+            else if (j->rc == 0)
                 log_info("delivery %" PRId64 " sent: event %s to user %" PRIu64 " %s", j->id, j->event_id,
                          j->recipient, j->message_id);
             else
