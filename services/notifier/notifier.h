@@ -38,6 +38,7 @@ typedef struct nt_smtp_config {
     const char *ca_file;  /* ORGMESH_SMTP_CA_FILE: CA bundle for a private CA; NULL = system */
     int max_connections;       /* ORGMESH_SMTP_MAX_CONNECTIONS: sessions in flight to the server */
     int max_total_connections; /* ORGMESH_SMTP_MAX_TOTAL_CONNECTIONS: all hosts, busy + cached */
+    int threads;               /* ORGMESH_SMTP_THREADS: engines (a loop, thread and multi handle each) */
 } nt_smtp_config;
 
 typedef struct nt_config {
@@ -64,7 +65,7 @@ int nt_config_load(void);
 
 int nt_smtp_global_init(void);
 void nt_smtp_global_cleanup(void);
-/* Starts the SMTP engine: libcurl multi on a libuv loop and thread of its
+/* Starts the SMTP engines: libcurl multi on libuv loops and threads of their
  * own (libcurl's SMTP waits for the reply to a message's body inside
  * curl_multi_socket_action); outcomes come back on `loop`, the caller's.
  * cfg must outlive it. */

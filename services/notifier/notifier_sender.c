@@ -43,6 +43,7 @@ int nt_config_load(void) {
     nt_cfg.smtp.max_connections = (int)cfg_int("ORGMESH_SMTP_MAX_CONNECTIONS", 16, 1, 512);
     nt_cfg.smtp.max_total_connections =
         (int)cfg_int("ORGMESH_SMTP_MAX_TOTAL_CONNECTIONS", nt_cfg.smtp.max_connections, 1, 1024);
+    nt_cfg.smtp.threads = (int)cfg_int("ORGMESH_SMTP_THREADS", 4, 1, 16);
     if (nt_cfg.smtp.max_total_connections < nt_cfg.smtp.max_connections)
         nt_cfg.smtp.max_connections = nt_cfg.smtp.max_total_connections;
     const char *tdir = cfg_str("ORGMESH_NOTIFIER_TEMPLATES", NULL);
@@ -308,7 +309,9 @@ int nt_senders_start(void) {
     uv_timer_start(&snd.tick, on_tick, (uint64_t)nt_cfg.poll_ms, (uint64_t)nt_cfg.poll_ms);
     /* the first look at the first tick, not while the process starts
      * (SPEC 9: SERVING within 200 ms) */
-    log_info("sender: up to %d emails in flight, %d SMTP connections (%d in all), lease %" PRId64 " ms",
-             nt_cfg.in_flight, nt_cfg.smtp.max_connections, nt_cfg.smtp.max_total_connections, nt_cfg.lease_ms);
+    log_info("sender: up to %d emails in flight, %d SMTP connections (%d in all) on %d engine threads, lease %" PRId64
+             " ms",
+             nt_cfg.in_flight, nt_cfg.smtp.max_connections, nt_cfg.smtp.max_total_connections, nt_cfg.smtp.threads,
+             nt_cfg.lease_ms);
     return 0;
 }

@@ -9,14 +9,15 @@
  * beyond it wait here, in order, and their timeouts start only when they are
  * handed to libcurl.
  *
- * The engine runs on a loop and thread of its own, not on the process loop:
+ * The engines run on loops and threads of their own (ORGMESH_SMTP_THREADS,
+ * each with its share of the connections), not on the process loop:
  * libcurl 7.88's SMTP is not wholly non-blocking. After the message body it
  * sends the final "." and then waits for the server's reply inside
  * curl_multi_socket_action (smtp_done -> smtp_block_statemach), for up to
  * CURLOPT_SERVER_RESPONSE_TIMEOUT. On the process loop that wait would stall
  * every timer, notification and the SIGTERM drain behind a slow SMTP server;
- * here it stalls only the other SMTP sessions, for one round trip per
- * message (docs/services/notifier.md, "SMTP").
+ * here it stalls only the other SMTP sessions of that engine, for one round
+ * trip per message — hence several engines (docs/services/notifier.md).
  *
  * smtp:// or smtps:// URL, optional STARTTLS, credentials and timeouts from
  * configuration. Failures are classified: a 5xx reply is permanent,
@@ -42,6 +43,7 @@
 #define NT_SMTP_REUSE_MAX_S 30L
 /* Sockets libcurl may hold open at once (connections in flight + cached). */
 #define NT_SMTP_MAX_SOCKETS 1024
+#define NT_SMTP_MAX_THREADS 16
 
 typedef struct job {
     struct job *next;
@@ -52,6 +54,7 @@ typedef struct job {
     char rcpt[330];
     nt_smtp_done_fn done;
     void *arg;
+    struct engine *eng; /* where it went (the caller's count) */
     int rc;
     char err[512];
     char curl_err[CURL_ERROR_SIZE];
@@ -84,6 +87,22 @@ static job *jl_pop(jlist *l) {
     return j;
 }
 
+/* One engine: a thread, its loop and its multi handle. */
+typedef struct engine {
+    pthread_t th;
+    uv_loop_t loop;
+    uv_async_t wake; /* inbox or stop */
+    uv_timer_t timer;
+    CURLM *multi;
+    jlist inbox;   /* from nt_smtp_send, under sm.mu */
+    jlist waiting; /* not yet handed to libcurl */
+    job *active;   /* handed to libcurl */
+    int n_active;
+    int max_active; /* its share of ORGMESH_SMTP_MAX_CONNECTIONS */
+    int assigned;   /* caller's side: sent to it and not yet done */
+    sock_ctx *socks; /* uv_poll handles not yet closing */
+} engine;
+
 static struct {
     const nt_smtp_config *cfg;
     bool started;
@@ -91,24 +110,19 @@ static struct {
     /* the caller's side (its loop thread) */
     uv_async_t back; /* outcomes ready */
     int in_flight;   /* sent and not yet done */
+    unsigned next;   /* round robin over the engines */
+    engine eng[NT_SMTP_MAX_THREADS];
+    int n_eng;
     /* shared, under mu */
     pthread_mutex_t mu;
-    jlist inbox;  /* from nt_smtp_send */
     jlist outbox; /* finished, for the caller's loop */
     bool stop;
     curl_socket_t open_fds[NT_SMTP_MAX_SOCKETS]; /* every socket libcurl has open */
     int n_open;
-    /* the engine's thread only */
-    pthread_t th;
-    uv_loop_t loop;
-    uv_async_t wake; /* inbox or stop */
-    uv_timer_t timer;
-    CURLM *multi;
-    jlist waiting; /* not yet handed to libcurl */
-    job *active;   /* handed to libcurl */
-    int n_active;
-    sock_ctx *socks; /* uv_poll handles not yet closing */
 } sm = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The engine whose thread this is (engine threads only). */
+static __thread engine *E;
 
 int nt_smtp_global_init(void) { return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : OM_E_INTERNAL; }
 
@@ -146,7 +160,7 @@ static void sock_closed(uv_handle_t *h) { free(h->data); }
 
 static void sock_release(sock_ctx *s) {
     if (s->prev) s->prev->next = s->next;
-    else sm.socks = s->next;
+    else E->socks = s->next;
     if (s->next) s->next->prev = s->prev;
     uv_close((uv_handle_t *)&s->poll, sock_closed);
 }
@@ -160,7 +174,7 @@ static void poll_cb(uv_poll_t *p, int status, int events) {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
     int running = 0;
-    curl_multi_socket_action(sm.multi, s->fd, flags, &running);
+    curl_multi_socket_action(E->multi, s->fd, flags, &running);
     check_done();
 }
 
@@ -169,23 +183,23 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
     sock_ctx *s = socketp;
     if (what == CURL_POLL_REMOVE) {
         if (s != NULL) {
-            curl_multi_assign(sm.multi, fd, NULL);
+            curl_multi_assign(E->multi, fd, NULL);
             sock_release(s);
         }
         return 0;
     }
     if (s == NULL) {
         if ((s = calloc(1, sizeof *s)) == NULL) return -1;
-        if (uv_poll_init_socket(&sm.loop, &s->poll, fd) != 0) {
+        if (uv_poll_init_socket(&E->loop, &s->poll, fd) != 0) {
             free(s);
             return -1;
         }
         s->fd = fd;
         s->poll.data = s;
-        s->next = sm.socks;
-        if (sm.socks) sm.socks->prev = s;
-        sm.socks = s;
-        curl_multi_assign(sm.multi, fd, s);
+        s->next = E->socks;
+        if (E->socks) E->socks->prev = s;
+        E->socks = s;
+        curl_multi_assign(E->multi, fd, s);
     }
     int ev = ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
     uv_poll_start(&s->poll, ev, poll_cb);
@@ -195,14 +209,14 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
 static void timer_cb(uv_timer_t *t) {
     (void)t;
     int running = 0;
-    curl_multi_socket_action(sm.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    curl_multi_socket_action(E->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done();
 }
 
 static int timer_fn(CURLM *m, long timeout_ms, void *userp) {
     (void)m, (void)userp;
-    if (timeout_ms < 0) uv_timer_stop(&sm.timer);
-    else uv_timer_start(&sm.timer, timer_cb, (uint64_t)timeout_ms, 0);
+    if (timeout_ms < 0) uv_timer_stop(&E->timer);
+    else uv_timer_start(&E->timer, timer_cb, (uint64_t)timeout_ms, 0);
     return 0;
 }
 
@@ -234,13 +248,13 @@ static void job_finish(job *j, int rc, const char *err) {
 }
 
 static void unlink_active(job *j) {
-    for (job **pp = &sm.active; *pp; pp = &(*pp)->next)
+    for (job **pp = &E->active; *pp; pp = &(*pp)->next)
         if (*pp == j) {
             *pp = j->next;
             break;
         }
     j->next = NULL;
-    sm.n_active--;
+    E->n_active--;
 }
 
 /* Hands waiting messages to libcurl while fewer than the connection limit
@@ -251,7 +265,7 @@ static void start_waiting(void) {
     pthread_mutex_unlock(&sm.mu);
     if (stopping) return;
     job *j;
-    while (sm.n_active < sm.cfg->max_connections && (j = jl_pop(&sm.waiting)) != NULL) {
+    while (E->n_active < E->max_active && (j = jl_pop(&E->waiting)) != NULL) {
         CURL *h = j->h = curl_easy_init();
         j->rcpts = curl_slist_append(NULL, j->rcpt);
         if (h == NULL || j->rcpts == NULL) {
@@ -281,27 +295,27 @@ static void start_waiting(void) {
         if (cfg->ca_file != NULL) curl_easy_setopt(h, CURLOPT_CAINFO, cfg->ca_file);
         if (cfg->user != NULL) curl_easy_setopt(h, CURLOPT_USERNAME, cfg->user);
         if (cfg->password != NULL) curl_easy_setopt(h, CURLOPT_PASSWORD, cfg->password);
-        if (curl_multi_add_handle(sm.multi, h) != CURLM_OK) {
+        if (curl_multi_add_handle(E->multi, h) != CURLM_OK) {
             job_finish(j, OM_E_UNAVAILABLE, "curl_multi_add_handle failed");
             continue;
         }
-        j->next = sm.active;
-        sm.active = j;
-        sm.n_active++;
+        j->next = E->active;
+        E->active = j;
+        E->n_active++;
     }
 }
 
 static void check_done(void) {
     CURLMsg *m;
     int left;
-    while ((m = curl_multi_info_read(sm.multi, &left)) != NULL) {
+    while ((m = curl_multi_info_read(E->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE) continue;
         job *j = NULL;
         CURLcode cc = m->data.result;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
         long code = 0;
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &code);
-        curl_multi_remove_handle(sm.multi, m->easy_handle);
+        curl_multi_remove_handle(E->multi, m->easy_handle);
         unlink_active(j);
         if (cc == CURLE_OK) {
             job_finish(j, 0, "");
@@ -317,30 +331,30 @@ static void check_done(void) {
 
 /* Stop: every transfer aborted, every handle closed; uv_run then returns. */
 static void engine_close(void) {
-    while (sm.active != NULL) {
-        job *j = sm.active;
-        curl_multi_remove_handle(sm.multi, j->h);
+    while (E->active != NULL) {
+        job *j = E->active;
+        curl_multi_remove_handle(E->multi, j->h);
         unlink_active(j);
         job_finish(j, OM_E_UNAVAILABLE, "stopping: the SMTP transfer was aborted");
     }
     job *j;
-    while ((j = jl_pop(&sm.waiting)) != NULL) job_finish(j, OM_E_CANCELLED, "stopping: not sent");
-    curl_multi_cleanup(sm.multi); /* the cached connections: their sockets are shut down, no QUIT awaited */
-    sm.multi = NULL;
-    while (sm.socks != NULL) sock_release(sm.socks);
-    uv_close((uv_handle_t *)&sm.timer, NULL);
-    uv_close((uv_handle_t *)&sm.wake, NULL);
+    while ((j = jl_pop(&E->waiting)) != NULL) job_finish(j, OM_E_CANCELLED, "stopping: not sent");
+    curl_multi_cleanup(E->multi); /* the cached connections: their sockets are shut down, no QUIT awaited */
+    E->multi = NULL;
+    while (E->socks != NULL) sock_release(E->socks);
+    uv_close((uv_handle_t *)&E->timer, NULL);
+    uv_close((uv_handle_t *)&E->wake, NULL);
 }
 
 static void wake_cb(uv_async_t *a) {
     (void)a;
     pthread_mutex_lock(&sm.mu);
     bool stop = sm.stop;
-    jlist in = sm.inbox;
-    sm.inbox = (jlist){0};
+    jlist in = E->inbox;
+    E->inbox = (jlist){0};
     pthread_mutex_unlock(&sm.mu);
     job *j;
-    while ((j = jl_pop(&in)) != NULL) jl_push(&sm.waiting, j);
+    while ((j = jl_pop(&in)) != NULL) jl_push(&E->waiting, j);
     if (stop) {
         engine_close();
         return;
@@ -349,8 +363,8 @@ static void wake_cb(uv_async_t *a) {
 }
 
 static void *engine_main(void *arg) {
-    (void)arg;
-    uv_run(&sm.loop, UV_RUN_DEFAULT);
+    E = arg;
+    uv_run(&E->loop, UV_RUN_DEFAULT);
     return NULL;
 }
 
@@ -366,9 +380,68 @@ static void back_cb(uv_async_t *a) {
     job *j;
     while ((j = jl_pop(&out)) != NULL) {
         sm.in_flight--;
+        j->eng->assigned--;
         j->done(j->arg, j->rc, j->err);
         free(j);
     }
+}
+
+/* Caller's thread, before the engine's thread runs (or after it ended). */
+static void engine_abandon(engine *e) {
+    if (e->multi) curl_multi_cleanup(e->multi);
+    e->multi = NULL;
+    uv_close((uv_handle_t *)&e->timer, NULL);
+    uv_close((uv_handle_t *)&e->wake, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&e->loop);
+}
+
+static int engine_init(engine *e, int max_active) {
+    memset(e, 0, sizeof *e);
+    e->max_active = max_active;
+    if (uv_loop_init(&e->loop) != 0) return OM_E_INTERNAL;
+    uv_timer_init(&e->loop, &e->timer);
+    uv_async_init(&e->loop, &e->wake, wake_cb);
+    if ((e->multi = curl_multi_init()) == NULL) {
+        engine_abandon(e);
+        return OM_E_INTERNAL;
+    }
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
+    curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_active);
+    long total = sm.cfg->max_total_connections / sm.n_eng;
+    if (total < max_active) total = max_active;
+    curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total);
+    /* the cache keeps one idle session per connection allowed */
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, total);
+    /* the engine's thread takes no signals (the process loop's uv_signal does) */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int trc = pthread_create(&e->th, NULL, engine_main, e);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (trc != 0) {
+        engine_abandon(e);
+        return OM_E_INTERNAL;
+    }
+    return 0;
+}
+
+static void engines_join(void) {
+    pthread_mutex_lock(&sm.mu);
+    sm.stop = true;
+    /* No QUIT and no reply awaited: a hung server could hold either for
+     * the whole response timeout (SPEC 9: exit within 5 s). Every socket,
+     * busy or cached, is shut down first; libcurl, also in its blocking
+     * wait for the reply to the body, then fails at once. */
+    for (int i = 0; i < sm.n_open; i++) shutdown(sm.open_fds[i], SHUT_RDWR);
+    pthread_mutex_unlock(&sm.mu);
+    for (int i = 0; i < sm.n_eng; i++) uv_async_send(&sm.eng[i].wake);
+    for (int i = 0; i < sm.n_eng; i++) {
+        pthread_join(sm.eng[i].th, NULL);
+        if (uv_loop_close(&sm.eng[i].loop) != 0) log_error("smtp: an engine's loop did not close cleanly");
+    }
+    sm.n_eng = 0;
 }
 
 int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg) {
@@ -377,45 +450,30 @@ int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg) {
     sm.stop = false;
     sm.in_flight = 0;
     sm.n_open = 0;
-    sm.n_active = 0;
-    sm.active = NULL;
-    sm.socks = NULL;
-    sm.inbox = sm.outbox = sm.waiting = (jlist){0};
+    sm.next = 0;
+    sm.outbox = (jlist){0};
     char from[320];
     nt_mail_address(cfg->from, from, sizeof from);
     snprintf(sm.mail_from, sizeof sm.mail_from, "<%s>", from);
-    if (uv_loop_init(&sm.loop) != 0) return OM_E_INTERNAL;
-    if ((sm.multi = curl_multi_init()) == NULL) goto fail_loop;
-    uv_timer_init(&sm.loop, &sm.timer);
-    uv_async_init(&sm.loop, &sm.wake, wake_cb);
-    curl_multi_setopt(sm.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(sm.multi, CURLMOPT_TIMERFUNCTION, timer_fn);
-    curl_multi_setopt(sm.multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)cfg->max_connections);
-    curl_multi_setopt(sm.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)cfg->max_total_connections);
-    /* the cache keeps one idle session per connection allowed */
-    curl_multi_setopt(sm.multi, CURLMOPT_MAXCONNECTS, (long)cfg->max_total_connections);
-    if (uv_async_init(loop, &sm.back, back_cb) != 0) goto fail_multi;
-    /* the engine's thread takes no signals (the process loop's uv_signal does) */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int trc = pthread_create(&sm.th, NULL, engine_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (trc != 0) {
+    if (uv_async_init(loop, &sm.back, back_cb) != 0) return OM_E_INTERNAL;
+    int n = cfg->threads < 1 ? 1 : cfg->threads > NT_SMTP_MAX_THREADS ? NT_SMTP_MAX_THREADS : cfg->threads;
+    if (n > cfg->max_connections) n = cfg->max_connections;
+    sm.n_eng = n;
+    int started = 0;
+    for (int i = 0; i < n; i++) {
+        /* the connections shared out: the first engines take the rest */
+        int share = cfg->max_connections / n + (i < cfg->max_connections % n ? 1 : 0);
+        if (engine_init(&sm.eng[i], share) != 0) break;
+        started++;
+    }
+    if (started < n) {
+        sm.n_eng = started;
+        engines_join();
         uv_close((uv_handle_t *)&sm.back, NULL);
-        goto fail_multi;
+        return OM_E_INTERNAL;
     }
     sm.started = true;
     return 0;
-fail_multi:
-    curl_multi_cleanup(sm.multi);
-    sm.multi = NULL;
-    uv_close((uv_handle_t *)&sm.timer, NULL);
-    uv_close((uv_handle_t *)&sm.wake, NULL);
-    uv_run(&sm.loop, UV_RUN_DEFAULT);
-fail_loop:
-    uv_loop_close(&sm.loop);
-    return OM_E_INTERNAL;
 }
 
 int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, void *arg) {
@@ -434,10 +492,16 @@ int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, 
     j->done = done;
     j->arg = arg;
     sm.in_flight++;
+    /* the engine with the fewest emails in hand (round robin among equals) */
+    engine *e = &sm.eng[sm.next++ % (unsigned)sm.n_eng];
+    for (int i = 0; i < sm.n_eng; i++)
+        if (sm.eng[i].assigned < e->assigned) e = &sm.eng[i];
+    e->assigned++;
+    j->eng = e;
     pthread_mutex_lock(&sm.mu);
-    jl_push(&sm.inbox, j);
+    jl_push(&e->inbox, j);
     pthread_mutex_unlock(&sm.mu);
-    uv_async_send(&sm.wake);
+    uv_async_send(&e->wake);
     return 0;
 }
 
@@ -446,17 +510,7 @@ int nt_smtp_in_flight(void) { return sm.in_flight; }
 void nt_smtp_stop(void) {
     if (!sm.started) return;
     sm.started = false;
-    /* No QUIT and no reply awaited: a hung server could hold either for
-     * the whole response timeout (SPEC 9: exit within 5 s). Every socket,
-     * busy or cached, is shut down first; libcurl, also in its blocking
-     * wait for the reply to the body, then fails at once. */
-    pthread_mutex_lock(&sm.mu);
-    sm.stop = true;
-    for (int i = 0; i < sm.n_open; i++) shutdown(sm.open_fds[i], SHUT_RDWR);
-    pthread_mutex_unlock(&sm.mu);
-    uv_async_send(&sm.wake);
-    pthread_join(sm.th, NULL);
-    if (uv_loop_close(&sm.loop) != 0) log_error("smtp: the engine's loop did not close cleanly");
+    engines_join();
     back_cb(&sm.back); /* every outcome, the aborted ones too */
     uv_close((uv_handle_t *)&sm.back, NULL);
 }

@@ -156,10 +156,11 @@ static void on_done(void *arg, int rc, const char *err) {
 static char url[64];
 static nt_smtp_config cfg;
 
-static void engine_start(int max_connections) {
+static void engine_start(int max_connections, int threads) {
     snprintf(url, sizeof url, "smtp://127.0.0.1:%d", srv.port);
     cfg = (nt_smtp_config){.url = url, .from = "orgmesh <no-reply@orgmesh.local>", .timeout_ms = 2000,
-                           .max_connections = max_connections, .max_total_connections = max_connections};
+                           .max_connections = max_connections, .max_total_connections = max_connections,
+                           .threads = threads};
     assert_int_equal(nt_smtp_start(&loop, &cfg), 0);
 }
 
@@ -201,7 +202,7 @@ static int setup(void **state) {
 
 static void test_many_messages_in_flight_over_reused_connections(void **state) {
     (void)state;
-    engine_start(4);
+    engine_start(4, 2); /* two engines, two connections each */
     enum { N = 60 };
     static outcome o[N];
     memset(o, 0, sizeof o);
@@ -237,7 +238,7 @@ static void test_many_messages_in_flight_over_reused_connections(void **state) {
 
 static void test_note_03_5xx_is_permanent_4xx_and_no_server_temporary(void **state) {
     (void)state;
-    engine_start(2);
+    engine_start(2, 1);
     outcome rej = {0}, later = {0}, ok = {0};
     assert_int_equal(send_to("reject@example.org", &rej), 0);
     assert_int_equal(send_to("later@example.org", &later), 0);
@@ -267,7 +268,7 @@ static void test_note_03_5xx_is_permanent_4xx_and_no_server_temporary(void **sta
 
 static void test_stop_aborts_a_hung_exchange_at_once(void **state) {
     (void)state;
-    engine_start(2);
+    engine_start(2, 2); /* one connection per engine */
     outcome hung = {0}, queued = {0}, queued2 = {0};
     assert_int_equal(send_to("hang@example.org", &hung), 0);
     assert_int_equal(send_to("hang2@example.org", &queued), 0);
