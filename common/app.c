@@ -313,10 +313,6 @@ int app_main(const app_def *def, int argc, char **argv) {
                 (int)cfg_int("ORGMESH_REDIS_TIMEOUT_MS", 200, 1, 60000));
 
     grpc_init();
-    const char *metrics = cfg_str("ORGMESH_METRICS_LISTEN", NULL);
-    if (metrics != NULL && metrics_start(def->name, metrics) < 0)
-        log_warn("metrics: cannot listen on %s", metrics);
-
     /* The worker pool and the loop exist before def->init, which may start
      * background work on them (issue 15, docs/common/loop.md). */
     int workers = (int)cfg_int("ORGMESH_WORKERS", 8, 1, 256);
@@ -331,6 +327,10 @@ int app_main(const app_def *def, int argc, char **argv) {
         rc = 1;
         goto out_early;
     }
+    /* The metrics endpoint on the loop (issue 15; docs/common/metrics.md). */
+    const char *metrics = cfg_str("ORGMESH_METRICS_LISTEN", NULL);
+    if (metrics != NULL && metrics_start(def->name, metrics) < 0)
+        log_warn("metrics: cannot listen on %s", metrics);
     work_set_default(app.pool);
     app.grace_ms = (int)cfg_int("ORGMESH_SHUTDOWN_GRACE_MS", 2500, 0, 60000);
     uv_signal_init(loop_get(), &app.sig_term);

@@ -1,6 +1,10 @@
-/* metrics.c — Prometheus text metrics and the small HTTP server for them
+/* metrics.c — Prometheus text metrics and the HTTP endpoint for them
  * (metrics.h). Recording is a few relaxed atomic adds, so handlers never
- * wait on a lock; the registry is only appended to, at start-up. */
+ * wait on a lock; the registry is only appended to, at start-up. The
+ * endpoint (issue 15) is a uv_tcp listener on the process loop whose
+ * connections are handed to GNU libmicrohttpd, run from the loop (its epoll
+ * fd under a uv_poll, its timeouts on a uv_timer): HTTP parsing, limits and
+ * timeouts are the library's (docs/common/metrics.md). */
 #define _GNU_SOURCE
 #include "metrics.h"
 
@@ -8,7 +12,6 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,7 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <microhttpd.h>
+#include <uv.h>
+
 #include "log.h"
+#include "loop.h"
 #include "om_err.h"
 
 #define METRICS_NCODES 17 /* grpc_status_code 0..16 */
@@ -313,247 +320,160 @@ char *metrics_render(void) {
     return sb.p;
 }
 
-/* ---- HTTP server -----------------------------------------------------------
- * One thread, poll(2) over the listening socket, a wake-up pipe and at most
- * METRICS_MAX_CONN connections. Each connection is read until the end of its
- * headers, answered, shut down for writing and drained until the peer closes
- * (closing with unread input would reset the connection and could destroy
- * the answer), then closed. A slow or silent client only holds its own slot
- * until its deadline. */
+/* ---- HTTP endpoint ---------------------------------------------------------
+ * A uv_tcp listener accepts; each connection's socket is handed to
+ * libmicrohttpd (MHD_USE_NO_LISTEN_SOCKET: MHD_add_connection), which runs
+ * without a thread of its own (MHD_USE_EPOLL, external polling): a uv_poll
+ * on its epoll fd calls MHD_run when a connection is ready, a uv_timer when
+ * MHD_get_timeout says a connection is due to time out. At most
+ * METRICS_MAX_CONN connections, each answered once (Connection: close) and
+ * dropped after METRICS_CONN_S whatever happens, so a slow or silent client
+ * holds only its own slot and never the loop. In a service this runs on the
+ * process loop (common/loop.h); without one (unit tests, tools) on a loop
+ * and thread of its own. */
 
 #define METRICS_MAX_CONN 16
-#define METRICS_REQ_MAX 4096
-#define METRICS_CONN_MS 5000
-
-enum conn_state { CONN_FREE, CONN_READ, CONN_WRITE, CONN_DRAIN };
-
-typedef struct http_conn {
-    int fd;
-    enum conn_state state;
-    char req[METRICS_REQ_MAX];
-    size_t rlen;
-    char *resp;
-    size_t resp_len, sent;
-    int64_t deadline_ms;
-} http_conn;
+#define METRICS_CONN_S 5
+#define METRICS_MEM_LIMIT (32 * 1024) /* per connection: request head + buffers */
 
 static struct {
     bool running;
-    int lfd;
-    int wake[2];
+    bool own_thread; /* no process loop: a loop of our own */
+    uv_loop_t *loop;
+    uv_loop_t own_loop;
     pthread_t thread;
-    http_conn conns[METRICS_MAX_CONN];
-} srv = {.lfd = -1, .wake = {-1, -1}};
+    uv_async_t stop_async; /* own thread only */
+    uv_tcp_t listener;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer;
+    struct MHD_Daemon *mhd;
+    int open_handles; /* closing handles not yet closed */
+} srv;
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+static void mhd_schedule(void);
+
+static void mhd_drive(void) {
+    if (srv.mhd == NULL) return;
+    MHD_run(srv.mhd);
+    mhd_schedule();
 }
 
-static void conn_close(http_conn *c) {
-    close(c->fd);
-    free(c->resp);
-    c->resp = NULL;
-    c->fd = -1;
-    c->state = CONN_FREE;
+static void mhd_timer_cb(uv_timer_t *t) {
+    (void)t;
+    mhd_drive();
 }
 
-static char *http_response(int status, const char *reason, const char *ctype, const char *body,
-                           bool head, size_t *len) {
-    size_t blen = strlen(body);
-    size_t cap = blen + 256;
-    char *r = malloc(cap);
-    if (r == NULL) return NULL;
-    int n = snprintf(r, cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     status, reason, ctype, blen);
-    if (n < 0 || (size_t)n >= cap) {
-        free(r);
-        return NULL;
+static void mhd_poll_cb(uv_poll_t *p, int status, int events) {
+    (void)p, (void)status, (void)events;
+    mhd_drive();
+}
+
+/* The next MHD timeout (a connection's idle deadline), on the timer. */
+static void mhd_schedule(void) {
+    MHD_UNSIGNED_LONG_LONG ms = 0;
+    if (MHD_get_timeout(srv.mhd, &ms) == MHD_YES)
+        uv_timer_start(&srv.mhd_timer, mhd_timer_cb, (uint64_t)ms, 0);
+    else
+        uv_timer_stop(&srv.mhd_timer);
+}
+
+static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, const char *ctype, char *body,
+                               bool owned) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body,
+                                                             owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (r == NULL) {
+        if (owned) free(body);
+        return MHD_NO;
     }
-    if (!head) memcpy(r + n, body, blen);
-    *len = (size_t)n + (head ? 0 : blen);
-    return r;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
-static void conn_writable(http_conn *c);
-
-/* "METHOD SP target SP HTTP/1.x" (RFC 9112 §3): an upper-case token, an
- * origin-form target, a version; anything else is a bad request. */
-static bool parse_request_line(const char *req, char *method, size_t mcap, char *target,
-                               size_t tcap) {
-    const char *p = req;
-    size_t n = 0;
-    while (p[n] >= 'A' && p[n] <= 'Z') n++;
-    if (n == 0 || n >= mcap || p[n] != ' ') return false;
-    memcpy(method, p, n);
-    method[n] = '\0';
-    p += n + 1;
-    if (*p != '/') return false;
-    for (n = 0; p[n] > ' ' && p[n] < 0x7f; n++) {
+/* GET or HEAD /metrics and /healthz (the query string is not part of url);
+ * anything else 404. MHD answers malformed requests itself (400) and drops
+ * HEAD bodies. The answer goes out on the first call, before any request
+ * body (which is then discarded with the connection). */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    (void)cls, (void)version, (void)upload_data, (void)upload_data_size, (void)con_cls;
+    static const char text[] = "text/plain; charset=utf-8";
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    if (get && strcmp(url, "/healthz") == 0) return respond(conn, MHD_HTTP_OK, text, "ok", false);
+    if (get && strcmp(url, "/metrics") == 0) {
+        char *m = metrics_render();
+        if (m == NULL) return respond(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, text, "out of memory\n", false);
+        return respond(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", m, true);
     }
-    if (n >= tcap || p[n] != ' ') return false;
-    memcpy(target, p, n);
-    target[n] = '\0';
-    p += n + 1;
-    return strncmp(p, "HTTP/1.", 7) == 0 && p[7] >= '0' && p[7] <= '9' &&
-           (p[8] == '\r' || p[8] == '\n');
+    return respond(conn, MHD_HTTP_NOT_FOUND, text, "not found\n", false);
 }
 
-/* Route a complete request head; sets c->resp. */
-static void conn_answer(http_conn *c) {
-    c->req[c->rlen < METRICS_REQ_MAX ? c->rlen : METRICS_REQ_MAX - 1] = '\0';
-    char method[16], target[512];
-    int status = 400;
-    const char *reason = "Bad Request", *body = "bad request\n";
-    char *metrics = NULL;
-    bool head = false;
-    if (parse_request_line(c->req, method, sizeof method, target, sizeof target)) {
-        char *q = strchr(target, '?');
-        if (q) *q = '\0';
-        head = strcmp(method, "HEAD") == 0;
-        bool get = head || strcmp(method, "GET") == 0;
-        status = 404, reason = "Not Found", body = "not found\n";
-        if (get && strcmp(target, "/healthz") == 0) {
-            status = 200, reason = "OK", body = "ok";
-        } else if (get && strcmp(target, "/metrics") == 0) {
-            metrics = metrics_render();
-            if (metrics) {
-                status = 200, reason = "OK", body = metrics;
-            } else {
-                status = 500, reason = "Internal Server Error", body = "out of memory\n";
-            }
-        }
+static void accepted_closed(uv_handle_t *h) { free(h); }
+
+static void on_connection(uv_stream_t *l, int status) {
+    if (status < 0) return;
+    uv_tcp_t *c = malloc(sizeof *c);
+    if (c == NULL || uv_tcp_init(l->loop, c) != 0) {
+        free(c);
+        return;
     }
-    const char *ctype = metrics && status == 200 ? "text/plain; version=0.0.4; charset=utf-8"
-                                                 : "text/plain; charset=utf-8";
-    c->resp = http_response(status, reason, ctype, body, head, &c->resp_len);
-    free(metrics);
-    c->sent = 0;
-    c->state = c->resp ? CONN_WRITE : CONN_DRAIN;
-    if (c->state == CONN_DRAIN) shutdown(c->fd, SHUT_WR);
-}
-
-static void conn_readable(http_conn *c) {
-    char scratch[1024];
-    for (;;) {
-        char *dst = c->state == CONN_READ ? c->req + c->rlen : scratch;
-        size_t room = c->state == CONN_READ ? METRICS_REQ_MAX - 1 - c->rlen : sizeof scratch;
-        ssize_t n = recv(c->fd, dst, room, 0);
-        if (n == 0) {
-            conn_close(c); /* peer closed: nothing more to do */
-            return;
-        }
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) conn_close(c);
-            return;
-        }
-        if (c->state != CONN_READ) continue; /* draining */
-        c->rlen += (size_t)n;
-        c->req[c->rlen] = '\0';
-        if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n") ||
-            c->rlen >= METRICS_REQ_MAX - 1) {
-            conn_answer(c);                               /* an oversized head gets 400 */
-            if (c->state == CONN_WRITE) conn_writable(c); /* usually all fits at once */
-            return;
-        }
+    if (uv_accept(l, (uv_stream_t *)c) != 0) {
+        uv_close((uv_handle_t *)c, accepted_closed);
+        return;
     }
+    /* The socket goes to MHD (a duplicate: libuv closes its own). */
+    uv_os_fd_t fd = -1;
+    struct sockaddr_storage peer;
+    int plen = sizeof peer;
+    int mine = -1;
+    if (uv_fileno((uv_handle_t *)c, &fd) == 0 && uv_tcp_getpeername(c, (struct sockaddr *)&peer, &plen) == 0)
+        mine = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    uv_close((uv_handle_t *)c, accepted_closed);
+    if (mine < 0) return;
+    /* over METRICS_MAX_CONN, or out of memory: MHD closes it */
+    MHD_add_connection(srv.mhd, mine, (const struct sockaddr *)&peer, (socklen_t)plen);
+    mhd_drive();
 }
 
-static void conn_writable(http_conn *c) {
-    while (c->sent < c->resp_len) {
-        ssize_t n = send(c->fd, c->resp + c->sent, c->resp_len - c->sent, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) conn_close(c);
-            return;
+static void handle_closed(uv_handle_t *h) {
+    (void)h;
+    srv.open_handles--;
+}
+
+/* Loop thread: closes the handles and the daemon (its connections too). */
+static void server_close(void) {
+    uv_handle_t *hs[] = {(uv_handle_t *)&srv.listener, (uv_handle_t *)&srv.mhd_poll, (uv_handle_t *)&srv.mhd_timer};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (!uv_is_closing(hs[i])) {
+            srv.open_handles++;
+            uv_close(hs[i], handle_closed);
         }
-        c->sent += (size_t)n;
-    }
-    free(c->resp);
-    c->resp = NULL;
-    shutdown(c->fd, SHUT_WR);
-    c->state = CONN_DRAIN;
+    if (srv.own_thread) uv_close((uv_handle_t *)&srv.stop_async, NULL);
+    MHD_stop_daemon(srv.mhd); /* after its fd's uv_poll was closed */
+    srv.mhd = NULL;
 }
 
-/* Returns false when accepting failed for want of resources (EMFILE and
- * the like): the caller then stops polling the listener for a moment rather
- * than spinning on a socket that stays readable. */
-static bool server_accept(void) {
-    for (;;) {
-        http_conn *c = NULL;
-        for (int i = 0; i < METRICS_MAX_CONN && !c; i++)
-            if (srv.conns[i].state == CONN_FREE) c = &srv.conns[i];
-        if (c == NULL) return true; /* full: the rest wait in the backlog */
-        int fd = accept4(srv.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-                   errno == ECONNABORTED;
-        }
-        c->fd = fd;
-        c->state = CONN_READ;
-        c->rlen = 0;
-        c->req[0] = '\0';
-        c->deadline_ms = mono_ms() + METRICS_CONN_MS;
-    }
+static void stop_async_cb(uv_async_t *a) {
+    (void)a;
+    server_close();
 }
 
-static void *server_main(void *arg) {
+static void *own_main(void *arg) {
     (void)arg;
-    struct pollfd pfd[METRICS_MAX_CONN + 2];
-    int idx[METRICS_MAX_CONN + 2];
-    int64_t accept_pause_until = 0;
-    for (;;) {
-        int n = 0, nfree = 0;
-        int64_t now = mono_ms(), next = -1;
-        pfd[n++] = (struct pollfd){.fd = srv.wake[0], .events = POLLIN};
-        for (int i = 0; i < METRICS_MAX_CONN; i++) {
-            http_conn *c = &srv.conns[i];
-            if (c->state == CONN_FREE) {
-                nfree++;
-                continue;
-            }
-            if (now >= c->deadline_ms) {
-                conn_close(c);
-                nfree++;
-                continue;
-            }
-            if (next < 0 || c->deadline_ms < next) next = c->deadline_ms;
-            idx[n] = i;
-            pfd[n++] =
-                (struct pollfd){.fd = c->fd, .events = c->state == CONN_WRITE ? POLLOUT : POLLIN};
-        }
-        int lpos = -1;
-        if (nfree > 0 && now >= accept_pause_until) {
-            lpos = n;
-            pfd[n++] = (struct pollfd){.fd = srv.lfd, .events = POLLIN};
-        } else if (nfree > 0 && (next < 0 || accept_pause_until < next)) {
-            next = accept_pause_until;
-        }
-        int timeout = next < 0 ? -1 : (int)(next - now);
-        if (poll(pfd, (nfds_t)n, timeout) < 0 && errno != EINTR) {
-            log_error("metrics: poll: %s", strerror(errno));
-            break;
-        }
-        if (pfd[0].revents) break; /* metrics_stop */
-        for (int k = 1; k < n; k++) {
-            if (k == lpos || pfd[k].revents == 0) continue;
-            http_conn *c = &srv.conns[idx[k]];
-            if (c->state == CONN_WRITE) {
-                conn_writable(c);
-            } else {
-                conn_readable(c);
-            }
-        }
-        if (lpos >= 0 && pfd[lpos].revents && !server_accept())
-            accept_pause_until = mono_ms() + 100;
-    }
-    for (int i = 0; i < METRICS_MAX_CONN; i++)
-        if (srv.conns[i].state != CONN_FREE) conn_close(&srv.conns[i]);
+    uv_run(&srv.own_loop, UV_RUN_DEFAULT);
     return NULL;
+}
+
+/* The process loop's stop hook: the endpoint closes as the drain begins. */
+static void on_loop_stop(void *arg) {
+    (void)arg;
+    if (srv.running && !srv.own_thread) {
+        server_close();
+        srv.running = false;
+    }
 }
 
 /* "host:port", "[v6]:port" or ":port" (all interfaces). */
@@ -632,39 +552,75 @@ int metrics_start(const char *service, const char *listen) {
         if (ss.ss_family == AF_INET) port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
         if (ss.ss_family == AF_INET6) port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     }
-    if (port < 0 || pipe2(srv.wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+    if (port < 0) {
         close(fd);
         return OM_E_INTERNAL;
     }
-    srv.lfd = fd;
-    for (int i = 0; i < METRICS_MAX_CONN; i++) srv.conns[i] = (http_conn){.fd = -1};
-
-    /* The server thread takes no signals: they belong to the main thread. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(&srv.thread, NULL, server_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        close(srv.wake[0]);
-        close(srv.wake[1]);
+    srv.own_thread = loop_get() == NULL || !loop_on_loop();
+    if (srv.own_thread) {
+        if (uv_loop_init(&srv.own_loop) != 0) {
+            close(fd);
+            return OM_E_INTERNAL;
+        }
+        srv.loop = &srv.own_loop;
+    } else {
+        srv.loop = loop_get();
+    }
+    srv.mhd = MHD_start_daemon(MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+                               on_request, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_MAX_CONN,
+                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)METRICS_CONN_S,
+                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)METRICS_MEM_LIMIT, MHD_OPTION_END);
+    const union MHD_DaemonInfo *info = srv.mhd ? MHD_get_daemon_info(srv.mhd, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+    if (info == NULL) {
+        log_error("metrics: libmicrohttpd did not start");
+        if (srv.mhd) MHD_stop_daemon(srv.mhd);
+        srv.mhd = NULL;
         close(fd);
-        srv.lfd = srv.wake[0] = srv.wake[1] = -1;
+        if (srv.own_thread) uv_loop_close(&srv.own_loop);
+        return OM_E_INTERNAL;
+    }
+    uv_tcp_init(srv.loop, &srv.listener);
+    uv_poll_init(srv.loop, &srv.mhd_poll, info->epoll_fd);
+    uv_timer_init(srv.loop, &srv.mhd_timer);
+    int rc = uv_tcp_open(&srv.listener, fd);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&srv.listener, 64, on_connection);
+    if (rc == 0) rc = uv_poll_start(&srv.mhd_poll, UV_READABLE, mhd_poll_cb);
+    if (rc == 0 && srv.own_thread) rc = uv_async_init(srv.loop, &srv.stop_async, stop_async_cb);
+    if (rc == 0 && srv.own_thread) {
+        /* The server thread takes no signals: they belong to the main thread. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        rc = pthread_create(&srv.thread, NULL, own_main, NULL) == 0 ? 0 : UV_ENOMEM;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc != 0) uv_close((uv_handle_t *)&srv.stop_async, NULL);
+    }
+    if (rc == 0 && !srv.own_thread) rc = loop_on_stop(on_loop_stop, NULL) == 0 ? 0 : UV_ENOMEM;
+    if (rc != 0) {
+        log_error("metrics: cannot serve: %s", uv_strerror(rc));
+        bool own = srv.own_thread;
+        srv.own_thread = false; /* the async (if any) is closed already */
+        server_close();
+        srv.own_thread = own;
+        if (own) {
+            uv_run(&srv.own_loop, UV_RUN_DEFAULT);
+            uv_loop_close(&srv.own_loop);
+        }
         return OM_E_INTERNAL;
     }
     srv.running = true;
     return port;
 }
 
+/* Harmless when not started, and after the loop's stop hook closed it. */
 void metrics_stop(void) {
     if (!srv.running) return;
-    char b = 1;
-    while (write(srv.wake[1], &b, 1) < 0 && errno == EINTR) {
-    }
-    pthread_join(srv.thread, NULL);
-    close(srv.lfd);
-    close(srv.wake[0]);
-    close(srv.wake[1]);
-    srv.lfd = srv.wake[0] = srv.wake[1] = -1;
     srv.running = false;
+    if (!srv.own_thread) { /* on the process loop's thread */
+        server_close();
+        return;
+    }
+    uv_async_send(&srv.stop_async);
+    pthread_join(srv.thread, NULL);
+    if (uv_loop_close(&srv.own_loop) != 0) log_error("metrics: the endpoint's loop did not close cleanly");
 }

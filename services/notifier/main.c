@@ -1,7 +1,7 @@
 /* main.c — wiring of the notifier service (SPEC 7; see
  * docs/services/notifier.md): NotifierService, migrations, the consumers of
  * the partners, organizations and connections streams (NOTE-01), and the
- * sender threads that deliver the queue over SMTP (NOTE-03). */
+ * sender on the process loop that delivers the queue over SMTP (NOTE-03). */
 #include "app.h"
 #include "notifier.h"
 
@@ -27,8 +27,8 @@ static int init(void) {
     return nt_senders_start();
 }
 
+/* The sender stopped in its loop stop hook, before fini. */
 static void fini(void) {
-    nt_senders_stop();
     nt_templates_free(nt_tpls);
     nt_tpls = NULL;
     nt_smtp_global_cleanup();

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "evt.h"
 #include "om_sql.h"
 #include "notifier_render.h"
@@ -49,6 +51,9 @@ typedef struct nt_smtp_config {
     const char *from;     /* ORGMESH_SMTP_FROM */
     int timeout_ms;       /* ORGMESH_SMTP_TIMEOUT_MS */
     const char *ca_file;  /* ORGMESH_SMTP_CA_FILE: CA bundle for a private CA; NULL = system */
+    int max_connections;       /* ORGMESH_SMTP_MAX_CONNECTIONS: sessions in flight to the server */
+    int max_total_connections; /* ORGMESH_SMTP_MAX_TOTAL_CONNECTIONS: all hosts, busy + cached */
+    int threads;               /* ORGMESH_SMTP_THREADS: engines (a loop, thread and multi handle each) */
 } nt_smtp_config;
 
 typedef struct nt_config {
@@ -61,7 +66,8 @@ typedef struct nt_config {
     int client_hourly_cap;     /* ORGMESH_NOTIFIER_CLIENT_HOURLY_CAP, 0 = none */
     int64_t cap_window_s;      /* ORGMESH_NOTIFIER_CAP_WINDOW_S (3600) */
     int poll_ms;               /* ORGMESH_NOTIFIER_POLL_MS: sender wake-up */
-    int senders;               /* ORGMESH_NOTIFIER_SENDERS: sender threads */
+    int in_flight;             /* ORGMESH_NOTIFIER_IN_FLIGHT: emails claimed at once per replica */
+    int64_t lease_ms;          /* how long a claimed row stays ours (from the SMTP timeout) */
 } nt_config;
 
 extern nt_config nt_cfg;
@@ -70,20 +76,30 @@ extern nt_templates *nt_tpls;
 /* Reads the configuration and the templates (non-zero: do not start). */
 int nt_config_load(void);
 
-/* ---- SMTP (notifier_smtp.c) ----------------------------------------------- */
+/* ---- SMTP (notifier_smtp.c): libcurl multi on the loop ---------------------- */
 
 int nt_smtp_global_init(void);
 void nt_smtp_global_cleanup(void);
-/* Stops every transfer under way (shutdown). */
-void nt_smtp_abort_all(void);
-/* Closes this thread's SMTP connection (kept between sends; sender threads
- * call it when they end). */
-void nt_smtp_thread_done(void);
-/* Sends `msg` to `rcpt`, over this thread's connection when it has one. 0;
- * OM_E_UNAVAILABLE for a failure worth retrying; OM_E_FAILED_PRECONDITION
- * for a permanent one (5xx). err holds the reason. */
-int nt_smtp_send(const nt_smtp_config *cfg, const char *rcpt, const char *msg, size_t len, char *err,
-                 size_t errcap);
+/* Starts the SMTP engines: libcurl multi on libuv loops and threads of their
+ * own (libcurl's SMTP waits for the reply to a message's body inside
+ * curl_multi_socket_action); outcomes come back on `loop`, the caller's.
+ * cfg must outlive it. */
+int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg);
+/* The outcome of one message: 0 sent; OM_E_UNAVAILABLE for a failure worth
+ * retrying (an exchange aborted by nt_smtp_stop too); OM_E_FAILED_PRECONDITION
+ * for a permanent one (5xx); OM_E_CANCELLED when it never left (stopped
+ * while it waited for a connection). err holds the reason. Runs on the loop thread, never from inside nt_smtp_send. */
+typedef void (*nt_smtp_done_fn)(void *arg, int rc, const char *err);
+/* Queues `msg` (malloc'd; taken in every case) to `rcpt`; done runs once
+ * when it is sent or has failed. Non-zero (done is then not called): the
+ * engine is stopped. Loop thread. */
+int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, void *arg);
+/* Messages queued or in flight. */
+int nt_smtp_in_flight(void);
+/* Shuts every SMTP socket down (no QUIT), aborts every transfer and joins
+ * the engine's thread; every done still due runs before it returns (the
+ * aborted ones with OM_E_UNAVAILABLE). Loop thread. */
+void nt_smtp_stop(void);
 
 /* ---- the queue (notifier_store.c) ----------------------------------------- */
 
@@ -108,14 +124,40 @@ int nt_queue_insert(pg_conn *tx, const nt_outbound *o);
 int nt_queue_notify(pg_conn *tx);
 #define NT_QUEUE_CHANNEL "orgmesh_notifier_queue"
 
-/* Takes one due email (FOR UPDATE SKIP LOCKED), applies the per-client cap,
- * sends it and records the outcome, in one transaction. Returns 1 when a row
- * was handled, 0 when none was due, or a negative code. */
-int nt_send_one(pg_conn *c);
+/* One claimed email, from the claim to its recorded outcome. */
+typedef struct nt_job {
+    struct nt_job *next;
+    int64_t id;
+    int64_t lease; /* the claim's token: the outcome is recorded only while it holds */
+    int attempts;
+    uint64_t recipient, client;
+    char *event_id, *event_type, *email, *locale, *message_id, *subject, *body, *access_request_id;
+    char *msg; /* the formatted message, until handed to SMTP */
+    size_t len;
+    bool done; /* nothing left to record (e.g. CANCELLED while preparing) */
+    int rc;    /* the attempt's outcome (0 sent, OM_E_*; OM_E_CANCELLED: never sent, no attempt) */
+    char err[512];
+} nt_job;
 
-/* Sender threads (main.c starts and stops them). */
+/* Claims up to `want` due emails (FOR UPDATE SKIP LOCKED, then a lease of
+ * nt_cfg.lease_ms on each: next_attempt_at moves past it and lease_token is
+ * set), applying the per-client cap (NOTE-03), in one transaction. Returns
+ * how many were claimed (a list in *out, each freed with nt_job_free) or a
+ * negative code. */
+int nt_claim(pg_conn *c, int want, nt_job **out);
+/* Before sending: the link token (PART-04) and the formatted message. A
+ * request that is no longer pending makes the row CANCELLED (j->done). A
+ * failure sets j->rc / j->err for nt_record. Returns 0 or a negative code
+ * (database). */
+int nt_prepare(pg_conn *c, nt_job *j);
+/* Records the outcomes of `jobs` (SENT / RETRYING / DEAD_LETTERED, with
+ * their events) in one transaction; a row whose lease was lost meanwhile
+ * is left alone. */
+int nt_record(pg_conn *c, nt_job *jobs);
+void nt_job_free(nt_job *j);
+
+/* The sender on the loop (main.c's init and the loop's stop hook). */
 int nt_senders_start(void);
-void nt_senders_stop(void);
 
 /* ---- events (notifier_events.c) --------------------------------------------- */
 

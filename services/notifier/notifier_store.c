@@ -1,9 +1,11 @@
 /* notifier_store.c — the delivery log and outbound queue (NOTE-03): rows are
- * queued by the event handlers inside the event's transaction, then leased
- * one at a time by the sender threads of any replica with FOR UPDATE SKIP
- * LOCKED, sent with the lease held, and the outcome recorded before the lease
- * ends. Only a crash between the SMTP server's acceptance and that COMMIT can
- * send again, with the same Message-ID. */
+ * queued by the event handlers inside the event's transaction, then claimed
+ * in batches by the sender of any replica (FOR UPDATE SKIP LOCKED, then a
+ * lease: lease_token set and next_attempt_at moved past the longest SMTP
+ * exchange, committed at once), sent on the loop (notifier_sender.c), and
+ * the outcome recorded while the lease holds. Only a crash between the SMTP
+ * server's acceptance and that record, or a lease that ran out, can send
+ * again, with the same Message-ID. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,13 +56,7 @@ static int64_t backoff_ms(int attempts) {
     return d < 1 ? 1 : d;
 }
 
-typedef struct due_row {
-    int64_t id;
-    const char *event_id, *event_type, *email, *locale, *message_id, *subject, *body;
-    const char *access_request_id;
-    uint64_t recipient, client;
-    int attempts;
-} due_row;
+typedef nt_job due_row;
 
 /* `text` with every NT_TOKEN_MARK replaced by `token` (malloc'd; NULL on
  * exhaustion). */
@@ -87,7 +83,7 @@ static char *fill_token(const char *text, const char *token) {
 /* PART-04: the link token is fetched from partners now, never stored. 0 with
  * the filled body in *body; 1 when the request is no longer pending (the row
  * is then CANCELLED); OM_E_UNAVAILABLE to retry later. */
-static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
+static int prepare_body(pg_conn *c, const due_row *d, char **body) {
     *body = NULL;
     if (d->access_request_id[0] == '\0' || strstr(d->body, NT_TOKEN_MARK) == NULL) {
         *body = strdup(d->body);
@@ -98,10 +94,12 @@ static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
     if (rc == 1) {
         pg_params p = {0};
         pg_p_i64(&p, d->id);
+        pg_p_i64(&p, d->lease);
         rc = pg_exec(c,
-                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_CANCELLED) ","
-                     " last_error = 'no link for this recipient: the access request"
-                     " is no longer pending, or the recipient is not a client admin' WHERE id = $1",
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_CANCELLED) ", lease_token = 0,"
+                     " last_error = 'no link for this recipient:"
+                     " the access request is no longer pending, or the recipient is not a client admin'"
+                     " WHERE id = $1 AND lease_token = $2",
                      &p, NULL);
         log_info("delivery %" PRId64 " cancelled: access request %s is no longer pending, or user %" PRIu64
                  " is not a client admin",
@@ -114,10 +112,12 @@ static int prepare_body(pg_conn *c, const struct due_row *d, char **body) {
     return *body ? 0 : OM_E_NOMEM;
 }
 
-/* NOTE-03: no client gets more than `cap` access-request emails per window.
- * Returns 1 when this row must wait (it is then DEFERRED until the oldest
- * email of the window leaves it), 0 when it may go. The advisory lock
- * serialises the senders of one client across replicas until COMMIT. */
+/* NOTE-03: no client gets more than `cap` access-request emails per window,
+ * counting those SENT in the window and those claimed and in flight (any
+ * replica's unexpired lease). Returns 1 when this row must wait (it is then
+ * DEFERRED until the oldest email of the window leaves it), 0 when it may
+ * go. The advisory lock serialises the claims of one client across
+ * replicas until COMMIT. */
 static int cap_check(pg_conn *c, const due_row *d) {
     if (d->client == 0 || nt_cfg.client_hourly_cap <= 0) return 0;
     pg_params p = {0};
@@ -129,19 +129,22 @@ static int cap_check(pg_conn *c, const due_row *d) {
     pg_p_i64(&q, nt_cfg.cap_window_s);
     pg_res *r = NULL;
     rc = pg_exec(c,
-                 "SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND state = " OM_SQL(NT_SQL_SENT)
-                 " AND send_time > now() - make_interval(secs => $2::bigint)",
+                 "SELECT (SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND state = " OM_SQL(NT_SQL_SENT)
+                 "   AND send_time > now() - make_interval(secs => $2::bigint))"
+                 " + (SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND lease_token <> 0"
+                 "   AND state IN (" NT_SQL_DUE ") AND next_attempt_at > now())",
                  &q, &r);
     if (rc != 0) return rc;
     int64_t sent = pg_i64(r, 0, 0);
     pg_free(r);
-    if (sent < nt_cfg.client_hourly_cap) return 0;
+    if (sent < nt_cfg.client_hourly_cap) return 0; /* sent or in flight */
     pg_params u = {0};
     pg_p_i64(&u, d->id);
     pg_p_u64(&u, d->client);
     pg_p_i64(&u, nt_cfg.cap_window_s);
     rc = pg_exec(c,
-                 "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEFERRED) ", last_error = 'client hourly cap reached',"
+                 "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEFERRED) ", lease_token = 0,"
+                 " last_error = 'client hourly cap reached',"
                  " next_attempt_at = GREATEST(now() + interval '1 second',"
                  "   (SELECT min(send_time) FROM delivery WHERE client_hub_id = $2 AND state = " OM_SQL(NT_SQL_SENT)
                  "     AND send_time > now() - make_interval(secs => $3::bigint))"
@@ -153,6 +156,15 @@ static int cap_check(pg_conn *c, const due_row *d) {
              " s (NOTE-03 cap %d)",
              d->id, d->client, sent, nt_cfg.cap_window_s, nt_cfg.client_hourly_cap);
     return 1;
+}
+
+/* The claim ran out before the outcome (a stall longer than the lease): the
+ * row is someone else's now, or will be claimed again; nothing is recorded. */
+static int lease_lost(const due_row *d) {
+    log_warn("delivery %" PRId64 ": the claim's lease ran out before its outcome was recorded; the row is due"
+             " again (same Message-ID %s)",
+             d->id, d->message_id);
+    return 0;
 }
 
 static int dead_letter(pg_conn *c, const due_row *d, const char *reason) {
@@ -198,11 +210,16 @@ static int dead_letter(pg_conn *c, const due_row *d, const char *reason) {
 static int delivered(pg_conn *c, const due_row *d) {
     pg_params p = {0};
     pg_p_i64(&p, d->id);
+    pg_p_i64(&p, d->lease);
+    pg_res *r = NULL;
     int rc = pg_exec(c,
                      "UPDATE delivery SET state = " OM_SQL(NT_SQL_SENT) ", attempts = attempts + 1, send_time = now(),"
-                     " last_error = '' WHERE id = $1",
-                     &p, NULL);
+                     " last_error = '', lease_token = 0 WHERE id = $1 AND lease_token = $2 RETURNING 1",
+                     &p, &r);
     if (rc != 0) return rc;
+    int n = pg_nrows(r);
+    pg_free(r);
+    if (n == 0) return lease_lost(d);
     char id[24], subject[64];
     snprintf(id, sizeof id, "%" PRId64, d->id);
     Orgmesh__Notifier__V1__Delivery dv;
@@ -227,121 +244,210 @@ static int delivered(pg_conn *c, const due_row *d) {
 
 static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
     if (send_rc == 0) return delivered(c, d);
+    if (send_rc == OM_E_CANCELLED) { /* never handed to SMTP (stopping): due again now, no attempt spent */
+        pg_params r = {0};
+        pg_p_i64(&r, d->id);
+        pg_p_i64(&r, d->lease);
+        return pg_exec(c, "UPDATE delivery SET lease_token = 0, next_attempt_at = now() WHERE id = $1 AND lease_token = $2",
+                       &r, NULL);
+    }
     pg_params p = {0};
     pg_p_i64(&p, d->id);
     pg_p_str(&p, err);
+    pg_p_i64(&p, d->lease);
     bool last = send_rc == OM_E_FAILED_PRECONDITION || d->attempts + 1 >= nt_cfg.max_attempts;
+    pg_res *r = NULL;
+    int rc;
     if (!last) {
         pg_p_i64(&p, backoff_ms(d->attempts + 1));
-        return pg_exec(c,
-                       "UPDATE delivery SET state = " OM_SQL(NT_SQL_RETRYING) ","
-                       " attempts = attempts + 1, last_error = $2,"
-                       " next_attempt_at = now() + make_interval(secs => $3::bigint / 1000.0)"
-                       " WHERE id = $1",
-                       &p, NULL);
+        rc = pg_exec(c,
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_RETRYING) ","
+                     " attempts = attempts + 1, last_error = $2, lease_token = 0,"
+                     " next_attempt_at = now() + make_interval(secs => $4::bigint / 1000.0)"
+                     " WHERE id = $1 AND lease_token = $3 RETURNING 1",
+                     &p, &r);
+    } else {
+        rc = pg_exec(c,
+                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEAD) ","
+                     " attempts = attempts + 1, last_error = $2, lease_token = 0"
+                     " WHERE id = $1 AND lease_token = $3 RETURNING 1",
+                     &p, &r);
     }
-    int rc = pg_exec(c,
-                     "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEAD) ", attempts = attempts + 1, last_error = $2"
-                     " WHERE id = $1",
-                     &p,
-                     NULL);
-    return rc != 0 ? rc : dead_letter(c, d, err);
+    if (rc != 0) return rc;
+    int n = pg_nrows(r);
+    pg_free(r);
+    if (n == 0) return lease_lost(d);
+    return last ? dead_letter(c, d, err) : 0;
 }
 
-int nt_send_one(pg_conn *c) {
+void nt_job_free(nt_job *j) {
+    if (j == NULL) return;
+    free(j->msg);
+    free(j);
+}
+
+/* One allocation: the job and its strings. */
+static nt_job *job_from_row(const pg_res *r, int i, int64_t lease) {
+    static const int cols[] = {1, 2, 4, 5, 6, 7, 8, 11};
+    size_t n = sizeof(nt_job);
+    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) n += strlen(pg_str(r, i, cols[k])) + 1;
+    nt_job *j = calloc(1, n);
+    if (j == NULL) return NULL;
+    char *o = (char *)(j + 1);
+    char **dst[] = {&j->event_id, &j->event_type, &j->email, &j->locale, &j->message_id, &j->subject, &j->body,
+                    &j->access_request_id};
+    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
+        const char *v = pg_str(r, i, cols[k]);
+        size_t l = strlen(v) + 1;
+        memcpy(o, v, l);
+        *dst[k] = o;
+        o += l;
+    }
+    j->id = pg_i64(r, i, 0);
+    j->recipient = pg_u64(r, i, 3);
+    j->client = pg_u64(r, i, 9);
+    j->attempts = (int)pg_i64(r, i, 10);
+    j->lease = lease;
+    return j;
+}
+
+int nt_claim(pg_conn *c, int want, nt_job **out) {
+    *out = NULL;
+    int64_t lease = (((int64_t)random() << 31) ^ random()) & INT64_MAX;
+    if (lease == 0) lease = 1;
     int rc = pg_begin(c);
     if (rc != 0) return rc;
+    pg_params q = {0};
+    pg_p_i64(&q, want);
     pg_res *r = NULL;
     rc = pg_exec(c,
                  "SELECT id, event_id, event_type, recipient_user_id, recipient_email, locale, message_id,"
                  " subject, body, client_hub_id, attempts, access_request_id FROM delivery"
                  " WHERE state IN (" NT_SQL_DUE ") AND next_attempt_at <= now()"
-                 " ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                 NULL, &r);
+                 " ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                 &q, &r);
     if (rc != 0) goto fail;
-    if (pg_nrows(r) == 0) {
-        pg_free(r);
-        pg_rollback(c);
-        return 0;
+    nt_job *head = NULL, **tail = &head;
+    int claimed = 0;
+    for (int i = 0; i < pg_nrows(r); i++) {
+        nt_job *j = job_from_row(r, i, lease);
+        if (j == NULL) {
+            rc = OM_E_NOMEM;
+            goto fail_jobs;
+        }
+        rc = cap_check(c, j);
+        if (rc < 0) {
+            nt_job_free(j);
+            goto fail_jobs;
+        }
+        if (rc == 1) { /* DEFERRED */
+            nt_job_free(j);
+            continue;
+        }
+        pg_params u = {0};
+        pg_p_i64(&u, j->id);
+        pg_p_i64(&u, lease);
+        pg_p_i64(&u, nt_cfg.lease_ms);
+        rc = pg_exec(c,
+                     "UPDATE delivery SET lease_token = $2,"
+                     " next_attempt_at = now() + make_interval(secs => $3::bigint / 1000.0) WHERE id = $1",
+                     &u, NULL);
+        if (rc != 0) {
+            nt_job_free(j);
+            goto fail_jobs;
+        }
+        *tail = j;
+        tail = &j->next;
+        claimed++;
     }
-    due_row d = {
-        .id = pg_i64(r, 0, 0),
-        .event_id = pg_str(r, 0, 1),
-        .event_type = pg_str(r, 0, 2),
-        .recipient = pg_u64(r, 0, 3),
-        .email = pg_str(r, 0, 4),
-        .locale = pg_str(r, 0, 5),
-        .message_id = pg_str(r, 0, 6),
-        .subject = pg_str(r, 0, 7),
-        .body = pg_str(r, 0, 8),
-        .client = pg_u64(r, 0, 9),
-        .attempts = (int)pg_i64(r, 0, 10),
-        .access_request_id = pg_str(r, 0, 11),
-    };
-    rc = cap_check(c, &d);
-    if (rc < 0) goto fail;
-    if (rc == 1) {
-        pg_free(r);
-        rc = pg_commit(c);
-        return rc != 0 ? rc : 1;
-    }
-    char *body = NULL;
-    char err[512];
-    int send_rc = prepare_body(c, &d, &body);
-    if (send_rc == 1) {
-        pg_free(r);
-        rc = pg_commit(c);
-        return rc != 0 ? rc : 1;
-    }
-    if (send_rc == OM_E_UNAVAILABLE) {
-        snprintf(err, sizeof err, "partners: cannot fetch the link token now");
-        log_warn("delivery %" PRId64 " attempt %d failed: %s", d.id, d.attempts + 1, err);
-        rc = record(c, &d, send_rc, err);
-        pg_free(r);
-        r = NULL;
-        if (rc != 0) goto fail;
-        rc = pg_commit(c);
-        return rc != 0 ? rc : 1;
-    }
-    if (send_rc != 0) {
-        rc = send_rc;
-        goto fail;
-    }
-    nt_mail mail = {
-        .from = nt_cfg.smtp.from,
-        .to = d.email,
-        .subject = d.subject,
-        .body = body,
-        .message_id = d.message_id,
-        .locale = d.locale,
-        .event_id = d.event_id,
-        .date_s = (int64_t)time(NULL),
-    };
-    char *msg = NULL;
-    size_t len = 0;
-    send_rc = nt_mail_format(&mail, &msg, &len);
-    free(body);
-    if (send_rc == 0) {
-        send_rc = nt_smtp_send(&nt_cfg.smtp, d.email, msg, len, err, sizeof err);
-        free(msg);
-    } else {
-        snprintf(err, sizeof err, "cannot format the message: %s", om_err_name(send_rc));
-        send_rc = OM_E_FAILED_PRECONDITION;
-    }
-    if (send_rc == 0)
-        log_info("delivery %" PRId64 " sent: event %s to user %" PRIu64 " %s", d.id, d.event_id, d.recipient,
-                 d.message_id);
-    else
-        log_warn("delivery %" PRId64 " attempt %d failed: %s", d.id, d.attempts + 1, err);
-    rc = record(c, &d, send_rc, err);
     pg_free(r);
     r = NULL;
-    if (rc != 0) goto fail;
     rc = pg_commit(c);
-    return rc != 0 ? rc : 1;
+    if (rc != 0) { /* rolled back: nothing claimed */
+        while (head) {
+            nt_job *n = head->next;
+            nt_job_free(head);
+            head = n;
+        }
+        log_error("sender: claim: %s %s", om_err_name(rc), pg_errmsg(c));
+        return rc;
+    }
+    *out = head;
+    return claimed;
+fail_jobs:
+    while (head) {
+        nt_job *n = head->next;
+        nt_job_free(head);
+        head = n;
+    }
 fail:
-    log_error("sender: %s %s", om_err_name(rc), pg_errmsg(c));
+    log_error("sender: claim: %s %s", om_err_name(rc), pg_errmsg(c));
     pg_free(r);
+    if (pg_in_tx(c)) pg_rollback(c);
+    return rc;
+}
+
+int nt_prepare(pg_conn *c, nt_job *j) {
+    char *body = NULL;
+    j->rc = 0;
+    j->err[0] = '\0';
+    int rc = prepare_body(c, j, &body);
+    if (rc == 1) { /* CANCELLED */
+        j->done = true;
+        return 0;
+    }
+    if (rc == OM_E_UNAVAILABLE) {
+        j->rc = OM_E_UNAVAILABLE;
+        snprintf(j->err, sizeof j->err, "partners: cannot fetch the link token now");
+        return 0;
+    }
+    if (rc != 0) return rc;
+    nt_mail mail = {
+        .from = nt_cfg.smtp.from,
+        .to = j->email,
+        .subject = j->subject,
+        .body = body,
+        .message_id = j->message_id,
+        .locale = j->locale,
+        .event_id = j->event_id,
+        .date_s = (int64_t)time(NULL),
+    };
+    rc = nt_mail_format(&mail, &j->msg, &j->len);
+    free(body);
+    if (rc != 0) {
+        j->msg = NULL;
+        j->rc = OM_E_FAILED_PRECONDITION;
+        snprintf(j->err, sizeof j->err, "cannot format the message: %s", om_err_name(rc));
+    }
+    return 0;
+}
+
+int nt_record(pg_conn *c, nt_job *jobs) {
+    int rc = pg_begin(c);
+    if (rc != 0) return rc;
+    for (nt_job *j = jobs; j; j = j->next) {
+        if (j->done) continue;
+        rc = record(c, j, j->rc, j->err);
+        if (rc != 0) goto fail;
+    }
+    rc = pg_commit(c);
+    if (rc == 0) {
+        for (nt_job *j = jobs; j; j = j->next) {
+            if (j->done) continue;
+            if (j->rc == OM_E_CANCELLED)
+                log_info("delivery %" PRId64 " released: %s", j->id, j->err);
+            else if (j->rc == 0)
+                log_info("delivery %" PRId64 " sent: event %s to user %" PRIu64 " %s", j->id, j->event_id,
+                         j->recipient, j->message_id);
+            else
+                log_warn("delivery %" PRId64 " attempt %d failed: %s", j->id, j->attempts + 1, j->err);
+        }
+        return 0;
+    }
+    log_error("sender: record: %s %s", om_err_name(rc), pg_errmsg(c));
+    return rc;
+fail:
+    log_error("sender: record: %s %s", om_err_name(rc), pg_errmsg(c));
     if (pg_in_tx(c)) pg_rollback(c);
     return rc;
 }

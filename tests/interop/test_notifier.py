@@ -9,6 +9,7 @@ is stopped and started again to simulate an outage, and told to refuse some
 recipients (permanently with 550, temporarily with 451) to drive the retries
 and the dead letters."""
 
+import asyncio
 import email
 import email.policy
 import hashlib
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from urllib.parse import parse_qs, urlparse
@@ -675,3 +677,49 @@ def test_note_01_starttls_and_credentials_from_configuration(w, setup, suite, tm
         shutil.rmtree(tls.dir, ignore_errors=True)
         first.restart()
     assert problems == []
+
+
+class HungSink(SmtpSink):
+    """Takes the whole message, then never answers the final "." (libcurl
+    waits for that reply inside curl_multi_socket_action, issue 15)."""
+
+    def __init__(self):
+        super().__init__()
+        self.data_seen = threading.Event()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.data_seen.set()
+        await asyncio.sleep(3600)
+        return "451 too late"
+
+
+def test_spec_09_sigterm_while_smtp_server_hangs_after_the_body_exits_within_5s(w, setup, suite):
+    """A replica whose SMTP server hangs after the message body (response
+    timeout 30 s) still exits within 5 s of SIGTERM: the SMTP sockets are shut
+    down, the aborted exchange counts as a temporary failure (RETRYING, one
+    attempt), and the email goes out once after the restart."""
+    s = setup
+    hung = HungSink()
+    hung.start()
+    first = suite["notifier"]
+    replica = first.replica("notifier-hung.log", start=False, env={
+        "ORGMESH_SMTP_URL": f"smtp://127.0.0.1:{hung.port}", "ORGMESH_SMTP_TIMEOUT_MS": "30000",
+        "ORGMESH_NOTIFIER_RETRY_BASE_MS": "60000", "ORGMESH_NOTIFIER_RETRY_MAX_MS": "60000"})
+    assert first.stop() == []  # only the replica sends until it stops
+    try:
+        replica.start()
+        replica.wait_serving()
+        w.request(s.P, s.M, s.E, s.C)
+        assert hung.data_seen.wait(15), "the notifier never sent the message body"
+        t0 = time.monotonic()
+        problems = replica.stop()  # SIGTERM; a problem if not gone within 5 s
+        took = time.monotonic() - t0
+    finally:
+        if replica.running():
+            replica.kill()
+        hung.stop()
+        shutil.rmtree(hung.dir, ignore_errors=True)
+        first.restart()
+    assert problems == [] and took < 5.0, (problems, took)
+    (d,) = World(suite).deliveries(recipient_user_id=s.CA.user_id)  # the restart closed w's channel
+    assert d.state == D.Value("DELIVERY_STATE_RETRYING") and d.attempts == 1, d
