@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "config.h"
 #include "log.h"
+#include "loop_internal.h"
 #include "metrics.h"
 #include "om_time.h"
 #include "page.h"
@@ -26,16 +27,20 @@ static struct {
     const app_def *def;
     auth_ctx *auth;
     rpc_server *server;
-    pthread_t health_thread;
-    volatile int stopping;
+    work_pool *pool;
+    uv_signal_t sig_term, sig_int;
+    uv_timer_t health_timer;
+    bool health_busy;
+    pthread_t drain_thread;
+    bool drain_started;
+    int grace_ms;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
     struct {
         char name[32];
         rpc_client *client;
     } peers[APP_MAX_PEERS];
     int n_peers;
-} app = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+} app = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 auth_ctx *app_auth(void) {
     return app.auth;
@@ -88,23 +93,80 @@ static void worker_stop(int index, void *arg) {
     cache_local_close();
 }
 
-/* PostgreSQL decides "" (the whole server); Redis is reported on its own. */
-static void *health_main(void *arg) {
+/* Health, on the loop: a timer tick sends the probes to a worker (they
+ * block); the next tick waits for the previous one. PostgreSQL decides ""
+ * (the whole server); Redis is reported on its own. */
+static int health_work(void *arg) {
     (void)arg;
-    int interval_ms = (int)cfg_int("ORGMESH_HEALTH_INTERVAL_MS", 1000, 50, 60000);
-    pthread_mutex_lock(&app.mu);
-    while (!app.stopping) {
-        pthread_mutex_unlock(&app.mu);
-        bool pg_ok = pg_ping();
-        bool redis_ok = cache_ping();
+    bool pg_ok = pg_ping();
+    bool redis_ok = cache_ping();
+    if (!loop_stopping()) {
         rpc_health_set(app.server, "", pg_ok);
         rpc_health_set(app.server, "redis", redis_ok);
-        struct timespec until = om_deadline(CLOCK_REALTIME, interval_ms);
-        pthread_mutex_lock(&app.mu);
-        if (!app.stopping) pthread_cond_timedwait(&app.cv, &app.mu, &until);
     }
-    pthread_mutex_unlock(&app.mu);
+    return 0;
+}
+
+static void health_done(void *arg, int rc) {
+    (void)arg;
+    (void)rc;
+    app.health_busy = false;
+}
+
+static void health_tick(uv_timer_t *t) {
+    (void)t;
+    if (app.health_busy || loop_stopping()) return;
+    app.health_busy = true;
+    if (loop_work(health_work, health_done, NULL) != 0) app.health_busy = false;
+}
+
+/* The drain's blocking part, off the loop: the gRPC server's stop waits up
+ * to the grace period for calls in flight. Then the pool stops (every job
+ * queued runs, every done is posted) and the loop closes its last handle. */
+static void *drain_main(void *arg) {
+    (void)arg;
+    rpc_health_set(app.server, "", false);
+    rpc_server_stop(app.server, app.grace_ms);
+    if (app.def->n_subs > 0) evt_consumers_stop();
+    evt_relay_stop();
+    work_pool_stop(app.pool);
+    loop_finish();
     return NULL;
+}
+
+static void close_app_handles(void) {
+    uv_handle_t *hs[] = {(uv_handle_t *)&app.sig_term, (uv_handle_t *)&app.sig_int,
+                         (uv_handle_t *)&app.health_timer};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (hs[i]->loop != NULL && !uv_is_closing(hs[i])) uv_close(hs[i], NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    (void)h;
+    if (app.drain_started) return;
+    log_info("signal %d: draining", signum);
+    close_app_handles();
+    /* Closing the last uv_signal of a signal restores its default action: a
+     * second SIGTERM during the drain must not kill the process. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    loop_begin_stop();
+    if (pthread_create(&app.drain_thread, NULL, drain_main, NULL) != 0) {
+        log_error("cannot start the drain thread: draining on the loop");
+        drain_main(NULL);
+        return;
+    }
+    app.drain_started = true;
+}
+
+/* Close the loop when the service never started serving (init failed). */
+static int loop_abandon(void) {
+    close_app_handles();
+    loop_begin_stop();
+    work_pool_stop(app.pool);
+    loop_finish();
+    uv_run(loop_get(), UV_RUN_DEFAULT);
+    return loop_close();
 }
 
 /* Apply migrations, waiting up to `wait_ms` for PostgreSQL to come up. */
@@ -216,7 +278,9 @@ int app_main(const app_def *def, int argc, char **argv) {
     }
     log_init(def->name, lvl);
 
-    /* Signals are taken by sigwait in this thread only. */
+    /* SIGTERM and SIGINT are taken on the loop (uv_signal, below); until
+     * the loop exists they are blocked, so none is lost and none kills the
+     * process half-way through its start. */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -250,6 +314,26 @@ int app_main(const app_def *def, int argc, char **argv) {
     if (metrics != NULL && metrics_start(def->name, metrics) < 0)
         log_warn("metrics: cannot listen on %s", metrics);
 
+    /* The worker pool and the loop exist before def->init, which may start
+     * background work on them (issue 15, docs/common/loop.md). */
+    int workers = (int)cfg_int("ORGMESH_WORKERS", 8, 1, 256);
+    work_pool_opts wo = {.threads = workers,
+                         .thread_start = worker_start,
+                         .thread_stop = worker_stop,
+                         .after_job = after_call};
+    if (work_pool_new(&app.pool, &wo) != 0 || loop_init(app.pool) != 0) {
+        log_error("cannot start the worker pool and the loop");
+        work_pool_free(app.pool);
+        app.pool = NULL;
+        rc = 1;
+        goto out_early;
+    }
+    work_set_default(app.pool);
+    app.grace_ms = (int)cfg_int("ORGMESH_SHUTDOWN_GRACE_MS", 2500, 0, 60000);
+    uv_signal_init(loop_get(), &app.sig_term);
+    uv_signal_init(loop_get(), &app.sig_int);
+    uv_timer_init(loop_get(), &app.health_timer);
+
     if (def->init != NULL && def->init() != 0) {
         log_error("service initialisation failed");
         rc = 1;
@@ -262,7 +346,8 @@ int app_main(const app_def *def, int argc, char **argv) {
         .service = def->name,
         .listen = cfg_str("ORGMESH_LISTEN", listen),
         .pollers = (int)cfg_int("ORGMESH_POLLERS", 1, 1, 64),
-        .workers = (int)cfg_int("ORGMESH_WORKERS", 8, 1, 256),
+        .workers = workers,
+        .pool = app.pool,
         .max_message_bytes = 4 * 1024 * 1024,
         .descriptor_set = om_descriptor_set,
         .descriptor_set_len = om_descriptor_set_len,
@@ -291,27 +376,35 @@ int app_main(const app_def *def, int argc, char **argv) {
     if (evt_relay_start(def->name) != 0) log_error("cannot start the event relay");
     if (def->n_subs > 0 && evt_consumers_start(def->name, def->subs, def->n_subs) != 0)
         log_error("cannot start the event consumers");
-    pthread_create(&app.health_thread, NULL, health_main, NULL);
+    int interval_ms = (int)cfg_int("ORGMESH_HEALTH_INTERVAL_MS", 1000, 50, 60000);
+    uv_timer_start(&app.health_timer, health_tick, (uint64_t)interval_ms, (uint64_t)interval_ms);
+    uv_signal_start(&app.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&app.sig_int, on_signal, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     log_info("%s ready on port %d", def->name, rpc_server_port(app.server));
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    log_info("signal %d: draining", sig);
-
-    pthread_mutex_lock(&app.mu);
-    app.stopping = 1;
-    pthread_cond_broadcast(&app.cv);
-    pthread_mutex_unlock(&app.mu);
-    pthread_join(app.health_thread, NULL);
-    rpc_health_set(app.server, "", false);
-    rpc_server_stop(app.server, (int)cfg_int("ORGMESH_SHUTDOWN_GRACE_MS", 2500, 0, 60000));
-    if (def->n_subs > 0) evt_consumers_stop();
-    evt_relay_stop();
+    /* The main thread is the loop thread from here until every handle is
+     * closed: on_signal begins the drain, drain_main ends it. */
+    uv_run(loop_get(), UV_RUN_DEFAULT);
+    if (app.drain_started) pthread_join(app.drain_thread, NULL);
     rc = 0;
+    int lrc = loop_close();
+    if (lrc != 0) {
+        log_error("the loop did not close cleanly (%s): a handle was left open", uv_err_name(lrc));
+        rc = 1;
+    } else {
+        log_info("loop closed: every handle closed");
+    }
+    goto done;
 out:
+    if (loop_get() != NULL && loop_abandon() != 0) log_error("the loop did not close cleanly");
+done:
     if (def->fini != NULL) def->fini();
     rpc_server_free(app.server);
     app.server = NULL;
+    work_pool_free(app.pool);
+    app.pool = NULL;
+out_early:
     for (int i = 0; i < app.n_peers; i++) rpc_client_free(app.peers[i].client);
     app.n_peers = 0;
     metrics_stop();

@@ -1084,6 +1084,22 @@ bool pg_ping(void) {
 
 /* ---- notifications -------------------------------------------------------- */
 
+PGconn *pg_open_listen(void) {
+    static bool failed; /* one warning per outage */
+    if (cfg.conninfo == NULL) return NULL;
+    PGconn *conn = pg_open_raw("2");
+    if (conn == NULL || PQstatus(conn) != CONNECTION_OK) {
+        log_msg(failed ? LOG_DEBUG : LOG_WARN, "LISTEN: cannot connect to PostgreSQL: %s",
+                conn ? PQerrorMessage(conn) : "out of memory");
+        if (conn != NULL) PQfinish(conn);
+        failed = true;
+        return NULL;
+    }
+    if (failed) log_info("LISTEN: connected to PostgreSQL again");
+    failed = false;
+    return conn;
+}
+
 int pg_listen(pg_conn *c, const char *channel) {
     if (c == NULL) return OM_E_UNAVAILABLE;
     if (!pg_ident_ok(channel)) return OM_E_INVALID_ARGUMENT;

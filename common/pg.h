@@ -138,4 +138,12 @@ int pg_listen(pg_conn *c, const char *channel);
  * reconnect is attempted at most every 500 ms). */
 int pg_wait_notify(pg_conn *c, int timeout_ms, int wake_fd);
 
+#ifdef LIBPQ_FE_H
+/* A plain libpq connection with the service's settings (application name,
+ * keepalives, schema), for the loop's one LISTEN connection (common/loop.c):
+ * blocking connect, so call it on a worker. NULL when it fails (logged
+ * once per outage). */
+PGconn *pg_open_listen(void);
+#endif
+
 #endif

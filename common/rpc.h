@@ -134,6 +134,10 @@ typedef struct rpc_server_opts {
      * the handler left open). May be NULL. */
     void (*after_call)(void *arg);
     void *worker_arg;
+    /* The process's worker pool (common/work.h), shared with the loop's
+     * background work; NULL: the server starts a pool of its own with
+     * `workers` threads and the three callbacks above. */
+    struct work_pool *pool;
     /* Comma-separated service names that RPC_PLATFORM stands for in the
      * methods' `services` lists (ORGMESH_PLATFORM_SERVICES); NULL: none. */
     const char *platform_services;

@@ -27,6 +27,7 @@
 #include "om_time.h"
 #include "pbcheck.h"
 #include "rpc_internal.h"
+#include "work.h"
 
 #define RPC_REQUESTS_PER_METHOD 8   /* calls posted per method and poller */
 #define RPC_GENERIC_REQUESTS 4      /* posted for unknown methods */
@@ -136,14 +137,13 @@ struct rpc_server {
 
     poller *pollers;
     int n_pollers;
-    pthread_t *workers;
-    int n_workers;
+    work_pool *pool;   /* opts.pool, or own_pool */
+    work_pool *own_pool;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    rpc_ctx *queue_head, *queue_tail;
-    int queue_len;
-    bool workers_stop;
+    int queue_len;      /* calls queued or running on the pool */
+    bool workers_stop;  /* refuse new ones (drain) */
     bool shutting_down;
     bool shutdown_done;
     /* Calls accepted and not yet freed, so a shutdown can wait for them and
@@ -211,7 +211,7 @@ struct rpc_ctx {
     rpc_ctx *live_prev, *live_next;
     bool on_worker; /* the handler runs on a worker thread */
     bool deferred;  /* an inline call re-queued with RPC_DEFER */
-    rpc_ctx *next; /* work queue */
+    work_job job;   /* on the worker pool */
 };
 
 static __thread char dummy_block[256];
@@ -648,46 +648,35 @@ static int run_handler(rpc_ctx *ctx) {
     return rc;
 }
 
-static void *worker_main(void *arg) {
-    rpc_server *srv = ((void **)arg)[0];
-    int index = (int)(intptr_t)((void **)arg)[1];
-    free(arg);
-    if (srv->opts.worker_start) srv->opts.worker_start(index, srv->opts.worker_arg);
-    for (;;) {
-        pthread_mutex_lock(&srv->mu);
-        while (srv->queue_head == NULL && !srv->workers_stop) pthread_cond_wait(&srv->cv, &srv->mu);
-        rpc_ctx *ctx = srv->queue_head;
-        if (ctx == NULL) {
-            pthread_mutex_unlock(&srv->mu);
-            break;
-        }
-        srv->queue_head = ctx->next;
-        if (srv->queue_head == NULL) srv->queue_tail = NULL;
-        srv->queue_len--;
-        pthread_mutex_unlock(&srv->mu);
-        ctx->on_worker = true;
-        run_handler(ctx);
-        if (srv->opts.after_call) srv->opts.after_call(srv->opts.worker_arg);
-        /* A deferred inline call did not start RECV_CLOSE_ON_SERVER early. */
-        send_reply(ctx, ctx->deferred);
-    }
-    if (srv->opts.worker_stop) srv->opts.worker_stop(index, srv->opts.worker_arg);
-    return NULL;
+static void worker_run(work_job *job) {
+    rpc_ctx *ctx = (rpc_ctx *)((char *)job - offsetof(rpc_ctx, job));
+    rpc_server *srv = ctx->srv;
+    ctx->on_worker = true;
+    run_handler(ctx);
+    /* A deferred inline call did not start RECV_CLOSE_ON_SERVER early. */
+    send_reply(ctx, ctx->deferred);
+    pthread_mutex_lock(&srv->mu);
+    if (--srv->queue_len == 0) pthread_cond_broadcast(&srv->cv);
+    pthread_mutex_unlock(&srv->mu);
 }
 
+/* The pool's after_job runs after_call (the server's own pool) or app.c's
+ * equivalent (the shared pool). */
 static bool enqueue(rpc_server *srv, rpc_ctx *ctx) {
     pthread_mutex_lock(&srv->mu);
     if (srv->queue_len >= RPC_QUEUE_LIMIT || srv->workers_stop) {
         pthread_mutex_unlock(&srv->mu);
         return false;
     }
-    ctx->next = NULL;
-    if (srv->queue_tail) srv->queue_tail->next = ctx;
-    else srv->queue_head = ctx;
-    srv->queue_tail = ctx;
     srv->queue_len++;
-    pthread_cond_signal(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
+    ctx->job.run = worker_run;
+    if (!work_submit(srv->pool, &ctx->job, 0)) {
+        pthread_mutex_lock(&srv->mu);
+        if (--srv->queue_len == 0) pthread_cond_broadcast(&srv->cv);
+        pthread_mutex_unlock(&srv->mu);
+        return false;
+    }
     return true;
 }
 
@@ -1236,6 +1225,18 @@ int rpc_server_start(rpc_server *srv) {
         m->metrics = metrics_method_register(m->path);
     }
 
+    srv->pool = srv->opts.pool;
+    if (srv->pool == NULL) {
+        work_pool_opts wo = {.threads = srv->opts.workers,
+                             .thread_start = srv->opts.worker_start,
+                             .thread_stop = srv->opts.worker_stop,
+                             .after_job = srv->opts.after_call,
+                             .arg = srv->opts.worker_arg};
+        int rc = work_pool_new(&srv->own_pool, &wo);
+        if (rc != 0) return rc;
+        srv->pool = srv->own_pool;
+    }
+
     srv->n_pollers = srv->opts.pollers;
     srv->pollers = calloc((size_t)srv->n_pollers, sizeof *srv->pollers);
     if (srv->pollers == NULL) return OM_E_NOMEM;
@@ -1262,21 +1263,8 @@ int rpc_server_start(rpc_server *srv) {
         for (int k = 0; k < RPC_GENERIC_REQUESTS; k++) post_request(srv, p, NULL);
         if (pthread_create(&p->thread, NULL, poller_main, p) != 0) return OM_E_INTERNAL;
     }
-    srv->workers = calloc((size_t)srv->opts.workers, sizeof *srv->workers);
-    if (srv->workers == NULL) return OM_E_NOMEM;
-    for (int i = 0; i < srv->opts.workers; i++) {
-        void **arg = malloc(2 * sizeof(void *));
-        if (arg == NULL) return OM_E_NOMEM;
-        arg[0] = srv;
-        arg[1] = (void *)(intptr_t)i;
-        if (pthread_create(&srv->workers[i], NULL, worker_main, arg) != 0) {
-            free(arg);
-            return OM_E_INTERNAL;
-        }
-        srv->n_workers++;
-    }
     log_info("rpc: serving on port %d (%d pollers, %d workers)", srv->port, srv->n_pollers,
-             srv->n_workers);
+             work_pool_threads(srv->pool));
     return 0;
 }
 
@@ -1326,12 +1314,12 @@ void rpc_server_stop(rpc_server *srv, int grace_ms) {
         pthread_mutex_unlock(&srv->mu);
     }
 
+    /* Every call queued on the pool replies before the pollers go. */
     pthread_mutex_lock(&srv->mu);
     srv->workers_stop = true;
-    pthread_cond_broadcast(&srv->cv);
+    while (srv->queue_len > 0) pthread_cond_wait(&srv->cv, &srv->mu);
     pthread_mutex_unlock(&srv->mu);
-    for (int i = 0; i < srv->n_workers; i++) pthread_join(srv->workers[i], NULL);
-    srv->n_workers = 0;
+    if (srv->own_pool != NULL) work_pool_stop(srv->own_pool);
 
     for (int i = 0; i < srv->n_pollers; i++) grpc_completion_queue_shutdown(srv->pollers[i].cq);
     for (int i = 0; i < srv->n_pollers; i++) pthread_join(srv->pollers[i].thread, NULL);
@@ -1345,7 +1333,7 @@ void rpc_server_free(rpc_server *srv) {
     for (int i = 0; i < srv->n_pollers; i++)
         if (srv->pollers[i].cq) grpc_completion_queue_destroy(srv->pollers[i].cq);
     free(srv->pollers);
-    free(srv->workers);
+    work_pool_free(srv->own_pool);
     for (int i = 0; i < srv->n_methods; i++) free(srv->methods[i].path);
     free(srv->methods);
     free(srv->service_names);
