@@ -27,6 +27,7 @@
 #include "google/protobuf/timestamp.pb-c.h"
 #include "idem.h"
 #include "log.h"
+#include "loop.h"
 #include "metrics.h"
 #include "om_err.h"
 #include "om_time.h"
@@ -216,9 +217,7 @@ typedef struct relay_group {
 
 static struct {
     bool running;
-    pthread_t th;
     atomic_bool stop;
-    int pipe[2];
     char stream[192];
     char lock_key[128];
     char channel[96];
@@ -791,64 +790,159 @@ static void relay_housekeeping(pg_conn *pg, int applied_retention_h, int outbox_
     idem_purge(pg, 10000);
 }
 
-static void *relay_main(void *arg) {
+/* The relay on the process loop (issue 15, docs/common/evt.md): no thread
+ * and no PostgreSQL connection of its own. A round — housekeeping, loss
+ * check and reconciliation when due, then up to RELAY_ROUND_BATCHES batches
+ * — runs as one loop_work job on a worker (its pg_local connection); at most
+ * one round is in flight. The loop starts rounds: on a NOTIFY of the outbox
+ * channel (loop_listen, the process's one LISTEN connection), after a full
+ * batch at once, after an error with backoff, else every RELAY_IDLE_MS (rows
+ * another replica's relay left behind).
+ *
+ * The Redis part of a batch stays a blocking connection used by the round
+ * (one round at a time): the XADDs must happen inside the PostgreSQL
+ * transaction that holds the relay lock and numbers the rows, so that
+ * replicas cannot interleave batches; a transaction cannot wait on the loop
+ * across two worker jobs. */
+#define RELAY_ROUND_BATCHES 16
+
+static struct {
+    uv_timer_t timer;
+    bool timer_open;      /* loop thread: the timer exists (not yet closed) */
+    bool busy;            /* loop thread: a round is in flight */
+    bool again;           /* loop thread: a NOTIFY came during the round */
+    bool stopping;        /* loop thread: stop begun, no new round */
+    int backoff;          /* loop thread */
+    char listened[96];    /* the channel loop_listen was called for */
+    /* the round's own state (only the one round in flight touches it) */
+    cache_conn *rconn;
+    int retention_h, outbox_max_h;
+    int64_t next_housekeeping, next_check, next_reconcile;
+    unsigned checked_gen;
+    /* stop hand-shake with evt_relay_stop off the loop */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool active;          /* under mu: timer open or round in flight */
+} rl = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static int relay_round(void *arg) {
     (void)arg;
-    pg_conn *pg = NULL;
-    cache_conn *rconn = NULL;
-    if (cache_conn_new(&rconn, 0) != 0) {
-        log_error("relay: out of memory");
-        return NULL;
+    pg_conn *pg = pg_local();
+    if (pg == NULL) return OM_E_UNAVAILABLE;
+    cache_conn *rconn = rl.rconn;
+    int64_t now = evt_now_ms();
+    if (now >= rl.next_housekeeping) {
+        relay_housekeeping(pg, rl.retention_h, rl.outbox_max_h);
+        rl.next_housekeeping = now + RELAY_HOUSEKEEPING_MS;
     }
-    int retention_h = (int)cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 24 * 365);
-    int outbox_max_h = (int)cfg_int("ORGMESH_EVT_OUTBOX_MAX_AGE_H", 168, 25, 24 * 365);
-    int64_t next_housekeeping = 0, next_check = 0, next_reconcile = 0;
-    unsigned checked_gen = 0;
-    int backoff = 0;
-    while (!atomic_load(&relay.stop)) {
-        if (pg == NULL) {
-            if (pg_connect(&pg) == 0 && pg_listen(pg, relay.channel) != 0) {
-                pg_close(pg);
-                pg = NULL;
-            }
-            if (pg == NULL) {
-                evt_sleep(relay.pipe[0], 500);
-                continue;
-            }
-        }
-        int64_t now = evt_now_ms();
-        if (now >= next_housekeeping) {
-            relay_housekeeping(pg, retention_h, outbox_max_h);
-            next_housekeeping = now + RELAY_HOUSEKEEPING_MS;
-        }
-        /* Before relaying on a new connection (Redis may have restarted
-         * empty), and every second. */
-        if (now >= next_check || (rconn->ctx != NULL && rconn->gen != checked_gen)) {
-            relay_check(pg, rconn);
-            checked_gen = rconn->gen;
-            next_check = now + RELAY_CHECK_MS;
-        }
-        if (now >= next_reconcile) {
-            relay_reconcile(pg, rconn);
-            next_reconcile = now + RELAY_RECONCILE_MS;
-        }
-        int rc = relay_batch(pg, rconn);
-        if (rc == RELAY_MORE) continue;
-        if (rc < 0) {
-            /* Redis or PostgreSQL trouble: back off, 100 ms doubling to 2 s. */
-            backoff = backoff == 0 ? 100 : (backoff * 2 > 2000 ? 2000 : backoff * 2);
-            evt_sleep(relay.pipe[0], backoff);
-            continue;
-        }
-        backoff = 0;
-        /* Woken by NOTIFY at commit (an event reaches the stream within a few
-         * ms), or after RELAY_IDLE_MS to pick up what another replica's relay
-         * left behind. */
-        if (pg_wait_notify(pg, RELAY_IDLE_MS, relay.pipe[0]) < 0)
-            evt_sleep(relay.pipe[0], RELAY_IDLE_MS);
+    /* Before relaying on a new connection (Redis may have restarted
+     * empty), and every second. */
+    if (now >= rl.next_check || (rconn->ctx != NULL && rconn->gen != rl.checked_gen)) {
+        relay_check(pg, rconn);
+        rl.checked_gen = rconn->gen;
+        rl.next_check = now + RELAY_CHECK_MS;
     }
-    pg_close(pg);
-    cache_close(rconn);
-    return NULL;
+    if (now >= rl.next_reconcile) {
+        relay_reconcile(pg, rconn);
+        rl.next_reconcile = now + RELAY_RECONCILE_MS;
+    }
+    int rc = 0;
+    for (int i = 0; i < RELAY_ROUND_BATCHES && !atomic_load(&relay.stop); i++) {
+        rc = relay_batch(pg, rconn);
+        if (rc != RELAY_MORE) break;
+    }
+    return rc;
+}
+
+static void relay_finished(void) {
+    pthread_mutex_lock(&rl.mu);
+    rl.active = false;
+    pthread_cond_broadcast(&rl.cv);
+    pthread_mutex_unlock(&rl.mu);
+}
+
+static void relay_timer_closed(uv_handle_t *h) {
+    (void)h;
+    rl.timer_open = false;
+    if (!rl.busy) relay_finished();
+}
+
+static void relay_kick(void);
+
+static void relay_timer_cb(uv_timer_t *t) {
+    (void)t;
+    relay_kick();
+}
+
+static void relay_round_done(void *arg, int rc) {
+    (void)arg;
+    rl.busy = false;
+    if (rl.stopping) {
+        if (!rl.timer_open) relay_finished();
+        return;
+    }
+    if (rc == RELAY_MORE || rl.again) {
+        rl.again = false;
+        rl.backoff = 0;
+        relay_kick();
+        return;
+    }
+    uint64_t ms = RELAY_IDLE_MS;
+    if (rc < 0) {
+        /* Redis or PostgreSQL trouble: back off, 100 ms doubling to 2 s. */
+        rl.backoff = rl.backoff == 0 ? 100 : (rl.backoff * 2 > 2000 ? 2000 : rl.backoff * 2);
+        ms = (uint64_t)rl.backoff;
+    } else {
+        rl.backoff = 0;
+    }
+    uv_timer_start(&rl.timer, relay_timer_cb, ms, 0);
+}
+
+static void relay_kick(void) {
+    if (rl.stopping || !rl.timer_open) return;
+    if (rl.busy) {
+        rl.again = true;
+        return;
+    }
+    uv_timer_stop(&rl.timer);
+    rl.busy = true;
+    if (loop_work(relay_round, relay_round_done, NULL) != 0) {
+        rl.busy = false;
+        uv_timer_start(&rl.timer, relay_timer_cb, 500, 0);
+    }
+}
+
+/* NOTIFY at an outbox commit (payload NULL after a LISTEN reconnect: look
+ * anyway). The channel stays LISTENed for the process's life. */
+static void relay_on_notify(const char *channel, const char *payload, void *arg) {
+    (void)payload;
+    (void)arg;
+    if (strcmp(channel, relay.channel) == 0) relay_kick();
+}
+
+/* Loop thread: stop starting rounds; the round in flight finishes. */
+static void relay_loop_stop(void *arg) {
+    (void)arg;
+    if (!rl.timer_open || rl.stopping) return;
+    rl.stopping = true;
+    uv_close((uv_handle_t *)&rl.timer, relay_timer_closed);
+}
+
+static void relay_loop_start(void *arg) {
+    (void)arg;
+    rl.stopping = rl.busy = rl.again = false;
+    rl.backoff = 0;
+    uv_timer_init(loop_get(), &rl.timer);
+    rl.timer_open = true;
+    if (strcmp(rl.listened, relay.channel) != 0) {
+        if (loop_listen(relay.channel, relay_on_notify, NULL) == 0)
+            snprintf(rl.listened, sizeof rl.listened, "%s", relay.channel);
+        else
+            log_warn("relay: cannot LISTEN on %s: polling every %d ms", relay.channel,
+                     RELAY_IDLE_MS);
+    }
+    loop_on_stop(relay_loop_stop, NULL); /* SIGTERM: no new round */
+    relay_kick();
 }
 
 int evt_relay_start(const char *service) {
@@ -856,6 +950,10 @@ int evt_relay_start(const char *service) {
     if (!evt_name_ok(service) || pg_schema()[0] == '\0') {
         log_error("evt_relay_start: bad service name or pg_setup not called");
         return OM_E_INVALID_ARGUMENT;
+    }
+    if (loop_get() == NULL || loop_stopping()) {
+        log_error("evt_relay_start: no process loop (common/loop.h)");
+        return OM_E_UNAVAILABLE;
     }
     snprintf(relay.stream, sizeof relay.stream, "%s%s%s", cache_namespace(), EVT_STREAM_PREFIX,
              service);
@@ -886,25 +984,46 @@ int evt_relay_start(const char *service) {
     }
     snprintf(relay.maxlen, sizeof relay.maxlen, "%lld",
              (long long)cfg_int("ORGMESH_EVT_STREAM_MAXLEN", 1000000, 1000, INT64_C(1) << 40));
-    if (evt_pipe(relay.pipe) != 0) return OM_E_INTERNAL;
+    if (cache_conn_new(&rl.rconn, 0) != 0) return OM_E_NOMEM;
+    rl.retention_h = (int)cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 24 * 365);
+    rl.outbox_max_h = (int)cfg_int("ORGMESH_EVT_OUTBOX_MAX_AGE_H", 168, 25, 24 * 365);
+    rl.next_housekeeping = rl.next_check = rl.next_reconcile = 0;
+    rl.checked_gen = 0;
     atomic_store(&relay.stop, false);
-    if (pthread_create(&relay.th, NULL, relay_main, NULL) != 0) {
-        close(relay.pipe[0]);
-        close(relay.pipe[1]);
-        return OM_E_INTERNAL;
+    pthread_mutex_lock(&rl.mu);
+    rl.active = true;
+    pthread_mutex_unlock(&rl.mu);
+    if (loop_on_loop()) {
+        relay_loop_start(NULL);
+    } else if (loop_call(relay_loop_start, NULL) != 0) {
+        pthread_mutex_lock(&rl.mu);
+        rl.active = false;
+        pthread_mutex_unlock(&rl.mu);
+        cache_close(rl.rconn);
+        rl.rconn = NULL;
+        return OM_E_UNAVAILABLE;
     }
     relay.running = true;
     return 0;
 }
 
+/* From any thread but the loop's (app.c's drain, tests): waits for the round
+ * in flight. On the loop thread it only stops new rounds (the memory is
+ * released by the next evt_relay_start or at exit). */
 void evt_relay_stop(void) {
     if (!relay.running) return;
-    atomic_store(&relay.stop, true);
-    ssize_t w = write(relay.pipe[1], "x", 1);
-    (void)w;
-    pthread_join(relay.th, NULL);
-    close(relay.pipe[0]);
-    close(relay.pipe[1]);
+    atomic_store(&relay.stop, true); /* a round in flight stops between batches */
+    if (loop_on_loop()) {
+        relay_loop_stop(NULL);
+        return;
+    }
+    /* Once the loop is stopping its hooks have run relay_loop_stop. */
+    if (!loop_stopping()) (void)loop_call(relay_loop_stop, NULL);
+    pthread_mutex_lock(&rl.mu);
+    while (rl.active) pthread_cond_wait(&rl.cv, &rl.mu);
+    pthread_mutex_unlock(&rl.mu);
+    cache_close(rl.rconn);
+    rl.rconn = NULL;
     relay.running = false;
 }
 

@@ -1107,6 +1107,7 @@ static int teardown(void **state) {
 
 int main(void) {
     it_init(SCHEMA);
+    it_loop_start(); /* the relay runs on the process loop */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_evt_outbox_event_reaches_stream),
         cmocka_unit_test(test_evt_relay_latency_within_few_ms),
@@ -1128,5 +1129,8 @@ int main(void) {
         cmocka_unit_test(test_evt_start_rejects_bad_arguments),
         cmocka_unit_test(test_evt_consumers_and_relay_stop_promptly),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    evt_relay_stop();
+    it_loop_stop();
+    return failed;
 }
