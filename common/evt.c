@@ -1048,15 +1048,23 @@ typedef struct lane_item {
 
 struct consumer;
 
+/* A lane is a queue (issue 15): at most one job of it on the worker pool at
+ * a time (`scheduled`), the next one submitted from the loop when the job is
+ * done, so its entries are applied one at a time, in order, on the workers'
+ * pg_local connections; no thread and no PostgreSQL connection of its own. */
 typedef struct lane {
-    pthread_t th;
-    bool started;
     struct consumer *k;
-    cache_conn *rc;          /* its own, for XACK after its own COMMIT */
-    pthread_cond_t cv;       /* work arrived, or stop (k->mu) */
+    cache_conn *rc;          /* its own, for XACK after its own COMMIT (one job at a time) */
     lane_item *head, *tail;  /* waiting entries (k->mu) */
     lane_item *cur;          /* the entry being applied (k->mu) */
     bool pg_down;            /* waiting for PostgreSQL (k->mu) */
+    bool scheduled;          /* a job in flight or a retry pending (k->mu) */
+    int64_t retry_at;        /* the lane ticker submits it then (k->mu); 0: none */
+    /* the job's own (one job at a time; done runs after it) */
+    bool probing;            /* cur waits for PostgreSQL: probe before applying */
+    bool outage;             /* ... and it was a real outage */
+    int saved_ret;           /* cur's result when it was no outage */
+    int backoff;             /* ms, after a handler's UNAVAILABLE */
 } lane;
 
 typedef struct consumer {
@@ -1343,6 +1351,8 @@ static uint32_t subject_hash(const char *s) {
     return h;
 }
 
+static void lane_submit(lane *l);
+
 /* Hand one delivered entry to its subject's lane. On exhaustion the entry
  * stays pending (a claim retries it). */
 static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *entry) {
@@ -1369,8 +1379,10 @@ static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *ent
         l->head = it;
     l->tail = it;
     k->inflight++;
-    pthread_cond_signal(&l->cv);
+    bool submit = !l->scheduled;
+    l->scheduled = true;
     pthread_mutex_unlock(&k->mu);
+    if (submit) lane_submit(l);
 }
 
 /* Process (one lane) or dispatch (lanes) an array of entries; with one lane
@@ -1565,104 +1577,212 @@ static void consumer_gc(consumer *k, cache_conn *rc) {
 
 /* ---- lanes ---------------------------------------------------------------- */
 
-static void lane_set_pg_down(lane *l, bool down) {
+static void lane_set_pg_down_locked(lane *l, bool down) {
     consumer *k = l->k;
-    pthread_mutex_lock(&k->mu);
     if (l->pg_down != down) k->pg_down += down ? 1 : -1;
     l->pg_down = down;
-    pthread_mutex_unlock(&k->mu);
 }
 
-/* Apply one entry of the lane. While PostgreSQL is away the lane keeps the
- * entry, probes every 500 ms and applies it when PostgreSQL is back; the
- * reader meanwhile reads and claims nothing (a claim would count as a
- * delivery). Only an outage seen as such (no connection, or a probe that
- * failed) is waited out in place: an entry whose own work fails with a
- * PostgreSQL error (a statement timeout) stays pending, so that claims count
- * its deliveries and dead-letter it in the end. Returns as
- * consumer_apply_env; OM_E_UNAVAILABLE also when stopped while waiting (the
- * entry stays pending). */
-static int lane_apply(lane *l, pg_conn **pg, const lane_item *it) {
-    consumer *k = l->k;
-    for (;;) {
-        int ret = OM_E_UNAVAILABLE;
-        bool down = true, outage = true;
-        if (*pg != NULL || pg_connect(pg) == 0) {
-            ret = consumer_apply_env(k, *pg, l->rc, it->env, it->sid, it->seq);
-            const char *st = pg_sqlstate(*pg);
-            down = ret == OM_E_UNAVAILABLE && st[0] != '\0';
-            outage = strncmp(st, "08", 2) == 0; /* connection exception */
-        }
-        if (!down) return ret;
-        lane_set_pg_down(l, true);
-        bool back = false;
-        while (!back && !atomic_load(&cons.stop)) {
-            evt_sleep(cons.pipe[0], 500);
-            if (atomic_load(&cons.stop)) break;
-            back = *pg != NULL ? pg_exec(*pg, "SELECT 1", NULL, NULL) == 0 : pg_connect(pg) == 0;
-            if (!back) outage = true;
-        }
-        lane_set_pg_down(l, false);
-        if (!back) return OM_E_UNAVAILABLE;
-        if (!outage) return ret;
-    }
+static void lane_set_pg_down(lane *l, bool down) {
+    pthread_mutex_lock(&l->k->mu);
+    lane_set_pg_down_locked(l, down);
+    pthread_mutex_unlock(&l->k->mu);
 }
 
-/* A lane: applies the entries the reader hands it, one at a time, in order.
- * Once stopping, it goes on with what it holds until cons.drain_until_ms
- * (a rolling restart then leaves little for a claim), then leaves the rest
- * pending: another consumer claims it. */
-static void *lane_main(void *arg) {
-    lane *l = arg;
+/* Drop what the lane holds (k->mu held): it stays pending in the group, and
+ * is claimed later. */
+static void lane_drop_locked(lane *l) {
     consumer *k = l->k;
-    pg_conn *pg = NULL; /* connected on the first entry: idle lanes cost nothing */
-    int backoff = 0;
-    pthread_mutex_lock(&k->mu);
-    for (;;) {
-        while (l->head == NULL && !atomic_load(&cons.stop)) pthread_cond_wait(&l->cv, &k->mu);
-        if (l->head == NULL) break;
-        if (atomic_load(&cons.stop) &&
-            (backoff > 0 || evt_now_ms() >= atomic_load(&cons.drain_until_ms)))
-            break;
-        lane_item *it = l->head;
-        l->head = it->next;
-        if (l->head == NULL) l->tail = NULL;
-        l->cur = it;
-        pthread_mutex_unlock(&k->mu);
-
-        int ret = lane_apply(l, &pg, it);
-
-        pthread_mutex_lock(&k->mu);
-        l->cur = NULL;
-        k->inflight--;
-        pthread_cond_signal(&k->room);
-        pthread_mutex_unlock(&k->mu);
-        orgmesh__events__v1__envelope__free_unpacked(it->env, NULL);
-        free(it);
-        if (ret == OM_E_UNAVAILABLE) {
-            /* what the handler needs is away: do not run through the queue */
-            backoff = backoff == 0 ? 100 : (backoff * 2 > 2000 ? 2000 : backoff * 2);
-            evt_sleep(cons.pipe[0], backoff);
-        } else {
-            backoff = 0;
-        }
-        pthread_mutex_lock(&k->mu);
-    }
-    /* Not started: they stay pending in the group, and are claimed later. */
     lane_item *rest = l->head;
     l->head = l->tail = NULL;
-    for (lane_item *it = rest; it != NULL; it = it->next) k->inflight--;
-    pthread_cond_signal(&k->room);
-    pthread_mutex_unlock(&k->mu);
+    if (l->cur != NULL) {
+        l->cur->next = rest;
+        rest = l->cur;
+        l->cur = NULL;
+    }
+    if (l->probing) lane_set_pg_down_locked(l, false);
+    l->probing = false;
+    l->retry_at = 0;
+    l->scheduled = false;
     while (rest != NULL) {
         lane_item *next = rest->next;
+        k->inflight--;
         orgmesh__events__v1__envelope__free_unpacked(rest->env, NULL);
         free(rest);
         rest = next;
     }
-    pg_close(pg);
-    pg_local_close();
-    return NULL;
+    pthread_cond_broadcast(&k->room);
+}
+
+enum { LANE_DONE = 1, LANE_WAIT_PG, LANE_BACKOFF, LANE_QUIT };
+
+/* On a worker: apply the lane's next entry (or probe PostgreSQL for the one
+ * it holds). While PostgreSQL is away the lane keeps the entry and probes
+ * every 500 ms (the ticker resubmits it); the reader meanwhile reads and
+ * claims nothing (a claim would count as a delivery). Only an outage seen as
+ * such (no connection, or a probe that failed) is waited out: an entry whose
+ * own work fails with a PostgreSQL error (a statement timeout) stays
+ * pending, so that claims count its deliveries and dead-letter it in the
+ * end. */
+static int lane_job(void *arg) {
+    lane *l = arg;
+    consumer *k = l->k;
+    pthread_mutex_lock(&k->mu);
+    lane_item *it = l->cur;
+    bool stop = atomic_load(&cons.stop);
+    if (it == NULL) {
+        if (l->head == NULL || (stop && evt_now_ms() >= atomic_load(&cons.drain_until_ms))) {
+            pthread_mutex_unlock(&k->mu);
+            return LANE_QUIT;
+        }
+        it = l->head;
+        l->head = it->next;
+        if (l->head == NULL) l->tail = NULL;
+        l->cur = it;
+    } else if (stop) {
+        pthread_mutex_unlock(&k->mu); /* stopped while waiting: stays pending */
+        return LANE_QUIT;
+    }
+    pthread_mutex_unlock(&k->mu);
+    pg_conn *pg = pg_local();
+    int ret = OM_E_UNAVAILABLE;
+    if (l->probing) {
+        if (pg == NULL || pg_exec(pg, "SELECT 1", NULL, NULL) != 0) {
+            l->outage = true;
+            return LANE_WAIT_PG;
+        }
+        l->probing = false;
+        lane_set_pg_down(l, false);
+        if (!l->outage) {
+            ret = l->saved_ret;
+            goto finished;
+        }
+    }
+    bool down = true, outage = true;
+    if (pg != NULL) {
+        ret = consumer_apply_env(k, pg, l->rc, it->env, it->sid, it->seq);
+        const char *st = pg_sqlstate(pg);
+        down = ret == OM_E_UNAVAILABLE && st[0] != '\0';
+        outage = strncmp(st, "08", 2) == 0; /* connection exception */
+    }
+    if (down) {
+        l->probing = true;
+        l->outage = outage;
+        l->saved_ret = ret;
+        lane_set_pg_down(l, true);
+        return LANE_WAIT_PG;
+    }
+finished:
+    pthread_mutex_lock(&k->mu);
+    l->cur = NULL;
+    k->inflight--;
+    pthread_cond_broadcast(&k->room);
+    pthread_mutex_unlock(&k->mu);
+    orgmesh__events__v1__envelope__free_unpacked(it->env, NULL);
+    free(it);
+    /* what the handler needs is away: do not run through the queue */
+    return ret == OM_E_UNAVAILABLE ? LANE_BACKOFF : LANE_DONE;
+}
+
+/* The lane ticker: one uv_timer on the loop that resubmits lanes whose retry
+ * time has come (PostgreSQL probes, backoff). Runs only while a lane waits. */
+static struct {
+    uv_timer_t timer;
+    bool inited, closed;     /* loop thread */
+    pthread_mutex_t mu;      /* cons.cs's lifetime against the ticker */
+} lt = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void lane_done(void *arg, int rc);
+
+static void lane_submit(lane *l) {
+    if (loop_work(lane_job, lane_done, l) != 0) {
+        pthread_mutex_lock(&l->k->mu);
+        lane_drop_locked(l);
+        pthread_mutex_unlock(&l->k->mu);
+    }
+}
+
+static void lane_tick(uv_timer_t *t) {
+    int64_t now = evt_now_ms();
+    bool waiting = false;
+    pthread_mutex_lock(&lt.mu);
+    for (int i = 0; i < cons.n && cons.cs != NULL; i++) {
+        consumer *k = &cons.cs[i];
+        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) {
+            lane *l = &k->lanes[j];
+            pthread_mutex_lock(&k->mu);
+            bool due = l->retry_at != 0 && l->retry_at <= now;
+            if (due) l->retry_at = 0;
+            else if (l->retry_at != 0) waiting = true;
+            pthread_mutex_unlock(&k->mu);
+            if (due) lane_submit(l);
+        }
+    }
+    pthread_mutex_unlock(&lt.mu);
+    if (!waiting) uv_timer_stop(t);
+}
+
+static void lane_ticker_close(void *arg) {
+    (void)arg;
+    if (lt.inited && !lt.closed) uv_close((uv_handle_t *)&lt.timer, NULL);
+    lt.closed = true;
+}
+
+/* Loop thread. False once the loop is stopping (the ticker is closed). */
+static bool lane_ticker_start(void) {
+    if (lt.closed) return false;
+    if (!lt.inited) {
+        if (uv_timer_init(loop_get(), &lt.timer) != 0) return false;
+        lt.inited = true;
+        loop_on_stop(lane_ticker_close, NULL);
+    }
+    if (!uv_is_active((uv_handle_t *)&lt.timer)) uv_timer_start(&lt.timer, lane_tick, 50, 50);
+    return true;
+}
+
+/* On the loop after each job: the next entry at once, a retry later, or
+ * nothing. Once stopping, the lane goes on with what it holds until
+ * cons.drain_until_ms (a rolling restart then leaves little for a claim) —
+ * not after a failure — then leaves the rest pending. */
+static void lane_done(void *arg, int rc) {
+    lane *l = arg;
+    consumer *k = l->k;
+    if (rc < LANE_DONE) rc = LANE_QUIT; /* the loop is stopping: the job never ran */
+    int64_t delay = 0;
+    if (rc == LANE_WAIT_PG) {
+        delay = 500;
+    } else if (rc == LANE_BACKOFF) {
+        l->backoff = l->backoff == 0 ? 100 : (l->backoff * 2 > 2000 ? 2000 : l->backoff * 2);
+        delay = l->backoff;
+    } else {
+        l->backoff = 0;
+    }
+    pthread_mutex_lock(&k->mu);
+    bool stop = atomic_load(&cons.stop);
+    if (rc == LANE_QUIT ||
+        (stop && (delay > 0 || evt_now_ms() >= atomic_load(&cons.drain_until_ms)))) {
+        lane_drop_locked(l);
+        pthread_mutex_unlock(&k->mu);
+        return;
+    }
+    if (l->head == NULL && l->cur == NULL) {
+        l->scheduled = false;
+        pthread_cond_broadcast(&k->room);
+        pthread_mutex_unlock(&k->mu);
+        return;
+    }
+    if (delay > 0) {
+        l->retry_at = evt_now_ms() + delay;
+        pthread_mutex_unlock(&k->mu);
+        if (!lane_ticker_start()) {
+            pthread_mutex_lock(&k->mu);
+            lane_drop_locked(l);
+            pthread_mutex_unlock(&k->mu);
+        }
+        return;
+    }
+    pthread_mutex_unlock(&k->mu);
+    lane_submit(l);
 }
 
 /* ---- progress ------------------------------------------------------------- */
@@ -1801,10 +1921,7 @@ static void *consumer_main(void *arg) {
 static void consumers_free(void) {
     for (int i = 0; i < cons.n; i++) {
         consumer *k = &cons.cs[i];
-        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) {
-            cache_close(k->lanes[j].rc);
-            if (k->sync_init) pthread_cond_destroy(&k->lanes[j].cv);
-        }
+        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) cache_close(k->lanes[j].rc);
         free(k->lanes);
         if (k->sync_init) {
             pthread_cond_destroy(&k->room);
@@ -1843,21 +1960,12 @@ static int consumer_init(consumer *k, const evt_subscription *sub, int nlanes) {
     pthread_condattr_t ca;
     if (pthread_condattr_init(&ca) != 0) return OM_E_NOMEM;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int created = 0;
     bool ok = pthread_mutex_init(&k->mu, NULL) == 0;
     if (ok && pthread_cond_init(&k->room, &ca) != 0) {
         pthread_mutex_destroy(&k->mu);
         ok = false;
     }
-    for (; ok && created < nlanes; created++)
-        if (pthread_cond_init(&k->lanes[created].cv, &ca) != 0) break;
     pthread_condattr_destroy(&ca);
-    if (ok && created < nlanes) {
-        for (int j = 0; j < created; j++) pthread_cond_destroy(&k->lanes[j].cv);
-        pthread_cond_destroy(&k->room);
-        pthread_mutex_destroy(&k->mu);
-        ok = false;
-    }
     if (!ok) return OM_E_NOMEM;
     k->sync_init = true;
     return 0;
@@ -1885,8 +1993,12 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     RAND_bytes(rnd, sizeof rnd);
     snprintf(cons.name, sizeof cons.name, "%s-%ld-%02x%02x%02x%02x", host, (long)getpid(), rnd[0],
              rnd[1], rnd[2], rnd[3]);
+    pthread_mutex_lock(&lt.mu); /* the lane ticker reads cons.cs */
     cons.cs = calloc((size_t)n, sizeof *cons.cs);
-    if (cons.cs == NULL) return OM_E_NOMEM;
+    if (cons.cs == NULL) {
+        pthread_mutex_unlock(&lt.mu);
+        return OM_E_NOMEM;
+    }
     cons.n = n;
     char lanes_log[128] = "";
     size_t ll = 0;
@@ -1895,6 +2007,7 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
         int rc = consumer_init(&cons.cs[i], &subs[i], nl);
         if (rc != 0) {
             consumers_free();
+            pthread_mutex_unlock(&lt.mu);
             return rc;
         }
         if (ll < sizeof lanes_log) {
@@ -1903,21 +2016,17 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
             if (w > 0) ll += (size_t)w;
         }
     }
+    pthread_mutex_unlock(&lt.mu);
     if (evt_pipe(cons.pipe) != 0) {
+        pthread_mutex_lock(&lt.mu);
         consumers_free();
+        pthread_mutex_unlock(&lt.mu);
         return OM_E_INTERNAL;
     }
     atomic_store(&cons.stop, false);
     cons.running = true;
     for (int i = 0; i < n; i++) {
         consumer *k = &cons.cs[i];
-        for (int j = 0; j < k->nlanes && k->lanes != NULL; j++) {
-            if (pthread_create(&k->lanes[j].th, NULL, lane_main, &k->lanes[j]) != 0) {
-                evt_consumers_stop();
-                return OM_E_INTERNAL;
-            }
-            k->lanes[j].started = true;
-        }
         if (pthread_create(&k->th, NULL, consumer_main, k) != 0) {
             evt_consumers_stop();
             return OM_E_INTERNAL;
@@ -1942,17 +2051,34 @@ void evt_consumers_stop(void) {
         if (!k->sync_init) continue;
         /* Under the mutex: a lane checks `stop` and waits atomically. */
         pthread_mutex_lock(&k->mu);
-        for (int j = 0; j < k->nlanes; j++) pthread_cond_broadcast(&k->lanes[j].cv);
         pthread_cond_broadcast(&k->room);
         pthread_mutex_unlock(&k->mu);
     }
     for (int i = 0; i < cons.n; i++)
         if (cons.cs[i].started) pthread_join(cons.cs[i].th, NULL);
-    for (int i = 0; i < cons.n; i++)
-        for (int j = 0; cons.cs[i].lanes != NULL && j < cons.cs[i].nlanes; j++)
-            if (cons.cs[i].lanes[j].started) pthread_join(cons.cs[i].lanes[j].th, NULL);
+    /* The lanes: a retry waiting for the ticker is dropped (pending in the
+     * group); a job in flight finishes (its done runs on the loop). Never
+     * called on the loop thread, which runs those dones. */
+    for (int i = 0; i < cons.n; i++) {
+        consumer *k = &cons.cs[i];
+        if (!k->sync_init) continue;
+        pthread_mutex_lock(&k->mu);
+        for (;;) {
+            bool busy = false;
+            for (int j = 0; j < k->nlanes; j++) {
+                lane *l = &k->lanes[j];
+                if (l->scheduled && l->retry_at != 0) lane_drop_locked(l);
+                if (l->scheduled) busy = true;
+            }
+            if (!busy) break;
+            pthread_cond_wait(&k->room, &k->mu);
+        }
+        pthread_mutex_unlock(&k->mu);
+    }
     close(cons.pipe[0]);
     close(cons.pipe[1]);
+    pthread_mutex_lock(&lt.mu);
     consumers_free();
+    pthread_mutex_unlock(&lt.mu);
     cons.running = false;
 }
