@@ -28,6 +28,7 @@
 #include "idem.h"
 #include "log.h"
 #include "loop.h"
+#include "work.h"
 #include "metrics.h"
 #include "om_err.h"
 #include "om_time.h"
@@ -1076,8 +1077,8 @@ typedef struct consumer {
     char stream[192];
     char progress_key[192];  /* orgmesh:progress:<source> */
     cache_conn *rc;          /* the reader's */
-    int nlanes;              /* 1: the reader applies entries itself */
-    lane *lanes;             /* nlanes > 1 */
+    int nlanes;              /* lanes (1: one at a time, in stream order) */
+    lane *lanes;             /* NULL without a worker pool: the reader applies entries itself */
     bool sync_init;          /* mu, room and the lanes' cv exist */
     pthread_mutex_t mu;
     pthread_cond_t room;     /* a lane finished an entry, or stop */
@@ -1390,7 +1391,7 @@ static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *ent
 static int consumer_process_all(consumer *k, pg_conn *pg, cache_conn *rc, const redisReply *arr) {
     for (size_t i = 0; reply_is(arr, REDIS_REPLY_ARRAY) && i < arr->elements; i++) {
         if (atomic_load(&cons.stop)) return 0;
-        if (k->nlanes > 1)
+        if (k->lanes != NULL)
             consumer_dispatch(k, rc, arr->element[i]);
         else if (consumer_process(k, pg, rc, arr->element[i]) == OM_E_UNAVAILABLE)
             return OM_E_UNAVAILABLE;
@@ -1400,7 +1401,7 @@ static int consumer_process_all(consumer *k, pg_conn *pg, cache_conn *rc, const 
 
 /* How many more entries the reader may take now. */
 static int consumer_room(consumer *k) {
-    if (k->nlanes <= 1) return CONSUMER_BATCH;
+    if (k->lanes == NULL) return CONSUMER_BATCH;
     pthread_mutex_lock(&k->mu);
     int room = k->cap - k->inflight;
     pthread_mutex_unlock(&k->mu);
@@ -1417,7 +1418,7 @@ static void consumer_wait_room(consumer *k, int ms) {
 }
 
 static bool consumer_lanes_pg_down(consumer *k) {
-    if (k->nlanes <= 1) return false;
+    if (k->lanes == NULL) return false;
     pthread_mutex_lock(&k->mu);
     bool down = k->pg_down > 0;
     pthread_mutex_unlock(&k->mu);
@@ -1467,7 +1468,7 @@ static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc, int room) {
         freeReplyObject(pend);
         return OM_E_NOMEM;
     }
-    if (k->nlanes > 1) {
+    if (k->lanes != NULL) {
         pthread_mutex_lock(&k->mu);
         for (size_t i = 0; i < pend->elements; i++)
             skip[i] = !pending_ok(pend->element[i]) ||
@@ -1793,8 +1794,9 @@ static void lane_done(void *arg, int rc) {
  * seq at or below it applied (evt_progress, advanced from applied_events),
  * published to Redis every second from the database, so that a Redis that
  * lost it learns it again at once (issue 12). */
-static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
-    if (*ppg == NULL && pg_connect(ppg) != 0) return;
+/* Returns false when the connection is broken (the caller's to reset). */
+static bool consumer_progress_on(consumer *k, pg_conn *pg, cache_conn *rc) {
+    pg_conn **ppg = &pg;
     pg_params p = {0};
     pg_p_str(&p, k->source);
     pg_res *r = NULL;
@@ -1810,11 +1812,7 @@ static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
                       &p, &r);
     if (rc0 != 0 || pg_nrows(r) != 1) {
         pg_free(r);
-        if (pg_sqlstate(*ppg)[0] == '0' && pg_sqlstate(*ppg)[1] == '8') {
-            pg_close(*ppg);
-            *ppg = NULL;
-        }
-        return;
+        return !(pg_sqlstate(*ppg)[0] == '0' && pg_sqlstate(*ppg)[1] == '8');
     }
     int64_t old = pg_i64(r, 0, 0), wm = pg_i64(r, 0, 1);
     pg_free(r);
@@ -1827,13 +1825,78 @@ static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
                     " ON CONFLICT (source) DO UPDATE SET watermark ="
                     " GREATEST(evt_progress.watermark, EXCLUDED.watermark), updated_at = now()",
                     &u, NULL) != 0)
-            return;
+            return true;
     }
     char v[24];
     snprintf(v, sizeof v, "%lld", (long long)wm);
     const char *argv[] = {"HSET", k->progress_key, cons.group, v};
     redisReply *h = consumer_cmd(rc, 4, argv);
     if (h != NULL) freeReplyObject(h);
+    return true;
+}
+
+/* Run fn(arg) on a worker of the pool (its pg_local connection) and wait for
+ * it: the reader's PostgreSQL work uses the pool's connections, not one of
+ * its own (issue 15). OM_E_UNAVAILABLE when the pool refuses (stopping). */
+typedef struct evt_call {
+    work_job job;
+    int (*fn)(void *arg);
+    void *arg;
+    int rc;
+    bool done;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} evt_call;
+
+static void evt_call_run(work_job *job) {
+    evt_call *c = (evt_call *)job;
+    int rc = c->fn(c->arg);
+    pthread_mutex_lock(&c->mu);
+    c->rc = rc;
+    c->done = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int evt_on_worker(int (*fn)(void *arg), void *arg) {
+    evt_call c = {.job = {.run = evt_call_run}, .fn = fn, .arg = arg,
+                  .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    work_pool *pool = work_default();
+    if (pool == NULL || !work_submit(pool, &c.job, 0)) return OM_E_UNAVAILABLE;
+    pthread_mutex_lock(&c.mu);
+    while (!c.done) pthread_cond_wait(&c.cv, &c.mu);
+    pthread_mutex_unlock(&c.mu);
+    pthread_cond_destroy(&c.cv);
+    pthread_mutex_destroy(&c.mu);
+    return c.rc;
+}
+
+typedef struct progress_arg {
+    consumer *k;
+    cache_conn *rc;
+} progress_arg;
+
+static int consumer_progress_job(void *arg) {
+    progress_arg *a = arg;
+    pg_conn *pg = pg_local();
+    if (pg == NULL) return OM_E_UNAVAILABLE;
+    consumer_progress_on(a->k, pg, a->rc); /* pg_local resets a broken connection itself */
+    return 0;
+}
+
+/* The group's watermark, published every second: on a worker when there is
+ * a pool, else on a connection of the reader's own (*ppg). */
+static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
+    if (work_default() != NULL) {
+        progress_arg a = {k, rc};
+        (void)evt_on_worker(consumer_progress_job, &a);
+        return;
+    }
+    if (*ppg == NULL && pg_connect(ppg) != 0) return;
+    if (!consumer_progress_on(k, *ppg, rc)) {
+        pg_close(*ppg);
+        *ppg = NULL;
+    }
 }
 
 /* ---- the reader ------------------------------------------------------------- */
@@ -1841,7 +1904,7 @@ static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
 static void *consumer_main(void *arg) {
     consumer *k = arg;
     cache_conn *rc = k->rc;
-    bool lanes = k->nlanes > 1;
+    bool lanes = k->lanes != NULL;
     pg_conn *pg = NULL; /* one lane only: the lanes have their own */
     int claim_every = cons.claim_idle_ms / 2;
     if (claim_every < 50) claim_every = 50;
@@ -1950,7 +2013,9 @@ static int consumer_init(consumer *k, const evt_subscription *sub, int nlanes) {
     if (cache_conn_new(&k->rc, CONSUMER_BLOCK_MS + 1500) != 0) return OM_E_NOMEM;
     k->nlanes = nlanes;
     k->cap = nlanes * LANE_DEPTH;
-    if (nlanes <= 1) return 0;
+    /* Without a worker pool (tools) one lane is the reader itself, on a
+     * PostgreSQL connection of its own. */
+    if (nlanes <= 1 && work_default() == NULL) return 0;
     k->lanes = calloc((size_t)nlanes, sizeof *k->lanes);
     if (k->lanes == NULL) return OM_E_NOMEM;
     for (int j = 0; j < nlanes; j++) {
