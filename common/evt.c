@@ -1,9 +1,10 @@
 /* evt.c — events (evt.h, SPEC 2): the outbox row written with the change, the
- * relay thread that moves committed rows to the service's Redis stream, and
- * consumers that apply each event once (applied_events in the same
- * transaction as the handler's effects) and acknowledge it afterwards: one
- * reader thread per subscription, and optionally lanes that apply events of
- * different subjects in parallel. */
+ * relay that moves committed rows to the service's Redis stream (rounds on
+ * the worker pool, started by the process loop), and consumers that apply
+ * each event once (applied_events in the same transaction as the handler's
+ * effects) and acknowledge it afterwards: one reader thread per
+ * subscription, and lanes — queues on the worker pool, one job each in
+ * flight — that apply events of different subjects in parallel. */
 #include "evt.h"
 
 #include <errno.h>
