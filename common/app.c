@@ -93,16 +93,19 @@ static void worker_stop(int index, void *arg) {
     cache_local_close();
 }
 
-/* Health, on the loop: a timer tick sends the probes to a worker (they
- * block); the next tick waits for the previous one. PostgreSQL decides ""
- * (the whole server); Redis is reported on its own. */
+/* Health, on the loop: a timer tick (the first at once) sends the probes to
+ * a worker (they block); the next tick waits for the previous one.
+ * PostgreSQL decides "" (the whole server); Redis is reported on its own. */
 static int health_work(void *arg) {
     (void)arg;
-    bool pg_ok = pg_ping();
+    /* The worker's own connection: no connection just for health. */
+    pg_conn *c = pg_local();
+    bool pg_ok = c != NULL && pg_exec(c, "SELECT 1", NULL, NULL) == 0;
     bool redis_ok = cache_ping();
     if (!loop_stopping()) {
-        rpc_health_set(app.server, "", pg_ok);
+        /* "redis" first: whoever sees "" SERVING finds "redis" known */
         rpc_health_set(app.server, "redis", redis_ok);
+        rpc_health_set(app.server, "", pg_ok);
     }
     return 0;
 }
@@ -361,8 +364,7 @@ int app_main(const app_def *def, int argc, char **argv) {
         rc = rpc_server_add(app.server, *s);
     if (rc == 0) {
         rpc_server_set_auth(app.server, app.auth);
-        rpc_health_set(app.server, "", pg_ping());
-        rpc_health_set(app.server, "redis", cache_ping());
+        /* "" and "redis" are set by the first health tick, at once. */
         /* For liveness probes: SERVING while the process answers at all, so
          * a PostgreSQL outage takes pods out of rotation without restarts. */
         rpc_health_set(app.server, "liveness", true);
@@ -377,7 +379,7 @@ int app_main(const app_def *def, int argc, char **argv) {
     if (def->n_subs > 0 && evt_consumers_start(def->name, def->subs, def->n_subs) != 0)
         log_error("cannot start the event consumers");
     int interval_ms = (int)cfg_int("ORGMESH_HEALTH_INTERVAL_MS", 1000, 50, 60000);
-    uv_timer_start(&app.health_timer, health_tick, (uint64_t)interval_ms, (uint64_t)interval_ms);
+    uv_timer_start(&app.health_timer, health_tick, 0, (uint64_t)interval_ms);
     uv_signal_start(&app.sig_term, on_signal, SIGTERM);
     uv_signal_start(&app.sig_int, on_signal, SIGINT);
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);

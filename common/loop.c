@@ -13,7 +13,7 @@
 #include "pg.h"
 
 #define LISTEN_BACKOFF_MIN_MS 100
-#define LISTEN_BACKOFF_MAX_MS 5000
+#define LISTEN_BACKOFF_MAX_MS 500 /* a connect attempt twice a second is cheap; the relay waits on it */
 
 /* One thing for the loop thread to do: a loop_call, or a loop_work's done. */
 typedef struct item {
@@ -137,8 +137,10 @@ static bool post(item *it) {
     if (L.tail) L.tail->next = it;
     else L.head = it;
     L.tail = it;
-    pthread_mutex_unlock(&L.mu);
+    /* Under the lock: the loop closes the async only with the lock held
+     * and the list empty, so no send can reach a closed handle. */
     uv_async_send(&L.async);
+    pthread_mutex_unlock(&L.mu);
     return true;
 }
 

@@ -655,6 +655,7 @@ static void worker_run(work_job *job) {
     run_handler(ctx);
     /* A deferred inline call did not start RECV_CLOSE_ON_SERVER early. */
     send_reply(ctx, ctx->deferred);
+    /* Under the lock: rpc_server_stop may free srv as soon as it sees 0. */
     pthread_mutex_lock(&srv->mu);
     if (--srv->queue_len == 0) pthread_cond_broadcast(&srv->cv);
     pthread_mutex_unlock(&srv->mu);

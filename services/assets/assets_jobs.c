@@ -1,5 +1,7 @@
-/* assets_jobs.c — the copy engine (ASSET-02..ASSET-06): a pool of worker
- * threads, each with its own PostgreSQL connection, in every replica. The
+/* assets_jobs.c — the copy engine (ASSET-02..ASSET-06): ORGMESH_ASSETS_WORKERS
+ * copy rounds in flight in every replica, each round one claim and one batch
+ * run on the process's worker pool (its thread's PostgreSQL connection),
+ * started from the loop by a timer or a notification (common/loop.h). The
  * items of a running job are shared out in batches (a range of items of one
  * rank): a worker claims the next batch under the job row's lock and a lease
  * on the database clock (copy_batches), then copies it in ONE transaction
@@ -21,8 +23,6 @@
  * one else can be using them), so its jobs resume at once instead of after
  * the lease; leases of other replicas are left to run out (ASSET-06). */
 #include <inttypes.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +34,7 @@
 #include "audit.h"
 #include "config.h"
 #include "log.h"
+#include "loop.h"
 #include "om_err.h"
 #include "orgmesh/connections/v1/connections.pb-c.h"
 
@@ -42,16 +43,24 @@
 
 static struct {
     int workers, batch, delay_ms, lease_ms, poll_ms;
-    pthread_t threads[MAX_WORKERS];
-    int started;
-    int wake[2];
-    volatile int stop;
+    int started;      /* slots with a timer */
+    bool stop;        /* loop thread */
     char replica[96]; /* stable identity of this replica */
-    char owner[128];  /* "<replica>/<pid>.<random>": this incarnation; a worker's is "<owner>/<n>" */
-} E = {.wake = {-1, -1}};
+    char owner[128];  /* "<replica>/<pid>.<random>": this incarnation; a slot's is "<owner>/<n>" */
+} E;
 
+/* What a round asks for next (its return value). */
+enum { ROUND_AGAIN, ROUND_DELAY, ROUND_EMPTY, ROUND_FAILED, ROUND_IDLE };
+
+/* One "worker": a slot of which at most one round is in flight at a time.
+ * The loop thread owns it between rounds, the round's worker during one. */
 typedef struct worker {
     char owner[144]; /* "<replica>/<pid>.<random>/<n>": recorded on the batches it claims */
+    uv_timer_t timer;
+    bool busy;       /* a round is queued or running */
+    bool idle;       /* waiting for a notification (or poll_ms) */
+    bool reclaimed;  /* the previous incarnation's leases were freed */
+    char cur[ASSET_ID_LEN]; /* the job of our last batch */
 } worker;
 static worker W[MAX_WORKERS];
 
@@ -505,12 +514,6 @@ static void release_batch(pg_conn *c, const claim_arg *a) {
                      " AND finish_time IS NULL", &p, NULL);
 }
 
-/* Sleeps up to ms, or less when asked to stop. */
-static void nap(int ms) {
-    struct pollfd pfd = {.fd = E.wake[0], .events = POLLIN};
-    poll(&pfd, 1, ms);
-}
-
 #define BATCH_EMPTY 1
 
 /* 0 when the batch ran (or the job was stopped), BATCH_EMPTY when it found
@@ -544,56 +547,109 @@ static int run_batch(pg_conn *c, claim_arg *a) {
     return b.taken == 0 ? BATCH_EMPTY : 0;
 }
 
-static void *worker_main(void *arg) {
-    const worker *w = arg;
-    pg_conn *c = NULL;
-    while (!E.stop && pg_connect(&c) != 0) nap(500);
-    if (c != NULL) {
-        /* Leases of a previous incarnation of this replica: it died holding
-         * them (a clean stop hands them back), so free them now. Idempotent;
-         * every worker does it once, before its first claim. */
-        pg_params p = {0};
-        pg_p_str(&p, E.replica);
-        pg_p_str(&p, E.owner);
-        pg_res *r = NULL;
-        if (pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE finish_time IS NULL"
-                       " AND lease_until IS NOT NULL AND starts_with(owner, $1 || '/')"
-                       " AND NOT starts_with(owner, $2 || '/') RETURNING job_id::text, batch_no", &p, &r) == 0) {
-            if (pg_nrows(r) > 0)
-                log_info("copy workers: freed %d batch lease(s) of a previous incarnation of %s", pg_nrows(r),
-                         E.replica);
-            pg_free(r);
-        }
+/* Leases of a previous incarnation of this replica: it died holding them
+ * (a clean stop hands them back), so free them now. Idempotent; every slot
+ * does it once, before its first claim. */
+static int reclaim(pg_conn *c) {
+    pg_params p = {0};
+    pg_p_str(&p, E.replica);
+    pg_p_str(&p, E.owner);
+    pg_res *r = NULL;
+    int rc = pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE finish_time IS NULL"
+                        " AND lease_until IS NOT NULL AND starts_with(owner, $1 || '/')"
+                        " AND NOT starts_with(owner, $2 || '/') RETURNING job_id::text, batch_no", &p, &r);
+    if (rc == 0) {
+        if (pg_nrows(r) > 0)
+            log_info("copy workers: freed %d batch lease(s) of a previous incarnation of %s", pg_nrows(r), E.replica);
+        pg_free(r);
     }
-    if (c != NULL && pg_listen(c, NOTIFY_CHANNEL) != 0) log_warn("copy workers: LISTEN failed; polling");
-    char cur[ASSET_ID_LEN] = ""; /* the job of our last batch */
-    while (!E.stop && c != NULL) {
-        claim_arg a = {.w = w, .want = cur[0] ? cur : NULL};
-        int rc = pg_tx(c, claim_tx, &a);
-        if (rc == 0 && a.found) {
-            snprintf(cur, sizeof cur, "%s", a.j.id);
-            rc = run_batch(c, &a);
-            if (rc == BATCH_EMPTY) nap(E.poll_ms < 200 ? E.poll_ms : 200);
-            else if (rc != 0) nap(500);
-            else if (E.delay_ms > 0) nap(E.delay_ms);
-            continue;
-        }
-        if (rc == 0 && cur[0]) { /* nothing more of that job for us now: any job */
-            cur[0] = '\0';
-            continue;
-        }
-        cur[0] = '\0';
-        if (rc != 0) nap(500);
-        else pg_wait_notify(c, E.poll_ms, E.wake[0]);
+    return rc;
+}
+
+/* A clean stop hands our claimed batches back at once (no lease to wait out). */
+static void hand_back(pg_conn *c, const worker *w) {
+    pg_params p = {0};
+    pg_p_str(&p, w->owner);
+    (void)pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE owner = $1 AND finish_time IS NULL", &p, NULL);
+}
+
+/* One round, on a worker of the pool: claim a batch and copy it. */
+static int round_work(void *arg) {
+    worker *w = arg;
+    if (loop_stopping()) return ROUND_IDLE;
+    pg_conn *c = pg_local();
+    if (c == NULL) return ROUND_FAILED;
+    if (!w->reclaimed) {
+        if (reclaim(c) != 0) return ROUND_FAILED;
+        w->reclaimed = true;
     }
-    if (c != NULL) {
-        /* A clean stop hands our claimed batches back at once (no lease to wait out). */
-        pg_params p = {0};
-        pg_p_str(&p, w->owner);
-        (void)pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE owner = $1 AND finish_time IS NULL", &p, NULL);
-        pg_close(c);
+    claim_arg a = {.w = w, .want = w->cur[0] ? w->cur : NULL};
+    int rc = pg_tx(c, claim_tx, &a);
+    int next;
+    if (rc == 0 && a.found) {
+        snprintf(w->cur, sizeof w->cur, "%s", a.j.id);
+        rc = run_batch(c, &a);
+        next = rc == BATCH_EMPTY ? ROUND_EMPTY : rc != 0 ? ROUND_FAILED : E.delay_ms > 0 ? ROUND_DELAY : ROUND_AGAIN;
+    } else if (rc == 0 && w->cur[0]) { /* nothing more of that job for us now: any job */
+        w->cur[0] = '\0';
+        next = ROUND_AGAIN;
+    } else {
+        w->cur[0] = '\0';
+        next = rc != 0 ? ROUND_FAILED : ROUND_IDLE;
     }
-    return NULL;
+    if (loop_stopping()) hand_back(c, w);
+    return next;
+}
+
+static void round_start(worker *w);
+
+static void on_timer(uv_timer_t *t) {
+    round_start(t->data);
+}
+
+static void round_done(void *arg, int next) {
+    worker *w = arg;
+    w->busy = false;
+    if (E.stop || loop_stopping()) return;
+    int ms;
+    switch (next) {
+    case ROUND_AGAIN: round_start(w); return;
+    case ROUND_DELAY: ms = E.delay_ms; break;
+    case ROUND_EMPTY: ms = E.poll_ms < 200 ? E.poll_ms : 200; break;
+    case ROUND_IDLE: ms = E.poll_ms; w->idle = true; break; /* or the next notification */
+    default: ms = 500; break; /* failed, or PostgreSQL unreachable */
+    }
+    uv_timer_start(&w->timer, on_timer, (uint64_t)ms, 0);
+}
+
+static void round_start(worker *w) {
+    if (w->busy || E.stop || loop_stopping()) return;
+    uv_timer_stop(&w->timer);
+    w->idle = false;
+    w->busy = true;
+    if (loop_work(round_work, round_done, w) != 0) {
+        w->busy = false;
+        uv_timer_start(&w->timer, on_timer, 500, 0);
+    }
+}
+
+/* A copy job was queued or resumed (assets_jobs_notify), or the LISTEN
+ * connection came back (payload NULL: rescan): idle slots start a round. */
+static void on_notify(const char *channel, const char *payload, void *arg) {
+    (void)channel;
+    (void)payload;
+    (void)arg;
+    for (int i = 0; i < E.started; i++)
+        if (W[i].idle) round_start(&W[i]);
+}
+
+/* The drain: no new rounds; rounds in flight finish on the pool and hand
+ * their batches back. */
+static void jobs_stop_hook(void *arg) {
+    (void)arg;
+    E.stop = true;
+    for (int i = 0; i < E.started; i++) uv_close((uv_handle_t *)&W[i].timer, NULL);
+    E.started = 0;
 }
 
 int assets_jobs_start(void) {
@@ -618,23 +674,25 @@ int assets_jobs_start(void) {
     clock_gettime(CLOCK_REALTIME, &now);
     snprintf(E.owner, sizeof E.owner, "%s/%d.%08x", E.replica, (int)getpid(),
              (unsigned)(random() ^ (unsigned long)now.tv_nsec));
-    if (pipe(E.wake) != 0) return OM_E_INTERNAL;
-    E.stop = 0;
-    for (int i = 0; i < E.workers; i++) {
-        snprintf(W[i].owner, sizeof W[i].owner, "%s/%d", E.owner, i + 1);
-        if (pthread_create(&E.threads[i], NULL, worker_main, &W[i]) != 0) return OM_E_INTERNAL;
-        E.started++;
+    E.stop = false;
+    if (E.workers > 0) {
+        int rc = loop_on_stop(jobs_stop_hook, NULL);
+        if (rc != 0) return rc;
     }
+    for (int i = 0; i < E.workers; i++) {
+        worker *w = &W[i];
+        memset(w, 0, sizeof *w);
+        snprintf(w->owner, sizeof w->owner, "%s/%d", E.owner, i + 1);
+        if (uv_timer_init(loop_get(), &w->timer) != 0) return OM_E_INTERNAL;
+        w->timer.data = w;
+        E.started++;
+        round_start(w);
+    }
+    if (E.workers > 0 && loop_listen(NOTIFY_CHANNEL, on_notify, NULL) != 0)
+        log_warn("copy workers: LISTEN failed; polling every %d ms", E.poll_ms);
     log_info("copy workers: %d, batch %d, lease %d ms, owner %s", E.workers, E.batch, E.lease_ms, E.owner);
     return 0;
 }
 
-void assets_jobs_stop(void) {
-    E.stop = 1;
-    if (E.wake[1] >= 0 && write(E.wake[1], "x", 1) < 0) { /* the workers wake within poll_ms anyway */ }
-    for (int i = 0; i < E.started; i++) pthread_join(E.threads[i], NULL);
-    E.started = 0;
-    if (E.wake[0] >= 0) close(E.wake[0]);
-    if (E.wake[1] >= 0) close(E.wake[1]);
-    E.wake[0] = E.wake[1] = -1;
-}
+/* The rounds stop in the loop's drain (jobs_stop_hook). */
+void assets_jobs_stop(void) {}

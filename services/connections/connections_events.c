@@ -16,6 +16,7 @@
 #include "audit.h"
 #include "connections.h"
 #include "log.h"
+#include "loop.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
 #include "orgmesh/organizations/v1/events.pb-c.h"
@@ -354,54 +355,24 @@ int conn_on_organizations_event(pg_conn *tx, const evt_event *ev, void *arg) {
 
 /* ---- the invalidation listener ---- */
 
-static pthread_t listener;
-static int wake[2] = {-1, -1};
-static volatile int listener_stop;
-static bool listener_running;
-
-static void *listen_main(void *arg) {
+/* On the loop (the process's one LISTEN connection, common/loop.h): every
+ * notification drops the cached answers; so does a reconnect (payload
+ * NULL: changes may have been missed while the connection was down — the
+ * TTL bounds staleness meanwhile). */
+static void on_invalidate(const char *channel, const char *payload, void *arg) {
+    (void)channel;
+    (void)payload;
     (void)arg;
-    pg_conn *c = NULL;
-    if (pg_connect(&c) != 0 || pg_listen(c, CONN_NOTIFY_CHANNEL) != 0)
-        log_warn("cache listener: cannot LISTEN yet; cached answers expire after %" PRId64 " ms", conn_cache_ttl_ms());
-    bool healthy = false;
-    while (!listener_stop) {
-        int n = c ? pg_wait_notify(c, 1000, wake[0]) : OM_E_UNAVAILABLE;
-        if (n < 0) {
-            /* Changes may be missed while the connection is down: the TTL
-             * bounds staleness; on return everything is re-read. */
-            healthy = false;
-            if (c == NULL && pg_connect(&c) == 0 && pg_listen(c, CONN_NOTIFY_CHANNEL) != 0) {
-                pg_close(c);
-                c = NULL;
-            }
-            if (c == NULL) usleep(200 * 1000);
-            continue;
-        }
-        if (!healthy) {
-            healthy = true;
-            conn_cache_invalidate();
-        }
-        if (n > 0) conn_cache_invalidate();
-    }
-    if (c) pg_close(c);
-    return NULL;
+    conn_cache_invalidate();
 }
 
 int conn_listener_start(void) {
-    if (pipe(wake) != 0) return OM_E_INTERNAL;
-    listener_stop = 0;
-    if (pthread_create(&listener, NULL, listen_main, NULL) != 0) return OM_E_INTERNAL;
-    listener_running = true;
-    return 0;
+    int rc = loop_listen(CONN_NOTIFY_CHANNEL, on_invalidate, NULL);
+    if (rc != 0)
+        log_warn("cache listener: cannot LISTEN (%s); cached answers expire after %" PRId64 " ms", om_err_name(rc),
+                 conn_cache_ttl_ms());
+    return rc;
 }
 
-void conn_listener_stop(void) {
-    if (!listener_running) return;
-    listener_stop = 1;
-    if (write(wake[1], "x", 1) < 0) { /* the 1 s wait ends anyway */ }
-    pthread_join(listener, NULL);
-    listener_running = false;
-    close(wake[0]);
-    close(wake[1]);
-}
+/* The loop closes the LISTEN connection in its drain. */
+void conn_listener_stop(void) {}

@@ -1,16 +1,15 @@
 /* main.c — wiring of the partners service (SPEC 6; see
  * docs/services/partners.md): its two gRPC services, migrations, the
- * consumer of accounts events, and one background thread that expires
+ * consumer of accounts events, and a timer on the process loop that expires
  * access requests (PART-05) and finishes the accounts side of assignment
- * changes (the link sync). Several replicas may run it: the rows are taken
- * with FOR UPDATE SKIP LOCKED and timed by the database clock. */
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <unistd.h>
+ * changes (the link sync), one round at a time on a worker. Several
+ * replicas may run it: the rows are taken with FOR UPDATE SKIP LOCKED and
+ * timed by the database clock. */
+#include <stdbool.h>
 
 #include "app.h"
 #include "log.h"
+#include "loop.h"
 #include "partners.h"
 
 /* Embedded from migrations/ by cmake (om_migrations). */
@@ -24,42 +23,48 @@ static const evt_subscription subs[] = {
 };
 
 static struct {
-    pthread_t th;
-    bool started;
-    int pipe[2];
+    uv_timer_t t;
+    bool busy; /* a round runs on a worker: the next tick waits for it */
 } timer;
 
-static void *timer_main(void *arg) {
+/* On a worker: its own connection (pg_local). */
+static int round_work(void *arg) {
     (void)arg;
-    pg_conn *c = NULL;
-    for (;;) {
-        struct pollfd p = {.fd = timer.pipe[0], .events = POLLIN};
-        if (poll(&p, 1, partners_cfg.timer_ms) > 0) break; /* stop */
-        if (c == NULL && pg_connect(&c) != 0) continue;
-        int n = pa_expire_round(c, 64); /* PART-05 */
-        if (n > 0) log_info("expired %d access requests", n);
-        pa_sync_round(c, 64);
-    }
-    pg_close(c);
-    pg_local_close();
-    return NULL;
+    pg_conn *c = pg_local();
+    if (c == NULL) return 0;
+    int n = pa_expire_round(c, 64); /* PART-05 */
+    if (n > 0) log_info("expired %d access requests", n);
+    pa_sync_round(c, 64);
+    return 0;
+}
+
+static void round_done(void *arg, int rc) {
+    (void)arg;
+    (void)rc;
+    timer.busy = false;
+}
+
+static void tick(uv_timer_t *t) {
+    (void)t;
+    if (timer.busy || loop_stopping()) return;
+    timer.busy = true;
+    if (loop_work(round_work, round_done, NULL) != 0) timer.busy = false;
+}
+
+static void stop(void *arg) {
+    (void)arg;
+    uv_close((uv_handle_t *)&timer.t, NULL); /* a round in flight finishes */
 }
 
 static int init(void) {
     if (partners_init() != 0) return -1;
-    if (pipe(timer.pipe) != 0) return -1;
-    if (pthread_create(&timer.th, NULL, timer_main, NULL) != 0) return -1;
-    timer.started = true;
+    if (uv_timer_init(loop_get(), &timer.t) != 0) return -1;
+    if (loop_on_stop(stop, NULL) != 0) {
+        uv_close((uv_handle_t *)&timer.t, NULL);
+        return -1;
+    }
+    uv_timer_start(&timer.t, tick, (uint64_t)partners_cfg.timer_ms, (uint64_t)partners_cfg.timer_ms);
     return 0;
-}
-
-static void fini(void) {
-    if (!timer.started) return;
-    (void)!write(timer.pipe[1], "x", 1);
-    pthread_join(timer.th, NULL);
-    close(timer.pipe[0]);
-    close(timer.pipe[1]);
-    timer.started = false;
 }
 
 int main(int argc, char **argv) {
@@ -72,7 +77,6 @@ int main(int argc, char **argv) {
         .subs = subs,
         .n_subs = 1,
         .init = init,
-        .fini = fini,
     };
     return app_main(&def, argc, argv);
 }

@@ -2,7 +2,8 @@
  * loop_work from many threads, a stop with work, timers and a LISTEN in
  * flight that still closes every handle (uv_loop_close returns 0, and
  * ASan/LSan find nothing), notifications, and the LISTEN connection's
- * reconnect with a "rescan" (payload NULL) after PostgreSQL dropped it. */
+ * reconnect with a "rescan" (payload NULL) after PostgreSQL dropped it or
+ * restarted (so it runs alone: RUN_SERIAL). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -32,13 +33,23 @@ static void start(void) {
     assert_false(loop_stopping());
 }
 
+/* uv_run until no handle is left, bounded: a handle left open fails the
+ * test (loop_close) instead of hanging it. */
+static void run_out(void) {
+    int64_t until = it_ms() + 5000;
+    while (uv_loop_alive(loop_get()) && it_ms() < until) {
+        uv_run(loop_get(), UV_RUN_NOWAIT);
+        if (uv_loop_alive(loop_get())) it_sleep_ms(1);
+    }
+}
+
 /* The drain as app.c runs it; the loop must close with nothing left. */
 static void stop(void) {
     loop_begin_stop();
     assert_true(loop_stopping());
     work_pool_stop(pool);
     loop_finish();
-    uv_run(loop_get(), UV_RUN_DEFAULT);
+    run_out();
     assert_int_equal(loop_close(), 0);
     work_pool_free(pool);
     pool = NULL;
@@ -187,7 +198,7 @@ static void test_loop_stop_closes_every_handle_with_work_in_flight(void **state)
     /* after the pool: done still runs, with OM_E_UNAVAILABLE */
     assert_int_equal(loop_work(work_slow, done_slow, NULL), 0);
     loop_finish();
-    uv_run(loop_get(), UV_RUN_DEFAULT);
+    run_out();
     assert_int_equal(slow_dones, IN_FLIGHT + 1);
     assert_int_equal(slow_unavailable, 1);
     assert_int_equal(loop_close(), 0);
@@ -274,6 +285,24 @@ static void test_loop_listen_delivers_and_reconnects_with_a_rescan(void **state)
     stop();
 }
 
+/* A real restart: the connection drops, connects fail while PostgreSQL is
+ * down or starting (the backoff), then LISTEN again and one rescan. */
+static void test_loop_listen_survives_a_postgresql_restart(void **state) {
+    (void)state;
+    start();
+    payloads = rescans = other_payloads = 0;
+    assert_int_equal(loop_listen("it_loop_a", on_notify, "it_loop_a"), 0);
+    assert_true(run_until(listening_a, 10000));
+    assert_int_equal(it_stack("pg-stop"), 0);
+    assert_int_equal(it_stack("pg-start"), 0);
+    assert_true(run_until(rescanned, 15000));
+    assert_int_equal(rescans, 1);
+    it_sql("NOTIFY it_loop_a, 'after restart'");
+    assert_true(run_until(got_one, 5000));
+    assert_string_equal(last_payload, "after restart");
+    stop();
+}
+
 static void test_loop_refuses_bad_arguments(void **state) {
     (void)state;
     start();
@@ -290,6 +319,7 @@ int main(void) {
         cmocka_unit_test(test_loop_call_and_work_from_any_thread),
         cmocka_unit_test(test_loop_stop_closes_every_handle_with_work_in_flight),
         cmocka_unit_test(test_loop_listen_delivers_and_reconnects_with_a_rescan),
+        cmocka_unit_test(test_loop_listen_survives_a_postgresql_restart),
         cmocka_unit_test(test_loop_refuses_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

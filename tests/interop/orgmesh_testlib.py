@@ -56,6 +56,7 @@ def service_key(name, secret=SECRET):
 
 START_TIMEOUT_S = float(os.environ.get("OM_TEST_START_TIMEOUT", "30"))
 STOP_TIMEOUT_S = 5.0  # SPEC 9: SIGTERM drains and exits within 5 s
+LOOP_CLOSED = "loop closed: every handle closed"  # common/app.c, docs/common/loop.md
 
 # Fast reconnects, so a service that starts listening is seen at once.
 # Reconnect quickly while a service starts. Not "grpc.min_reconnect_backoff_ms":
@@ -394,6 +395,9 @@ class Service:
             if rc != 0 and not self.expected_exit:
                 how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"status {rc}"
                 problems.append(f"{self.name} exited with {how} after SIGTERM")
+            elif rc == 0 and not self.expected_exit and LOOP_CLOSED not in self.log_tail(200):
+                # issue 15: every handle closed, uv_loop_close returned 0
+                problems.append(f"{self.name} exited 0 without closing its loop cleanly ('{LOOP_CLOSED}')")
         if self.sanitizer_report():
             problems.append(f"{self.name}: sanitizer report in its log")
         if problems:
