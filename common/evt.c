@@ -31,6 +31,7 @@
 #include "loop.h"
 #include "work.h"
 #include "metrics.h"
+#include "redis_uv.h"
 #include "om_err.h"
 #include "om_time.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
@@ -1086,6 +1087,21 @@ typedef struct consumer {
     int inflight;            /* entries handed to lanes and not finished (mu) */
     int cap;                 /* most entries in flight: nlanes * LANE_DEPTH */
     int pg_down;             /* lanes waiting for PostgreSQL (mu) */
+    /* the reader on the loop (issue 15; loop thread unless noted) */
+    bool on_loop;            /* this reader runs on the loop, not on a thread */
+    redis_uv *ru;            /* XREADGROUP BLOCK: a connection of its own */
+    uv_timer_t t;
+    bool t_open;
+    bool round_busy;         /* a maintenance round on a worker */
+    bool read_busy;          /* an XREADGROUP in flight */
+    bool wait_room;          /* the lanes are full: lane_done kicks */
+    bool stopping;
+    bool ru_up;
+    int backoff;
+    /* the rounds' own (one round at a time) */
+    bool group_ok;
+    unsigned group_gen;
+    int64_t next_claim, next_progress, next_gc;
 } consumer;
 
 static struct {
@@ -1695,6 +1711,7 @@ static struct {
 } lt = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void lane_done(void *arg, int rc);
+static void reader_room(consumer *k);
 
 static void lane_submit(lane *l) {
     if (loop_work(lane_job, lane_done, l) != 0) {
@@ -1771,6 +1788,7 @@ static void lane_done(void *arg, int rc) {
         l->scheduled = false;
         pthread_cond_broadcast(&k->room);
         pthread_mutex_unlock(&k->mu);
+        reader_room(k);
         return;
     }
     if (delay > 0) {
@@ -1784,6 +1802,7 @@ static void lane_done(void *arg, int rc) {
         return;
     }
     pthread_mutex_unlock(&k->mu);
+    reader_room(k);
     lane_submit(l);
 }
 
@@ -1982,6 +2001,242 @@ static void *consumer_main(void *arg) {
     return NULL;
 }
 
+/* ---- the reader on the loop (issue 15) ---------------------------------------
+ *
+ * No thread: the reader is a small state machine on the loop. Its blocking
+ * read, XREADGROUP ... BLOCK 500, goes through redis_uv (a connection of its
+ * own); the entries are handed to the lanes right in the reply callback.
+ * The rest — the group (re)creation, claims and dead letters, the watermark,
+ * forgetting dead consumers — runs, when due, in a maintenance round on a
+ * worker with the reader's blocking Redis connection (k->rc) and the worker's
+ * pg_local connection. One step at a time: a round, or a read, or a timer.
+ * Malformed entries are dead-lettered from the reply callback through k->rc
+ * (a local Redis command; no round is running meanwhile). */
+
+enum { READER_READ = 1, READER_WAIT, READER_BACKOFF, READER_STOP };
+
+static int reader_claim_every(void) {
+    int e = cons.claim_idle_ms / 2;
+    return e < 50 ? 50 : e > 2000 ? 2000 : e;
+}
+
+/* A maintenance round, on a worker. */
+static int reader_round(void *arg) {
+    consumer *k = arg;
+    cache_conn *rc = k->rc;
+    if (atomic_load(&cons.stop)) return READER_STOP;
+    /* Touch no entry while a lane waits for PostgreSQL: a claim would count
+     * as a delivery and push entries towards the dead letters. */
+    if (consumer_lanes_pg_down(k)) return READER_WAIT;
+    if (cache_conn_ctx(rc) == NULL) return READER_WAIT;
+    int ret = 0;
+    if (!k->group_ok || k->group_gen != rc->gen) {
+        /* After a reconnect Redis may have restarted empty. */
+        ret = consumer_group_create(k, rc);
+        k->group_ok = ret == 0;
+        k->group_gen = rc->gen;
+    }
+    int64_t now = evt_now_ms();
+    int room = consumer_room(k);
+    if (ret == 0 && now >= k->next_claim && room > 0) {
+        ret = consumer_claim(k, NULL, rc, room);
+        k->next_claim = now + reader_claim_every();
+    }
+    if (ret == 0 && now >= k->next_progress) {
+        pg_conn *pg = pg_local();
+        if (pg != NULL) consumer_progress_on(k, pg, rc);
+        k->next_progress = now + CONSUMER_PROGRESS_MS;
+    }
+    if (ret == 0 && now >= k->next_gc) {
+        consumer_gc(k, rc);
+        k->next_gc = now + CONSUMER_GC_MS;
+    }
+    if (ret == OM_E_NOT_FOUND) k->group_ok = false; /* NOGROUP: stream or group deleted */
+    return ret == 0 ? READER_READ : READER_BACKOFF;
+}
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int active;              /* readers on the loop not yet finished (mu) */
+} rdr = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void reader_step(consumer *k);
+
+static void reader_timer_cb(uv_timer_t *t) { reader_step(t->data); }
+
+static void reader_finished(consumer *k) {
+    (void)k;
+    pthread_mutex_lock(&rdr.mu);
+    rdr.active--;
+    pthread_cond_broadcast(&rdr.cv);
+    pthread_mutex_unlock(&rdr.mu);
+}
+
+static void reader_timer_closed(uv_handle_t *h) {
+    consumer *k = h->data;
+    k->t_open = false;
+    if (!k->round_busy && !k->read_busy) reader_finished(k);
+}
+
+/* Loop thread: stop reading; a round or read in flight ends by itself. */
+static void reader_stop(consumer *k) {
+    if (k->stopping || !k->t_open) return;
+    k->stopping = true;
+    uv_close((uv_handle_t *)&k->t, reader_timer_closed);
+    if (k->ru != NULL) {
+        redis_uv *ru = k->ru;
+        k->ru = NULL;
+        redis_uv_close(ru); /* a read in flight fails with "closed" now */
+    }
+}
+
+static void reader_wait(consumer *k, int ms) {
+    if (k->t_open && !k->stopping) uv_timer_start(&k->t, reader_timer_cb, (uint64_t)ms, 0);
+}
+
+static void reader_backoff(consumer *k) {
+    k->backoff = k->backoff == 0 ? 100 : (k->backoff * 2 > 2000 ? 2000 : k->backoff * 2);
+    reader_wait(k, k->backoff);
+}
+
+static void reader_round_done(void *arg, int rc) {
+    consumer *k = arg;
+    k->round_busy = false;
+    if (k->stopping) {
+        if (!k->t_open && !k->read_busy) reader_finished(k);
+        return;
+    }
+    if (rc == READER_READ) {
+        k->backoff = 0;
+        reader_step(k);
+    } else if (rc == READER_WAIT) {
+        reader_wait(k, 500);
+    } else if (rc == READER_STOP) {
+        return;
+    } else {
+        reader_backoff(k); /* also the loop refusing the job (rc < 0) */
+    }
+}
+
+static void reader_read_reply(redis_uv *r, redisReply *rep, const char *err, void *arg) {
+    (void)r;
+    consumer *k = arg;
+    k->read_busy = false;
+    if (k->stopping) {
+        if (!k->t_open && !k->round_busy) reader_finished(k);
+        return;
+    }
+    if (rep == NULL) {
+        log_warn("XREADGROUP %s: %s", k->stream, err);
+        reader_backoff(k);
+        return;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        if (strncmp(rep->str, "NOGROUP", 7) == 0) {
+            k->group_ok = false;
+        } else {
+            log_error("XREADGROUP %s: %s", k->stream, rep->str);
+        }
+        reader_backoff(k);
+        return;
+    }
+    if (reply_is(rep, REDIS_REPLY_ARRAY)) {
+        for (size_t i = 0; i < rep->elements; i++) {
+            const redisReply *st = rep->element[i];
+            if (reply_is(st, REDIS_REPLY_ARRAY) && st->elements == 2)
+                (void)consumer_process_all(k, NULL, k->rc, st->element[1]);
+        }
+    }
+    k->backoff = 0;
+    reader_step(k);
+}
+
+/* The next step: a round when something is due, else a read when the lanes
+ * have room and Redis is there. */
+static void reader_step(consumer *k) {
+    if (k->stopping || k->round_busy || k->read_busy || atomic_load(&cons.stop)) return;
+    uv_timer_stop(&k->t);
+    k->wait_room = false;
+    int64_t now = evt_now_ms();
+    bool due = !k->group_ok || k->group_gen != k->rc->gen || k->rc->ctx == NULL ||
+               (now >= k->next_claim && consumer_room(k) > 0) || now >= k->next_progress ||
+               now >= k->next_gc ||
+               consumer_lanes_pg_down(k);
+    if (due) {
+        k->round_busy = true;
+        if (loop_work(reader_round, reader_round_done, k) != 0) {
+            k->round_busy = false;
+            reader_wait(k, 500);
+        }
+        return;
+    }
+    if (!k->ru_up) {
+        reader_wait(k, 250); /* redis_uv reconnects by itself */
+        return;
+    }
+    int room = consumer_room(k);
+    if (room == 0) {
+        k->wait_room = true; /* lane_done kicks */
+        reader_wait(k, CONSUMER_BLOCK_MS);
+        return;
+    }
+    char count[8], block[16];
+    snprintf(count, sizeof count, "%d", room);
+    snprintf(block, sizeof block, "%d", CONSUMER_BLOCK_MS);
+    const char *argv[] = {"XREADGROUP", "GROUP", cons.group, cons.name, "COUNT", count,
+                          "BLOCK", block, "STREAMS", k->stream, ">"};
+    k->read_busy = true;
+    if (redis_uv_command(k->ru, 11, argv, NULL, CONSUMER_BLOCK_MS + 1500, reader_read_reply, k) !=
+        0) {
+        k->read_busy = false;
+        reader_wait(k, 250);
+    }
+}
+
+/* lane_done: a lane made room. Loop thread. */
+static void reader_room(consumer *k) {
+    if (k->on_loop && k->wait_room && !k->stopping) reader_step(k);
+}
+
+static void reader_on_state(redis_uv *r, bool up, const char *err, void *arg) {
+    (void)r;
+    (void)err;
+    consumer *k = arg;
+    k->ru_up = up;
+    /* A restarted Redis may be empty: the group is created again first. */
+    if (up) {
+        k->group_ok = false;
+        reader_step(k);
+    }
+}
+
+static void readers_stop_on_loop(void *arg);
+
+static void readers_start_on_loop(void *arg) {
+    (void)arg;
+    loop_on_stop(readers_stop_on_loop, NULL); /* SIGTERM: stop reading */
+    for (int i = 0; i < cons.n; i++) {
+        consumer *k = &cons.cs[i];
+        uv_timer_init(loop_get(), &k->t);
+        k->t.data = k;
+        k->t_open = true;
+        redis_uv_opts o = {.command_timeout_ms = CONSUMER_BLOCK_MS + 1500,
+                           .backoff_max_ms = 1000,
+                           .on_state = reader_on_state,
+                           .arg = k};
+        k->ru = redis_uv_open(loop_get(), &o);
+        if (k->ru == NULL) log_error("consumer %s: cannot open a Redis connection", k->source);
+        reader_step(k); /* the first round creates the group */
+    }
+}
+
+static void readers_stop_on_loop(void *arg) {
+    (void)arg;
+    for (int i = 0; i < cons.n; i++)
+        if (cons.cs[i].on_loop) reader_stop(&cons.cs[i]);
+}
+
 static void consumers_free(void) {
     for (int i = 0; i < cons.n; i++) {
         consumer *k = &cons.cs[i];
@@ -2091,6 +2346,33 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     }
     atomic_store(&cons.stop, false);
     cons.running = true;
+    /* With a process loop and a pool the readers live on the loop (no
+     * threads); a tool without them gets one thread per reader. */
+    bool on_loop = work_default() != NULL && loop_get() != NULL && !loop_stopping();
+    if (on_loop) {
+        int64_t now = evt_now_ms();
+        for (int i = 0; i < n; i++) {
+            consumer *k = &cons.cs[i];
+            k->on_loop = true;
+            k->next_gc = now + CONSUMER_GC_MS;
+        }
+        pthread_mutex_lock(&rdr.mu);
+        rdr.active = n;
+        pthread_mutex_unlock(&rdr.mu);
+        if (loop_on_loop()) {
+            readers_start_on_loop(NULL);
+        } else if (loop_call(readers_start_on_loop, NULL) != 0) {
+            pthread_mutex_lock(&rdr.mu);
+            rdr.active = 0;
+            pthread_mutex_unlock(&rdr.mu);
+            for (int i = 0; i < n; i++) cons.cs[i].on_loop = false;
+            evt_consumers_stop();
+            return OM_E_UNAVAILABLE;
+        }
+        log_info("consumer %s of group %s: %d subscription(s) on the loop, lanes: %s", cons.name,
+                 cons.group, n, lanes_log);
+        return 0;
+    }
     for (int i = 0; i < n; i++) {
         consumer *k = &cons.cs[i];
         if (pthread_create(&k->th, NULL, consumer_main, k) != 0) {
@@ -2122,6 +2404,16 @@ void evt_consumers_stop(void) {
     }
     for (int i = 0; i < cons.n; i++)
         if (cons.cs[i].started) pthread_join(cons.cs[i].th, NULL);
+    /* The readers on the loop: stopped there (or by the drain's stop hook),
+     * then waited for — a round or read in flight ends first. */
+    bool any_on_loop = false;
+    for (int i = 0; i < cons.n; i++) any_on_loop = any_on_loop || cons.cs[i].on_loop;
+    if (any_on_loop) {
+        if (!loop_stopping()) (void)loop_call(readers_stop_on_loop, NULL);
+        pthread_mutex_lock(&rdr.mu);
+        while (rdr.active > 0) pthread_cond_wait(&rdr.cv, &rdr.mu);
+        pthread_mutex_unlock(&rdr.mu);
+    }
     /* The lanes: a retry waiting for the ticker is dropped (pending in the
      * group); a job in flight finishes (its done runs on the loop). Never
      * called on the loop thread, which runs those dones. */
