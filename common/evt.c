@@ -1785,10 +1785,19 @@ static void lane_done(void *arg, int rc) {
         return;
     }
     if (l->head == NULL && l->cur == NULL) {
-        l->scheduled = false;
-        pthread_cond_broadcast(&k->room);
+        /* Tell the reader first, while the lane is still scheduled: once it
+         * is not, evt_consumers_stop may free the consumer. */
         pthread_mutex_unlock(&k->mu);
         reader_room(k);
+        pthread_mutex_lock(&k->mu);
+        if (l->head == NULL && l->cur == NULL) {
+            l->scheduled = false;
+            pthread_cond_broadcast(&k->room);
+            pthread_mutex_unlock(&k->mu);
+            return;
+        }
+        pthread_mutex_unlock(&k->mu); /* entries came meanwhile */
+        lane_submit(l);
         return;
     }
     if (delay > 0) {
