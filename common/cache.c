@@ -46,6 +46,12 @@ int cache_setup(const char *host, int port, int timeout_ms) {
     return 0;
 }
 
+void cache_endpoint(const char **host, int *port, int *timeout_ms) {
+    *host = cfg.host;
+    *port = cfg.port;
+    *timeout_ms = cfg.timeout_ms;
+}
+
 /* ---- reconnecting connections ---------------------------------------------- */
 
 static redisContext *cache_dial(int timeout_ms) {

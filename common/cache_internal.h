@@ -37,4 +37,8 @@ void cache_conn_drop(cache_conn *c);
  * A Redis error reply is returned as a reply of type REDIS_REPLY_ERROR. */
 redisReply *cache_conn_cmd(cache_conn *c, int argc, const char **argv, const size_t *lens);
 
+/* The endpoint given to cache_setup (host NULL before it), for the
+ * event-loop connections of redis_uv.c. */
+void cache_endpoint(const char **host, int *port, int *timeout_ms);
+
 #endif

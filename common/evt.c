@@ -1,9 +1,10 @@
 /* evt.c — events (evt.h, SPEC 2): the outbox row written with the change, the
- * relay thread that moves committed rows to the service's Redis stream, and
- * consumers that apply each event once (applied_events in the same
- * transaction as the handler's effects) and acknowledge it afterwards: one
- * reader thread per subscription, and optionally lanes that apply events of
- * different subjects in parallel. */
+ * relay that moves committed rows to the service's Redis stream (rounds on
+ * the worker pool, started by the process loop), and consumers that apply
+ * each event once (applied_events in the same transaction as the handler's
+ * effects) and acknowledge it afterwards: one reader thread per
+ * subscription, and lanes — queues on the worker pool, one job each in
+ * flight — that apply events of different subjects in parallel. */
 #include "evt.h"
 
 #include <errno.h>
@@ -27,7 +28,10 @@
 #include "google/protobuf/timestamp.pb-c.h"
 #include "idem.h"
 #include "log.h"
+#include "loop.h"
+#include "work.h"
 #include "metrics.h"
+#include "redis_uv.h"
 #include "om_err.h"
 #include "om_time.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
@@ -216,9 +220,7 @@ typedef struct relay_group {
 
 static struct {
     bool running;
-    pthread_t th;
     atomic_bool stop;
-    int pipe[2];
     char stream[192];
     char lock_key[128];
     char channel[96];
@@ -791,64 +793,159 @@ static void relay_housekeeping(pg_conn *pg, int applied_retention_h, int outbox_
     idem_purge(pg, 10000);
 }
 
-static void *relay_main(void *arg) {
+/* The relay on the process loop (issue 15, docs/common/evt.md): no thread
+ * and no PostgreSQL connection of its own. A round — housekeeping, loss
+ * check and reconciliation when due, then up to RELAY_ROUND_BATCHES batches
+ * — runs as one loop_work job on a worker (its pg_local connection); at most
+ * one round is in flight. The loop starts rounds: on a NOTIFY of the outbox
+ * channel (loop_listen, the process's one LISTEN connection), after a full
+ * batch at once, after an error with backoff, else every RELAY_IDLE_MS (rows
+ * another replica's relay left behind).
+ *
+ * The Redis part of a batch stays a blocking connection used by the round
+ * (one round at a time): the XADDs must happen inside the PostgreSQL
+ * transaction that holds the relay lock and numbers the rows, so that
+ * replicas cannot interleave batches; a transaction cannot wait on the loop
+ * across two worker jobs. */
+#define RELAY_ROUND_BATCHES 16
+
+static struct {
+    uv_timer_t timer;
+    bool timer_open;      /* loop thread: the timer exists (not yet closed) */
+    bool busy;            /* loop thread: a round is in flight */
+    bool again;           /* loop thread: a NOTIFY came during the round */
+    bool stopping;        /* loop thread: stop begun, no new round */
+    int backoff;          /* loop thread */
+    char listened[96];    /* the channel loop_listen was called for */
+    /* the round's own state (only the one round in flight touches it) */
+    cache_conn *rconn;
+    int retention_h, outbox_max_h;
+    int64_t next_housekeeping, next_check, next_reconcile;
+    unsigned checked_gen;
+    /* stop hand-shake with evt_relay_stop off the loop */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool active;          /* under mu: timer open or round in flight */
+} rl = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static int relay_round(void *arg) {
     (void)arg;
-    pg_conn *pg = NULL;
-    cache_conn *rconn = NULL;
-    if (cache_conn_new(&rconn, 0) != 0) {
-        log_error("relay: out of memory");
-        return NULL;
+    pg_conn *pg = pg_local();
+    if (pg == NULL) return OM_E_UNAVAILABLE;
+    cache_conn *rconn = rl.rconn;
+    int64_t now = evt_now_ms();
+    if (now >= rl.next_housekeeping) {
+        relay_housekeeping(pg, rl.retention_h, rl.outbox_max_h);
+        rl.next_housekeeping = now + RELAY_HOUSEKEEPING_MS;
     }
-    int retention_h = (int)cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 24 * 365);
-    int outbox_max_h = (int)cfg_int("ORGMESH_EVT_OUTBOX_MAX_AGE_H", 168, 25, 24 * 365);
-    int64_t next_housekeeping = 0, next_check = 0, next_reconcile = 0;
-    unsigned checked_gen = 0;
-    int backoff = 0;
-    while (!atomic_load(&relay.stop)) {
-        if (pg == NULL) {
-            if (pg_connect(&pg) == 0 && pg_listen(pg, relay.channel) != 0) {
-                pg_close(pg);
-                pg = NULL;
-            }
-            if (pg == NULL) {
-                evt_sleep(relay.pipe[0], 500);
-                continue;
-            }
-        }
-        int64_t now = evt_now_ms();
-        if (now >= next_housekeeping) {
-            relay_housekeeping(pg, retention_h, outbox_max_h);
-            next_housekeeping = now + RELAY_HOUSEKEEPING_MS;
-        }
-        /* Before relaying on a new connection (Redis may have restarted
-         * empty), and every second. */
-        if (now >= next_check || (rconn->ctx != NULL && rconn->gen != checked_gen)) {
-            relay_check(pg, rconn);
-            checked_gen = rconn->gen;
-            next_check = now + RELAY_CHECK_MS;
-        }
-        if (now >= next_reconcile) {
-            relay_reconcile(pg, rconn);
-            next_reconcile = now + RELAY_RECONCILE_MS;
-        }
-        int rc = relay_batch(pg, rconn);
-        if (rc == RELAY_MORE) continue;
-        if (rc < 0) {
-            /* Redis or PostgreSQL trouble: back off, 100 ms doubling to 2 s. */
-            backoff = backoff == 0 ? 100 : (backoff * 2 > 2000 ? 2000 : backoff * 2);
-            evt_sleep(relay.pipe[0], backoff);
-            continue;
-        }
-        backoff = 0;
-        /* Woken by NOTIFY at commit (an event reaches the stream within a few
-         * ms), or after RELAY_IDLE_MS to pick up what another replica's relay
-         * left behind. */
-        if (pg_wait_notify(pg, RELAY_IDLE_MS, relay.pipe[0]) < 0)
-            evt_sleep(relay.pipe[0], RELAY_IDLE_MS);
+    /* Before relaying on a new connection (Redis may have restarted
+     * empty), and every second. */
+    if (now >= rl.next_check || (rconn->ctx != NULL && rconn->gen != rl.checked_gen)) {
+        relay_check(pg, rconn);
+        rl.checked_gen = rconn->gen;
+        rl.next_check = now + RELAY_CHECK_MS;
     }
-    pg_close(pg);
-    cache_close(rconn);
-    return NULL;
+    if (now >= rl.next_reconcile) {
+        relay_reconcile(pg, rconn);
+        rl.next_reconcile = now + RELAY_RECONCILE_MS;
+    }
+    int rc = 0;
+    for (int i = 0; i < RELAY_ROUND_BATCHES && !atomic_load(&relay.stop); i++) {
+        rc = relay_batch(pg, rconn);
+        if (rc != RELAY_MORE) break;
+    }
+    return rc;
+}
+
+static void relay_finished(void) {
+    pthread_mutex_lock(&rl.mu);
+    rl.active = false;
+    pthread_cond_broadcast(&rl.cv);
+    pthread_mutex_unlock(&rl.mu);
+}
+
+static void relay_timer_closed(uv_handle_t *h) {
+    (void)h;
+    rl.timer_open = false;
+    if (!rl.busy) relay_finished();
+}
+
+static void relay_kick(void);
+
+static void relay_timer_cb(uv_timer_t *t) {
+    (void)t;
+    relay_kick();
+}
+
+static void relay_round_done(void *arg, int rc) {
+    (void)arg;
+    rl.busy = false;
+    if (rl.stopping) {
+        if (!rl.timer_open) relay_finished();
+        return;
+    }
+    if (rc == RELAY_MORE || rl.again) {
+        rl.again = false;
+        rl.backoff = 0;
+        relay_kick();
+        return;
+    }
+    uint64_t ms = RELAY_IDLE_MS;
+    if (rc < 0) {
+        /* Redis or PostgreSQL trouble: back off, 100 ms doubling to 2 s. */
+        rl.backoff = rl.backoff == 0 ? 100 : (rl.backoff * 2 > 2000 ? 2000 : rl.backoff * 2);
+        ms = (uint64_t)rl.backoff;
+    } else {
+        rl.backoff = 0;
+    }
+    uv_timer_start(&rl.timer, relay_timer_cb, ms, 0);
+}
+
+static void relay_kick(void) {
+    if (rl.stopping || !rl.timer_open) return;
+    if (rl.busy) {
+        rl.again = true;
+        return;
+    }
+    uv_timer_stop(&rl.timer);
+    rl.busy = true;
+    if (loop_work(relay_round, relay_round_done, NULL) != 0) {
+        rl.busy = false;
+        uv_timer_start(&rl.timer, relay_timer_cb, 500, 0);
+    }
+}
+
+/* NOTIFY at an outbox commit (payload NULL after a LISTEN reconnect: look
+ * anyway). The channel stays LISTENed for the process's life. */
+static void relay_on_notify(const char *channel, const char *payload, void *arg) {
+    (void)payload;
+    (void)arg;
+    if (strcmp(channel, relay.channel) == 0) relay_kick();
+}
+
+/* Loop thread: stop starting rounds; the round in flight finishes. */
+static void relay_loop_stop(void *arg) {
+    (void)arg;
+    if (!rl.timer_open || rl.stopping) return;
+    rl.stopping = true;
+    uv_close((uv_handle_t *)&rl.timer, relay_timer_closed);
+}
+
+static void relay_loop_start(void *arg) {
+    (void)arg;
+    rl.stopping = rl.busy = rl.again = false;
+    rl.backoff = 0;
+    uv_timer_init(loop_get(), &rl.timer);
+    rl.timer_open = true;
+    if (strcmp(rl.listened, relay.channel) != 0) {
+        if (loop_listen(relay.channel, relay_on_notify, NULL) == 0)
+            snprintf(rl.listened, sizeof rl.listened, "%s", relay.channel);
+        else
+            log_warn("relay: cannot LISTEN on %s: polling every %d ms", relay.channel,
+                     RELAY_IDLE_MS);
+    }
+    loop_on_stop(relay_loop_stop, NULL); /* SIGTERM: no new round */
+    relay_kick();
 }
 
 int evt_relay_start(const char *service) {
@@ -856,6 +953,10 @@ int evt_relay_start(const char *service) {
     if (!evt_name_ok(service) || pg_schema()[0] == '\0') {
         log_error("evt_relay_start: bad service name or pg_setup not called");
         return OM_E_INVALID_ARGUMENT;
+    }
+    if (loop_get() == NULL || loop_stopping()) {
+        log_error("evt_relay_start: no process loop (common/loop.h)");
+        return OM_E_UNAVAILABLE;
     }
     snprintf(relay.stream, sizeof relay.stream, "%s%s%s", cache_namespace(), EVT_STREAM_PREFIX,
              service);
@@ -886,25 +987,46 @@ int evt_relay_start(const char *service) {
     }
     snprintf(relay.maxlen, sizeof relay.maxlen, "%lld",
              (long long)cfg_int("ORGMESH_EVT_STREAM_MAXLEN", 1000000, 1000, INT64_C(1) << 40));
-    if (evt_pipe(relay.pipe) != 0) return OM_E_INTERNAL;
+    if (cache_conn_new(&rl.rconn, 0) != 0) return OM_E_NOMEM;
+    rl.retention_h = (int)cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 24 * 365);
+    rl.outbox_max_h = (int)cfg_int("ORGMESH_EVT_OUTBOX_MAX_AGE_H", 168, 25, 24 * 365);
+    rl.next_housekeeping = rl.next_check = rl.next_reconcile = 0;
+    rl.checked_gen = 0;
     atomic_store(&relay.stop, false);
-    if (pthread_create(&relay.th, NULL, relay_main, NULL) != 0) {
-        close(relay.pipe[0]);
-        close(relay.pipe[1]);
-        return OM_E_INTERNAL;
+    pthread_mutex_lock(&rl.mu);
+    rl.active = true;
+    pthread_mutex_unlock(&rl.mu);
+    if (loop_on_loop()) {
+        relay_loop_start(NULL);
+    } else if (loop_call(relay_loop_start, NULL) != 0) {
+        pthread_mutex_lock(&rl.mu);
+        rl.active = false;
+        pthread_mutex_unlock(&rl.mu);
+        cache_close(rl.rconn);
+        rl.rconn = NULL;
+        return OM_E_UNAVAILABLE;
     }
     relay.running = true;
     return 0;
 }
 
+/* From any thread but the loop's (app.c's drain, tests): waits for the round
+ * in flight. On the loop thread it only stops new rounds (the memory is
+ * released by the next evt_relay_start or at exit). */
 void evt_relay_stop(void) {
     if (!relay.running) return;
-    atomic_store(&relay.stop, true);
-    ssize_t w = write(relay.pipe[1], "x", 1);
-    (void)w;
-    pthread_join(relay.th, NULL);
-    close(relay.pipe[0]);
-    close(relay.pipe[1]);
+    atomic_store(&relay.stop, true); /* a round in flight stops between batches */
+    if (loop_on_loop()) {
+        relay_loop_stop(NULL);
+        return;
+    }
+    /* Once the loop is stopping its hooks have run relay_loop_stop. */
+    if (!loop_stopping()) (void)loop_call(relay_loop_stop, NULL);
+    pthread_mutex_lock(&rl.mu);
+    while (rl.active) pthread_cond_wait(&rl.cv, &rl.mu);
+    pthread_mutex_unlock(&rl.mu);
+    cache_close(rl.rconn);
+    rl.rconn = NULL;
     relay.running = false;
 }
 
@@ -929,15 +1051,23 @@ typedef struct lane_item {
 
 struct consumer;
 
+/* A lane is a queue (issue 15): at most one job of it on the worker pool at
+ * a time (`scheduled`), the next one submitted from the loop when the job is
+ * done, so its entries are applied one at a time, in order, on the workers'
+ * pg_local connections; no thread and no PostgreSQL connection of its own. */
 typedef struct lane {
-    pthread_t th;
-    bool started;
     struct consumer *k;
-    cache_conn *rc;          /* its own, for XACK after its own COMMIT */
-    pthread_cond_t cv;       /* work arrived, or stop (k->mu) */
+    cache_conn *rc;          /* its own, for XACK after its own COMMIT (one job at a time) */
     lane_item *head, *tail;  /* waiting entries (k->mu) */
     lane_item *cur;          /* the entry being applied (k->mu) */
     bool pg_down;            /* waiting for PostgreSQL (k->mu) */
+    bool scheduled;          /* a job in flight or a retry pending (k->mu) */
+    int64_t retry_at;        /* the lane ticker submits it then (k->mu); 0: none */
+    /* the job's own (one job at a time; done runs after it) */
+    bool probing;            /* cur waits for PostgreSQL: probe before applying */
+    bool outage;             /* ... and it was a real outage */
+    int saved_ret;           /* cur's result when it was no outage */
+    int backoff;             /* ms, after a handler's UNAVAILABLE */
 } lane;
 
 typedef struct consumer {
@@ -949,14 +1079,29 @@ typedef struct consumer {
     char stream[192];
     char progress_key[192];  /* orgmesh:progress:<source> */
     cache_conn *rc;          /* the reader's */
-    int nlanes;              /* 1: the reader applies entries itself */
-    lane *lanes;             /* nlanes > 1 */
+    int nlanes;              /* lanes (1: one at a time, in stream order) */
+    lane *lanes;             /* NULL without a worker pool: the reader applies entries itself */
     bool sync_init;          /* mu, room and the lanes' cv exist */
     pthread_mutex_t mu;
     pthread_cond_t room;     /* a lane finished an entry, or stop */
     int inflight;            /* entries handed to lanes and not finished (mu) */
     int cap;                 /* most entries in flight: nlanes * LANE_DEPTH */
     int pg_down;             /* lanes waiting for PostgreSQL (mu) */
+    /* the reader on the loop (issue 15; loop thread unless noted) */
+    bool on_loop;            /* this reader runs on the loop, not on a thread */
+    redis_uv *ru;            /* XREADGROUP BLOCK: a connection of its own */
+    uv_timer_t t;
+    bool t_open;
+    bool round_busy;         /* a maintenance round on a worker */
+    bool read_busy;          /* an XREADGROUP in flight */
+    bool wait_room;          /* the lanes are full: lane_done kicks */
+    bool stopping;
+    bool ru_up;
+    int backoff;
+    /* the rounds' own (one round at a time) */
+    bool group_ok;
+    unsigned group_gen;
+    int64_t next_claim, next_progress, next_gc;
 } consumer;
 
 static struct {
@@ -1224,6 +1369,8 @@ static uint32_t subject_hash(const char *s) {
     return h;
 }
 
+static void lane_submit(lane *l);
+
 /* Hand one delivered entry to its subject's lane. On exhaustion the entry
  * stays pending (a claim retries it). */
 static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *entry) {
@@ -1250,8 +1397,10 @@ static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *ent
         l->head = it;
     l->tail = it;
     k->inflight++;
-    pthread_cond_signal(&l->cv);
+    bool submit = !l->scheduled;
+    l->scheduled = true;
     pthread_mutex_unlock(&k->mu);
+    if (submit) lane_submit(l);
 }
 
 /* Process (one lane) or dispatch (lanes) an array of entries; with one lane
@@ -1259,7 +1408,7 @@ static void consumer_dispatch(consumer *k, cache_conn *rc, const redisReply *ent
 static int consumer_process_all(consumer *k, pg_conn *pg, cache_conn *rc, const redisReply *arr) {
     for (size_t i = 0; reply_is(arr, REDIS_REPLY_ARRAY) && i < arr->elements; i++) {
         if (atomic_load(&cons.stop)) return 0;
-        if (k->nlanes > 1)
+        if (k->lanes != NULL)
             consumer_dispatch(k, rc, arr->element[i]);
         else if (consumer_process(k, pg, rc, arr->element[i]) == OM_E_UNAVAILABLE)
             return OM_E_UNAVAILABLE;
@@ -1269,7 +1418,7 @@ static int consumer_process_all(consumer *k, pg_conn *pg, cache_conn *rc, const 
 
 /* How many more entries the reader may take now. */
 static int consumer_room(consumer *k) {
-    if (k->nlanes <= 1) return CONSUMER_BATCH;
+    if (k->lanes == NULL) return CONSUMER_BATCH;
     pthread_mutex_lock(&k->mu);
     int room = k->cap - k->inflight;
     pthread_mutex_unlock(&k->mu);
@@ -1286,7 +1435,7 @@ static void consumer_wait_room(consumer *k, int ms) {
 }
 
 static bool consumer_lanes_pg_down(consumer *k) {
-    if (k->nlanes <= 1) return false;
+    if (k->lanes == NULL) return false;
     pthread_mutex_lock(&k->mu);
     bool down = k->pg_down > 0;
     pthread_mutex_unlock(&k->mu);
@@ -1336,7 +1485,7 @@ static int consumer_claim(consumer *k, pg_conn *pg, cache_conn *rc, int room) {
         freeReplyObject(pend);
         return OM_E_NOMEM;
     }
-    if (k->nlanes > 1) {
+    if (k->lanes != NULL) {
         pthread_mutex_lock(&k->mu);
         for (size_t i = 0; i < pend->elements; i++)
             skip[i] = !pending_ok(pend->element[i]) ||
@@ -1446,104 +1595,224 @@ static void consumer_gc(consumer *k, cache_conn *rc) {
 
 /* ---- lanes ---------------------------------------------------------------- */
 
-static void lane_set_pg_down(lane *l, bool down) {
+static void lane_set_pg_down_locked(lane *l, bool down) {
     consumer *k = l->k;
-    pthread_mutex_lock(&k->mu);
     if (l->pg_down != down) k->pg_down += down ? 1 : -1;
     l->pg_down = down;
-    pthread_mutex_unlock(&k->mu);
 }
 
-/* Apply one entry of the lane. While PostgreSQL is away the lane keeps the
- * entry, probes every 500 ms and applies it when PostgreSQL is back; the
- * reader meanwhile reads and claims nothing (a claim would count as a
- * delivery). Only an outage seen as such (no connection, or a probe that
- * failed) is waited out in place: an entry whose own work fails with a
- * PostgreSQL error (a statement timeout) stays pending, so that claims count
- * its deliveries and dead-letter it in the end. Returns as
- * consumer_apply_env; OM_E_UNAVAILABLE also when stopped while waiting (the
- * entry stays pending). */
-static int lane_apply(lane *l, pg_conn **pg, const lane_item *it) {
-    consumer *k = l->k;
-    for (;;) {
-        int ret = OM_E_UNAVAILABLE;
-        bool down = true, outage = true;
-        if (*pg != NULL || pg_connect(pg) == 0) {
-            ret = consumer_apply_env(k, *pg, l->rc, it->env, it->sid, it->seq);
-            const char *st = pg_sqlstate(*pg);
-            down = ret == OM_E_UNAVAILABLE && st[0] != '\0';
-            outage = strncmp(st, "08", 2) == 0; /* connection exception */
-        }
-        if (!down) return ret;
-        lane_set_pg_down(l, true);
-        bool back = false;
-        while (!back && !atomic_load(&cons.stop)) {
-            evt_sleep(cons.pipe[0], 500);
-            if (atomic_load(&cons.stop)) break;
-            back = *pg != NULL ? pg_exec(*pg, "SELECT 1", NULL, NULL) == 0 : pg_connect(pg) == 0;
-            if (!back) outage = true;
-        }
-        lane_set_pg_down(l, false);
-        if (!back) return OM_E_UNAVAILABLE;
-        if (!outage) return ret;
-    }
+static void lane_set_pg_down(lane *l, bool down) {
+    pthread_mutex_lock(&l->k->mu);
+    lane_set_pg_down_locked(l, down);
+    pthread_mutex_unlock(&l->k->mu);
 }
 
-/* A lane: applies the entries the reader hands it, one at a time, in order.
- * Once stopping, it goes on with what it holds until cons.drain_until_ms
- * (a rolling restart then leaves little for a claim), then leaves the rest
- * pending: another consumer claims it. */
-static void *lane_main(void *arg) {
-    lane *l = arg;
+/* Drop what the lane holds (k->mu held): it stays pending in the group, and
+ * is claimed later. */
+static void lane_drop_locked(lane *l) {
     consumer *k = l->k;
-    pg_conn *pg = NULL; /* connected on the first entry: idle lanes cost nothing */
-    int backoff = 0;
-    pthread_mutex_lock(&k->mu);
-    for (;;) {
-        while (l->head == NULL && !atomic_load(&cons.stop)) pthread_cond_wait(&l->cv, &k->mu);
-        if (l->head == NULL) break;
-        if (atomic_load(&cons.stop) &&
-            (backoff > 0 || evt_now_ms() >= atomic_load(&cons.drain_until_ms)))
-            break;
-        lane_item *it = l->head;
-        l->head = it->next;
-        if (l->head == NULL) l->tail = NULL;
-        l->cur = it;
-        pthread_mutex_unlock(&k->mu);
-
-        int ret = lane_apply(l, &pg, it);
-
-        pthread_mutex_lock(&k->mu);
-        l->cur = NULL;
-        k->inflight--;
-        pthread_cond_signal(&k->room);
-        pthread_mutex_unlock(&k->mu);
-        orgmesh__events__v1__envelope__free_unpacked(it->env, NULL);
-        free(it);
-        if (ret == OM_E_UNAVAILABLE) {
-            /* what the handler needs is away: do not run through the queue */
-            backoff = backoff == 0 ? 100 : (backoff * 2 > 2000 ? 2000 : backoff * 2);
-            evt_sleep(cons.pipe[0], backoff);
-        } else {
-            backoff = 0;
-        }
-        pthread_mutex_lock(&k->mu);
-    }
-    /* Not started: they stay pending in the group, and are claimed later. */
     lane_item *rest = l->head;
     l->head = l->tail = NULL;
-    for (lane_item *it = rest; it != NULL; it = it->next) k->inflight--;
-    pthread_cond_signal(&k->room);
-    pthread_mutex_unlock(&k->mu);
+    if (l->cur != NULL) {
+        l->cur->next = rest;
+        rest = l->cur;
+        l->cur = NULL;
+    }
+    if (l->probing) lane_set_pg_down_locked(l, false);
+    l->probing = false;
+    l->retry_at = 0;
+    l->scheduled = false;
     while (rest != NULL) {
         lane_item *next = rest->next;
+        k->inflight--;
         orgmesh__events__v1__envelope__free_unpacked(rest->env, NULL);
         free(rest);
         rest = next;
     }
-    pg_close(pg);
-    pg_local_close();
-    return NULL;
+    pthread_cond_broadcast(&k->room);
+}
+
+enum { LANE_DONE = 1, LANE_WAIT_PG, LANE_BACKOFF, LANE_QUIT };
+
+/* On a worker: apply the lane's next entry (or probe PostgreSQL for the one
+ * it holds). While PostgreSQL is away the lane keeps the entry and probes
+ * every 500 ms (the ticker resubmits it); the reader meanwhile reads and
+ * claims nothing (a claim would count as a delivery). Only an outage seen as
+ * such (no connection, or a probe that failed) is waited out: an entry whose
+ * own work fails with a PostgreSQL error (a statement timeout) stays
+ * pending, so that claims count its deliveries and dead-letter it in the
+ * end. */
+static int lane_job(void *arg) {
+    lane *l = arg;
+    consumer *k = l->k;
+    pthread_mutex_lock(&k->mu);
+    lane_item *it = l->cur;
+    bool stop = atomic_load(&cons.stop);
+    if (it == NULL) {
+        if (l->head == NULL || (stop && evt_now_ms() >= atomic_load(&cons.drain_until_ms))) {
+            pthread_mutex_unlock(&k->mu);
+            return LANE_QUIT;
+        }
+        it = l->head;
+        l->head = it->next;
+        if (l->head == NULL) l->tail = NULL;
+        l->cur = it;
+    } else if (stop) {
+        pthread_mutex_unlock(&k->mu); /* stopped while waiting: stays pending */
+        return LANE_QUIT;
+    }
+    pthread_mutex_unlock(&k->mu);
+    pg_conn *pg = pg_local();
+    int ret = OM_E_UNAVAILABLE;
+    if (l->probing) {
+        if (pg == NULL || pg_exec(pg, "SELECT 1", NULL, NULL) != 0) {
+            l->outage = true;
+            return LANE_WAIT_PG;
+        }
+        l->probing = false;
+        lane_set_pg_down(l, false);
+        if (!l->outage) {
+            ret = l->saved_ret;
+            goto finished;
+        }
+    }
+    bool down = true, outage = true;
+    if (pg != NULL) {
+        ret = consumer_apply_env(k, pg, l->rc, it->env, it->sid, it->seq);
+        const char *st = pg_sqlstate(pg);
+        down = ret == OM_E_UNAVAILABLE && st[0] != '\0';
+        outage = strncmp(st, "08", 2) == 0; /* connection exception */
+    }
+    if (down) {
+        l->probing = true;
+        l->outage = outage;
+        l->saved_ret = ret;
+        lane_set_pg_down(l, true);
+        return LANE_WAIT_PG;
+    }
+finished:
+    pthread_mutex_lock(&k->mu);
+    l->cur = NULL;
+    k->inflight--;
+    pthread_cond_broadcast(&k->room);
+    pthread_mutex_unlock(&k->mu);
+    orgmesh__events__v1__envelope__free_unpacked(it->env, NULL);
+    free(it);
+    /* what the handler needs is away: do not run through the queue */
+    return ret == OM_E_UNAVAILABLE ? LANE_BACKOFF : LANE_DONE;
+}
+
+/* The lane ticker: one uv_timer on the loop that resubmits lanes whose retry
+ * time has come (PostgreSQL probes, backoff). Runs only while a lane waits. */
+static struct {
+    uv_timer_t timer;
+    bool inited, closed;     /* loop thread */
+    pthread_mutex_t mu;      /* cons.cs's lifetime against the ticker */
+} lt = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void lane_done(void *arg, int rc);
+static void reader_room(consumer *k);
+
+static void lane_submit(lane *l) {
+    if (loop_work(lane_job, lane_done, l) != 0) {
+        pthread_mutex_lock(&l->k->mu);
+        lane_drop_locked(l);
+        pthread_mutex_unlock(&l->k->mu);
+    }
+}
+
+static void lane_tick(uv_timer_t *t) {
+    int64_t now = evt_now_ms();
+    bool waiting = false;
+    pthread_mutex_lock(&lt.mu);
+    for (int i = 0; i < cons.n && cons.cs != NULL; i++) {
+        consumer *k = &cons.cs[i];
+        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) {
+            lane *l = &k->lanes[j];
+            pthread_mutex_lock(&k->mu);
+            bool due = l->retry_at != 0 && l->retry_at <= now;
+            if (due) l->retry_at = 0;
+            else if (l->retry_at != 0) waiting = true;
+            pthread_mutex_unlock(&k->mu);
+            if (due) lane_submit(l);
+        }
+    }
+    pthread_mutex_unlock(&lt.mu);
+    if (!waiting) uv_timer_stop(t);
+}
+
+static void lane_ticker_close(void *arg) {
+    (void)arg;
+    if (lt.inited && !lt.closed) uv_close((uv_handle_t *)&lt.timer, NULL);
+    lt.closed = true;
+}
+
+/* Loop thread. False once the loop is stopping (the ticker is closed). */
+static bool lane_ticker_start(void) {
+    if (lt.closed) return false;
+    if (!lt.inited) {
+        if (uv_timer_init(loop_get(), &lt.timer) != 0) return false;
+        lt.inited = true;
+        loop_on_stop(lane_ticker_close, NULL);
+    }
+    if (!uv_is_active((uv_handle_t *)&lt.timer)) uv_timer_start(&lt.timer, lane_tick, 50, 50);
+    return true;
+}
+
+/* On the loop after each job: the next entry at once, a retry later, or
+ * nothing. Once stopping, the lane goes on with what it holds until
+ * cons.drain_until_ms (a rolling restart then leaves little for a claim) —
+ * not after a failure — then leaves the rest pending. */
+static void lane_done(void *arg, int rc) {
+    lane *l = arg;
+    consumer *k = l->k;
+    if (rc < LANE_DONE) rc = LANE_QUIT; /* the loop is stopping: the job never ran */
+    int64_t delay = 0;
+    if (rc == LANE_WAIT_PG) {
+        delay = 500;
+    } else if (rc == LANE_BACKOFF) {
+        l->backoff = l->backoff == 0 ? 100 : (l->backoff * 2 > 2000 ? 2000 : l->backoff * 2);
+        delay = l->backoff;
+    } else {
+        l->backoff = 0;
+    }
+    pthread_mutex_lock(&k->mu);
+    bool stop = atomic_load(&cons.stop);
+    if (rc == LANE_QUIT ||
+        (stop && (delay > 0 || evt_now_ms() >= atomic_load(&cons.drain_until_ms)))) {
+        lane_drop_locked(l);
+        pthread_mutex_unlock(&k->mu);
+        return;
+    }
+    if (l->head == NULL && l->cur == NULL) {
+        /* Tell the reader first, while the lane is still scheduled: once it
+         * is not, evt_consumers_stop may free the consumer. */
+        pthread_mutex_unlock(&k->mu);
+        reader_room(k);
+        pthread_mutex_lock(&k->mu);
+        if (l->head == NULL && l->cur == NULL) {
+            l->scheduled = false;
+            pthread_cond_broadcast(&k->room);
+            pthread_mutex_unlock(&k->mu);
+            return;
+        }
+        pthread_mutex_unlock(&k->mu); /* entries came meanwhile */
+        lane_submit(l);
+        return;
+    }
+    if (delay > 0) {
+        l->retry_at = evt_now_ms() + delay;
+        pthread_mutex_unlock(&k->mu);
+        if (!lane_ticker_start()) {
+            pthread_mutex_lock(&k->mu);
+            lane_drop_locked(l);
+            pthread_mutex_unlock(&k->mu);
+        }
+        return;
+    }
+    pthread_mutex_unlock(&k->mu);
+    reader_room(k);
+    lane_submit(l);
 }
 
 /* ---- progress ------------------------------------------------------------- */
@@ -1554,8 +1823,9 @@ static void *lane_main(void *arg) {
  * seq at or below it applied (evt_progress, advanced from applied_events),
  * published to Redis every second from the database, so that a Redis that
  * lost it learns it again at once (issue 12). */
-static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
-    if (*ppg == NULL && pg_connect(ppg) != 0) return;
+/* Returns false when the connection is broken (the caller's to reset). */
+static bool consumer_progress_on(consumer *k, pg_conn *pg, cache_conn *rc) {
+    pg_conn **ppg = &pg;
     pg_params p = {0};
     pg_p_str(&p, k->source);
     pg_res *r = NULL;
@@ -1571,11 +1841,7 @@ static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
                       &p, &r);
     if (rc0 != 0 || pg_nrows(r) != 1) {
         pg_free(r);
-        if (pg_sqlstate(*ppg)[0] == '0' && pg_sqlstate(*ppg)[1] == '8') {
-            pg_close(*ppg);
-            *ppg = NULL;
-        }
-        return;
+        return !(pg_sqlstate(*ppg)[0] == '0' && pg_sqlstate(*ppg)[1] == '8');
     }
     int64_t old = pg_i64(r, 0, 0), wm = pg_i64(r, 0, 1);
     pg_free(r);
@@ -1588,13 +1854,78 @@ static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
                     " ON CONFLICT (source) DO UPDATE SET watermark ="
                     " GREATEST(evt_progress.watermark, EXCLUDED.watermark), updated_at = now()",
                     &u, NULL) != 0)
-            return;
+            return true;
     }
     char v[24];
     snprintf(v, sizeof v, "%lld", (long long)wm);
     const char *argv[] = {"HSET", k->progress_key, cons.group, v};
     redisReply *h = consumer_cmd(rc, 4, argv);
     if (h != NULL) freeReplyObject(h);
+    return true;
+}
+
+/* Run fn(arg) on a worker of the pool (its pg_local connection) and wait for
+ * it: the reader's PostgreSQL work uses the pool's connections, not one of
+ * its own (issue 15). OM_E_UNAVAILABLE when the pool refuses (stopping). */
+typedef struct evt_call {
+    work_job job;
+    int (*fn)(void *arg);
+    void *arg;
+    int rc;
+    bool done;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} evt_call;
+
+static void evt_call_run(work_job *job) {
+    evt_call *c = (evt_call *)job;
+    int rc = c->fn(c->arg);
+    pthread_mutex_lock(&c->mu);
+    c->rc = rc;
+    c->done = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int evt_on_worker(int (*fn)(void *arg), void *arg) {
+    evt_call c = {.job = {.run = evt_call_run}, .fn = fn, .arg = arg,
+                  .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    work_pool *pool = work_default();
+    if (pool == NULL || !work_submit(pool, &c.job, 0)) return OM_E_UNAVAILABLE;
+    pthread_mutex_lock(&c.mu);
+    while (!c.done) pthread_cond_wait(&c.cv, &c.mu);
+    pthread_mutex_unlock(&c.mu);
+    pthread_cond_destroy(&c.cv);
+    pthread_mutex_destroy(&c.mu);
+    return c.rc;
+}
+
+typedef struct progress_arg {
+    consumer *k;
+    cache_conn *rc;
+} progress_arg;
+
+static int consumer_progress_job(void *arg) {
+    progress_arg *a = arg;
+    pg_conn *pg = pg_local();
+    if (pg == NULL) return OM_E_UNAVAILABLE;
+    consumer_progress_on(a->k, pg, a->rc); /* pg_local resets a broken connection itself */
+    return 0;
+}
+
+/* The group's watermark, published every second: on a worker when there is
+ * a pool, else on a connection of the reader's own (*ppg). */
+static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
+    if (work_default() != NULL) {
+        progress_arg a = {k, rc};
+        (void)evt_on_worker(consumer_progress_job, &a);
+        return;
+    }
+    if (*ppg == NULL && pg_connect(ppg) != 0) return;
+    if (!consumer_progress_on(k, *ppg, rc)) {
+        pg_close(*ppg);
+        *ppg = NULL;
+    }
 }
 
 /* ---- the reader ------------------------------------------------------------- */
@@ -1602,7 +1933,7 @@ static void consumer_progress(consumer *k, pg_conn **ppg, cache_conn *rc) {
 static void *consumer_main(void *arg) {
     consumer *k = arg;
     cache_conn *rc = k->rc;
-    bool lanes = k->nlanes > 1;
+    bool lanes = k->lanes != NULL;
     pg_conn *pg = NULL; /* one lane only: the lanes have their own */
     int claim_every = cons.claim_idle_ms / 2;
     if (claim_every < 50) claim_every = 50;
@@ -1679,13 +2010,246 @@ static void *consumer_main(void *arg) {
     return NULL;
 }
 
+/* ---- the reader on the loop (issue 15) ---------------------------------------
+ *
+ * No thread: the reader is a small state machine on the loop. Its blocking
+ * read, XREADGROUP ... BLOCK 500, goes through redis_uv (a connection of its
+ * own); the entries are handed to the lanes right in the reply callback.
+ * The rest — the group (re)creation, claims and dead letters, the watermark,
+ * forgetting dead consumers — runs, when due, in a maintenance round on a
+ * worker with the reader's blocking Redis connection (k->rc) and the worker's
+ * pg_local connection. One step at a time: a round, or a read, or a timer.
+ * Malformed entries are dead-lettered from the reply callback through k->rc
+ * (a local Redis command; no round is running meanwhile). */
+
+enum { READER_READ = 1, READER_WAIT, READER_BACKOFF, READER_STOP };
+
+static int reader_claim_every(void) {
+    int e = cons.claim_idle_ms / 2;
+    return e < 50 ? 50 : e > 2000 ? 2000 : e;
+}
+
+/* A maintenance round, on a worker. */
+static int reader_round(void *arg) {
+    consumer *k = arg;
+    cache_conn *rc = k->rc;
+    if (atomic_load(&cons.stop)) return READER_STOP;
+    /* Touch no entry while a lane waits for PostgreSQL: a claim would count
+     * as a delivery and push entries towards the dead letters. */
+    if (consumer_lanes_pg_down(k)) return READER_WAIT;
+    if (cache_conn_ctx(rc) == NULL) return READER_WAIT;
+    int ret = 0;
+    if (!k->group_ok || k->group_gen != rc->gen) {
+        /* After a reconnect Redis may have restarted empty. */
+        ret = consumer_group_create(k, rc);
+        k->group_ok = ret == 0;
+        k->group_gen = rc->gen;
+    }
+    int64_t now = evt_now_ms();
+    int room = consumer_room(k);
+    if (ret == 0 && now >= k->next_claim && room > 0) {
+        ret = consumer_claim(k, NULL, rc, room);
+        k->next_claim = now + reader_claim_every();
+    }
+    if (ret == 0 && now >= k->next_progress) {
+        pg_conn *pg = pg_local();
+        if (pg != NULL) consumer_progress_on(k, pg, rc);
+        k->next_progress = now + CONSUMER_PROGRESS_MS;
+    }
+    if (ret == 0 && now >= k->next_gc) {
+        consumer_gc(k, rc);
+        k->next_gc = now + CONSUMER_GC_MS;
+    }
+    if (ret == OM_E_NOT_FOUND) k->group_ok = false; /* NOGROUP: stream or group deleted */
+    return ret == 0 ? READER_READ : READER_BACKOFF;
+}
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int active;              /* readers on the loop not yet finished (mu) */
+} rdr = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void reader_step(consumer *k);
+
+static void reader_timer_cb(uv_timer_t *t) { reader_step(t->data); }
+
+static void reader_finished(consumer *k) {
+    (void)k;
+    pthread_mutex_lock(&rdr.mu);
+    rdr.active--;
+    pthread_cond_broadcast(&rdr.cv);
+    pthread_mutex_unlock(&rdr.mu);
+}
+
+static void reader_timer_closed(uv_handle_t *h) {
+    consumer *k = h->data;
+    k->t_open = false;
+    if (!k->round_busy && !k->read_busy) reader_finished(k);
+}
+
+/* Loop thread: stop reading; a round or read in flight ends by itself. */
+static void reader_stop(consumer *k) {
+    if (k->stopping || !k->t_open) return;
+    k->stopping = true;
+    uv_close((uv_handle_t *)&k->t, reader_timer_closed);
+    if (k->ru != NULL) {
+        redis_uv *ru = k->ru;
+        k->ru = NULL;
+        redis_uv_close(ru); /* a read in flight fails with "closed" now */
+    }
+}
+
+static void reader_wait(consumer *k, int ms) {
+    if (k->t_open && !k->stopping) uv_timer_start(&k->t, reader_timer_cb, (uint64_t)ms, 0);
+}
+
+static void reader_backoff(consumer *k) {
+    k->backoff = k->backoff == 0 ? 100 : (k->backoff * 2 > 2000 ? 2000 : k->backoff * 2);
+    reader_wait(k, k->backoff);
+}
+
+static void reader_round_done(void *arg, int rc) {
+    consumer *k = arg;
+    k->round_busy = false;
+    if (k->stopping) {
+        if (!k->t_open && !k->read_busy) reader_finished(k);
+        return;
+    }
+    if (rc == READER_READ) {
+        k->backoff = 0;
+        reader_step(k);
+    } else if (rc == READER_WAIT) {
+        reader_wait(k, 500);
+    } else if (rc == READER_STOP) {
+        return;
+    } else {
+        reader_backoff(k); /* also the loop refusing the job (rc < 0) */
+    }
+}
+
+static void reader_read_reply(redis_uv *r, redisReply *rep, const char *err, void *arg) {
+    (void)r;
+    consumer *k = arg;
+    k->read_busy = false;
+    if (k->stopping) {
+        if (!k->t_open && !k->round_busy) reader_finished(k);
+        return;
+    }
+    if (rep == NULL) {
+        log_warn("XREADGROUP %s: %s", k->stream, err);
+        reader_backoff(k);
+        return;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        if (strncmp(rep->str, "NOGROUP", 7) == 0) {
+            k->group_ok = false;
+        } else {
+            log_error("XREADGROUP %s: %s", k->stream, rep->str);
+        }
+        reader_backoff(k);
+        return;
+    }
+    if (reply_is(rep, REDIS_REPLY_ARRAY)) {
+        for (size_t i = 0; i < rep->elements; i++) {
+            const redisReply *st = rep->element[i];
+            if (reply_is(st, REDIS_REPLY_ARRAY) && st->elements == 2)
+                (void)consumer_process_all(k, NULL, k->rc, st->element[1]);
+        }
+    }
+    k->backoff = 0;
+    reader_step(k);
+}
+
+/* The next step: a round when something is due, else a read when the lanes
+ * have room and Redis is there. */
+static void reader_step(consumer *k) {
+    if (k->stopping || k->round_busy || k->read_busy || atomic_load(&cons.stop)) return;
+    uv_timer_stop(&k->t);
+    k->wait_room = false;
+    int64_t now = evt_now_ms();
+    bool due = !k->group_ok || k->group_gen != k->rc->gen || k->rc->ctx == NULL ||
+               (now >= k->next_claim && consumer_room(k) > 0) || now >= k->next_progress ||
+               now >= k->next_gc ||
+               consumer_lanes_pg_down(k);
+    if (due) {
+        k->round_busy = true;
+        if (loop_work(reader_round, reader_round_done, k) != 0) {
+            k->round_busy = false;
+            reader_wait(k, 500);
+        }
+        return;
+    }
+    if (!k->ru_up) {
+        reader_wait(k, 250); /* redis_uv reconnects by itself */
+        return;
+    }
+    int room = consumer_room(k);
+    if (room == 0) {
+        k->wait_room = true; /* lane_done kicks */
+        reader_wait(k, CONSUMER_BLOCK_MS);
+        return;
+    }
+    char count[8], block[16];
+    snprintf(count, sizeof count, "%d", room);
+    snprintf(block, sizeof block, "%d", CONSUMER_BLOCK_MS);
+    const char *argv[] = {"XREADGROUP", "GROUP", cons.group, cons.name, "COUNT", count,
+                          "BLOCK", block, "STREAMS", k->stream, ">"};
+    k->read_busy = true;
+    if (redis_uv_command(k->ru, 11, argv, NULL, CONSUMER_BLOCK_MS + 1500, reader_read_reply, k) !=
+        0) {
+        k->read_busy = false;
+        reader_wait(k, 250);
+    }
+}
+
+/* lane_done: a lane made room. Loop thread. */
+static void reader_room(consumer *k) {
+    if (k->on_loop && k->wait_room && !k->stopping) reader_step(k);
+}
+
+static void reader_on_state(redis_uv *r, bool up, const char *err, void *arg) {
+    (void)r;
+    (void)err;
+    consumer *k = arg;
+    k->ru_up = up;
+    /* A restarted Redis may be empty: the group is created again first. */
+    if (up) {
+        k->group_ok = false;
+        reader_step(k);
+    }
+}
+
+static void readers_stop_on_loop(void *arg);
+
+static void readers_start_on_loop(void *arg) {
+    (void)arg;
+    loop_on_stop(readers_stop_on_loop, NULL); /* SIGTERM: stop reading */
+    for (int i = 0; i < cons.n; i++) {
+        consumer *k = &cons.cs[i];
+        uv_timer_init(loop_get(), &k->t);
+        k->t.data = k;
+        k->t_open = true;
+        redis_uv_opts o = {.command_timeout_ms = CONSUMER_BLOCK_MS + 1500,
+                           .backoff_max_ms = 1000,
+                           .on_state = reader_on_state,
+                           .arg = k};
+        k->ru = redis_uv_open(loop_get(), &o);
+        if (k->ru == NULL) log_error("consumer %s: cannot open a Redis connection", k->source);
+        reader_step(k); /* the first round creates the group */
+    }
+}
+
+static void readers_stop_on_loop(void *arg) {
+    (void)arg;
+    for (int i = 0; i < cons.n; i++)
+        if (cons.cs[i].on_loop) reader_stop(&cons.cs[i]);
+}
+
 static void consumers_free(void) {
     for (int i = 0; i < cons.n; i++) {
         consumer *k = &cons.cs[i];
-        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) {
-            cache_close(k->lanes[j].rc);
-            if (k->sync_init) pthread_cond_destroy(&k->lanes[j].cv);
-        }
+        for (int j = 0; k->lanes != NULL && j < k->nlanes; j++) cache_close(k->lanes[j].rc);
         free(k->lanes);
         if (k->sync_init) {
             pthread_cond_destroy(&k->room);
@@ -1714,7 +2278,9 @@ static int consumer_init(consumer *k, const evt_subscription *sub, int nlanes) {
     if (cache_conn_new(&k->rc, CONSUMER_BLOCK_MS + 1500) != 0) return OM_E_NOMEM;
     k->nlanes = nlanes;
     k->cap = nlanes * LANE_DEPTH;
-    if (nlanes <= 1) return 0;
+    /* Without a worker pool (tools) one lane is the reader itself, on a
+     * PostgreSQL connection of its own. */
+    if (nlanes <= 1 && work_default() == NULL) return 0;
     k->lanes = calloc((size_t)nlanes, sizeof *k->lanes);
     if (k->lanes == NULL) return OM_E_NOMEM;
     for (int j = 0; j < nlanes; j++) {
@@ -1724,21 +2290,12 @@ static int consumer_init(consumer *k, const evt_subscription *sub, int nlanes) {
     pthread_condattr_t ca;
     if (pthread_condattr_init(&ca) != 0) return OM_E_NOMEM;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int created = 0;
     bool ok = pthread_mutex_init(&k->mu, NULL) == 0;
     if (ok && pthread_cond_init(&k->room, &ca) != 0) {
         pthread_mutex_destroy(&k->mu);
         ok = false;
     }
-    for (; ok && created < nlanes; created++)
-        if (pthread_cond_init(&k->lanes[created].cv, &ca) != 0) break;
     pthread_condattr_destroy(&ca);
-    if (ok && created < nlanes) {
-        for (int j = 0; j < created; j++) pthread_cond_destroy(&k->lanes[j].cv);
-        pthread_cond_destroy(&k->room);
-        pthread_mutex_destroy(&k->mu);
-        ok = false;
-    }
     if (!ok) return OM_E_NOMEM;
     k->sync_init = true;
     return 0;
@@ -1766,8 +2323,12 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     RAND_bytes(rnd, sizeof rnd);
     snprintf(cons.name, sizeof cons.name, "%s-%ld-%02x%02x%02x%02x", host, (long)getpid(), rnd[0],
              rnd[1], rnd[2], rnd[3]);
+    pthread_mutex_lock(&lt.mu); /* the lane ticker reads cons.cs */
     cons.cs = calloc((size_t)n, sizeof *cons.cs);
-    if (cons.cs == NULL) return OM_E_NOMEM;
+    if (cons.cs == NULL) {
+        pthread_mutex_unlock(&lt.mu);
+        return OM_E_NOMEM;
+    }
     cons.n = n;
     char lanes_log[128] = "";
     size_t ll = 0;
@@ -1776,6 +2337,7 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
         int rc = consumer_init(&cons.cs[i], &subs[i], nl);
         if (rc != 0) {
             consumers_free();
+            pthread_mutex_unlock(&lt.mu);
             return rc;
         }
         if (ll < sizeof lanes_log) {
@@ -1784,21 +2346,44 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
             if (w > 0) ll += (size_t)w;
         }
     }
+    pthread_mutex_unlock(&lt.mu);
     if (evt_pipe(cons.pipe) != 0) {
+        pthread_mutex_lock(&lt.mu);
         consumers_free();
+        pthread_mutex_unlock(&lt.mu);
         return OM_E_INTERNAL;
     }
     atomic_store(&cons.stop, false);
     cons.running = true;
+    /* With a process loop and a pool the readers live on the loop (no
+     * threads); a tool without them gets one thread per reader. */
+    bool on_loop = work_default() != NULL && loop_get() != NULL && !loop_stopping();
+    if (on_loop) {
+        int64_t now = evt_now_ms();
+        for (int i = 0; i < n; i++) {
+            consumer *k = &cons.cs[i];
+            k->on_loop = true;
+            k->next_gc = now + CONSUMER_GC_MS;
+        }
+        pthread_mutex_lock(&rdr.mu);
+        rdr.active = n;
+        pthread_mutex_unlock(&rdr.mu);
+        if (loop_on_loop()) {
+            readers_start_on_loop(NULL);
+        } else if (loop_call(readers_start_on_loop, NULL) != 0) {
+            pthread_mutex_lock(&rdr.mu);
+            rdr.active = 0;
+            pthread_mutex_unlock(&rdr.mu);
+            for (int i = 0; i < n; i++) cons.cs[i].on_loop = false;
+            evt_consumers_stop();
+            return OM_E_UNAVAILABLE;
+        }
+        log_info("consumer %s of group %s: %d subscription(s) on the loop, lanes: %s", cons.name,
+                 cons.group, n, lanes_log);
+        return 0;
+    }
     for (int i = 0; i < n; i++) {
         consumer *k = &cons.cs[i];
-        for (int j = 0; j < k->nlanes && k->lanes != NULL; j++) {
-            if (pthread_create(&k->lanes[j].th, NULL, lane_main, &k->lanes[j]) != 0) {
-                evt_consumers_stop();
-                return OM_E_INTERNAL;
-            }
-            k->lanes[j].started = true;
-        }
         if (pthread_create(&k->th, NULL, consumer_main, k) != 0) {
             evt_consumers_stop();
             return OM_E_INTERNAL;
@@ -1823,17 +2408,44 @@ void evt_consumers_stop(void) {
         if (!k->sync_init) continue;
         /* Under the mutex: a lane checks `stop` and waits atomically. */
         pthread_mutex_lock(&k->mu);
-        for (int j = 0; j < k->nlanes; j++) pthread_cond_broadcast(&k->lanes[j].cv);
         pthread_cond_broadcast(&k->room);
         pthread_mutex_unlock(&k->mu);
     }
     for (int i = 0; i < cons.n; i++)
         if (cons.cs[i].started) pthread_join(cons.cs[i].th, NULL);
-    for (int i = 0; i < cons.n; i++)
-        for (int j = 0; cons.cs[i].lanes != NULL && j < cons.cs[i].nlanes; j++)
-            if (cons.cs[i].lanes[j].started) pthread_join(cons.cs[i].lanes[j].th, NULL);
+    /* The readers on the loop: stopped there (or by the drain's stop hook),
+     * then waited for — a round or read in flight ends first. */
+    bool any_on_loop = false;
+    for (int i = 0; i < cons.n; i++) any_on_loop = any_on_loop || cons.cs[i].on_loop;
+    if (any_on_loop) {
+        if (!loop_stopping()) (void)loop_call(readers_stop_on_loop, NULL);
+        pthread_mutex_lock(&rdr.mu);
+        while (rdr.active > 0) pthread_cond_wait(&rdr.cv, &rdr.mu);
+        pthread_mutex_unlock(&rdr.mu);
+    }
+    /* The lanes: a retry waiting for the ticker is dropped (pending in the
+     * group); a job in flight finishes (its done runs on the loop). Never
+     * called on the loop thread, which runs those dones. */
+    for (int i = 0; i < cons.n; i++) {
+        consumer *k = &cons.cs[i];
+        if (!k->sync_init) continue;
+        pthread_mutex_lock(&k->mu);
+        for (;;) {
+            bool busy = false;
+            for (int j = 0; j < k->nlanes; j++) {
+                lane *l = &k->lanes[j];
+                if (l->scheduled && l->retry_at != 0) lane_drop_locked(l);
+                if (l->scheduled) busy = true;
+            }
+            if (!busy) break;
+            pthread_cond_wait(&k->room, &k->mu);
+        }
+        pthread_mutex_unlock(&k->mu);
+    }
     close(cons.pipe[0]);
     close(cons.pipe[1]);
+    pthread_mutex_lock(&lt.mu);
     consumers_free();
+    pthread_mutex_unlock(&lt.mu);
     cons.running = false;
 }

@@ -40,8 +40,11 @@ typedef struct evt_meta {
  * (NOTIFY). The envelope's id is returned in id_out (37 bytes) if non-NULL. */
 int evt_emit(pg_conn *tx, const evt_meta *meta, const ProtobufCMessage *payload, char *id_out);
 
-/* The relay: a thread that moves committed outbox rows to the service's
- * stream in order, waiting while Redis is down (events stay in the outbox). */
+/* The relay: moves committed outbox rows to the service's stream in order,
+ * waiting while Redis is down (events stay in the outbox). It runs on the
+ * process loop (common/loop.h: rounds on the worker pool, woken by NOTIFY),
+ * so start it once the loop exists; stop it from a thread other than the
+ * loop's (it waits for the round in flight). */
 int evt_relay_start(const char *service);
 void evt_relay_stop(void);
 
@@ -83,8 +86,9 @@ typedef struct evt_subscription {
     int lanes;
 } evt_subscription;
 
-/* Start one reader thread per subscription (plus its lanes), in consumer
- * group "<service>" with a consumer name unique to this process. Claims
+/* Start one reader thread per subscription, its lanes queues on the worker
+ * pool (issue 15), in consumer group "<service>" with a consumer name unique
+ * to this process. Stop from a thread other than the loop's. Claims
  * entries idle for longer than ORGMESH_EVT_CLAIM_IDLE_MS (default 10000)
  * from dead consumers. */
 int evt_consumers_start(const char *service, const evt_subscription *subs, int n);

@@ -2,6 +2,7 @@
 #include "it_util.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,6 +15,8 @@
 
 #include "cache.h"
 #include "log.h"
+#include "loop_internal.h"
+#include "work.h"
 
 #ifndef OM_HARNESS_DIR
 #define OM_HARNESS_DIR "tests/harness"
@@ -116,4 +119,65 @@ int it_silent_server(int *fd) {
         it_die("cannot open a silent server");
     *fd = s;
     return ntohs(a.sin_port);
+}
+
+/* ---- the process loop on a thread ------------------------------------------ */
+
+static struct {
+    pthread_t th;
+    work_pool *pool;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int state; /* 0 starting, 1 running, -1 failed */
+} itl = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void itl_worker_stop(int index, void *arg) {
+    (void)index;
+    (void)arg;
+    pg_local_close();
+    cache_local_close();
+}
+
+static void itl_after_job(void *arg) {
+    (void)arg;
+    pg_local_end_call();
+}
+
+static void *itl_main(void *arg) {
+    (void)arg;
+    int rc = loop_init(itl.pool);
+    pthread_mutex_lock(&itl.mu);
+    itl.state = rc == 0 ? 1 : -1;
+    pthread_cond_broadcast(&itl.cv);
+    pthread_mutex_unlock(&itl.mu);
+    if (rc == 0) uv_run(loop_get(), UV_RUN_DEFAULT);
+    return NULL;
+}
+
+void it_loop_start(void) {
+    work_pool_opts wo = {.threads = 4, .thread_stop = itl_worker_stop, .after_job = itl_after_job};
+    if (work_pool_new(&itl.pool, &wo) != 0) it_die("cannot start the worker pool");
+    work_set_default(itl.pool);
+    itl.state = 0;
+    if (pthread_create(&itl.th, NULL, itl_main, NULL) != 0) it_die("cannot start the loop thread");
+    pthread_mutex_lock(&itl.mu);
+    while (itl.state == 0) pthread_cond_wait(&itl.cv, &itl.mu);
+    pthread_mutex_unlock(&itl.mu);
+    if (itl.state < 0) it_die("loop_init failed");
+}
+
+static void itl_begin_stop(void *arg) {
+    (void)arg;
+    loop_begin_stop();
+}
+
+void it_loop_stop(void) {
+    if (loop_call(itl_begin_stop, NULL) != 0) it_die("cannot reach the loop");
+    work_pool_stop(itl.pool);
+    loop_finish();
+    pthread_join(itl.th, NULL);
+    if (loop_close() != 0) it_die("the loop did not close cleanly: a handle was left open");
+    work_set_default(NULL);
+    work_pool_free(itl.pool);
+    itl.pool = NULL;
 }

@@ -32,4 +32,11 @@ const char *it_unique(const char *prefix);
  * wait in the backlog): a hung server. Returns the port; fd in *fd. */
 int it_silent_server(int *fd);
 
+/* The process loop (common/loop.h) on a thread of its own with a worker
+ * pool of 4, as app.c has it, for code that runs on the loop (the event
+ * relay). it_loop_stop drains and closes it; it aborts unless uv_loop_close
+ * returns 0. */
+void it_loop_start(void);
+void it_loop_stop(void);
+
 #endif

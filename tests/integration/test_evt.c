@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -475,6 +476,34 @@ static void test_evt_malformed_entry_dead_lettered(void **state) {
     freeReplyObject(rep);
     freeReplyObject(redisCommand(r, "DEL %s", dl));
     redisFree(r);
+}
+
+static int thread_count(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* Issue 15: the relay, the readers and the lanes run on the process loop and
+ * its worker pool — starting two subscriptions of 4 lanes each and applying
+ * events through them starts no thread (before: 2 readers + 8 lanes). */
+static void test_evt_consumers_and_relay_start_no_threads(void **state) {
+    int before = thread_count();
+    sink s = {0};
+    evt_subscription subs[2] = {{.source = svc, .fn = sink_handler, .arg = &s, .lanes = 4},
+                                {.source = it_unique("itidle"), .fn = sink_handler, .arg = &s,
+                                 .lanes = 4}};
+    assert_int_equal(evt_consumers_start(it_unique("itgrp"), subs, 2), 0);
+    emit(960, 1, NULL);
+    assert_true(wait_sql("SELECT count(*) FROM " SCHEMA ".effects WHERE n = 960", 1, 10000));
+    int during = thread_count();
+    print_message("threads: %d before the consumers, %d while they apply events\n", before, during);
+    evt_consumers_stop();
+    assert_int_equal(during, before);
 }
 
 static void test_evt_consumers_and_relay_stop_promptly(void **state) {
@@ -1107,6 +1136,7 @@ static int teardown(void **state) {
 
 int main(void) {
     it_init(SCHEMA);
+    it_loop_start(); /* the relay runs on the process loop */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_evt_outbox_event_reaches_stream),
         cmocka_unit_test(test_evt_relay_latency_within_few_ms),
@@ -1126,7 +1156,11 @@ int main(void) {
         cmocka_unit_test(test_evt_lanes_event_timing_out_in_postgresql_dead_lettered),
         cmocka_unit_test_teardown(test_evt_lanes_pg_outage_no_loss_no_claims_no_spin, outage_teardown),
         cmocka_unit_test(test_evt_start_rejects_bad_arguments),
+        cmocka_unit_test(test_evt_consumers_and_relay_start_no_threads),
         cmocka_unit_test(test_evt_consumers_and_relay_stop_promptly),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    evt_relay_stop();
+    it_loop_stop();
+    return failed;
 }

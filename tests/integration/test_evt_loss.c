@@ -354,6 +354,7 @@ static int teardown(void **state) {
 
 int main(void) {
     it_init(SCHEMA);
+    it_loop_start(); /* the relay runs on the process loop */
     const struct CMUnitTest tests[] = {
         LOSS_TEST(test_evt_redis_killed_undelivered_events_applied_after_restart_empty),
         LOSS_TEST(test_evt_redis_killed_pending_events_applied_after_restart_empty),
@@ -363,5 +364,8 @@ int main(void) {
         LOSS_TEST(test_evt_stream_trimmed_events_applied),
         LOSS_TEST(test_evt_stream_trimmed_only_below_slowest_group),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    evt_relay_stop();
+    it_loop_stop();
+    return failed;
 }

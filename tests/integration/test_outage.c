@@ -280,6 +280,7 @@ int main(void) {
         return 1;
     }
     it_init(SCHEMA);
+    it_loop_start(); /* the relay runs on the process loop */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cache_down_fails_fast),
         cmocka_unit_test(test_evt_events_wait_while_redis_down),
@@ -288,5 +289,8 @@ int main(void) {
         cmocka_unit_test(test_evt_relay_resumes_after_pg_restart),
         cmocka_unit_test(test_pg_down_fails_fast_and_heals),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    evt_relay_stop();
+    it_loop_stop();
+    return failed;
 }
