@@ -17,6 +17,7 @@
 #include "op.h"
 #include "log.h"
 #include "om_err.h"
+#include "om_time.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/connections/v1/connections.pb-c.h"
 #include "page.h"
@@ -170,9 +171,9 @@ static APB(Asset) *asset_pb(rpc_ctx *ctx, const asset_row *a) {
     asset_etag_encode(a->version, etag);
     p->etag = rpc_strdup(ctx, etag);
     p->create_time = rpc_alloc(ctx, sizeof *p->create_time);
-    assets_timestamp(p->create_time, a->create_us);
+    om_pb_timestamp(p->create_time, a->create_us);
     p->update_time = rpc_alloc(ctx, sizeof *p->update_time);
-    assets_timestamp(p->update_time, a->update_us);
+    om_pb_timestamp(p->update_time, a->update_us);
     return p;
 }
 
@@ -784,7 +785,7 @@ static int results_apply(op_call *cl, pg_conn *tx) {
         }
         if (!pg_isnull(r, i, 10)) {
             x->finish_time = rpc_alloc(cl->ctx, sizeof *x->finish_time);
-            assets_timestamp(x->finish_time, pg_time_us(r, i, 10));
+            om_pb_timestamp(x->finish_time, pg_time_us(r, i, 10));
         }
         resp->results[i] = x;
     }

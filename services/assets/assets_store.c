@@ -10,28 +10,6 @@
 #include "assets.h"
 #include "audit.h"
 #include "om_err.h"
-#include "om_sql.h"
-
-/* Job states and item outcomes in SQL text (om_sql.h), checked against the
- * CopyJobState and CopyOutcome values of assets.proto. */
-#define ASSET_SQL_QUEUED 1
-#define ASSET_SQL_RUNNING 2
-#define ASSET_SQL_PENDING 1
-#define ASSET_SQL_COPIED 2
-#define ASSET_SQL_SKIPPED 3
-#define ASSET_SQL_FAILED 4
-#define ASSET_SQL_CANCELLED 5
-_Static_assert(ASSET_SQL_QUEUED == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED &&
-                   ASSET_SQL_RUNNING == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_RUNNING,
-               "ASSET_SQL job states and CopyJobState agree");
-_Static_assert(ASSET_SQL_PENDING == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_PENDING &&
-                   ASSET_SQL_COPIED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_COPIED &&
-                   ASSET_SQL_SKIPPED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_SKIPPED &&
-                   ASSET_SQL_FAILED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_FAILED &&
-                   ASSET_SQL_CANCELLED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_CANCELLED,
-               "ASSET_SQL outcomes and CopyOutcome agree");
-/* Open jobs: the predicate of the partial index copy_jobs_open. */
-#define SQL_JOB_OPEN OM_SQL(ASSET_SQL_QUEUED) ", " OM_SQL(ASSET_SQL_RUNNING)
 
 static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
