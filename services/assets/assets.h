@@ -66,9 +66,6 @@ int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, i
 /* ---- memberships (local copy, SPEC 2) ---- */
 /* *known false when the copy has no row; roles 0 when deleted. */
 int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member);
-int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned roles, bool deleted,
-                            int64_t version);
-unsigned assets_roles_bits(const int *roles, size_t n);
 
 /* ---- jobs (assets_jobs.c) ---- */
 

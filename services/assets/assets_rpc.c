@@ -30,8 +30,7 @@ _Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED =
 
 static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
     (void)arg;
-    return store_membership_upsert(tx, m->hub_id, m->user_id, assets_roles_bits((const int *)m->roles, m->n_roles),
-                                   false, m->version);
+    return copies_membership_put(tx, m, false, m->version);
 }
 
 /* SPEC 2: the actor's memberships, from their owner, into the local copy. */

@@ -235,13 +235,6 @@ history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, s
 
 /* ---- memberships ---- */
 
-unsigned assets_roles_bits(const int *roles, size_t n) {
-    unsigned bits = 0;
-    for (size_t i = 0; i < n; i++)
-        if (roles[i] >= 1 && roles[i] <= 16) bits |= 1u << (roles[i] - 1);
-    return bits;
-}
-
 int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member) {
     pg_params p = {0};
     pg_p_u64(&p, hub);
@@ -254,21 +247,6 @@ int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known,
     if (member) *member = *known && !pg_bool(r, 0, 1);
     pg_free(r);
     return 0;
-}
-
-int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned roles, bool deleted,
-                            int64_t version) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub);
-    pg_p_u64(&p, user);
-    pg_p_i64(&p, (int64_t)roles);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
-    /* SPEC 2: never an older version over a newer one. */
-    return pg_exec(tx, "INSERT INTO membership_copies AS m (hub_id, user_id, roles, deleted, version)"
-                       " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hub_id, user_id) DO UPDATE"
-                       " SET roles = EXCLUDED.roles, deleted = EXCLUDED.deleted, version = EXCLUDED.version"
-                       " WHERE m.version < EXCLUDED.version", &p, NULL);
 }
 
 /* ---- jobs ---- */

@@ -178,8 +178,7 @@ static int fetch_accounts(op_call *cl, pg_conn *c) {
 
 static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
     (void)arg;
-    return store_membership_upsert(tx, m->hub_id, m->user_id, conn_roles_bits((const int *)m->roles, m->n_roles),
-                                   conn_seats_bits((const int *)m->seats, m->n_seats), false, m->version);
+    return copies_membership_put(tx, m, false, m->version);
 }
 
 static int memb_done(pg_conn *tx, void *arg) {

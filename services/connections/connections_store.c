@@ -131,24 +131,6 @@ int store_sensitivity(pg_conn *c, const uint64_t *hubs, int n, bool *known, bool
     return 0;
 }
 
-int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, unsigned seats,
-                            bool deleted, int64_t version) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, user_id);
-    pg_p_i64(&p, deleted ? 0 : (int64_t)roles);
-    pg_p_i64(&p, deleted ? 0 : (int64_t)seats);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
-    return pg_exec(c,
-                   "INSERT INTO membership_copies (hub_id, user_id, roles, seats, deleted, version)"
-                   " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hub_id, user_id) DO UPDATE SET"
-                   " roles = EXCLUDED.roles, seats = EXCLUDED.seats, deleted = EXCLUDED.deleted,"
-                   " version = EXCLUDED.version, update_time = now()"
-                   " WHERE membership_copies.version < EXCLUDED.version",
-                   &p, NULL);
-}
-
 int store_memberships(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
                       unsigned *seats, bool *member) {
     for (int i = 0; i < n; i++) {

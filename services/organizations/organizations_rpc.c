@@ -171,8 +171,8 @@ static int fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, uint64_
         for (size_t i = 0; rc == 0 && i < resp->n_memberships; i++) {
             const APB(Membership) *m = resp->memberships[i];
             if (m == NULL || !pg_id_valid(m->hub_id) || m->user_id != user_id) continue;
-            unsigned bits = org_roles_bits(m->roles, m->n_roles);
-            rc = store_membership_upsert(c, m->hub_id, user_id, bits, false, m->version);
+            unsigned bits = copies_bits((const int *)m->roles, m->n_roles);
+            rc = copies_membership_put(c, m, false, m->version);
             if (hubs != NULL) {
                 if (cnt == cap) {
                     int ncap = cap ? cap * 2 : 64;

@@ -123,22 +123,6 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
     return rc;
 }
 
-int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, bool deleted,
-                            int64_t version) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, user_id);
-    pg_p_i64(&p, (int64_t)roles);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
-    return pg_exec(c,
-                   "INSERT INTO membership_copies AS x (hub_id, user_id, roles, deleted, version)"
-                   " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hub_id, user_id) DO UPDATE SET"
-                   " roles = EXCLUDED.roles, deleted = EXCLUDED.deleted, version = EXCLUDED.version,"
-                   " update_time = now() WHERE x.version < EXCLUDED.version",
-                   &p, NULL);
-}
-
 int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
                           unsigned *roles, bool *member) {
     for (int i = 0; i < n; i++) {
