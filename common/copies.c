@@ -230,3 +230,30 @@ int copies_membership_put(pg_conn *tx, const CopiesMembership *m, bool deleted, 
                    " version = EXCLUDED.version, update_time = now() WHERE x.version < EXCLUDED.version",
                    &p, NULL);
 }
+
+int copies_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
+                           unsigned *seats, bool *member) {
+    for (int i = 0; i < n; i++) {
+        known[i] = false;
+        roles[i] = 0;
+        if (seats) seats[i] = 0;
+        if (member) member[i] = false;
+        pg_params p = {0};
+        pg_p_u64(&p, hubs[i]);
+        pg_p_u64(&p, user_id);
+        pg_res *r = NULL;
+        int rc = pg_exec(c, "SELECT roles, seats, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
+                         &p, &r);
+        if (rc != 0) return rc;
+        if (pg_nrows(r) > 0) {
+            known[i] = true;
+            if (!pg_bool(r, 0, 2)) {
+                roles[i] = (unsigned)pg_i64(r, 0, 0);
+                if (seats) seats[i] = (unsigned)pg_i64(r, 0, 1);
+                if (member) member[i] = true;
+            }
+        }
+        pg_free(r);
+    }
+    return 0;
+}

@@ -63,9 +63,7 @@ int store_refs_check(pg_conn *tx, uint64_t hub, const asset_ref *refs, int n, in
 int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, int cursor_type,
                      const char *cursor_name, int limit, asset_row **rows, int *n);
 
-/* ---- memberships (local copy, SPEC 2) ---- */
-/* *known false when the copy has no row; roles 0 when deleted. */
-int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member);
+/* ---- memberships: the local copy is common/copies.h's (SPEC 2) ---- */
 
 /* ---- jobs (assets_jobs.c) ---- */
 

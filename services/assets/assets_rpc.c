@@ -46,7 +46,7 @@ static int marketing_in(op_call *cl, pg_conn *tx, uint64_t hub, bool *member, bo
     if (*allowed) return 0;
     bool known;
     unsigned roles;
-    int rc = store_membership_roles(tx, hub, cl->actor->user_id, &known, &roles, member);
+    int rc = copies_memberships_get(tx, cl->actor->user_id, &hub, 1, &known, &roles, NULL, member);
     if (rc != 0) return rc;
     if (!known && !(cl->fetched & NEED_MEMBERSHIPS)) return op_need(cl, NEED_MEMBERSHIPS);
     *allowed = (roles & (ROLE_BIT_MARKETING_ACCESS | ROLE_BIT_SUPER_ADMIN)) != 0;

@@ -235,20 +235,6 @@ history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, s
 
 /* ---- memberships ---- */
 
-int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub);
-    pg_p_u64(&p, user);
-    pg_res *r = NULL;
-    int rc = pg_exec(c, "SELECT roles, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2", &p, &r);
-    if (rc != 0) return rc;
-    *known = pg_nrows(r) > 0;
-    *roles = (*known && !pg_bool(r, 0, 1)) ? (unsigned)pg_i64(r, 0, 0) : 0;
-    if (member) *member = *known && !pg_bool(r, 0, 1);
-    pg_free(r);
-    return 0;
-}
-
 /* ---- jobs ---- */
 
 /* A running job's counters are those on its row plus the counts of the

@@ -131,32 +131,6 @@ int store_sensitivity(pg_conn *c, const uint64_t *hubs, int n, bool *known, bool
     return 0;
 }
 
-int store_memberships(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
-                      unsigned *seats, bool *member) {
-    for (int i = 0; i < n; i++) {
-        known[i] = false;
-        if (member) member[i] = false;
-        roles[i] = seats[i] = 0;
-        pg_params p = {0};
-        pg_p_u64(&p, hubs[i]);
-        pg_p_u64(&p, user_id);
-        pg_res *r = NULL;
-        int rc = pg_exec(c, "SELECT roles, seats, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
-                         &p, &r);
-        if (rc != 0) return rc;
-        if (pg_nrows(r) > 0) {
-            known[i] = true;
-            if (!pg_bool(r, 0, 2)) {
-                if (member) member[i] = true;
-                roles[i] = (unsigned)pg_i64(r, 0, 0);
-                seats[i] = (unsigned)pg_i64(r, 0, 1);
-            }
-        }
-        pg_free(r);
-    }
-    return 0;
-}
-
 /* ---- connections ---- */
 
 #define CONN_COLS                                                                                          \

@@ -238,7 +238,7 @@ static int copies_accounts(op_call *cl, pg_conn *tx, const uint64_t *ids, int n,
 static int copies_roles(op_call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles, bool *member) {
     bool known[ORG_MAX_MEMBERS_READ + ORG_MAX_BATCH + 2];
     if (n > (int)(sizeof known / sizeof known[0])) return OM_E_INTERNAL;
-    int rc = store_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles, member);
+    int rc = copies_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles, NULL, member);
     if (rc != 0) return rc;
     for (int i = 0; i < n; i++)
         if (!known[i] && !(cl->fetched & NEED_MEMBERSHIPS)) return op_need(cl, NEED_MEMBERSHIPS);

@@ -123,39 +123,6 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
     return rc;
 }
 
-int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
-                          unsigned *roles, bool *member) {
-    for (int i = 0; i < n; i++) {
-        known[i] = false;
-        roles[i] = 0;
-        if (member) member[i] = false;
-    }
-    if (n == 0) return 0;
-    char *arr = id_array(hubs, n);
-    if (arr == NULL) return OM_E_NOMEM;
-    pg_params p = {0};
-    pg_p_u64(&p, user_id);
-    pg_p_str(&p, arr);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "SELECT hub_id, roles, deleted FROM membership_copies"
-                     " WHERE user_id = $1 AND hub_id = ANY($2::bigint[])",
-                     &p, &r);
-    free(arr);
-    if (rc != 0) return rc;
-    for (int row = 0; row < pg_nrows(r); row++) {
-        uint64_t hub = pg_u64(r, row, 0);
-        for (int i = 0; i < n; i++)
-            if (hubs[i] == hub) {
-                known[i] = true;
-                roles[i] = pg_bool(r, row, 2) ? 0 : (unsigned)pg_i64(r, row, 1);
-                if (member) member[i] = !pg_bool(r, row, 2);
-            }
-    }
-    pg_free(r);
-    return 0;
-}
-
 /* ---- organizations ------------------------------------------------------------ */
 
 static void org_from(pg_res *r, int i, org_row *o) {
