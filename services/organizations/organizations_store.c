@@ -9,20 +9,7 @@
 #include <string.h>
 
 #include "om_err.h"
-
-/* "{1,2,3}" for a bigint[] parameter, malloc'd. */
-static char *id_array(const uint64_t *ids, int n) {
-    size_t cap = (size_t)n * 21 + 3;
-    char *s = malloc(cap);
-    if (s == NULL) return NULL;
-    size_t at = 0;
-    s[at++] = '{';
-    for (int i = 0; i < n; i++)
-        at += (size_t)snprintf(s + at, cap - at, "%s%" PRIu64, i ? "," : "", ids[i]);
-    s[at++] = '}';
-    s[at] = '\0';
-    return s;
-}
+#include "om_ids.h"
 
 static void copy_str(char *dst, size_t cap, const char *src) { snprintf(dst, cap, "%s", src ? src : ""); }
 
@@ -60,7 +47,7 @@ int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
 int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_account *out, int *n_out) {
     *n_out = 0;
     if (n == 0) return 0;
-    char *arr = id_array(ids, n);
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), ids, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, arr);
@@ -198,7 +185,7 @@ int store_org_members(pg_conn *c, const char *org_id, org_member_row *out, int c
 int store_accounts_in_orgs(pg_conn *c, const uint64_t *ids, int n, bool *in_org) {
     for (int i = 0; i < n; i++) in_org[i] = false;
     if (n == 0) return 0;
-    char *arr = id_array(ids, n);
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), ids, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, arr);
@@ -235,7 +222,7 @@ int store_org_insert(pg_conn *c, uint64_t founding_hub_id, const char *location,
 
 int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const char *text_version,
                      const uint64_t *hubs, int n, const char *action, char id_out[ORG_ID_LEN]) {
-    char *arr = id_array(hubs, n);
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), hubs, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, org_id);
