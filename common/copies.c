@@ -206,3 +206,54 @@ int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
     free(token);
     return rc;
 }
+
+unsigned copies_bits(const int *values, size_t n) {
+    unsigned bits = 0;
+    for (size_t i = 0; i < n; i++)
+        if (values[i] >= 1 && values[i] <= 32) bits |= 1u << (values[i] - 1);
+    return bits;
+}
+
+int copies_membership_put(pg_conn *tx, const CopiesMembership *m, bool deleted, int64_t version) {
+    pg_params p = {0};
+    pg_p_u64(&p, m->hub_id);
+    pg_p_u64(&p, m->user_id);
+    pg_p_i64(&p, deleted ? 0 : (int64_t)copies_bits((const int *)m->roles, m->n_roles));
+    pg_p_i64(&p, deleted ? 0 : (int64_t)copies_bits((const int *)m->seats, m->n_seats));
+    pg_p_bool(&p, deleted);
+    pg_p_i64(&p, version);
+    /* SPEC 2: never an older version over a newer one. */
+    return pg_exec(tx,
+                   "INSERT INTO membership_copies AS x (hub_id, user_id, roles, seats, deleted, version)"
+                   " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hub_id, user_id) DO UPDATE SET"
+                   " roles = EXCLUDED.roles, seats = EXCLUDED.seats, deleted = EXCLUDED.deleted,"
+                   " version = EXCLUDED.version, update_time = now() WHERE x.version < EXCLUDED.version",
+                   &p, NULL);
+}
+
+int copies_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
+                           unsigned *seats, bool *member) {
+    for (int i = 0; i < n; i++) {
+        known[i] = false;
+        roles[i] = 0;
+        if (seats) seats[i] = 0;
+        if (member) member[i] = false;
+        pg_params p = {0};
+        pg_p_u64(&p, hubs[i]);
+        pg_p_u64(&p, user_id);
+        pg_res *r = NULL;
+        int rc = pg_exec(c, "SELECT roles, seats, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
+                         &p, &r);
+        if (rc != 0) return rc;
+        if (pg_nrows(r) > 0) {
+            known[i] = true;
+            if (!pg_bool(r, 0, 2)) {
+                roles[i] = (unsigned)pg_i64(r, 0, 0);
+                if (seats) seats[i] = (unsigned)pg_i64(r, 0, 1);
+                if (member) member[i] = true;
+            }
+        }
+        pg_free(r);
+    }
+    return 0;
+}

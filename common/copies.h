@@ -78,4 +78,18 @@ int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
                              int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
                              int (*done)(pg_conn *tx, void *arg), void *arg);
 
+/* SPEC 2: the membership copy of organizations, connections and assets,
+ * one table shape everywhere: membership_copies (hub_id, user_id, roles,
+ * seats, deleted, version, update_time), roles and seats as bits
+ * (copies_bits). Stores m (roles and seats 0 when deleted) unless the copy
+ * holds a newer version. Partners keeps its own (link columns). */
+int copies_membership_put(pg_conn *tx, const CopiesMembership *m, bool deleted, int64_t version);
+/* The membership copies of user_id in hubs[0..n): known[i] when the copy
+ * has a row, member[i] when it is not deleted, roles[i] and seats[i] its
+ * bits (0 unless a member); seats and member may be NULL. */
+int copies_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
+                           unsigned *seats, bool *member);
+/* Enum values 1..32 as bits (bit = value - 1); other values are ignored. */
+unsigned copies_bits(const int *values, size_t n);
+
 #endif

@@ -46,4 +46,17 @@ static inline bool om_uuid_valid(const char *s) {
     return true;
 }
 
+/* A bigint[] parameter for `= ANY($n::bigint[])`: "{1,2,3}" written into
+ * buf, which holds OM_ID_ARRAY_CAP(n) bytes; returns buf (NULL stays NULL,
+ * so an allocation can be passed straight in and checked after). */
+#define OM_ID_ARRAY_CAP(n) ((size_t)(n) * 21 + 3)
+static inline char *om_id_array(char *buf, const uint64_t *ids, size_t n) {
+    if (buf == NULL) return NULL;
+    size_t at = 0, cap = OM_ID_ARRAY_CAP(n);
+    buf[at++] = '{';
+    for (size_t i = 0; i < n; i++) at += (size_t)snprintf(buf + at, cap - at, "%s%" PRIu64, i ? "," : "", ids[i]);
+    snprintf(buf + at, cap - at, "}");
+    return buf;
+}
+
 #endif

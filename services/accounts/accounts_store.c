@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "om_err.h"
+#include "om_ids.h"
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
@@ -29,19 +30,6 @@ void store_user_subject(uint64_t user_id, char *buf, size_t cap) {
 
 void store_membership_subject(uint64_t hub_id, uint64_t user_id, char *buf, size_t cap) {
     snprintf(buf, cap, "accounts/%" PRIu64 "/memberships/%" PRIu64, hub_id, user_id);
-}
-
-/* "{1,2,3}" for `= ANY($n::bigint[])`; numbers only. */
-static char *id_array(store_mem *m, const uint64_t *ids, int n) {
-    size_t cap = (size_t)n * 21 + 3;
-    char *buf = m->alloc(m->ud, cap);
-    if (buf == NULL) return NULL;
-    size_t used = 0;
-    buf[used++] = '{';
-    for (int i = 0; i < n; i++)
-        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRIu64, i ? "," : "", ids[i]);
-    snprintf(buf + used, cap - used, "}");
-    return buf;
 }
 
 static bool unique_violation(pg_conn *c) { return strcmp(pg_sqlstate(c), "23505") == 0; }
@@ -285,7 +273,7 @@ int store_accounts_batch(pg_conn *c, const uint64_t *ids, int n_ids, store_mem *
     pg_res *r = NULL;
     *n = 0;
     if (n_ids == 0) return 0;
-    pg_p_str(&p, id_array(m, ids, n_ids));
+    pg_p_str(&p, om_id_array(m->alloc(m->ud, OM_ID_ARRAY_CAP(n_ids)), ids, (size_t)n_ids));
     int rc = pg_exec(c, "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = ANY($1::bigint[])", &p,
                      &r);
     if (rc == 0)
@@ -470,7 +458,7 @@ int store_users_batch(pg_conn *c, const uint64_t *ids, int n_ids, store_mem *m, 
     pg_res *r = NULL;
     *n = 0;
     if (n_ids == 0) return 0;
-    pg_p_str(&p, id_array(m, ids, n_ids));
+    pg_p_str(&p, om_id_array(m->alloc(m->ud, OM_ID_ARRAY_CAP(n_ids)), ids, (size_t)n_ids));
     int rc = pg_exec(c, "SELECT " USER_COLS " FROM users u WHERE u.user_id = ANY($1::bigint[])", &p, &r);
     if (rc == 0)
         for (int i = 0; i < pg_nrows(r) && i < n_ids; i++) read_user(r, i, m, &out[(*n)++]);

@@ -11,6 +11,7 @@
 #include "assets_rules.h"
 #include "evt.h"
 #include "history.h"
+#include "om_sql.h"
 #include "orgmesh/assets/v1/assets.pb-c.h"
 #include "orgmesh/assets/v1/events.pb-c.h"
 #include "pg.h"
@@ -62,12 +63,7 @@ int store_refs_check(pg_conn *tx, uint64_t hub, const asset_ref *refs, int n, in
 int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, int cursor_type,
                      const char *cursor_name, int limit, asset_row **rows, int *n);
 
-/* ---- memberships (local copy, SPEC 2) ---- */
-/* *known false when the copy has no row; roles 0 when deleted. */
-int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member);
-int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned roles, bool deleted,
-                            int64_t version);
-unsigned assets_roles_bits(const int *roles, size_t n);
+/* ---- memberships: the local copy is common/copies.h's (SPEC 2) ---- */
 
 /* ---- jobs (assets_jobs.c) ---- */
 
@@ -81,6 +77,42 @@ typedef enum job_state {
     JOB_FAILED = 5,
     JOB_CANCELLED = 6,
 } job_state;
+
+/* A copy item's outcome: the values of CopyOutcome, also copy_items.outcome. */
+typedef enum item_outcome {
+    ITEM_PENDING = 1,
+    ITEM_COPIED = 2,
+    ITEM_SKIPPED = 3,
+    ITEM_FAILED = 4,
+    ITEM_CANCELLED = 5,
+} item_outcome;
+
+/* The same values in SQL text (om_sql.h), checked against both enums and
+ * against CopyJobState/CopyOutcome of assets.proto. */
+#define ASSET_SQL_QUEUED 1
+#define ASSET_SQL_RUNNING 2
+#define ASSET_SQL_PENDING 1
+#define ASSET_SQL_COPIED 2
+#define ASSET_SQL_SKIPPED 3
+#define ASSET_SQL_FAILED 4
+#define ASSET_SQL_CANCELLED 5
+_Static_assert(ASSET_SQL_QUEUED == JOB_QUEUED && ASSET_SQL_RUNNING == JOB_RUNNING &&
+                   (int)JOB_QUEUED == (int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED &&
+                   (int)JOB_RUNNING == (int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_RUNNING &&
+                   (int)JOB_FAILED == (int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_FAILED &&
+                   (int)JOB_CANCELLED == (int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_CANCELLED,
+               "job_state, ASSET_SQL job states and CopyJobState agree");
+_Static_assert(ASSET_SQL_PENDING == ITEM_PENDING && ASSET_SQL_COPIED == ITEM_COPIED &&
+                   ASSET_SQL_SKIPPED == ITEM_SKIPPED && ASSET_SQL_FAILED == ITEM_FAILED &&
+                   ASSET_SQL_CANCELLED == ITEM_CANCELLED &&
+                   (int)ITEM_PENDING == (int)ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_PENDING &&
+                   (int)ITEM_COPIED == (int)ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_COPIED &&
+                   (int)ITEM_SKIPPED == (int)ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_SKIPPED &&
+                   (int)ITEM_FAILED == (int)ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_FAILED &&
+                   (int)ITEM_CANCELLED == (int)ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_CANCELLED,
+               "item_outcome, ASSET_SQL outcomes and CopyOutcome agree");
+/* Open jobs: the predicate of the partial index copy_jobs_open. */
+#define SQL_JOB_OPEN OM_SQL(ASSET_SQL_QUEUED) ", " OM_SQL(ASSET_SQL_RUNNING)
 
 typedef struct job_row {
     char id[ASSET_ID_LEN];
@@ -116,7 +148,6 @@ typedef struct job_pb {
     Google__Protobuf__Timestamp ct, st, et, ut;
 } job_pb;
 void assets_job_pb_build(job_pb *v);
-void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us);
 /* The audit resource of one asset ("accounts/<hub>/assets/<id>") or one
  * copy job ("accounts/<target>/copy_jobs/<id>"); `kind` is "assets" or
  * "copy_jobs". ListAssetHistory lists everything under "accounts/<hub>/". */

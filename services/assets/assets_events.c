@@ -6,8 +6,7 @@
 
 static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembership *mb, void *arg) {
     (void)arg;
-    return store_membership_upsert(tx, mb->hub_id, mb->user_id, assets_roles_bits((const int *)mb->roles, mb->n_roles),
-                                   e->deleted, e->version);
+    return copies_membership_put(tx, mb, e->deleted, e->version);
 }
 
 static const copies_sink accounts_sink = {.membership = on_membership};

@@ -66,11 +66,6 @@ static worker W[MAX_WORKERS];
 
 /* ---- protobuf views ---- */
 
-void assets_timestamp(Google__Protobuf__Timestamp *t, int64_t us) {
-    google__protobuf__timestamp__init(t);
-    om_us_to_timestamp(us, &t->seconds, &t->nanos);
-}
-
 void assets_history_resource(uint64_t hub, const char *kind, const char *id, char *buf, size_t cap) {
     snprintf(buf, cap, "accounts/%" PRIu64 "/%s/%s", hub, kind, id);
 }
@@ -95,16 +90,16 @@ void assets_job_pb_build(job_pb *v) {
     p->failure_reason = v->row.failure_reason;
     p->created_by_user_id = j->created_by;
     p->version = j->version;
-    assets_timestamp(&v->ct, j->create_us);
+    om_pb_timestamp(&v->ct, j->create_us);
     p->create_time = &v->ct;
-    assets_timestamp(&v->ut, j->update_us);
+    om_pb_timestamp(&v->ut, j->update_us);
     p->update_time = &v->ut;
     if (j->start_us) {
-        assets_timestamp(&v->st, j->start_us);
+        om_pb_timestamp(&v->st, j->start_us);
         p->start_time = &v->st;
     }
     if (j->end_us) {
-        assets_timestamp(&v->et, j->end_us);
+        om_pb_timestamp(&v->et, j->end_us);
         p->end_time = &v->et;
     }
 }
@@ -159,8 +154,10 @@ static int finish_job(pg_conn *tx, job_row *j) {
     pg_params p = {0};
     pg_p_str(&p, j->id);
     pg_res *r = NULL;
-    int rc = pg_exec(tx, "SELECT count(*) FILTER (WHERE outcome = 2), count(*) FILTER (WHERE outcome = 3),"
-                         " count(*) FILTER (WHERE outcome = 4) FROM copy_items WHERE job_id = $1::uuid", &p, &r);
+    int rc = pg_exec(tx, "SELECT count(*) FILTER (WHERE outcome = " OM_SQL(ASSET_SQL_COPIED) "),"
+                         " count(*) FILTER (WHERE outcome = " OM_SQL(ASSET_SQL_SKIPPED) "),"
+                         " count(*) FILTER (WHERE outcome = " OM_SQL(ASSET_SQL_FAILED) ")"
+                         " FROM copy_items WHERE job_id = $1::uuid", &p, &r);
     if (rc != 0) return rc;
     int copied = (int)pg_i64(r, 0, 0), skipped = (int)pg_i64(r, 0, 1), failed = (int)pg_i64(r, 0, 2);
     pg_free(r);
@@ -198,13 +195,15 @@ static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
     int rc = pg_exec(tx, "WITH act AS MATERIALIZED (SELECT seq_lo, seq_hi FROM copy_batches WHERE job_id = $1::uuid"
                          "   AND finish_time IS NULL AND lease_until > now()),"
                          " free AS MATERIALIZED (SELECT i.seq, i.rank FROM copy_items i WHERE i.job_id = $1::uuid"
-                         "   AND i.outcome = 1 AND NOT EXISTS (SELECT 1 FROM act WHERE i.seq BETWEEN act.seq_lo AND act.seq_hi)"
+                         "   AND i.outcome = " OM_SQL(ASSET_SQL_PENDING)
+                         " AND NOT EXISTS (SELECT 1 FROM act WHERE i.seq BETWEEN act.seq_lo AND act.seq_hi)"
                          "   ORDER BY i.seq LIMIT 2 * $2::int),"
                          " head AS MATERIALIZED (SELECT seq, rank, coalesce((SELECT min(act.seq_lo) FROM act"
                          "   WHERE act.seq_lo > free.seq), 2147483647) AS stop FROM free ORDER BY seq LIMIT 1),"
                          " run AS MATERIALIZED (SELECT free.seq, row_number() OVER (ORDER BY free.seq) AS k,"
                          "   count(*) OVER () AS n FROM free JOIN head ON free.rank = head.rank AND free.seq < head.stop)"
-                         " SELECT (SELECT rank FROM copy_items WHERE job_id = $1::uuid AND outcome = 1 ORDER BY seq LIMIT 1),"
+                         " SELECT (SELECT rank FROM copy_items WHERE job_id = $1::uuid"
+                         "   AND outcome = " OM_SQL(ASSET_SQL_PENDING) " ORDER BY seq LIMIT 1),"
                          "  head.seq, head.rank, (SELECT max(run.seq) FROM run WHERE run.k <= CASE WHEN run.n >= 2 * $2::int"
                          "   THEN $2::int WHEN run.n <= $2::int / 2 THEN run.n ELSE (run.n + 1) / 2 END)"
                          " FROM (SELECT 1) one LEFT JOIN head ON true", &p, &r);
@@ -237,9 +236,10 @@ static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
                      "   AND NOT folded RETURNING copied, skipped, failed),"
                      " s AS (SELECT coalesce(sum(copied), 0) AS c, coalesce(sum(skipped), 0) AS k,"
                      "   coalesce(sum(failed), 0) AS x FROM f)"
-                     " UPDATE copy_jobs j SET state = 2, start_time = coalesce(j.start_time, now()),"
+                     " UPDATE copy_jobs j SET state = " OM_SQL(ASSET_SQL_RUNNING)
+                     ", start_time = coalesce(j.start_time, now()),"
                      "  lease_owner = $5, lease_until = now() + $6 * interval '1 millisecond', update_time = now(),"
-                     "  version = j.version + CASE WHEN j.state = 1 THEN 1 ELSE 0 END,"
+                     "  version = j.version + CASE WHEN j.state = " OM_SQL(ASSET_SQL_QUEUED) " THEN 1 ELSE 0 END,"
                      "  done = j.done + s.c + s.k + s.x, copied = j.copied + s.c, skipped = j.skipped + s.k, failed = j.failed + s.x"
                      " FROM s WHERE j.job_id = $1::uuid RETURNING (SELECT batch_no FROM b)", &b, &r);
     if (rc != 0) return rc;
@@ -250,7 +250,7 @@ static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
     a->rank = rank;
     a->lo = lo;
     a->hi = hi;
-    if (state == 1) { /* emitted once: not when the job is resumed after a crash (ASSET-06) */
+    if (state == JOB_QUEUED) { /* emitted once: not when the job is resumed after a crash (ASSET-06) */
         log_info("copy job %s started: %d asset(s) %" PRIu64 " -> %" PRIu64, id, a->j.total, a->j.source, a->j.target);
         return assets_emit_job(tx, &a->j, false, NULL);
     }
@@ -264,7 +264,8 @@ static int claim_one(pg_conn *tx, claim_arg *a, const char *id) {
     pg_params p = {0};
     pg_p_str(&p, id);
     pg_res *r = NULL;
-    int rc = pg_exec(tx, "SELECT job_id::text, state FROM copy_jobs WHERE job_id = $1::uuid AND state IN (1, 2) FOR UPDATE",
+    int rc = pg_exec(tx, "SELECT job_id::text, state FROM copy_jobs WHERE job_id = $1::uuid"
+                         " AND state IN (" SQL_JOB_OPEN ") FOR UPDATE",
                      &p, &r);
     if (rc == 0 && pg_nrows(r) > 0) rc = claim_in_job(tx, a, pg_str(r, 0, 0), (int)pg_i64(r, 0, 1));
     pg_free(r);
@@ -278,7 +279,7 @@ static int claim_tx(pg_conn *tx, void *arg) {
     /* The open jobs, oldest first; a job leased whole by a replica of the
      * previous version (no batches) is left to it until its lease runs out. */
     pg_res *ids = NULL;
-    int rc = pg_exec(tx, "SELECT job_id::text FROM copy_jobs j WHERE state IN (1, 2)"
+    int rc = pg_exec(tx, "SELECT job_id::text FROM copy_jobs j WHERE state IN (" SQL_JOB_OPEN ")"
                          " AND (lease_until IS NULL OR lease_until < now()"
                          "   OR EXISTS (SELECT 1 FROM copy_batches b WHERE b.job_id = j.job_id))"
                          " ORDER BY create_time LIMIT 8", NULL, &ids);
@@ -311,7 +312,7 @@ static void batch_params(pg_params *p, const batch_arg *b) {
  * out) are theirs. */
 #define MINE                                                                                              \
     "WITH mine AS (SELECT i.seq FROM copy_items i WHERE i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3" \
-    " AND i.rank = $4 AND i.outcome = 1 FOR UPDATE SKIP LOCKED) "
+    " AND i.rank = $4 AND i.outcome = " OM_SQL(ASSET_SQL_PENDING) " FOR UPDATE SKIP LOCKED) "
 #define OF_MINE " i.job_id = $1::uuid AND i.seq IN (SELECT seq FROM mine) "
 /* Adds the rows an UPDATE ... RETURNING 1 named u touched to the batch's
  * counter `col`. */
@@ -335,7 +336,9 @@ static int copy_main(pg_conn *tx, batch_arg *b) {
     int rc = pg_exec(tx,
                      "WITH it AS (SELECT i.seq, i.source_asset_id, coalesce(i.new_name, i.source_name) AS name"
                      "   FROM copy_items i WHERE i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3 AND i.rank = $4"
-                     "   AND i.outcome = 1 AND EXISTS (SELECT 1 FROM copy_jobs j WHERE j.job_id = $1::uuid AND j.state = 2)"
+                     "   AND i.outcome = " OM_SQL(ASSET_SQL_PENDING)
+                     " AND EXISTS (SELECT 1 FROM copy_jobs j WHERE j.job_id = $1::uuid"
+                     "   AND j.state = " OM_SQL(ASSET_SQL_RUNNING) ")"
                      "   FOR UPDATE OF i SKIP LOCKED),"
                      " ins AS (INSERT INTO assets (hub_id, type, name, body, source_hub_id, source_asset_id, job_id)"
                      "   SELECT $5, a.type, it.name, a.body, a.hub_id, a.asset_id, $1::uuid FROM it"
@@ -347,7 +350,8 @@ static int copy_main(pg_conn *tx, batch_arg *b) {
                      "   SELECT ins.asset_id, r.pos, d.new_asset_id, r.ref_type FROM ins"
                      "   JOIN asset_refs r ON r.asset_id = ins.source_asset_id"
                      "   JOIN copy_items d ON d.job_id = $1::uuid AND d.source_asset_id = r.ref_id),"
-                     " upd AS (UPDATE copy_items i SET outcome = 2, new_asset_id = ins.asset_id, new_name = ins.name,"
+                     " upd AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_COPIED)
+                     ", new_asset_id = ins.asset_id, new_name = ins.name,"
                      "   finish_time = now(), batch_no = $6 FROM ins"
                      "   WHERE i.job_id = $1::uuid AND i.source_asset_id = ins.source_asset_id RETURNING 1),"
                      " bat AS (UPDATE copy_batches SET copied = copied + (SELECT count(*) FROM upd), finish_time = now(),"
@@ -419,33 +423,38 @@ static int rename_clashes(pg_conn *tx, const batch_arg *b) {
  * instead of made again (ASSET-06); name conflicts by the job's policy
  * (ASSET-04), after which the main statement runs again. */
 static int settle_rest(pg_conn *tx, batch_arg *b) {
-    int rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'NOT_FOUND',"
+    int rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
+                               ", error_reason = 'NOT_FOUND',"
                                " error_message = 'the source asset no longer exists', finish_time = now(), batch_no = $6"
                                " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 AND NOT EXISTS"
                                " (SELECT 1 FROM assets a WHERE a.asset_id = i.source_asset_id) RETURNING 1)"
                                COUNT_INTO("failed"));
     if (rc == 0)
-        rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'MISSING_DEPENDENCY',"
+        rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
+                               ", error_reason = 'MISSING_DEPENDENCY',"
                                " error_message = 'a referenced asset is not copied', finish_time = now(), batch_no = $6"
                                " WHERE" OF_MINE "AND $5::bigint > 0 AND EXISTS (SELECT 1 FROM asset_refs r"
                                " LEFT JOIN copy_items d ON d.job_id = i.job_id AND d.source_asset_id = r.ref_id"
                                " WHERE r.asset_id = i.source_asset_id AND d.new_asset_id IS NULL) RETURNING 1)"
                                COUNT_INTO("failed"));
     if (rc == 0)
-        rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 2, new_asset_id = a.asset_id,"
+        rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_COPIED)
+                               ", new_asset_id = a.asset_id,"
                                " new_name = a.name, finish_time = now(), batch_no = $6 FROM assets a WHERE" OF_MINE
                                "AND $5::bigint > 0 AND a.job_id = $1::uuid AND a.source_asset_id = i.source_asset_id"
                                " RETURNING 1)" COUNT_INTO("copied"));
     const int policy = b->c->j.policy;
     for (int round = 0; rc == 0 && round < 4; round++) {
         if (policy == POLICY_SKIP)
-            rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 3, new_asset_id = t.asset_id,"
+            rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_SKIPPED)
+                                   ", new_asset_id = t.asset_id,"
                                    " new_name = t.name, finish_time = now(), batch_no = $6 FROM assets t WHERE" OF_MINE
                                    "AND t.hub_id = $5 AND t.type = i.type"
                                    " AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)) RETURNING 1)"
                                    COUNT_INTO("skipped"));
         else if (policy == POLICY_FAIL)
-            rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'NAME_CONFLICT',"
+            rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
+                                   ", error_reason = 'NAME_CONFLICT',"
                                    " error_message = 'an asset with this name already exists in the target',"
                                    " finish_time = now(), batch_no = $6 FROM assets t WHERE" OF_MINE
                                    "AND t.hub_id = $5 AND t.type = i.type"
@@ -457,7 +466,8 @@ static int settle_rest(pg_conn *tx, batch_arg *b) {
         if (rc != 0 || b->copied == b->items) return rc;
     }
     if (rc != 0) return rc;
-    return exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = 4, error_reason = 'NAME_CONFLICT',"
+    return exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
+                             ", error_reason = 'NAME_CONFLICT',"
                              " error_message = 'no free name was found', finish_time = now(), batch_no = $6"
                              " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 RETURNING 1)" COUNT_INTO("failed"));
 }
@@ -497,10 +507,10 @@ static int copy_allowed(const job_row *j) {
 static int not_allowed_tx(pg_conn *tx, void *arg) {
     job_row *j = arg;
     int rc = store_job_get(tx, j->id, true, j);
-    if (rc != 0 || j->state != 2) return rc; /* ended meanwhile */
+    if (rc != 0 || j->state != JOB_RUNNING) return rc; /* ended meanwhile */
     /* ASSET-03: the connection stopped allowing the copy. Batches under way
      * on other workers commit first (their items are locked). */
-    if ((rc = store_job_stop(tx, j, 5, "COPY_NOT_ALLOWED", "asset copying no longer flows from the source to the target")) != 0)
+    if ((rc = store_job_stop(tx, j, JOB_FAILED, "COPY_NOT_ALLOWED", "asset copying no longer flows from the source to the target")) != 0)
         return rc;
     return assets_emit_job(tx, j, true, NULL);
 }
@@ -527,7 +537,7 @@ static int run_batch(pg_conn *c, claim_arg *a) {
     if (allowed == 0) {
         release_batch(c, a);
         job_row j = a->j;
-        if (pg_tx(c, not_allowed_tx, &j) == 0 && j.state == 5)
+        if (pg_tx(c, not_allowed_tx, &j) == 0 && j.state == JOB_FAILED)
             log_info("copy job %s stopped: COPY_NOT_ALLOWED (ASSET-03)", j.id);
         return 0;
     }

@@ -17,6 +17,7 @@
 #include "op.h"
 #include "log.h"
 #include "om_err.h"
+#include "om_time.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/connections/v1/connections.pb-c.h"
 #include "page.h"
@@ -29,8 +30,7 @@ _Static_assert((int)ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED =
 
 static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
     (void)arg;
-    return store_membership_upsert(tx, m->hub_id, m->user_id, assets_roles_bits((const int *)m->roles, m->n_roles),
-                                   false, m->version);
+    return copies_membership_put(tx, m, false, m->version);
 }
 
 /* SPEC 2: the actor's memberships, from their owner, into the local copy. */
@@ -46,7 +46,7 @@ static int marketing_in(op_call *cl, pg_conn *tx, uint64_t hub, bool *member, bo
     if (*allowed) return 0;
     bool known;
     unsigned roles;
-    int rc = store_membership_roles(tx, hub, cl->actor->user_id, &known, &roles, member);
+    int rc = copies_memberships_get(tx, cl->actor->user_id, &hub, 1, &known, &roles, NULL, member);
     if (rc != 0) return rc;
     if (!known && !(cl->fetched & NEED_MEMBERSHIPS)) return op_need(cl, NEED_MEMBERSHIPS);
     *allowed = (roles & (ROLE_BIT_MARKETING_ACCESS | ROLE_BIT_SUPER_ADMIN)) != 0;
@@ -170,9 +170,9 @@ static APB(Asset) *asset_pb(rpc_ctx *ctx, const asset_row *a) {
     asset_etag_encode(a->version, etag);
     p->etag = rpc_strdup(ctx, etag);
     p->create_time = rpc_alloc(ctx, sizeof *p->create_time);
-    assets_timestamp(p->create_time, a->create_us);
+    om_pb_timestamp(p->create_time, a->create_us);
     p->update_time = rpc_alloc(ctx, sizeof *p->update_time);
-    assets_timestamp(p->update_time, a->update_us);
+    om_pb_timestamp(p->update_time, a->update_us);
     return p;
 }
 
@@ -784,7 +784,7 @@ static int results_apply(op_call *cl, pg_conn *tx) {
         }
         if (!pg_isnull(r, i, 10)) {
             x->finish_time = rpc_alloc(cl->ctx, sizeof *x->finish_time);
-            assets_timestamp(x->finish_time, pg_time_us(r, i, 10));
+            om_pb_timestamp(x->finish_time, pg_time_us(r, i, 10));
         }
         resp->results[i] = x;
     }

@@ -1,6 +1,5 @@
 /* assets_rules.c — the pure rules of the assets service (SPEC 5); see
  * assets_rules.h. */
-#include "om_ids.h"
 #include "assets_rules.h"
 
 #include <inttypes.h>
@@ -77,18 +76,6 @@ int asset_pick_copy_name(const char *base, const char *const *taken, size_t n_ta
         for (size_t i = 0; i < n_taken && !used; i++) used = strcasecmp(taken[i], out) == 0;
         if (!used) return n;
     }
-}
-
-void asset_etag_encode(int64_t version, char out[ASSET_ETAG_MAX]) {
-    om_etag_encode('a', version, out);
-}
-
-int asset_etag_decode(const char *etag, int64_t *version) {
-    return om_etag_decode('a', etag, version);
-}
-
-bool asset_uuid_valid(const char *s) {
-    return om_uuid_valid(s);
 }
 
 /* ASSET-03 */

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "om_ids.h"
+
 /* AssetType values (assets.proto). */
 enum { ASSET_EMAIL_REGULAR = 1, ASSET_EMAIL_AUTOMATED = 2, ASSET_LIST = 3, ASSET_FORM = 4 };
 /* ConflictPolicy values. */
@@ -41,10 +43,10 @@ void asset_copy_name(const char *base, int n, char *out, size_t cap);
  * any of `taken`. Returns the n used. */
 int asset_pick_copy_name(const char *base, const char *const *taken, size_t n_taken, char *out, size_t cap);
 /* Strong etags from the aggregate version. */
-void asset_etag_encode(int64_t version, char out[ASSET_ETAG_MAX]);
-int asset_etag_decode(const char *etag, int64_t *version);
+static inline void asset_etag_encode(int64_t v, char out[ASSET_ETAG_MAX]) { om_etag_encode('a', v, out); }
+static inline int asset_etag_decode(const char *etag, int64_t *v) { return om_etag_decode('a', etag, v); }
 /* A canonical textual UUID (the ids this service hands out). */
-bool asset_uuid_valid(const char *s);
+static inline bool asset_uuid_valid(const char *s) { return om_uuid_valid(s); }
 /* Final state of a job from its counts (ASSET-03): SUCCEEDED when nothing
  * failed, PARTIALLY_SUCCEEDED when something was copied or skipped too,
  * FAILED otherwise. CopyJobState values. */

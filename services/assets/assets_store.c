@@ -10,28 +10,6 @@
 #include "assets.h"
 #include "audit.h"
 #include "om_err.h"
-#include "om_sql.h"
-
-/* Job states and item outcomes in SQL text (om_sql.h), checked against the
- * CopyJobState and CopyOutcome values of assets.proto. */
-#define ASSET_SQL_QUEUED 1
-#define ASSET_SQL_RUNNING 2
-#define ASSET_SQL_PENDING 1
-#define ASSET_SQL_COPIED 2
-#define ASSET_SQL_SKIPPED 3
-#define ASSET_SQL_FAILED 4
-#define ASSET_SQL_CANCELLED 5
-_Static_assert(ASSET_SQL_QUEUED == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_QUEUED &&
-                   ASSET_SQL_RUNNING == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_RUNNING,
-               "ASSET_SQL job states and CopyJobState agree");
-_Static_assert(ASSET_SQL_PENDING == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_PENDING &&
-                   ASSET_SQL_COPIED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_COPIED &&
-                   ASSET_SQL_SKIPPED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_SKIPPED &&
-                   ASSET_SQL_FAILED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_FAILED &&
-                   ASSET_SQL_CANCELLED == ORGMESH__ASSETS__V1__COPY_OUTCOME__COPY_OUTCOME_CANCELLED,
-               "ASSET_SQL outcomes and CopyOutcome agree");
-/* Open jobs: the predicate of the partial index copy_jobs_open. */
-#define SQL_JOB_OPEN OM_SQL(ASSET_SQL_QUEUED) ", " OM_SQL(ASSET_SQL_RUNNING)
 
 static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
@@ -256,42 +234,6 @@ history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, s
 }
 
 /* ---- memberships ---- */
-
-unsigned assets_roles_bits(const int *roles, size_t n) {
-    unsigned bits = 0;
-    for (size_t i = 0; i < n; i++)
-        if (roles[i] >= 1 && roles[i] <= 16) bits |= 1u << (roles[i] - 1);
-    return bits;
-}
-
-int store_membership_roles(pg_conn *c, uint64_t hub, uint64_t user, bool *known, unsigned *roles, bool *member) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub);
-    pg_p_u64(&p, user);
-    pg_res *r = NULL;
-    int rc = pg_exec(c, "SELECT roles, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2", &p, &r);
-    if (rc != 0) return rc;
-    *known = pg_nrows(r) > 0;
-    *roles = (*known && !pg_bool(r, 0, 1)) ? (unsigned)pg_i64(r, 0, 0) : 0;
-    if (member) *member = *known && !pg_bool(r, 0, 1);
-    pg_free(r);
-    return 0;
-}
-
-int store_membership_upsert(pg_conn *tx, uint64_t hub, uint64_t user, unsigned roles, bool deleted,
-                            int64_t version) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub);
-    pg_p_u64(&p, user);
-    pg_p_i64(&p, (int64_t)roles);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
-    /* SPEC 2: never an older version over a newer one. */
-    return pg_exec(tx, "INSERT INTO membership_copies AS m (hub_id, user_id, roles, deleted, version)"
-                       " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hub_id, user_id) DO UPDATE"
-                       " SET roles = EXCLUDED.roles, deleted = EXCLUDED.deleted, version = EXCLUDED.version"
-                       " WHERE m.version < EXCLUDED.version", &p, NULL);
-}
 
 /* ---- jobs ---- */
 

@@ -62,10 +62,6 @@ int conn_restrict_sensitive_source(pg_conn *tx, uint64_t hub_id, const char *cau
 int conn_listener_start(void);
 void conn_listener_stop(void);
 
-/* Role and seat bits from the accounts enums. */
-unsigned conn_roles_bits(const int *roles, size_t n);
-unsigned conn_seats_bits(const int *seats, size_t n);
-
 /* The audit resource of an organization's connections. */
 void conn_history_resource(const char *org_id, char *buf, size_t cap);
 

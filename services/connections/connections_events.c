@@ -56,20 +56,6 @@ void conn_history_resource(const char *org_id, char *buf, size_t cap) {
     snprintf(buf, cap, "organizations/%s/connections", org_id);
 }
 
-unsigned conn_roles_bits(const int *roles, size_t n) {
-    unsigned bits = 0;
-    for (size_t i = 0; i < n; i++)
-        if (roles[i] >= 1 && roles[i] <= 8) bits |= 1u << (roles[i] - 1);
-    return bits;
-}
-
-unsigned conn_seats_bits(const int *seats, size_t n) {
-    unsigned bits = 0;
-    for (size_t i = 0; i < n; i++)
-        if (seats[i] >= 1 && seats[i] <= 8) bits |= 1u << (seats[i] - 1);
-    return bits;
-}
-
 /* ---- automatic changes ---- */
 
 static int emit_rule(pg_conn *tx, const char *org_id, int64_t version, const char *rule,
@@ -229,8 +215,7 @@ static int on_account(pg_conn *tx, const copies_event *e, const CopiesAccount *p
 
 static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembership *mb, void *arg) {
     (void)arg;
-    int rc = store_membership_upsert(tx, mb->hub_id, mb->user_id, conn_roles_bits((const int *)mb->roles, mb->n_roles),
-                                     conn_seats_bits((const int *)mb->seats, mb->n_seats), e->deleted, e->version);
+    int rc = copies_membership_put(tx, mb, e->deleted, e->version);
     if (rc == 0) rc = store_notify_change(tx);
     return rc;
 }

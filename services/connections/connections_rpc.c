@@ -178,8 +178,7 @@ static int fetch_accounts(op_call *cl, pg_conn *c) {
 
 static int memb_put(pg_conn *tx, const CopiesMembership *m, void *arg) {
     (void)arg;
-    return store_membership_upsert(tx, m->hub_id, m->user_id, conn_roles_bits((const int *)m->roles, m->n_roles),
-                                   conn_seats_bits((const int *)m->seats, m->n_seats), false, m->version);
+    return copies_membership_put(tx, m, false, m->version);
 }
 
 static int memb_done(pg_conn *tx, void *arg) {
@@ -246,7 +245,7 @@ static int require_visible(op_call *cl, pg_conn *tx, const org_state *st, const 
     if (cl->actor->user_id == 0) return 0;
     bool known[CONN_MAX_MEMBERS_READ], member[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
-    int rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, member);
+    int rc = copies_memberships_get(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, member);
     if (rc != 0) return rc;
     bool missing = false;
     for (int i = 0; i < st->n; i++) {
@@ -269,7 +268,7 @@ static int require_viewer(op_call *cl, pg_conn *tx, const org_state *st, const c
     if (rc != 0) return rc;
     bool known[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
-    if ((rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL)) != 0) return rc;
+    if ((rc = copies_memberships_get(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL)) != 0) return rc;
     for (int i = 0; i < st->n; i++)
         if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
     return op_fail(cl, OM_E_PERMISSION_DENIED,
@@ -288,7 +287,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_state *st, uint64
                        acting, st->o.id);
     bool known[CONN_MAX_MEMBERS_READ];
     unsigned roles[CONN_MAX_MEMBERS_READ], seats[CONN_MAX_MEMBERS_READ];
-    rc = store_memberships(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL);
+    rc = copies_memberships_get(tx, cl->actor->user_id, st->hubs, st->n, known, roles, seats, NULL);
     if (rc != 0) return rc;
     for (int i = 0; i < st->n; i++) {
         if (roles[i] & CONN_ROLE_SUPER_ADMIN) continue;

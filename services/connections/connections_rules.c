@@ -1,6 +1,5 @@
 /* connections_rules.c — the pure rules of the connections service (SPEC 4);
  * see connections_rules.h. Unit-tested in tests/unit/test_connections_rules.c. */
-#include "om_ids.h"
 #include "connections_rules.h"
 
 #include <inttypes.h>
@@ -89,14 +88,3 @@ int conn_decide_asset(const conn_facts *f) {
     return CONN_ALLOWED;
 }
 
-void conn_etag_encode(int64_t version, char out[CONN_ETAG_MAX]) {
-    om_etag_encode('c', version, out);
-}
-
-int conn_etag_decode(const char *etag, int64_t *version) {
-    return om_etag_decode('c', etag, version);
-}
-
-bool conn_uuid_valid(const char *s) {
-    return om_uuid_valid(s);
-}

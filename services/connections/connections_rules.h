@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "om_ids.h"
+
 /* Values of orgmesh.connections.v1.Direction. */
 enum { CONN_DIR_OFF = 1, CONN_DIR_BOTH = 2, CONN_DIR_ONE_WAY = 3 };
 
@@ -86,8 +88,8 @@ int conn_decide_asset(const conn_facts *f);
 
 /* Etags: "\"c<version>\"" for a connection. */
 #define CONN_ETAG_MAX 24
-void conn_etag_encode(int64_t version, char out[CONN_ETAG_MAX]);
-int conn_etag_decode(const char *etag, int64_t *version);
-bool conn_uuid_valid(const char *s);
+static inline void conn_etag_encode(int64_t v, char out[CONN_ETAG_MAX]) { om_etag_encode('c', v, out); }
+static inline int conn_etag_decode(const char *etag, int64_t *v) { return om_etag_decode('c', etag, v); }
+static inline bool conn_uuid_valid(const char *s) { return om_uuid_valid(s); }
 
 #endif

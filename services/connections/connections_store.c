@@ -131,50 +131,6 @@ int store_sensitivity(pg_conn *c, const uint64_t *hubs, int n, bool *known, bool
     return 0;
 }
 
-int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, unsigned seats,
-                            bool deleted, int64_t version) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, user_id);
-    pg_p_i64(&p, deleted ? 0 : (int64_t)roles);
-    pg_p_i64(&p, deleted ? 0 : (int64_t)seats);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
-    return pg_exec(c,
-                   "INSERT INTO membership_copies (hub_id, user_id, roles, seats, deleted, version)"
-                   " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hub_id, user_id) DO UPDATE SET"
-                   " roles = EXCLUDED.roles, seats = EXCLUDED.seats, deleted = EXCLUDED.deleted,"
-                   " version = EXCLUDED.version, update_time = now()"
-                   " WHERE membership_copies.version < EXCLUDED.version",
-                   &p, NULL);
-}
-
-int store_memberships(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
-                      unsigned *seats, bool *member) {
-    for (int i = 0; i < n; i++) {
-        known[i] = false;
-        if (member) member[i] = false;
-        roles[i] = seats[i] = 0;
-        pg_params p = {0};
-        pg_p_u64(&p, hubs[i]);
-        pg_p_u64(&p, user_id);
-        pg_res *r = NULL;
-        int rc = pg_exec(c, "SELECT roles, seats, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
-                         &p, &r);
-        if (rc != 0) return rc;
-        if (pg_nrows(r) > 0) {
-            known[i] = true;
-            if (!pg_bool(r, 0, 2)) {
-                if (member) member[i] = true;
-                roles[i] = (unsigned)pg_i64(r, 0, 0);
-                seats[i] = (unsigned)pg_i64(r, 0, 1);
-            }
-        }
-        pg_free(r);
-    }
-    return 0;
-}
-
 /* ---- connections ---- */
 
 #define CONN_COLS                                                                                          \

@@ -47,12 +47,6 @@ int store_org_of_account(pg_conn *c, uint64_t hub_id, char org_id[CONN_ID_LEN]);
 int store_account_upsert(pg_conn *c, uint64_t hub_id, bool sensitive, bool deleted, int64_t version);
 /* known[i] / sensitive[i] for each of hubs[0..n). */
 int store_sensitivity(pg_conn *c, const uint64_t *hubs, int n, bool *known, bool *sensitive);
-int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, unsigned seats,
-                            bool deleted, int64_t version);
-/* known[i] (a copy or tombstone exists), roles[i], seats[i] (0 when deleted),
- * member[i] (when member is not NULL: a copy, not a tombstone). */
-int store_memberships(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known, unsigned *roles,
-                      unsigned *seats, bool *member);
 
 /* ---- connections ---- */
 

@@ -43,7 +43,6 @@ void org_member_pb(PbOrgMember *pm, PbTimestamp *ts, const org_member_row *m);
 /* The local copy (SPEC 2) of an account from its protobuf form. */
 void org_account_from_pb(const Orgmesh__Accounts__V1__Account *pa, org_account *out);
 /* Role bits (organizations_rules.h) of a list of Role values. */
-unsigned org_roles_bits(const Orgmesh__Accounts__V1__Role *roles, size_t n);
 
 /* Who did a change: a user, or an automatic rule ("ORG-09"). */
 typedef struct org_who {

@@ -83,13 +83,6 @@ void org_account_from_pb(const APB(Account) *pa, org_account *out) {
     out->version = pa->version;
 }
 
-unsigned org_roles_bits(const APB(Role) *roles, size_t n) {
-    unsigned bits = 0;
-    for (size_t i = 0; i < n; i++)
-        if (roles[i] >= 1 && roles[i] <= 4) bits |= 1u << (roles[i] - 1);
-    return bits;
-}
-
 /* ---- shared changes (ORG-12) ------------------------------------------------------ */
 
 static const char *departure_name(int d) {
@@ -283,8 +276,7 @@ static int on_user(pg_conn *tx, const copies_event *e, const CopiesUser *u, void
 
 static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembership *mb, void *arg) {
     (void)arg;
-    return store_membership_upsert(tx, mb->hub_id, mb->user_id, e->deleted ? 0 : org_roles_bits(mb->roles, mb->n_roles),
-                                   e->deleted, e->version);
+    return copies_membership_put(tx, mb, e->deleted, e->version);
 }
 
 static const copies_sink accounts_sink = {.account = on_account, .user = on_user, .membership = on_membership};

@@ -171,8 +171,8 @@ static int fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, uint64_
         for (size_t i = 0; rc == 0 && i < resp->n_memberships; i++) {
             const APB(Membership) *m = resp->memberships[i];
             if (m == NULL || !pg_id_valid(m->hub_id) || m->user_id != user_id) continue;
-            unsigned bits = org_roles_bits(m->roles, m->n_roles);
-            rc = store_membership_upsert(c, m->hub_id, user_id, bits, false, m->version);
+            unsigned bits = copies_bits((const int *)m->roles, m->n_roles);
+            rc = copies_membership_put(c, m, false, m->version);
             if (hubs != NULL) {
                 if (cnt == cap) {
                     int ncap = cap ? cap * 2 : 64;
@@ -238,7 +238,7 @@ static int copies_accounts(op_call *cl, pg_conn *tx, const uint64_t *ids, int n,
 static int copies_roles(op_call *cl, pg_conn *tx, const uint64_t *hubs, int n, unsigned *roles, bool *member) {
     bool known[ORG_MAX_MEMBERS_READ + ORG_MAX_BATCH + 2];
     if (n > (int)(sizeof known / sizeof known[0])) return OM_E_INTERNAL;
-    int rc = store_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles, member);
+    int rc = copies_memberships_get(tx, cl->actor->user_id, hubs, n, known, roles, NULL, member);
     if (rc != 0) return rc;
     for (int i = 0; i < n; i++)
         if (!known[i] && !(cl->fetched & NEED_MEMBERSHIPS)) return op_need(cl, NEED_MEMBERSHIPS);

@@ -1,6 +1,5 @@
 /* organizations_rules.c — the pure rules of SPEC §3 (see organizations_rules.h).
  * No I/O: the store reads the local copies, the handlers call these. */
-#include "om_ids.h"
 #include "organizations_rules.h"
 
 #include <inttypes.h>
@@ -91,18 +90,6 @@ bool org_has_enterprise(const org_account *members, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (members[i].marketing_enterprise && !members[i].deleted) return true;
     return false;
-}
-
-void org_etag_encode(int64_t version, char out[ORG_ETAG_MAX]) {
-    om_etag_encode('o', version, out);
-}
-
-int org_etag_decode(const char *etag, int64_t *version) {
-    return om_etag_decode('o', etag, version);
-}
-
-bool org_uuid_valid(const char *s) {
-    return om_uuid_valid(s);
 }
 
 uint64_t org_first_duplicate(const uint64_t *ids, size_t n) {

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "om_ids.h"
+
 #define ORG_MAX_ACCOUNTS 5   /* ORG-01: the Enterprise account plus up to 4 more */
 #define ORG_MAX_BATCH 100    /* SPEC 8 */
 #define ORG_ETAG_MAX 24
@@ -94,11 +96,11 @@ int org_departure(const org_account *a, const char *location);
 bool org_has_enterprise(const org_account *members, size_t n);
 
 /* Etags: "\"o<version>\"". decode returns 0 or -1 when malformed. */
-void org_etag_encode(int64_t version, char out[ORG_ETAG_MAX]);
-int org_etag_decode(const char *etag, int64_t *version);
+static inline void org_etag_encode(int64_t v, char out[ORG_ETAG_MAX]) { om_etag_encode('o', v, out); }
+static inline int org_etag_decode(const char *etag, int64_t *v) { return om_etag_decode('o', etag, v); }
 
 /* Whether `s` is a canonical lower- or upper-case UUID (organization ids). */
-bool org_uuid_valid(const char *s);
+static inline bool org_uuid_valid(const char *s) { return om_uuid_valid(s); }
 
 /* The first duplicate among ids[0..n) (0 when none). O(n²): n <= 100. */
 uint64_t org_first_duplicate(const uint64_t *ids, size_t n);

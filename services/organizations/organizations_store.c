@@ -9,20 +9,7 @@
 #include <string.h>
 
 #include "om_err.h"
-
-/* "{1,2,3}" for a bigint[] parameter, malloc'd. */
-static char *id_array(const uint64_t *ids, int n) {
-    size_t cap = (size_t)n * 21 + 3;
-    char *s = malloc(cap);
-    if (s == NULL) return NULL;
-    size_t at = 0;
-    s[at++] = '{';
-    for (int i = 0; i < n; i++)
-        at += (size_t)snprintf(s + at, cap - at, "%s%" PRIu64, i ? "," : "", ids[i]);
-    s[at++] = '}';
-    s[at] = '\0';
-    return s;
-}
+#include "om_ids.h"
 
 static void copy_str(char *dst, size_t cap, const char *src) { snprintf(dst, cap, "%s", src ? src : ""); }
 
@@ -60,7 +47,7 @@ int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
 int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_account *out, int *n_out) {
     *n_out = 0;
     if (n == 0) return 0;
-    char *arr = id_array(ids, n);
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), ids, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, arr);
@@ -121,55 +108,6 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
     }
     pg_free(r);
     return rc;
-}
-
-int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, bool deleted,
-                            int64_t version) {
-    pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, user_id);
-    pg_p_i64(&p, (int64_t)roles);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
-    return pg_exec(c,
-                   "INSERT INTO membership_copies AS x (hub_id, user_id, roles, deleted, version)"
-                   " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hub_id, user_id) DO UPDATE SET"
-                   " roles = EXCLUDED.roles, deleted = EXCLUDED.deleted, version = EXCLUDED.version,"
-                   " update_time = now() WHERE x.version < EXCLUDED.version",
-                   &p, NULL);
-}
-
-int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
-                          unsigned *roles, bool *member) {
-    for (int i = 0; i < n; i++) {
-        known[i] = false;
-        roles[i] = 0;
-        if (member) member[i] = false;
-    }
-    if (n == 0) return 0;
-    char *arr = id_array(hubs, n);
-    if (arr == NULL) return OM_E_NOMEM;
-    pg_params p = {0};
-    pg_p_u64(&p, user_id);
-    pg_p_str(&p, arr);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "SELECT hub_id, roles, deleted FROM membership_copies"
-                     " WHERE user_id = $1 AND hub_id = ANY($2::bigint[])",
-                     &p, &r);
-    free(arr);
-    if (rc != 0) return rc;
-    for (int row = 0; row < pg_nrows(r); row++) {
-        uint64_t hub = pg_u64(r, row, 0);
-        for (int i = 0; i < n; i++)
-            if (hubs[i] == hub) {
-                known[i] = true;
-                roles[i] = pg_bool(r, row, 2) ? 0 : (unsigned)pg_i64(r, row, 1);
-                if (member) member[i] = !pg_bool(r, row, 2);
-            }
-    }
-    pg_free(r);
-    return 0;
 }
 
 /* ---- organizations ------------------------------------------------------------ */
@@ -247,7 +185,7 @@ int store_org_members(pg_conn *c, const char *org_id, org_member_row *out, int c
 int store_accounts_in_orgs(pg_conn *c, const uint64_t *ids, int n, bool *in_org) {
     for (int i = 0; i < n; i++) in_org[i] = false;
     if (n == 0) return 0;
-    char *arr = id_array(ids, n);
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), ids, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, arr);
@@ -284,7 +222,7 @@ int store_org_insert(pg_conn *c, uint64_t founding_hub_id, const char *location,
 
 int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const char *text_version,
                      const uint64_t *hubs, int n, const char *action, char id_out[ORG_ID_LEN]) {
-    char *arr = id_array(hubs, n);
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), hubs, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, org_id);

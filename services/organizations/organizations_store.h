@@ -47,13 +47,6 @@ int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_ac
 int store_user_upsert(pg_conn *c, uint64_t user_id, bool two_factor, bool deleted, int64_t version);
 /* OM_E_NOT_FOUND when there is no copy. */
 int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted);
-int store_membership_upsert(pg_conn *c, uint64_t hub_id, uint64_t user_id, unsigned roles, bool deleted,
-                            int64_t version);
-/* For each of hubs[0..n): *known[i] whether a copy (possibly a tombstone)
- * exists, roles[i] its roles (0 for a tombstone), member[i] (when member is
- * not NULL) whether the user is a member at all (a copy, not a tombstone). */
-int store_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, int n, bool *known,
-                          unsigned *roles, bool *member);
 
 /* ---- organizations ---------------------------------------------------------- */
 

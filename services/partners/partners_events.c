@@ -36,19 +36,12 @@ int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *r
     return copies_call(ctx, path, req, resp_desc, resp, st);
 }
 
-static unsigned roles_bits(const ACC(Role) *v, size_t n) {
-    unsigned b = 0;
-    for (size_t i = 0; i < n; i++)
-        if ((int)v[i] >= 1 && (int)v[i] <= 4) b |= 1u << ((int)v[i] - 1);
-    return b;
-}
-
 void pa_membership_from_pb(const ACC(Membership) *p, ps_membership *out) {
     memset(out, 0, sizeof *out);
     out->hub_id = p->hub_id;
     out->user_id = p->user_id;
     out->present = true;
-    out->roles = roles_bits(p->roles, p->n_roles);
+    out->roles = copies_bits((const int *)p->roles, p->n_roles);
     out->partner_employee = p->partner_employee;
     out->link_assignment_id = "";
     if (p->partner_link != NULL) {
