@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,10 @@
 #include "om_err.h"
 
 #define PG_RECONNECT_MS 500   /* at most one failed connect per 500 ms per connection */
+
+/* When a connection of this process last opened (pg_now_ms), so that the
+ * others stop waiting out their reconnect pause (pg_ensure). */
+static _Atomic int64_t pg_last_open_ms;
 #define PG_STMT_SLOTS 512     /* statement cache slots (power of two) */
 #define PG_STMT_MAX 256       /* cached statements before the cache is emptied */
 #define PG_TX_ATTEMPTS 5
@@ -281,6 +286,7 @@ static int pg_open(pg_conn *c) {
         return OM_E_UNAVAILABLE;
     }
     if (c->connect_failed) log_info("connected to PostgreSQL again");
+    atomic_store_explicit(&pg_last_open_ms, pg_now_ms(), memory_order_relaxed);
     c->conn = conn;
     c->lost = false;
     c->connect_failed = false;
@@ -299,7 +305,11 @@ static int pg_open(pg_conn *c) {
  * is down instead of piling up blocking connects. */
 static int pg_ensure(pg_conn *c) {
     if (c->conn != NULL && !c->lost) return 0;
-    if (pg_now_ms() < c->next_connect_ms) {
+    /* The wait ends early once any connection of the process has opened
+     * after ours failed: PostgreSQL is back, so every worker reconnects at
+     * once instead of answering UNAVAILABLE for the rest of its wait. */
+    if (pg_now_ms() < c->next_connect_ms &&
+        atomic_load_explicit(&pg_last_open_ms, memory_order_relaxed) < c->next_connect_ms - PG_RECONNECT_MS) {
         pg_set_err(c, "08006", "PostgreSQL is unreachable (reconnect pending)");
         return OM_E_UNAVAILABLE;
     }

@@ -664,8 +664,16 @@ def test_part_08_linked_super_admin_cannot_answer_access_requests(w, pc):
     r = w.assign(pc.P, pc.M, e2, pc.C)[0]
     assert r.outcome == O.Value("ASSIGNMENT_OUTCOME_ACCESS_REQUESTED"), r
     rid = r.access_request.access_request_id
-    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
-        w.approve(pc.E, request_id=rid, roles=[apb.ROLE_SUPER_ADMIN])
+
+    # Partners learns that E is a linked SUPER_ADMIN of C from accounts' event
+    # (its local copy, SPEC 2); until then E is refused as a non-admin. Retry
+    # only while refused: an approval would leave the request not PENDING,
+    # which fails every later attempt and the assertions below.
+    def refused_as_partner_identity():
+        with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
+            w.approve(pc.E, request_id=rid, roles=[apb.ROLE_SUPER_ADMIN])
+        return True
+    om.eventually(refused_as_partner_identity, timeout=10)
     with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
         w.p.DeclineAccessRequest(ppb.DeclineAccessRequestRequest(access_request_id=rid), metadata=om.as_user(pc.E))
     # no emailed link for it either
