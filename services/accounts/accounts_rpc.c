@@ -357,20 +357,8 @@ static const char *actor_string(mutation *mu) {
 }
 
 /* The caller's own membership in an account (NULL for services and
- * non-members) — what the rules of who-may-do-what look at. */
-static int actor_membership(mutation *mu, pg_conn *tx, uint64_t hub_id, acct_membership *buf,
-                            const acct_membership **out) {
-    const om_actor *a = rpc_actor(mu->ctx);
-    *out = NULL;
-    if (a == NULL || a->user_id == 0) return 0;
-    store_mem m = call_mem(mu->ctx);
-    int rc = store_membership_get(tx, hub_id, a->user_id, false, &m, buf);
-    if (rc == OM_E_NOT_FOUND) return 0;
-    if (rc == 0) *out = buf;
-    return rc;
-}
-
-/* Same outside a transaction, for reads. */
+ * non-members) — what the rules of who-may-do-what look at; c is the
+ * mutation's transaction or, for reads, the call's connection. */
 static int reader_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, acct_membership *buf,
                              const acct_membership **out) {
     const om_actor *a = rpc_actor(ctx);
@@ -729,7 +717,7 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     acct_violations v = mu_violations(mu);
 
-    int rc = actor_membership(mu, tx, op->patch.hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->patch.hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
         return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
@@ -797,7 +785,7 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     char subject[64];
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
         return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
@@ -869,7 +857,7 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     char subject[64];
 
-    int rc = actor_membership(mu, tx, req->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, req->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
         return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
@@ -1259,7 +1247,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     member_facts f;
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, 0, op->roles)) != 0)
         return op_fail(mu->oc, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
@@ -1391,7 +1379,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     acct_violations v = mu_violations(mu);
     member_facts f;
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(caller, mine)) != 0)
         return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
@@ -1459,7 +1447,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     member_facts f;
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     /* PART-08: only the client removes a user from the client account */
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
