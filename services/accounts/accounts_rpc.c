@@ -399,6 +399,19 @@ static int gate(mutation *mu, pg_conn *tx, const acct_act *act, bool have_mine, 
     return rc != 0 ? op_fail(mu->oc, rc, "%s", acct_partner_identity_message(act)) : 0;
 }
 
+/* An account keeps a SUPER_ADMIN: refused when user_id is the last one of
+ * hub_id (services excepted); `then`, when set, the advice after "the user
+ * is the last SUPER_ADMIN of account <id>". */
+static int keep_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t user_id, const char *then) {
+    long others = 0;
+    int rc = store_count_super_admins(tx, hub_id, user_id, &others);
+    if (rc == 0 && (rc = acct_rule_keep_super_admin(rpc_actor(mu->ctx), others)) != 0) {
+        if (then == NULL) return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
+        return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64 "%s", hub_id, then);
+    }
+    return rc;
+}
+
 /* ---- events ------------------------------------------------------------------------------ */
 
 static const char *const account_field_names[] = {"name", "hosting_location", "subscriptions",
@@ -1156,7 +1169,6 @@ static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
 
 static int apply_delete_user(mutation *mu, pg_conn *tx) {
     const PB(DeleteUserRequest) *req = mu->req;
-    const om_actor *caller = rpc_actor(mu->ctx);
     store_mem m = call_mem(mu->ctx);
     acct_user u;
     char subject[64];
@@ -1177,13 +1189,10 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
         for (int i = 0; i < n; i++) {
             member_facts facts = {.user = u};
             if ((rc = store_account_get(tx, page[i].hub_id, true, &m, &facts.account)) != 0) return rc;
-            if (page[i].roles & ACCT_ROLE_SUPER_ADMIN) {
-                long others = 0;
-                if ((rc = store_count_super_admins(tx, page[i].hub_id, u.user_id, &others)) != 0) return rc;
-                if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-                    return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64
-                                           "; give the role to someone else first", page[i].hub_id);
-            }
+            if ((page[i].roles & ACCT_ROLE_SUPER_ADMIN) &&
+                (rc = keep_super_admin(mu, tx, page[i].hub_id, u.user_id,
+                                       "; give the role to someone else first")) != 0)
+                return rc;
             rc = remove_membership(mu, tx, &page[i], &facts, CAUSE(USER_DELETED), NULL);
             if (rc != 0) return rc;
         }
@@ -1397,12 +1406,9 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     /* preconditions after every permission (a refused caller learns nothing from an etag) */
     if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
-    if ((before.roles & ACCT_ROLE_SUPER_ADMIN) && !(after.roles & ACCT_ROLE_SUPER_ADMIN)) {
-        long others = 0;
-        if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
-        if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
-    }
+    if ((before.roles & ACCT_ROLE_SUPER_ADMIN) && !(after.roles & ACCT_ROLE_SUPER_ADMIN) &&
+        (rc = keep_super_admin(mu, tx, op->hub_id, op->user_id, NULL)) != 0)
+        return rc;
     if (acct_membership_changed(&before, &after)) {
         after.version = before.version + 1;
         if ((rc = store_membership_update(tx, &after)) != 0) return rc;
@@ -1457,12 +1463,8 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = op->hub_id, .target = &mb};
     if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_etag_check(op->etag, mb.version)) != 0) return rc;
-    if (mb.roles & ACCT_ROLE_SUPER_ADMIN) {
-        long others = 0;
-        if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
-        if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
-    }
+    if ((mb.roles & ACCT_ROLE_SUPER_ADMIN) && (rc = keep_super_admin(mu, tx, op->hub_id, op->user_id, NULL)) != 0)
+        return rc;
     if ((rc = store_user_get(tx, op->user_id, false, &m, &f.user)) != 0) return rc;
     PB(MembershipRemovalCause) cause =
         auth_is_service(caller, "partners") ? CAUSE(PARTNER_ACCESS_ENDED) : CAUSE(REMOVED_BY_ACCOUNT);

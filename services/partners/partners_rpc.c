@@ -577,8 +577,26 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
     return 0;
 }
 
-static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, assign_op *op,
-                      const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
+/* Both assign RPCs: `ids` (request field `field`) are the clients of employee
+ * `fixed` or, with !ids_are_clients, the employees of client `fixed`. */
+static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, uint64_t partner,
+                      const char *fixed_field, uint64_t fixed, const char *field, const uint64_t *ids, size_t n,
+                      bool ids_are_clients, const char *request_id, PB(AssignmentResult) ***results,
+                      size_t *n_results) {
+    op_check_id(ctx, "partner_hub_id", partner);
+    op_check_id(ctx, fixed_field, fixed);
+    if (n > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d %s per call", PART_MAX_BATCH,
+                        ids_are_clients ? "clients" : "employees");
+    pa_check_batch(ctx, field, ids, n);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    assign_op *op = &(assign_op){.partner = partner, .n = (int)n};
+    op->items = rpc_calloc(ctx, n + 1, sizeof *op->items);
+    for (int i = 0; i < op->n; i++) {
+        op->items[i].employee = ids_are_clients ? fixed : ids[i];
+        op->items[i].client = ids_are_clients ? ids[i] : fixed;
+        op->items[i].field = rpc_sprintf(ctx, "%s[%d]", field, i);
+    }
     int rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
@@ -603,40 +621,18 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
 static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignClientsToEmployeeRequest) *req = (const void *)req_;
     PB(AssignClientsToEmployeeResponse) *resp = (void *)resp_;
-    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    op_check_id(ctx, "employee_user_id", req->employee_user_id);
-    if (req->n_client_hub_ids > PART_MAX_BATCH)
-        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
-    pa_check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    assign_op op = {.partner = req->partner_hub_id, .n = (int)req->n_client_hub_ids};
-    op.items = rpc_calloc(ctx, (size_t)op.n + 1, sizeof *op.items);
-    for (int i = 0; i < op.n; i++) {
-        op.items[i].employee = req->employee_user_id;
-        op.items[i].client = req->client_hub_ids[i];
-        op.items[i].field = rpc_sprintf(ctx, "client_hub_ids[%d]", i);
-    }
-    return assign_run(ctx, req_, resp_, &op, req->request_id, &resp->results, &resp->n_results);
+    return assign_run(ctx, req_, resp_, req->partner_hub_id, "employee_user_id", req->employee_user_id,
+                      "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids, true, req->request_id,
+                      &resp->results, &resp->n_results);
 }
 
 /* AssignEmployeesToClient — PART-03, PART-04, PART-06: the same from the client's side. */
 static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignEmployeesToClientRequest) *req = (const void *)req_;
     PB(AssignEmployeesToClientResponse) *resp = (void *)resp_;
-    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    op_check_id(ctx, "client_hub_id", req->client_hub_id);
-    if (req->n_employee_user_ids > PART_MAX_BATCH)
-        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d employees per call", PART_MAX_BATCH);
-    pa_check_batch(ctx, "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    assign_op op = {.partner = req->partner_hub_id, .n = (int)req->n_employee_user_ids};
-    op.items = rpc_calloc(ctx, (size_t)op.n + 1, sizeof *op.items);
-    for (int i = 0; i < op.n; i++) {
-        op.items[i].employee = req->employee_user_ids[i];
-        op.items[i].client = req->client_hub_id;
-        op.items[i].field = rpc_sprintf(ctx, "employee_user_ids[%d]", i);
-    }
-    return assign_run(ctx, req_, resp_, &op, req->request_id, &resp->results, &resp->n_results);
+    return assign_run(ctx, req_, resp_, req->partner_hub_id, "client_hub_id", req->client_hub_id,
+                      "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids, false, req->request_id,
+                      &resp->results, &resp->n_results);
 }
 
 /* ---- PART-07: removal by the partner -------------------------------------------------------------- */
