@@ -23,6 +23,7 @@
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
 #include "page.h"
+#include "pbfield.h"
 
 #define PB(x) Orgmesh__Accounts__V1__##x
 typedef PB(Account) PbAccount;
@@ -432,74 +433,43 @@ static char **account_changed_fields(rpc_ctx *ctx, const acct_account *b, const 
     return out;
 }
 
-static PB(Subscription) **subs_pb(rpc_ctx *ctx, const acct_account *a, size_t *n) {
-    PbAccount *p = account_pb(ctx, a);
-    *n = p->n_subscriptions;
-    return p->subscriptions;
-}
-
 /* The events of an account update (acct_update_events), each with a version
- * of its own; the account's version ends at the last one. */
+ * of its own; the account's version ends at the last one. Every payload has
+ * the account after the change and whichever of the "previous" fields its
+ * type has (accounts.proto). */
 static int emit_account_update(mutation *mu, pg_conn *tx, const acct_account *before, acct_account *after,
                                const acct_event_kind *ev, int n) {
+    static const ProtobufCMessageDescriptor *const types[] = {
+        [ACCT_EV_ACCOUNT_UPDATED] = &orgmesh__accounts__v1__account_updated__descriptor,
+        [ACCT_EV_SUBSCRIPTIONS_CHANGED] = &orgmesh__accounts__v1__subscriptions_changed__descriptor,
+        [ACCT_EV_ACCOUNT_DOWNGRADED] = &orgmesh__accounts__v1__account_downgraded__descriptor, /* ORG-09 DOWNGRADED */
+        [ACCT_EV_HOSTING_LOCATION_CHANGED] = &orgmesh__accounts__v1__hosting_location_changed__descriptor,
+        [ACCT_EV_SENSITIVE_DATA_ENABLED] = &orgmesh__accounts__v1__sensitive_data_enabled__descriptor, /* CONN-05 */
+        [ACCT_EV_SENSITIVE_DATA_DISABLED] = &orgmesh__accounts__v1__sensitive_data_disabled__descriptor,
+    };
     rpc_ctx *ctx = mu->ctx;
     char subject[64];
     store_account_subject(after->hub_id, subject, sizeof subject);
+    PbAccount *previous = account_pb(ctx, before);
+    const char *previous_location = previous->hosting_location;
+    size_t n_fields;
+    char **fields = account_changed_fields(ctx, before, after, &n_fields);
     for (int i = 0; i < n; i++) {
-        int rc;
         acct_account snap = *after;
         snap.version = before->version + 1 + i;
         PbAccount *acc = account_pb(ctx, &snap);
-        switch (ev[i]) {
-        case ACCT_EV_ACCOUNT_UPDATED: {
-            PB(AccountUpdated) e;
-            orgmesh__accounts__v1__account_updated__init(&e);
-            e.account = acc;
-            e.previous = account_pb(ctx, before);
-            e.changed_fields = account_changed_fields(ctx, before, after, &e.n_changed_fields);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_SUBSCRIPTIONS_CHANGED: {
-            PB(SubscriptionsChanged) e;
-            orgmesh__accounts__v1__subscriptions_changed__init(&e);
-            e.account = acc;
-            e.previous_subscriptions = subs_pb(ctx, before, &e.n_previous_subscriptions);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_ACCOUNT_DOWNGRADED: { /* ORG-09 DOWNGRADED is decided from this */
-            PB(AccountDowngraded) e;
-            orgmesh__accounts__v1__account_downgraded__init(&e);
-            e.account = acc;
-            e.previous_subscriptions = subs_pb(ctx, before, &e.n_previous_subscriptions);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_HOSTING_LOCATION_CHANGED: {
-            PB(HostingLocationChanged) e;
-            orgmesh__accounts__v1__hosting_location_changed__init(&e);
-            e.account = acc;
-            e.previous_hosting_location = rpc_strdup(ctx, before->hosting_location);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_SENSITIVE_DATA_ENABLED: { /* CONN-05 reacts */
-            PB(SensitiveDataEnabled) e;
-            orgmesh__accounts__v1__sensitive_data_enabled__init(&e);
-            e.account = acc;
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_SENSITIVE_DATA_DISABLED:
-        default: {
-            PB(SensitiveDataDisabled) e;
-            orgmesh__accounts__v1__sensitive_data_disabled__init(&e);
-            e.account = acc;
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        }
+        const ProtobufCMessageDescriptor *type =
+            (unsigned)ev[i] < sizeof types / sizeof *types ? types[ev[i]] : types[ACCT_EV_SENSITIVE_DATA_DISABLED];
+        ProtobufCMessage *e = rpc_calloc(ctx, 1, type->sizeof_message);
+        protobuf_c_message_init(type, e);
+        pb_set_field(e, "account", PROTOBUF_C_TYPE_MESSAGE, &acc, sizeof acc);
+        pb_set_field(e, "previous", PROTOBUF_C_TYPE_MESSAGE, &previous, sizeof previous);
+        pb_set_repeated(e, "changed_fields", PROTOBUF_C_TYPE_STRING, fields, n_fields);
+        pb_set_repeated(e, "previous_subscriptions", PROTOBUF_C_TYPE_MESSAGE, previous->subscriptions,
+                        previous->n_subscriptions);
+        pb_set_field(e, "previous_hosting_location", PROTOBUF_C_TYPE_STRING, &previous_location,
+                     sizeof previous_location);
+        int rc = emit(mu, tx, subject, snap.version, e);
         if (rc != 0) return rc;
     }
     return 0;
