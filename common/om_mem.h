@@ -7,6 +7,7 @@
 #define OM_MEM_H
 
 #include <stddef.h>
+#include <string.h>
 
 typedef struct om_mem {
     void *(*alloc)(void *ud, size_t n); /* zeroed; never NULL (see om_arena_alloc) */
@@ -24,5 +25,15 @@ void *om_arena_alloc(void *arena, size_t n);
 void om_arena_free(om_arena *a);
 
 static inline om_mem om_arena_mem(om_arena *a) { return (om_mem){om_arena_alloc, a}; }
+
+/* A copy of s (NULL reads as "") in m's memory. */
+static inline const char *om_strdup(om_mem *m, const char *s) {
+    if (s == NULL) s = "";
+    size_t n = strlen(s) + 1;
+    char *p = m->alloc(m->ud, n);
+    if (p == NULL) return "";
+    memcpy(p, s, n);
+    return p;
+}
 
 #endif

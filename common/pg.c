@@ -18,6 +18,7 @@
 
 #include "log.h"
 #include "om_err.h"
+#include "om_mem.h"
 
 #define PG_RECONNECT_MS 500   /* at most one failed connect per 500 ms per connection */
 
@@ -733,6 +734,47 @@ void pg_free(pg_res *r) {
     }
     PQclear(r->r);
     free(r);
+}
+
+int pg_row(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, om_mem *m, void *out) {
+    pg_res *r = NULL;
+    int rc = pg_exec(c, sql, p, &r);
+    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
+    if (rc == 0) read(r, 0, m, out);
+    pg_free(r);
+    return rc;
+}
+
+static int read_rows(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, om_mem *m, void *out,
+                     void **alloc, size_t size, int max, int *n) {
+    pg_res *r = NULL;
+    int rc = pg_exec(c, sql, p, &r);
+    *n = 0;
+    if (rc == 0) {
+        int rows = alloc != NULL || pg_nrows(r) < max ? pg_nrows(r) : max;
+        if (alloc != NULL) *alloc = out = m->alloc(m->ud, size * (size_t)(rows + 1));
+        for (; *n < rows; (*n)++) read(r, *n, m, (char *)out + size * (size_t)*n);
+    }
+    pg_free(r);
+    return rc;
+}
+
+int pg_rows(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, om_mem *m, void *out, size_t size,
+            int max, int *n) {
+    return read_rows(c, sql, p, read, m, out, NULL, size, max, n);
+}
+
+int pg_rows_all(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, om_mem *m, void *out, size_t size,
+                int *n) {
+    return read_rows(c, sql, p, read, m, NULL, out, size, 0, n);
+}
+
+int pg_exists(pg_conn *c, const char *sql, const pg_params *p, bool *out) {
+    pg_res *r = NULL;
+    int rc = pg_exec(c, sql, p, &r);
+    if (rc == 0) *out = pg_nrows(r) == 1 && pg_bool(r, 0, 0);
+    pg_free(r);
+    return rc;
 }
 
 /* ---- transactions --------------------------------------------------------- */

@@ -84,6 +84,21 @@ const uint8_t *pg_bytes(pg_res *r, int row, int col, size_t *len);
 int64_t pg_time_us(const pg_res *r, int row, int col);
 void pg_free(pg_res *r);
 
+/* Reading rows into structs: `read` fills the element `out` from row `row`,
+ * copying strings into m. pg_row reads the first row (OM_E_NOT_FOUND when
+ * there is none); pg_rows reads at most `max` rows into out[] (elements of
+ * `size` bytes), *n their count; pg_rows_all reads every row into an array it
+ * allocates from m (room for one more) and stores at *(T **)out. */
+struct om_mem;
+typedef void (*pg_read_fn)(const pg_res *r, int row, struct om_mem *m, void *out);
+int pg_row(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, struct om_mem *m, void *out);
+int pg_rows(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, struct om_mem *m, void *out,
+            size_t size, int max, int *n);
+int pg_rows_all(pg_conn *c, const char *sql, const pg_params *p, pg_read_fn read, struct om_mem *m, void *out,
+                size_t size, int *n);
+/* The boolean of a one-row, one-column query (SELECT EXISTS ...). */
+int pg_exists(pg_conn *c, const char *sql, const pg_params *p, bool *out);
+
 /* Transactions. pg_tx runs fn inside BEGIN..COMMIT, retrying the whole
  * function (up to 5 times, with jitter) on serialization failure, deadlock
  * or a connection lost before COMMIT was sent. If fn returns non-zero the

@@ -23,6 +23,7 @@
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
 #include "page.h"
+#include "pbfield.h"
 
 #define PB(x) Orgmesh__Accounts__V1__##x
 typedef PB(Account) PbAccount;
@@ -357,20 +358,8 @@ static const char *actor_string(mutation *mu) {
 }
 
 /* The caller's own membership in an account (NULL for services and
- * non-members) — what the rules of who-may-do-what look at. */
-static int actor_membership(mutation *mu, pg_conn *tx, uint64_t hub_id, acct_membership *buf,
-                            const acct_membership **out) {
-    const om_actor *a = rpc_actor(mu->ctx);
-    *out = NULL;
-    if (a == NULL || a->user_id == 0) return 0;
-    store_mem m = call_mem(mu->ctx);
-    int rc = store_membership_get(tx, hub_id, a->user_id, false, &m, buf);
-    if (rc == OM_E_NOT_FOUND) return 0;
-    if (rc == 0) *out = buf;
-    return rc;
-}
-
-/* Same outside a transaction, for reads. */
+ * non-members) — what the rules of who-may-do-what look at; c is the
+ * mutation's transaction or, for reads, the call's connection. */
 static int reader_membership(rpc_ctx *ctx, pg_conn *c, uint64_t hub_id, acct_membership *buf,
                              const acct_membership **out) {
     const om_actor *a = rpc_actor(ctx);
@@ -411,6 +400,19 @@ static int gate(mutation *mu, pg_conn *tx, const acct_act *act, bool have_mine, 
     return rc != 0 ? op_fail(mu->oc, rc, "%s", acct_partner_identity_message(act)) : 0;
 }
 
+/* An account keeps a SUPER_ADMIN: refused when user_id is the last one of
+ * hub_id (services excepted); `then`, when set, the advice after "the user
+ * is the last SUPER_ADMIN of account <id>". */
+static int keep_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t user_id, const char *then) {
+    long others = 0;
+    int rc = store_count_super_admins(tx, hub_id, user_id, &others);
+    if (rc == 0 && (rc = acct_rule_keep_super_admin(rpc_actor(mu->ctx), others)) != 0) {
+        if (then == NULL) return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
+        return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64 "%s", hub_id, then);
+    }
+    return rc;
+}
+
 /* ---- events ------------------------------------------------------------------------------ */
 
 static const char *const account_field_names[] = {"name", "hosting_location", "subscriptions",
@@ -431,74 +433,43 @@ static char **account_changed_fields(rpc_ctx *ctx, const acct_account *b, const 
     return out;
 }
 
-static PB(Subscription) **subs_pb(rpc_ctx *ctx, const acct_account *a, size_t *n) {
-    PbAccount *p = account_pb(ctx, a);
-    *n = p->n_subscriptions;
-    return p->subscriptions;
-}
-
 /* The events of an account update (acct_update_events), each with a version
- * of its own; the account's version ends at the last one. */
+ * of its own; the account's version ends at the last one. Every payload has
+ * the account after the change and whichever of the "previous" fields its
+ * type has (accounts.proto). */
 static int emit_account_update(mutation *mu, pg_conn *tx, const acct_account *before, acct_account *after,
                                const acct_event_kind *ev, int n) {
+    static const ProtobufCMessageDescriptor *const types[] = {
+        [ACCT_EV_ACCOUNT_UPDATED] = &orgmesh__accounts__v1__account_updated__descriptor,
+        [ACCT_EV_SUBSCRIPTIONS_CHANGED] = &orgmesh__accounts__v1__subscriptions_changed__descriptor,
+        [ACCT_EV_ACCOUNT_DOWNGRADED] = &orgmesh__accounts__v1__account_downgraded__descriptor, /* ORG-09 DOWNGRADED */
+        [ACCT_EV_HOSTING_LOCATION_CHANGED] = &orgmesh__accounts__v1__hosting_location_changed__descriptor,
+        [ACCT_EV_SENSITIVE_DATA_ENABLED] = &orgmesh__accounts__v1__sensitive_data_enabled__descriptor, /* CONN-05 */
+        [ACCT_EV_SENSITIVE_DATA_DISABLED] = &orgmesh__accounts__v1__sensitive_data_disabled__descriptor,
+    };
     rpc_ctx *ctx = mu->ctx;
     char subject[64];
     store_account_subject(after->hub_id, subject, sizeof subject);
+    PbAccount *previous = account_pb(ctx, before);
+    const char *previous_location = previous->hosting_location;
+    size_t n_fields;
+    char **fields = account_changed_fields(ctx, before, after, &n_fields);
     for (int i = 0; i < n; i++) {
-        int rc;
         acct_account snap = *after;
         snap.version = before->version + 1 + i;
         PbAccount *acc = account_pb(ctx, &snap);
-        switch (ev[i]) {
-        case ACCT_EV_ACCOUNT_UPDATED: {
-            PB(AccountUpdated) e;
-            orgmesh__accounts__v1__account_updated__init(&e);
-            e.account = acc;
-            e.previous = account_pb(ctx, before);
-            e.changed_fields = account_changed_fields(ctx, before, after, &e.n_changed_fields);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_SUBSCRIPTIONS_CHANGED: {
-            PB(SubscriptionsChanged) e;
-            orgmesh__accounts__v1__subscriptions_changed__init(&e);
-            e.account = acc;
-            e.previous_subscriptions = subs_pb(ctx, before, &e.n_previous_subscriptions);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_ACCOUNT_DOWNGRADED: { /* ORG-09 DOWNGRADED is decided from this */
-            PB(AccountDowngraded) e;
-            orgmesh__accounts__v1__account_downgraded__init(&e);
-            e.account = acc;
-            e.previous_subscriptions = subs_pb(ctx, before, &e.n_previous_subscriptions);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_HOSTING_LOCATION_CHANGED: {
-            PB(HostingLocationChanged) e;
-            orgmesh__accounts__v1__hosting_location_changed__init(&e);
-            e.account = acc;
-            e.previous_hosting_location = rpc_strdup(ctx, before->hosting_location);
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_SENSITIVE_DATA_ENABLED: { /* CONN-05 reacts */
-            PB(SensitiveDataEnabled) e;
-            orgmesh__accounts__v1__sensitive_data_enabled__init(&e);
-            e.account = acc;
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        case ACCT_EV_SENSITIVE_DATA_DISABLED:
-        default: {
-            PB(SensitiveDataDisabled) e;
-            orgmesh__accounts__v1__sensitive_data_disabled__init(&e);
-            e.account = acc;
-            rc = emit(mu, tx, subject, snap.version, &e.base);
-            break;
-        }
-        }
+        const ProtobufCMessageDescriptor *type =
+            (unsigned)ev[i] < sizeof types / sizeof *types ? types[ev[i]] : types[ACCT_EV_SENSITIVE_DATA_DISABLED];
+        ProtobufCMessage *e = rpc_calloc(ctx, 1, type->sizeof_message);
+        protobuf_c_message_init(type, e);
+        pb_set_field(e, "account", PROTOBUF_C_TYPE_MESSAGE, &acc, sizeof acc);
+        pb_set_field(e, "previous", PROTOBUF_C_TYPE_MESSAGE, &previous, sizeof previous);
+        pb_set_repeated(e, "changed_fields", PROTOBUF_C_TYPE_STRING, fields, n_fields);
+        pb_set_repeated(e, "previous_subscriptions", PROTOBUF_C_TYPE_MESSAGE, previous->subscriptions,
+                        previous->n_subscriptions);
+        pb_set_field(e, "previous_hosting_location", PROTOBUF_C_TYPE_STRING, &previous_location,
+                     sizeof previous_location);
+        int rc = emit(mu, tx, subject, snap.version, e);
         if (rc != 0) return rc;
     }
     return 0;
@@ -729,7 +700,7 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     acct_violations v = mu_violations(mu);
 
-    int rc = actor_membership(mu, tx, op->patch.hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->patch.hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
         return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
@@ -797,7 +768,7 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     char subject[64];
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
         return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
@@ -869,7 +840,7 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     char subject[64];
 
-    int rc = actor_membership(mu, tx, req->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, req->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
         return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
@@ -1168,7 +1139,6 @@ static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
 
 static int apply_delete_user(mutation *mu, pg_conn *tx) {
     const PB(DeleteUserRequest) *req = mu->req;
-    const om_actor *caller = rpc_actor(mu->ctx);
     store_mem m = call_mem(mu->ctx);
     acct_user u;
     char subject[64];
@@ -1189,13 +1159,10 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
         for (int i = 0; i < n; i++) {
             member_facts facts = {.user = u};
             if ((rc = store_account_get(tx, page[i].hub_id, true, &m, &facts.account)) != 0) return rc;
-            if (page[i].roles & ACCT_ROLE_SUPER_ADMIN) {
-                long others = 0;
-                if ((rc = store_count_super_admins(tx, page[i].hub_id, u.user_id, &others)) != 0) return rc;
-                if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-                    return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64
-                                           "; give the role to someone else first", page[i].hub_id);
-            }
+            if ((page[i].roles & ACCT_ROLE_SUPER_ADMIN) &&
+                (rc = keep_super_admin(mu, tx, page[i].hub_id, u.user_id,
+                                       "; give the role to someone else first")) != 0)
+                return rc;
             rc = remove_membership(mu, tx, &page[i], &facts, CAUSE(USER_DELETED), NULL);
             if (rc != 0) return rc;
         }
@@ -1259,7 +1226,7 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     member_facts f;
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, 0, op->roles)) != 0)
         return op_fail(mu->oc, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
@@ -1391,7 +1358,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     acct_violations v = mu_violations(mu);
     member_facts f;
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(caller, mine)) != 0)
         return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
@@ -1409,12 +1376,9 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     /* preconditions after every permission (a refused caller learns nothing from an etag) */
     if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
-    if ((before.roles & ACCT_ROLE_SUPER_ADMIN) && !(after.roles & ACCT_ROLE_SUPER_ADMIN)) {
-        long others = 0;
-        if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
-        if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
-    }
+    if ((before.roles & ACCT_ROLE_SUPER_ADMIN) && !(after.roles & ACCT_ROLE_SUPER_ADMIN) &&
+        (rc = keep_super_admin(mu, tx, op->hub_id, op->user_id, NULL)) != 0)
+        return rc;
     if (acct_membership_changed(&before, &after)) {
         after.version = before.version + 1;
         if ((rc = store_membership_update(tx, &after)) != 0) return rc;
@@ -1459,7 +1423,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     const acct_membership *mine;
     member_facts f;
 
-    int rc = actor_membership(mu, tx, op->hub_id, &mbuf, &mine);
+    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     /* PART-08: only the client removes a user from the client account */
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
@@ -1469,12 +1433,8 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = op->hub_id, .target = &mb};
     if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_etag_check(op->etag, mb.version)) != 0) return rc;
-    if (mb.roles & ACCT_ROLE_SUPER_ADMIN) {
-        long others = 0;
-        if ((rc = store_count_super_admins(tx, op->hub_id, op->user_id, &others)) != 0) return rc;
-        if ((rc = acct_rule_keep_super_admin(caller, others)) != 0)
-            return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
-    }
+    if ((mb.roles & ACCT_ROLE_SUPER_ADMIN) && (rc = keep_super_admin(mu, tx, op->hub_id, op->user_id, NULL)) != 0)
+        return rc;
     if ((rc = store_user_get(tx, op->user_id, false, &m, &f.user)) != 0) return rc;
     PB(MembershipRemovalCause) cause =
         auth_is_service(caller, "partners") ? CAUSE(PARTNER_ACCESS_ENDED) : CAUSE(REMOVED_BY_ACCOUNT);

@@ -12,14 +12,6 @@
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static const char *dup_str(store_mem *m, const char *s) {
-    size_t n = strlen(s);
-    char *p = m->alloc(m->ud, n + 1);
-    if (p == NULL) return "";
-    memcpy(p, s, n + 1);
-    return p;
-}
-
 void store_account_subject(uint64_t hub_id, char *buf, size_t cap) {
     snprintf(buf, cap, "accounts/%" PRIu64, hub_id);
 }
@@ -47,14 +39,21 @@ static int next_version_after_tombstone(pg_conn *c, const char *aggregate, int64
     return rc;
 }
 
-static int set_tombstone(pg_conn *c, const char *aggregate, int64_t version) {
-    pg_params p = {0};
-    pg_p_str(&p, aggregate);
-    pg_p_i64(&p, version);
-    return pg_exec(c,
-                   "INSERT INTO tombstones (aggregate, version) VALUES ($1, $2) "
-                   "ON CONFLICT (aggregate) DO UPDATE SET version = EXCLUDED.version, delete_time = now()",
-                   &p, NULL);
+/* Deletes the row of (sql, p) and records the aggregate's last version in tombstones. */
+static int delete_tombstoned(pg_conn *c, const char *aggregate, int64_t version, const char *sql,
+                             const pg_params *p) {
+    pg_params t = {0};
+    pg_res *r = NULL;
+    pg_p_str(&t, aggregate);
+    pg_p_i64(&t, version);
+    int rc = pg_exec(c,
+                     "INSERT INTO tombstones (aggregate, version) VALUES ($1, $2) "
+                     "ON CONFLICT (aggregate) DO UPDATE SET version = EXCLUDED.version, delete_time = now()",
+                     &t, NULL);
+    if (rc == 0) rc = pg_exec(c, sql, p, &r);
+    if (rc == 0 && pg_affected(r) == 0) rc = OM_E_NOT_FOUND;
+    pg_free(r);
+    return rc;
 }
 
 /* ---- accounts ---------------------------------------------------------------------------- */
@@ -88,12 +87,13 @@ static void parse_subs(const char *csv, acct_account *a) {
     acct_subs_sort(a);
 }
 
-static void read_account(pg_res *r, int row, store_mem *m, acct_account *a) {
+static void read_account(const pg_res *r, int row, store_mem *m, void *out) {
+    acct_account *a = out;
     memset(a, 0, sizeof *a);
     a->hub_id = pg_u64(r, row, 0);
-    a->name = dup_str(m, pg_str(r, row, 1));
+    a->name = om_strdup(m, pg_str(r, row, 1));
     a->kind = acct_kind_from_name(pg_str(r, row, 2));
-    a->hosting_location = dup_str(m, pg_str(r, row, 3));
+    a->hosting_location = om_strdup(m, pg_str(r, row, 3));
     a->sensitive_data_enabled = pg_bool(r, row, 4);
     a->state = acct_state_from_name(pg_str(r, row, 5));
     a->mrr_amount_minor = pg_i64(r, row, 6);
@@ -106,16 +106,11 @@ static void read_account(pg_res *r, int row, store_mem *m, acct_account *a) {
 
 int store_account_get(pg_conn *c, uint64_t hub_id, bool for_update, store_mem *m, acct_account *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
-    int rc = pg_exec(c,
-                     for_update ? "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = $1 FOR UPDATE"
-                                : "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = $1",
-                     &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_account(r, 0, m, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c,
+                  for_update ? "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = $1 FOR UPDATE"
+                             : "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = $1",
+                  &p, read_account, m, out);
 }
 
 /* Two parallel text[] literals of hub and tier names. */
@@ -153,14 +148,11 @@ static int write_subs(pg_conn *c, const acct_account *a, bool replace) {
                    &p, NULL);
 }
 
-/* The next id of the sequence that no imported account holds. */
-static int next_hub_id(pg_conn *c, uint64_t *out) {
+/* The next id of a sequence that no imported row holds (sql: one id or none). */
+static int next_free_id(pg_conn *c, const char *sql, uint64_t *out) {
     for (int tries = 0; tries < 100; tries++) {
         pg_res *r = NULL;
-        int rc = pg_exec(c,
-                         "SELECT s.n FROM (SELECT nextval('hub_id_seq') AS n) s "
-                         "WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE hub_id = s.n)",
-                         NULL, &r);
+        int rc = pg_exec(c, sql, NULL, &r);
         bool found = rc == 0 && pg_nrows(r) == 1;
         if (found) *out = pg_u64(r, 0, 0);
         pg_free(r);
@@ -173,7 +165,11 @@ static int next_hub_id(pg_conn *c, uint64_t *out) {
 int store_account_insert(pg_conn *c, acct_account *a) {
     char agg[64];
     int rc;
-    if (a->hub_id == 0 && (rc = next_hub_id(c, &a->hub_id)) != 0) return rc;
+    if (a->hub_id == 0 && (rc = next_free_id(c,
+                                               "SELECT s.n FROM (SELECT nextval('hub_id_seq') AS n) s "
+                                               "WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE hub_id = s.n)",
+                                               &a->hub_id)) != 0)
+        return rc;
     store_account_subject(a->hub_id, agg, sizeof agg);
     if ((rc = next_version_after_tombstone(c, agg, &a->version)) != 0) return rc;
 
@@ -230,56 +226,39 @@ int store_account_update(pg_conn *c, acct_account *a) {
 int store_account_delete(pg_conn *c, uint64_t hub_id, int64_t last_version) {
     char agg[64];
     store_account_subject(hub_id, agg, sizeof agg);
-    int rc = set_tombstone(c, agg, last_version);
-    if (rc != 0) return rc;
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
-    rc = pg_exec(c, "DELETE FROM accounts WHERE hub_id = $1", &p, &r);
-    if (rc == 0 && pg_affected(r) == 0) rc = OM_E_NOT_FOUND;
-    pg_free(r);
-    return rc;
+    return delete_tombstoned(c, agg, last_version, "DELETE FROM accounts WHERE hub_id = $1", &p);
 }
 
 int store_accounts_list(pg_conn *c, const store_account_filter *f, store_mem *m, acct_account *out,
                         int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, f->member_user_id);
     pg_p_str(&p, f->kind ? acct_kind_name(f->kind) : "");
     pg_p_str(&p, f->state ? acct_state_name(f->state) : "");
     pg_p_str(&p, f->name_prefix ? f->name_prefix : "");
     pg_p_u64(&p, f->after_hub_id);
     pg_p_i64(&p, f->limit);
-    int rc = pg_exec(c,
-                     "SELECT " ACCOUNT_COLS " FROM accounts a "
-                     "WHERE ($1::bigint = 0 OR EXISTS (SELECT 1 FROM memberships m "
-                     "  WHERE m.hub_id = a.hub_id AND m.user_id = $1::bigint)) "
-                     "AND ($2::text = '' OR a.kind = $2::text) "
-                     "AND ($3::text = '' OR a.state = $3::text) "
-                     "AND ($4::text = '' OR starts_with(lower(a.name), lower($4::text))) "
-                     "AND a.hub_id > $5::bigint ORDER BY a.hub_id LIMIT $6::bigint",
-                     &p, &r);
-    *n = 0;
-    if (rc == 0)
-        for (int i = 0; i < pg_nrows(r) && i < f->limit; i++) read_account(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c,
+                   "SELECT " ACCOUNT_COLS " FROM accounts a "
+                   "WHERE ($1::bigint = 0 OR EXISTS (SELECT 1 FROM memberships m "
+                   "  WHERE m.hub_id = a.hub_id AND m.user_id = $1::bigint)) "
+                   "AND ($2::text = '' OR a.kind = $2::text) "
+                   "AND ($3::text = '' OR a.state = $3::text) "
+                   "AND ($4::text = '' OR starts_with(lower(a.name), lower($4::text))) "
+                   "AND a.hub_id > $5::bigint ORDER BY a.hub_id LIMIT $6::bigint",
+                   &p, read_account, m, out, sizeof *out, f->limit, n);
 }
 
 int store_accounts_batch(pg_conn *c, const uint64_t *ids, int n_ids, store_mem *m, acct_account *out,
                          int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     *n = 0;
     if (n_ids == 0) return 0;
     pg_p_str(&p, om_id_array(m->alloc(m->ud, OM_ID_ARRAY_CAP(n_ids)), ids, (size_t)n_ids));
-    int rc = pg_exec(c, "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = ANY($1::bigint[])", &p,
-                     &r);
-    if (rc == 0)
-        for (int i = 0; i < pg_nrows(r) && i < n_ids; i++) read_account(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c, "SELECT " ACCOUNT_COLS " FROM accounts a WHERE a.hub_id = ANY($1::bigint[])", &p,
+                   read_account, m, out, sizeof *out, n_ids, n);
 }
 
 /* ---- users ------------------------------------------------------------------------------- */
@@ -288,12 +267,13 @@ int store_accounts_batch(pg_conn *c, const uint64_t *ids, int n_ids, store_mem *
     "u.user_id, u.email, u.display_name, u.locale, u.two_factor_enabled, u.version, "            \
     "u.create_time, u.update_time"
 
-static void read_user(pg_res *r, int row, store_mem *m, acct_user *u) {
+static void read_user(const pg_res *r, int row, store_mem *m, void *out) {
+    acct_user *u = out;
     memset(u, 0, sizeof *u);
     u->user_id = pg_u64(r, row, 0);
-    u->email = dup_str(m, pg_str(r, row, 1));
-    u->display_name = dup_str(m, pg_str(r, row, 2));
-    u->locale = dup_str(m, pg_str(r, row, 3));
+    u->email = om_strdup(m, pg_str(r, row, 1));
+    u->display_name = om_strdup(m, pg_str(r, row, 2));
+    u->locale = om_strdup(m, pg_str(r, row, 3));
     u->two_factor_enabled = pg_bool(r, row, 4);
     u->version = pg_i64(r, row, 5);
     u->create_time_us = pg_time_us(r, row, 6);
@@ -302,64 +282,39 @@ static void read_user(pg_res *r, int row, store_mem *m, acct_user *u) {
 
 int store_user_get(pg_conn *c, uint64_t user_id, bool for_update, store_mem *m, acct_user *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, user_id);
-    int rc = pg_exec(c,
-                     for_update ? "SELECT " USER_COLS " FROM users u WHERE u.user_id = $1 FOR UPDATE"
-                                : "SELECT " USER_COLS " FROM users u WHERE u.user_id = $1",
-                     &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_user(r, 0, m, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c,
+                  for_update ? "SELECT " USER_COLS " FROM users u WHERE u.user_id = $1 FOR UPDATE"
+                             : "SELECT " USER_COLS " FROM users u WHERE u.user_id = $1",
+                  &p, read_user, m, out);
 }
 
 int store_user_get_by_email(pg_conn *c, const char *email, store_mem *m, acct_user *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_str(&p, email);
-    int rc = pg_exec(c, "SELECT " USER_COLS " FROM users u WHERE lower(u.email) = lower($1::text)", &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_user(r, 0, m, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c, "SELECT " USER_COLS " FROM users u WHERE lower(u.email) = lower($1::text)", &p, read_user, m,
+                  out);
 }
 
 static int email_in_use(pg_conn *c, const char *email, uint64_t except_user, bool *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_str(&p, email);
     pg_p_u64(&p, except_user);
-    int rc = pg_exec(c,
+    return pg_exists(c,
                      "SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1::text) "
                      "AND user_id <> $2::bigint)",
-                     &p, &r);
-    if (rc == 0) *out = pg_bool(r, 0, 0);
-    pg_free(r);
-    return rc;
-}
-
-static int next_user_id(pg_conn *c, uint64_t *out) {
-    for (int tries = 0; tries < 100; tries++) {
-        pg_res *r = NULL;
-        int rc = pg_exec(c,
-                         "SELECT s.n FROM (SELECT nextval('user_id_seq') AS n) s "
-                         "WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = s.n)",
-                         NULL, &r);
-        bool found = rc == 0 && pg_nrows(r) == 1;
-        if (found) *out = pg_u64(r, 0, 0);
-        pg_free(r);
-        if (rc != 0) return rc;
-        if (found) return 0;
-    }
-    return OM_E_INTERNAL;
+                     &p, out);
 }
 
 int store_user_insert(pg_conn *c, acct_user *u) {
     char agg[64];
     bool taken = false;
     int rc;
-    if (u->user_id == 0 && (rc = next_user_id(c, &u->user_id)) != 0) return rc;
+    if (u->user_id == 0 && (rc = next_free_id(c,
+                                                "SELECT s.n FROM (SELECT nextval('user_id_seq') AS n) s "
+                                                "WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = s.n)",
+                                                &u->user_id)) != 0)
+        return rc;
     store_user_subject(u->user_id, agg, sizeof agg);
     if ((rc = next_version_after_tombstone(c, agg, &u->version)) != 0) return rc;
 
@@ -417,80 +372,56 @@ int store_user_update(pg_conn *c, acct_user *u) {
 int store_user_delete(pg_conn *c, uint64_t user_id, int64_t last_version) {
     char agg[64];
     store_user_subject(user_id, agg, sizeof agg);
-    int rc = set_tombstone(c, agg, last_version);
-    if (rc != 0) return rc;
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, user_id);
-    rc = pg_exec(c, "DELETE FROM users WHERE user_id = $1", &p, &r);
-    if (rc == 0 && pg_affected(r) == 0) rc = OM_E_NOT_FOUND;
-    pg_free(r);
-    return rc;
+    return delete_tombstoned(c, agg, last_version, "DELETE FROM users WHERE user_id = $1", &p);
 }
 
 int store_users_list(pg_conn *c, const store_user_filter *f, store_mem *m, acct_user *out, int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, f->visible_to);
     pg_p_str(&p, f->email ? f->email : "");
     pg_p_str(&p, f->query_prefix ? f->query_prefix : "");
     pg_p_u64(&p, f->after_user_id);
     pg_p_i64(&p, f->limit);
-    int rc = pg_exec(c,
-                     "SELECT " USER_COLS " FROM users u "
-                     "WHERE ($1::bigint = 0 OR u.user_id = $1::bigint OR EXISTS ("
-                     "  SELECT 1 FROM memberships mine JOIN memberships theirs USING (hub_id) "
-                     "  WHERE mine.user_id = $1::bigint AND theirs.user_id = u.user_id)) "
-                     "AND ($2::text = '' OR lower(u.email) = lower($2::text)) "
-                     "AND ($3::text = '' OR starts_with(lower(u.email), lower($3::text)) "
-                     "  OR starts_with(lower(u.display_name), lower($3::text))) "
-                     "AND u.user_id > $4::bigint ORDER BY u.user_id LIMIT $5::bigint",
-                     &p, &r);
-    *n = 0;
-    if (rc == 0)
-        for (int i = 0; i < pg_nrows(r) && i < f->limit; i++) read_user(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c,
+                   "SELECT " USER_COLS " FROM users u "
+                   "WHERE ($1::bigint = 0 OR u.user_id = $1::bigint OR EXISTS ("
+                   "  SELECT 1 FROM memberships mine JOIN memberships theirs USING (hub_id) "
+                   "  WHERE mine.user_id = $1::bigint AND theirs.user_id = u.user_id)) "
+                   "AND ($2::text = '' OR lower(u.email) = lower($2::text)) "
+                   "AND ($3::text = '' OR starts_with(lower(u.email), lower($3::text)) "
+                   "  OR starts_with(lower(u.display_name), lower($3::text))) "
+                   "AND u.user_id > $4::bigint ORDER BY u.user_id LIMIT $5::bigint",
+                   &p, read_user, m, out, sizeof *out, f->limit, n);
 }
 
 int store_users_batch(pg_conn *c, const uint64_t *ids, int n_ids, store_mem *m, acct_user *out, int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     *n = 0;
     if (n_ids == 0) return 0;
     pg_p_str(&p, om_id_array(m->alloc(m->ud, OM_ID_ARRAY_CAP(n_ids)), ids, (size_t)n_ids));
-    int rc = pg_exec(c, "SELECT " USER_COLS " FROM users u WHERE u.user_id = ANY($1::bigint[])", &p, &r);
-    if (rc == 0)
-        for (int i = 0; i < pg_nrows(r) && i < n_ids; i++) read_user(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c, "SELECT " USER_COLS " FROM users u WHERE u.user_id = ANY($1::bigint[])", &p, read_user,
+                   m, out, sizeof *out, n_ids, n);
 }
 
 int store_users_share_account(pg_conn *c, uint64_t a, uint64_t b, bool *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, a);
     pg_p_u64(&p, b);
-    int rc = pg_exec(c,
+    return pg_exists(c,
                      "SELECT EXISTS (SELECT 1 FROM memberships x JOIN memberships y USING (hub_id) "
                      "WHERE x.user_id = $1 AND y.user_id = $2)",
-                     &p, &r);
-    if (rc == 0) *out = pg_bool(r, 0, 0);
-    pg_free(r);
-    return rc;
+                     &p, out);
 }
 
 int store_user_manages_any(pg_conn *c, uint64_t user_id, bool *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, user_id);
-    int rc = pg_exec(c,
+    return pg_exists(c,
                      "SELECT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1 "
                      "AND roles && ARRAY['SUPER_ADMIN', 'ACCOUNT_PERMISSIONS'])",
-                     &p, &r);
-    if (rc == 0) *out = pg_bool(r, 0, 0);
-    pg_free(r);
-    return rc;
+                     &p, out);
 }
 
 /* ---- memberships ------------------------------------------------------------------------- */
@@ -501,7 +432,8 @@ int store_user_manages_any(pg_conn *c, uint64_t user_id, bool *out) {
     "m.link_owns_membership, m.link_time, m.version, m.create_time, m.update_time, "             \
     "COALESCE(m.created_by_user_id, 0)"
 
-static void read_membership(pg_res *r, int row, store_mem *mem, acct_membership *m) {
+static void read_membership(const pg_res *r, int row, store_mem *mem, void *out) {
+    acct_membership *m = out;
     memset(m, 0, sizeof *m);
     m->hub_id = pg_u64(r, row, 0);
     m->user_id = pg_u64(r, row, 1);
@@ -509,7 +441,7 @@ static void read_membership(pg_res *r, int row, store_mem *mem, acct_membership 
     m->seats = acct_seats_from_names(pg_str(r, row, 3));
     m->partner_employee = pg_bool(r, row, 4);
     m->partner_hub_id = pg_u64(r, row, 5);
-    m->assignment_id = dup_str(mem, pg_str(r, row, 6));
+    m->assignment_id = om_strdup(mem, pg_str(r, row, 6));
     m->link_owns_membership = pg_bool(r, row, 7);
     m->link_time_us = pg_isnull(r, row, 8) ? 0 : pg_time_us(r, row, 8);
     m->version = pg_i64(r, row, 9);
@@ -521,19 +453,14 @@ static void read_membership(pg_res *r, int row, store_mem *mem, acct_membership 
 int store_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, bool for_update, store_mem *m,
                          acct_membership *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
     pg_p_u64(&p, user_id);
-    int rc = pg_exec(c,
-                     for_update ? "SELECT " MEMBERSHIP_COLS " FROM memberships m "
-                                  "WHERE m.hub_id = $1 AND m.user_id = $2 FOR UPDATE"
-                                : "SELECT " MEMBERSHIP_COLS " FROM memberships m "
-                                  "WHERE m.hub_id = $1 AND m.user_id = $2",
-                     &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_membership(r, 0, m, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c,
+                  for_update ? "SELECT " MEMBERSHIP_COLS " FROM memberships m "
+                               "WHERE m.hub_id = $1 AND m.user_id = $2 FOR UPDATE"
+                             : "SELECT " MEMBERSHIP_COLS " FROM memberships m "
+                               "WHERE m.hub_id = $1 AND m.user_id = $2",
+                  &p, read_membership, m, out);
 }
 
 int store_membership_insert(pg_conn *c, acct_membership *mb) {
@@ -612,23 +539,16 @@ int store_membership_update(pg_conn *c, acct_membership *mb) {
 int store_membership_delete(pg_conn *c, uint64_t hub_id, uint64_t user_id, int64_t last_version) {
     char agg[96];
     store_membership_subject(hub_id, user_id, agg, sizeof agg);
-    int rc = set_tombstone(c, agg, last_version);
-    if (rc != 0) return rc;
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
     pg_p_u64(&p, user_id);
-    rc = pg_exec(c, "DELETE FROM memberships WHERE hub_id = $1 AND user_id = $2", &p, &r);
-    if (rc == 0 && pg_affected(r) == 0) rc = OM_E_NOT_FOUND;
-    pg_free(r);
-    return rc;
+    return delete_tombstoned(c, agg, last_version, "DELETE FROM memberships WHERE hub_id = $1 AND user_id = $2", &p);
 }
 
 int store_memberships_list(pg_conn *c, const store_membership_filter *f, store_mem *m,
                            acct_membership *out, int *n) {
     char roles[128];
     pg_params p = {0};
-    pg_res *r = NULL;
     acct_roles_literal(f->any_roles, roles, sizeof roles);
     pg_p_u64(&p, f->hub_id);
     pg_p_u64(&p, f->user_id);
@@ -637,21 +557,16 @@ int store_memberships_list(pg_conn *c, const store_membership_filter *f, store_m
     pg_p_u64(&p, f->after_hub_id);
     pg_p_u64(&p, f->after_user_id);
     pg_p_i64(&p, f->limit);
-    int rc = pg_exec(c,
-                     "SELECT " MEMBERSHIP_COLS " FROM memberships m "
-                     "WHERE ($1::bigint = 0 OR m.hub_id = $1::bigint) "
-                     "AND ($2::bigint = 0 OR m.user_id = $2::bigint) "
-                     "AND ($3::text[] = '{}' OR m.roles && $3::text[]) "
-                     "AND ($4::bigint = 0 OR EXISTS (SELECT 1 FROM memberships v "
-                     "  WHERE v.hub_id = m.hub_id AND v.user_id = $4::bigint)) "
-                     "AND (m.hub_id, m.user_id) > ($5::bigint, $6::bigint) "
-                     "ORDER BY m.hub_id, m.user_id LIMIT $7::bigint",
-                     &p, &r);
-    *n = 0;
-    if (rc == 0)
-        for (int i = 0; i < pg_nrows(r) && i < f->limit; i++) read_membership(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c,
+                   "SELECT " MEMBERSHIP_COLS " FROM memberships m "
+                   "WHERE ($1::bigint = 0 OR m.hub_id = $1::bigint) "
+                   "AND ($2::bigint = 0 OR m.user_id = $2::bigint) "
+                   "AND ($3::text[] = '{}' OR m.roles && $3::text[]) "
+                   "AND ($4::bigint = 0 OR EXISTS (SELECT 1 FROM memberships v "
+                   "  WHERE v.hub_id = m.hub_id AND v.user_id = $4::bigint)) "
+                   "AND (m.hub_id, m.user_id) > ($5::bigint, $6::bigint) "
+                   "ORDER BY m.hub_id, m.user_id LIMIT $7::bigint",
+                   &p, read_membership, m, out, sizeof *out, f->limit, n);
 }
 
 int store_count_super_admins(pg_conn *c, uint64_t hub_id, uint64_t except_user, long *out) {

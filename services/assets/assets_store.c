@@ -10,6 +10,7 @@
 #include "assets.h"
 #include "audit.h"
 #include "om_err.h"
+#include "om_mem.h"
 
 static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
@@ -247,7 +248,9 @@ history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, s
     " sum(failed) AS x FROM copy_batches cb WHERE cb.job_id = j.job_id AND j.state IN (" SQL_JOB_OPEN ")"        \
     " AND cb.finish_time IS NOT NULL AND NOT cb.folded) b ON true"
 
-static void job_from(pg_res *r, int i, job_row *j) {
+static void job_from(const pg_res *r, int i, om_mem *m, void *out) {
+    job_row *j = out;
+    (void)m;
     memset(j, 0, sizeof *j);
     copy_str(j->id, sizeof j->id, pg_str(r, i, 0));
     j->source = pg_u64(r, i, 1);
@@ -272,15 +275,10 @@ static void job_from(pg_res *r, int i, job_row *j) {
 int store_job_get(pg_conn *c, const char *id, bool for_update, job_row *out) {
     pg_params p = {0};
     pg_p_str(&p, id);
-    pg_res *r = NULL;
-    int rc = pg_exec(c, for_update ? JOB_SELECT " WHERE j.job_id = $1::uuid FOR UPDATE OF j"
-                                   : JOB_SELECT " WHERE j.job_id = $1::uuid",
-                     &p, &r);
-    if (rc != 0) return rc;
-    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    else job_from(r, 0, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c,
+                  for_update ? JOB_SELECT " WHERE j.job_id = $1::uuid FOR UPDATE OF j"
+                             : JOB_SELECT " WHERE j.job_id = $1::uuid",
+                  &p, job_from, NULL, out);
 }
 
 /* The asked ids that are not assets of `source` (malloc'd, comma-separated)
@@ -367,7 +365,7 @@ int store_job_list(pg_conn *c, uint64_t hub, int state, int64_t before_us, const
     int nr = pg_nrows(r);
     *rows = calloc((size_t)(nr ? nr : 1), sizeof **rows);
     if (*rows == NULL) rc = OM_E_NOMEM;
-    for (int i = 0; rc == 0 && i < nr; i++) job_from(r, i, &(*rows)[i]);
+    for (int i = 0; rc == 0 && i < nr; i++) job_from(r, i, NULL, &(*rows)[i]);
     *n = rc == 0 ? nr : 0;
     pg_free(r);
     return rc;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "om_err.h"
+#include "om_mem.h"
 
 static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
@@ -138,7 +139,9 @@ int store_sensitivity(pg_conn *c, const uint64_t *hubs, int n, bool *known, bool
     " asset_copying, asset_copying_source, version, (extract(epoch from create_time) * 1000000)::bigint," \
     " (extract(epoch from update_time) * 1000000)::bigint"
 
-static void read_row(pg_res *r, int i, conn_row *out) {
+static void read_row(const pg_res *r, int i, om_mem *m, void *out_) {
+    (void)m;
+    conn_row *out = out_;
     memset(out, 0, sizeof *out);
     copy_str(out->id, sizeof out->id, pg_str(r, i, 0));
     copy_str(out->org_id, sizeof out->org_id, pg_str(r, i, 1));
@@ -156,28 +159,17 @@ static void read_row(pg_res *r, int i, conn_row *out) {
 int store_conns_of_org(pg_conn *c, const char *org_id, conn_row *out, int cap, int *n) {
     pg_params p = {0};
     pg_p_str(&p, org_id);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "SELECT " CONN_COLS " FROM connections WHERE organization_id = $1::uuid"
-                     " ORDER BY account_a, account_b",
-                     &p, &r);
-    if (rc != 0) return rc;
-    *n = 0;
-    for (int i = 0; i < pg_nrows(r) && *n < cap; i++) read_row(r, i, &out[(*n)++]);
-    pg_free(r);
-    return 0;
+    return pg_rows(c,
+                   "SELECT " CONN_COLS " FROM connections WHERE organization_id = $1::uuid"
+                   " ORDER BY account_a, account_b",
+                   &p, read_row, NULL, out, sizeof *out, cap, n);
 }
 
 int store_conn_get(pg_conn *c, const char *conn_id, conn_row *out) {
     pg_params p = {0};
     pg_p_str(&p, conn_id);
-    pg_res *r = NULL;
-    int rc = pg_exec(c, "SELECT " CONN_COLS " FROM connections WHERE connection_id = $1::uuid", &p, &r);
-    if (rc != 0) return rc;
-    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    else read_row(r, 0, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c, "SELECT " CONN_COLS " FROM connections WHERE connection_id = $1::uuid", &p, read_row, NULL,
+                  out);
 }
 
 int store_conn_insert(pg_conn *c, conn_row *row) {
@@ -189,19 +181,12 @@ int store_conn_insert(pg_conn *c, conn_row *row) {
     pg_p_i64(&p, (int64_t)row->cfg.mirroring.source);
     pg_p_i64(&p, row->cfg.asset_copying.dir);
     pg_p_i64(&p, (int64_t)row->cfg.asset_copying.source);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "INSERT INTO connections (organization_id, account_a, account_b, mirroring, mirroring_source,"
-                     " asset_copying, asset_copying_source) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)"
-                     " RETURNING " CONN_COLS,
-                     &p, &r);
-    if (rc != 0) {
-        if (strcmp(pg_sqlstate(c), "23505") == 0) return OM_E_ALREADY_EXISTS;
-        return rc;
-    }
-    read_row(r, 0, row);
-    pg_free(r);
-    return 0;
+    int rc = pg_row(c,
+                    "INSERT INTO connections (organization_id, account_a, account_b, mirroring, mirroring_source,"
+                    " asset_copying, asset_copying_source) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)"
+                    " RETURNING " CONN_COLS,
+                    &p, read_row, NULL, row);
+    return rc != 0 && strcmp(pg_sqlstate(c), "23505") == 0 ? OM_E_ALREADY_EXISTS : rc;
 }
 
 int store_conn_update(pg_conn *c, conn_row *row) {
@@ -211,17 +196,11 @@ int store_conn_update(pg_conn *c, conn_row *row) {
     pg_p_i64(&p, (int64_t)row->cfg.mirroring.source);
     pg_p_i64(&p, row->cfg.asset_copying.dir);
     pg_p_i64(&p, (int64_t)row->cfg.asset_copying.source);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "UPDATE connections SET mirroring = $2, mirroring_source = $3, asset_copying = $4,"
-                     " asset_copying_source = $5, version = version + 1, update_time = now()"
-                     " WHERE connection_id = $1::uuid RETURNING " CONN_COLS,
-                     &p, &r);
-    if (rc != 0) return rc;
-    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    else read_row(r, 0, row);
-    pg_free(r);
-    return rc;
+    return pg_row(c,
+                  "UPDATE connections SET mirroring = $2, mirroring_source = $3, asset_copying = $4,"
+                  " asset_copying_source = $5, version = version + 1, update_time = now()"
+                  " WHERE connection_id = $1::uuid RETURNING " CONN_COLS,
+                  &p, read_row, NULL, row);
 }
 
 int store_conn_delete(pg_conn *c, const char *conn_id) {

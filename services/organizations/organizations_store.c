@@ -10,6 +10,7 @@
 
 #include "om_err.h"
 #include "om_ids.h"
+#include "om_mem.h"
 
 static void copy_str(char *dst, size_t cap, const char *src) { snprintf(dst, cap, "%s", src ? src : ""); }
 
@@ -44,6 +45,25 @@ int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
     return 0;
 }
 
+static void read_account(const pg_res *r, int i, om_mem *m, void *out) {
+    org_account *a = out;
+    (void)m;
+    memset(a, 0, sizeof *a);
+    a->hub_id = pg_u64(r, i, 0);
+    copy_str(a->name, sizeof a->name, pg_str(r, i, 1));
+    a->kind = (int)pg_i64(r, i, 2);
+    copy_str(a->hosting_location, sizeof a->hosting_location, pg_str(r, i, 3));
+    a->state = (int)pg_i64(r, i, 4);
+    a->has_professional = pg_bool(r, i, 5);
+    a->marketing_enterprise = pg_bool(r, i, 6);
+    a->deleted = pg_bool(r, i, 7);
+    a->version = pg_i64(r, i, 8);
+}
+
+#define ACCOUNTS_SQL                                                                                     \
+    "SELECT hub_id, name, kind, hosting_location, state, has_professional, marketing_enterprise, deleted," \
+    " version FROM account_copies WHERE hub_id = ANY($1::bigint[]) ORDER BY hub_id"
+
 int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_account *out, int *n_out) {
     *n_out = 0;
     if (n == 0) return 0;
@@ -51,34 +71,10 @@ int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_ac
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
     pg_p_str(&p, arr);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     lock ? "SELECT hub_id, name, kind, hosting_location, state, has_professional,"
-                            " marketing_enterprise, deleted, version FROM account_copies"
-                            " WHERE hub_id = ANY($1::bigint[]) ORDER BY hub_id FOR UPDATE"
-                          : "SELECT hub_id, name, kind, hosting_location, state, has_professional,"
-                            " marketing_enterprise, deleted, version FROM account_copies"
-                            " WHERE hub_id = ANY($1::bigint[]) ORDER BY hub_id",
-                     &p, &r);
+    int rc = pg_rows(c, lock ? ACCOUNTS_SQL " FOR UPDATE" : ACCOUNTS_SQL, &p, read_account, NULL, out, sizeof *out,
+                     n, n_out);
     free(arr);
-    if (rc != 0) return rc;
-    int rows = pg_nrows(r);
-    for (int i = 0; i < rows && i < n; i++) {
-        org_account *a = &out[i];
-        memset(a, 0, sizeof *a);
-        a->hub_id = pg_u64(r, i, 0);
-        copy_str(a->name, sizeof a->name, pg_str(r, i, 1));
-        a->kind = (int)pg_i64(r, i, 2);
-        copy_str(a->hosting_location, sizeof a->hosting_location, pg_str(r, i, 3));
-        a->state = (int)pg_i64(r, i, 4);
-        a->has_professional = pg_bool(r, i, 5);
-        a->marketing_enterprise = pg_bool(r, i, 6);
-        a->deleted = pg_bool(r, i, 7);
-        a->version = pg_i64(r, i, 8);
-        (*n_out)++;
-    }
-    pg_free(r);
-    return 0;
+    return rc;
 }
 
 int store_user_upsert(pg_conn *c, uint64_t user_id, bool two_factor, bool deleted, int64_t version) {
@@ -112,7 +108,9 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
 
 /* ---- organizations ------------------------------------------------------------ */
 
-static void org_from(pg_res *r, int i, org_row *o) {
+static void org_from(const pg_res *r, int i, om_mem *m, void *out) {
+    org_row *o = out;
+    (void)m;
     memset(o, 0, sizeof *o);
     copy_str(o->id, sizeof o->id, pg_str(r, i, 0));
     o->founding_hub_id = pg_u64(r, i, 1);
@@ -123,23 +121,14 @@ static void org_from(pg_res *r, int i, org_row *o) {
     o->update_us = pg_time_us(r, i, 6);
 }
 
+#define ORG_SQL                                                                                          \
+    "SELECT organization_id::text, founding_hub_id, hosting_location, created_by, version, create_time," \
+    " update_time FROM organizations WHERE organization_id = $1::uuid"
+
 int store_org_get(pg_conn *c, const char *org_id, bool for_update, org_row *out) {
     pg_params p = {0};
     pg_p_str(&p, org_id);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     for_update ? "SELECT organization_id::text, founding_hub_id, hosting_location, created_by,"
-                                  " version, create_time, update_time FROM organizations"
-                                  " WHERE organization_id = $1::uuid FOR UPDATE"
-                                : "SELECT organization_id::text, founding_hub_id, hosting_location, created_by,"
-                                  " version, create_time, update_time FROM organizations"
-                                  " WHERE organization_id = $1::uuid",
-                     &p, &r);
-    if (rc != 0) return rc;
-    if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    else org_from(r, 0, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c, for_update ? ORG_SQL " FOR UPDATE" : ORG_SQL, &p, org_from, NULL, out);
 }
 
 int store_org_of_account(pg_conn *c, uint64_t hub_id, char org_id[ORG_ID_LEN]) {
@@ -154,32 +143,28 @@ int store_org_of_account(pg_conn *c, uint64_t hub_id, char org_id[ORG_ID_LEN]) {
     return rc;
 }
 
+static void read_member(const pg_res *r, int i, om_mem *mem, void *out) {
+    org_member_row *m = out;
+    (void)mem;
+    memset(m, 0, sizeof *m);
+    m->hub_id = pg_u64(r, i, 0);
+    copy_str(m->name, sizeof m->name, pg_str(r, i, 1));
+    m->marketing_enterprise = pg_bool(r, i, 2);
+    m->founding = pg_bool(r, i, 3);
+    m->join_us = pg_time_us(r, i, 4);
+    m->joined_by = pg_u64(r, i, 5);
+    copy_str(m->ack_id, sizeof m->ack_id, pg_str(r, i, 6));
+}
+
 int store_org_members(pg_conn *c, const char *org_id, org_member_row *out, int cap, int *n) {
-    *n = 0;
     pg_params p = {0};
     pg_p_str(&p, org_id);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "SELECT m.hub_id, coalesce(a.name, ''), coalesce(a.marketing_enterprise AND NOT a.deleted,"
-                     " false), m.founding, m.join_time, m.joined_by, m.acknowledgement_id::text"
-                     " FROM org_members m LEFT JOIN account_copies a ON a.hub_id = m.hub_id"
-                     " WHERE m.organization_id = $1::uuid ORDER BY m.join_time, m.hub_id",
-                     &p, &r);
-    if (rc != 0) return rc;
-    for (int i = 0; i < pg_nrows(r) && i < cap; i++) {
-        org_member_row *m = &out[i];
-        memset(m, 0, sizeof *m);
-        m->hub_id = pg_u64(r, i, 0);
-        copy_str(m->name, sizeof m->name, pg_str(r, i, 1));
-        m->marketing_enterprise = pg_bool(r, i, 2);
-        m->founding = pg_bool(r, i, 3);
-        m->join_us = pg_time_us(r, i, 4);
-        m->joined_by = pg_u64(r, i, 5);
-        copy_str(m->ack_id, sizeof m->ack_id, pg_str(r, i, 6));
-        (*n)++;
-    }
-    pg_free(r);
-    return 0;
+    return pg_rows(c,
+                   "SELECT m.hub_id, coalesce(a.name, ''), coalesce(a.marketing_enterprise AND NOT a.deleted,"
+                   " false), m.founding, m.join_time, m.joined_by, m.acknowledgement_id::text"
+                   " FROM org_members m LEFT JOIN account_copies a ON a.hub_id = m.hub_id"
+                   " WHERE m.organization_id = $1::uuid ORDER BY m.join_time, m.hub_id",
+                   &p, read_member, NULL, out, sizeof *out, cap, n);
 }
 
 int store_accounts_in_orgs(pg_conn *c, const uint64_t *ids, int n, bool *in_org) {
@@ -208,16 +193,11 @@ int store_org_insert(pg_conn *c, uint64_t founding_hub_id, const char *location,
     pg_p_u64(&p, founding_hub_id);
     pg_p_str(&p, location);
     pg_p_u64(&p, created_by);
-    pg_res *r = NULL;
-    int rc = pg_exec(c,
-                     "INSERT INTO organizations (founding_hub_id, hosting_location, created_by)"
-                     " VALUES ($1, $2, $3) RETURNING organization_id::text, founding_hub_id,"
-                     " hosting_location, created_by, version, create_time, update_time",
-                     &p, &r);
-    if (rc != 0) return rc;
-    org_from(r, 0, out);
-    pg_free(r);
-    return 0;
+    return pg_row(c,
+                  "INSERT INTO organizations (founding_hub_id, hosting_location, created_by)"
+                  " VALUES ($1, $2, $3) RETURNING organization_id::text, founding_hub_id,"
+                  " hosting_location, created_by, version, create_time, update_time",
+                  &p, org_from, NULL, out);
 }
 
 int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const char *text_version,

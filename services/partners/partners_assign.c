@@ -12,6 +12,7 @@
 
 #include "audit.h"
 #include "om_time.h"
+#include "pbfield.h"
 #include "partners.h"
 
 typedef Google__Protobuf__Timestamp PbTimestamp;
@@ -185,96 +186,38 @@ static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *act
 
 int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
             bool membership_removed) {
+    static const struct {
+        const ProtobufCMessageDescriptor *type;
+        const char *action;
+    } events[] = {
+        [PA_EV_REQUESTED] = {&orgmesh__partners__v1__access_requested__descriptor, "access_request.create"},
+        [PA_EV_RESENT] = {&orgmesh__partners__v1__access_request_resent__descriptor, "access_request.resend"},
+        [PA_EV_APPROVED] = {&orgmesh__partners__v1__access_approved__descriptor, "access_request.approve"},
+        [PA_EV_DECLINED] = {&orgmesh__partners__v1__access_declined__descriptor, "access_request.decline"},
+        [PA_EV_EXPIRED] = {&orgmesh__partners__v1__access_request_expired__descriptor, "access_request.expire"},
+        [PA_EV_CANCELLED] = {&orgmesh__partners__v1__access_request_cancelled__descriptor, "access_request.cancel"},
+        [PA_EV_REVOKED] = {&orgmesh__partners__v1__access_revoked__descriptor, "assignment.revoke"},
+        [PA_EV_ACTIVATED] = {&orgmesh__partners__v1__assignment_activated__descriptor, "assignment.activate"},
+    };
     char subject[96];
     snprintf(subject, sizeof subject, "partners/%" PRIu64 "/assignments/%s", a->partner_hub_id, a->id);
     const char *actor = pa_who_string(w, m);
     PB(Assignment) *asg = pa_assignment_pb(m, a);
     PB(AccessRequest) *req = pa_request_pb(m, a);
     PB(AssignmentChangeCause) cause = (PB(AssignmentChangeCause))a->cause;
-    const char *action = "assignment.update";
-    int rc;
-    switch (kind) {
-    case PA_EV_REQUESTED: {
-        PB(AccessRequested) e;
-        orgmesh__partners__v1__access_requested__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.create";
-        break;
-    }
-    case PA_EV_RESENT: {
-        PB(AccessRequestResent) e;
-        orgmesh__partners__v1__access_request_resent__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.resend";
-        break;
-    }
-    case PA_EV_APPROVED: {
-        PB(AccessApproved) e;
-        orgmesh__partners__v1__access_approved__init(&e);
-        e.access_request = req;
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.approve";
-        break;
-    }
-    case PA_EV_DECLINED: {
-        PB(AccessDeclined) e;
-        orgmesh__partners__v1__access_declined__init(&e);
-        e.access_request = req;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.decline";
-        break;
-    }
-    case PA_EV_EXPIRED: {
-        PB(AccessRequestExpired) e;
-        orgmesh__partners__v1__access_request_expired__init(&e);
-        e.access_request = req;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.expire";
-        break;
-    }
-    case PA_EV_CANCELLED: {
-        PB(AccessRequestCancelled) e;
-        orgmesh__partners__v1__access_request_cancelled__init(&e);
-        e.access_request = req;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "access_request.cancel";
-        break;
-    }
-    case PA_EV_REVOKED: {
-        PB(AccessRevoked) e;
-        orgmesh__partners__v1__access_revoked__init(&e);
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        e.membership_removed = membership_removed;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "assignment.revoke";
-        break;
-    }
-    case PA_EV_ACTIVATED:
-    default: {
-        PB(AssignmentActivated) e;
-        orgmesh__partners__v1__assignment_activated__init(&e);
-        e.assignment = asg;
-        e.cause = cause;
-        e.actor = (char *)actor;
-        rc = emit_event(tx, w, subject, a->version, &e.base);
-        action = "assignment.activate";
-        break;
-    }
-    }
+    protobuf_c_boolean removed = membership_removed;
+    if ((unsigned)kind >= sizeof events / sizeof *events) kind = PA_EV_ACTIVATED;
+    /* each payload carries whichever of these its type has (partners.proto) */
+    ProtobufCMessage *e = m->alloc(m->ud, events[kind].type->sizeof_message);
+    protobuf_c_message_init(events[kind].type, e);
+    pb_set_field(e, "access_request", PROTOBUF_C_TYPE_MESSAGE, &req, sizeof req);
+    pb_set_field(e, "assignment", PROTOBUF_C_TYPE_MESSAGE, &asg, sizeof asg);
+    pb_set_field(e, "cause", PROTOBUF_C_TYPE_ENUM, &cause, sizeof cause);
+    pb_set_field(e, "actor", PROTOBUF_C_TYPE_STRING, &actor, sizeof actor);
+    pb_set_field(e, "membership_removed", PROTOBUF_C_TYPE_BOOL, &removed, sizeof removed);
+    int rc = emit_event(tx, w, subject, a->version, e);
     if (rc != 0) return rc;
-    return audit(tx, w, a->partner_hub_id, action, &asg->base, a->answer_reason);
+    return audit(tx, w, a->partner_hub_id, events[kind].action, &asg->base, a->answer_reason);
 }
 
 int pa_emit_client_added(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t partner, uint64_t client) {

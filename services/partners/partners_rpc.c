@@ -2,7 +2,9 @@
  * (SPEC 6): validation, then op_run (common/op.h) for every mutation. Rules
  * are in partners_rules.c, SQL in partners_store.c, the conversions, events
  * and shared state changes (PART-09 cascade) in partners_assign.c, the
- * accounts side in partners_events.c, settings in partners_config.c. Every
+ * accounts side in partners_events.c, settings in partners_config.c, the
+ * access requests in partners_requests.c, the shared helpers and mutation
+ * runner in partners_call.c. Every
  * mutation runs in one transaction: request id, change, audit entry and
  * events. */
 #include <inttypes.h>
@@ -22,7 +24,7 @@
 #include "om_err.h"
 #include "orgmesh/type/v1/audit.pb-c.h"
 #include "page.h"
-#include "partners.h"
+#include "partners_call.h"
 
 typedef Google__Protobuf__Timestamp PbTimestamp;
 
@@ -31,352 +33,7 @@ _Static_assert((int)ORGMESH__PARTNERS__V1__ASSIGNMENT_CHANGE_CAUSE__ASSIGNMENT_C
                    PART_CAUSE_CLIENT_ACCOUNT_DELETED,
                "cause");
 
-#define MAX_REASON_CHARS 1000
-#define MAX_QUERY_CHARS 256
 
-
-/* ---- call memory and per-item errors ------------------------------------------------ */
-
-static void *call_alloc(void *ud, size_t n) { return rpc_calloc(ud, 1, n); }
-static ps_mem call_mem(rpc_ctx *ctx) { return (ps_mem){call_alloc, ctx}; }
-
-static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static Orgmesh__Type__V1__ItemError *item_error(ps_mem *m, int code, const char *field, const char *fmt, ...) {
-    char buf[512];
-    Orgmesh__Type__V1__ItemError *e = m->alloc(m->ud, sizeof *e);
-    orgmesh__type__v1__item_error__init(e);
-    e->code = (int32_t)om_err_status(code);
-    e->reason = pa_strdup(m, om_err_name(code));
-    if (fmt != NULL) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(buf, sizeof buf, fmt, ap);
-        va_end(ap);
-        e->message = pa_strdup(m, buf);
-    } else {
-        e->message = pa_strdup(m, om_err_message(code));
-    }
-    e->field = pa_strdup(m, field);
-    return e;
-}
-
-/* PART-06: the error the second partner gets, naming the employee and the
- * three ways out. */
-static Orgmesh__Type__V1__ItemError *conflict_error(ps_mem *m, const char *field, const char *name) {
-    char title[300];
-    Orgmesh__Type__V1__ItemError *e = item_error(m, OM_E_EMAIL_CONNECTED_TO_OTHER_PARTNER, field, "%s",
-                                                 PART_CONFLICT_MESSAGE);
-    part_conflict_title(name, title, sizeof title);
-    e->title = pa_strdup(m, title);
-    e->n_resolutions = 3;
-    e->resolutions = m->alloc(m->ud, 3 * sizeof *e->resolutions);
-    for (int i = 0; i < 3; i++) e->resolutions[i] = pa_strdup(m, part_conflict_resolutions[i]);
-    return e;
-}
-
-/* ---- handler helpers -------------------------------------------------------------------- */
-
-static long utf8_len(const char *s) {
-    long n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; p && *p; p++) {
-        if (*p < 0x20 || *p == 0x7f) return -1;
-        if ((*p & 0xc0) != 0x80) n++;
-    }
-    return n;
-}
-
-static void check_text(rpc_ctx *ctx, const char *field, const char *s, long max) {
-    long n = utf8_len(s);
-    if (n < 0)
-        rpc_violation(ctx, field, "must not contain control characters");
-    else if (n > max)
-        rpc_violation(ctx, field, "must be at most %ld characters", max);
-}
-
-/* A failed step: the code with a message, logged when it is unexpected. */
-static int fail(rpc_ctx *ctx, int rc, const char *what) {
-    if (rc == OM_E_INTERNAL) log_error("partners: %s: SQL %s", what, pg_errmsg(pg_local()));
-    if (rc == OM_E_NOT_FOUND) return rpc_fail(ctx, rc, "%s does not exist", what);
-    return rpc_fail(ctx, rc, NULL);
-}
-
-static uint64_t caller_id(rpc_ctx *ctx) {
-    const om_actor *a = rpc_actor(ctx);
-    return a ? a->user_id : 0;
-}
-
-/* Whether the signed-in caller is a member of `hub` at all: who may know
- * that the account, and what it holds, exists (defect 5, AIP-193). */
-static int is_member(rpc_ctx *ctx, pg_conn *c, uint64_t hub, bool *member) {
-    ps_mem m = call_mem(ctx);
-    ps_membership mb;
-    *member = false;
-    uint64_t me = caller_id(ctx);
-    if (me == 0 || hub == 0) return 0;
-    int rc = pa_ensure_membership(ctx, c, hub, me, &m, &mb);
-    if (rc == OM_E_NOT_FOUND) return 0;
-    if (rc != 0) return rc;
-    *member = mb.present;
-    return 0;
-}
-
-/* `hidden` for require_manager when the caller may see what is asked about
- * through another account (the client's side of an access request). */
-static const char MAY_SEE[] = "";
-
-/* SPEC 6 "partner manager" of `partner` (PART-01, PART-03, PART-10 ...). A
- * signed-in user who is no member of the partner account may not learn it
- * exists: NOT_FOUND worded as for an id that does not exist (`hidden`, or
- * "account <id> does not exist"); a member without a managing role, a
- * service, or a caller who may see the thing otherwise (hidden == MAY_SEE):
- * PERMISSION_DENIED (AIP-193). */
-static int require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_account *acct, const char *hidden) {
-    ps_mem m = call_mem(ctx);
-    ps_account buf;
-    ps_membership mb;
-    if (acct == NULL) acct = &buf;
-    const bool seen = hidden == MAY_SEE;
-    if (hidden == NULL || seen) hidden = rpc_sprintf(ctx, "account %" PRIu64 " does not exist", partner);
-    int rc = pa_ensure_account(ctx, c, partner, &m, acct);
-    if (rc == 0 && acct->deleted) rc = OM_E_NOT_FOUND;
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "%s", hidden) : fail(ctx, rc, "partner account");
-    uint64_t me = caller_id(ctx);
-    bool member = false;
-    unsigned roles = 0;
-    if (me != 0) {
-        rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
-        if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
-        member = rc == 0 && mb.present;
-        roles = member ? mb.roles : 0;
-        if (!member && !seen) return rpc_fail(ctx, OM_E_NOT_FOUND, "%s", hidden); /* AIP-193 */
-    }
-    if ((rc = part_rule_partner_manager(acct->kind, member, roles)) != 0) {
-        if (rc == OM_E_NOT_PARTNER_ACCOUNT)
-            return rpc_fail(ctx, rc, "account %" PRIu64 " is not a PARTNER account", partner);
-        return rpc_fail(ctx, rc, "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the partner account may do this");
-    }
-    return 0;
-}
-
-/* PART-05: a signed-in SUPER_ADMIN or ACCOUNT_PERMISSIONS member of the
- * client whose membership is the client's own (PART-08: not partner-linked).
- * *code (may be NULL) says why not. */
-static int client_admin(rpc_ctx *ctx, pg_conn *c, uint64_t client, bool *ok, int *code) {
-    ps_mem m = call_mem(ctx);
-    ps_membership mb;
-    *ok = false;
-    if (code) *code = OM_E_PERMISSION_DENIED;
-    uint64_t me = caller_id(ctx);
-    if (me == 0) return 0;
-    int rc = pa_ensure_membership(ctx, c, client, me, &m, &mb);
-    if (rc == OM_E_NOT_FOUND) return 0;
-    if (rc != 0) return rc;
-    int r = part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0);
-    *ok = r == 0;
-    if (code && r != 0) *code = r;
-    return 0;
-}
-
-static int manager_ok(rpc_ctx *ctx, pg_conn *c, uint64_t partner, bool *ok) {
-    ps_mem m = call_mem(ctx);
-    ps_account acct;
-    ps_membership mb;
-    *ok = false;
-    uint64_t me = caller_id(ctx);
-    if (me == 0) return 0;
-    int rc = pa_ensure_account(ctx, c, partner, &m, &acct);
-    if (rc == OM_E_NOT_FOUND) return 0;
-    if (rc != 0) return rc;
-    rc = pa_ensure_membership(ctx, c, partner, me, &m, &mb);
-    if (rc == OM_E_NOT_FOUND) return 0;
-    if (rc != 0) return rc;
-    *ok = part_rule_partner_manager(acct.kind, mb.present, mb.roles) == 0;
-    return 0;
-}
-
-/* ---- paging ------------------------------------------------------------------------------ */
-
-typedef struct lpage {
-    int limit, offset;
-    const char *scope;
-} lpage;
-
-static int lpage_open(rpc_ctx *ctx, int32_t size, const char *token, const char *scope, lpage *pg) {
-    memset(pg, 0, sizeof *pg);
-    pg->scope = scope;
-    if (page_size_normalize(size, &pg->limit) != 0) {
-        rpc_violation(ctx, "page_size", "must not be negative");
-        return rpc_fail_invalid(ctx);
-    }
-    char *cursor = NULL;
-    int rc = page_token_decode(scope, token, &cursor);
-    if (rc == 0 && cursor != NULL) {
-        char *end = NULL;
-        long v = strtol(cursor, &end, 10);
-        if (end == cursor || *end != '\0' || v < 0 || v > 100000000) rc = OM_E_INVALID_PAGE_TOKEN;
-        pg->offset = (int)v;
-    }
-    free(cursor);
-    return rc != 0 ? rpc_fail(ctx, rc, NULL) : 0;
-}
-
-static char *lpage_next(rpc_ctx *ctx, const lpage *pg, int got) {
-    char cursor[24], *tok = NULL;
-    if (got < pg->limit) return rpc_strdup(ctx, "");
-    snprintf(cursor, sizeof cursor, "%d", pg->offset + got);
-    if (page_token_encode(pg->scope, cursor, &tok) != 0) return rpc_strdup(ctx, "");
-    char *out = rpc_strdup(ctx, tok);
-    free(tok);
-    return out;
-}
-
-/* ---- abuse limits (issue 13, OWASP API4/API6) ---------------------------------------------------- */
-
-/* One hit for `what` in the actor's and in the client account's bucket
- * (either skipped when its id or its limit is 0). Over a limit:
- * OM_E_RATE_LIMITED, with the time until the window ends and which limit.
- * Counted in PostgreSQL (partners.rate_counter), so every replica sees the
- * same counts and a Redis outage changes nothing. */
-static int rate_take(pg_conn *c, const char *what, uint64_t actor, int64_t per_actor, uint64_t client,
-                     int64_t per_client, int64_t *retry_ms, const char **which) {
-    struct {
-        const char *side;
-        uint64_t id;
-        int64_t limit;
-    } b[2] = {{"actor", actor, per_actor}, {"client", client, per_client}};
-    for (int i = 0; i < 2; i++) {
-        if (b[i].id == 0 || b[i].limit <= 0) continue;
-        char bucket[96];
-        snprintf(bucket, sizeof bucket, "%s:%s:%" PRIu64, what, b[i].side, b[i].id);
-        int64_t hits = 0, ms = 0;
-        int rc = ps_rate_take(c, bucket, partners_cfg.rate_window_s, 1, &hits, &ms);
-        if (rc != 0) return rc;
-        if (hits > b[i].limit) {
-            *retry_ms = ms;
-            *which = i == 0 ? "per_actor" : "per_client";
-            return OM_E_RATE_LIMITED;
-        }
-    }
-    return 0;
-}
-
-/* The answer over a limit: RESOURCE_EXHAUSTED, reason RATE_LIMITED, a
- * google.rpc.RetryInfo with the delay and ErrorInfo metadata naming the limit. */
-static void rate_details(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
-    if (retry_ms < 0) retry_ms = 0;
-    Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
-    d.seconds = retry_ms / 1000;
-    d.nanos = (int32_t)(retry_ms % 1000) * 1000000;
-    Google__Rpc__RetryInfo ri = GOOGLE__RPC__RETRY_INFO__INIT;
-    ri.retry_delay = &d;
-    rpc_error_detail(ctx, &ri.base);
-    rpc_error_meta(ctx, "limit", rpc_sprintf(ctx, "%s_%s", what, which ? which : ""));
-}
-
-static const char *rate_message(const char *what, const char *which, int64_t retry_ms) {
-    static __thread char buf[160];
-    if (retry_ms < 0) retry_ms = 0;
-    snprintf(buf, sizeof buf, "too many %s %s; retry in %" PRId64 " s", what,
-             which && strcmp(which, "per_client") == 0 ? "for this client" : "by you", (retry_ms + 999) / 1000);
-    return buf;
-}
-
-static int rate_fail(rpc_ctx *ctx, const char *what, const char *which, int64_t retry_ms) {
-    rate_details(ctx, what, which, retry_ms);
-    return rpc_fail(ctx, OM_E_RATE_LIMITED, "%s", rate_message(what, which, retry_ms));
-}
-
-/* ---- the mutation transaction ---------------------------------------------------------------- */
-
-typedef struct mutation mutation;
-typedef int (*apply_fn)(mutation *mu, pg_conn *tx);
-
-/* One mutation's own state (op_run's arg); the request id, transaction,
- * retries and failure are op_run's (common/op.h). */
-struct mutation {
-    rpc_ctx *ctx;
-    op_call *oc; /* the running attempt */
-    ProtobufCMessage *resp;
-    apply_fn apply;
-    /* Optional: runs in the same transaction after the reply is stored (not
-     * on a replay): the place for a call to another service, so that every
-     * local step that can fail has run before it (issue 14: a failed call
-     * leaves nothing behind, remote effects included). */
-    apply_fn after_store;
-    void *op;
-    const char *request_id;
-    pa_who who;
-    ps_mem mem;
-    const char *rate_what;  /* RATE_LIMITED: what was limited */
-    int64_t retry_ms;       /* RATE_LIMITED: when the window ends */
-    const char *rate_which; /* RATE_LIMITED: which limit */
-    bool replayed;          /* after op_run: the reply was a stored one */
-};
-
-static int mu_apply(op_call *oc, pg_conn *tx) {
-    mutation *mu = oc->arg;
-    mu->oc = oc;
-    mu->resp = oc->resp;
-    mu->mem = call_mem(mu->ctx);
-    mu->who.actor = oc->actor;
-    mu->who.trace_id = rpc_trace_id(mu->ctx);
-    mu->who.request_id = mu->request_id;
-    mu->rate_what = NULL;
-    return mu->apply(mu, tx);
-}
-
-static int mu_after_store(op_call *oc, pg_conn *tx) {
-    mutation *mu = oc->arg;
-    return mu->after_store != NULL ? mu->after_store(mu, tx) : 0;
-}
-
-/* Issue 13: a limit was reached in this attempt (`what`: "resends" ...). */
-static int mu_rate_limited(mutation *mu, const char *what) {
-    mu->rate_what = what;
-    return op_fail(mu->oc, OM_E_RATE_LIMITED, "%s", rate_message(what, mu->rate_which, mu->retry_ms));
-}
-
-static void mu_failed(op_call *oc, void *arg, int code) {
-    mutation *mu = arg;
-    if (code == OM_E_RATE_LIMITED && mu->rate_what != NULL)
-        rate_details(oc->ctx, mu->rate_what, mu->rate_which, mu->retry_ms);
-}
-
-static void mu_committed(op_call *oc, void *arg) { ((mutation *)arg)->replayed = oc->replayed; }
-
-static const op_def mutation_def = {.apply = mu_apply,
-                                    .mutation = true,
-                                    .after_store = mu_after_store,
-                                    .failed = mu_failed,
-                                    .committed = mu_committed};
-
-/* After commit: the accounts side of the assignments the call changed
- * (failures stay marked and the sync loop retries them). */
-static void sync_after(pg_conn *c, const char *id) {
-    int rc = pa_link_sync(c, id);
-    if (rc != 0) log_warn("partners: link sync of %s deferred: %s", id, om_err_name(rc));
-}
-
-static int reread(rpc_ctx *ctx, pg_conn *c, const char *id, ps_assignment *a) {
-    ps_mem m = call_mem(ctx);
-    return ps_asg_get(c, id, false, &m, a);
-}
-
-/* Distinct, valid ids of a batch (1..100); violations recorded. */
-static void check_batch(rpc_ctx *ctx, const char *field, const uint64_t *ids, size_t n) {
-    if (n == 0) rpc_violation(ctx, field, "must hold at least one id");
-    for (size_t i = 0; i < n && i < PART_MAX_BATCH; i++) {
-        char f[64];
-        snprintf(f, sizeof f, "%s[%zu]", field, i);
-        op_check_id(ctx, f, ids[i]);
-        for (size_t j = 0; j < i; j++)
-            if (ids[j] == ids[i]) {
-                rpc_violation(ctx, f, "is a duplicate");
-                break;
-            }
-    }
-}
 
 /* ---- PART-01: tagging ------------------------------------------------------------------- */
 
@@ -405,7 +62,7 @@ static int apply_tag(mutation *mu, pg_conn *tx) {
             /* PART-01: the tag is accounts' (set before this transaction);
              * the copy, the record of who tagged and the event follow here */
             if ((rc = ps_membership_put(tx, &op->mb[i], NULL)) != 0) return rc;
-            if ((rc = ps_tag_record(tx, req->partner_hub_id, r->user_id, caller_id(mu->ctx))) != 0) return rc;
+            if ((rc = ps_tag_record(tx, req->partner_hub_id, r->user_id, pa_caller_id(mu->ctx))) != 0) return rc;
             if ((rc = pa_emit_employee(tx, m, &mu->who, req->partner_hub_id, r->user_id, op->mb[i].version, true, 0, 0,
                                     0)) != 0)
                 return rc;
@@ -452,21 +109,21 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d users per call", PART_MAX_BATCH);
-    check_batch(ctx, "user_ids", req->user_ids, req->n_user_ids);
+    pa_check_batch(ctx, "user_ids", req->user_ids, req->n_user_ids);
     /* everything that can be refused is refused before accounts is called */
     if (strlen(req->request_id) > IDEM_MAX_REQUEST_ID)
         rpc_violation(ctx, "request_id", "must be at most %d characters", IDEM_MAX_REQUEST_ID);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
+    ps_mem m = pa_call_mem(ctx);
     tag_op op = {.req = req};
     size_t n = req->n_user_ids;
     op.status = rpc_calloc(ctx, n, sizeof *op.status);
     op.err = rpc_calloc(ctx, n, sizeof *op.err);
     op.mb = rpc_calloc(ctx, n, sizeof *op.mb);
-    const char *on_behalf = rpc_sprintf(ctx, "user:%" PRIu64, caller_id(ctx));
+    const char *on_behalf = rpc_sprintf(ctx, "user:%" PRIu64, pa_caller_id(ctx));
     for (size_t i = 0; i < n; i++) {
         char field[32];
         snprintf(field, sizeof field, "user_ids[%zu]", i);
@@ -474,13 +131,13 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_ids[i], &m, &mb);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && !mb.present)) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
-            op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
+            op.err[i] = pa_item_error(&m, OM_E_NOT_FOUND, field, "user %" PRIu64 " is not a member of the partner account",
                                    req->user_ids[i]);
             continue;
         }
         if (rc != 0) {
             untag_after_failure(ctx, &op, on_behalf);
-            return fail(ctx, rc, "membership");
+            return pa_fail(ctx, rc, "membership");
         }
         if (mb.partner_employee) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_UNCHANGED;
@@ -498,7 +155,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
                               &orgmesh__accounts__v1__set_partner_employee_response__descriptor, &out, &st);
         if (rc == OM_E_NOT_FOUND) {
             op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_FAILED;
-            op.err[i] = item_error(&m, rc, field, "%s", st.message);
+            op.err[i] = pa_item_error(&m, rc, field, "%s", st.message);
             continue;
         }
         if (rc != 0) {
@@ -515,7 +172,7 @@ static int h_tag_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
         op.status[i] = ORGMESH__PARTNERS__V1__ITEM_STATUS__ITEM_STATUS_DONE;
     }
     mutation mu = {.ctx = ctx, .apply = apply_tag, .op = &op, .request_id = req->request_id};
-    rc = op_run(ctx, &mutation_def, req_, resp, &mu);
+    rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu);
     if (rc != 0) untag_after_failure(ctx, &op, on_behalf);
     return rc;
 }
@@ -559,7 +216,7 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
     sreq.hub_id = req->partner_hub_id;
     sreq.user_id = req->user_id;
     sreq.partner_employee = false;
-    sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, caller_id(mu->ctx));
+    sreq.on_behalf_of = rpc_sprintf(mu->ctx, "user:%" PRIu64, pa_caller_id(mu->ctx));
     ProtobufCMessage *out = NULL;
     rpc_status st;
     int rc = pa_accounts_call(mu->ctx, "SetPartnerEmployee", &sreq.base,
@@ -579,13 +236,13 @@ static int untag_remote(mutation *mu, pg_conn *tx) {
 
 /* After a cascade: remove the partner-linked memberships now (PART-09). */
 static void sync_employee(rpc_ctx *ctx, pg_conn *c, uint64_t partner, uint64_t employee, uint64_t client) {
-    ps_mem m = call_mem(ctx);
+    ps_mem m = pa_call_mem(ctx);
     ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .limit = 1000};
     ps_assignment *list = rpc_calloc(ctx, (size_t)f.limit, sizeof *list);
     int n = 0;
     if (ps_asg_list(c, &f, &m, list, &n) != 0) return;
     for (int i = 0; i < n; i++)
-        if (list[i].link_sync) sync_after(c, list[i].id);
+        if (list[i].link_sync) pa_sync_after(c, list[i].id);
 }
 
 /* UntagEmployee — PART-01, PART-09: untag; PENDING requests CANCELLED, ACTIVE assignments REVOKED, linked memberships removed. */
@@ -594,20 +251,20 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     const PB(UntagEmployeeRequest) *req = (const void *)req_;
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     op_check_id(ctx, "user_id", req->user_id);
-    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    pa_check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-01 */
+    ps_mem m = pa_call_mem(ctx);
     untag_op op = {.req = req};
     ps_membership mb;
     rc = pa_refresh_membership(ctx, c, req->partner_hub_id, req->user_id, &m, &mb);
-    if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+    if (rc != 0 && rc != OM_E_NOT_FOUND) return pa_fail(ctx, rc, "membership");
     op.tagged = rc == 0 && mb.present && mb.partner_employee;
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
                    .request_id = req->request_id};
-    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
+    if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
     sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
     return 0;
 }
@@ -618,24 +275,24 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
     const PB(ListPartnerEmployeesRequest) *req = (const void *)req_;
     PB(ListPartnerEmployeesResponse) *resp = (void *)resp_;
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
+    pa_check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
+    pa_lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.ListPartnerEmployees|%" PRIu64 "|%s", req->partner_hub_id,
                                     req->query);
-    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = pa_lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-11 */
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-11 */
+    ps_mem m = pa_call_mem(ctx);
     ps_employee *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
     rc = ps_employees_list(c, req->partner_hub_id, req->query, pg.offset, pg.limit, &m, list, &n);
-    if (rc != 0) return fail(ctx, rc, "employees");
+    if (rc != 0) return pa_fail(ctx, rc, "employees");
     resp->employees = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->employees);
     for (int i = 0; i < n; i++) resp->employees[i] = pa_employee_pb(&m, req->partner_hub_id, &list[i]);
     resp->n_employees = (size_t)n;
-    resp->next_page_token = lpage_next(ctx, &pg, n);
+    resp->next_page_token = pa_lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -644,23 +301,23 @@ static int h_list_partner_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, 
 static int list_clients(rpc_ctx *ctx, uint64_t partner, const char *query, int32_t size, const char *token,
                         const char *method, PB(PartnerClient) ***out, size_t *n_out, char **next) {
     int rc;
-    lpage pg;
+    pa_lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%s", method, partner, query ? query : "");
-    if ((rc = lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
+    if ((rc = pa_lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc; /* PART-02 */
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc; /* PART-02 */
+    ps_mem m = pa_call_mem(ctx);
     uint64_t hub = 0;
     if (query != NULL && !part_query_hub_id(query, &hub)) hub = 0;
     ps_client *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
     rc = ps_clients_list(c, partner, query, hub, pg.offset, pg.limit, &m, list, &n);
-    if (rc != 0) return fail(ctx, rc, "clients");
+    if (rc != 0) return pa_fail(ctx, rc, "clients");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_client_pb(&m, partner, &list[i]);
     *n_out = (size_t)n;
-    *next = lpage_next(ctx, &pg, n);
+    *next = pa_lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -680,7 +337,7 @@ static int h_search_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     PB(SearchClientsResponse) *resp = (void *)resp_;
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->query[0] == '\0') rpc_violation(ctx, "query", "must be set");
-    check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
+    pa_check_text(ctx, "query", req->query, MAX_QUERY_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return list_clients(ctx, req->partner_hub_id, req->query, req->page_size, req->page_token, "SearchClients",
                         &resp->clients, &resp->n_clients, &resp->next_page_token);
@@ -728,12 +385,12 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if (req->n_client_hub_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
-    check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
+    pa_check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
+    ps_mem m = pa_call_mem(ctx);
     clients_op op = {.req = req, .err = rpc_calloc(ctx, req->n_client_hub_ids, sizeof *op.err)};
     for (size_t i = 0; i < req->n_client_hub_ids; i++) {
         char field[40];
@@ -741,18 +398,18 @@ static int h_add_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         ps_account a;
         uint64_t id = req->client_hub_ids[i];
         if (id == req->partner_hub_id) {
-            op.err[i] = item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
+            op.err[i] = pa_item_error(&m, OM_E_INVALID_ARGUMENT, field, "a partner is not its own client");
             continue;
         }
         rc = pa_ensure_account(ctx, c, id, &m, &a);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && a.deleted)) {
-            op.err[i] = item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
+            op.err[i] = pa_item_error(&m, OM_E_NOT_FOUND, field, "account %" PRIu64 " does not exist", id);
             continue;
         }
-        if (rc != 0) return fail(ctx, rc, "account");
+        if (rc != 0) return pa_fail(ctx, rc, "account");
     }
     mutation mu = {.ctx = ctx, .apply = apply_add_clients, .op = &op, .request_id = req->request_id};
-    return op_run(ctx, &mutation_def, req_, resp, &mu);
+    return op_run(ctx, &pa_mutation_def, req_, resp, &mu);
 }
 
 /* ---- PART-03, PART-04, PART-06: assignments ------------------------------------------------------ */
@@ -799,7 +456,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
     if (rc != 0 && rc != OM_E_NOT_FOUND) return rc;
     if (rc == OM_E_NOT_FOUND || !emp.present || !emp.partner_employee) {
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_FAILED, NULL);
-        (*out)->error = item_error(m, OM_E_NOT_PARTNER_EMPLOYEE, it->field,
+        (*out)->error = pa_item_error(m, OM_E_NOT_PARTNER_EMPLOYEE, it->field,
                                    "user %" PRIu64 " is not a tagged partner employee", it->employee);
         return 0;
     }
@@ -810,7 +467,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
             if (part_rule_existing_assignment(partner, a.partner_hub_id) != 0) {
                 if ((rc = ps_refusal_record(tx, partner, it->client, it->employee)) != 0) return rc;
                 *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_FAILED, NULL);
-                (*out)->error = conflict_error(m, it->field, it->employee_name);
+                (*out)->error = pa_conflict_error(m, it->field, it->employee_name);
                 return 0;
             }
             *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ALREADY_ASSIGNED, &a);
@@ -821,7 +478,7 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
         a.partner_hub_id = partner;
         a.employee_user_id = it->employee;
         a.client_hub_id = it->client;
-        a.assigned_by = caller_id(mu->ctx);
+        a.assigned_by = pa_caller_id(mu->ctx);
         if (it->member) {
             /* PART-04: already a member: ACTIVE at once, no email; the
              * membership is linked but predates the link (PART-07 keeps it) */
@@ -852,9 +509,9 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACTIVATED, &a);
     } else {
         /* issue 13: access requests created, per actor and per client (the whole call rolls back) */
-        if ((rc = rate_take(tx, "access_requests", caller_id(mu->ctx), partners_cfg.requests_per_actor, it->client,
+        if ((rc = pa_rate_take(tx, "access_requests", pa_caller_id(mu->ctx), partners_cfg.requests_per_actor, it->client,
                             partners_cfg.requests_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
-            return rc == OM_E_RATE_LIMITED ? mu_rate_limited(mu, "access_requests") : rc;
+            return rc == OM_E_RATE_LIMITED ? pa_mu_rate_limited(mu, "access_requests") : rc;
         rc = pa_emit(tx, m, &mu->who, PA_EV_REQUESTED, &a, false); /* the notifier emails the client */
         *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACCESS_REQUESTED, &a);
     }
@@ -880,63 +537,81 @@ static int apply_assign(mutation *mu, pg_conn *tx) {
 
 /* Checks made before the transaction (they may ask accounts). */
 static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
-    ps_mem m = call_mem(ctx);
+    ps_mem m = pa_call_mem(ctx);
     for (int i = 0; i < op->n; i++) {
         asg_item *it = &op->items[i];
         ps_account acc;
         ps_user u;
         ps_membership mb;
         if (it->client == op->partner) {
-            it->err = item_error(&m, OM_E_INVALID_ARGUMENT, it->field, "a partner is not its own client");
+            it->err = pa_item_error(&m, OM_E_INVALID_ARGUMENT, it->field, "a partner is not its own client");
             continue;
         }
         int rc = pa_ensure_account(ctx, c, it->client, &m, &acc);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && acc.deleted)) {
-            it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "account %" PRIu64 " does not exist", it->client);
+            it->err = pa_item_error(&m, OM_E_NOT_FOUND, it->field, "account %" PRIu64 " does not exist", it->client);
             continue;
         }
-        if (rc != 0) return fail(ctx, rc, "client account");
+        if (rc != 0) return pa_fail(ctx, rc, "client account");
         rc = pa_ensure_user(ctx, c, it->employee, &m, &u);
         if (rc == OM_E_NOT_FOUND || (rc == 0 && u.deleted)) {
-            it->err = item_error(&m, OM_E_NOT_FOUND, it->field, "user %" PRIu64 " does not exist", it->employee);
+            it->err = pa_item_error(&m, OM_E_NOT_FOUND, it->field, "user %" PRIu64 " does not exist", it->employee);
             continue;
         }
-        if (rc != 0) return fail(ctx, rc, "user");
+        if (rc != 0) return pa_fail(ctx, rc, "user");
         it->employee_name = u.display_name;
         rc = pa_ensure_membership(ctx, c, op->partner, it->employee, &m, &mb);
-        if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+        if (rc != 0 && rc != OM_E_NOT_FOUND) return pa_fail(ctx, rc, "membership");
         /* PART-03 */
         if (rc == OM_E_NOT_FOUND || !mb.present || !mb.partner_employee) {
-            it->err = item_error(&m, OM_E_NOT_PARTNER_EMPLOYEE, it->field,
+            it->err = pa_item_error(&m, OM_E_NOT_PARTNER_EMPLOYEE, it->field,
                                  "user %" PRIu64 " is not a tagged partner employee", it->employee);
             continue;
         }
         /* PART-04: "already a member" decides whether the client is asked,
          * so it is read fresh from accounts */
         rc = pa_refresh_membership(ctx, c, it->client, it->employee, &m, &mb);
-        if (rc != 0 && rc != OM_E_NOT_FOUND) return fail(ctx, rc, "membership");
+        if (rc != 0 && rc != OM_E_NOT_FOUND) return pa_fail(ctx, rc, "membership");
         it->member = rc == 0 && mb.present;
     }
     return 0;
 }
 
-static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, assign_op *op,
-                      const char *request_id, PB(AssignmentResult) ***results, size_t *n_results) {
+/* Both assign RPCs: `ids` (request field `field`) are the clients of employee
+ * `fixed` or, with !ids_are_clients, the employees of client `fixed`. */
+static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, uint64_t partner,
+                      const char *fixed_field, uint64_t fixed, const char *field, const uint64_t *ids, size_t n,
+                      bool ids_are_clients, const char *request_id, PB(AssignmentResult) ***results,
+                      size_t *n_results) {
+    op_check_id(ctx, "partner_hub_id", partner);
+    op_check_id(ctx, fixed_field, fixed);
+    if (n > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d %s per call", PART_MAX_BATCH,
+                        ids_are_clients ? "clients" : "employees");
+    pa_check_batch(ctx, field, ids, n);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    assign_op *op = &(assign_op){.partner = partner, .n = (int)n};
+    op->items = rpc_calloc(ctx, n + 1, sizeof *op->items);
+    for (int i = 0; i < op->n; i++) {
+        op->items[i].employee = ids_are_clients ? fixed : ids[i];
+        op->items[i].client = ids_are_clients ? ids[i] : fixed;
+        op->items[i].field = rpc_sprintf(ctx, "%s[%d]", field, i);
+    }
     int rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, op->partner, NULL, NULL)) != 0) return rc; /* PART-03 */
+    if ((rc = pa_require_manager(ctx, c, op->partner, NULL, NULL)) != 0) return rc; /* PART-03 */
     if ((rc = assign_prepare(ctx, c, op)) != 0) return rc;
     op->results = rpc_calloc(ctx, (size_t)op->n + 1, sizeof *op->results);
     op->resp_results = results;
     op->resp_n = n_results;
     mutation mu = {.ctx = ctx, .apply = apply_assign, .op = op, .request_id = request_id};
-    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
+    if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
     if (!mu.replayed) {
         for (int i = 0; i < op->n; i++) {
             PB(AssignmentResult) *r = op->results[i];
             if (r->outcome == ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACTIVATED && r->assignment)
-                sync_after(c, r->assignment->assignment_id); /* link the existing membership */
+                pa_sync_after(c, r->assignment->assignment_id); /* link the existing membership */
         }
     }
     return 0;
@@ -946,385 +621,18 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
 static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignClientsToEmployeeRequest) *req = (const void *)req_;
     PB(AssignClientsToEmployeeResponse) *resp = (void *)resp_;
-    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    op_check_id(ctx, "employee_user_id", req->employee_user_id);
-    if (req->n_client_hub_ids > PART_MAX_BATCH)
-        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d clients per call", PART_MAX_BATCH);
-    check_batch(ctx, "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    assign_op op = {.partner = req->partner_hub_id, .n = (int)req->n_client_hub_ids};
-    op.items = rpc_calloc(ctx, (size_t)op.n + 1, sizeof *op.items);
-    for (int i = 0; i < op.n; i++) {
-        op.items[i].employee = req->employee_user_id;
-        op.items[i].client = req->client_hub_ids[i];
-        op.items[i].field = rpc_sprintf(ctx, "client_hub_ids[%d]", i);
-    }
-    return assign_run(ctx, req_, resp_, &op, req->request_id, &resp->results, &resp->n_results);
+    return assign_run(ctx, req_, resp_, req->partner_hub_id, "employee_user_id", req->employee_user_id,
+                      "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids, true, req->request_id,
+                      &resp->results, &resp->n_results);
 }
 
 /* AssignEmployeesToClient — PART-03, PART-04, PART-06: the same from the client's side. */
 static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignEmployeesToClientRequest) *req = (const void *)req_;
     PB(AssignEmployeesToClientResponse) *resp = (void *)resp_;
-    op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    op_check_id(ctx, "client_hub_id", req->client_hub_id);
-    if (req->n_employee_user_ids > PART_MAX_BATCH)
-        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d employees per call", PART_MAX_BATCH);
-    check_batch(ctx, "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    assign_op op = {.partner = req->partner_hub_id, .n = (int)req->n_employee_user_ids};
-    op.items = rpc_calloc(ctx, (size_t)op.n + 1, sizeof *op.items);
-    for (int i = 0; i < op.n; i++) {
-        op.items[i].employee = req->employee_user_ids[i];
-        op.items[i].client = req->client_hub_id;
-        op.items[i].field = rpc_sprintf(ctx, "employee_user_ids[%d]", i);
-    }
-    return assign_run(ctx, req_, resp_, &op, req->request_id, &resp->results, &resp->n_results);
-}
-
-/* ---- PART-04, PART-05: access requests ---------------------------------------------------------- */
-
-/* ListAccessRequests — PART-04: by partner (partner managers) and/or by client (client admins), newest first. */
-static int h_list_access_requests(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
-    int rc;
-    const PB(ListAccessRequestsRequest) *req = (const void *)req_;
-    PB(ListAccessRequestsResponse) *resp = (void *)resp_;
-    if (req->partner_hub_id == 0 && req->client_hub_id == 0)
-        rpc_violation(ctx, "partner_hub_id", "partner_hub_id or client_hub_id is required");
-    if (req->partner_hub_id != 0) op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
-    if (req->client_hub_id != 0) op_check_id(ctx, "client_hub_id", req->client_hub_id);
-    if (req->employee_user_id != 0) op_check_id(ctx, "employee_user_id", req->employee_user_id);
-    if ((int)req->state < 0 || (int)req->state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
-    const char *scope = rpc_sprintf(ctx, "partners.ListAccessRequests|%" PRIu64 "|%" PRIu64 "|%d|%" PRIu64,
-                                    req->partner_hub_id, req->client_hub_id, (int)req->state, req->employee_user_id);
-    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    bool ok = false;
-    rc = 0;
-    if (req->partner_hub_id != 0) rc = manager_ok(ctx, c, req->partner_hub_id, &ok);
-    if (rc == 0 && !ok && req->client_hub_id != 0) rc = client_admin(ctx, c, req->client_hub_id, &ok, NULL);
-    if (rc != 0) return fail(ctx, rc, "membership");
-    if (!ok) {
-        bool seen = false; /* AIP-193: a member of either side may know the requests exist */
-        if ((rc = is_member(ctx, c, req->partner_hub_id, &seen)) == 0 && !seen)
-            rc = is_member(ctx, c, req->client_hub_id, &seen);
-        if (rc != 0) return fail(ctx, rc, "membership");
-        if (!seen && caller_id(ctx) != 0)
-            return rpc_fail(ctx, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist",
-                            req->partner_hub_id ? req->partner_hub_id : req->client_hub_id);
-        return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
-                        "only partner managers of the partner or admins of the client may list its requests");
-    }
-    ps_mem m = call_mem(ctx);
-    ps_asg_filter f = {.partner = req->partner_hub_id, .client = req->client_hub_id,
-                       .employee = req->employee_user_id, .state = (int)req->state, .only_requests = true,
-                       .order = 0, .offset = pg.offset, .limit = pg.limit};
-    ps_assignment *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
-    int n = 0;
-    if ((rc = ps_asg_list(c, &f, &m, list, &n)) != 0) return fail(ctx, rc, "requests");
-    resp->access_requests = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->access_requests);
-    for (int i = 0; i < n; i++) resp->access_requests[i] = pa_request_pb(&m, &list[i]);
-    resp->n_access_requests = (size_t)n;
-    resp->next_page_token = lpage_next(ctx, &pg, n);
-    return 0;
-}
-
-/* The request a key names: by id, or by an emailed token, which is valid
- * only for the signed-in user it was sent to (PART-04/05). Fills hash when
- * a token was used. */
-static int resolve_request(rpc_ctx *ctx, pg_conn *c, const char *id, const char *token, char asg_id[40],
-                           uint8_t hash[32], bool *by_token) {
-    ps_mem m = call_mem(ctx);
-    ps_assignment a;
-    *by_token = false;
-    if (token != NULL) {
-        uint64_t recipient = 0;
-        *by_token = true;
-        /* issue 13: every presentation counts, valid or not (guessing is the abuse),
-         * committed at once so a refused guess still counts */
-        int64_t ms = 0;
-        const char *which = NULL;
-        int rc = rate_take(c, "token_presentations", caller_id(ctx), partners_cfg.tokens_per_actor, 0, 0, &ms, &which);
-        if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, "token_presentations", which, ms);
-        if (rc != 0) return fail(ctx, rc, "rate limit");
-        if (!part_token_well_formed(token))
-            return rpc_fail(ctx, OM_E_INVALID_TOKEN, "the token is not valid for this user");
-        part_token_hash(token, hash);
-        rc = ps_token_find(c, hash, asg_id, &recipient);
-        if (rc == OM_E_NOT_FOUND || (rc == 0 && (recipient != caller_id(ctx) || recipient == 0)))
-            return rpc_fail(ctx, OM_E_INVALID_TOKEN, "the token is not valid for this user");
-        if (rc != 0) return fail(ctx, rc, "token");
-        /* and per client account: the tokens of one client's requests */
-        if ((rc = ps_asg_get(c, asg_id, false, &m, &a)) != 0) return fail(ctx, rc, "request");
-        rc = rate_take(c, "token_presentations", 0, 0, a.client_hub_id, partners_cfg.tokens_per_client, &ms, &which);
-        if (rc == OM_E_RATE_LIMITED) return rate_fail(ctx, "token_presentations", which, ms);
-        return rc != 0 ? fail(ctx, rc, "rate limit") : 0;
-    }
-    if (id == NULL || id[0] == '\0') {
-        rpc_violation(ctx, "access_request_id", "access_request_id or token is required");
-        return rpc_fail_invalid(ctx);
-    }
-    int rc = ps_asg_get_by_request(c, id, false, &m, &a);
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist", id)
-                                             : fail(ctx, rc, "request");
-    snprintf(asg_id, 40, "%s", a.id);
-    return 0;
-}
-
-/* GetAccessRequest — PART-04: by id (partner managers, client admins) or by token (its recipient). */
-static int h_get_access_request(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
-    int rc;
-    const PB(GetAccessRequestRequest) *req = (const void *)req_;
-    PB(GetAccessRequestResponse) *resp = (void *)resp_;
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    char id[40];
-    uint8_t hash[32];
-    bool by_token;
-    const char *tok = req->key_case == ORGMESH__PARTNERS__V1__GET_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
-    const char *rid = req->key_case == ORGMESH__PARTNERS__V1__GET_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
-                          ? req->access_request_id
-                          : NULL;
-    if ((rc = resolve_request(ctx, c, rid, tok, id, hash, &by_token)) != 0) return rc;
-    ps_assignment a;
-    rc = reread(ctx, c, id, &a);
-    if (rc != 0) return fail(ctx, rc, "access request");
-    bool ok = by_token;
-    if (!ok && (rc = manager_ok(ctx, c, a.partner_hub_id, &ok)) != 0) return fail(ctx, rc, "membership");
-    if (!ok && (rc = client_admin(ctx, c, a.client_hub_id, &ok, NULL)) != 0) return fail(ctx, rc, "membership");
-    if (!ok) {
-        bool seen = false; /* AIP-193: only members of either side may know it exists */
-        if ((rc = is_member(ctx, c, a.partner_hub_id, &seen)) == 0 && !seen)
-            rc = is_member(ctx, c, a.client_hub_id, &seen);
-        if (rc != 0) return fail(ctx, rc, "membership");
-        if (!seen && caller_id(ctx) != 0)
-            return rpc_fail(ctx, OM_E_NOT_FOUND, "access request %s does not exist", rid ? rid : "");
-        return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "not a partner manager or client admin of this request");
-    }
-    ps_mem m = call_mem(ctx);
-    resp->access_request = pa_request_pb(&m, &a);
-    return 0;
-}
-
-typedef struct answer_op {
-    char id[40];
-    part_answer answer;
-    const char *reason;
-    unsigned roles;
-    bool by_token;
-    uint8_t hash[32];
-    bool applied;
-} answer_op;
-
-static int apply_answer(mutation *mu, pg_conn *tx) {
-    answer_op *op = mu->op;
-    ps_mem *m = &mu->mem;
-    ps_assignment a;
-    bool apply = false;
-    op->applied = false;
-    int rc = ps_asg_get(tx, op->id, true, m, &a);
-    if (rc != 0) return rc;
-    /* PART-05: PENDING -> ACTIVE | DECLINED | CANCELLED; a repeat returns it as
-     * it stands, a conflicting answer is refused */
-    if ((rc = part_rule_answer(a.state, a.cause, op->answer, &apply)) != 0)
-        return op_fail(mu->oc, rc, "the access request is %s",
-                       protobuf_c_enum_descriptor_get_value(&orgmesh__partners__v1__assignment_state__descriptor,
-                                                            a.state)
-                           ? protobuf_c_enum_descriptor_get_value(
-                                 &orgmesh__partners__v1__assignment_state__descriptor, a.state)
-                                 ->name
-                           : "not pending");
-    if (apply) {
-        part_state st;
-        part_cause cause;
-        part_answer_result(op->answer, &st, &cause);
-        a.state = st;
-        a.cause = cause;
-        if (op->answer == PART_ANSWER_APPROVE) {
-            /* PART-05: the employee becomes a member with partner_link (the
-             * link sync makes the accounts call once this commits) */
-            a.answered_by = caller_id(mu->ctx);
-            a.link_sync = true;
-            a.link_adopt = true;
-            a.link_roles = op->roles;
-            a.link_actor = pa_who_string(&mu->who, m);
-        } else if (op->answer == PART_ANSWER_DECLINE) {
-            a.answered_by = caller_id(mu->ctx);
-            a.answer_reason = op->reason;
-        } else {
-            a.answer_reason = op->reason;
-            a.end_actor = pa_who_string(&mu->who, m);
-        }
-        if ((rc = ps_asg_save(tx, &a, m)) != 0) return rc;
-        if (op->answer == PART_ANSWER_APPROVE) {
-            if ((rc = pa_emit(tx, m, &mu->who, PA_EV_APPROVED, &a, false)) != 0) return rc;
-            if ((rc = ps_asg_save(tx, &a, m)) != 0) return rc; /* a version per event (SPEC 2) */
-            rc = pa_emit(tx, m, &mu->who, PA_EV_ACTIVATED, &a, false);
-        } else {
-            rc = pa_emit(tx, m, &mu->who, op->answer == PART_ANSWER_DECLINE ? PA_EV_DECLINED : PA_EV_CANCELLED, &a,
-                         false);
-        }
-        if (rc != 0) return rc;
-        op->applied = true;
-    }
-    if (op->by_token && (rc = ps_token_use(tx, op->hash)) != 0) return rc; /* single use */
-    switch (op->answer) {
-    case PART_ANSWER_APPROVE: {
-        PB(ApproveAccessRequestResponse) *r = (void *)mu->resp;
-        r->access_request = pa_request_pb(m, &a);
-        r->assignment = pa_assignment_pb(m, &a);
-        break;
-    }
-    case PART_ANSWER_DECLINE:
-        ((PB(DeclineAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(m, &a);
-        break;
-    case PART_ANSWER_CANCEL:
-        ((PB(CancelAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(m, &a);
-        break;
-    }
-    return 0;
-}
-
-/* Approve and Decline share everything but the answer (PART-05). */
-static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, part_answer answer,
-                         const char *rid, const char *tok, const char *reason, unsigned roles, const char *request_id) {
-    int rc;
-    check_text(ctx, "reason", reason, MAX_REASON_CHARS);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    answer_op op = {.answer = answer, .reason = reason ? reason : "", .roles = roles};
-    if ((rc = resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token)) != 0) return rc;
-    ps_assignment a;
-    rc = reread(ctx, c, op.id, &a);
-    if (rc != 0) return fail(ctx, rc, "access request");
-    bool ok = false;
-    /* PART-05: only a signed-in client admin answers; a token alone never grants anything */
-    int why = 0;
-    if ((rc = client_admin(ctx, c, a.client_hub_id, &ok, &why)) != 0) return fail(ctx, rc, "membership");
-    if (!ok) {
-        if (why == OM_E_PARTNER_IDENTITY_FORBIDDEN) /* PART-08: only the client grants access */
-            return rpc_fail(ctx, why, "a partner-linked member of the client cannot answer access requests (PART-05,"
-                                      " PART-08)");
-        bool seen = op.by_token; /* AIP-193: only members of either side may know it exists */
-        if (!seen && (rc = is_member(ctx, c, a.partner_hub_id, &seen)) == 0 && !seen)
-            rc = is_member(ctx, c, a.client_hub_id, &seen);
-        if (rc != 0) return fail(ctx, rc, "membership");
-        if (!seen && caller_id(ctx) != 0)
-            return rpc_fail(ctx, OM_E_NOT_FOUND, "access request %s does not exist", rid ? rid : "");
-        return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
-                        "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
-    }
-    mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
-    if ((rc = op_run(ctx, &mutation_def, req_, resp, &mu)) != 0) return rc;
-    if (answer == PART_ANSWER_APPROVE && op.applied) sync_after(c, op.id);
-    return 0;
-}
-
-/* ApproveAccessRequest — PART-05: a client admin grants access by id or emailed token; the employee becomes a member with partner_link. */
-static int h_approve(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
-    const PB(ApproveAccessRequestRequest) *req = (const void *)req_;
-    unsigned roles = 0;
-    for (size_t i = 0; i < req->n_roles; i++) {
-        int v = (int)req->roles[i];
-        if (v < 1 || v > 4)
-            rpc_violation(ctx, "roles", "holds an unknown role");
-        else
-            roles |= 1u << (v - 1);
-    }
-    const char *tok = req->key_case == ORGMESH__PARTNERS__V1__APPROVE_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
-    const char *rid = req->key_case == ORGMESH__PARTNERS__V1__APPROVE_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
-                          ? req->access_request_id
-                          : NULL;
-    return client_answer(ctx, req_, resp, PART_ANSWER_APPROVE, rid, tok, "", roles, req->request_id);
-}
-
-/* DeclineAccessRequest — PART-05: a client admin declines; repeats return it as it stands. */
-static int h_decline(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
-    const PB(DeclineAccessRequestRequest) *req = (const void *)req_;
-    const char *tok = req->key_case == ORGMESH__PARTNERS__V1__DECLINE_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
-    const char *rid = req->key_case == ORGMESH__PARTNERS__V1__DECLINE_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
-                          ? req->access_request_id
-                          : NULL;
-    return client_answer(ctx, req_, resp, PART_ANSWER_DECLINE, rid, tok, req->reason, 0, req->request_id);
-}
-
-/* The request of a partner-side call, with the caller checked as a manager of its partner. */
-static int partner_request(rpc_ctx *ctx, pg_conn *c, const char *rid, ps_assignment *a) {
-    ps_mem m = call_mem(ctx);
-    if (rid == NULL || rid[0] == '\0') {
-        rpc_violation(ctx, "access_request_id", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
-    int rc = ps_asg_get_by_request(c, rid, false, &m, a);
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist", rid)
-                                             : fail(ctx, rc, "request");
-    /* AIP-193: the client's members may see the request (GetAccessRequest), so
-     * they are refused; anyone else outside the partner is told it does not exist */
-    bool client_member = false;
-    if ((rc = is_member(ctx, c, a->client_hub_id, &client_member)) != 0) return fail(ctx, rc, "membership");
-    return require_manager(ctx, c, a->partner_hub_id, NULL,
-                           client_member ? MAY_SEE : rpc_sprintf(ctx, "access request %s does not exist", rid));
-}
-
-/* CancelAccessRequest — PART-04: a partner manager cancels a PENDING request (PART-05 repeat/conflict rules). */
-static int h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
-    int rc;
-    const PB(CancelAccessRequestRequest) *req = (const void *)req_;
-    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    ps_assignment a;
-    if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
-    answer_op op = {.answer = PART_ANSWER_CANCEL, .reason = req->reason};
-    snprintf(op.id, sizeof op.id, "%s", a.id);
-    mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = req->request_id};
-    return op_run(ctx, &mutation_def, req_, resp, &mu);
-}
-
-typedef struct resend_op {
-    char id[40];
-} resend_op;
-
-static int apply_resend(mutation *mu, pg_conn *tx) {
-    resend_op *op = mu->op;
-    ps_assignment a;
-    int rc = ps_asg_get(tx, op->id, true, &mu->mem, &a);
-    if (rc != 0) return rc;
-    if (a.state != PART_ST_PENDING) return op_fail(mu->oc, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
-    int64_t next = 0;
-    /* PART-04: at most once per hour, timed by the database clock */
-    if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
-        return op_fail(mu->oc, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
-                       (next - a.now_us + 999999) / 1000000);
-    /* issue 13: resends per actor and per client (each one emails the client's admins) */
-    if ((rc = rate_take(tx, "resends", caller_id(mu->ctx), partners_cfg.resends_per_actor, a.client_hub_id,
-                        partners_cfg.resends_per_client, &mu->retry_ms, &mu->rate_which)) != 0)
-        return rc == OM_E_RATE_LIMITED ? mu_rate_limited(mu, "resends") : rc;
-    a.send_count++;
-    a.last_send_us = -1; /* now() */
-    if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;
-    if ((rc = pa_emit(tx, &mu->mem, &mu->who, PA_EV_RESENT, &a, false)) != 0) return rc;
-    ((PB(ResendAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(&mu->mem, &a);
-    return 0;
-}
-
-/* ResendAccessRequest — PART-04: a partner manager resends a PENDING request, at most once per hour (RESEND_TOO_SOON). */
-static int h_resend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
-    int rc;
-    const PB(ResendAccessRequestRequest) *req = (const void *)req_;
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    ps_assignment a;
-    if ((rc = partner_request(ctx, c, req->access_request_id, &a)) != 0) return rc;
-    resend_op op;
-    snprintf(op.id, sizeof op.id, "%s", a.id);
-    mutation mu = {.ctx = ctx, .apply = apply_resend, .op = &op, .request_id = req->request_id};
-    return op_run(ctx, &mutation_def, req_, resp, &mu);
+    return assign_run(ctx, req_, resp_, req->partner_hub_id, "client_hub_id", req->client_hub_id,
+                      "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids, false, req->request_id,
+                      &resp->results, &resp->n_results);
 }
 
 /* ---- PART-07: removal by the partner -------------------------------------------------------------- */
@@ -1363,7 +671,7 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     op_check_id(ctx, "employee_user_id", req->employee_user_id);
     op_check_id(ctx, "client_hub_id", req->client_hub_id);
-    check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
+    pa_check_text(ctx, "reason", req->reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (part_rule_confirmation(req->confirmation) != 0) { /* PART-07 */
         rpc_violation(ctx, "confirmation", "must be exactly REMOVE");
@@ -1371,16 +679,16 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     }
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     remove_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_remove, .op = &op, .request_id = req->request_id};
-    if ((rc = op_run(ctx, &mutation_def, req_, resp_, &mu)) != 0) return rc;
+    if ((rc = op_run(ctx, &pa_mutation_def, req_, resp_, &mu)) != 0) return rc;
     if (mu.replayed || resp->assignment == NULL) return 0;
     if (op.revoked) {
-        sync_after(c, op.id);
+        pa_sync_after(c, op.id);
         ps_assignment a;
-        if (reread(ctx, c, op.id, &a) == 0) {
-            ps_mem m = call_mem(ctx);
+        if (pa_reread(ctx, c, op.id, &a) == 0) {
+            ps_mem m = pa_call_mem(ctx);
             resp->assignment = pa_assignment_pb(&m, &a);
             resp->membership_removed = a.membership_removed;
         }
@@ -1396,25 +704,25 @@ static int list_assignments(rpc_ctx *ctx, const char *method, uint64_t partner, 
     int rc;
     if ((int)state < 0 || state > PART_ST_REVOKED) rpc_violation(ctx, "state", "is not a state");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
+    pa_lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.%s|%" PRIu64 "|%" PRIu64 "|%" PRIu64 "|%d", method, partner,
                                     employee, client, state);
-    if ((rc = lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
+    if ((rc = pa_lpage_open(ctx, size, token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     /* PART-10, PART-11: partner managers only */
-    if ((rc = require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc;
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, partner, NULL, NULL)) != 0) return rc;
+    ps_mem m = pa_call_mem(ctx);
     ps_asg_filter f = {.partner = partner, .employee = employee, .client = client, .state = state,
                        .order = client != 0 ? 2 : 1, .offset = pg.offset, .limit = pg.limit};
     ps_assignment *list = rpc_calloc(ctx, (size_t)pg.limit, sizeof *list);
     int n = 0;
     rc = ps_asg_list(c, &f, &m, list, &n);
-    if (rc != 0) return fail(ctx, rc, "assignments");
+    if (rc != 0) return pa_fail(ctx, rc, "assignments");
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     for (int i = 0; i < n; i++) (*out)[i] = pa_assignment_pb(&m, &list[i]);
     *n_out = (size_t)n;
-    *next = lpage_next(ctx, &pg, n);
+    *next = pa_lpage_next(ctx, &pg, n);
     return 0;
 }
 
@@ -1450,18 +758,18 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     op_check_id(ctx, "partner_hub_id", req->partner_hub_id);
     if ((int)req->filter < 0 || (int)req->filter > 2) rpc_violation(ctx, "filter", "is not a filter");
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    lpage pg;
+    pa_lpage pg;
     const char *scope = rpc_sprintf(ctx, "partners.GetManagedMrrReport|%" PRIu64 "|%d", req->partner_hub_id,
                                     (int)req->filter);
-    if ((rc = lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
+    if ((rc = pa_lpage_open(ctx, req->page_size, req->page_token, scope, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-12 */
-    ps_mem m = call_mem(ctx);
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc; /* PART-12 */
+    ps_mem m = pa_call_mem(ctx);
     ps_client *clients = NULL;
     int n = 0;
     rc = ps_clients_all(c, req->partner_hub_id, &m, &clients, &n);
-    if (rc != 0) return fail(ctx, rc, "clients");
+    if (rc != 0) return pa_fail(ctx, rc, "clients");
     PB(ClientMrr) **lines = rpc_calloc(ctx, (size_t)n + 1, sizeof *lines);
     int n_lines = 0;
     /* totals per currency over the whole report */
@@ -1471,7 +779,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
         ps_blocker *members = NULL;
         int nm = 0;
         if ((rc = ps_common_members(c, req->partner_hub_id, clients[i].client_hub_id, &m, &members, &nm)) != 0)
-            return fail(ctx, rc, "members");
+            return pa_fail(ctx, rc, "members");
         PB(ClientMrr) *l = rpc_alloc(ctx, sizeof *l);
         orgmesh__partners__v1__client_mrr__init(l);
         l->client_hub_id = clients[i].client_hub_id;
@@ -1518,7 +826,7 @@ static int h_mrr_report(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     int got = n_lines - from < pg.limit ? n_lines - from : pg.limit;
     resp->clients = lines + from;
     resp->n_clients = (size_t)got;
-    resp->next_page_token = from + got < n_lines ? lpage_next(ctx, &pg, got) : rpc_strdup(ctx, "");
+    resp->next_page_token = from + got < n_lines ? pa_lpage_next(ctx, &pg, got) : rpc_strdup(ctx, "");
     resp->credited_totals = totals;
     resp->n_credited_totals = (size_t)n_totals;
     resp->compute_time = pa_ts(&m, (int64_t)time(NULL) * 1000000);
@@ -1537,13 +845,13 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     if ((rc = page_open(ctx, req->page_size, req->page_token, scope, 1, &pg)) != 0) return rc;
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    if ((rc = require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
+    if ((rc = pa_require_manager(ctx, c, req->partner_hub_id, NULL, NULL)) != 0) return rc;
     char resource[48];
     snprintf(resource, sizeof resource, "partners/%" PRIu64, req->partner_hub_id);
     history_req q = {.page = &pg, .scope = HISTORY_RESOURCE, .resource = resource};
     history_out h;
     rc = history_list(ctx, c, &q, &h);
-    if (rc != 0) return fail(ctx, rc, "history");
+    if (rc != 0) return pa_fail(ctx, rc, "history");
     resp->entries = h.entries;
     resp->n_entries = h.n;
     resp->next_page_token = h.next_page_token;
@@ -1605,7 +913,7 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     audit_actor_string(rpc_actor(ctx), NULL, reporter, sizeof reporter);
     activities_op op = {.req = req, .reporter = reporter};
     mutation mu = {.ctx = ctx, .apply = apply_activities, .op = &op, .request_id = req->request_id};
-    return op_run(ctx, &mutation_def, req_, resp, &mu);
+    return op_run(ctx, &pa_mutation_def, req_, resp, &mu);
 }
 
 /* IssueAccessRequestTokens — PART-04: one single-use token per client-admin recipient, only its hash kept; same event, same tokens. */
@@ -1614,19 +922,19 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
     PB(IssueAccessRequestTokensResponse) *resp = (void *)resp_;
     if (req->access_request_id[0] == '\0') rpc_violation(ctx, "access_request_id", "must be set");
     if (req->event_id[0] == '\0') rpc_violation(ctx, "event_id", "must be set");
-    check_text(ctx, "event_id", req->event_id, 128);
+    pa_check_text(ctx, "event_id", req->event_id, 128);
     if (req->n_recipient_user_ids > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d recipients per call", PART_MAX_BATCH);
-    check_batch(ctx, "recipient_user_ids", req->recipient_user_ids, req->n_recipient_user_ids);
+    pa_check_batch(ctx, "recipient_user_ids", req->recipient_user_ids, req->n_recipient_user_ids);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    ps_mem m = call_mem(ctx);
+    ps_mem m = pa_call_mem(ctx);
     ps_assignment a;
     int rc = ps_asg_get_by_request(c, req->access_request_id, false, &m, &a);
     if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist",
                                                         req->access_request_id)
-                                             : fail(ctx, rc, "request");
+                                             : pa_fail(ctx, rc, "request");
     if (a.state != PART_ST_PENDING)
         return rpc_fail(ctx, OM_E_REQUEST_NOT_PENDING, "the access request is no longer pending");
     const char *key = partners_cfg.token_key;
@@ -1636,7 +944,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         ps_membership mb;
         rc = pa_ensure_membership(ctx, c, a.client_hub_id, r, &m, &mb);
         if (rc == OM_E_NOT_FOUND) continue;
-        if (rc != 0) return fail(ctx, rc, "membership");
+        if (rc != 0) return pa_fail(ctx, rc, "membership");
         if (part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0) != 0)
             continue; /* only the client's own admins get a link (PART-05, PART-08) */
         char token[PART_TOKEN_LEN + 1];
@@ -1644,7 +952,7 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         if ((rc = part_token_make(key, strlen(key), a.request_id, r, req->event_id, token)) != 0)
             return rpc_fail(ctx, rc, NULL);
         part_token_hash(token, hash);
-        if ((rc = ps_token_store(c, hash, a.id, r, req->event_id)) != 0) return fail(ctx, rc, "token");
+        if ((rc = ps_token_store(c, hash, a.id, r, req->event_id)) != 0) return pa_fail(ctx, rc, "token");
         PB(RecipientToken) *t = rpc_alloc(ctx, sizeof *t);
         orgmesh__partners__v1__recipient_token__init(t);
         t->recipient_user_id = r;
@@ -1675,12 +983,12 @@ static const rpc_method public_methods[] = {
     {"SearchClients", h_search_clients, 0, by_platform},
     {"AssignClientsToEmployee", h_assign_clients, 0, by_platform},
     {"AssignEmployeesToClient", h_assign_employees, 0, by_platform},
-    {"ListAccessRequests", h_list_access_requests, 0, by_platform},
-    {"GetAccessRequest", h_get_access_request, 0, by_platform},
-    {"ApproveAccessRequest", h_approve, 0, by_platform},
-    {"DeclineAccessRequest", h_decline, 0, by_platform},
-    {"CancelAccessRequest", h_cancel, 0, by_platform},
-    {"ResendAccessRequest", h_resend, 0, by_platform},
+    {"ListAccessRequests", pa_h_list_access_requests, 0, by_platform},
+    {"GetAccessRequest", pa_h_get_access_request, 0, by_platform},
+    {"ApproveAccessRequest", pa_h_approve, 0, by_platform},
+    {"DeclineAccessRequest", pa_h_decline, 0, by_platform},
+    {"CancelAccessRequest", pa_h_cancel, 0, by_platform},
+    {"ResendAccessRequest", pa_h_resend, 0, by_platform},
     {"RemoveEmployeeFromClient", h_remove_employee, 0, by_platform},
     {"ListEmployeeClients", h_list_employee_clients, 0, by_platform},
     {"ListClientEmployees", h_list_client_employees, 0, by_platform},

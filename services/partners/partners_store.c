@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "om_err.h"
+#include "om_ids.h"
 #include "om_sql.h"
 #include "partners_rules.h"
 
@@ -28,14 +29,6 @@ _Static_assert(PART_SQL_PENDING == PART_ST_PENDING && PART_SQL_ACTIVE == PART_ST
 #define SQL_ENDED                                                                                       \
     OM_SQL(PART_SQL_DECLINED) ", " OM_SQL(PART_SQL_EXPIRED) ", " OM_SQL(PART_SQL_CANCELLED) ", "             \
         OM_SQL(PART_SQL_REVOKED)
-
-static const char *dup_str(ps_mem *m, const char *s) {
-    size_t n = strlen(s);
-    char *p = m->alloc(m->ud, n + 1);
-    if (p == NULL) return "";
-    memcpy(p, s, n + 1);
-    return p;
-}
 
 static int exec_current(pg_conn *c, const char *sql, const pg_params *p, int64_t version, bool *current) {
     pg_res *r = NULL;
@@ -116,44 +109,52 @@ int ps_membership_put(pg_conn *c, const ps_membership *mb, bool *current) {
                         mb->version, current);
 }
 
+static void read_account(const pg_res *r, int i, ps_mem *m, void *out_) {
+    ps_account *out = out_;
+    out->hub_id = pg_u64(r, i, 0);
+    out->kind = (int)pg_i64(r, i, 1);
+    out->name = om_strdup(m, pg_str(r, i, 2));
+    out->mrr_minor = pg_i64(r, i, 3);
+    out->mrr_currency = om_strdup(m, pg_str(r, i, 4));
+    out->deleted = pg_bool(r, i, 5);
+    out->version = pg_i64(r, i, 6);
+}
+
 int ps_account_get(pg_conn *c, uint64_t hub_id, ps_mem *m, ps_account *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
-    int rc = pg_exec(c,
-                     "SELECT hub_id, kind, name, mrr_minor, mrr_currency, deleted, version FROM account_copies"
-                     " WHERE hub_id = $1",
-                     &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) {
-        out->hub_id = pg_u64(r, 0, 0);
-        out->kind = (int)pg_i64(r, 0, 1);
-        out->name = dup_str(m, pg_str(r, 0, 2));
-        out->mrr_minor = pg_i64(r, 0, 3);
-        out->mrr_currency = dup_str(m, pg_str(r, 0, 4));
-        out->deleted = pg_bool(r, 0, 5);
-        out->version = pg_i64(r, 0, 6);
-    }
-    pg_free(r);
-    return rc;
+    return pg_row(c,
+                  "SELECT hub_id, kind, name, mrr_minor, mrr_currency, deleted, version FROM account_copies"
+                  " WHERE hub_id = $1",
+                  &p, read_account, m, out);
+}
+
+static void read_user(const pg_res *r, int i, ps_mem *m, void *out_) {
+    ps_user *out = out_;
+    out->user_id = pg_u64(r, i, 0);
+    out->email = om_strdup(m, pg_str(r, i, 1));
+    out->display_name = om_strdup(m, pg_str(r, i, 2));
+    out->deleted = pg_bool(r, i, 3);
+    out->version = pg_i64(r, i, 4);
 }
 
 int ps_user_get(pg_conn *c, uint64_t user_id, ps_mem *m, ps_user *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, user_id);
-    int rc = pg_exec(c, "SELECT user_id, email, display_name, deleted, version FROM user_copies WHERE user_id = $1",
-                     &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) {
-        out->user_id = pg_u64(r, 0, 0);
-        out->email = dup_str(m, pg_str(r, 0, 1));
-        out->display_name = dup_str(m, pg_str(r, 0, 2));
-        out->deleted = pg_bool(r, 0, 3);
-        out->version = pg_i64(r, 0, 4);
-    }
-    pg_free(r);
-    return rc;
+    return pg_row(c, "SELECT user_id, email, display_name, deleted, version FROM user_copies WHERE user_id = $1", &p,
+                  read_user, m, out);
+}
+
+static void read_membership(const pg_res *r, int i, ps_mem *m, void *out_) {
+    ps_membership *out = out_;
+    out->hub_id = pg_u64(r, i, 0);
+    out->user_id = pg_u64(r, i, 1);
+    out->present = pg_bool(r, i, 2);
+    out->roles = (unsigned)pg_i64(r, i, 3);
+    out->partner_employee = pg_bool(r, i, 4);
+    out->link_partner_hub_id = pg_u64(r, i, 5);
+    out->link_assignment_id = om_strdup(m, pg_str(r, i, 6));
+    out->version = pg_i64(r, i, 7);
 }
 
 int ps_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, int lock, ps_mem *m, ps_membership *out) {
@@ -166,23 +167,9 @@ int ps_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, int lock, p
         " version FROM membership_copies WHERE hub_id = $1 AND user_id = $2 FOR UPDATE",
     };
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, hub_id);
     pg_p_u64(&p, user_id);
-    int rc = pg_exec(c, sql[lock < 0 || lock > 2 ? 0 : lock], &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) {
-        out->hub_id = pg_u64(r, 0, 0);
-        out->user_id = pg_u64(r, 0, 1);
-        out->present = pg_bool(r, 0, 2);
-        out->roles = (unsigned)pg_i64(r, 0, 3);
-        out->partner_employee = pg_bool(r, 0, 4);
-        out->link_partner_hub_id = pg_u64(r, 0, 5);
-        out->link_assignment_id = dup_str(m, pg_str(r, 0, 6));
-        out->version = pg_i64(r, 0, 7);
-    }
-    pg_free(r);
-    return rc;
+    return pg_row(c, sql[lock < 0 || lock > 2 ? 0 : lock], &p, read_membership, m, out);
 }
 
 /* ---- tags ------------------------------------------------------------------------ */
@@ -218,10 +205,11 @@ int ps_tag_forget(pg_conn *c, uint64_t partner, uint64_t user) {
     " LEFT JOIN employee_tag t ON t.partner_hub_id = m.hub_id AND t.user_id = m.user_id"               \
     " WHERE m.hub_id = $1 AND m.present AND m.partner_employee"
 
-static void read_employee(pg_res *r, int i, ps_mem *m, ps_employee *e) {
+static void read_employee(const pg_res *r, int i, ps_mem *m, void *out_) {
+    ps_employee *e = out_;
     e->user_id = pg_u64(r, i, 0);
-    e->email = dup_str(m, pg_str(r, i, 1));
-    e->display_name = dup_str(m, pg_str(r, i, 2));
+    e->email = om_strdup(m, pg_str(r, i, 1));
+    e->display_name = om_strdup(m, pg_str(r, i, 2));
     e->client_count = (int)pg_i64(r, i, 3);
     e->pending_count = (int)pg_i64(r, i, 4);
     e->last_activity_us = pg_time_us(r, i, 5);
@@ -232,32 +220,22 @@ static void read_employee(pg_res *r, int i, ps_mem *m, ps_employee *e) {
 int ps_employees_list(pg_conn *c, uint64_t partner, const char *query, int offset, int limit, ps_mem *m,
                       ps_employee *out, int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, partner);
     pg_p_str(&p, query ? query : "");
     pg_p_i64(&p, offset);
     pg_p_i64(&p, limit);
-    int rc = pg_exec(c,
-                     EMP_SQL " AND ($2 = '' OR strpos(lower(COALESCE(u.display_name, '')), lower($2)) > 0"
-                             " OR strpos(lower(COALESCE(u.email, '')), lower($2)) > 0)"
-                             " ORDER BY lower(COALESCE(u.display_name, '')), m.user_id OFFSET $3 LIMIT $4",
-                     &p, &r);
-    *n = 0;
-    for (int i = 0; rc == 0 && i < pg_nrows(r); i++) read_employee(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c,
+                   EMP_SQL " AND ($2 = '' OR strpos(lower(COALESCE(u.display_name, '')), lower($2)) > 0"
+                           " OR strpos(lower(COALESCE(u.email, '')), lower($2)) > 0)"
+                           " ORDER BY lower(COALESCE(u.display_name, '')), m.user_id OFFSET $3 LIMIT $4",
+                   &p, read_employee, m, out, sizeof *out, limit, n);
 }
 
 int ps_employee_get(pg_conn *c, uint64_t partner, uint64_t user, ps_mem *m, ps_employee *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, partner);
     pg_p_u64(&p, user);
-    int rc = pg_exec(c, EMP_SQL " AND m.user_id = $2", &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_employee(r, 0, m, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c, EMP_SQL " AND m.user_id = $2", &p, read_employee, m, out);
 }
 
 /* ---- clients ----------------------------------------------------------------------- */
@@ -284,60 +262,44 @@ int ps_client_add(pg_conn *c, uint64_t partner, uint64_t client, int source, boo
     " c.add_time, COALESCE(a.mrr_minor, 0), COALESCE(a.mrr_currency, '')"                        \
     " FROM client c LEFT JOIN account_copies a ON a.hub_id = c.client_hub_id WHERE c.partner_hub_id = $1"
 
-static void read_client(pg_res *r, int i, ps_mem *m, ps_client *out) {
+static void read_client(const pg_res *r, int i, ps_mem *m, void *out_) {
+    ps_client *out = out_;
     out->client_hub_id = pg_u64(r, i, 0);
-    out->name = dup_str(m, pg_str(r, i, 1));
+    out->name = om_strdup(m, pg_str(r, i, 1));
     out->source = (int)pg_i64(r, i, 2);
     out->active_count = (int)pg_i64(r, i, 3);
     out->add_us = pg_time_us(r, i, 4);
     out->mrr_minor = pg_i64(r, i, 5);
-    out->mrr_currency = dup_str(m, pg_str(r, i, 6));
+    out->mrr_currency = om_strdup(m, pg_str(r, i, 6));
 }
 
 int ps_client_get(pg_conn *c, uint64_t partner, uint64_t client, ps_mem *m, ps_client *out) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, partner);
     pg_p_u64(&p, client);
-    int rc = pg_exec(c, CLIENT_SQL " AND c.client_hub_id = $2", &p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_client(r, 0, m, out);
-    pg_free(r);
-    return rc;
+    return pg_row(c, CLIENT_SQL " AND c.client_hub_id = $2", &p, read_client, m, out);
 }
 
 int ps_clients_list(pg_conn *c, uint64_t partner, const char *query, uint64_t query_hub, int offset, int limit,
                     ps_mem *m, ps_client *out, int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, partner);
     pg_p_str(&p, query);
     pg_p_i64(&p, (int64_t)query_hub);
     pg_p_i64(&p, offset);
     pg_p_i64(&p, limit);
-    int rc = pg_exec(c,
-                     CLIENT_SQL " AND ($2::text IS NULL OR strpos(lower(COALESCE(a.name, '')), lower($2)) > 0"
-                                " OR c.client_hub_id = $3)"
-                                " ORDER BY lower(COALESCE(a.name, '')), c.client_hub_id OFFSET $4 LIMIT $5",
-                     &p, &r);
-    *n = 0;
-    for (int i = 0; rc == 0 && i < pg_nrows(r); i++) read_client(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c,
+                   CLIENT_SQL " AND ($2::text IS NULL OR strpos(lower(COALESCE(a.name, '')), lower($2)) > 0"
+                              " OR c.client_hub_id = $3)"
+                              " ORDER BY lower(COALESCE(a.name, '')), c.client_hub_id OFFSET $4 LIMIT $5",
+                   &p, read_client, m, out, sizeof *out, limit, n);
 }
 
 int ps_clients_all(pg_conn *c, uint64_t partner, ps_mem *m, ps_client **out, int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, partner);
-    int rc = pg_exec(c, CLIENT_SQL " ORDER BY lower(COALESCE(a.name, '')), c.client_hub_id", &p, &r);
-    *n = 0;
-    if (rc == 0) {
-        *out = m->alloc(m->ud, sizeof **out * (size_t)(pg_nrows(r) + 1));
-        for (int i = 0; i < pg_nrows(r); i++) read_client(r, i, m, &(*out)[(*n)++]);
-    }
-    pg_free(r);
-    return rc;
+    return pg_rows_all(c, CLIENT_SQL " ORDER BY lower(COALESCE(a.name, '')), c.client_hub_id", &p, read_client, m,
+                       out, sizeof **out, n);
 }
 
 /* ---- assignments ---------------------------------------------------------------------- */
@@ -357,17 +319,18 @@ int ps_clients_all(pg_conn *c, uint64_t partner, ps_mem *m, ps_client **out, int
     " LEFT JOIN account_copies ca ON ca.hub_id = a.client_hub_id"                    \
     " LEFT JOIN user_copies u ON u.user_id = a.employee_user_id"
 
-static void read_asg(pg_res *r, int i, ps_mem *m, ps_assignment *a) {
+static void read_asg(const pg_res *r, int i, ps_mem *m, void *out_) {
+    ps_assignment *a = out_;
     memset(a, 0, sizeof *a);
     snprintf(a->id, sizeof a->id, "%s", pg_str(r, i, 0));
     snprintf(a->request_id, sizeof a->request_id, "%s", pg_str(r, i, 1));
     a->partner_hub_id = pg_u64(r, i, 2);
     a->employee_user_id = pg_u64(r, i, 3);
     a->client_hub_id = pg_u64(r, i, 4);
-    a->partner_name = dup_str(m, pg_str(r, i, 5));
-    a->employee_email = dup_str(m, pg_str(r, i, 6));
-    a->employee_name = dup_str(m, pg_str(r, i, 7));
-    a->client_name = dup_str(m, pg_str(r, i, 8));
+    a->partner_name = om_strdup(m, pg_str(r, i, 5));
+    a->employee_email = om_strdup(m, pg_str(r, i, 6));
+    a->employee_name = om_strdup(m, pg_str(r, i, 7));
+    a->client_name = om_strdup(m, pg_str(r, i, 8));
     a->state = (int)pg_i64(r, i, 9);
     a->cause = (int)pg_i64(r, i, 10);
     a->assigned_by = pg_u64(r, i, 11);
@@ -381,45 +344,27 @@ static void read_asg(pg_res *r, int i, ps_mem *m, ps_assignment *a) {
     a->last_send_us = pg_time_us(r, i, 19);
     a->answered_by = pg_u64(r, i, 20);
     a->answer_us = pg_time_us(r, i, 21);
-    a->answer_reason = dup_str(m, pg_str(r, i, 22));
+    a->answer_reason = om_strdup(m, pg_str(r, i, 22));
     a->last_activity_us = pg_time_us(r, i, 23);
     a->activity_30d = (int)pg_i64(r, i, 24);
     a->link_sync = pg_bool(r, i, 25);
     a->link_gen = (int)pg_i64(r, i, 26);
     a->link_adopt = pg_bool(r, i, 27);
     a->link_roles = (unsigned)pg_i64(r, i, 28);
-    a->link_actor = dup_str(m, pg_str(r, i, 29));
+    a->link_actor = om_strdup(m, pg_str(r, i, 29));
     a->membership_removed = pg_bool(r, i, 30);
-    a->end_actor = dup_str(m, pg_str(r, i, 31));
+    a->end_actor = om_strdup(m, pg_str(r, i, 31));
     a->now_us = pg_time_us(r, i, 32);
 }
 
 static int asg_read_one(pg_conn *c, const char *where, const pg_params *p, ps_mem *m, ps_assignment *out) {
     char sql[2048];
-    pg_res *r = NULL;
     snprintf(sql, sizeof sql, "SELECT " ASG_COLS ASG_FROM " WHERE %s", where);
-    int rc = pg_exec(c, sql, p, &r);
-    if (rc == 0 && pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    if (rc == 0) read_asg(r, 0, m, out);
-    pg_free(r);
-    return rc;
-}
-
-static bool uuid_shaped(const char *s) {
-    if (s == NULL || strlen(s) != 36) return false;
-    for (int i = 0; i < 36; i++) {
-        char ch = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (ch != '-') return false;
-        } else if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
+    return pg_row(c, sql, p, read_asg, m, out);
 }
 
 int ps_asg_get(pg_conn *c, const char *id, bool lock, ps_mem *m, ps_assignment *out) {
-    if (!uuid_shaped(id)) return OM_E_NOT_FOUND;
+    if (!om_uuid_valid(id)) return OM_E_NOT_FOUND;
     pg_params p = {0};
     pg_p_str(&p, id);
     if (lock) {
@@ -433,7 +378,7 @@ int ps_asg_get(pg_conn *c, const char *id, bool lock, ps_mem *m, ps_assignment *
 }
 
 int ps_asg_get_by_request(pg_conn *c, const char *request_id, bool lock, ps_mem *m, ps_assignment *out) {
-    if (!uuid_shaped(request_id)) return OM_E_NOT_FOUND;
+    if (!om_uuid_valid(request_id)) return OM_E_NOT_FOUND;
     pg_params p = {0};
     pg_res *r = NULL;
     pg_p_str(&p, request_id);
@@ -556,7 +501,6 @@ int ps_asg_list(pg_conn *c, const ps_asg_filter *f, ps_mem *m, ps_assignment *ou
     };
     char sql[3072];
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_i64(&p, (int64_t)f->partner);
     pg_p_i64(&p, (int64_t)f->client);
     pg_p_i64(&p, (int64_t)f->employee);
@@ -570,11 +514,7 @@ int ps_asg_list(pg_conn *c, const ps_asg_filter *f, ps_mem *m, ps_assignment *ou
              " AND ($3 = 0 OR a.employee_user_id = $3) AND ($4 = 0 OR a.state = $4)"
              " AND (NOT $5 OR a.request_id IS NOT NULL) %s OFFSET $6 LIMIT $7",
              orders[f->order < 0 || f->order > 2 ? 0 : f->order]);
-    int rc = pg_exec(c, sql, &p, &r);
-    *n = 0;
-    for (int i = 0; rc == 0 && i < pg_nrows(r); i++) read_asg(r, i, m, &out[(*n)++]);
-    pg_free(r);
-    return rc;
+    return pg_rows(c, sql, &p, read_asg, m, out, sizeof *out, f->limit, n);
 }
 
 static int read_ids(pg_conn *c, const char *sql, const pg_params *p, ps_mem *m, char (**ids)[40], int *n) {
@@ -682,12 +622,21 @@ int ps_token_use(pg_conn *c, const uint8_t hash[32]) {
 
 /* ---- PART-12 --------------------------------------------------------------------------------- */
 
+static void read_blocker(const pg_res *r, int i, ps_mem *m, void *out) {
+    ps_blocker *b = out;
+    b->user_id = pg_u64(r, i, 0);
+    b->email = om_strdup(m, pg_str(r, i, 1));
+    b->display_name = om_strdup(m, pg_str(r, i, 2));
+    b->tagged = pg_bool(r, i, 3);
+    b->refused = pg_bool(r, i, 4);
+    b->active_here = pg_bool(r, i, 5);
+}
+
 int ps_common_members(pg_conn *c, uint64_t partner, uint64_t client, ps_mem *m, ps_blocker **out, int *n) {
     pg_params p = {0};
-    pg_res *r = NULL;
     pg_p_u64(&p, partner);
     pg_p_u64(&p, client);
-    int rc = pg_exec(
+    return pg_rows_all(
         c,
         "SELECT pm.user_id, COALESCE(u.email, ''), COALESCE(u.display_name, ''), pm.partner_employee,"
         " EXISTS (SELECT 1 FROM refusal f WHERE f.partner_hub_id = $1 AND f.client_hub_id = $2"
@@ -699,22 +648,7 @@ int ps_common_members(pg_conn *c, uint64_t partner, uint64_t client, ps_mem *m, 
         "   AND cm.present"
         " LEFT JOIN user_copies u ON u.user_id = pm.user_id"
         " WHERE pm.hub_id = $1 AND pm.present ORDER BY pm.user_id",
-        &p, &r);
-    *n = 0;
-    if (rc == 0) {
-        *out = m->alloc(m->ud, sizeof **out * (size_t)(pg_nrows(r) + 1));
-        for (int i = 0; i < pg_nrows(r); i++) {
-            ps_blocker *b = &(*out)[(*n)++];
-            b->user_id = pg_u64(r, i, 0);
-            b->email = dup_str(m, pg_str(r, i, 1));
-            b->display_name = dup_str(m, pg_str(r, i, 2));
-            b->tagged = pg_bool(r, i, 3);
-            b->refused = pg_bool(r, i, 4);
-            b->active_here = pg_bool(r, i, 5);
-        }
-    }
-    pg_free(r);
-    return rc;
+        &p, read_blocker, m, out, sizeof **out, n);
 }
 
 /* ---- PART-13 ----------------------------------------------------------------------------------- */
