@@ -80,7 +80,7 @@ int nt_config_load(void);
 
 int nt_smtp_global_init(void);
 void nt_smtp_global_cleanup(void);
-/* Starts the SMTP engines: libcurl multi on libuv loops and threads of their
+/* Prepares the SMTP engines (each starts on demand, from nt_smtp_send): libcurl multi on libuv loops and threads of their
  * own (libcurl's SMTP waits for the reply to a message's body inside
  * curl_multi_socket_action); outcomes come back on `loop`, the caller's.
  * cfg must outlive it. */
