@@ -29,11 +29,13 @@
 /* Outcomes recorded per transaction, at most, and such transactions at once. */
 #define NT_RECORD_MAX 128
 #define NT_RECORDING_MAX 4
-/* Emails prepared per piece of worker work: their link tokens come from
- * partners in one call (IssueAccessRequestTokensBatch), not one call each
- * (bench scenario 5, issue 15). Small enough that a claim of 64 or more
- * still spreads over several workers. */
+/* Emails prepared per piece of worker work, at most: their link tokens come
+ * from partners in one call (IssueAccessRequestTokensBatch), not one call
+ * each (bench scenario 5, issue 15). A claim is cut into about
+ * NT_PREPARE_SPREAD pieces (the default number of workers), so that a small
+ * claim still runs side by side and a backlog's claim of 128 costs 8 calls. */
 #define NT_PREPARE_BATCH 16
+#define NT_PREPARE_SPREAD 8
 
 nt_config nt_cfg;
 nt_templates *nt_tpls;
@@ -249,13 +251,14 @@ static void claim_done(void *arg, int rc) {
     if (rc == op->want) snd.more = true; /* a full claim: there may be more */
     nt_job *j = op->jobs;
     free(op);
-    /* the claimed rows prepared in batches of NT_PREPARE_BATCH, each
-     * batch one piece of work on a worker */
+    /* the claimed rows prepared in batches, each one piece of work on a worker */
+    int per = rc > 0 ? (rc + NT_PREPARE_SPREAD - 1) / NT_PREPARE_SPREAD : 1;
+    if (per > NT_PREPARE_BATCH) per = NT_PREPARE_BATCH;
     while (j) {
         nt_job *batch = j, *t = j;
         int n = 1;
         snd.busy++;
-        while (n < NT_PREPARE_BATCH && t->next) t = t->next, n++, snd.busy++;
+        while (n < per && t->next) t = t->next, n++, snd.busy++;
         j = t->next;
         t->next = NULL;
         if (snd.stopping || loop_work(prepare_batch_work, prepare_batch_done, batch) != 0) {
