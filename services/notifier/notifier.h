@@ -80,7 +80,7 @@ int nt_config_load(void);
 
 int nt_smtp_global_init(void);
 void nt_smtp_global_cleanup(void);
-/* Starts the SMTP engines: libcurl multi on libuv loops and threads of their
+/* Prepares the SMTP engines (each starts on demand, from nt_smtp_send): libcurl multi on libuv loops and threads of their
  * own (libcurl's SMTP waits for the reply to a message's body inside
  * curl_multi_socket_action); outcomes come back on `loop`, the caller's.
  * cfg must outlive it. */
@@ -135,6 +135,11 @@ typedef struct nt_job {
     char *msg; /* the formatted message, until handed to SMTP */
     size_t len;
     bool done; /* nothing left to record (e.g. CANCELLED while preparing) */
+    /* the link token fetched for a batch (nt_prepare_batch): token_known
+     * with token_rc as nt_issue_token's result and a malloc'd token */
+    bool token_known;
+    int token_rc;
+    char *token;
     int rc;    /* the attempt's outcome (0 sent, OM_E_*; OM_E_CANCELLED: never sent, no attempt) */
     char err[512];
 } nt_job;
@@ -150,6 +155,12 @@ int nt_claim(pg_conn *c, int want, nt_job **out);
  * failure sets j->rc / j->err for nt_record. Returns 0 or a negative code
  * (database). */
 int nt_prepare(pg_conn *c, nt_job *j);
+/* nt_prepare of every job of the list `jobs` (linked by next), the link
+ * tokens of all of them fetched from partners in one call
+ * (IssueAccessRequestTokensBatch, issue 15). Each job's outcome is in the
+ * job, as nt_prepare's (a database failure: j->rc OM_E_UNAVAILABLE);
+ * returns 0. */
+int nt_prepare_batch(pg_conn *c, nt_job *jobs);
 /* Records the outcomes of `jobs` (SENT / RETRYING / DEAD_LETTERED, with
  * their events) in one transaction; a row whose lease was lost meanwhile
  * is left alone. */
@@ -167,6 +178,12 @@ int nt_senders_start(void);
  * more (the request is not pending, or the recipient no longer a client
  * admin); OM_E_UNAVAILABLE when partners cannot answer now. */
 int nt_issue_token(const char *request_id, const char *event_id, uint64_t recipient, char **token);
+/* nt_issue_token for the `n` jobs `js` in one call
+ * (PartnersInternalService.IssueAccessRequestTokensBatch, at most 100):
+ * sets each job's token_known, token_rc and token. Returns 0, or
+ * OM_E_UNIMPLEMENTED from a partners without the batch (nothing set: ask
+ * one by one), or OM_E_UNAVAILABLE (every job's token_rc then too). */
+int nt_issue_tokens(nt_job **js, size_t n);
 
 int nt_on_partners_event(pg_conn *tx, const evt_event *ev, void *arg);
 int nt_on_organizations_event(pg_conn *tx, const evt_event *ev, void *arg);

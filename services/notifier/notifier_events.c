@@ -269,6 +269,58 @@ int nt_issue_token(const char *request_id, const char *event_id, uint64_t recipi
     return rc;
 }
 
+int nt_issue_tokens(nt_job **js, size_t n) {
+    if (n == 0) return 0;
+    PRT(IssueAccessRequestTokensBatchRequest) req;
+    orgmesh__partners__v1__issue_access_request_tokens_batch_request__init(&req);
+    PRT(IssueAccessRequestTokensRequest) *items = calloc(n, sizeof *items);
+    PRT(IssueAccessRequestTokensRequest) **ptrs = calloc(n, sizeof *ptrs);
+    if (items == NULL || ptrs == NULL) {
+        free(items);
+        free(ptrs);
+        return OM_E_NOMEM; /* asked one by one */
+    }
+    for (size_t i = 0; i < n; i++) {
+        orgmesh__partners__v1__issue_access_request_tokens_request__init(&items[i]);
+        items[i].access_request_id = js[i]->access_request_id;
+        items[i].event_id = js[i]->event_id;
+        items[i].recipient_user_ids = &js[i]->recipient;
+        items[i].n_recipient_user_ids = 1;
+        ptrs[i] = &items[i];
+    }
+    req.items = ptrs;
+    req.n_items = n;
+    ProtobufCMessage *resp = NULL;
+    rpc_status st;
+    int rc = peer_call("partners", "orgmesh.partners.v1.PartnersInternalService", "IssueAccessRequestTokensBatch",
+                       &req.base, &orgmesh__partners__v1__issue_access_request_tokens_batch_response__descriptor,
+                       &resp, &st);
+    free(items);
+    free(ptrs);
+    if (rc == OM_E_UNIMPLEMENTED) return rc; /* an older partners: one by one */
+    const PRT(IssueAccessRequestTokensBatchResponse) *r = (const void *)resp;
+    if (rc == 0 && r->n_results != n) {
+        log_warn("partners IssueAccessRequestTokensBatch: %zu results for %zu items", r->n_results, n);
+        rc = OM_E_UNAVAILABLE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        nt_job *j = js[i];
+        j->token_known = true;
+        j->token = NULL;
+        j->token_rc = rc != 0 ? OM_E_UNAVAILABLE : 1; /* 1: no token for this recipient */
+        if (rc != 0 || r->results[i]->not_pending) continue;
+        for (size_t k = 0; k < r->results[i]->n_tokens; k++) {
+            const PRT(RecipientToken) *t = r->results[i]->tokens[k];
+            if (t->recipient_user_id != j->recipient || t->token == NULL) continue;
+            j->token = strdup(t->token);
+            j->token_rc = j->token ? 0 : OM_E_UNAVAILABLE;
+            break;
+        }
+    }
+    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+    return rc != 0 ? OM_E_UNAVAILABLE : 0;
+}
+
 /* The answers and ends of a request (approved, declined, expired, cancelled)
  * and revocations: the partner manager who asked and the employee. */
 static int on_request_outcome(pg_conn *tx, const evt_event *ev, const char *tpl, uint64_t manager,

@@ -18,6 +18,8 @@
  * every timer, notification and the SIGTERM drain behind a slow SMTP server;
  * here it stalls only the other SMTP sessions of that engine, for one round
  * trip per message — hence several engines (docs/services/notifier.md).
+ * They start on demand (engine_more): none while the notifier is idle, the
+ * next one when those running have their share of connections in hand.
  *
  * smtp:// or smtps:// URL, optional STARTTLS, credentials and timeouts from
  * configuration. Failures are classified: a 5xx reply is permanent,
@@ -112,7 +114,8 @@ static struct {
     int in_flight;   /* sent and not yet done */
     unsigned next;   /* round robin over the engines */
     engine eng[NT_SMTP_MAX_THREADS];
-    int n_eng;
+    int n_eng; /* engines started (their threads run) */
+    int n_max; /* ORGMESH_SMTP_THREADS, at most max_connections */
     /* shared, under mu */
     pthread_mutex_t mu;
     jlist outbox; /* finished, for the caller's loop */
@@ -409,7 +412,7 @@ static int engine_init(engine *e, int max_active) {
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
     curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_active);
-    long total = sm.cfg->max_total_connections / sm.n_eng;
+    long total = sm.cfg->max_total_connections / sm.n_max;
     if (total < max_active) total = max_active;
     curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total);
     /* the cache keeps one idle session per connection allowed */
@@ -458,26 +461,39 @@ int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg) {
     if (uv_async_init(loop, &sm.back, back_cb) != 0) return OM_E_INTERNAL;
     int n = cfg->threads < 1 ? 1 : cfg->threads > NT_SMTP_MAX_THREADS ? NT_SMTP_MAX_THREADS : cfg->threads;
     if (n > cfg->max_connections) n = cfg->max_connections;
-    sm.n_eng = n;
-    int started = 0;
-    for (int i = 0; i < n; i++) {
-        /* the connections shared out: the first engines take the rest */
-        int share = cfg->max_connections / n + (i < cfg->max_connections % n ? 1 : 0);
-        if (engine_init(&sm.eng[i], share) != 0) break;
-        started++;
-    }
-    if (started < n) {
-        sm.n_eng = started;
-        engines_join();
-        uv_close((uv_handle_t *)&sm.back, NULL);
-        return OM_E_INTERNAL;
-    }
+    sm.n_max = n;
+    sm.n_eng = 0; /* engines start on demand (engine_more): none at rest */
     sm.started = true;
     return 0;
 }
 
+/* Starts the next engine when every running one has its share of the
+ * connections in hand (or none runs yet): an idle notifier has no engine
+ * thread, a light load one, a backlog all of ORGMESH_SMTP_THREADS. Started
+ * engines stay until the stop. False when none could be started. */
+static bool engine_more(void) {
+    for (int i = 0; i < sm.n_eng; i++)
+        if (sm.eng[i].assigned < sm.eng[i].max_active) return true;
+    if (sm.n_eng < sm.n_max) {
+        int i = sm.n_eng;
+        /* the connections shared out: the first engines take the rest */
+        int share = sm.cfg->max_connections / sm.n_max + (i < sm.cfg->max_connections % sm.n_max ? 1 : 0);
+        if (engine_init(&sm.eng[i], share) == 0) {
+            sm.n_eng++;
+            log_info("smtp: engine %d of at most %d started (%d connections)", i + 1, sm.n_max, share);
+        } else {
+            log_warn("smtp: cannot start engine %d: the running ones take the emails", i + 1);
+        }
+    }
+    return sm.n_eng > 0;
+}
+
 int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, void *arg) {
     if (!sm.started) {
+        free(msg);
+        return OM_E_UNAVAILABLE;
+    }
+    if (!engine_more()) {
         free(msg);
         return OM_E_UNAVAILABLE;
     }

@@ -90,7 +90,15 @@ static int prepare_body(pg_conn *c, const due_row *d, char **body) {
         return *body ? 0 : OM_E_NOMEM;
     }
     char *token = NULL;
-    int rc = nt_issue_token(d->access_request_id, d->event_id, d->recipient, &token);
+    int rc;
+    if (d->token_known) { /* fetched with its batch (nt_prepare_batch) */
+        rc = d->token_rc;
+        token = d->token;
+        ((due_row *)d)->token = NULL;
+        ((due_row *)d)->token_known = false;
+    } else {
+        rc = nt_issue_token(d->access_request_id, d->event_id, d->recipient, &token);
+    }
     if (rc == 1) {
         pg_params p = {0};
         pg_p_i64(&p, d->id);
@@ -283,6 +291,7 @@ static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
 void nt_job_free(nt_job *j) {
     if (j == NULL) return;
     free(j->msg);
+    free(j->token);
     free(j);
 }
 
@@ -418,6 +427,34 @@ int nt_prepare(pg_conn *c, nt_job *j) {
         j->msg = NULL;
         j->rc = OM_E_FAILED_PRECONDITION;
         snprintf(j->err, sizeof j->err, "cannot format the message: %s", om_err_name(rc));
+    }
+    return 0;
+}
+
+/* Whether the job's email carries a link token (PART-04). */
+static bool needs_token(const nt_job *j) {
+    return j->access_request_id[0] != '\0' && strstr(j->body, NT_TOKEN_MARK) != NULL;
+}
+
+int nt_prepare_batch(pg_conn *c, nt_job *jobs) {
+    /* one partners call for the tokens of the batch (100 at most a call) */
+    nt_job *ask[100];
+    size_t n = 0;
+    for (nt_job *j = jobs; j; j = j->next) {
+        if (!needs_token(j)) continue;
+        ask[n++] = j;
+        if (n == sizeof ask / sizeof ask[0]) {
+            (void)nt_issue_tokens(ask, n); /* what it could not set is asked one by one */
+            n = 0;
+        }
+    }
+    if (n > 0) (void)nt_issue_tokens(ask, n);
+    for (nt_job *j = jobs; j; j = j->next) {
+        int rc = nt_prepare(c, j);
+        if (rc != 0 && !j->done && j->rc == 0) { /* the database failed: this one is retried later */
+            j->rc = OM_E_UNAVAILABLE;
+            snprintf(j->err, sizeof j->err, "cannot prepare the email: %s", om_err_name(rc));
+        }
     }
     return 0;
 }

@@ -916,33 +916,37 @@ static int h_record_activities(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     return op_run(ctx, &pa_mutation_def, req_, resp, &mu);
 }
 
-/* IssueAccessRequestTokens — PART-04: one single-use token per client-admin recipient, only its hash kept; same event, same tokens. */
-static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
-    const PB(IssueAccessRequestTokensRequest) *req = (const void *)req_;
-    PB(IssueAccessRequestTokensResponse) *resp = (void *)resp_;
-    if (req->access_request_id[0] == '\0') rpc_violation(ctx, "access_request_id", "must be set");
-    if (req->event_id[0] == '\0') rpc_violation(ctx, "event_id", "must be set");
-    pa_check_text(ctx, "event_id", req->event_id, 128);
-    if (req->n_recipient_user_ids > PART_MAX_BATCH)
-        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d recipients per call", PART_MAX_BATCH);
-    pa_check_batch(ctx, "recipient_user_ids", req->recipient_user_ids, req->n_recipient_user_ids);
-    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    ps_mem m = pa_call_mem(ctx);
+/* The checks of one IssueAccessRequestTokens request; `prefix` names the
+ * item in a batch ("items[3]."), "" otherwise. */
+static void check_issue_tokens(rpc_ctx *ctx, const PB(IssueAccessRequestTokensRequest) *req, const char *prefix) {
+    char f[80];
+    snprintf(f, sizeof f, "%saccess_request_id", prefix);
+    if (req->access_request_id[0] == '\0') rpc_violation(ctx, f, "must be set");
+    snprintf(f, sizeof f, "%sevent_id", prefix);
+    if (req->event_id[0] == '\0') rpc_violation(ctx, f, "must be set");
+    pa_check_text(ctx, f, req->event_id, 128);
+    snprintf(f, sizeof f, "%srecipient_user_ids", prefix);
+    pa_check_batch(ctx, f, req->recipient_user_ids, req->n_recipient_user_ids);
+}
+
+/* PART-04: one single-use token per client-admin recipient of one access
+ * request, only its hash kept; same event, same tokens. OM_E_NOT_FOUND or
+ * OM_E_REQUEST_NOT_PENDING (not failed on ctx) when the request does not
+ * exist or is no longer pending; other codes are failed on ctx. */
+static int issue_tokens(rpc_ctx *ctx, pg_conn *c, ps_mem *m, const PB(IssueAccessRequestTokensRequest) *req,
+                        PB(RecipientToken) * **tokens, size_t *n_tokens) {
     ps_assignment a;
-    int rc = ps_asg_get_by_request(c, req->access_request_id, false, &m, &a);
-    if (rc != 0) return rc == OM_E_NOT_FOUND ? rpc_fail(ctx, rc, "access request %s does not exist",
-                                                        req->access_request_id)
-                                             : pa_fail(ctx, rc, "request");
-    if (a.state != PART_ST_PENDING)
-        return rpc_fail(ctx, OM_E_REQUEST_NOT_PENDING, "the access request is no longer pending");
+    int rc = ps_asg_get_by_request(c, req->access_request_id, false, m, &a);
+    if (rc == OM_E_NOT_FOUND) return rc;
+    if (rc != 0) return pa_fail(ctx, rc, "request");
+    if (a.state != PART_ST_PENDING) return OM_E_REQUEST_NOT_PENDING;
     const char *key = partners_cfg.token_key;
-    resp->tokens = rpc_calloc(ctx, req->n_recipient_user_ids + 1, sizeof *resp->tokens);
+    *tokens = rpc_calloc(ctx, req->n_recipient_user_ids + 1, sizeof **tokens);
+    *n_tokens = 0;
     for (size_t i = 0; i < req->n_recipient_user_ids; i++) {
         uint64_t r = req->recipient_user_ids[i];
         ps_membership mb;
-        rc = pa_ensure_membership(ctx, c, a.client_hub_id, r, &m, &mb);
+        rc = pa_ensure_membership(ctx, c, a.client_hub_id, r, m, &mb);
         if (rc == OM_E_NOT_FOUND) continue;
         if (rc != 0) return pa_fail(ctx, rc, "membership");
         if (part_rule_client_admin(mb.present, mb.roles, mb.link_partner_hub_id != 0) != 0)
@@ -957,8 +961,61 @@ static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         orgmesh__partners__v1__recipient_token__init(t);
         t->recipient_user_id = r;
         t->token = rpc_strdup(ctx, token);
-        t->expire_time = pa_ts(&m, a.expire_us);
-        resp->tokens[resp->n_tokens++] = t;
+        t->expire_time = pa_ts(m, a.expire_us);
+        (*tokens)[(*n_tokens)++] = t;
+    }
+    return 0;
+}
+
+/* IssueAccessRequestTokens — PART-04: one single-use token per client-admin recipient, only its hash kept; same event, same tokens. */
+static int h_issue_tokens(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(IssueAccessRequestTokensRequest) *req = (const void *)req_;
+    PB(IssueAccessRequestTokensResponse) *resp = (void *)resp_;
+    if (req->n_recipient_user_ids > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d recipients per call", PART_MAX_BATCH);
+    check_issue_tokens(ctx, req, "");
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = op_db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    ps_mem m = pa_call_mem(ctx);
+    int rc = issue_tokens(ctx, c, &m, req, &resp->tokens, &resp->n_tokens);
+    if (rc == OM_E_NOT_FOUND)
+        return rpc_fail(ctx, rc, "access request %s does not exist", req->access_request_id);
+    if (rc == OM_E_REQUEST_NOT_PENDING)
+        return rpc_fail(ctx, rc, "the access request is no longer pending");
+    return rc;
+}
+
+/* IssueAccessRequestTokensBatch — PART-04, several requests in one call (the
+ * notifier's sender, one call per batch of claimed emails: issue 15); each
+ * item answered on its own, a request not pending (or unknown) as
+ * not_pending. */
+static int h_issue_tokens_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const PB(IssueAccessRequestTokensBatchRequest) *req = (const void *)req_;
+    PB(IssueAccessRequestTokensBatchResponse) *resp = (void *)resp_;
+    size_t recipients = 0;
+    for (size_t i = 0; i < req->n_items; i++) recipients += req->items[i]->n_recipient_user_ids;
+    if (req->n_items > PART_MAX_BATCH || recipients > PART_MAX_BATCH)
+        return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d items and %d recipients in all per call",
+                        PART_MAX_BATCH, PART_MAX_BATCH);
+    if (req->n_items == 0) rpc_violation(ctx, "items", "must hold at least one item");
+    for (size_t i = 0; i < req->n_items; i++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "items[%zu].", i);
+        check_issue_tokens(ctx, req->items[i], prefix);
+    }
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    pg_conn *c = op_db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    ps_mem m = pa_call_mem(ctx);
+    resp->results = rpc_calloc(ctx, req->n_items, sizeof *resp->results);
+    for (size_t i = 0; i < req->n_items; i++) {
+        PB(IssueAccessRequestTokensResult) *r = rpc_alloc(ctx, sizeof *r);
+        orgmesh__partners__v1__issue_access_request_tokens_result__init(r);
+        int rc = issue_tokens(ctx, c, &m, req->items[i], &r->tokens, &r->n_tokens);
+        if (rc == OM_E_NOT_FOUND || rc == OM_E_REQUEST_NOT_PENDING) r->not_pending = true;
+        else if (rc != 0) return rc;
+        resp->results[resp->n_results++] = r;
     }
     return 0;
 }
@@ -1000,6 +1057,7 @@ static const rpc_method public_methods[] = {
 static const rpc_method internal_methods[] = {
     {"RecordActivities", h_record_activities, RPC_INTERNAL, by_platform},
     {"IssueAccessRequestTokens", h_issue_tokens, RPC_INTERNAL, by_notifier},
+    {"IssueAccessRequestTokensBatch", h_issue_tokens_batch, RPC_INTERNAL, by_notifier},
     {NULL, NULL, 0},
 };
 

@@ -379,6 +379,9 @@ REQUESTS = {
                      time=now_ts())]),
     "PartnersInternalService/IssueAccessRequestTokens": lambda t: ppb.IssueAccessRequestTokensRequest(
         access_request_id=t.ar["resend"], recipient_user_ids=[t.admin], event_id="ev-" + fresh()),
+    "PartnersInternalService/IssueAccessRequestTokensBatch": lambda t: ppb.IssueAccessRequestTokensBatchRequest(
+        items=[ppb.IssueAccessRequestTokensRequest(access_request_id=t.ar["resend"], recipient_user_ids=[t.admin],
+                                                   event_id="ev-" + fresh())]),
     # notifier
     "NotifierService/ListDeliveries": lambda t: npb.ListDeliveriesRequest(recipient_user_id=t.admin),
     "NotifierService/ListDeadLetters": lambda t: npb.ListDeadLettersRequest(),

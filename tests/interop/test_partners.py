@@ -333,6 +333,33 @@ def test_part_04_tokens_are_per_recipient_and_stored_only_as_hash(w, pc):
         w.pi.IssueAccessRequestTokens(req, metadata=om.as_user(pc.CA))
 
 
+def test_part_04_tokens_in_a_batch_are_those_of_single_calls_and_not_pending_is_per_item(w, pc):
+    # issue 15: the notifier asks for the tokens of a batch of emails in one call
+    ar = pending_request(w, pc).access_request
+    item = ppb.IssueAccessRequestTokensRequest(access_request_id=ar.access_request_id,
+                                               recipient_user_ids=[pc.CA, pc.CX], event_id="ev-b1")
+    unknown = ppb.IssueAccessRequestTokensRequest(access_request_id="00000000-0000-4000-8000-000000000000",
+                                                  recipient_user_ids=[pc.CA], event_id="ev-b2")
+    batch = ppb.IssueAccessRequestTokensBatchRequest(items=[unknown, item])
+    res = w.pi.IssueAccessRequestTokensBatch(batch, metadata=NOTIFIER).results
+    assert [r.not_pending for r in res] == [True, False] and not res[0].tokens
+    assert [t.recipient_user_id for t in res[1].tokens] == [pc.CA]  # CX is not a client admin
+    single = w.pi.IssueAccessRequestTokens(item, metadata=NOTIFIER).tokens
+    assert single[0].token == res[1].tokens[0].token  # same event, same token
+    stored = [r[0] for r in sql("SELECT encode(token_hash, 'hex') FROM partners.request_token")]
+    assert hashlib.sha256(res[1].tokens[0].token.encode()).hexdigest() in stored
+    w.p.CancelAccessRequest(ppb.CancelAccessRequestRequest(access_request_id=ar.access_request_id),
+                            metadata=om.as_user(pc.M))
+    res = w.pi.IssueAccessRequestTokensBatch(batch, metadata=NOTIFIER).results
+    assert [r.not_pending for r in res] == [True, True] and not res[1].tokens
+    with om.raises_rpc(grpc.StatusCode.INVALID_ARGUMENT):
+        w.pi.IssueAccessRequestTokensBatch(ppb.IssueAccessRequestTokensBatchRequest(items=[
+            ppb.IssueAccessRequestTokensRequest(access_request_id=ar.access_request_id, event_id="ev-b3")]),
+            metadata=NOTIFIER)
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "SERVICE_IDENTITY_REQUIRED"):
+        w.pi.IssueAccessRequestTokensBatch(batch, metadata=om.as_user(pc.CA))
+
+
 def test_part_04_resend_at_most_once_per_hour(w, pc):
     ar = pending_request(w, pc).access_request
     rs = ppb.ResendAccessRequestRequest(access_request_id=ar.access_request_id)
