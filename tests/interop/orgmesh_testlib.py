@@ -15,6 +15,7 @@ ADDR...` and `wait-serving [--timeout S] ADDR...`.
 import base64
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import hmac
 import importlib
@@ -121,6 +122,31 @@ def stack_env():
     return {k: os.environ.get(k) or out[k] for k in keys}
 
 
+_PORT_LOCK_DIR = Path(os.environ.get("OM_PORT_LOCK_DIR", "/tmp/orgmesh-test-ports"))
+_reserved_ports = {}  # port -> the open lock file, held while this process lives
+
+
+def _reserve_port(port):
+    """Claims `port` for this process: a flock on a file per port, held until
+    the process exits, so that suites running side by side (ctest -j) never
+    hand out the same port between one's check and its server's bind (CI saw
+    "cannot listen on 127.0.0.1:N" once), and one process never twice."""
+    if port in _reserved_ports:
+        return False
+    try:
+        _PORT_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(_PORT_LOCK_DIR / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError:
+        return True  # no lock directory: the bind check alone, as before
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _reserved_ports[port] = fd
+    return True
+
+
 def free_port():
     """A free loopback port *below* the kernel's ephemeral range. A port the
     kernel hands out (bind to 0) can be taken by any outgoing connection
@@ -135,6 +161,8 @@ def free_port():
     rng = random.SystemRandom()
     for _ in range(500):
         port = rng.randint(lo, hi)
+        if not _reserve_port(port):
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
