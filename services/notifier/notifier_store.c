@@ -411,11 +411,19 @@ int nt_prepare(pg_conn *c, nt_job *j) {
         return 0;
     }
     if (rc != 0) return rc;
+    /* NOTE-04: the HTML alternative in the email's locale's layout */
+    char *html = NULL;
+    rc = nt_html_from_text(nt_tpls, j->locale, j->subject, body, &html);
+    if (rc != 0) {
+        free(body);
+        return rc;
+    }
     nt_mail mail = {
         .from = nt_cfg.smtp.from,
         .to = j->email,
         .subject = j->subject,
         .body = body,
+        .html = html,
         .message_id = j->message_id,
         .locale = j->locale,
         .event_id = j->event_id,
@@ -423,6 +431,7 @@ int nt_prepare(pg_conn *c, nt_job *j) {
     };
     rc = nt_mail_format(&mail, &j->msg, &j->len);
     free(body);
+    free(html);
     if (rc != 0) {
         j->msg = NULL;
         j->rc = OM_E_FAILED_PRECONDITION;
