@@ -22,6 +22,7 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "idem.h"
+#include "l10n.h"
 #include "log.h"
 #include "metrics.h"
 #include "om_time.h"
@@ -189,6 +190,7 @@ struct rpc_ctx {
     bool have_actor;
     char *token;
     char *trace_id;
+    char *accept_language; /* API-01: the `accept-language` metadata, or NULL */
 
     /* failure being built */
     int err_code;
@@ -485,6 +487,7 @@ static void ctx_free(rpc_ctx *ctx) {
     if (ctx->method == NULL) grpc_call_details_destroy(&ctx->details);
     free(ctx->token);
     free(ctx->trace_id);
+    free(ctx->accept_language);
     rpc_arena_free(ctx->arena);
     free(ctx);
 }
@@ -517,6 +520,9 @@ static void post_request(rpc_server *srv, poller *p, srv_method *m) {
 
 /* ------------------------------------------------------------------------ */
 /* replies                                                                    */
+
+/* ErrorInfo metadata entries offered to the catalog's placeholders. */
+#define L10N_MAX_META 16
 
 /* Turn the handler's outcome into the reply message or an error status. */
 static void build_reply(rpc_ctx *ctx, int rc) {
@@ -553,6 +559,20 @@ static void build_reply(rpc_ctx *ctx, int rc) {
         .n_extra = ctx->n_extra,
     };
     ctx->err_msg = (char *)e.message;
+    /* API-01: the same error in the caller's words: the token's `locale`
+     * claim, else accept-language, else English; ErrorInfo metadata fills
+     * the catalog's {key} placeholders */
+    char localized[512];
+    l10n_kv kv[L10N_MAX_META];
+    size_t n_kv = 0;
+    for (size_t i = 0; i < ctx->n_meta && n_kv < L10N_MAX_META; i++)
+        kv[n_kv++] = (l10n_kv){ctx->meta[i].key, ctx->meta[i].value};
+    const char *loc = l10n_pick(ctx->have_actor ? ctx->actor.locale : NULL, ctx->accept_language);
+    loc = l10n_message(loc, om_err_name(ctx->err_code), kv, n_kv, localized, sizeof localized);
+    if (loc != NULL) {
+        e.localized_locale = loc;
+        e.localized_message = localized;
+    }
     uint8_t *bin = NULL;
     size_t len = 0;
     if (rpc_status_pack(&e, &bin, &len) == 0) {
@@ -765,6 +785,12 @@ static int read_metadata(rpc_ctx *ctx) {
                 tok = v + 7;
                 tok_len = n - 7;
             }
+        } else if (slice_eq(m->key, "accept-language")) {
+            /* API-01: read before authentication, so that even an
+             * UNAUTHENTICATED answer speaks the caller's language */
+            size_t n = GRPC_SLICE_LENGTH(m->value);
+            if (n > 0 && n <= 256 && ctx->accept_language == NULL)
+                ctx->accept_language = strndup((const char *)GRPC_SLICE_START_PTR(m->value), n);
         } else if (slice_eq(m->key, "x-trace-id")) {
             size_t n = GRPC_SLICE_LENGTH(m->value);
             if (n > 0 && n <= 64) {

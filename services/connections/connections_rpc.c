@@ -272,7 +272,7 @@ static int require_viewer(op_call *cl, pg_conn *tx, const org_state *st, const c
     for (int i = 0; i < st->n; i++)
         if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
     return op_fail(cl, OM_E_PERMISSION_DENIED,
-                   "only SUPER_ADMIN or PARTNER_ADMIN users of an account of the organization can view it (CONN-08, ORG-08)");
+                   "only super admin or partner admin users of an account of the organization can view it (CONN-08, ORG-08)");
 }
 
 /* CONN-08: acting from an account of the organization, SUPER_ADMIN in every
@@ -295,7 +295,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_state *st, uint64
             return op_need(cl, NEED_MEMBERSHIPS);
         }
         return op_fail(cl, OM_E_NOT_SUPER_ADMIN,
-                       "the actor must be SUPER_ADMIN in every account of the organization; not in %" PRIu64 " (CONN-08)",
+                       "the actor must be super admin in every account of the organization; not in %" PRIu64 " (CONN-08)",
                        st->hubs[i]);
     }
     return 0;

@@ -307,7 +307,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_snapshot *s, uint
                        acting_hub_id, s->o.id);
     if (!s->m[at].marketing_enterprise)
         return op_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
-                       "acting account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-07)", acting_hub_id);
+                       "acting account %" PRIu64 " has no Marketing Hub Enterprise subscription (ORG-07)", acting_hub_id);
     uint64_t hubs[ORG_MAX_MEMBERS_READ], lacking[ORG_MAX_MEMBERS_READ];
     unsigned roles[ORG_MAX_MEMBERS_READ];
     int nl = 0;
@@ -320,7 +320,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_snapshot *s, uint
         char list[256];
         id_list(list, sizeof list, lacking, nl);
         return op_fail(cl, OM_E_NOT_SUPER_ADMIN,
-                       "managing an organization requires SUPER_ADMIN in every account of it; not in: %s (ORG-07)",
+                       "managing an organization requires super admin in every account of it; not in: %s (ORG-07)",
                        list);
     }
     return 0;
@@ -360,7 +360,7 @@ static int require_viewer(op_call *cl, pg_conn *tx, const org_snapshot *s, const
     for (int i = 0; i < s->n; i++)
         if (org_roles_view(roles[i])) return 0;
     return op_fail(cl, OM_E_PERMISSION_DENIED,
-                   "only SUPER_ADMIN or PARTNER_ADMIN members of an account of the organization may view it (ORG-08)");
+                   "only super admin or partner admin members of an account of the organization may view it (ORG-08)");
 }
 
 /* ORG-04: two-factor enabled (local copy of the user, fetched when
@@ -428,7 +428,7 @@ static int require_super_admin_in(op_call *cl, pg_conn *tx, const uint64_t *ids,
     if (nl == 0) return 0;
     char list[512];
     id_list(list, sizeof list, lacking, nl);
-    return op_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be SUPER_ADMIN in every account concerned; not in: %s (ORG-03)",
+    return op_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be super admin in every account concerned; not in: %s (ORG-03)",
                    list);
 }
 
@@ -547,7 +547,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
             return rpc_fail(ctx, OM_E_NOT_FOUND, "no such account: %" PRIu64, req->enterprise_hub_id);
         if (!e->marketing_enterprise) /* ORG-01 */
             return rpc_fail(ctx, OM_E_NOT_ENTERPRISE_ACCOUNT,
-                            "account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-01)", e->hub_id);
+                            "account %" PRIu64 " has no Marketing Hub Enterprise subscription (ORG-01)", e->hub_id);
         location = e->hosting_location;
     } else {
         op_call cl = {.ctx = ctx, .actor = actor, .fetched = NEED_MEMBERSHIPS}; /* just fetched */
@@ -621,7 +621,7 @@ static int apply_create(op_call *cl, pg_conn *tx) {
     const org_account *ent = find_account(accts, n, req->enterprise_hub_id);
     if (!ent->marketing_enterprise) /* ORG-01 */
         return op_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
-                       "account %" PRIu64 " has no MARKETING ENTERPRISE subscription: create the organization from an"
+                       "account %" PRIu64 " has no Marketing Hub Enterprise subscription: create the organization from an"
                        " Enterprise account (ORG-01)",
                        ent->hub_id);
     if ((rc = require_super_admin_in(cl, tx, ids, n)) != 0) return rc;        /* ORG-03 */
@@ -912,7 +912,7 @@ static int apply_remove(op_call *cl, pg_conn *tx) {
         if (i != at && s->m[i].marketing_enterprise) other_enterprise = true;
     if (!other_enterprise) /* ORG-07 */
         return op_fail(cl, OM_E_LAST_ENTERPRISE_ACCOUNT,
-                       "account %" PRIu64 " is the last MARKETING ENTERPRISE account of the organization: delete the"
+                       "account %" PRIu64 " is the last Marketing Hub Enterprise account of the organization: delete the"
                        " organization instead (ORG-07)",
                        req->hub_id);
     org_who who = who_of(cl, req->request_id);

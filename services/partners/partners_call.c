@@ -132,7 +132,7 @@ int pa_require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_account *a
     if ((rc = part_rule_partner_manager(acct->kind, member, roles)) != 0) {
         if (rc == OM_E_NOT_PARTNER_ACCOUNT)
             return rpc_fail(ctx, rc, "account %" PRIu64 " is not a PARTNER account", partner);
-        return rpc_fail(ctx, rc, "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the partner account may do this");
+        return rpc_fail(ctx, rc, "only super admin or account permissions members of the partner account may do this");
     }
     return 0;
 }
