@@ -34,9 +34,15 @@
 #define NEED_MEMBERSHIPS 2u
 
 static int64_t mfa_window_s = ORG_MFA_WINDOW_DEFAULT_S;
+int64_t org_tombstone_retention_s = ORG_TOMBSTONE_RETENTION_DEFAULT_S;
+int org_tombstone_purge_ms = 60000;
 
 int organizations_init(void) {
     mfa_window_s = cfg_int("ORGMESH_MFA_WINDOW_S", ORG_MFA_WINDOW_DEFAULT_S, 1, 86400);
+    /* ORG-13 */
+    org_tombstone_retention_s = cfg_int("ORGMESH_ORG_TOMBSTONE_RETENTION_S", ORG_TOMBSTONE_RETENTION_DEFAULT_S, 1,
+                                        10LL * 366 * 86400);
+    org_tombstone_purge_ms = (int)cfg_int("ORGMESH_ORG_TOMBSTONE_PURGE_MS", 60000, 10, 3600000);
     if (app_peer("accounts") == NULL) log_warn("ORGMESH_ACCOUNTS_ADDR is not set: missing copies cannot be fetched");
     return 0;
 }
@@ -696,8 +702,38 @@ static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
 typedef struct read_op {
     const char *org_id;
     uint64_t hub_id; /* GetOrganizationByAccount */
+    bool tombstone_ok; /* ORG-13: GetOrganization, ListOrganizationHistory */
     org_snapshot *s;
 } read_op;
+
+/* ORG-13: the tombstone of an organization ORG-10 deleted, for the admins
+ * (ORG-08's roles) of its former member accounts while it is kept. A plain
+ * member of one of them may know it existed: PERMISSION_DENIED; anyone else,
+ * and orgmesh services (which act on the events), NOT_FOUND as for an id
+ * that never existed (AIP-193). */
+static int read_tombstone(op_call *cl, pg_conn *tx, read_op *op, const char *org_id) {
+    if (auth_is_service(cl->actor, NULL)) return op_fail(cl, OM_E_NOT_FOUND, "no organization %s", org_id);
+    org_tombstone t;
+    int rc = store_tombstone_get(tx, org_id, &t);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "no organization %s", org_id);
+    if (rc != 0) return rc;
+    unsigned roles[ORG_MAX_MEMBERS_READ];
+    bool member[ORG_MAX_MEMBERS_READ];
+    if ((rc = copies_roles(cl, tx, t.former, t.n_former, roles, member)) != 0) return rc;
+    bool seen = false, viewer = false;
+    for (int i = 0; i < t.n_former; i++) {
+        seen = seen || member[i];
+        viewer = viewer || (member[i] && org_roles_view(roles[i]));
+    }
+    if (!seen) return op_fail(cl, OM_E_NOT_FOUND, "no organization %s", org_id);
+    if (!viewer)
+        return op_fail(cl, OM_E_PERMISSION_DENIED,
+                       "only super admin or partner admin members of its former accounts may view a deleted "
+                       "organization (ORG-13)");
+    op->s = rpc_calloc(cl->ctx, 1, sizeof *op->s);
+    org_tombstone_pb(op->s, &t);
+    return 0;
+}
 
 static int apply_read(op_call *cl, pg_conn *tx) {
     read_op *op = cl->arg;
@@ -710,7 +746,11 @@ static int apply_read(op_call *cl, pg_conn *tx) {
         if (rc != 0) return rc;
         org_id = buf;
     }
-    int rc = load_org(cl, tx, org_id, false, &op->s);
+    op->s = rpc_calloc(cl->ctx, 1, sizeof *op->s);
+    int rc = store_org_get(tx, org_id, false, &op->s->o);
+    if (rc == OM_E_NOT_FOUND && op->tombstone_ok) return read_tombstone(cl, tx, op, org_id); /* ORG-13 */
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "no organization %s", org_id);
+    if (rc == 0) rc = org_snapshot_load(tx, op->s);
     if (rc != 0) return rc;
     const char *hidden = NULL;
     if (op->hub_id != 0) /* worded as for an account in no organization */
@@ -722,13 +762,13 @@ static const op_def read_def = {.apply = apply_read, .fetch = org_fetch, .unavai
 
 static int read_org(rpc_ctx *ctx, ProtobufCMessage *resp, read_op *op) { return op_run(ctx, &read_def, NULL, resp, op); }
 
-/* GetOrganization — ORG-08. */
+/* GetOrganization — ORG-08; ORG-13 the tombstone of an automatic deletion. */
 static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(GetOrganizationRequest) *req = (const void *)req_;
     OPB(GetOrganizationResponse) *resp = (void *)resp_;
     check_org_id(ctx, req->organization_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    read_op op = {.org_id = req->organization_id};
+    read_op op = {.org_id = req->organization_id, .tombstone_ok = true};
     int rc = read_org(ctx, resp_, &op);
     if (rc == 0) resp->organization = &op.s->pb;
     return rc;
@@ -778,7 +818,8 @@ static int h_list_members(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 }
 
 /* ListOrganizationHistory — ORG-08, ORG-12: the organization's entries and
- * those of its members ("organizations/<id>/..."). */
+ * those of its members ("organizations/<id>/..."); ORG-13: also while its
+ * tombstone is kept. */
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(ListOrganizationHistoryRequest) *req = (const void *)req_;
     OPB(ListOrganizationHistoryResponse) *resp = (void *)resp_;
@@ -789,7 +830,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     char *scope = rpc_sprintf(ctx, "organizations.ListOrganizationHistory|%s", req->organization_id);
     page_req pg; /* keyset: the id below which the next page starts */
     if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
-    read_op op = {.org_id = req->organization_id};
+    read_op op = {.org_id = req->organization_id, .tombstone_ok = true};
     int rc = read_org(ctx, resp_, &op);
     if (rc != 0) return rc;
     pg_conn *c = op_db(ctx);
