@@ -1086,3 +1086,20 @@ def test_api_01_error_carries_localized_message_in_the_callers_locale(w, pc):
         w.p.DeclineAccessRequest(decline, metadata=(("accept-language", "ja"),))
     loc = r.details.detail(error_details_pb2.LocalizedMessage)
     assert (loc.locale, loc.message) == ("ja", "もう一度サインインしてください。")
+
+
+def test_api_01_part_06_item_error_in_the_callers_locale(w, pc):
+    """PART-06's per-item error carries its words in the caller's locale, as
+    the seeds translate them; the English message stays as it was."""
+    M2, P2 = second_partner(w, pc)
+    pending_request(w, pc)
+    req = ppb.AssignClientsToEmployeeRequest(partner_hub_id=P2, employee_user_id=pc.E, client_hub_ids=[pc.C])
+    for md, locale, text in (
+            (om.as_user(M2) + (("accept-language", "pl-PL, en;q=0.5"),), "pl",
+             "Ich adres e-mail jest już połączony z innym rekordem partnera dla tego klienta"),
+            (om.bearer(om.user_token(M2, extra_claims={"locale": "es"})), "es",
+             "Dirección de correo electrónico ya conectada con otro registro de partner para este cliente"),
+            (om.as_user(M2), "en", CONFLICT_MSG)):
+        e = w.p.AssignClientsToEmployee(req, metadata=md).results[0].error
+        assert (e.reason, e.message) == ("EMAIL_CONNECTED_TO_OTHER_PARTNER", CONFLICT_MSG)
+        assert (e.locale, e.localized_message) == (locale, text)
