@@ -137,8 +137,12 @@ static int queue_one(pg_conn *tx, const evt_event *ev, const char *tpl, const AC
     /* the first variable is always the recipient's name */
     vars[0].key = "recipient_name";
     vars[0].value = u->display_name;
-    char *subject = NULL, *body = NULL;
+    char *subject = NULL, *body = NULL, *html = NULL;
     int rc = nt_render(nt_tpls, tpl, locale, vars, n_vars, &subject, &body);
+    if (rc == 0 && (rc = nt_render_html(nt_tpls, tpl, locale, vars, n_vars, &html)) != 0) { /* NOTE-04 */
+        free(subject);
+        free(body);
+    }
     if (rc != 0) {
         log_error("template %s/%s: %s", locale, tpl, om_err_name(rc));
         return rc;
@@ -152,12 +156,14 @@ static int queue_one(pg_conn *tx, const evt_event *ev, const char *tpl, const AC
         .template_name = tpl,
         .subject = subject,
         .body = body,
+        .body_html = html,
         .client_hub_id = client_hub_id,
         .access_request_id = access_request_id,
     };
     rc = nt_queue_insert(tx, &o);
     free(subject);
     free(body);
+    free(html);
     return rc;
 }
 

@@ -44,6 +44,8 @@ struct nt_templates {
     size_t n_ph, cap_ph;
     nt_layout *lay; /* NOTE-04 HTML layouts */
     size_t n_lay;
+    nt_tpl *html; /* NOTE-04 a kind's own HTML part (subject unused) */
+    size_t n_html;
 };
 
 /* ---- a growing string ----------------------------------------------------- */
@@ -190,6 +192,32 @@ static int load_layout(nt_templates *t, const char *locale, const char *path) {
     return 0;
 }
 
+/* NOTE-04: <dir>/<locale>/<name>.html, a kind's own HTML part. */
+static int load_kind_html(nt_templates *t, const char *dir, const char *locale, const char *file, size_t name_len) {
+    char name[64];
+    if (name_len >= sizeof name) return 0;
+    memcpy(name, file, name_len);
+    name[name_len] = '\0';
+    if (!valid_part(name, sizeof name)) return 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/%s", dir, locale, file);
+    char *text = read_file(path);
+    if (text == NULL) return OM_E_INTERNAL;
+    nt_tpl *v = realloc(t->html, (t->n_html + 1) * sizeof *v);
+    if (v == NULL) {
+        free(text);
+        return OM_E_NOMEM;
+    }
+    t->html = v;
+    nt_tpl *e = &v[t->n_html];
+    memset(e, 0, sizeof *e);
+    snprintf(e->locale, sizeof e->locale, "%.15s", locale);
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->body = text;
+    t->n_html++;
+    return 0;
+}
+
 static int load_locale(nt_templates *t, const char *dir, const char *locale) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, locale);
@@ -207,6 +235,10 @@ static int load_locale(nt_templates *t, const char *dir, const char *locale) {
     struct dirent *de;
     while (rc == 0 && (de = readdir(d)) != NULL) {
         size_t n = strlen(de->d_name);
+        if (n > 5 && strcmp(de->d_name + n - 5, ".html") == 0 && strcmp(de->d_name, "layout.html") != 0) {
+            rc = load_kind_html(t, dir, locale, de->d_name, n - 5);
+            continue;
+        }
         if (n < 5 || strcmp(de->d_name + n - 4, ".txt") != 0) continue;
         char name[64];
         if (n - 4 >= sizeof name) continue;
@@ -270,6 +302,8 @@ void nt_templates_free(nt_templates *t) {
     free(t->ph);
     for (size_t i = 0; i < t->n_lay; i++) free(t->lay[i].html);
     free(t->lay);
+    for (size_t i = 0; i < t->n_html; i++) free(t->html[i].body);
+    free(t->html);
     free(t);
 }
 
@@ -337,8 +371,10 @@ static const char *lookup(const nt_templates *t, const char *locale, const nt_va
     return "";
 }
 
+static void html_escape(sbuf *b, const char *s, size_t n);
+
 static int substitute(const nt_templates *t, const char *locale, const char *src, const nt_var *vars, size_t n,
-                      bool one_line, char **out) {
+                      bool one_line, bool escape, char **out) {
     sbuf b = {0};
     const char *p = src;
     for (;;) {
@@ -354,7 +390,9 @@ static int substitute(const nt_templates *t, const char *locale, const char *src
         while (klen > 0 && *k == ' ') k++, klen--;
         while (klen > 0 && k[klen - 1] == ' ') klen--;
         const char *v = lookup(t, locale, vars, n, k, klen);
-        if (one_line) {
+        if (escape) {
+            html_escape(&b, v, strlen(v)); /* NOTE-04: every value, in a kind's own HTML */
+        } else if (one_line) {
             for (const char *q = v; *q; q++) sb_add(&b, (*q == '\r' || *q == '\n') ? " " : q, 1);
         } else {
             sb_str(&b, v);
@@ -370,13 +408,26 @@ int nt_render(const nt_templates *t, const char *name, const char *locale, const
     const nt_tpl *e = find(t, name, locale);
     if (e == NULL) e = find(t, name, NT_FALLBACK_LOCALE);
     if (e == NULL) return OM_E_NOT_FOUND;
-    int rc = substitute(t, e->locale, e->subject, vars, n_vars, true, subject);
-    if (rc == 0) rc = substitute(t, e->locale, e->body, vars, n_vars, false, body);
+    int rc = substitute(t, e->locale, e->subject, vars, n_vars, true, false, subject);
+    if (rc == 0) rc = substitute(t, e->locale, e->body, vars, n_vars, false, false, body);
     if (rc != 0) {
         free(*subject);
         *subject = NULL;
     }
     return rc;
+}
+
+int nt_render_html(const nt_templates *t, const char *name, const char *locale, const nt_var *vars, size_t n_vars,
+                   char **html) {
+    *html = NULL;
+    /* the language of the text part: never an HTML part in another one */
+    const nt_tpl *txt = find(t, name, locale);
+    if (txt == NULL) txt = find(t, name, NT_FALLBACK_LOCALE);
+    if (txt == NULL) return OM_E_NOT_FOUND;
+    for (size_t i = 0; i < t->n_html; i++)
+        if (strcmp(t->html[i].name, name) == 0 && strcmp(t->html[i].locale, txt->locale) == 0)
+            return substitute(t, txt->locale, t->html[i].body, vars, n_vars, false, true, html);
+    return 0;
 }
 
 /* ---- the message ----------------------------------------------------------------- */

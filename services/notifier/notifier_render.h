@@ -15,9 +15,9 @@ typedef struct nt_templates nt_templates;
 
 /* Reads <dir>/<locale>/<name>.txt for every locale directory. Each file's
  * first line is "Subject: ...", the rest is the body. Also reads, where they
- * exist, <dir>/<locale>/phrases.ini ("key = text" lines, '#' comments) and
- * the HTML layouts <dir>/<locale>/layout.html and <dir>/layout.html
- * (NOTE-04). Fails with
+ * exist, <dir>/<locale>/phrases.ini ("key = text" lines, '#' comments),
+ * <dir>/<locale>/<name>.html (a kind's own HTML part) and the HTML layouts
+ * <dir>/<locale>/layout.html and <dir>/layout.html (NOTE-04). Fails with
  * OM_E_NOT_FOUND when <dir>/en holds no template, OM_E_INVALID_ARGUMENT for a
  * file without the subject line. */
 int nt_templates_load(const char *dir, nt_templates **out);
@@ -39,6 +39,14 @@ typedef struct nt_var {
      * no locale has it): codes never reach a localized email as such. */
     int phrase;
 } nt_var;
+
+/* NOTE-04: the HTML part of template `name` in `locale` from
+ * <dir>/<locale>/<name>.html when that file exists (its placeholders as in
+ * the .txt, every value HTML-escaped, phrases included), malloc'd into
+ * *html; *html = NULL when the locale has no such file (the caller then
+ * wraps the text in the layout: nt_html_from_text). */
+int nt_render_html(const nt_templates *t, const char *name, const char *locale, const nt_var *vars, size_t n_vars,
+                   char **html);
 
 /* The phrase `key` in `locale` (falling back to English), or NULL. */
 const char *nt_phrase(const nt_templates *t, const char *locale, const char *key);

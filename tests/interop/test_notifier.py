@@ -169,7 +169,8 @@ class World:
     def user(self, name, locale=""):
         tag = uuid.uuid4().hex[:10]
         u = self.acc.CreateUser(apb.CreateUserRequest(user=apb.User(
-            email=f"{name.lower().replace(' ', '.')}.{tag}@example.test", display_name=name, locale=locale)),
+            email=f"{re.sub(r'[^a-z0-9.]', '', name.lower().replace(' ', '.'))}.{tag}@example.test",
+            display_name=name, locale=locale)),
             metadata=SVC).user
         return u
 
@@ -654,6 +655,35 @@ def test_note_04_localized_multipart_email_in_it_pl_ja(w, smtp):
             .replace('"', "&quot;")
         assert escaped in html and accounts[lang].name not in html
         assert f'lang="{lang}"' in html
+
+
+def test_note_04_kind_html_template_with_escaped_values_and_the_link(w, setup, smtp, suite, tmp_path):
+    """A kind with its own <kind>.html: rendered when the event is handled
+    (every value escaped), stored with the delivery, its link's token filled
+    in at send time like the text's."""
+    s = setup
+    tpl = tmp_path / "templates"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "services", "notifier", "templates"), tpl)
+    (tpl / "en" / "access_requested.html").write_text(
+        '<p>{{partner_name}} asks for <b>{{employee_name}}</b>: <a href="{{link}}">approve</a></p>\n')
+    E = w.employee(s.P, s.M, name='Ada <b>&"')
+    first = suite["notifier"]
+    replica = first.replica("notifier-html.log", start=False, env={"ORGMESH_NOTIFIER_TEMPLATES": str(tpl)})
+    assert first.stop() == []
+    try:
+        replica.start()
+        replica.wait_serving()
+        w.request(s.P, s.M, E, s.C)
+        (msg,) = smtp.wait_for(s.CA.email)
+        link, _, token = link_of(msg)
+        html = html_of(msg)
+        assert html.rstrip() == (f'<p>{s.P.name} asks for <b>Ada &lt;b&gt;&amp;&quot;</b>: '
+                                 f'<a href="{link.replace("&", "&amp;")}">approve</a></p>'), html
+        assert 'Ada <b>&"' in text_of(msg) and token
+    finally:
+        problems = replica.stop()
+        first.restart()
+    assert problems == []
 
 
 # ---- NOTE-03 / SPEC 9: crashes and replicas ----------------------------------------------

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -186,7 +187,8 @@ static void test_note_04_every_template_every_locale_in_its_own_words(void **sta
             }
             char *s = NULL, *b = NULL, *h = NULL;
             assert_int_equal(nt_render(t, name, locale, vars, vs.n, &s, &b), 0);
-            assert_int_equal(nt_html_from_text(t, locale, s, b, &h), 0);
+            assert_int_equal(nt_render_html(t, name, locale, vars, vs.n, &h), 0); /* the kind's own, if any */
+            if (h == NULL) assert_int_equal(nt_html_from_text(t, locale, s, b, &h), 0);
             check_clean("subject", locale, name, s);
             check_clean("body", locale, name, b);
             check_clean("html", locale, name, h);
@@ -271,11 +273,56 @@ static void test_note_04_html_part_escapes_every_variable(void **state) {
     nt_templates_free(t);
 }
 
+/* NOTE-04: a kind's own <kind>.html: its placeholders with every value
+ * (phrases too) HTML-escaped; only in the language of the text part. */
+static void test_note_04_kind_html_template_escapes_values(void **state) {
+    (void)state;
+    char dir[] = "/tmp/nt_l10n_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    const char *files[][2] = {
+        {"en", NULL},
+        {"it", NULL},
+        {"en/hello.txt", "Subject: Hi {{name}}\nDear {{name}}: {{reason}}\n"},
+        {"en/hello.html", "<p>Dear <b>{{name}}</b>: {{reason}}</p>\n"},
+        {"en/phrases.ini", "x.Y = a & b\n"},
+        {"it/hello.txt", "Subject: Ciao {{name}}\nCaro {{name}}: {{reason}}\n"},
+        {"it/phrases.ini", "x.Y = a e b\n"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i][0]);
+        if (files[i][1] == NULL) {
+            assert_int_equal(mkdir(path, 0700), 0);
+            continue;
+        }
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(files[i][1], f);
+        fclose(f);
+    }
+    nt_templates *t = NULL;
+    assert_int_equal(nt_templates_load(dir, &t), 0);
+    nt_var vars[] = {{"name", "<i>&\"", 0}, {"reason", "x.Y", 1}};
+    char *h = NULL;
+    assert_int_equal(nt_render_html(t, "hello", "en", vars, 2, &h), 0);
+    assert_string_equal(h, "<p>Dear <b>&lt;i&gt;&amp;&quot;</b>: a &amp; b</p>\n");
+    free(h);
+    /* Italian has no HTML of its own: the caller uses the layout */
+    assert_int_equal(nt_render_html(t, "hello", "it", vars, 2, &h), 0);
+    assert_null(h);
+    assert_int_equal(nt_render_html(t, "nope", "en", vars, 2, &h), OM_E_NOT_FOUND);
+    nt_templates_free(t);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_note_04_every_template_every_locale_in_its_own_words),
         cmocka_unit_test(test_note_04_phrases_complete_in_every_locale),
         cmocka_unit_test(test_note_04_html_part_escapes_every_variable),
+        cmocka_unit_test(test_note_04_kind_html_template_escapes_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
