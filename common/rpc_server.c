@@ -557,6 +557,8 @@ static void localize_items(rpc_ctx *ctx, ProtobufCMessage *msg, const char *loca
         if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
         if (!holds_item_error((const ProtobufCMessageDescriptor *)f->descriptor, depth + 1)) continue;
         char *base = (char *)msg;
+        /* a oneof member that is not the one set shares its memory with another */
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(uint32_t *)(base + f->quantifier_offset) != f->id) continue;
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
             size_t n = *(size_t *)(base + f->quantifier_offset);
             ProtobufCMessage **v = *(ProtobufCMessage ***)(base + f->offset);
