@@ -2,7 +2,10 @@
  * (API-01). English is complete (one entry per row of om_err.h's table);
  * a reason another locale lacks is shown in English, and
  * tests/unit/test_l10n.c lists those gaps. Words, not codes: the text is
- * for people. The PART-06 text is the seeds' own (issue 17). */
+ * for people. The PART-06 text is the seeds' own (issue 17). Entries for
+ * reasons other branches add (grants: ROLE_NOT_GRANTABLE ... GRANT_NOT_ACTIVE;
+ * zz: INVALID_CONSISTENCY_TOKEN, CONSISTENCY_NOT_REACHED) are here ahead of
+ * their om_err.h rows; an entry without a row is never looked up. */
 #include <stddef.h>
 
 #include "l10n_catalog.h"
@@ -64,6 +67,13 @@ static const l10n_entry CATALOG_EN[] = {
     {"RATE_LIMITED", "Too many requests of this kind. Please wait a moment and try again."},
     {"REQUEST_NOT_PENDING", "This access request has already been answered or has ended."},
     {"INVALID_TOKEN", "This link is not valid for you. Sign in as the person it was sent to."},
+    {"ROLE_NOT_GRANTABLE", "This role cannot be given through a partner's access."},
+    {"ROLES_NOT_REQUESTED", "Only the roles the partner asked for can be approved."},
+    {"DURATION_NOT_ALLOWED", "This access duration is not allowed."},
+    {"PARTNER_ACCESS_BLOCKED", "The client has turned off this partner's access to the account."},
+    {"GRANT_NOT_ACTIVE", "This access is not active."},
+    {"INVALID_CONSISTENCY_TOKEN", "The consistency token is not valid here."},
+    {"CONSISTENCY_NOT_REACHED", "The data was not up to date in time. Please try again."},
     {NULL, NULL},
 };
 
@@ -124,6 +134,13 @@ static const l10n_entry CATALOG_ES[] = {
     {"RATE_LIMITED", "Demasiadas solicitudes de este tipo. Espera un momento e inténtalo de nuevo."},
     {"REQUEST_NOT_PENDING", "Esta solicitud de acceso ya se ha respondido o ha finalizado."},
     {"INVALID_TOKEN", "Este enlace no es válido para ti. Inicia sesión como la persona a la que se envió."},
+    {"ROLE_NOT_GRANTABLE", "Este rol no se puede conceder mediante el acceso de un partner."},
+    {"ROLES_NOT_REQUESTED", "Solo se pueden aprobar los roles que solicitó el partner."},
+    {"DURATION_NOT_ALLOWED", "Esta duración del acceso no está permitida."},
+    {"PARTNER_ACCESS_BLOCKED", "El cliente ha desactivado el acceso de este partner a la cuenta."},
+    {"GRANT_NOT_ACTIVE", "Este acceso no está activo."},
+    {"INVALID_CONSISTENCY_TOKEN", "El token de coherencia no es válido aquí."},
+    {"CONSISTENCY_NOT_REACHED", "Los datos no se actualizaron a tiempo. Inténtalo de nuevo."},
     {NULL, NULL},
 };
 
@@ -184,6 +201,13 @@ static const l10n_entry CATALOG_IT[] = {
     {"RATE_LIMITED", "Troppe richieste di questo tipo. Attendi un momento e riprova."},
     {"REQUEST_NOT_PENDING", "Questa richiesta di accesso ha già ricevuto risposta o è terminata."},
     {"INVALID_TOKEN", "Questo link non è valido per te. Accedi come la persona a cui è stato inviato."},
+    {"ROLE_NOT_GRANTABLE", "Questo ruolo non può essere concesso tramite l'accesso di un partner."},
+    {"ROLES_NOT_REQUESTED", "Si possono approvare solo i ruoli richiesti dal partner."},
+    {"DURATION_NOT_ALLOWED", "Questa durata dell'accesso non è consentita."},
+    {"PARTNER_ACCESS_BLOCKED", "Il cliente ha disattivato l'accesso di questo partner all'account."},
+    {"GRANT_NOT_ACTIVE", "Questo accesso non è attivo."},
+    {"INVALID_CONSISTENCY_TOKEN", "Il token di coerenza non è valido qui."},
+    {"CONSISTENCY_NOT_REACHED", "I dati non sono stati aggiornati in tempo. Riprova."},
     {NULL, NULL},
 };
 
@@ -244,6 +268,13 @@ static const l10n_entry CATALOG_JA[] = {
     {"RATE_LIMITED", "この種類のリクエストが多すぎます。少し待ってからもう一度お試しください。"},
     {"REQUEST_NOT_PENDING", "このアクセス依頼はすでに回答済みか終了しています。"},
     {"INVALID_TOKEN", "このリンクはあなたには無効です。送信先の本人としてサインインしてください。"},
+    {"ROLE_NOT_GRANTABLE", "このロールはパートナーのアクセスを通じて付与できません。"},
+    {"ROLES_NOT_REQUESTED", "承認できるのはパートナーが依頼したロールだけです。"},
+    {"DURATION_NOT_ALLOWED", "このアクセス期間は許可されていません。"},
+    {"PARTNER_ACCESS_BLOCKED", "クライアントがこのパートナーのアカウントへのアクセスを停止しました。"},
+    {"GRANT_NOT_ACTIVE", "このアクセスは有効ではありません。"},
+    {"INVALID_CONSISTENCY_TOKEN", "この整合性トークンはここでは無効です。"},
+    {"CONSISTENCY_NOT_REACHED", "データの更新が間に合いませんでした。もう一度お試しください。"},
     {NULL, NULL},
 };
 
@@ -304,6 +335,13 @@ static const l10n_entry CATALOG_NL[] = {
     {"RATE_LIMITED", "Te veel verzoeken van deze soort. Wacht even en probeer het opnieuw."},
     {"REQUEST_NOT_PENDING", "Dit toegangsverzoek is al beantwoord of beëindigd."},
     {"INVALID_TOKEN", "Deze link is niet geldig voor u. Meld u aan als de persoon naar wie hij is verstuurd."},
+    {"ROLE_NOT_GRANTABLE", "Deze rol kan niet via de toegang van een partner worden toegekend."},
+    {"ROLES_NOT_REQUESTED", "Alleen de rollen waar de partner om vroeg, kunnen worden goedgekeurd."},
+    {"DURATION_NOT_ALLOWED", "Deze toegangsduur is niet toegestaan."},
+    {"PARTNER_ACCESS_BLOCKED", "De klant heeft de toegang van deze partner tot het account uitgeschakeld."},
+    {"GRANT_NOT_ACTIVE", "Deze toegang is niet actief."},
+    {"INVALID_CONSISTENCY_TOKEN", "Het consistentietoken is hier niet geldig."},
+    {"CONSISTENCY_NOT_REACHED", "De gegevens waren niet op tijd bijgewerkt. Probeer het opnieuw."},
     {NULL, NULL},
 };
 
@@ -364,6 +402,13 @@ static const l10n_entry CATALOG_PL[] = {
     {"RATE_LIMITED", "Zbyt wiele żądań tego rodzaju. Poczekaj chwilę i spróbuj ponownie."},
     {"REQUEST_NOT_PENDING", "Na tę prośbę o dostęp już odpowiedziano lub została zakończona."},
     {"INVALID_TOKEN", "Ten link nie jest dla Ciebie ważny. Zaloguj się jako osoba, do której został wysłany."},
+    {"ROLE_NOT_GRANTABLE", "Tej roli nie można nadać w ramach dostępu partnera."},
+    {"ROLES_NOT_REQUESTED", "Można zatwierdzić tylko role, o które poprosił partner."},
+    {"DURATION_NOT_ALLOWED", "Taki czas trwania dostępu jest niedozwolony."},
+    {"PARTNER_ACCESS_BLOCKED", "Klient wyłączył temu partnerowi dostęp do konta."},
+    {"GRANT_NOT_ACTIVE", "Ten dostęp nie jest aktywny."},
+    {"INVALID_CONSISTENCY_TOKEN", "Token spójności nie jest tutaj ważny."},
+    {"CONSISTENCY_NOT_REACHED", "Dane nie zostały zaktualizowane na czas. Spróbuj ponownie."},
     {NULL, NULL},
 };
 const l10n_catalog l10n_catalogs[] = {
