@@ -5,8 +5,10 @@ accounts and organizations services.
 The test that matters: a revocation (a seat taken in accounts, a connection
 turned off in connections, an account removed from its organization, sensitive
 data turned on) followed by a check carrying the revocation's token is denied
-every time — 10,000 revocations from 8 threads in the release build (fewer
-under the sanitizers, OM_CONSISTENCY_ITERATIONS overrides), zero wrong answers.
+every time — 10,000 token-carrying checks from 8 threads in the release build
+(half after revocations, which must be denied, half after the restores, which
+must be allowed; 1,000 under the sanitizers; OM_CONSISTENCY_ITERATIONS
+overrides), zero wrong answers.
 With at_least_as_fresh answering from the cache as minimize_latency does, it
 fails within the first few hundred (checked by hand when it was written)."""
 
@@ -41,7 +43,8 @@ R = cpb.DenialReason
 OP = cpb.ConnectionChange.Operation
 SANITIZED = "asan" in str(om.build_dir())
 ITERATIONS = int(os.environ.get("OM_CONSISTENCY_ITERATIONS", "1000" if SANITIZED else "10000"))
-THREADS = 8
+THREADS = int(os.environ.get("OM_CONSISTENCY_THREADS", "8"))
+READERS = 4
 
 
 @pytest.fixture
@@ -116,45 +119,64 @@ def mint(events, key=om.PAGE_TOKEN_KEY, version=1, issued_ms=None):
 
 # ---- CONN-13: the revocation test ------------------------------------------------------
 
-def test_conn_13_revocation_then_check_with_its_token_is_denied_every_time(w):
-    """ITERATIONS revocations from THREADS threads, each on its own
-    organization: half take the reader's seat in T (accounts -> event ->
-    connections' copy), half turn mirroring S->T off (connections' own
-    write); each is followed at once by a check carrying its token, which
-    must be denied, and each restore by one that must be allowed."""
-    per = ITERATIONS // THREADS
+def test_conn_13_revocation_then_check_with_its_token_is_denied_every_time(w, record_property):
+    """ITERATIONS token-carrying checks from THREADS threads, each thread on
+    its own organization with READERS readers (SALES seats in T). Turns
+    alternate: (1) take one reader's seat in T (accounts -> event ->
+    connections' copy), check that reader with the token: denied; give it
+    back, check: allowed. (2) turn mirroring S->T off (connections' own
+    write), check every reader with the token in one BatchCheckMirrorAccess
+    (one check per item): all denied; turn it on, check: all allowed."""
+    per_cycle = 2 + 2 * READERS
+    cycles = max(1, ITERATIONS // (per_cycle * THREADS))
     worlds = []
     for _ in range(THREADS):
         u = w.user()
         org, (a, b, c) = w.organization(u)
-        reader = w.user()
-        member(w, b, reader, [apb.SEAT_SALES])
+        readers = [w.user() for _ in range(READERS)]
+        for r in readers:
+            member(w, b, r, [apb.SEAT_SALES])
         tok = w.quick(u, org, a).consistency_token
-        assert mirror(w, reader, a, b, fresh(tok)) == (True, R.DENIAL_REASON_UNSPECIFIED)
-        worlds.append((u, org, a, b, reader))
-    wrong, errors, done = [], [], [0] * THREADS
+        assert mirror(w, readers[0], a, b, fresh(tok)) == (True, R.DENIAL_REASON_UNSPECIFIED)
+        worlds.append((u, org, a, b, readers))
+    wrong, errors, checks = [], [], [0] * THREADS
+    allowed = (True, R.DENIAL_REASON_UNSPECIFIED)
+
+    def batch(a, b, readers, tok):
+        for attempt in range(6):
+            try:
+                r = w.conn.BatchCheckMirrorAccess(cpb.BatchCheckMirrorAccessRequest(
+                    items=[cpb.MirrorAccessItem(user_id=x, source_hub_id=a, target_hub_id=b) for x in readers],
+                    consistency=fresh(tok)), metadata=om.bearer(SVC))
+                return [(x.allowed, x.reason) for x in r.results]
+            except grpc.RpcError as e:
+                if attempt == 5 or om.error_details(e).reason != "CONSISTENCY_NOT_REACHED":
+                    raise
+                RETRIES[0] += 1
+                time.sleep(0.01 * 2 ** attempt)
 
     def run(k):
-        u, org, a, b, reader = worlds[k]
+        u, org, a, b, readers = worlds[k]
         try:
-            for i in range(per):
-                if i % 2 == 0:
-                    tok = set_seats(w, b, reader, [])
-                    want = (False, R.DENIAL_REASON_NO_SEAT)
-                    restore = lambda: set_seats(w, b, reader, [apb.SEAT_SALES])  # noqa: E731
-                else:
-                    tok = set_mirroring(w, u, org, a, b, fs(D.DIRECTION_OFF))
-                    want = (False, R.DENIAL_REASON_DIRECTION_NOT_ALLOWED)
-                    restore = lambda: set_mirroring(w, u, org, a, b, fs(D.DIRECTION_BOTH))  # noqa: E731
+            for i in range(cycles):
+                reader = readers[i % READERS]
+                tok = set_seats(w, b, reader, [])
                 assert tok, "a revocation returned no consistency token"
-                got = mirror(w, reader, a, b, fresh(tok), retry=True)
-                if got != want:
-                    wrong.append((k, i, "revoked", got))
-                tok = restore()
-                got = mirror(w, reader, a, b, fresh(tok), retry=True)
-                if got != (True, R.DENIAL_REASON_UNSPECIFIED):
-                    wrong.append((k, i, "restored", got))
-                done[k] += 1
+                if (got := mirror(w, reader, a, b, fresh(tok), retry=True)) != (False, R.DENIAL_REASON_NO_SEAT):
+                    wrong.append((k, i, "seat taken", got))
+                tok = set_seats(w, b, reader, [apb.SEAT_SALES])
+                if (got := mirror(w, reader, a, b, fresh(tok), retry=True)) != allowed:
+                    wrong.append((k, i, "seat given back", got))
+                tok = set_mirroring(w, u, org, a, b, fs(D.DIRECTION_OFF))
+                assert tok, "a revocation returned no consistency token"
+                for got in batch(a, b, readers, tok):
+                    if got != (False, R.DENIAL_REASON_DIRECTION_NOT_ALLOWED):
+                        wrong.append((k, i, "mirroring off", got))
+                tok = set_mirroring(w, u, org, a, b, fs(D.DIRECTION_BOTH))
+                for got in batch(a, b, readers, tok):
+                    if got != allowed:
+                        wrong.append((k, i, "mirroring on", got))
+                checks[k] += per_cycle
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append((k, repr(e)))
 
@@ -165,10 +187,12 @@ def test_conn_13_revocation_then_check_with_its_token_is_denied_every_time(w):
     for t in threads:
         t.join()
     took = time.monotonic() - t0
-    print(f"{sum(done)} revocations (+ as many restores) from {THREADS} threads in {took:.1f} s; "
-          f"wrong answers: {len(wrong)}; retried (CONSISTENCY_NOT_REACHED): {RETRIES[0]}")
+    summary = (f"{sum(checks)} token-carrying checks ({sum(checks) // 2} after revocations) from {THREADS} threads"
+               f" in {took:.1f} s; wrong answers: {len(wrong)}; retried (CONSISTENCY_NOT_REACHED): {RETRIES[0]}")
+    print(summary)
+    record_property("consistency_summary", summary)
     assert not errors, errors[:5]
-    assert sum(done) == per * THREADS
+    assert sum(checks) == cycles * per_cycle * THREADS
     assert not wrong, f"{len(wrong)} wrong answers, e.g. {wrong[:5]}"
 
 
@@ -176,7 +200,7 @@ def test_conn_13_org_member_removed_then_check_with_its_token_is_denied(w):
     """The organizations service's revocation: an account leaves, and a check
     carrying the RemoveOrgMember token never sees the old membership (the
     connection ends through the event, CONN-09)."""
-    for _ in range(12 if SANITIZED else 40):
+    for _ in range(6 if SANITIZED else 15):
         u = w.user()
         org, (a, b, c) = w.organization(u)
         reader = w.user()
@@ -194,7 +218,7 @@ def test_conn_13_sensitive_data_on_then_check_with_its_token_is_denied(w):
     """The accounts service's revocation through CONN-05/CONN-11: S turns
     sensitive data on; checks carrying UpdateAccount's token refuse S as a
     mirroring and as a workflow source."""
-    for _ in range(12 if SANITIZED else 40):
+    for _ in range(6 if SANITIZED else 15):
         u = w.user()
         org, (a, b, c) = w.organization(u)
         reader = w.user()
