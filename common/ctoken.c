@@ -253,3 +253,15 @@ const char *ctoken_pending_take(char out[CTOKEN_MAX_LEN]) {
     pending.n = 0;
     return out;
 }
+
+void ctoken_note_token(const char *token) {
+    ctoken t;
+    if (token == NULL || token[0] == '\0' || ctoken_decode(token, &t) != 0) return;
+    for (int i = 0; i < t.n; i++) {
+        if (pending.n == CTOKEN_MAX_EVENTS) {
+            memmove(&pending.ev[0], &pending.ev[1], (CTOKEN_MAX_EVENTS - 1) * sizeof pending.ev[0]);
+            pending.n--;
+        }
+        pending.ev[pending.n++] = t.ev[i];
+    }
+}

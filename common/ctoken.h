@@ -79,6 +79,9 @@ int ctoken_for_event(const char *service, const char *event_uuid, char out[CTOKE
  * last ones imply the earlier ones. */
 void ctoken_note(const char *service, const char *event_uuid);
 void ctoken_pending_reset(void);
+/* Notes every event of an issued token (e.g. another service's reply),
+ * when it verifies; ignored otherwise. */
+void ctoken_note_token(const char *token);
 /* Encodes the noted events into out ("" when none) and forgets them.
  * Returns out, or "" when the encoding fails. */
 const char *ctoken_pending_take(char out[CTOKEN_MAX_LEN]);
