@@ -200,7 +200,7 @@ def test_conn_13_org_member_removed_then_check_with_its_token_is_denied(w):
     """The organizations service's revocation: an account leaves, and a check
     carrying the RemoveOrgMember token never sees the old membership (the
     connection ends through the event, CONN-09)."""
-    for _ in range(6 if SANITIZED else 15):
+    for _ in range(4 if SANITIZED else 8):
         u = w.user()
         org, (a, b, c) = w.organization(u)
         reader = w.user()
@@ -218,7 +218,7 @@ def test_conn_13_sensitive_data_on_then_check_with_its_token_is_denied(w):
     """The accounts service's revocation through CONN-05/CONN-11: S turns
     sensitive data on; checks carrying UpdateAccount's token refuse S as a
     mirroring and as a workflow source."""
-    for _ in range(6 if SANITIZED else 15):
+    for _ in range(4 if SANITIZED else 8):
         u = w.user()
         org, (a, b, c) = w.organization(u)
         reader = w.user()
