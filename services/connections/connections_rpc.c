@@ -1182,7 +1182,6 @@ static int h_batch_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         const CPB(MirrorAccessItem) *it = req->items[i];
         orgmesh__connections__v1__mirror_access_result__init(&res[i]);
         orgmesh__connections__v1__check_item_status__init(&st[i]);
-        res[i].status = &st[i];
         resp->results[i] = &res[i];
         const char *msg = NULL;
         int code = flow_item_invalid(it->source_hub_id, it->target_hub_id, &msg);
@@ -1194,7 +1193,8 @@ static int h_batch_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
             code = OM_E_PERMISSION_DENIED;
             msg = "users may only check their own access";
         }
-        if (code != 0) {
+        if (code != 0) { /* the item's own status; unset when OK (smaller replies) */
+            res[i].status = &st[i];
             item_fail(&st[i], code, msg);
             continue;
         }
@@ -1228,7 +1228,6 @@ static int batch_flows(rpc_ctx *ctx, CPB(FlowItem) *const *items, size_t n, cons
         const CPB(FlowItem) *it = items[i];
         orgmesh__connections__v1__flow_result__init(&res[i]);
         orgmesh__connections__v1__check_item_status__init(&st[i]);
-        res[i].status = &st[i];
         ptrs[i] = &res[i];
         const char *msg = NULL;
         int code = flow_item_invalid(it->source_hub_id, it->target_hub_id, &msg);
@@ -1239,7 +1238,8 @@ static int batch_flows(rpc_ctx *ctx, CPB(FlowItem) *const *items, size_t n, cons
             code = OM_E_PERMISSION_DENIED;
             msg = "only members of the source or target account may ask";
         }
-        if (code != 0) {
+        if (code != 0) { /* the item's own status; unset when OK (smaller replies) */
+            res[i].status = &st[i];
             item_fail(&st[i], code, msg);
             continue;
         }
