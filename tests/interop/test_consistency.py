@@ -30,9 +30,9 @@ from orgmesh.accounts.v1 import accounts_pb2 as apb
 from orgmesh.connections.v1 import connections_pb2 as cpb
 from orgmesh.connections.v1 import events_pb2 as cev
 from orgmesh.organizations.v1 import organizations_pb2 as opb
-from test_connections import SVC, World, conn_events, fs, pair, psql
+from test_connections import SVC, World, conn_events, fs, pair, psql, random_id
 
-OM_SERVICES = ["accounts", "organizations", "connections"]
+OM_SERVICES = ["accounts", "organizations", "connections", "partners"]
 # Run alone: the stack's Redis streams are shared (see test_connections.py).
 pytestmark = pytest.mark.exclusive_stack
 OM_SERVICE_ENV = {"organizations": {"ORGMESH_EVT_CLAIM_IDLE_MS": "1000"},
@@ -442,3 +442,42 @@ def test_conn_12_check_workflow_write_is_asked_by_services_or_members(w):
     with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
         w.conn.CheckWorkflowWrite(cpb.CheckWorkflowWriteRequest(source_hub_id=a, target_hub_id=b),
                                   metadata=om.as_user(outsider))
+
+
+def test_conn_13_partner_access_change_token_names_the_linked_membership(w, suite):
+    """A partner access change adds or removes a membership in the client
+    account through the accounts service (PART-05, PART-07): its token names
+    that accounts commit, so a check by the employee carrying it sees the
+    membership come and go (CheckAssetCopy: members of S or T only)."""
+    from orgmesh.partners.v1 import partners_pb2 as ppb
+    from orgmesh.partners.v1 import partners_pb2_grpc as pgrpc
+    p = suite.stub("partners", pgrpc.PartnersServiceStub)
+    admin = om.bearer(om.service_token("provisioning"))
+    m, e = w.user(), w.user()
+    partner = w.acc.CreateAccount(apb.CreateAccountRequest(account=apb.Account(
+        hub_id=random_id(), name=f"agency-{uuid.uuid4().hex[:8]}", kind=apb.ACCOUNT_KIND_PARTNER,
+        hosting_location="na1")), metadata=admin).account.hub_id
+    w.member(partner, m, [apb.ROLE_SUPER_ADMIN])
+    w.member(partner, e)
+    assert p.TagEmployees(ppb.TagEmployeesRequest(partner_hub_id=partner, user_ids=[e]),
+                          metadata=om.as_user(m)).results[0].status == ppb.ITEM_STATUS_DONE
+    u = w.user()
+    org, (a, b, c) = w.organization(u)
+    tok = w.quick(u, org, a).consistency_token
+    check = lambda t: w.conn.CheckAssetCopy(cpb.CheckAssetCopyRequest(  # noqa: E731
+        source_hub_id=a, target_hub_id=b, consistency=fresh(t)), metadata=om.as_user(e))
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+        check(tok)
+    r = p.AssignClientsToEmployee(ppb.AssignClientsToEmployeeRequest(
+        partner_hub_id=partner, employee_user_id=e, client_hub_ids=[a]), metadata=om.as_user(m)).results[0]
+    approved = p.ApproveAccessRequest(ppb.ApproveAccessRequestRequest(
+        access_request_id=r.access_request.access_request_id, roles=[apb.ROLE_MARKETING_ACCESS]),
+        metadata=om.as_user(u))
+    assert approved.consistency_token
+    assert check(approved.consistency_token).allowed
+    removed = p.RemoveEmployeeFromClient(ppb.RemoveEmployeeFromClientRequest(
+        partner_hub_id=partner, employee_user_id=e, client_hub_id=a, confirmation="REMOVE"),
+        metadata=om.as_user(m))
+    assert removed.membership_removed and removed.consistency_token
+    with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED):
+        check(removed.consistency_token)
