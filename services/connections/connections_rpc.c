@@ -503,7 +503,7 @@ static int plan_apply(op_call *cl, pg_conn *tx, org_state *st, plan *p, int orig
     if ((rc = evt_emit(tx, &meta, &ev.base, event_id)) != 0) return rc;
     char token[CTOKEN_MAX_LEN];
     if ((rc = ctoken_for_event("connections", event_id, token)) != 0) return rc; /* CONN-13 */
-    out->token = rpc_strdup(ctx, token);
+    if ((out->token = rpc_strdup(ctx, token)) == NULL) return OM_E_NOMEM;
     return store_notify_change(tx); /* CONN-09: every replica's cache, after commit */
 }
 
