@@ -901,7 +901,8 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
 #define CONS(x) ORGMESH__CONNECTIONS__V1__CONSISTENCY__REQUIREMENT_##x
 #define FRESH_SLICE_MS 50 /* re-look at least this often (a lost wake-up, a broken LISTEN) */
 #define FRESH_MARGIN_MS 20
-#define FRESH_SLOW_MS 250 /* log waits longer than this */ /* leave this much of the caller's deadline to answer */
+#define FRESH_SLOW_MS 250 /* log waits longer than this */
+#define FRESH_SHORT_MS 5  /* the wait of a check beyond the waiting bound */ /* leave this much of the caller's deadline to answer */
 
 static int64_t mono_ms(void) {
     struct timespec ts;
@@ -941,14 +942,14 @@ static int fresh_wait(rpc_ctx *ctx, const ctoken *t) {
     if (rc != 0 || all) return rc;
     /* The consumers that apply the events run on the same worker pool as
      * this check: never let waiting checks hold every worker (they would
-     * wait for events no worker is left to apply). */
-    if (atomic_fetch_add(&fresh_waiters, 1) >= fresh_max_waiters) {
-        atomic_fetch_sub(&fresh_waiters, 1);
-        return rpc_fail(ctx, OM_E_CONSISTENCY_NOT_REACHED,
-                        "too many checks are waiting for their consistency tokens; retry");
-    }
+     * wait for events no worker is left to apply). Beyond ORGMESH_WORKERS
+     * - 2 waiting checks, one more waits only FRESH_SHORT_MS (as long as a
+     * slow query holds a worker), so a consumer job always gets a worker
+     * soon. */
+    bool over = atomic_fetch_add(&fresh_waiters, 1) >= fresh_max_waiters;
     int64_t budget = rpc_time_left_ms(ctx) - FRESH_MARGIN_MS;
     if (budget > fresh_wait_ms) budget = fresh_wait_ms;
+    if (over && budget > FRESH_SHORT_MS) budget = FRESH_SHORT_MS;
     int64_t start = mono_ms();
     for (;;) {
         uint64_t epoch = conn_fresh_epoch(); /* before looking: no lost wake-up */
@@ -956,7 +957,8 @@ static int fresh_wait(rpc_ctx *ctx, const ctoken *t) {
         int64_t rest = budget - (mono_ms() - start);
         if (rest <= 0) {
             rc = rpc_fail(ctx, OM_E_CONSISTENCY_NOT_REACHED,
-                          "the change the consistency token names has not reached the connections service yet; retry");
+                          over ? "too many checks are waiting for their consistency tokens; retry"
+                               : "the change the consistency token names has not reached the connections service yet; retry");
             break;
         }
         conn_fresh_wait(epoch, rest < FRESH_SLICE_MS ? rest : FRESH_SLICE_MS);
