@@ -7,7 +7,7 @@ turned off in connections, an account removed from its organization, sensitive
 data turned on) followed by a check carrying the revocation's token is denied
 every time — 10,000 token-carrying checks from 8 threads in the release build
 (half after revocations, which must be denied, half after the restores, which
-must be allowed; 4,000 under the sanitizers; OM_CONSISTENCY_ITERATIONS
+must be allowed; 2,000 under the sanitizers; OM_CONSISTENCY_ITERATIONS
 overrides), zero wrong answers.
 With at_least_as_fresh answering from the cache as minimize_latency does, it
 fails within the first few hundred (checked by hand when it was written)."""
@@ -42,7 +42,7 @@ D = cpb.Direction
 R = cpb.DenialReason
 OP = cpb.ConnectionChange.Operation
 SANITIZED = "asan" in str(om.build_dir())
-ITERATIONS = int(os.environ.get("OM_CONSISTENCY_ITERATIONS", "4000" if SANITIZED else "10000"))
+ITERATIONS = int(os.environ.get("OM_CONSISTENCY_ITERATIONS", "2000" if SANITIZED else "10000"))
 THREADS = int(os.environ.get("OM_CONSISTENCY_THREADS", "8"))
 READERS = 4
 
