@@ -15,6 +15,10 @@ HOT_TARGET = 0.70               # SPEC 9: hot checks >= 70% of the empty RPC
 HOT_P99_MS = 5.0
 WRITE_TARGET = 0.50             # SPEC 9: writes >= half of pgbench
 COPY_TARGET = 3.0               # SPEC 9: copying 10,000 assets <= 3x the plain SQL copy
+GO_TARGET = 1.0                 # issue 18: the hot check >= 1.0x grpc-go's empty RPC, same load generator
+OPEN_P99_MS = 1.0               # issue 18: p99 <= 1 ms at 50% of the saturation rate, open loop
+BATCH_TARGET = 10.0             # issue 18: batch >= 10x the checks/s of single checks
+FRESH_P99_MS = 5.0              # issue 18: at_least_as_fresh, token from a write 1 ms old: p99 <= 5 ms
 
 
 def tsv(path):
@@ -51,6 +55,9 @@ def h2load(path):
     if not m:
         return {"error": t.strip().splitlines()[-1] if t.strip() else "no output"}
     r = {"seconds": float(m.group(1)), "requests_per_s": float(m.group(2))}
+    m = re.search(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data", t)
+    if m:
+        r["data_bytes"] = int(m.group(1))
     m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
     if m:
         r.update(total=int(m.group(1)), succeeded=int(m.group(2)), failed=int(m.group(3)),
@@ -133,6 +140,110 @@ def agg_ref(rs, key):
 def fmt_lat(f):
     return (f"p50 {f['p50_ms']:.2f} / p90 {f['p90_ms']:.2f} / p99 {f['p99_ms']:.2f} / "
             f"p99.9 {f['p999_ms']:.2f} / max {f['max_ms']:.2f} ms")
+
+
+def scenario7(work, skips, missed):
+    """Issue 18: h2load on grpc-go's empty RPC (reference), orgmesh
+    CheckMirrorAccess (figure) and orgmesh's empty RPC (context), alternating;
+    then the open loop at a fraction of loadgen's saturation rate."""
+    meta = kv(work / "s7.meta")
+    e = {"id": 7, "name": f"Hot check vs grpc-go: h2load {meta.get('connections', 4)} connections x "
+                         f"{meta.get('streams', 16)} streams",
+         "target": f">= {GO_TARGET:g}x grpc-go's empty RPC; open-loop p99 <= {OPEN_P99_MS:g} ms at "
+                   f"{float(meta.get('open_fraction') or 0.5):.0%} of saturation"}
+    go = [h2load(p) for p in rounds(work, "s7_go_r*.txt")]
+    chk = [h2load(p) for p in rounds(work, "s7_check_r*.txt")]
+    emp = [h2load(p) for p in rounds(work, "s7_empty_r*.txt")]
+    ref, fig, ctx = (agg_ref(x, "requests_per_s") for x in (go, chk, emp))
+    if not (ref and fig):
+        sk = skips.get("7", {"status": "failed" if chk or go else "skipped", "reason": "not run"})
+        e["status"], e["reason"] = sk["status"], sk["reason"]
+        return e
+    e["status"] = "measured"
+    e["reference"] = {"name": f"grpc-go {meta.get('grpc_go', '')} (Debian, {meta.get('go', '')}) "
+                              "grpc.health.v1 Health/Check", **ref}
+    e["h2load_check"] = fig
+    e["h2load_orgmesh_empty"] = ctx
+    e["ratio"] = round(fig["requests_per_s"] / ref["requests_per_s"], 3) if ref["requests_per_s"] else None
+    e["ratio_rounds"] = [round(a / b, 3) for a, b in zip(fig.get("rounds", []), ref.get("rounds", [])) if b]
+    if ctx and ref["requests_per_s"]:
+        e["orgmesh_empty_ratio"] = round(ctx["requests_per_s"] / ref["requests_per_s"], 3)
+    # h2load counts HTTP 200 as success, and gRPC answers 200 with the status
+    # in the trailers: a refused call carries no message. Every answer to the
+    # check must have carried one (allowed=true, 7+ bytes of DATA).
+    bad = [r for r in chk if r and (r.get("failed") or r.get("errored") or
+                                    (r.get("total") and r.get("data_bytes", 0) < 7 * r["total"]))]
+    e["h2load_replies_ok"] = not bad
+    sat, opn = load_json(work / "s7_sat.json"), load_json(work / "s7_open.json")
+    if sat:
+        e["saturation"] = lg_figure(sat)
+    if opn:
+        e["open_loop"] = {**lg_figure(opn), "rate": opn.get("rate"), "unsent": opn.get("unsent", 0)}
+    ok_ratio = e["ratio"] is not None and e["ratio"] >= GO_TARGET
+    ok_open = bool(opn) and opn["latency_us"]["p99"] / 1000 <= OPEN_P99_MS and not opn.get("errors") \
+        and not opn.get("unsent")
+    e["met"] = ok_ratio and ok_open and e["h2load_replies_ok"]
+    if not ok_ratio:
+        missed.append(f"7: CheckMirrorAccess at {e['ratio']:.2f}x grpc-go's empty RPC (target {GO_TARGET:g}x)")
+    if not ok_open:
+        missed.append("7: open-loop p99 " + (f"{opn['latency_us']['p99'] / 1000:.2f} ms" if opn else "not measured")
+                      + f" (target {OPEN_P99_MS:g} ms)")
+    if not e["h2load_replies_ok"]:
+        missed.append("7: some h2load answers to CheckMirrorAccess carried no message (refused calls)")
+    for name, fn_ in (("batch", "s7_batch.json"), ("fresh", "s7_fresh.json")):
+        d = load_json(work / fn_)
+        if d:
+            e[name] = d
+    b = e.get("batch")
+    if b and b.get("checks_per_s") and fig["requests_per_s"]:
+        b["ratio_to_single"] = round(b["checks_per_s"] / fig["requests_per_s"], 2)
+        if b["ratio_to_single"] < BATCH_TARGET:
+            missed.append(f"7: batch at {b['ratio_to_single']:.1f}x single checks (target {BATCH_TARGET:g}x)")
+    f = e.get("fresh")
+    if f and f.get("p99_ms") is not None and f["p99_ms"] > FRESH_P99_MS:
+        missed.append(f"7: at_least_as_fresh p99 {f['p99_ms']:.2f} ms (target {FRESH_P99_MS:g} ms)")
+    return e
+
+
+def s7_markdown(e):
+    ref, fig, ctx = e["reference"], e["h2load_check"], e.get("h2load_orgmesh_empty")
+
+    def rr(r):
+        s = f"{r['requests_per_s']:,.0f} req/s"
+        if r.get("rounds") and len(r["rounds"]) > 1:
+            s += " (rounds: " + ", ".join(f"{x:,.0f}" for x in r["rounds"]) + ")"
+        if "mean_ms" in r:
+            s += f", mean {r['mean_ms']:.2f} ms"
+        return s
+    L = [f"## 7. {e['name']}\n",
+         "One load generator (h2load, one thread) for all three, alternating in each round (order reversed every "
+         "other round). The ratio is the figure's over the reference's, per round and of the means.\n",
+         "| what | h2load req/s | ratio to grpc-go |", "|---|---|---|",
+         f"| {ref['name']} (reference) | {rr(ref)} | 1.00 |",
+         f"| orgmesh CheckMirrorAccess, warm cache | {rr(fig)} | **{e['ratio']:.2f}** "
+         + (f"(rounds: {', '.join(f'{x:.2f}' for x in e['ratio_rounds'])})" if len(e.get('ratio_rounds', [])) > 1 else "")
+         + " |"]
+    if ctx:
+        L.append(f"| orgmesh Health/Check (empty RPC, same server) | {rr(ctx)} | {e.get('orgmesh_empty_ratio', 0):.2f} |")
+    L.append("")
+    if e.get("saturation"):
+        s = e["saturation"]
+        L.append(f"Saturation (orgmesh-loadgen, closed loop, same connections x in flight): {s['calls_per_s']:,.0f} "
+                 f"calls/s; {fmt_lat(s)}; {s['errors']} errors.\n")
+    if e.get("open_loop"):
+        o = e["open_loop"]
+        L.append(f"Open loop at {o['rate']:,.0f} calls/s: {fmt_lat(o)}; {o['errors']} errors, {o['unsent']} unsent; "
+                 f"p99 target {OPEN_P99_MS:g} ms: " + ("met" if o["p99_ms"] <= OPEN_P99_MS and not o["unsent"] else "**MISSED**")
+                 + ".\n")
+    b = e.get("batch")
+    if b:
+        L.append(f"Batch: {b.get('note', '')} {b.get('checks_per_s', 0):,.0f} checks/s = "
+                 f"{b.get('ratio_to_single', 0):.1f}x single checks (target {BATCH_TARGET:g}x).\n")
+    f = e.get("fresh")
+    if f:
+        L.append(f"at_least_as_fresh: {f.get('note', '')} p50 {f.get('p50_ms', 0):.2f} / p99 {f.get('p99_ms', 0):.2f} ms "
+                 f"over {f.get('n', 0)} checks (target p99 {FRESH_P99_MS:g} ms).\n")
+    return L
 
 
 EVENTS_P99_MS = 500.0           # SPEC 9: an event reaches the SMTP server within 500 ms (p99)
@@ -344,6 +455,8 @@ def main(work, outbase):
     if s5:
         scen[:] = [s5 if e["id"] == 5 else e for e in scen]
 
+    s7 = scenario7(work, skips, missed)
+
     # 6. footprint
     fp = []
     for r in tsv(work / "footprint.tsv"):
@@ -375,6 +488,7 @@ def main(work, outbase):
     scen.append({"id": 6, "name": "Footprint: resident memory idle / under scenario 1 load, exec -> SERVING",
                  "target": "<= 32 MB resident, <= 200 ms to SERVING", "status": "measured" if fp else "failed",
                  "services": fp})
+    scen.append(s7)
 
     result = {"date": meta.get("date"), "machine": {k: meta.get(k) for k in ("host", "cpus", "cpu_model",
                                                                                "loadavg")},
@@ -415,6 +529,12 @@ def main(work, outbase):
         if e["id"] == 4 and e["status"] == "measured":
             L.append(s4_markdown(e))
             continue
+        if e["id"] == 7 and e["status"] == "measured":
+            L.append(f"| 7 | {e['name']} | CheckMirrorAccess {e['h2load_check']['requests_per_s']:,.0f} req/s"
+                     + (f"; open loop p99 {e['open_loop']['p99_ms']:.2f} ms" if e.get("open_loop") else "")
+                     + f" | {e['reference']['name']}: {e['reference']['requests_per_s']:,.0f} req/s | "
+                     f"{e['ratio']:.2f} | {e['target']} | {'met' if e['met'] else '**MISSED**'} |")
+            continue
         if e["status"] != "measured":
             L.append(f"| {e['id']} | {e['name']} | **{e['status']}: {e['reason']}** | | | {e['target']} | |")
             continue
@@ -444,6 +564,8 @@ def main(work, outbase):
     L.append("")
     if s5:
         L += s5_markdown(s5)[1]
+    if s7.get("status") == "measured":
+        L += s7_markdown(s7)
     L.append("## 6. Footprint\n")
     L.append("Resident memory from /proc/<pid>/status (VmRSS idle; highest VmRSS sampled every 100 ms and "
              "VmHWM under 64 health calls in flight); start = exec to the first health SERVING, on a restart "
