@@ -107,7 +107,12 @@
     XX(REQUEST_NOT_PENDING, GRPC_STATUS_FAILED_PRECONDITION,                            \
        "the access request is no longer pending")                                      \
     XX(INVALID_TOKEN, GRPC_STATUS_PERMISSION_DENIED,                                    \
-       "the access token is not valid for this user")
+       "the access token is not valid for this user")                                  \
+    /* issue 18: consistency tokens (common/ctoken.h, CONN-13) */                      \
+    XX(INVALID_CONSISTENCY_TOKEN, GRPC_STATUS_INVALID_ARGUMENT,                         \
+       "not a consistency token of this cluster")                                      \
+    XX(CONSISTENCY_NOT_REACHED, GRPC_STATUS_UNAVAILABLE,                                \
+       "the state the consistency token names was not reached in time; retry")
 
 typedef enum {
     OM_OK = 0,
