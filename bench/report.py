@@ -55,6 +55,14 @@ def h2load(path):
     if not m:
         return {"error": t.strip().splitlines()[-1] if t.strip() else "no output"}
     r = {"seconds": float(m.group(1)), "requests_per_s": float(m.group(2))}
+    cpu = kv(path.with_name(path.name + ".cpu"))
+    try:
+        # the server's CPU over warm-up + measurement, per call at the measured rate
+        calls = r["requests_per_s"] * float(cpu["seconds"])
+        r["server_cpu_us_per_call"] = int(cpu["ticks"]) * 1e6 / int(cpu["hz"]) / calls if calls else None
+        r["server_cpu_cores"] = int(cpu["ticks"]) / int(cpu["hz"]) / float(cpu["seconds"])
+    except (KeyError, ValueError):
+        pass
     m = re.search(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data", t)
     if m:
         r["data_bytes"] = int(m.group(1))
@@ -131,6 +139,9 @@ def agg_ref(rs, key):
     out = dict(rs[0])
     out[key] = sum(r[key] for r in rs) / len(rs)
     out["rounds"] = [round(r[key], 1) for r in rs]
+    for k in ("server_cpu_us_per_call", "server_cpu_cores"):
+        if all(r.get(k) is not None for r in rs):
+            out[k] = sum(r[k] for r in rs) / len(rs)
     for k in ("mean_ms", "latency_avg_ms"):
         if all(k in r for r in rs):
             out[k] = sum(r[k] for r in rs) / len(rs)
@@ -224,16 +235,24 @@ def s7_markdown(e):
         if "mean_ms" in r:
             s += f", mean {r['mean_ms']:.2f} ms"
         return s
+
+    def cpu(r):
+        if not r or r.get("server_cpu_us_per_call") is None:
+            return "—"
+        return f"{r['server_cpu_us_per_call']:.1f} µs ({r['server_cpu_cores']:.2f} cores)"
     L = [f"## 7. {e['name']}\n",
          "One load generator (h2load, one thread) for all three, alternating in each round (order reversed every "
          "other round). The ratio is the figure's over the reference's, per round and of the means.\n",
-         "| what | h2load req/s | ratio to grpc-go |", "|---|---|---|",
-         f"| {ref['name']} (reference) | {rr(ref)} | 1.00 |",
+         "Server CPU per call: the server process's user + system time over the run (warm-up included) divided by "
+         "the calls at the measured rate — what a call costs the server, less sensitive than calls/s to what else "
+         "runs on the machine.\n",
+         "| what | h2load req/s | ratio to grpc-go | server CPU per call |", "|---|---|---|---|",
+         f"| {ref['name']} (reference) | {rr(ref)} | 1.00 | {cpu(ref)} |",
          f"| orgmesh CheckMirrorAccess, warm cache | {rr(fig)} | **{e['ratio']:.2f}** "
          + (f"(rounds: {', '.join(f'{x:.2f}' for x in e['ratio_rounds'])})" if len(e.get('ratio_rounds', [])) > 1 else "")
-         + " |"]
+         + f" | {cpu(fig)} |"]
     if ctx:
-        L.append(f"| orgmesh Health/Check (empty RPC, same server) | {rr(ctx)} | {e.get('orgmesh_empty_ratio', 0):.2f} |")
+        L.append(f"| orgmesh Health/Check (empty RPC, same server) | {rr(ctx)} | {e.get('orgmesh_empty_ratio', 0):.2f} | {cpu(ctx)} |")
     L.append("")
     if e.get("saturation"):
         s = e["saturation"]
