@@ -165,18 +165,28 @@ def scenario7(work, skips, missed):
     go = [h2load(p) for p in rounds(work, "s7_go_r*.txt")]
     chk = [h2load(p) for p in rounds(work, "s7_check_r*.txt")]
     emp = [h2load(p) for p in rounds(work, "s7_empty_r*.txt")]
-    ref, fig, ctx = (agg_ref(x, "requests_per_s") for x in (go, chk, emp))
+    bare = [h2load(p) for p in rounds(work, "s7_gobare_r*.txt")]
+    ref, fig, ctx, bare = (agg_ref(x, "requests_per_s") for x in (go, chk, emp, bare))
     if not (ref and fig):
         sk = skips.get("7", {"status": "failed" if chk or go else "skipped", "reason": "not run"})
         e["status"], e["reason"] = sk["status"], sk["reason"]
         return e
     e["status"] = "measured"
     e["reference"] = {"name": f"grpc-go {meta.get('grpc_go', '')} (Debian, {meta.get('go', '')}) "
-                              "grpc.health.v1 Health/Check", **ref}
+                              "grpc.health.v1 Health/Check, same headers", **ref}
+    if bare and bare["requests_per_s"]:
+        e["reference_without_token"] = bare
+        e["ratio_to_reference_without_token"] = round(fig["requests_per_s"] / bare["requests_per_s"], 3)
+        if fig.get("server_cpu_us_per_call") and bare.get("server_cpu_us_per_call"):
+            e["per_core_ratio_to_reference_without_token"] = round(
+                bare["server_cpu_us_per_call"] / fig["server_cpu_us_per_call"], 3)
     e["h2load_check"] = fig
     e["h2load_orgmesh_empty"] = ctx
     e["ratio"] = round(fig["requests_per_s"] / ref["requests_per_s"], 3) if ref["requests_per_s"] else None
     e["ratio_rounds"] = [round(a / b, 3) for a, b in zip(fig.get("rounds", []), ref.get("rounds", [])) if b]
+    # per core: calls one core of the server answers, the figure's over the reference's
+    if fig.get("server_cpu_us_per_call") and ref.get("server_cpu_us_per_call"):
+        e["per_core_ratio"] = round(ref["server_cpu_us_per_call"] / fig["server_cpu_us_per_call"], 3)
     if ctx and ref["requests_per_s"]:
         e["orgmesh_empty_ratio"] = round(ctx["requests_per_s"] / ref["requests_per_s"], 3)
     # h2load counts HTTP 200 as success, and gRPC answers 200 with the status
@@ -241,8 +251,10 @@ def s7_markdown(e):
             return "—"
         return f"{r['server_cpu_us_per_call']:.1f} µs ({r['server_cpu_cores']:.2f} cores)"
     L = [f"## 7. {e['name']}\n",
-         "One load generator (h2load, one thread) for all three, alternating in each round (order reversed every "
-         "other round). The ratio is the figure's over the reference's, per round and of the means.\n",
+         "One load generator (h2load, one thread) for all, alternating in each round (order reversed every "
+         "other round). The ratio is the figure's over the reference's, per round and of the means. The reference "
+         "gets the same request headers as the check (the bearer token, which h2load sends as a never-indexed "
+         "literal with every request, RFC 7541 7.1.3); the last row is grpc-go without it.\n",
          "Server CPU per call: the server process's user + system time over the run (warm-up included) divided by "
          "the calls at the measured rate — what a call costs the server, less sensitive than calls/s to what else "
          "runs on the machine.\n",
@@ -252,8 +264,17 @@ def s7_markdown(e):
          + (f"(rounds: {', '.join(f'{x:.2f}' for x in e['ratio_rounds'])})" if len(e.get('ratio_rounds', [])) > 1 else "")
          + f" | {cpu(fig)} |"]
     if ctx:
-        L.append(f"| orgmesh Health/Check (empty RPC, same server) | {rr(ctx)} | {e.get('orgmesh_empty_ratio', 0):.2f} | {cpu(ctx)} |")
+        L.append(f"| orgmesh Health/Check (empty RPC, same server, same headers) | {rr(ctx)} | {e.get('orgmesh_empty_ratio', 0):.2f} | {cpu(ctx)} |")
+    b0 = e.get("reference_without_token")
+    if b0:
+        L.append(f"| grpc-go Health/Check **without** the authorization header (the issue's first comparison) | {rr(b0)} | "
+                 f"check / this: **{e['ratio_to_reference_without_token']:.2f}** | {cpu(b0)} |")
     L.append("")
+    if e.get("per_core_ratio"):
+        L.append(f"Per core (grpc-go's CPU per call over the check's): **{e['per_core_ratio']:.2f}** with the same headers"
+                 + (f", {e['per_core_ratio_to_reference_without_token']:.2f} against grpc-go without the token"
+                    if e.get("per_core_ratio_to_reference_without_token") else "")
+                 + " — the calls one core of the server answers, whatever share of the machine each server got.\n")
     if e.get("saturation"):
         s = e["saturation"]
         L.append(f"Saturation (orgmesh-loadgen, closed loop, same connections x in flight): {s['calls_per_s']:,.0f} "
