@@ -224,3 +224,44 @@ int ctoken_for_event(const char *service, const char *event_uuid, char out[CTOKE
     int rc = ctoken_add(&t, service, event_uuid);
     return rc != 0 ? rc : ctoken_encode(&t, out);
 }
+
+/* ---- the commit being built (per thread) ---- */
+
+static _Thread_local ctoken pending;
+
+void ctoken_note(const char *service, const char *event_uuid) {
+    ctoken_event e = {.service = (uint8_t)ctoken_service_code(service)};
+    if (e.service == 0 || parse_uuid(event_uuid, e.id) != 0) return;
+    if (pending.n == CTOKEN_MAX_EVENTS) {
+        memmove(&pending.ev[0], &pending.ev[1], (CTOKEN_MAX_EVENTS - 1) * sizeof pending.ev[0]);
+        pending.n--;
+    }
+    pending.ev[pending.n++] = e;
+}
+
+void ctoken_pending_reset(void) { pending.n = 0; }
+
+const char *ctoken_pending_take(char out[CTOKEN_MAX_LEN]) {
+    out[0] = '\0';
+    if (pending.n > 0) {
+        ctoken t;
+        ctoken_init(&t);
+        t.n = pending.n;
+        memcpy(t.ev, pending.ev, sizeof t.ev);
+        if (ctoken_encode(&t, out) != 0) out[0] = '\0';
+    }
+    pending.n = 0;
+    return out;
+}
+
+void ctoken_note_token(const char *token) {
+    ctoken t;
+    if (token == NULL || token[0] == '\0' || ctoken_decode(token, &t) != 0) return;
+    for (int i = 0; i < t.n; i++) {
+        if (pending.n == CTOKEN_MAX_EVENTS) {
+            memmove(&pending.ev[0], &pending.ev[1], (CTOKEN_MAX_EVENTS - 1) * sizeof pending.ev[0]);
+            pending.n--;
+        }
+        pending.ev[pending.n++] = t.ev[i];
+    }
+}

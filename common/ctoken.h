@@ -70,6 +70,22 @@ int ctoken_decode(const char *s, ctoken *out);
  * encoded into out. 0 or an OM_E_* code. */
 int ctoken_for_event(const char *service, const char *event_uuid, char out[CTOKEN_MAX_LEN]);
 
+/* The events of the commit being built, per thread (a handler's apply runs
+ * on one worker thread): evt_emit notes each event it writes; a mutation
+ * handler calls ctoken_pending_reset() when its apply starts (apply may run
+ * more than once) and ctoken_pending_take() when it has written everything,
+ * for its response's consistency_token. Keeps the last CTOKEN_MAX_EVENTS
+ * events: a commit's events of one aggregate are applied in order, so the
+ * last ones imply the earlier ones. */
+void ctoken_note(const char *service, const char *event_uuid);
+void ctoken_pending_reset(void);
+/* Notes every event of an issued token (e.g. another service's reply),
+ * when it verifies; ignored otherwise. */
+void ctoken_note_token(const char *token);
+/* Encodes the noted events into out ("" when none) and forgets them.
+ * Returns out, or "" when the encoding fails. */
+const char *ctoken_pending_take(char out[CTOKEN_MAX_LEN]);
+
 /* Tests: replace the key (else loaded from the environment on first use). */
 int ctoken_set_key(const void *key, size_t len);
 

@@ -11,6 +11,7 @@
  * that the same call runs again on a worker, which reads PostgreSQL and
  * fills the cache. */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,12 +45,17 @@
 
 static int64_t fresh_wait_ms;
 static int64_t applied_retention_ms;
+static int fresh_max_waiters = 1;
+static atomic_int fresh_waiters;
 
 int connections_init(void) {
     conn_cache_init(cfg_int("ORGMESH_CONN_CACHE_TTL_MS", CONN_CACHE_TTL_DEFAULT_MS, 1, 3600000));
     /* CONN-13: how long an at_least_as_fresh check waits for the token's events */
     fresh_wait_ms = cfg_int("ORGMESH_CONN_FRESH_WAIT_MS", CONN_FRESH_WAIT_DEFAULT_MS, 1, 60000);
     applied_retention_ms = cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 100000) * 3600 * 1000LL;
+    /* at most workers - 2 checks wait at once: the event consumers need workers too */
+    int64_t workers = cfg_int("ORGMESH_WORKERS", 8, 1, 1024);
+    fresh_max_waiters = workers > 3 ? (int)workers - 2 : 1;
     if (app_peer("organizations") == NULL) log_warn("ORGMESH_ORGANIZATIONS_ADDR is not set: missing copies cannot be fetched");
     if (app_peer("accounts") == NULL) log_warn("ORGMESH_ACCOUNTS_ADDR is not set: missing copies cannot be fetched");
     return conn_listener_start();
@@ -497,7 +503,7 @@ static int plan_apply(op_call *cl, pg_conn *tx, org_state *st, plan *p, int orig
     if ((rc = evt_emit(tx, &meta, &ev.base, event_id)) != 0) return rc;
     char token[CTOKEN_MAX_LEN];
     if ((rc = ctoken_for_event("connections", event_id, token)) != 0) return rc; /* CONN-13 */
-    out->token = rpc_strdup(ctx, token);
+    if ((out->token = rpc_strdup(ctx, token)) == NULL) return OM_E_NOMEM;
     return store_notify_change(tx); /* CONN-09: every replica's cache, after commit */
 }
 
@@ -894,7 +900,8 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
 
 #define CONS(x) ORGMESH__CONNECTIONS__V1__CONSISTENCY__REQUIREMENT_##x
 #define FRESH_SLICE_MS 50 /* re-look at least this often (a lost wake-up, a broken LISTEN) */
-#define FRESH_MARGIN_MS 20 /* leave this much of the caller's deadline to answer */
+#define FRESH_MARGIN_MS 20
+#define FRESH_SLOW_MS 250 /* log waits longer than this */ /* leave this much of the caller's deadline to answer */
 
 static int64_t mono_ms(void) {
     struct timespec ts;
@@ -910,33 +917,54 @@ static int64_t mono_ms(void) {
  * read. The wait is a condition variable woken after every commit that
  * applied an event (NOTIFY connections_applied / connections_cache), with a
  * FRESH_SLICE_MS re-look as a safety net. */
+static int fresh_look(rpc_ctx *ctx, pg_conn *c, const ctoken *t, bool *all) {
+    *all = true;
+    for (int i = 0; i < t->n && *all; i++) {
+        if (t->ev[i].service != CTOKEN_ACCOUNTS && t->ev[i].service != CTOKEN_ORGANIZATIONS) continue;
+        char id[37];
+        ctoken_event_uuid(&t->ev[i], id);
+        int rc = store_event_applied(c, id, all);
+        if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    }
+    return 0;
+}
+
 static int fresh_wait(rpc_ctx *ctx, const ctoken *t) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     /* older than applied_events is kept: applied (or given up) long ago */
     if ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - t->issued_ms > applied_retention_ms) return 0;
+    pg_conn *c = op_db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    bool all;
+    int rc = fresh_look(ctx, c, t, &all);
+    if (rc != 0 || all) return rc;
+    /* The consumers that apply the events run on the same worker pool as
+     * this check: never let waiting checks hold every worker (they would
+     * wait for events no worker is left to apply). */
+    if (atomic_fetch_add(&fresh_waiters, 1) >= fresh_max_waiters) {
+        atomic_fetch_sub(&fresh_waiters, 1);
+        return rpc_fail(ctx, OM_E_CONSISTENCY_NOT_REACHED,
+                        "too many checks are waiting for their consistency tokens; retry");
+    }
     int64_t budget = rpc_time_left_ms(ctx) - FRESH_MARGIN_MS;
     if (budget > fresh_wait_ms) budget = fresh_wait_ms;
     int64_t start = mono_ms();
-    pg_conn *c = op_db(ctx);
-    if (c == NULL) return OM_E_UNAVAILABLE;
     for (;;) {
         uint64_t epoch = conn_fresh_epoch(); /* before looking: no lost wake-up */
-        bool all = true;
-        for (int i = 0; i < t->n && all; i++) {
-            if (t->ev[i].service != CTOKEN_ACCOUNTS && t->ev[i].service != CTOKEN_ORGANIZATIONS) continue;
-            char id[37];
-            ctoken_event_uuid(&t->ev[i], id);
-            int rc = store_event_applied(c, id, &all);
-            if (rc != 0) return rpc_fail(ctx, rc, NULL);
-        }
-        if (all) return 0;
+        if ((rc = fresh_look(ctx, c, t, &all)) != 0 || all) break;
         int64_t rest = budget - (mono_ms() - start);
-        if (rest <= 0)
-            return rpc_fail(ctx, OM_E_CONSISTENCY_NOT_REACHED,
-                            "the change the consistency token names has not reached the connections service yet; retry");
+        if (rest <= 0) {
+            rc = rpc_fail(ctx, OM_E_CONSISTENCY_NOT_REACHED,
+                          "the change the consistency token names has not reached the connections service yet; retry");
+            break;
+        }
         conn_fresh_wait(epoch, rest < FRESH_SLICE_MS ? rest : FRESH_SLICE_MS);
     }
+    atomic_fetch_sub(&fresh_waiters, 1);
+    int64_t waited = mono_ms() - start;
+    if (waited > FRESH_SLOW_MS) log_info("CONN-13: a check waited %" PRId64 " ms for its consistency token", waited);
+    return rc;
 }
 
 /* CONN-13: minimize_latency (unset: the default) answers from the cache;
@@ -1154,7 +1182,6 @@ static int h_batch_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         const CPB(MirrorAccessItem) *it = req->items[i];
         orgmesh__connections__v1__mirror_access_result__init(&res[i]);
         orgmesh__connections__v1__check_item_status__init(&st[i]);
-        res[i].status = &st[i];
         resp->results[i] = &res[i];
         const char *msg = NULL;
         int code = flow_item_invalid(it->source_hub_id, it->target_hub_id, &msg);
@@ -1166,7 +1193,8 @@ static int h_batch_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
             code = OM_E_PERMISSION_DENIED;
             msg = "users may only check their own access";
         }
-        if (code != 0) {
+        if (code != 0) { /* the item's own status; unset when OK (smaller replies) */
+            res[i].status = &st[i];
             item_fail(&st[i], code, msg);
             continue;
         }
@@ -1200,7 +1228,6 @@ static int batch_flows(rpc_ctx *ctx, CPB(FlowItem) *const *items, size_t n, cons
         const CPB(FlowItem) *it = items[i];
         orgmesh__connections__v1__flow_result__init(&res[i]);
         orgmesh__connections__v1__check_item_status__init(&st[i]);
-        res[i].status = &st[i];
         ptrs[i] = &res[i];
         const char *msg = NULL;
         int code = flow_item_invalid(it->source_hub_id, it->target_hub_id, &msg);
@@ -1211,7 +1238,8 @@ static int batch_flows(rpc_ctx *ctx, CPB(FlowItem) *const *items, size_t n, cons
             code = OM_E_PERMISSION_DENIED;
             msg = "only members of the source or target account may ask";
         }
-        if (code != 0) {
+        if (code != 0) { /* the item's own status; unset when OK (smaller replies) */
+            res[i].status = &st[i];
             item_fail(&st[i], code, msg);
             continue;
         }

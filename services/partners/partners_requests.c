@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ctoken.h"
 #include "om_err.h"
 #include "page.h"
 #include "partners_call.h"
@@ -247,7 +248,11 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
-    if (answer == PART_ANSWER_APPROVE && op.applied) pa_sync_after(c, op.id);
+    if (answer == PART_ANSWER_APPROVE && op.applied) {
+        ctoken_pending_reset();
+        pa_sync_after(c, op.id);
+        pa_sync_token(ctx, resp); /* issue 18 */
+    }
     return 0;
 }
 
