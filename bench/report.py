@@ -15,6 +15,10 @@ HOT_TARGET = 0.70               # SPEC 9: hot checks >= 70% of the empty RPC
 HOT_P99_MS = 5.0
 WRITE_TARGET = 0.50             # SPEC 9: writes >= half of pgbench
 COPY_TARGET = 3.0               # SPEC 9: copying 10,000 assets <= 3x the plain SQL copy
+GO_TARGET = 1.0                 # issue 18: the hot check >= 1.0x grpc-go's empty RPC, same load generator
+OPEN_P99_MS = 1.0               # issue 18: p99 <= 1 ms at 50% of the saturation rate, open loop
+BATCH_TARGET = 10.0             # issue 18: batch >= 10x the checks/s of single checks
+FRESH_P99_MS = 5.0              # issue 18: at_least_as_fresh, token from a write 1 ms old: p99 <= 5 ms
 
 
 def tsv(path):
@@ -51,6 +55,17 @@ def h2load(path):
     if not m:
         return {"error": t.strip().splitlines()[-1] if t.strip() else "no output"}
     r = {"seconds": float(m.group(1)), "requests_per_s": float(m.group(2))}
+    cpu = kv(path.with_name(path.name + ".cpu"))
+    try:
+        # the server's CPU over warm-up + measurement, per call at the measured rate
+        calls = r["requests_per_s"] * float(cpu["seconds"])
+        r["server_cpu_us_per_call"] = int(cpu["ticks"]) * 1e6 / int(cpu["hz"]) / calls if calls else None
+        r["server_cpu_cores"] = int(cpu["ticks"]) / int(cpu["hz"]) / float(cpu["seconds"])
+    except (KeyError, ValueError):
+        pass
+    m = re.search(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data", t)
+    if m:
+        r["data_bytes"] = int(m.group(1))
     m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
     if m:
         r.update(total=int(m.group(1)), succeeded=int(m.group(2)), failed=int(m.group(3)),
@@ -124,6 +139,9 @@ def agg_ref(rs, key):
     out = dict(rs[0])
     out[key] = sum(r[key] for r in rs) / len(rs)
     out["rounds"] = [round(r[key], 1) for r in rs]
+    for k in ("server_cpu_us_per_call", "server_cpu_cores"):
+        if all(r.get(k) is not None for r in rs):
+            out[k] = sum(r[k] for r in rs) / len(rs)
     for k in ("mean_ms", "latency_avg_ms"):
         if all(k in r for r in rs):
             out[k] = sum(r[k] for r in rs) / len(rs)
@@ -133,6 +151,159 @@ def agg_ref(rs, key):
 def fmt_lat(f):
     return (f"p50 {f['p50_ms']:.2f} / p90 {f['p90_ms']:.2f} / p99 {f['p99_ms']:.2f} / "
             f"p99.9 {f['p999_ms']:.2f} / max {f['max_ms']:.2f} ms")
+
+
+def scenario7(work, skips, missed):
+    """Issue 18: h2load on grpc-go's empty RPC (reference), orgmesh
+    CheckMirrorAccess (figure) and orgmesh's empty RPC (context), alternating;
+    then the open loop at a fraction of loadgen's saturation rate."""
+    meta = kv(work / "s7.meta")
+    e = {"id": 7, "name": f"Hot check vs grpc-go: h2load {meta.get('connections', 4)} connections x "
+                         f"{meta.get('streams', 16)} streams",
+         "target": f">= {GO_TARGET:g}x grpc-go's empty RPC; open-loop p99 <= {OPEN_P99_MS:g} ms at "
+                   f"{float(meta.get('open_fraction') or 0.5):.0%} of saturation"}
+    go = [h2load(p) for p in rounds(work, "s7_go_r*.txt")]
+    chk = [h2load(p) for p in rounds(work, "s7_check_r*.txt")]
+    emp = [h2load(p) for p in rounds(work, "s7_empty_r*.txt")]
+    bare = [h2load(p) for p in rounds(work, "s7_gobare_r*.txt")]
+    ref, fig, ctx, bare = (agg_ref(x, "requests_per_s") for x in (go, chk, emp, bare))
+    if not (ref and fig):
+        sk = skips.get("7", {"status": "failed" if chk or go else "skipped", "reason": "not run"})
+        e["status"], e["reason"] = sk["status"], sk["reason"]
+        return e
+    e["status"] = "measured"
+    e["reference"] = {"name": f"grpc-go {meta.get('grpc_go', '')} (Debian, {meta.get('go', '')}) "
+                              "grpc.health.v1 Health/Check, same headers", **ref}
+    if bare and bare["requests_per_s"]:
+        e["reference_without_token"] = bare
+        e["ratio_to_reference_without_token"] = round(fig["requests_per_s"] / bare["requests_per_s"], 3)
+        if fig.get("server_cpu_us_per_call") and bare.get("server_cpu_us_per_call"):
+            e["per_core_ratio_to_reference_without_token"] = round(
+                bare["server_cpu_us_per_call"] / fig["server_cpu_us_per_call"], 3)
+    e["h2load_check"] = fig
+    e["h2load_orgmesh_empty"] = ctx
+    e["ratio"] = round(fig["requests_per_s"] / ref["requests_per_s"], 3) if ref["requests_per_s"] else None
+    e["ratio_rounds"] = [round(a / b, 3) for a, b in zip(fig.get("rounds", []), ref.get("rounds", [])) if b]
+    # per core: calls one core of the server answers, the figure's over the reference's
+    if fig.get("server_cpu_us_per_call") and ref.get("server_cpu_us_per_call"):
+        e["per_core_ratio"] = round(ref["server_cpu_us_per_call"] / fig["server_cpu_us_per_call"], 3)
+    if ctx and ref["requests_per_s"]:
+        e["orgmesh_empty_ratio"] = round(ctx["requests_per_s"] / ref["requests_per_s"], 3)
+    # h2load counts HTTP 200 as success, and gRPC answers 200 with the status
+    # in the trailers: a refused call carries no message. Every answer to the
+    # check must have carried one (allowed=true, 7+ bytes of DATA).
+    bad = [r for r in chk if r and (r.get("failed") or r.get("errored") or
+                                    (r.get("total") and r.get("data_bytes", 0) < 7 * r["total"]))]
+    e["h2load_replies_ok"] = not bad
+    sat, opn = load_json(work / "s7_sat.json"), load_json(work / "s7_open.json")
+    if sat:
+        e["saturation"] = lg_figure(sat)
+    if opn:
+        e["open_loop"] = {**lg_figure(opn), "rate": opn.get("rate"), "unsent": opn.get("unsent", 0)}
+    ok_ratio = e["ratio"] is not None and e["ratio"] >= GO_TARGET
+    ok_open = bool(opn) and opn["latency_us"]["p99"] / 1000 <= OPEN_P99_MS and not opn.get("errors") \
+        and not opn.get("unsent")
+    e["met"] = ok_ratio and ok_open and e["h2load_replies_ok"]
+    if not ok_ratio:
+        missed.append(f"7: CheckMirrorAccess at {e['ratio']:.2f}x grpc-go's empty RPC (target {GO_TARGET:g}x)")
+    if not ok_open:
+        missed.append("7: open-loop p99 " + (f"{opn['latency_us']['p99'] / 1000:.2f} ms" if opn else "not measured")
+                      + f" (target {OPEN_P99_MS:g} ms)")
+    if not e["h2load_replies_ok"]:
+        missed.append("7: some h2load answers to CheckMirrorAccess carried no message (refused calls)")
+    bt = agg_ref([h2load(p) for p in rounds(work, "s7_batch_r*.txt")], "requests_per_s")
+    items = int(meta.get("batch_items") or 0)
+    if bt and items:
+        e["batch"] = b = {**bt, "items": items, "checks_per_s": bt["requests_per_s"] * items,
+                          "note": f"BatchCheckMirrorAccess of {items} items, h2load {bt['requests_per_s']:,.0f} req/s x {items} ="}
+        if bt.get("failed") or bt.get("errored") or (bt.get("total") and bt.get("data_bytes", 0) < 2 * items * bt["total"]):
+            missed.append("7: some h2load answers to BatchCheckMirrorAccess carried no results (refused calls)")
+            b["replies_ok"] = False
+    for key, fn_ in (("fresh", "s7_fresh.json"), ("fresh_seat", "s7_fresh_seat.json")):
+        d = load_json(work / fn_)
+        if d:
+            e[key] = d
+            if d.get("wrong") or d.get("failed"):
+                missed.append(f"7: at_least_as_fresh ({key}): {d.get('wrong')} wrong answers, {d.get('failed')} failed checks")
+            if d.get("p99_ms") is not None and d["p99_ms"] > FRESH_P99_MS:
+                missed.append(f"7: at_least_as_fresh ({key}) p99 {d['p99_ms']:.2f} ms (target {FRESH_P99_MS:g} ms)")
+    b = e.get("batch")
+    if b and b.get("checks_per_s") and fig["requests_per_s"]:
+        b["ratio_to_single"] = round(b["checks_per_s"] / fig["requests_per_s"], 2)
+        if b["ratio_to_single"] < BATCH_TARGET:
+            missed.append(f"7: batch at {b['ratio_to_single']:.1f}x single checks (target {BATCH_TARGET:g}x)")
+    return e
+
+
+def s7_markdown(e):
+    ref, fig, ctx = e["reference"], e["h2load_check"], e.get("h2load_orgmesh_empty")
+
+    def rr(r):
+        s = f"{r['requests_per_s']:,.0f} req/s"
+        if r.get("rounds") and len(r["rounds"]) > 1:
+            s += " (rounds: " + ", ".join(f"{x:,.0f}" for x in r["rounds"]) + ")"
+        if "mean_ms" in r:
+            s += f", mean {r['mean_ms']:.2f} ms"
+        return s
+
+    def cpu(r):
+        if not r or r.get("server_cpu_us_per_call") is None:
+            return "—"
+        return f"{r['server_cpu_us_per_call']:.1f} µs ({r['server_cpu_cores']:.2f} cores)"
+    L = [f"## 7. {e['name']}\n",
+         "One load generator (h2load, one thread) for all, alternating in each round (order reversed every "
+         "other round). The ratio is the figure's over the reference's, per round and of the means. The reference "
+         "gets the same request headers as the check (the bearer token, which h2load sends as a never-indexed "
+         "literal with every request, RFC 7541 7.1.3); the last row is grpc-go without it.\n",
+         "Server CPU per call: the server process's user + system time over the run (warm-up included) divided by "
+         "the calls at the measured rate — what a call costs the server, less sensitive than calls/s to what else "
+         "runs on the machine.\n",
+         "| what | h2load req/s | ratio to grpc-go | server CPU per call |", "|---|---|---|---|",
+         f"| {ref['name']} (reference) | {rr(ref)} | 1.00 | {cpu(ref)} |",
+         f"| orgmesh CheckMirrorAccess, warm cache | {rr(fig)} | **{e['ratio']:.2f}** "
+         + (f"(rounds: {', '.join(f'{x:.2f}' for x in e['ratio_rounds'])})" if len(e.get('ratio_rounds', [])) > 1 else "")
+         + f" | {cpu(fig)} |"]
+    if ctx:
+        L.append(f"| orgmesh Health/Check (empty RPC, same server, same headers) | {rr(ctx)} | {e.get('orgmesh_empty_ratio', 0):.2f} | {cpu(ctx)} |")
+    b0 = e.get("reference_without_token")
+    if b0:
+        L.append(f"| grpc-go Health/Check **without** the authorization header (the issue's first comparison) | {rr(b0)} | "
+                 f"check / this: **{e['ratio_to_reference_without_token']:.2f}** | {cpu(b0)} |")
+    L.append("")
+    if e.get("per_core_ratio"):
+        L.append(f"Per core (grpc-go's CPU per call over the check's): **{e['per_core_ratio']:.2f}** with the same headers"
+                 + (f", {e['per_core_ratio_to_reference_without_token']:.2f} against grpc-go without the token"
+                    if e.get("per_core_ratio_to_reference_without_token") else "")
+                 + " — the calls one core of the server answers, whatever share of the machine each server got.\n")
+    if e.get("saturation"):
+        s = e["saturation"]
+        L.append(f"Saturation (orgmesh-loadgen, closed loop, same connections x in flight): {s['calls_per_s']:,.0f} "
+                 f"calls/s; {fmt_lat(s)}; {s['errors']} errors.\n")
+    if e.get("open_loop"):
+        o = e["open_loop"]
+        L.append(f"Open loop at {o['rate']:,.0f} calls/s: {fmt_lat(o)}; {o['errors']} errors, {o['unsent']} unsent; "
+                 f"p99 target {OPEN_P99_MS:g} ms: " + ("met" if o["p99_ms"] <= OPEN_P99_MS and not o["unsent"] else "**MISSED**")
+                 + ".\n")
+    b = e.get("batch")
+    if b:
+        L.append(f"Batch: {b.get('note', '')} {b.get('checks_per_s', 0):,.0f} checks/s = "
+                 f"{b.get('ratio_to_single', 0):.1f}x single checks (target {BATCH_TARGET:g}x).\n")
+    for f in (e.get("fresh"), e.get("fresh_seat")):
+        if not f:
+            continue
+        ok = (f.get("p99_ms") or 99) <= FRESH_P99_MS and not f.get("wrong") and not f.get("failed")
+        line = (f"at_least_as_fresh: {f.get('note', '')} p50 {f.get('p50_ms') or 0:.2f} / p90 {f.get('p90_ms') or 0:.2f} / "
+                f"p99 {f.get('p99_ms') or 0:.2f} / max {f.get('max_ms') or 0:.2f} ms over {f.get('n', 0)} checks, "
+                f"{f.get('wrong')} wrong answers, {f.get('failed')} failed (target p99 {FRESH_P99_MS:g} ms, none wrong: "
+                + ("met" if ok else "**MISSED**")
+                + f"). The writes: p50 {f.get('write_p50_ms') or 0:.2f} / p99 {f.get('write_p99_ms') or 0:.2f} ms.")
+        if f.get("minimize_latency_behind") is not None:
+            line += (f" The default (minimize_latency) check right after answered from a state behind the write "
+                     f"{f['minimize_latency_behind']} times of {f.get('n', 0)}.")
+        if f.get("failed_samples"):
+            line += " Failed: " + "; ".join(f["failed_samples"][:3])
+        L.append(line + "\n")
+    return L
 
 
 EVENTS_P99_MS = 500.0           # SPEC 9: an event reaches the SMTP server within 500 ms (p99)
@@ -344,6 +515,8 @@ def main(work, outbase):
     if s5:
         scen[:] = [s5 if e["id"] == 5 else e for e in scen]
 
+    s7 = scenario7(work, skips, missed)
+
     # 6. footprint
     fp = []
     for r in tsv(work / "footprint.tsv"):
@@ -375,6 +548,7 @@ def main(work, outbase):
     scen.append({"id": 6, "name": "Footprint: resident memory idle / under scenario 1 load, exec -> SERVING",
                  "target": "<= 32 MB resident, <= 200 ms to SERVING", "status": "measured" if fp else "failed",
                  "services": fp})
+    scen.append(s7)
 
     result = {"date": meta.get("date"), "machine": {k: meta.get(k) for k in ("host", "cpus", "cpu_model",
                                                                                "loadavg")},
@@ -415,6 +589,12 @@ def main(work, outbase):
         if e["id"] == 4 and e["status"] == "measured":
             L.append(s4_markdown(e))
             continue
+        if e["id"] == 7 and e["status"] == "measured":
+            L.append(f"| 7 | {e['name']} | CheckMirrorAccess {e['h2load_check']['requests_per_s']:,.0f} req/s"
+                     + (f"; open loop p99 {e['open_loop']['p99_ms']:.2f} ms" if e.get("open_loop") else "")
+                     + f" | {e['reference']['name']}: {e['reference']['requests_per_s']:,.0f} req/s | "
+                     f"{e['ratio']:.2f} | {e['target']} | {'met' if e['met'] else '**MISSED**'} |")
+            continue
         if e["status"] != "measured":
             L.append(f"| {e['id']} | {e['name']} | **{e['status']}: {e['reason']}** | | | {e['target']} | |")
             continue
@@ -444,6 +624,8 @@ def main(work, outbase):
     L.append("")
     if s5:
         L += s5_markdown(s5)[1]
+    if s7.get("status") == "measured":
+        L += s7_markdown(s7)
     L.append("## 6. Footprint\n")
     L.append("Resident memory from /proc/<pid>/status (VmRSS idle; highest VmRSS sampled every 100 ms and "
              "VmHWM under 64 health calls in flight); start = exec to the first health SERVING, on a restart "
