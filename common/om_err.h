@@ -107,7 +107,17 @@
     XX(REQUEST_NOT_PENDING, GRPC_STATUS_FAILED_PRECONDITION,                            \
        "the access request is no longer pending")                                      \
     XX(INVALID_TOKEN, GRPC_STATUS_PERMISSION_DENIED,                                    \
-       "the access token is not valid for this user")
+       "the access token is not valid for this user")                                  \
+    XX(ROLE_NOT_GRANTABLE, GRPC_STATUS_INVALID_ARGUMENT,                                \
+       "SUPER_ADMIN is never granted through a partner assignment")                    \
+    XX(ROLES_NOT_REQUESTED, GRPC_STATUS_INVALID_ARGUMENT,                               \
+       "the approved roles must be among the requested roles")                         \
+    XX(DURATION_NOT_ALLOWED, GRPC_STATUS_FAILED_PRECONDITION,                           \
+       "grants without an end are not allowed here")                                   \
+    XX(PARTNER_ACCESS_BLOCKED, GRPC_STATUS_FAILED_PRECONDITION,                         \
+       "the client has revoked this partner's access")                                 \
+    XX(GRANT_NOT_ACTIVE, GRPC_STATUS_FAILED_PRECONDITION,                               \
+       "the grant is not active or has no end")
 
 typedef enum {
     OM_OK = 0,

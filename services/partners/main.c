@@ -34,6 +34,8 @@ static int round_work(void *arg) {
     if (c == NULL) return 0;
     int n = pa_expire_round(c, 64); /* PART-05 */
     if (n > 0) log_info("expired %d access requests", n);
+    n = pa_grant_round(c, 64); /* PART-15, PART-16, PART-19 */
+    if (n > 0) log_info("partner grants: %d notices, ends or dormant revocations", n);
     pa_sync_round(c, 64);
     return 0;
 }

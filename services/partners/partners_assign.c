@@ -96,6 +96,12 @@ PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a) {
     p->activate_time = pa_ts(m, a->activate_us);
     p->end_time = pa_ts(m, a->end_us);
     p->update_time = pa_ts(m, a->update_us);
+    /* PART-14, PART-15, PART-18 */
+    p->duration_days = a->duration_days;
+    p->grant_end_time = pa_ts(m, a->grant_end_us);
+    p->auto_extend = a->auto_extend;
+    p->requested_roles = pa_roles_pb(m, a->requested_roles, &p->n_requested_roles);
+    p->granted_roles = pa_roles_pb(m, a->link_roles, &p->n_granted_roles);
     return p;
 }
 
@@ -126,7 +132,18 @@ PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a) {
     p->version = a->version;
     p->etag = etag(m, a->version);
     p->create_time = pa_ts(m, a->create_us);
+    p->requested_roles = pa_roles_pb(m, a->requested_roles, &p->n_requested_roles);
+    p->duration_days = a->duration_days;
+    p->auto_extend = a->auto_extend;
     return p;
+}
+
+Orgmesh__Accounts__V1__Role *pa_roles_pb(ps_mem *m, unsigned bits, size_t *n) {
+    Orgmesh__Accounts__V1__Role *r = m->alloc(m->ud, 4 * sizeof *r);
+    *n = 0;
+    for (int v = 1; v <= 4; v++)
+        if (bits & (1u << (v - 1))) r[(*n)++] = (Orgmesh__Accounts__V1__Role)v;
+    return r;
 }
 
 PB(PartnerEmployee) *pa_employee_pb(ps_mem *m, uint64_t partner, const ps_employee *e) {
@@ -186,6 +203,11 @@ static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *act
 
 int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
             bool membership_removed) {
+    return pa_emit_grant(tx, m, w, kind, a, membership_removed, 0, 0);
+}
+
+int pa_emit_grant(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
+                  bool membership_removed, int days_left, int64_t revoke_us) {
     static const struct {
         const ProtobufCMessageDescriptor *type;
         const char *action;
@@ -198,6 +220,10 @@ int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const p
         [PA_EV_CANCELLED] = {&orgmesh__partners__v1__access_request_cancelled__descriptor, "access_request.cancel"},
         [PA_EV_REVOKED] = {&orgmesh__partners__v1__access_revoked__descriptor, "assignment.revoke"},
         [PA_EV_ACTIVATED] = {&orgmesh__partners__v1__assignment_activated__descriptor, "assignment.activate"},
+        [PA_EV_GRANT_ENDING] = {&orgmesh__partners__v1__grant_ending__descriptor, "grant.notice_end"},
+        [PA_EV_GRANT_EXPIRED] = {&orgmesh__partners__v1__grant_expired__descriptor, "grant.expire"},
+        [PA_EV_GRANT_EXTENDED] = {&orgmesh__partners__v1__grant_extended__descriptor, "grant.extend"},
+        [PA_EV_GRANT_DORMANT] = {&orgmesh__partners__v1__grant_dormant__descriptor, "grant.notice_dormant"},
     };
     char subject[96];
     snprintf(subject, sizeof subject, "partners/%" PRIu64 "/assignments/%s", a->partner_hub_id, a->id);
@@ -215,6 +241,10 @@ int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const p
     pb_set_field(e, "cause", PROTOBUF_C_TYPE_ENUM, &cause, sizeof cause);
     pb_set_field(e, "actor", PROTOBUF_C_TYPE_STRING, &actor, sizeof actor);
     pb_set_field(e, "membership_removed", PROTOBUF_C_TYPE_BOOL, &removed, sizeof removed);
+    int32_t left = days_left;
+    PbTimestamp *revoke = pa_ts(m, revoke_us);
+    pb_set_field(e, "days_left", PROTOBUF_C_TYPE_INT32, &left, sizeof left);
+    pb_set_field(e, "revoke_time", PROTOBUF_C_TYPE_MESSAGE, &revoke, sizeof revoke);
     int rc = emit_event(tx, w, subject, a->version, e);
     if (rc != 0) return rc;
     return audit(tx, w, a->partner_hub_id, events[kind].action, &asg->base, a->answer_reason);
@@ -351,5 +381,23 @@ int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment
     /* each event carries a version of its own (SPEC 2) */
     if (rc == 0) rc = ps_asg_save(tx, a, m);
     if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_ACTIVATED, a, false);
+    return rc;
+}
+
+int pa_emit_kill_switch(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner,
+                        const uint64_t *partners, int n_partners, int cancelled, int revoked, const char *reason) {
+    char subject[96];
+    snprintf(subject, sizeof subject, "partners/clients/%" PRIu64 "/partner-access/%" PRIu64, client, partner);
+    PB(PartnerAccessRevoked) e;
+    orgmesh__partners__v1__partner_access_revoked__init(&e);
+    e.client_hub_id = client;
+    e.partner_hub_id = partner;
+    e.cancelled_request_count = cancelled;
+    e.revoked_assignment_count = revoked;
+    e.actor = (char *)pa_who_string(w, m);
+    int rc = emit_event(tx, w, subject, 1, &e.base);
+    /* PART-20: in the history of every partner it cut off */
+    for (int i = 0; rc == 0 && i < n_partners; i++)
+        rc = audit(tx, w, partners[i], "partner_access.revoke", &e.base, reason);
     return rc;
 }
