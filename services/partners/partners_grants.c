@@ -319,7 +319,11 @@ static int notices_tx(pg_conn *tx, void *arg) {
         for (int i = 0; rc == 0 && i < n; i++) {
             ps_assignment a;
             if ((rc = ps_asg_get(tx, ids[i], false, r->m, &a)) != 0) break;
-            rc = pa_emit_grant(tx, r->m, &w, PA_EV_GRANT_ENDING, &a, false, days[d], 0);
+            /* the days actually left (a 10-day grant is within the 30-day
+             * threshold at once: its notice says 10) */
+            const int64_t day = 86400LL * 1000000;
+            int left = (int)((a.grant_end_us - a.now_us + day - 1) / day);
+            rc = pa_emit_grant(tx, r->m, &w, PA_EV_GRANT_ENDING, &a, false, left > 0 ? left : 1, 0);
             r->done++;
         }
     }
