@@ -101,6 +101,8 @@ int pa_h_extend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *re
             return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
                             "only the client's admins may extend a grant here (ORGMESH_PARTNERS_GRANT_PARTNER_EXTENDS)");
         ok = manager;
+        if (!ok && why == OM_E_PARTNER_IDENTITY_FORBIDDEN) /* PART-08: they act for the partner */
+            return rpc_fail(ctx, why, "a partner-linked member of the client acts for a partner, not for the client");
     }
     if (!ok)
         return refuse(ctx, c, a.partner_hub_id, a.client_hub_id,
@@ -176,6 +178,21 @@ int pa_h_revoke_partner_access(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = require_client_admin(ctx, c, req->client_hub_id);
     if (rc != 0) return rc;
+    if (req->validate_only) { /* AIP-163: what the switch would end, nothing changed */
+        PB(RevokePartnerAccessResponse) *r = (void *)resp;
+        ps_mem m = pa_call_mem(ctx);
+        char(*ids)[40] = NULL;
+        int n = 0;
+        if ((rc = ps_asg_open_ids_of_client_partner(c, req->client_hub_id, req->partner_hub_id, &m, &ids, &n)) != 0)
+            return pa_fail(ctx, rc, "assignments");
+        for (int i = 0; i < n; i++) {
+            ps_assignment a;
+            if (ps_asg_get(c, ids[i], false, &m, &a) != 0) continue;
+            if (a.state == PART_ST_PENDING) r->cancelled_request_count++;
+            if (a.state == PART_ST_ACTIVE) r->revoked_assignment_count++;
+        }
+        return 0;
+    }
     kill_op op = {.req = req};
     mutation mu = {.ctx = ctx, .apply = apply_kill, .op = &op, .request_id = req->request_id};
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
