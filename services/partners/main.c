@@ -20,6 +20,7 @@ static const rpc_service *const services[] = {&partners_service, &partners_inter
 
 static const evt_subscription subs[] = {
     {"accounts", pa_on_accounts_event, NULL}, /* PART-05, PART-08, PART-09, local copies */
+    {"notifier", pa_on_notifier_event, NULL}, /* PART-22: emails given up */
 };
 
 static struct {
@@ -77,7 +78,7 @@ int main(int argc, char **argv) {
         .migrations = partners_migrations,
         .n_migrations = partners_n_migrations,
         .subs = subs,
-        .n_subs = 1,
+        .n_subs = 2,
         .init = init,
     };
     return app_main(&def, argc, argv);

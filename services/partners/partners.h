@@ -87,6 +87,10 @@ int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *r
                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, rpc_status *st);
 void pa_membership_from_pb(const Orgmesh__Accounts__V1__Membership *p, ps_membership *out);
 
+/* The notifier event consumer (partners_grants.c): PART-22, an
+ * access-request email given up (EmailDeadLettered) allows a resend at once. */
+int pa_on_notifier_event(pg_conn *tx, const evt_event *ev, void *arg);
+
 /* The accounts event consumer (PART-05 direct add, PART-08, PART-09). */
 int pa_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg);
 

@@ -135,6 +135,8 @@ PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a) {
     p->requested_roles = pa_roles_pb(m, a->requested_roles, &p->n_requested_roles);
     p->duration_days = a->duration_days;
     p->auto_extend = a->auto_extend;
+    p->last_send_failed = a->last_send_failed; /* PART-22 */
+    if (a->state == PART_ST_PENDING && a->last_send_failed) p->next_resend_time = pa_ts(m, a->now_us);
     return p;
 }
 
@@ -177,11 +179,16 @@ PB(PartnerClient) *pa_client_pb(ps_mem *m, uint64_t partner, const ps_client *c)
 
 /* ---- events and audit ---------------------------------------------------------------- */
 
-static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
-                      const ProtobufCMessage *payload) {
+static int emit_event_id(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
+                         const ProtobufCMessage *payload, char *id_out) {
     evt_meta meta = {.subject = subject, .version = version, .actor = w->actor, .rule = w->rule,
                      .trace_id = w->trace_id};
-    return evt_emit(tx, &meta, payload, NULL);
+    return evt_emit(tx, &meta, payload, id_out);
+}
+
+static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
+                      const ProtobufCMessage *payload) {
+    return emit_event_id(tx, w, subject, version, payload, NULL);
 }
 
 static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *action,
@@ -245,7 +252,11 @@ int pa_emit_grant(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, c
     PbTimestamp *revoke = pa_ts(m, revoke_us);
     pb_set_field(e, "days_left", PROTOBUF_C_TYPE_INT32, &left, sizeof left);
     pb_set_field(e, "revoke_time", PROTOBUF_C_TYPE_MESSAGE, &revoke, sizeof revoke);
-    int rc = emit_event(tx, w, subject, a->version, e);
+    char event_id[40] = "";
+    int rc = emit_event_id(tx, w, subject, a->version, e, event_id);
+    /* PART-22: which event carries the access-request email, so that its
+     * failure (the notifier's EmailDeadLettered) allows a resend at once */
+    if (rc == 0 && (kind == PA_EV_REQUESTED || kind == PA_EV_RESENT)) rc = ps_asg_sent(tx, a->id, event_id);
     if (rc != 0) return rc;
     return audit(tx, w, a->partner_hub_id, events[kind].action, &asg->base, a->answer_reason);
 }

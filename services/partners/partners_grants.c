@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "orgmesh/notifier/v1/events.pb-c.h"
 #include "om_err.h"
 #include "page.h"
 #include "partners_call.h"
@@ -425,4 +426,27 @@ int pa_grant_round(pg_conn *c, int limit) {
     }
     om_arena_free(&ar);
     return total;
+}
+
+/* ---- PART-22: a failed or bounced access-request email ------------------------------------- */
+
+int pa_on_notifier_event(pg_conn *tx, const evt_event *ev, void *arg) {
+    (void)arg;
+    if (strcmp(ev->type, "orgmesh.notifier.v1.EmailDeadLettered") != 0) return 0;
+    Orgmesh__Notifier__V1__EmailDeadLettered *m =
+        orgmesh__notifier__v1__email_dead_lettered__unpack(NULL, ev->payload_len, ev->payload);
+    if (m == NULL) return 0; /* malformed: nothing to act on */
+    int rc = 0;
+    const Orgmesh__Notifier__V1__DeadLetter *dl = m->dead_letter;
+    if (dl != NULL && dl->event_id != NULL && dl->event_id[0] != '\0' &&
+        (strcmp(dl->event_type, "orgmesh.partners.v1.AccessRequested") == 0 ||
+         strcmp(dl->event_type, "orgmesh.partners.v1.AccessRequestResent") == 0)) {
+        bool marked = false;
+        rc = ps_asg_send_failed(tx, dl->event_id, &marked);
+        if (rc == 0 && marked)
+            log_info("access-request email of event %s to user %" PRIu64 " was given up: resend allowed at once",
+                     dl->event_id, dl->recipient_user_id);
+    }
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+    return rc;
 }

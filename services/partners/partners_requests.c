@@ -335,8 +335,10 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     if (a.state != PART_ST_PENDING) return op_fail(mu->oc, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
     int64_t next = 0;
-    /* PART-04: at most once per hour, timed by the database clock */
-    if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
+    /* PART-04: at most once per hour, timed by the database clock; PART-22:
+     * at once when an email of the last send failed or bounced */
+    if (part_rule_resend_after(a.last_send_us, a.last_send_failed, a.now_us, partners_cfg.resend_interval_s,
+                               &next) != 0)
         return op_fail(mu->oc, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
                        (next - a.now_us + 999999) / 1000000);
     /* issue 13: resends per actor and per client (each one emails the client's admins) */
@@ -347,6 +349,7 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     a.last_send_us = -1; /* now() */
     if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;
     if ((rc = pa_emit(tx, &mu->mem, &mu->who, PA_EV_RESENT, &a, false)) != 0) return rc;
+    a.last_send_failed = false; /* PART-22: a new send (pa_emit recorded its event) */
     ((PB(ResendAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(&mu->mem, &a);
     return 0;
 }

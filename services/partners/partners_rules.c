@@ -268,3 +268,12 @@ int part_parse_days(const char *s, int *out, int cap, int *n) {
     }
     return 0;
 }
+
+int part_rule_resend_after(int64_t last_send_us, bool last_send_failed, int64_t now_us, int64_t interval_s,
+                           int64_t *next_us) {
+    if (last_send_failed) { /* PART-22: the client never got it */
+        *next_us = now_us;
+        return 0;
+    }
+    return part_rule_resend(last_send_us, now_us, interval_s, next_us);
+}

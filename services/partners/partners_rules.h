@@ -90,6 +90,10 @@ int part_rule_confirmation(const char *text);
  * it was last sent. 0, or OM_E_RESEND_TOO_SOON; *next_us is the earliest
  * time it is allowed. */
 int part_rule_resend(int64_t last_send_us, int64_t now_us, int64_t interval_s, int64_t *next_us);
+/* PART-22: as part_rule_resend, but at once when an email of the last send
+ * failed or bounced. */
+int part_rule_resend_after(int64_t last_send_us, bool last_send_failed, int64_t now_us, int64_t interval_s,
+                           int64_t *next_us);
 
 /* PART-03/PART-06: an open assignment of (employee, client) exists already,
  * held by `holder`. Same partner: ALREADY_ASSIGNED (0); another partner:

@@ -313,7 +313,8 @@ int ps_clients_all(pg_conn *c, uint64_t partner, ps_mem *m, ps_client **out, int
     " (SELECT max(x.at) FROM activity x WHERE x.assignment_id = a.id),"                                   \
     " (SELECT count(*) FROM activity x WHERE x.assignment_id = a.id AND x.at > now() - interval '30 days')," \
     " a.link_sync, a.link_gen, a.link_adopt, a.link_roles, a.link_actor, a.membership_removed, a.end_actor," \
-    " now(), a.duration_days, a.grant_end_time, a.auto_extend, a.requested_roles, a.dormant_notice_time"
+    " now(), a.duration_days, a.grant_end_time, a.auto_extend, a.requested_roles, a.dormant_notice_time," \
+    " a.last_send_failed"
 #define ASG_FROM                                                                  \
     " FROM assignment a LEFT JOIN account_copies pa ON pa.hub_id = a.partner_hub_id" \
     " LEFT JOIN account_copies ca ON ca.hub_id = a.client_hub_id"                    \
@@ -360,6 +361,7 @@ static void read_asg(const pg_res *r, int i, ps_mem *m, void *out_) {
     a->auto_extend = pg_bool(r, i, 35);
     a->requested_roles = (unsigned)pg_i64(r, i, 36);
     a->dormant_notice_us = pg_time_us(r, i, 37);
+    a->last_send_failed = pg_bool(r, i, 38);
 }
 
 static int asg_read_one(pg_conn *c, const char *where, const pg_params *p, ps_mem *m, ps_assignment *out) {
@@ -682,7 +684,7 @@ typedef struct dormant_row {
 static void read_dormant(const pg_res *r, int i, ps_mem *m, void *out) {
     dormant_row *d = out;
     read_asg(r, i, m, &d->a);
-    d->at = pg_time_us(r, i, 38);
+    d->at = pg_time_us(r, i, 39);
 }
 
 int ps_grant_dormant_list(pg_conn *c, uint64_t partner, uint64_t client, int days, int within_days, int offset,
@@ -716,8 +718,8 @@ typedef struct keyed_row {
 static void read_keyed(const pg_res *r, int i, ps_mem *m, void *out) {
     keyed_row *k = out;
     read_asg(r, i, m, &k->a);
-    k->k1 = (uint64_t)pg_i64(r, i, 38);
-    k->k2 = (uint64_t)pg_i64(r, i, 39);
+    k->k1 = (uint64_t)pg_i64(r, i, 39);
+    k->k2 = (uint64_t)pg_i64(r, i, 40);
 }
 
 /* the keyset of the client view: create time (us) and the id's first 64 bits */
@@ -744,6 +746,27 @@ int ps_grant_client_list(pg_conn *c, uint64_t client, bool more, uint64_t k1, ui
         keys1[i] = rows[i].k1;
         keys2[i] = rows[i].k2;
     }
+    return rc;
+}
+
+int ps_asg_sent(pg_conn *c, const char *id, const char *event_id) {
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    pg_p_str(&p, event_id);
+    return pg_exec(c, "UPDATE assignment SET last_send_event_id = $2, last_send_failed = false WHERE id = $1::uuid",
+                   &p, NULL);
+}
+
+int ps_asg_send_failed(pg_conn *c, const char *event_id, bool *marked) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_str(&p, event_id);
+    int rc = pg_exec(c,
+                     "UPDATE assignment SET last_send_failed = true WHERE last_send_event_id = $1"
+                     " AND state = " SQL_PENDING,
+                     &p, &r);
+    *marked = rc == 0 && pg_affected(r) > 0;
+    pg_free(r);
     return rc;
 }
 

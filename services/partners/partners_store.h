@@ -128,6 +128,7 @@ typedef struct ps_assignment {
     bool auto_extend;         /* PART-15 */
     unsigned requested_roles; /* PART-18, role bits */
     int64_t dormant_notice_us; /* PART-19 */
+    bool last_send_failed;     /* PART-22 */
 } ps_assignment;
 
 /* Inserts a new assignment (id generated; a request too when
@@ -205,6 +206,12 @@ int ps_grant_dormant_list(pg_conn *c, uint64_t partner, uint64_t client, int day
  * create time in us, k2 = the id's first 64 bits) after (k1, k2) when more. */
 int ps_grant_client_list(pg_conn *c, uint64_t client, bool more, uint64_t k1, uint64_t k2, int limit, ps_mem *m,
                          ps_assignment *out, uint64_t *keys1, uint64_t *keys2, int *n);
+/* PART-22: the event of the access-request email just emitted (a new send
+ * starts with no failure) ... */
+int ps_asg_sent(pg_conn *c, const char *id, const char *event_id);
+/* ... and the notifier gave one of its emails up: *marked when an
+ * assignment's last send was that event. */
+int ps_asg_send_failed(pg_conn *c, const char *event_id, bool *marked);
 /* PART-20: the kill switch's block (partner 0 = every partner). */
 int ps_block_put(pg_conn *c, uint64_t client, uint64_t partner, uint64_t by, const char *reason);
 int ps_block_delete(pg_conn *c, uint64_t client, uint64_t partner, bool *deleted);

@@ -45,6 +45,14 @@ class SmtpSink:
         self.port = om.free_port()
         self.dir = tempfile.mkdtemp(prefix="om-grants-smtp-")
         self.controller = None
+        self.refuse = {}  # address fragment -> RCPT reply
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        for frag, reply in list(self.refuse.items()):
+            if frag in address:
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         name = os.path.join(self.dir, f"{time.time():.6f}-{uuid.uuid4().hex}")
@@ -533,3 +541,28 @@ def om_now():
     t = timestamp_pb2.Timestamp()
     t.GetCurrentTime()
     return t
+
+
+# ---- PART-22: resend at once after a failed or bounced email ---------------------------------------------------
+
+def test_part_22_resend_at_once_after_a_bounce_otherwise_once_an_hour(w, g, smtp):
+    smtp.refuse[g.CAu.email] = "550 mailbox unavailable"  # CA's address bounces
+    try:
+        r = w.assign(g.P, g.M, g.E, g.C)
+        rid = r.access_request.access_request_id
+
+        def failed():
+            ar = w.p.GetAccessRequest(ppb.GetAccessRequestRequest(access_request_id=rid),
+                                      metadata=om.as_user(g.M)).access_request
+            assert ar.last_send_failed, ar
+            return ar
+        ar = om.eventually(failed, timeout=20)
+        assert abs(ar.next_resend_time.seconds - time.time()) < 60  # now, not in an hour
+    finally:
+        smtp.refuse.clear()
+    again = w.p.ResendAccessRequest(ppb.ResendAccessRequestRequest(access_request_id=rid), metadata=om.as_user(g.M))
+    assert again.access_request.send_count == 2 and not again.access_request.last_send_failed
+    smtp.wait_subject(g.CAu.email, "")  # this time it arrives
+    # delivered: the hourly limit holds again (PART-04)
+    with om.raises_rpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "RESEND_TOO_SOON"):
+        w.p.ResendAccessRequest(ppb.ResendAccessRequestRequest(access_request_id=rid), metadata=om.as_user(g.M))

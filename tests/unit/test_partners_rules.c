@@ -235,6 +235,14 @@ static void test_part_17_extend_bounds(void **state) {
     assert_int_equal(part_rule_extend(now + day, now + 31 * day, now, 30), OM_E_INVALID_ARGUMENT);
 }
 
+static void test_part_22_resend_at_once_after_a_failure(void **state) {
+    (void)state;
+    int64_t sent = 1700000000LL * 1000000, next = 0;
+    assert_int_equal(part_rule_resend_after(sent, false, sent + 60LL * 1000000, 3600, &next), OM_E_RESEND_TOO_SOON);
+    assert_int_equal(part_rule_resend_after(sent, true, sent + 60LL * 1000000, 3600, &next), 0);
+    assert_int_equal(next, sent + 60LL * 1000000);
+}
+
 static void test_part_16_notice_days(void **state) {
     (void)state;
     int d[PART_MAX_NOTICES], n = 0;
@@ -269,6 +277,7 @@ int main(void) {
         cmocka_unit_test(test_part_15_no_auto_extend_with_super_admin),
         cmocka_unit_test(test_part_17_extend_bounds),
         cmocka_unit_test(test_part_16_notice_days),
+        cmocka_unit_test(test_part_22_resend_at_once_after_a_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
