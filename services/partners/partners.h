@@ -138,6 +138,8 @@ int pa_emit_grant(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, c
 /* PART-20: PartnerAccessRevoked, audited in the history of each partner cut off. */
 int pa_emit_kill_switch(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner,
                         const uint64_t *partners, int n_partners, int cancelled, int revoked, const char *reason);
+/* PART-20: the audit entry of RestorePartnerAccess. */
+int pa_audit_restore(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner);
 /* Role bits -> accounts.v1.Role values in m. */
 Orgmesh__Accounts__V1__Role *pa_roles_pb(ps_mem *m, unsigned bits, size_t *n);
 

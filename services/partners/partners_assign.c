@@ -395,6 +395,16 @@ int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment
     return rc;
 }
 
+int pa_audit_restore(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner) {
+    PB(RestorePartnerAccessRequest) what;
+    orgmesh__partners__v1__restore_partner_access_request__init(&what);
+    what.client_hub_id = client;
+    what.partner_hub_id = partner;
+    (void)m;
+    /* PART-20: the lift is in the partner's history (every partner's block: resource partners/0) */
+    return audit(tx, w, partner, "partner_access.restore", &what.base, NULL);
+}
+
 int pa_emit_kill_switch(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner,
                         const uint64_t *partners, int n_partners, int cancelled, int revoked, const char *reason) {
     char subject[96];

@@ -98,10 +98,10 @@ int pa_h_extend(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *re
     if (!ok) {
         bool manager = false;
         if ((rc = pa_manager_ok(ctx, c, a.partner_hub_id, &manager)) != 0) return pa_fail(ctx, rc, "membership");
-        if (manager && !partners_cfg.partner_extends) /* PART-17 */
+        ok = part_rule_extender(false, manager, partners_cfg.partner_extends) == 0; /* PART-17 */
+        if (manager && !ok)
             return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
                             "only the client's admins may extend a grant here (ORGMESH_PARTNERS_GRANT_PARTNER_EXTENDS)");
-        ok = manager;
         if (!ok && why == OM_E_PARTNER_IDENTITY_FORBIDDEN) /* PART-08: they act for the partner */
             return rpc_fail(ctx, why, "a partner-linked member of the client acts for a partner, not for the client");
     }
@@ -211,6 +211,7 @@ static int apply_restore(mutation *mu, pg_conn *tx) {
     bool deleted = false, blocked = false;
     int rc = ps_block_check(tx, op->req->client_hub_id, op->req->partner_hub_id, true, &blocked);
     if (rc == 0) rc = ps_block_delete(tx, op->req->client_hub_id, op->req->partner_hub_id, &deleted);
+    if (rc == 0 && deleted) rc = pa_audit_restore(tx, &mu->mem, &mu->who, op->req->client_hub_id, op->req->partner_hub_id);
     ((PB(RestorePartnerAccessResponse) *)mu->resp)->restored = deleted;
     return rc;
 }

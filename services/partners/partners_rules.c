@@ -277,3 +277,8 @@ int part_rule_resend_after(int64_t last_send_us, bool last_send_failed, int64_t 
     }
     return part_rule_resend(last_send_us, now_us, interval_s, next_us);
 }
+
+int part_rule_extender(bool client_admin, bool partner_manager, bool partner_extends) {
+    if (client_admin) return 0;
+    return partner_manager && partner_extends ? 0 : OM_E_PERMISSION_DENIED;
+}

@@ -165,6 +165,11 @@ bool part_rule_auto_extend(bool auto_extend, unsigned granted_roles);
  * now + max_days. 0 or OM_E_INVALID_ARGUMENT. */
 int part_rule_extend(int64_t current_end_us, int64_t new_end_us, int64_t now_us, int max_days);
 
+/* PART-17: who may extend a grant: its client's admin; a partner manager of
+ * its partner only when partner_extends (configuration). 0 or
+ * OM_E_PERMISSION_DENIED. */
+int part_rule_extender(bool client_admin, bool partner_manager, bool partner_extends);
+
 /* PART-16: "30,7,1" -> {30, 7, 1}: 1..PART_MAX_NOTICES distinct values in
  * 1..730, any order; "" = none. *n is the count; -1 when malformed. */
 int part_parse_days(const char *s, int *out, int cap, int *n);

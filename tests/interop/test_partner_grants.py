@@ -470,6 +470,9 @@ def test_part_20_kill_switch_one_partner_under_concurrent_assignment(w, g):
     # the client lifts the block
     assert w.p.RestorePartnerAccess(ppb.RestorePartnerAccessRequest(client_hub_id=g.C, partner_hub_id=g.P),
                                     metadata=om.as_user(g.CA)).restored
+    hist = w.p.ListPartnerHistory(ppb.ListPartnerHistoryRequest(partner_hub_id=g.P, page_size=200),
+                                  metadata=om.as_user(g.M)).entries
+    assert any(e.action == "partner_access.restore" for e in hist)
     assert w.assign(g.P, g.M, g.E, g.C).outcome == O.Value("ASSIGNMENT_OUTCOME_ACCESS_REQUESTED")
 
 

@@ -243,6 +243,14 @@ static void test_part_22_resend_at_once_after_a_failure(void **state) {
     assert_int_equal(next, sent + 60LL * 1000000);
 }
 
+static void test_part_17_who_extends(void **state) {
+    (void)state;
+    assert_int_equal(part_rule_extender(true, false, false), 0);
+    assert_int_equal(part_rule_extender(false, true, false), OM_E_PERMISSION_DENIED); /* not configured */
+    assert_int_equal(part_rule_extender(false, true, true), 0);
+    assert_int_equal(part_rule_extender(false, false, true), OM_E_PERMISSION_DENIED);
+}
+
 static void test_part_16_notice_days(void **state) {
     (void)state;
     int d[PART_MAX_NOTICES], n = 0;
@@ -277,6 +285,7 @@ int main(void) {
         cmocka_unit_test(test_part_15_no_auto_extend_with_super_admin),
         cmocka_unit_test(test_part_17_extend_bounds),
         cmocka_unit_test(test_part_16_notice_days),
+        cmocka_unit_test(test_part_17_who_extends),
         cmocka_unit_test(test_part_22_resend_at_once_after_a_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
