@@ -6,7 +6,7 @@ expected answers are data in authz_matrix.tsv (see docs/security.md,
 The RPCs are enumerated from the generated descriptors, not from the table:
 an RPC without a row fails the test. The fixtures (two tenants, each with an
 organization of two accounts, a connection, an asset and a copy job; partner
-P with an employee approved as SUPER_ADMIN in the client; partner Q in the
+P with an employee approved in the client and made SUPER_ADMIN there by the client; partner Q in the
 other tenant) are built once for the module. Requests are minimal valid
 messages with the ids of one tenant; destructive calls carry a stale etag or
 validate_only, so that an allowed call answers ABORTED (or OK without effect)
