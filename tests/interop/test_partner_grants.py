@@ -569,3 +569,38 @@ def test_part_22_resend_at_once_after_a_bounce_otherwise_once_an_hour(w, g, smtp
     # delivered: the hourly limit holds again (PART-04)
     with om.raises_rpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "RESEND_TOO_SOON"):
         w.p.ResendAccessRequest(ppb.ResendAccessRequestRequest(access_request_id=rid), metadata=om.as_user(g.M))
+
+
+# ---- PART-16 with two replicas: each notice and each end handled once ---------------------------------------------
+
+def test_part_16_two_replicas_notice_and_expire_each_grant_once(w, g, suite):
+    other = suite["partners"].replica("partners-grants-replica-2.log")
+    try:
+        emps = [w.employee(g.P, g.M, f"Twin {i}").user_id for i in range(6)]
+        ids = []
+        for e in emps:
+            w.member(g.C, e)  # a member already: ACTIVE at once (PART-04), the grant runs from now
+            r = w.assign(g.P, g.M, e, g.C, duration_days=100)
+            assert r.outcome == O.Value("ASSIGNMENT_OUTCOME_ACTIVATED"), r
+            ids.append(r.assignment.assignment_id)
+        in_list = ", ".join(f"'{i}'" for i in ids)
+        # both timers race for the same rows: the 7-day notice (the 30-day one is past with it) ...
+        sql(f"UPDATE partners.assignment SET grant_end_time = now() + interval '6 days 12 hours'"
+            f" WHERE id IN ({in_list})")
+
+        def history(action):
+            es = w.p.ListPartnerHistory(ppb.ListPartnerHistoryRequest(partner_hub_id=g.P, page_size=1000),
+                                        metadata=om.as_user(g.M)).entries
+            return [e for e in es if e.action == action]
+        om.eventually(lambda: len(history("grant.notice_end")) >= len(ids) or None, timeout=15)
+        # ... then the end
+        sql(f"UPDATE partners.assignment SET grant_end_time = now() - interval '1 second' WHERE id IN ({in_list})")
+        om.eventually(lambda: int(sql(f"SELECT count(*) FROM partners.assignment WHERE id IN ({in_list})"
+                                      f" AND state = 4")[0][0]) == len(ids) or None, timeout=15)
+        om.eventually(lambda: len(history("grant.expire")) >= len(ids) or None, timeout=10)
+        assert len(history("grant.notice_end")) == len(ids)
+        assert len(history("grant.expire")) == len(ids)
+        assert sql(f"SELECT DISTINCT notices_sent FROM partners.assignment WHERE id IN ({in_list})") == [["{7,30}"]]
+    finally:
+        problems = other.stop()
+    assert not problems, problems
