@@ -1,8 +1,10 @@
 /* main.c — wiring of the partners service (SPEC 6; see
  * docs/services/partners.md): its two gRPC services, migrations, the
- * consumer of accounts events, and a timer on the process loop that expires
- * access requests (PART-05) and finishes the accounts side of assignment
- * changes (the link sync), one round at a time on a worker. Several
+ * consumer of accounts events (and of the notifier's EmailDeadLettered,
+ * PART-22), and a timer on the process loop that expires access requests
+ * (PART-05), runs the grant round (PART-15/16/19: notices, ends, dormant
+ * grants) and finishes the accounts side of assignment changes (the link
+ * sync), one round at a time on a worker. Several
  * replicas may run it: the rows are taken with FOR UPDATE SKIP LOCKED and
  * timed by the database clock. */
 #include <stdbool.h>
