@@ -685,6 +685,18 @@ static int check_claims(const auth_ctx *a, const json_t *c, om_actor *actor) {
     actor->iat = iat;
     actor->exp = exp;
     actor->mfa_at = has_mfa == 0 ? mfa_at : 0;
+    /* API-01: the caller's language for error messages; a malformed one is
+     * ignored, not refused (it only chooses words) */
+    const json_t *loc = json_object_get(c, "locale");
+    actor->locale[0] = '\0';
+    if (json_is_string(loc)) {
+        const char *v = json_string_value(loc);
+        size_t n = strlen(v);
+        bool ok = n > 0 && n < sizeof actor->locale;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isalnum((unsigned char)v[i]) || v[i] == '-' || v[i] == '_';
+        if (ok) memcpy(actor->locale, v, n + 1);
+    }
     return 0;
 }
 

@@ -21,6 +21,9 @@ typedef struct om_actor {
     int64_t mfa_at;    /* `mfa_at` claim (unix seconds), 0 when absent */
     int64_t iat;
     int64_t exp;
+    /* API-01: the `locale` claim (a BCP-47 tag of letters, digits, '-' and
+     * '_', at most 15 characters), "" when absent or not such a tag */
+    char locale[16];
 } om_actor;
 
 typedef struct auth_config {

@@ -6,6 +6,7 @@
  * subscription, and lanes — queues on the worker pool, one job each in
  * flight — that apply events of different subjects in parallel. */
 #include "evt.h"
+#include "ctoken.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -189,6 +190,7 @@ int evt_emit(pg_conn *tx, const evt_meta *meta, const ProtobufCMessage *payload,
                  &p, NULL);
     free(env);
     if (rc == 0 && id_out != NULL) memcpy(id_out, id, sizeof id);
+    if (rc == 0) ctoken_note(pg_schema(), id); /* issue 18: the commit's consistency token */
     return rc;
 }
 

@@ -1,7 +1,9 @@
 /* om_err.h — every error orgmesh can return, in one table.
  *
  * Each row gives a code its name (which is also the stable ErrorInfo `reason`
- * clients see), the gRPC status it maps to and a default message. Functions
+ * clients see), the gRPC status it maps to and a default message (English
+ * words, never an enum name: API-01; the same reason's text in the caller's
+ * language is in common/l10n_catalog.c, which needs a row for each code). Functions
  * that can fail return 0 or one of the negative OM_E_* codes (libuv style). */
 #ifndef OM_ERR_H
 #define OM_ERR_H
@@ -60,21 +62,21 @@
     XX(ACKNOWLEDGEMENT_REQUIRED, GRPC_STATUS_FAILED_PRECONDITION,                       \
        "the data-sharing impact must be acknowledged")                                 \
     XX(LAST_ENTERPRISE_ACCOUNT, GRPC_STATUS_FAILED_PRECONDITION,                        \
-       "the last MARKETING ENTERPRISE account cannot be removed; delete the organization") \
+       "the last account with Marketing Hub Enterprise cannot be removed; delete the organization") \
     XX(NOT_ENTERPRISE_ACCOUNT, GRPC_STATUS_FAILED_PRECONDITION,                         \
-       "the acting account must have MARKETING ENTERPRISE")                            \
+       "the acting account must have Marketing Hub Enterprise")                            \
     XX(ACCOUNT_NOT_ELIGIBLE, GRPC_STATUS_FAILED_PRECONDITION,                           \
        "an account is not eligible for the organization")                              \
     XX(SANDBOX, GRPC_STATUS_FAILED_PRECONDITION, "sandbox accounts cannot join")        \
     XX(NO_PROFESSIONAL_SUBSCRIPTION, GRPC_STATUS_FAILED_PRECONDITION,                   \
-       "the account has no PROFESSIONAL or ENTERPRISE subscription")                   \
+       "the account has no Professional or Enterprise subscription")                   \
     XX(HOSTING_LOCATION_MISMATCH, GRPC_STATUS_FAILED_PRECONDITION,                      \
        "the accounts are hosted in different locations")                               \
     XX(DEACTIVATED, GRPC_STATUS_FAILED_PRECONDITION, "the account is deactivated")      \
     XX(ALREADY_IN_ORGANIZATION, GRPC_STATUS_FAILED_PRECONDITION,                        \
        "the account is already in an organization")                                    \
     XX(NOT_SUPER_ADMIN, GRPC_STATUS_PERMISSION_DENIED,                                  \
-       "the actor must be SUPER_ADMIN in every account concerned")                     \
+       "the actor must be a super admin in every account concerned")                     \
     XX(NOT_IN_ORGANIZATION, GRPC_STATUS_FAILED_PRECONDITION,                            \
        "the account is not in this organization")                                      \
     /* connections (SPEC 4) */                                                          \
@@ -95,11 +97,11 @@
     XX(EMAIL_CONNECTED_TO_OTHER_PARTNER, GRPC_STATUS_ALREADY_EXISTS,                    \
        "Their email address is already connected with another partner record for this client") \
     XX(CONFIRMATION_REQUIRED, GRPC_STATUS_INVALID_ARGUMENT,                             \
-       "type REMOVE to confirm")                                                       \
+       "type the word REMOVE to confirm")                                                       \
     XX(NOT_PARTNER_EMPLOYEE, GRPC_STATUS_FAILED_PRECONDITION,                           \
        "only tagged partner employees can be assigned")                                \
     XX(NOT_PARTNER_ACCOUNT, GRPC_STATUS_FAILED_PRECONDITION,                            \
-       "the account is not a PARTNER account")                                         \
+       "the account is not a partner agency's account")                                         \
     XX(RESEND_TOO_SOON, GRPC_STATUS_RESOURCE_EXHAUSTED,                                 \
        "an access request can be resent at most once per hour")                        \
     XX(RATE_LIMITED, GRPC_STATUS_RESOURCE_EXHAUSTED,                                    \
@@ -108,6 +110,12 @@
        "the access request is no longer pending")                                      \
     XX(INVALID_TOKEN, GRPC_STATUS_PERMISSION_DENIED,                                    \
        "the access token is not valid for this user")                                  \
+    /* issue 18: consistency tokens (common/ctoken.h, CONN-13) */                      \
+    XX(INVALID_CONSISTENCY_TOKEN, GRPC_STATUS_INVALID_ARGUMENT,                         \
+       "not a consistency token of this cluster")                                      \
+    XX(CONSISTENCY_NOT_REACHED, GRPC_STATUS_UNAVAILABLE,                                \
+       "the state the consistency token names was not reached in time; retry") \
+    /* issue 17: partner grants (PART-14, PART-18, PART-20, PART-17) */                \
     XX(ROLE_NOT_GRANTABLE, GRPC_STATUS_INVALID_ARGUMENT,                                \
        "SUPER_ADMIN is never granted through a partner assignment")                    \
     XX(ROLES_NOT_REQUESTED, GRPC_STATUS_INVALID_ARGUMENT,                               \

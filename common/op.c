@@ -1,6 +1,7 @@
 /* op.c — the request pipeline (op.h): request id, transaction and retries,
  * fetch rounds, and the one mapping of a failure to the call's status. */
 #include "op.h"
+#include "ctoken.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,9 +63,30 @@ static const char *request_id_of(const ProtobufCMessage *req) {
     return s != NULL ? s : "";
 }
 
+/* Issue 18 (CONN-13): a mutation whose response has a string field
+ * `consistency_token` gets a token naming the events its commit wrote
+ * (common/ctoken.h; evt_emit notes them), set before the reply is stored so
+ * that a replay returns it too; "" when it wrote no event. */
+static void set_consistency_token(op_call *op) {
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(op->resp->descriptor, "consistency_token");
+    if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING || f->label != PROTOBUF_C_LABEL_NONE) return;
+    char **slot = (char **)((char *)op->resp + f->offset);
+    char tok[CTOKEN_MAX_LEN];
+    ctoken_pending_take(tok);
+    if ((*slot == NULL || (*slot)[0] == '\0') && tok[0] != '\0') {
+        char *copy = rpc_strdup(op->ctx, tok);
+        if (copy != NULL) *slot = copy;
+    }
+}
+
 static int op_apply(pg_conn *tx, void *arg) {
     op_call *op = arg;
-    return op->def->apply(op, tx);
+    if (!op->def->mutation) return op->def->apply(op, tx);
+    ctoken_pending_reset(); /* every attempt starts from nothing */
+    int rc = op->def->apply(op, tx);
+    if (rc == 0) set_consistency_token(op);
+    return rc;
 }
 
 /* One attempt: everything the last one recorded is forgotten first. */

@@ -41,6 +41,9 @@ typedef struct rpc_error_info {
     size_t n_meta;
     const rpc_packed_any *extra; /* further details */
     size_t n_extra;
+    /* API-01: a google.rpc.LocalizedMessage after the ErrorInfo, when set */
+    const char *localized_locale;
+    const char *localized_message;
 } rpc_error_info;
 
 /* Serialise google.rpc.Status{code, message, [ErrorInfo, BadRequest?, extra...]}

@@ -22,6 +22,8 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "idem.h"
+#include "l10n.h"
+#include "orgmesh/type/v1/item_error.pb-c.h"
 #include "log.h"
 #include "metrics.h"
 #include "om_time.h"
@@ -105,6 +107,7 @@ typedef struct srv_method {
     unsigned flags;
     const char *const *services;         /* who may call it as a service (rpc_method) */
     bool stream;                         /* reflection */
+    bool item_errors;                    /* API-01: its reply can hold an ItemError */
     void *handle;
     metrics_method *metrics;
 } srv_method;
@@ -189,6 +192,7 @@ struct rpc_ctx {
     bool have_actor;
     char *token;
     char *trace_id;
+    char *accept_language; /* API-01: the `accept-language` metadata, or NULL */
 
     /* failure being built */
     int err_code;
@@ -485,6 +489,7 @@ static void ctx_free(rpc_ctx *ctx) {
     if (ctx->method == NULL) grpc_call_details_destroy(&ctx->details);
     free(ctx->token);
     free(ctx->trace_id);
+    free(ctx->accept_language);
     rpc_arena_free(ctx->arena);
     free(ctx);
 }
@@ -518,8 +523,57 @@ static void post_request(rpc_server *srv, poller *p, srv_method *m) {
 /* ------------------------------------------------------------------------ */
 /* replies                                                                    */
 
+/* ErrorInfo metadata entries offered to the catalog's placeholders. */
+#define L10N_MAX_META 16
+
+/* API-01: whether messages of type d can contain an ItemError (checked
+ * once per method, so replies that cannot are never walked). */
+static bool holds_item_error(const ProtobufCMessageDescriptor *d, int depth) {
+    if (d == &orgmesh__type__v1__item_error__descriptor) return true;
+    if (depth > 8) return false;
+    for (unsigned i = 0; i < d->n_fields; i++)
+        if (d->fields[i].type == PROTOBUF_C_TYPE_MESSAGE &&
+            holds_item_error((const ProtobufCMessageDescriptor *)d->fields[i].descriptor, depth + 1))
+            return true;
+    return false;
+}
+
+/* API-01: every ItemError in msg gets its reason's words in `locale`. */
+static void localize_items(rpc_ctx *ctx, ProtobufCMessage *msg, const char *locale, int depth) {
+    if (msg == NULL || depth > 8) return;
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    if (d == &orgmesh__type__v1__item_error__descriptor) {
+        Orgmesh__Type__V1__ItemError *e = (void *)msg;
+        char text[512];
+        const char *used = l10n_message(locale, e->reason, NULL, 0, text, sizeof text);
+        if (used != NULL) {
+            e->locale = (char *)used;
+            e->localized_message = rpc_strdup(ctx, text);
+        }
+        return;
+    }
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        if (!holds_item_error((const ProtobufCMessageDescriptor *)f->descriptor, depth + 1)) continue;
+        char *base = (char *)msg;
+        /* a oneof member that is not the one set shares its memory with another */
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(uint32_t *)(base + f->quantifier_offset) != f->id) continue;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage **v = *(ProtobufCMessage ***)(base + f->offset);
+            for (size_t k = 0; v != NULL && k < n; k++) localize_items(ctx, v[k], locale, depth + 1);
+        } else {
+            localize_items(ctx, *(ProtobufCMessage **)(base + f->offset), locale, depth + 1);
+        }
+    }
+}
+
 /* Turn the handler's outcome into the reply message or an error status. */
 static void build_reply(rpc_ctx *ctx, int rc) {
+    if (rc == 0 && ctx->err_code == 0 && !ctx->oom && ctx->resp != NULL && ctx->method->item_errors)
+        localize_items(ctx, ctx->resp, l10n_pick(ctx->have_actor ? ctx->actor.locale : NULL, ctx->accept_language),
+                       0);
     if (rc == 0 && ctx->err_code == 0 && !ctx->oom && ctx->resp != NULL) {
         size_t n = protobuf_c_message_get_packed_size(ctx->resp);
         if (n > (size_t)ctx->srv->opts.max_message_bytes) {
@@ -553,6 +607,20 @@ static void build_reply(rpc_ctx *ctx, int rc) {
         .n_extra = ctx->n_extra,
     };
     ctx->err_msg = (char *)e.message;
+    /* API-01: the same error in the caller's words: the token's `locale`
+     * claim, else accept-language, else English; ErrorInfo metadata fills
+     * the catalog's {key} placeholders */
+    char localized[512];
+    l10n_kv kv[L10N_MAX_META];
+    size_t n_kv = 0;
+    for (size_t i = 0; i < ctx->n_meta && n_kv < L10N_MAX_META; i++)
+        kv[n_kv++] = (l10n_kv){ctx->meta[i].key, ctx->meta[i].value};
+    const char *loc = l10n_pick(ctx->have_actor ? ctx->actor.locale : NULL, ctx->accept_language);
+    loc = l10n_message(loc, om_err_name(ctx->err_code), kv, n_kv, localized, sizeof localized);
+    if (loc != NULL) {
+        e.localized_locale = loc;
+        e.localized_message = localized;
+    }
     uint8_t *bin = NULL;
     size_t len = 0;
     if (rpc_status_pack(&e, &bin, &len) == 0) {
@@ -765,6 +833,12 @@ static int read_metadata(rpc_ctx *ctx) {
                 tok = v + 7;
                 tok_len = n - 7;
             }
+        } else if (slice_eq(m->key, "accept-language")) {
+            /* API-01: read before authentication, so that even an
+             * UNAUTHENTICATED answer speaks the caller's language */
+            size_t n = GRPC_SLICE_LENGTH(m->value);
+            if (n > 0 && n <= 256 && ctx->accept_language == NULL)
+                ctx->accept_language = strndup((const char *)GRPC_SLICE_START_PTR(m->value), n);
         } else if (slice_eq(m->key, "x-trace-id")) {
             size_t n = GRPC_SLICE_LENGTH(m->value);
             if (n > 0 && n <= 64) {
@@ -1151,6 +1225,7 @@ static int add_method(rpc_server *srv, const char *path, const ProtobufCMethodDe
     m->flags = flags;
     m->services = services;
     m->stream = stream;
+    m->item_errors = md != NULL && holds_item_error(md->output, 0);
     srv->n_methods++;
     return 0;
 }

@@ -28,14 +28,15 @@ static int any_pack(Google__Protobuf__Any *any, const ProtobufCMessage *msg, cha
 
 int rpc_status_pack(const rpc_error_info *e, uint8_t **out, size_t *len) {
     int rc = OM_E_NOMEM;
-    size_t n_details = 1 + (e->n_violations ? 1 : 0) + e->n_extra;
+    size_t n_own = 1 + (e->n_violations ? 1u : 0u) + (e->localized_message ? 1u : 0u);
+    size_t n_details = n_own + e->n_extra;
     Google__Protobuf__Any *anys = calloc(n_details, sizeof *anys);
     Google__Protobuf__Any **ptrs = calloc(n_details, sizeof *ptrs);
     Google__Rpc__ErrorInfo__MetadataEntry *entries = calloc(e->n_meta + 1, sizeof *entries);
     Google__Rpc__ErrorInfo__MetadataEntry **entry_ptrs = calloc(e->n_meta + 1, sizeof *entry_ptrs);
     Google__Rpc__BadRequest__FieldViolation *fv = calloc(e->n_violations + 1, sizeof *fv);
     Google__Rpc__BadRequest__FieldViolation **fv_ptrs = calloc(e->n_violations + 1, sizeof *fv_ptrs);
-    char url_info[96], url_bad[96];
+    char url_info[96], url_bad[96], url_loc[96];
     size_t n = 0;
     if (!anys || !ptrs || !entries || !entry_ptrs || !fv || !fv_ptrs) goto done;
 
@@ -68,6 +69,15 @@ int rpc_status_pack(const rpc_error_info *e, uint8_t **out, size_t *len) {
         ptrs[n] = &anys[n];
         n++;
     }
+    if (e->localized_message) {
+        /* API-01 (AIP-193): the message in the caller's language */
+        Google__Rpc__LocalizedMessage loc = GOOGLE__RPC__LOCALIZED_MESSAGE__INIT;
+        loc.locale = (char *)(e->localized_locale ? e->localized_locale : "en");
+        loc.message = (char *)e->localized_message;
+        if (any_pack(&anys[n], &loc.base, url_loc, sizeof url_loc) != 0) goto done;
+        ptrs[n] = &anys[n];
+        n++;
+    }
     for (size_t i = 0; i < e->n_extra; i++) {
         google__protobuf__any__init(&anys[n]);
         anys[n].type_url = (char *)e->extra[i].type_url;
@@ -89,8 +99,8 @@ int rpc_status_pack(const rpc_error_info *e, uint8_t **out, size_t *len) {
     *len = protobuf_c_message_pack(&st.base, *out);
     rc = 0;
 done:
-    /* Only the ErrorInfo and BadRequest buffers are ours. */
-    for (size_t i = 0; i < n && i < 1 + (e->n_violations ? 1u : 0u); i++) free(anys[i].value.data);
+    /* Only the ErrorInfo, BadRequest and LocalizedMessage buffers are ours. */
+    for (size_t i = 0; i < n && i < n_own; i++) free(anys[i].value.data);
     free(anys);
     free(ptrs);
     free(entries);

@@ -407,8 +407,8 @@ static int keep_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t
     long others = 0;
     int rc = store_count_super_admins(tx, hub_id, user_id, &others);
     if (rc == 0 && (rc = acct_rule_keep_super_admin(rpc_actor(mu->ctx), others)) != 0) {
-        if (then == NULL) return op_fail(mu->oc, rc, "an account keeps at least one SUPER_ADMIN");
-        return op_fail(mu->oc, rc, "the user is the last SUPER_ADMIN of account %" PRIu64 "%s", hub_id, then);
+        if (then == NULL) return op_fail(mu->oc, rc, "an account keeps at least one super admin");
+        return op_fail(mu->oc, rc, "the user is the last super admin of account %" PRIu64 "%s", hub_id, then);
     }
     return rc;
 }
@@ -703,7 +703,7 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
     int rc = reader_membership(mu->ctx, tx, op->patch.hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(rpc_actor(mu->ctx), mine)) != 0)
-        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing an account needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in it"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing an account needs super admin or account permissions in it"));
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_UPDATE_ACCOUNT, .hub_id = op->patch.hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, op->patch.hub_id, true, &m, &before)) != 0) return rc;
@@ -773,7 +773,7 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
         return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "this needs super admin in the account");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = op->hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
@@ -845,7 +845,7 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
         return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
     if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "deleting an account needs super admin in it");
     if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = req->hub_id}, true, mine)) != 0)
         return rc;
     if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
@@ -920,7 +920,7 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
     if (rc != 0) return fail_store(ctx, c, rc);
     if ((rc = acct_rule_manage_account(rpc_actor(ctx), mine)) != 0)
-        return rpc_fail(ctx, rc, "%s", hidden_or(rc, "the history needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return rpc_fail(ctx, rc, "%s", hidden_or(rc, "the history needs super admin or account permissions in the account"));
     store_account_subject(req->hub_id, resource, sizeof resource);
     return list_history(ctx, c, resource, true, &pg, &resp->entries, &resp->n_entries, &resp->next_page_token);
 }
@@ -944,7 +944,7 @@ static int apply_create_user(mutation *mu, pg_conn *tx) {
     if (!is_service(caller) && (rc = store_user_manages_any(tx, caller->user_id, &manages)) != 0) return rc;
     if ((rc = acct_rule_create_user(caller, manages, u.user_id)) != 0)
         return op_fail(mu->oc, rc, u.user_id ? "only service identities may choose the user_id"
-                                         : "creating users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS "
+                                         : "creating users needs super admin or account permissions "
                                            "in some account");
     rc = store_user_insert(tx, &u);
     if (rc == OM_E_EMAIL_TAKEN) return op_fail(mu->oc, rc, "the email address %s is already in use", u.email);
@@ -1230,8 +1230,8 @@ static int apply_create_membership(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, 0, op->roles)) != 0)
         return op_fail(mu->oc, rc, mine && (op->roles & ACCT_ROLE_SUPER_ADMIN)
-                                   ? "granting SUPER_ADMIN needs SUPER_ADMIN"
-                                   : hidden_or(rc, "adding users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+                                   ? "granting super admin needs super admin"
+                                   : hidden_or(rc, "adding users needs super admin or account permissions in the account"));
     acct_act act = {.kind = ACCT_ACT_CREATE_MEMBERSHIP, .hub_id = op->hub_id, .roles_after = op->roles};
     if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = load_facts(mu, tx, op->hub_id, op->user_id, &f)) != 0) return rc;
@@ -1361,7 +1361,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
     int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
     if (rc != 0) return rc;
     if ((rc = acct_rule_manage_account(caller, mine)) != 0)
-        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing members needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "changing members needs super admin or account permissions in the account"));
     /* the account row serialises membership changes (the last SUPER_ADMIN check) */
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &before)) != 0) return rc;
@@ -1372,7 +1372,7 @@ static int apply_update_membership(mutation *mu, pg_conn *tx) {
                     .roles_after = after.roles};
     if ((rc = gate(mu, tx, &act, true, mine)) != 0) return rc;
     if ((rc = acct_rule_change_roles(caller, mine, before.roles, after.roles)) != 0)
-        return op_fail(mu->oc, rc, "granting or removing SUPER_ADMIN needs SUPER_ADMIN");
+        return op_fail(mu->oc, rc, "granting or removing super admin needs super admin");
     /* preconditions after every permission (a refused caller learns nothing from an etag) */
     if ((rc = acct_etag_check(op->etag, before.version)) != 0) return rc;
     if (f.account.state == ACCT_STATE_DEACTIVATED) return OM_E_ACCOUNT_DEACTIVATED;
@@ -1427,7 +1427,7 @@ static int apply_delete_membership(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     /* PART-08: only the client removes a user from the client account */
     if ((rc = acct_rule_remove_membership(caller, mine)) != 0)
-        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "removing users needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
+        return op_fail(mu->oc, rc, "%s", hidden_or(rc, "removing users needs super admin or account permissions in the account"));
     if ((rc = store_account_get(tx, op->hub_id, true, &m, &f.account)) != 0) return rc;
     if ((rc = store_membership_get(tx, op->hub_id, op->user_id, true, &m, &mb)) != 0) return rc;
     acct_act act = {.kind = ACCT_ACT_DELETE_MEMBERSHIP, .hub_id = op->hub_id, .target = &mb};

@@ -17,6 +17,9 @@ static const char *const kind_names[] = {NULL, "STANDARD", "PARTNER", "SANDBOX"}
 static const char *const state_names[] = {NULL, "ACTIVE", "DEACTIVATED"};
 static const char *const hub_names[] = {NULL,  "MARKETING",  "SALES",   "SERVICE",
                                         "CMS", "OPERATIONS", "COMMERCE"};
+/* API-01: the hubs as people call them, for messages (never the enum name) */
+static const char *const hub_words[] = {NULL,          "Marketing Hub",  "Sales Hub",   "Service Hub",
+                                        "Content Hub", "Operations Hub", "Commerce Hub"};
 static const char *const tier_names[] = {NULL, "FREE", "STARTER", "PROFESSIONAL", "ENTERPRISE"};
 /* Bit i of a role mask is role_names[i]; the same for seats. */
 static const char *const role_names[] = {"SUPER_ADMIN", "PARTNER_ADMIN", "ACCOUNT_PERMISSIONS",
@@ -305,7 +308,8 @@ int acct_validate_account(const acct_account *a, const char *allowed_locations, 
             } else if (acct_hub_name(s->hub) == NULL) {
                 acct_violate(v, path(f, sizeof f, prefix, sub), "unknown hub");
             } else if (seen[s->hub]) {
-                snprintf(msg, sizeof msg, "hub %s appears more than once", acct_hub_name(s->hub));
+                snprintf(msg, sizeof msg, "%s appears more than once",
+                         name_at(hub_words, COUNT(hub_words), (int)s->hub));
                 acct_violate(v, path(f, sizeof f, prefix, sub), msg);
             } else {
                 seen[s->hub] = true;
@@ -621,10 +625,10 @@ bool acct_partner_identity_matters(const acct_act *act) {
 const char *acct_partner_identity_message(const acct_act *act) {
     switch (act->kind) {
     case ACCT_ACT_CREATE_MEMBERSHIP:
-        return "a partner-linked identity cannot grant SUPER_ADMIN in the client account (PART-08)";
+        return "a partner-linked identity cannot grant super admin in the client account (PART-08)";
     case ACCT_ACT_UPDATE_MEMBERSHIP:
         return "a partner-linked identity changes only memberships it created, and never grants "
-               "SUPER_ADMIN (PART-08)";
+               "super admin (PART-08)";
     case ACCT_ACT_DELETE_MEMBERSHIP:
         return "only the client can remove a user from the client account (PART-08)";
     case ACCT_ACT_SET_ACCOUNT_STATE:

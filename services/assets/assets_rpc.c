@@ -66,7 +66,7 @@ static int require_marketing(op_call *cl, pg_conn *tx, uint64_t hub, const char 
         if (hidden != NULL) return op_fail(cl, OM_E_NOT_FOUND, "%s", hidden);
         return op_fail(cl, OM_E_NOT_FOUND, "account %" PRIu64 " not found", hub);
     }
-    return op_fail(cl, OM_E_PERMISSION_DENIED, "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " is required",
+    return op_fail(cl, OM_E_PERMISSION_DENIED, "marketing access or super admin in account %" PRIu64 " is required",
                    hub);
 }
 
@@ -627,7 +627,7 @@ static int require_job_viewer(op_call *cl, pg_conn *tx, const job_row *j) {
     if (rc != 0 || as || at) return rc;
     if (!ms && !mt) return op_fail(cl, OM_E_NOT_FOUND, "copy job %s not found", j->id);
     return op_fail(cl, OM_E_PERMISSION_DENIED,
-                   "MARKETING_ACCESS or SUPER_ADMIN in account %" PRIu64 " or %" PRIu64 " is required", j->source,
+                   "marketing access or super admin in account %" PRIu64 " or %" PRIu64 " is required", j->source,
                    j->target);
 }
 

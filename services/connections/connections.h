@@ -24,7 +24,7 @@ typedef Google__Protobuf__Timestamp PbTimestamp;
 typedef struct conn_pb {
     conn_row row;
     PbConnection pb;
-    PbFeature m, a;
+    PbFeature m, a, w;
     PbTimestamp ct, ut;
     char etag[CONN_ETAG_MAX];
 } conn_pb;
@@ -57,6 +57,15 @@ int conn_on_organizations_event(pg_conn *tx, const evt_event *ev, void *arg);
 /* CONN-05: restrict every connection where `hub_id` (now sensitive) is a
  * mirroring source; one ConnectionRestricted event and audit entry each. */
 int conn_restrict_sensitive_source(pg_conn *tx, uint64_t hub_id, const char *cause_event_id);
+
+/* CONN-13: the checks that wait for a consistency token's events read
+ * conn_fresh_epoch() before looking, then conn_fresh_wait(epoch, ms) until
+ * the epoch moves (every NOTIFY of connections_cache or
+ * connections_applied, i.e. after each commit that applied an event or
+ * changed something) or ms pass; true when it moved. */
+void conn_fresh_signal(void);
+uint64_t conn_fresh_epoch(void);
+bool conn_fresh_wait(uint64_t epoch, long ms);
 
 /* The cache invalidation listener (LISTEN connections_cache). */
 int conn_listener_start(void);

@@ -31,6 +31,7 @@ void conn_pb_build(conn_pb *v) {
     orgmesh__connections__v1__connection__init(p);
     orgmesh__connections__v1__feature_setting__init(&v->m);
     orgmesh__connections__v1__feature_setting__init(&v->a);
+    orgmesh__connections__v1__feature_setting__init(&v->w);
     p->connection_id = v->row.id;
     p->organization_id = v->row.org_id;
     p->account_a = v->row.cfg.a;
@@ -41,6 +42,9 @@ void conn_pb_build(conn_pb *v) {
     v->a.source_hub_id = v->row.cfg.asset_copying.source;
     p->mirroring = &v->m;
     p->asset_copying = &v->a;
+    v->w.direction = (CPB(Direction))(v->row.cfg.workflows.dir ? v->row.cfg.workflows.dir : CONN_DIR_OFF);
+    v->w.source_hub_id = v->row.cfg.workflows.source;
+    p->workflows = &v->w;
     p->version = v->row.version;
     conn_etag_encode(v->row.version, v->etag);
     p->etag = v->etag;
@@ -164,12 +168,15 @@ int conn_restrict_sensitive_source(pg_conn *tx, uint64_t hub_id, const char *cau
     }
     if ((rc = store_conns_of_org(tx, org_id, rows, CONN_MAX_ROWS, &n)) != 0) goto out;
     for (int i = 0; i < n; i++) {
-        bool changed;
-        conn_feature m = conn_restrict_sensitive(&rows[i].cfg.mirroring, rows[i].cfg.a, rows[i].cfg.b, hub_id, &changed);
-        if (!changed) continue;
+        bool m_changed, w_changed;
+        conn_feature m = conn_restrict_sensitive(&rows[i].cfg.mirroring, rows[i].cfg.a, rows[i].cfg.b, hub_id, &m_changed);
+        /* CONN-11: the same rule for workflows */
+        conn_feature w = conn_restrict_sensitive(&rows[i].cfg.workflows, rows[i].cfg.a, rows[i].cfg.b, hub_id, &w_changed);
+        if (!m_changed && !w_changed) continue;
         before->row = rows[i];
         conn_pb_build(before);
         rows[i].cfg.mirroring = m; /* asset copying is never touched */
+        rows[i].cfg.workflows = w;
         if ((rc = store_conn_update(tx, &rows[i])) != 0) goto out;
         after->row = rows[i];
         conn_pb_build(after);
@@ -179,7 +186,10 @@ int conn_restrict_sensitive_source(pg_conn *tx, uint64_t hub_id, const char *cau
         ev.organization_id = org_id;
         ev.before = &before->pb;
         ev.after = &after->pb;
-        ev.feature = ORGMESH__CONNECTIONS__V1__FEATURE__FEATURE_MIRRORING;
+        /* MIRRORING when mirroring changed (workflows may have too: after
+         * shows both); WORKFLOWS when only workflows did (CONN-11) */
+        ev.feature = m_changed ? ORGMESH__CONNECTIONS__V1__FEATURE__FEATURE_MIRRORING
+                               : ORGMESH__CONNECTIONS__V1__FEATURE__FEATURE_WORKFLOWS;
         ev.reason = ORGMESH__CONNECTIONS__V1__RESTRICTION_REASON__RESTRICTION_REASON_SENSITIVE_DATA_ENABLED;
         ev.sensitive_hub_id = hub_id;
         ev.actor = "rule:CONN-05";
@@ -223,7 +233,8 @@ static int on_membership(pg_conn *tx, const copies_event *e, const CopiesMembers
 static const copies_sink accounts_sink = {.account = on_account, .membership = on_membership};
 
 int conn_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg) {
-    return copies_apply_event(tx, ev, &accounts_sink, arg);
+    int rc = copies_apply_event(tx, ev, &accounts_sink, arg);
+    return rc == 0 ? store_notify_applied(tx) : rc; /* CONN-13: wake waiting checks after commit */
 }
 
 /* ---- the organizations consumer (CONN-09) ---- */
@@ -255,8 +266,15 @@ static int apply_org(pg_conn *tx, const evt_event *ev, const OPB(Organization) *
     return conn_apply_org_snapshot(tx, &s, NULL);
 }
 
+static int on_organizations_event(pg_conn *tx, const evt_event *ev);
+
 int conn_on_organizations_event(pg_conn *tx, const evt_event *ev, void *arg) {
     (void)arg;
+    int rc = on_organizations_event(tx, ev);
+    return rc == 0 ? store_notify_applied(tx) : rc; /* CONN-13: wake waiting checks after commit */
+}
+
+static int on_organizations_event(pg_conn *tx, const evt_event *ev) {
     if (ev->type == NULL) return 0;
     int rc = 0;
     if (strcmp(ev->type, orgmesh__organizations__v1__organization_created__descriptor.name) == 0) {
@@ -298,6 +316,15 @@ static void on_invalidate(const char *channel, const char *payload, void *arg) {
     (void)payload;
     (void)arg;
     conn_cache_invalidate();
+    conn_fresh_signal(); /* a committed change may be what a waiting check needs */
+}
+
+/* CONN-13: an event was applied (committed): wake the waiting checks. */
+static void on_applied(const char *channel, const char *payload, void *arg) {
+    (void)channel;
+    (void)payload;
+    (void)arg;
+    conn_fresh_signal();
 }
 
 int conn_listener_start(void) {
@@ -305,7 +332,51 @@ int conn_listener_start(void) {
     if (rc != 0)
         log_warn("cache listener: cannot LISTEN (%s); cached answers expire after %" PRId64 " ms", om_err_name(rc),
                  conn_cache_ttl_ms());
-    return rc;
+    int rc2 = loop_listen(CONN_APPLIED_CHANNEL, on_applied, NULL);
+    if (rc2 != 0) log_warn("applied listener: cannot LISTEN (%s); fresh checks re-read every 50 ms", om_err_name(rc2));
+    return rc != 0 ? rc : rc2;
+}
+
+/* ---- CONN-13: waiting for a state at least as fresh as a token ---- */
+
+static pthread_mutex_t fresh_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fresh_cv;
+static pthread_once_t fresh_once = PTHREAD_ONCE_INIT;
+static uint64_t fresh_epoch;
+
+static void fresh_init(void) {
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&fresh_cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+void conn_fresh_signal(void) {
+    pthread_once(&fresh_once, fresh_init);
+    pthread_mutex_lock(&fresh_mu);
+    fresh_epoch++;
+    pthread_cond_broadcast(&fresh_cv);
+    pthread_mutex_unlock(&fresh_mu);
+}
+
+uint64_t conn_fresh_epoch(void) {
+    pthread_once(&fresh_once, fresh_init);
+    pthread_mutex_lock(&fresh_mu);
+    uint64_t e = fresh_epoch;
+    pthread_mutex_unlock(&fresh_mu);
+    return e;
+}
+
+bool conn_fresh_wait(uint64_t epoch, long ms) {
+    pthread_once(&fresh_once, fresh_init);
+    struct timespec until = om_deadline(CLOCK_MONOTONIC, ms);
+    pthread_mutex_lock(&fresh_mu);
+    int rc = 0;
+    while (fresh_epoch == epoch && rc == 0) rc = pthread_cond_timedwait(&fresh_cv, &fresh_mu, &until);
+    bool moved = fresh_epoch != epoch;
+    pthread_mutex_unlock(&fresh_mu);
+    return moved;
 }
 
 /* The loop closes the LISTEN connection in its drain. */

@@ -11,9 +11,11 @@
  * that the same call runs again on a worker, which reads PostgreSQL and
  * fills the cache. */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "app.h"
 #include "audit.h"
@@ -21,6 +23,7 @@
 #include "config.h"
 #include "copies.h"
 #include "connections.h"
+#include "ctoken.h"
 #include "connections_rpc.h"
 #include "op.h"
 #include "log.h"
@@ -34,13 +37,25 @@
 #define OPB(x) Orgmesh__Organizations__V1__##x
 #define MAX_BATCH 100
 #define MAX_ADD 4
+#define CONN_FRESH_WAIT_DEFAULT_MS 1000
 /* What a transaction may find missing (op_need); conn_fetch brings it. */
 #define NEED_ORG 1u
 #define NEED_ACCOUNTS 2u
 #define NEED_MEMBERSHIPS 4u
 
+static int64_t fresh_wait_ms;
+static int64_t applied_retention_ms;
+static int fresh_max_waiters = 1;
+static atomic_int fresh_waiters;
+
 int connections_init(void) {
     conn_cache_init(cfg_int("ORGMESH_CONN_CACHE_TTL_MS", CONN_CACHE_TTL_DEFAULT_MS, 1, 3600000));
+    /* CONN-13: how long an at_least_as_fresh check waits for the token's events */
+    fresh_wait_ms = cfg_int("ORGMESH_CONN_FRESH_WAIT_MS", CONN_FRESH_WAIT_DEFAULT_MS, 1, 60000);
+    applied_retention_ms = cfg_int("ORGMESH_EVT_APPLIED_RETENTION_H", 168, 1, 100000) * 3600 * 1000LL;
+    /* at most workers - 2 checks wait at once: the event consumers need workers too */
+    int64_t workers = cfg_int("ORGMESH_WORKERS", 8, 1, 1024);
+    fresh_max_waiters = workers > 3 ? (int)workers - 2 : 1;
     if (app_peer("organizations") == NULL) log_warn("ORGMESH_ORGANIZATIONS_ADDR is not set: missing copies cannot be fetched");
     if (app_peer("accounts") == NULL) log_warn("ORGMESH_ACCOUNTS_ADDR is not set: missing copies cannot be fetched");
     return conn_listener_start();
@@ -272,7 +287,7 @@ static int require_viewer(op_call *cl, pg_conn *tx, const org_state *st, const c
     for (int i = 0; i < st->n; i++)
         if (roles[i] & (CONN_ROLE_SUPER_ADMIN | CONN_ROLE_PARTNER_ADMIN)) return 0;
     return op_fail(cl, OM_E_PERMISSION_DENIED,
-                   "only SUPER_ADMIN or PARTNER_ADMIN users of an account of the organization can view it (CONN-08, ORG-08)");
+                   "only super admin or partner admin users of an account of the organization can view it (CONN-08, ORG-08)");
 }
 
 /* CONN-08: acting from an account of the organization, SUPER_ADMIN in every
@@ -295,7 +310,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_state *st, uint64
             return op_need(cl, NEED_MEMBERSHIPS);
         }
         return op_fail(cl, OM_E_NOT_SUPER_ADMIN,
-                       "the actor must be SUPER_ADMIN in every account of the organization; not in %" PRIu64 " (CONN-08)",
+                       "the actor must be super admin in every account of the organization; not in %" PRIu64 " (CONN-08)",
                        st->hubs[i]);
     }
     return 0;
@@ -327,7 +342,8 @@ static plan_item *plan_find(plan *p, uint64_t a, uint64_t b) {
 
 static bool cfg_equal(const conn_cfg *x, const conn_cfg *y) {
     return x->mirroring.dir == y->mirroring.dir && x->mirroring.source == y->mirroring.source &&
-           x->asset_copying.dir == y->asset_copying.dir && x->asset_copying.source == y->asset_copying.source;
+           x->asset_copying.dir == y->asset_copying.dir && x->asset_copying.source == y->asset_copying.source &&
+           x->workflows.dir == y->workflows.dir && x->workflows.source == y->workflows.source;
 }
 
 static bool item_changed(const org_state *st, const plan_item *it) {
@@ -346,13 +362,15 @@ static int plan_check(op_call *cl, const org_state *st, const plan *p) {
             return op_fail(cl, OM_E_NOT_IN_ORGANIZATION, "account %" PRIu64 " is not in organization %s (CONN-01)",
                            ia < 0 ? it->cfg.a : it->cfg.b, st->o.id);
         if (!conn_feature_valid(&it->cfg.mirroring, it->cfg.a, it->cfg.b) ||
-            !conn_feature_valid(&it->cfg.asset_copying, it->cfg.a, it->cfg.b))
+            !conn_feature_valid(&it->cfg.asset_copying, it->cfg.a, it->cfg.b) ||
+            !conn_feature_valid(&it->cfg.workflows, it->cfg.a, it->cfg.b))
             return op_fail(cl, OM_E_INVALID_ARGUMENT,
                            "a ONE_WAY source must be one of the connection's accounts %" PRIu64 " and %" PRIu64 " (CONN-01)",
                            it->cfg.a, it->cfg.b);
-        if (conn_sensitive_source(&it->cfg, st->sensitive[ia], st->sensitive[ib])) /* CONN-05 */
+        if (conn_sensitive_source(&it->cfg, st->sensitive[ia], st->sensitive[ib])) /* CONN-05, CONN-11 */
             return op_fail(cl, OM_E_SENSITIVE_DATA_SOURCE,
-                           "account %" PRIu64 " has sensitive data enabled and cannot be a mirroring source (CONN-05)",
+                           "account %" PRIu64 " has sensitive data enabled and cannot be a mirroring or workflow source"
+                           " (CONN-05, CONN-11)",
                            st->sensitive[ia] ? it->cfg.a : it->cfg.b);
     }
     return 0;
@@ -374,6 +392,7 @@ typedef struct applied {
     size_t n_connections;
     char **created;
     size_t n_created;
+    char *token; /* CONN-13: names the commit; "" when nothing was written */
 } applied;
 
 /* Applies the plan (or, with validate_only, only describes its result):
@@ -385,6 +404,7 @@ static int plan_apply(op_call *cl, pg_conn *tx, org_state *st, plan *p, int orig
     if (rc != 0) return rc;
     rpc_ctx *ctx = cl->ctx;
     memset(out, 0, sizeof *out);
+    out->token = "";
     if (validate_only) { /* CONN-04: the configuration that would result */
         conn_row *rows = rpc_calloc(ctx, (size_t)p->n + 1, sizeof *rows);
         int n = 0;
@@ -479,7 +499,11 @@ static int plan_apply(op_call *cl, pg_conn *tx, org_state *st, plan *p, int orig
     snprintf(subject, sizeof subject, "connections/%s", st->o.id);
     evt_meta meta = {.subject = subject, .version = st->o.config_version, .actor = cl->actor,
                      .trace_id = rpc_trace_id(ctx)};
-    if ((rc = evt_emit(tx, &meta, &ev.base, NULL)) != 0) return rc;
+    char event_id[40];
+    if ((rc = evt_emit(tx, &meta, &ev.base, event_id)) != 0) return rc;
+    char token[CTOKEN_MAX_LEN];
+    if ((rc = ctoken_for_event("connections", event_id, token)) != 0) return rc; /* CONN-13 */
+    if ((out->token = rpc_strdup(ctx, token)) == NULL) return OM_E_NOMEM;
     return store_notify_change(tx); /* CONN-09: every replica's cache, after commit */
 }
 
@@ -591,6 +615,7 @@ static int apply_quick(op_call *cl, pg_conn *tx) {
     if (rc != 0) return rc;
     resp->connections = out.connections;
     resp->n_connections = out.n_connections;
+    resp->consistency_token = out.token;
     return 0;
 }
 
@@ -620,9 +645,10 @@ static int apply_add(op_call *cl, pg_conn *tx) {
     int rc = load_org(cl, tx, req->organization_id, st);
     if (rc == 0) rc = require_manager(cl, tx, st, req->acting_hub_id, NULL); /* CONN-08 */
     if (rc != 0) return rc;
-    /* CONN-01: all_features applies one setting to both features. */
+    /* CONN-01: all_features applies one setting to every feature (CONN-10). */
     const PbFeature *mf = req->all_features ? req->all_features : req->mirroring;
     const PbFeature *af = req->all_features ? req->all_features : req->asset_copying;
+    const PbFeature *wf = req->all_features ? req->all_features : req->workflows;
     plan *p = rpc_calloc(cl->ctx, 1, sizeof *p);
     plan_from(p, st);
     for (size_t i = 0; i < req->n_to_hub_ids; i++) {
@@ -633,6 +659,7 @@ static int apply_add(op_call *cl, pg_conn *tx) {
                            c.a, c.b);
         c.mirroring = add_feature(mf, req->from_hub_id);
         c.asset_copying = add_feature(af, req->from_hub_id);
+        c.workflows = add_feature(wf, req->from_hub_id);
         p->it[p->n++] = (plan_item){.cfg = c, .existing = -1};
     }
     applied out;
@@ -641,6 +668,7 @@ static int apply_add(op_call *cl, pg_conn *tx) {
     if (rc != 0) return rc;
     resp->connections = out.connections;
     resp->n_connections = out.n_connections;
+    resp->consistency_token = out.token;
     resp->created_connection_ids = out.created;
     resp->n_created_connection_ids = out.n_created;
     return 0;
@@ -664,10 +692,11 @@ static int h_add(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
         for (size_t j = 0; j < i; j++)
             if (req->to_hub_ids[j] == req->to_hub_ids[i]) rpc_violation(ctx, f, "repeats an account");
     }
-    if (req->all_features && (req->mirroring || req->asset_copying))
-        rpc_violation(ctx, "all_features", "cannot be combined with mirroring or asset_copying");
+    if (req->all_features && (req->mirroring || req->asset_copying || req->workflows))
+        rpc_violation(ctx, "all_features", "cannot be combined with mirroring, asset_copying or workflows");
     check_setting(ctx, "mirroring", req->mirroring);
     check_setting(ctx, "asset_copying", req->asset_copying);
+    check_setting(ctx, "workflows", req->workflows);
     check_setting(ctx, "all_features", req->all_features);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     return op_run(ctx, &add_def, req, resp, NULL);
@@ -699,6 +728,7 @@ static int apply_batch(op_call *cl, pg_conn *tx) {
         plan_item *it = plan_find(p, a, b);
         const PbFeature *mf = ch->all_features ? ch->all_features : ch->mirroring;
         const PbFeature *af = ch->all_features ? ch->all_features : ch->asset_copying;
+        const PbFeature *wf = ch->all_features ? ch->all_features : ch->workflows;
         switch (ch->operation) {
         case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_CREATE:
             if (it != NULL)
@@ -707,7 +737,8 @@ static int apply_batch(op_call *cl, pg_conn *tx) {
             if (p->n >= CONN_MAX_ROWS) return op_fail(cl, OM_E_BATCH_TOO_LARGE, "too many connections");
             p->it[p->n++] = (plan_item){.cfg = {.a = a, .b = b,
                                                 .mirroring = feature_of(mf, (conn_feature){CONN_DIR_OFF, 0}),
-                                                .asset_copying = feature_of(af, (conn_feature){CONN_DIR_OFF, 0})},
+                                                .asset_copying = feature_of(af, (conn_feature){CONN_DIR_OFF, 0}),
+                                                .workflows = feature_of(wf, (conn_feature){CONN_DIR_OFF, 0})},
                                         .existing = -1};
             break;
         case ORGMESH__CONNECTIONS__V1__CONNECTION_CHANGE__OPERATION__OPERATION_UPDATE:
@@ -721,6 +752,7 @@ static int apply_batch(op_call *cl, pg_conn *tx) {
             } else {
                 it->cfg.mirroring = feature_of(mf, it->cfg.mirroring);
                 it->cfg.asset_copying = feature_of(af, it->cfg.asset_copying);
+                it->cfg.workflows = feature_of(wf, it->cfg.workflows);
             }
             break;
         default: return op_fail(cl, OM_E_INVALID_ARGUMENT, "changes[%zu].operation must be set", i);
@@ -732,6 +764,7 @@ static int apply_batch(op_call *cl, pg_conn *tx) {
     if (rc != 0) return rc;
     resp->connections = out.connections;
     resp->n_connections = out.n_connections;
+    resp->consistency_token = out.token;
     return 0;
 }
 
@@ -765,14 +798,16 @@ static int h_batch(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage 
                 break;
             }
         }
-        if (ch->all_features && (ch->mirroring || ch->asset_copying)) {
+        if (ch->all_features && (ch->mirroring || ch->asset_copying || ch->workflows)) {
             snprintf(f, sizeof f, "changes[%zu].all_features", i);
-            rpc_violation(ctx, f, "cannot be combined with mirroring or asset_copying");
+            rpc_violation(ctx, f, "cannot be combined with mirroring, asset_copying or workflows");
         }
         snprintf(f, sizeof f, "changes[%zu].mirroring", i);
         check_setting(ctx, f, ch->mirroring);
         snprintf(f, sizeof f, "changes[%zu].asset_copying", i);
         check_setting(ctx, f, ch->asset_copying);
+        snprintf(f, sizeof f, "changes[%zu].workflows", i);
+        check_setting(ctx, f, ch->workflows);
         snprintf(f, sizeof f, "changes[%zu].all_features", i);
         check_setting(ctx, f, ch->all_features);
         snprintf(f, sizeof f, "changes[%zu].etag", i);
@@ -808,6 +843,7 @@ static int apply_delete(op_call *cl, pg_conn *tx) {
     if (rc != 0) return rc;
     resp->connections = out.connections;
     resp->n_connections = out.n_connections;
+    resp->consistency_token = out.token;
     return 0;
 }
 
@@ -860,10 +896,98 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
 
 /* ---- the hot checks (CONN-05, CONN-06, CONN-07, CONN-09) ---- */
 
-/* Facts of S->T: from the cache inline; on a worker from PostgreSQL, filling
- * the cache. Returns RPC_DEFER on an inline miss. */
-static int facts_of(rpc_ctx *ctx, uint64_t s, uint64_t t, conn_facts *f) {
-    if (conn_cache_get_facts(s, t, f)) return 0;
+/* ---- consistency (CONN-13) ---- */
+
+#define CONS(x) ORGMESH__CONNECTIONS__V1__CONSISTENCY__REQUIREMENT_##x
+#define FRESH_SLICE_MS 50 /* re-look at least this often (a lost wake-up, a broken LISTEN) */
+#define FRESH_MARGIN_MS 20
+#define FRESH_SLOW_MS 250 /* log waits longer than this */
+#define FRESH_SHORT_MS 5  /* the wait of a check beyond the waiting bound */ /* leave this much of the caller's deadline to answer */
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* CONN-13: waits (bounded) until this service has applied every event of
+ * the token that its checks depend on — those of the accounts and
+ * organizations services, whose copies the checks read. A commit of this
+ * service is in its database already (it committed before the token was
+ * returned), and the events of other services change nothing the checks
+ * read. The wait is a condition variable woken after every commit that
+ * applied an event (NOTIFY connections_applied / connections_cache), with a
+ * FRESH_SLICE_MS re-look as a safety net. */
+static int fresh_look(rpc_ctx *ctx, pg_conn *c, const ctoken *t, bool *all) {
+    *all = true;
+    for (int i = 0; i < t->n && *all; i++) {
+        if (t->ev[i].service != CTOKEN_ACCOUNTS && t->ev[i].service != CTOKEN_ORGANIZATIONS) continue;
+        char id[37];
+        ctoken_event_uuid(&t->ev[i], id);
+        int rc = store_event_applied(c, id, all);
+        if (rc != 0) return rpc_fail(ctx, rc, NULL);
+    }
+    return 0;
+}
+
+static int fresh_wait(rpc_ctx *ctx, const ctoken *t) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    /* older than applied_events is kept: applied (or given up) long ago */
+    if ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - t->issued_ms > applied_retention_ms) return 0;
+    pg_conn *c = op_db(ctx);
+    if (c == NULL) return OM_E_UNAVAILABLE;
+    bool all;
+    int rc = fresh_look(ctx, c, t, &all);
+    if (rc != 0 || all) return rc;
+    /* The consumers that apply the events run on the same worker pool as
+     * this check: never let waiting checks hold every worker (they would
+     * wait for events no worker is left to apply). Beyond ORGMESH_WORKERS
+     * - 2 waiting checks, one more waits only FRESH_SHORT_MS (as long as a
+     * slow query holds a worker), so a consumer job always gets a worker
+     * soon. */
+    bool over = atomic_fetch_add(&fresh_waiters, 1) >= fresh_max_waiters;
+    int64_t budget = rpc_time_left_ms(ctx) - FRESH_MARGIN_MS;
+    if (budget > fresh_wait_ms) budget = fresh_wait_ms;
+    if (over && budget > FRESH_SHORT_MS) budget = FRESH_SHORT_MS;
+    int64_t start = mono_ms();
+    for (;;) {
+        uint64_t epoch = conn_fresh_epoch(); /* before looking: no lost wake-up */
+        if ((rc = fresh_look(ctx, c, t, &all)) != 0 || all) break;
+        int64_t rest = budget - (mono_ms() - start);
+        if (rest <= 0) {
+            rc = rpc_fail(ctx, OM_E_CONSISTENCY_NOT_REACHED,
+                          over ? "too many checks are waiting for their consistency tokens; retry"
+                               : "the change the consistency token names has not reached the connections service yet; retry");
+            break;
+        }
+        conn_fresh_wait(epoch, rest < FRESH_SLICE_MS ? rest : FRESH_SLICE_MS);
+    }
+    atomic_fetch_sub(&fresh_waiters, 1);
+    int64_t waited = mono_ms() - start;
+    if (waited > FRESH_SLOW_MS) log_info("CONN-13: a check waited %" PRId64 " ms for its consistency token", waited);
+    return rc;
+}
+
+/* CONN-13: minimize_latency (unset: the default) answers from the cache;
+ * fully_consistent and at_least_as_fresh (after fresh_wait) read the
+ * committed state on a worker (*through). 0, RPC_DEFER, or the call failed. */
+static int consistency_begin(rpc_ctx *ctx, const CPB(Consistency) *c, bool *through) {
+    *through = false;
+    if (c == NULL || c->requirement_case == CONS(MINIMIZE_LATENCY) || c->requirement_case == CONS(_NOT_SET)) return 0;
+    ctoken t;
+    if (c->requirement_case == CONS(AT_LEAST_AS_FRESH) && ctoken_decode(c->at_least_as_fresh, &t) != 0)
+        return rpc_fail(ctx, OM_E_INVALID_CONSISTENCY_TOKEN,
+                        "consistency.at_least_as_fresh is not a consistency token of this cluster");
+    if (!rpc_on_worker(ctx)) return RPC_DEFER;
+    *through = true;
+    return c->requirement_case == CONS(AT_LEAST_AS_FRESH) ? fresh_wait(ctx, &t) : 0;
+}
+
+/* Facts of S->T: from the cache inline (unless `through`); on a worker from
+ * PostgreSQL, filling the cache. Returns RPC_DEFER on an inline miss. */
+static int facts_of(rpc_ctx *ctx, bool through, uint64_t s, uint64_t t, conn_facts *f) {
+    if (!through && conn_cache_get_facts(s, t, f)) return 0;
     if (!rpc_on_worker(ctx)) return RPC_DEFER;
     uint64_t gen = conn_cache_gen(); /* before the read: see connections_cache.h */
     pg_conn *c = op_db(ctx);
@@ -874,8 +998,8 @@ static int facts_of(rpc_ctx *ctx, uint64_t s, uint64_t t, conn_facts *f) {
     return 0;
 }
 
-static int seat_of(rpc_ctx *ctx, uint64_t hub, uint64_t user, conn_seat *seat) {
-    if (conn_cache_get_seat(hub, user, seat)) return 0;
+static int seat_of(rpc_ctx *ctx, bool through, uint64_t hub, uint64_t user, conn_seat *seat) {
+    if (!through && conn_cache_get_seat(hub, user, seat)) return 0;
     if (!rpc_on_worker(ctx)) return RPC_DEFER;
     uint64_t gen = conn_cache_gen();
     pg_conn *c = op_db(ctx);
@@ -893,7 +1017,7 @@ static int require_self_or_service(rpc_ctx *ctx, uint64_t user_id) {
     return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "users may only check their own access");
 }
 
-/* CheckMirrorAccess — CONN-06 (seat rule), CONN-05 at read time, CONN-09 freshness; inline. */
+/* CheckMirrorAccess — CONN-06 (seat rule), CONN-05 at read time, CONN-09 freshness, CONN-13; inline. */
 static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(CheckMirrorAccessRequest) *req = (const void *)req_;
     CPB(CheckMirrorAccessResponse) *resp = (void *)resp_;
@@ -905,10 +1029,12 @@ static int h_check_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
     int rc = require_self_or_service(ctx, req->user_id);
     if (rc != 0) return rc;
+    bool through;
+    if ((rc = consistency_begin(ctx, req->consistency, &through)) != 0) return rc;
     conn_facts f;
     conn_seat seat;
-    if ((rc = facts_of(ctx, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
-    if ((rc = seat_of(ctx, req->target_hub_id, req->user_id, &seat)) != 0) return rc;
+    if ((rc = facts_of(ctx, through, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
+    if ((rc = seat_of(ctx, through, req->target_hub_id, req->user_id, &seat)) != 0) return rc;
     int reason = conn_decide_mirror(&f, &seat); /* CONN-06, CONN-05 */
     resp->allowed = reason == CONN_ALLOWED;
     resp->reason = (CPB(DenialReason))reason;
@@ -930,7 +1056,7 @@ static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     int rc = require_self_or_service(ctx, req->user_id);
     if (rc != 0) return rc;
     conn_seat seat;
-    if ((rc = seat_of(ctx, req->target_hub_id, req->user_id, &seat)) != 0) return rc;
+    if ((rc = seat_of(ctx, false, req->target_hub_id, req->user_id, &seat)) != 0) return rc;
     resp->next_page_token = "";
     conn_facts none = {.same_org = true, .connected = true, .mirror_flows = true};
     if (conn_decide_mirror(&none, &seat) != CONN_ALLOWED) return 0; /* no seat in T: nothing */
@@ -952,7 +1078,21 @@ static int h_mirror_sources(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     return 0;
 }
 
-/* CheckAssetCopy — CONN-07; inline. Service identities or a member of S or T. */
+/* Service identities or a member of S or T may ask about a flow S->T
+ * (CONN-07, CONN-12). */
+static int require_member_of_pair(rpc_ctx *ctx, bool through, uint64_t s, uint64_t t, bool *member) {
+    const om_actor *a = rpc_actor(ctx);
+    *member = true;
+    if (a->user_id == 0) return 0;
+    conn_seat ss, ts;
+    int rc;
+    if ((rc = seat_of(ctx, through, s, a->user_id, &ss)) != 0) return rc;
+    if ((rc = seat_of(ctx, through, t, a->user_id, &ts)) != 0) return rc;
+    *member = ss.member || ts.member;
+    return 0;
+}
+
+/* CheckAssetCopy — CONN-07, CONN-13; inline. Service identities or a member of S or T. */
 static int h_check_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const CPB(CheckAssetCopyRequest) *req = (const void *)req_;
     CPB(CheckAssetCopyResponse) *resp = (void *)resp_;
@@ -961,21 +1101,175 @@ static int h_check_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     if (req->source_hub_id == req->target_hub_id)
         return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
-    int rc;
-    const om_actor *a = rpc_actor(ctx);
-    if (a->user_id != 0) {
-        conn_seat ss, ts;
-        if ((rc = seat_of(ctx, req->source_hub_id, a->user_id, &ss)) != 0) return rc;
-        if ((rc = seat_of(ctx, req->target_hub_id, a->user_id, &ts)) != 0) return rc;
-        if (!ss.member && !ts.member)
-            return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "only members of the source or target account may ask");
-    }
+    bool through, member;
+    int rc = consistency_begin(ctx, req->consistency, &through);
+    if (rc != 0) return rc;
+    if ((rc = require_member_of_pair(ctx, through, req->source_hub_id, req->target_hub_id, &member)) != 0) return rc;
+    if (!member) return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "only members of the source or target account may ask");
     conn_facts f;
-    if ((rc = facts_of(ctx, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
+    if ((rc = facts_of(ctx, through, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
     int reason = conn_decide_asset(&f); /* CONN-07 */
     resp->allowed = reason == CONN_ALLOWED;
     resp->reason = (CPB(DenialReason))reason;
     return 0;
+}
+
+/* CheckWorkflowWrite — CONN-12 (CONN-11 at read time), CONN-13; inline. As CheckAssetCopy. */
+static int h_check_workflow(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(CheckWorkflowWriteRequest) *req = (const void *)req_;
+    CPB(CheckWorkflowWriteResponse) *resp = (void *)resp_;
+    op_check_id(ctx, "source_hub_id", req->source_hub_id);
+    op_check_id(ctx, "target_hub_id", req->target_hub_id);
+    if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
+    if (req->source_hub_id == req->target_hub_id)
+        return rpc_fail(ctx, OM_E_SAME_ACCOUNT, "source and target are the same account");
+    bool through, member;
+    int rc = consistency_begin(ctx, req->consistency, &through);
+    if (rc != 0) return rc;
+    if ((rc = require_member_of_pair(ctx, through, req->source_hub_id, req->target_hub_id, &member)) != 0) return rc;
+    if (!member) return rpc_fail(ctx, OM_E_PERMISSION_DENIED, "only members of the source or target account may ask");
+    conn_facts f;
+    if ((rc = facts_of(ctx, through, req->source_hub_id, req->target_hub_id, &f)) != 0) return rc;
+    int reason = conn_decide_workflow(&f); /* CONN-12, CONN-11 */
+    resp->allowed = reason == CONN_ALLOWED;
+    resp->reason = (CPB(DenialReason))reason;
+    return 0;
+}
+
+/* ---- batch checks (CONN-14) ---- */
+
+/* An item's own refusal: its status, not the call's. */
+static void item_fail(CPB(CheckItemStatus) *st, int code, const char *msg) {
+    st->code = (int32_t)om_err_status(code);
+    st->error_reason = (char *)om_err_name(code);
+    st->message = (char *)(msg ? msg : om_err_message(code));
+}
+
+/* 1..MAX_BATCH items, else INVALID_ARGUMENT naming "items". */
+static int check_batch_size(rpc_ctx *ctx, size_t n) {
+    if (n >= 1 && n <= MAX_BATCH) return 0;
+    rpc_violation(ctx, "items", "must hold 1 to %d items", MAX_BATCH);
+    return rpc_fail_invalid(ctx);
+}
+
+/* An item's S and T, as the single checks validate them; 0 or the item's code. */
+static int flow_item_invalid(uint64_t s, uint64_t t, const char **msg) {
+    if (!pg_id_valid(s) || !pg_id_valid(t)) {
+        *msg = "source_hub_id and target_hub_id must be set and in range";
+        return OM_E_INVALID_ARGUMENT;
+    }
+    if (s == t) {
+        *msg = "source and target are the same account";
+        return OM_E_SAME_ACCOUNT;
+    }
+    return 0;
+}
+
+/* BatchCheckMirrorAccess — CONN-14 over CheckMirrorAccess (CONN-06, CONN-05, CONN-13); inline
+ * while every item is cached, else once on a worker. */
+static int h_batch_mirror(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(BatchCheckMirrorAccessRequest) *req = (const void *)req_;
+    CPB(BatchCheckMirrorAccessResponse) *resp = (void *)resp_;
+    int rc = check_batch_size(ctx, req->n_items);
+    if (rc != 0) return rc;
+    bool through;
+    if ((rc = consistency_begin(ctx, req->consistency, &through)) != 0) return rc;
+    size_t n = req->n_items;
+    CPB(MirrorAccessResult) *res = rpc_calloc(ctx, n, sizeof *res);
+    CPB(CheckItemStatus) *st = rpc_calloc(ctx, n, sizeof *st);
+    resp->results = rpc_calloc(ctx, n, sizeof *resp->results);
+    if (res == NULL || st == NULL || resp->results == NULL) return OM_E_NOMEM;
+    const om_actor *a = rpc_actor(ctx);
+    for (size_t i = 0; i < n; i++) {
+        const CPB(MirrorAccessItem) *it = req->items[i];
+        orgmesh__connections__v1__mirror_access_result__init(&res[i]);
+        orgmesh__connections__v1__check_item_status__init(&st[i]);
+        resp->results[i] = &res[i];
+        const char *msg = NULL;
+        int code = flow_item_invalid(it->source_hub_id, it->target_hub_id, &msg);
+        if (code == 0 && !pg_id_valid(it->user_id)) {
+            code = OM_E_INVALID_ARGUMENT;
+            msg = "user_id must be set and in range";
+        }
+        if (code == 0 && a->user_id != 0 && a->user_id != it->user_id) {
+            code = OM_E_PERMISSION_DENIED;
+            msg = "users may only check their own access";
+        }
+        if (code != 0) { /* the item's own status; unset when OK (smaller replies) */
+            res[i].status = &st[i];
+            item_fail(&st[i], code, msg);
+            continue;
+        }
+        conn_facts f;
+        conn_seat seat;
+        if ((rc = facts_of(ctx, through, it->source_hub_id, it->target_hub_id, &f)) != 0) return rc;
+        if ((rc = seat_of(ctx, through, it->target_hub_id, it->user_id, &seat)) != 0) return rc;
+        int reason = conn_decide_mirror(&f, &seat); /* CONN-06, CONN-05 */
+        res[i].allowed = reason == CONN_ALLOWED;
+        res[i].reason = (CPB(DenialReason))reason;
+    }
+    resp->n_results = n;
+    return 0;
+}
+
+typedef int (*flow_decide_fn)(const conn_facts *f);
+
+/* The flow batches (asset copying, workflows): each item authorized as the
+ * single check (a user must be a member of S or T). */
+static int batch_flows(rpc_ctx *ctx, CPB(FlowItem) *const *items, size_t n, const CPB(Consistency) *cons,
+                       flow_decide_fn decide, CPB(FlowResult) ***out, size_t *n_out) {
+    int rc = check_batch_size(ctx, n);
+    if (rc != 0) return rc;
+    bool through;
+    if ((rc = consistency_begin(ctx, cons, &through)) != 0) return rc;
+    CPB(FlowResult) *res = rpc_calloc(ctx, n, sizeof *res);
+    CPB(CheckItemStatus) *st = rpc_calloc(ctx, n, sizeof *st);
+    CPB(FlowResult) **ptrs = rpc_calloc(ctx, n, sizeof *ptrs);
+    if (res == NULL || st == NULL || ptrs == NULL) return OM_E_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const CPB(FlowItem) *it = items[i];
+        orgmesh__connections__v1__flow_result__init(&res[i]);
+        orgmesh__connections__v1__check_item_status__init(&st[i]);
+        ptrs[i] = &res[i];
+        const char *msg = NULL;
+        int code = flow_item_invalid(it->source_hub_id, it->target_hub_id, &msg);
+        bool member = true;
+        if (code == 0 && (rc = require_member_of_pair(ctx, through, it->source_hub_id, it->target_hub_id, &member)) != 0)
+            return rc;
+        if (code == 0 && !member) {
+            code = OM_E_PERMISSION_DENIED;
+            msg = "only members of the source or target account may ask";
+        }
+        if (code != 0) { /* the item's own status; unset when OK (smaller replies) */
+            res[i].status = &st[i];
+            item_fail(&st[i], code, msg);
+            continue;
+        }
+        conn_facts f;
+        if ((rc = facts_of(ctx, through, it->source_hub_id, it->target_hub_id, &f)) != 0) return rc;
+        int reason = decide(&f);
+        res[i].allowed = reason == CONN_ALLOWED;
+        res[i].reason = (CPB(DenialReason))reason;
+    }
+    *out = ptrs;
+    *n_out = n;
+    return 0;
+}
+
+/* BatchCheckAssetCopy — CONN-14 over CheckAssetCopy (CONN-07, CONN-13); inline while cached. */
+static int h_batch_asset(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(BatchCheckAssetCopyRequest) *req = (const void *)req_;
+    CPB(BatchCheckAssetCopyResponse) *resp = (void *)resp_;
+    return batch_flows(ctx, req->items, req->n_items, req->consistency, conn_decide_asset, &resp->results,
+                       &resp->n_results);
+}
+
+/* BatchCheckWorkflowWrite — CONN-14 over CheckWorkflowWrite (CONN-12, CONN-11, CONN-13); inline while cached. */
+static int h_batch_workflow(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
+    const CPB(BatchCheckWorkflowWriteRequest) *req = (const void *)req_;
+    CPB(BatchCheckWorkflowWriteResponse) *resp = (void *)resp_;
+    return batch_flows(ctx, req->items, req->n_items, req->consistency, conn_decide_workflow, &resp->results,
+                       &resp->n_results);
 }
 
 /* Issue 13: who may call each method with a service identity (rpc_method
@@ -998,6 +1292,10 @@ static const rpc_method methods[] = {
     {"ListMirrorSources", h_mirror_sources, RPC_INLINE, by_platform},
     {"CheckAssetCopy", h_check_asset, RPC_INLINE, by_assets},
     {"ListConnectionHistory", h_history, 0, by_platform},
+    {"BatchCheckMirrorAccess", h_batch_mirror, RPC_INLINE, by_platform},
+    {"BatchCheckAssetCopy", h_batch_asset, RPC_INLINE, by_assets},
+    {"CheckWorkflowWrite", h_check_workflow, RPC_INLINE, by_platform},
+    {"BatchCheckWorkflowWrite", h_batch_workflow, RPC_INLINE, by_platform},
     {NULL, NULL, 0},
 };
 

@@ -61,12 +61,15 @@ conn_cfg conn_quick_connect(uint64_t a, uint64_t b, bool a_sensitive, bool b_sen
         c.mirroring = (conn_feature){CONN_DIR_ONE_WAY, a};
     else
         c.mirroring.dir = CONN_DIR_BOTH;
+    c.workflows = c.mirroring; /* CONN-11: the CONN-05 rule applied to workflows */
     return c;
 }
 
 bool conn_sensitive_source(const conn_cfg *c, bool a_sensitive, bool b_sensitive) {
-    return (a_sensitive && conn_is_source(&c->mirroring, c->a, c->b, c->a)) ||
-           (b_sensitive && conn_is_source(&c->mirroring, c->a, c->b, c->b));
+    return (a_sensitive && (conn_is_source(&c->mirroring, c->a, c->b, c->a) ||
+                            conn_is_source(&c->workflows, c->a, c->b, c->a))) || /* CONN-11 */
+           (b_sensitive && (conn_is_source(&c->mirroring, c->a, c->b, c->b) ||
+                            conn_is_source(&c->workflows, c->a, c->b, c->b)));
 }
 
 /* CONN-06, with CONN-05 at read time whatever the configuration says. */
@@ -85,6 +88,15 @@ int conn_decide_asset(const conn_facts *f) {
     if (!f->same_org) return CONN_DENY_NOT_SAME_ORGANIZATION;
     if (!f->connected) return CONN_DENY_NOT_CONNECTED;
     if (!f->asset_flows) return CONN_DENY_DIRECTION;
+    return CONN_ALLOWED;
+}
+
+/* CONN-12, with CONN-11 at read time whatever the configuration says. */
+int conn_decide_workflow(const conn_facts *f) {
+    if (!f->same_org) return CONN_DENY_NOT_SAME_ORGANIZATION;
+    if (!f->connected) return CONN_DENY_NOT_CONNECTED;
+    if (!f->workflow_flows) return CONN_DENY_DIRECTION;
+    if (f->source_sensitive) return CONN_DENY_SENSITIVE_SOURCE;
     return CONN_ALLOWED;
 }
 

@@ -37,10 +37,12 @@ typedef struct conn_feature {
     uint64_t source; /* ONE_WAY only; 0 otherwise */
 } conn_feature;
 
-/* A connection's configuration; a < b. */
+/* A connection's configuration; a < b. `workflows` (CONN-10) is the third
+ * feature: a workflow of the source account creates or edits records in
+ * the target account. */
 typedef struct conn_cfg {
     uint64_t a, b;
-    conn_feature mirroring, asset_copying;
+    conn_feature mirroring, asset_copying, workflows;
 } conn_cfg;
 
 /* Orders a pair (a < b). */
@@ -57,11 +59,13 @@ bool conn_is_source(const conn_feature *f, uint64_t a, uint64_t b, uint64_t hub)
  * else is unchanged. *changed says whether it changed. */
 conn_feature conn_restrict_sensitive(const conn_feature *f, uint64_t a, uint64_t b, uint64_t sensitive_hub,
                                      bool *changed);
-/* CONN-02 with CONN-05: the quick-connect configuration of the pair (a, b)
- * given each account's sensitivity: asset copying BOTH; mirroring BOTH, or
- * ONE_WAY into the sensitive account, or OFF when both are sensitive. */
+/* CONN-02 with CONN-05 and CONN-11: the quick-connect configuration of the
+ * pair (a, b) given each account's sensitivity: asset copying BOTH;
+ * mirroring and workflows BOTH, or ONE_WAY into the sensitive account, or
+ * OFF when both are sensitive. */
 conn_cfg conn_quick_connect(uint64_t a, uint64_t b, bool a_sensitive, bool b_sensitive);
-/* CONN-05: does `c` make a sensitive account a mirroring source? */
+/* CONN-05, CONN-11: does `c` make a sensitive account a mirroring or a
+ * workflow source? */
 bool conn_sensitive_source(const conn_cfg *c, bool a_sensitive, bool b_sensitive);
 
 /* What the checks know about a flow S->T (from the local copies). */
@@ -70,6 +74,7 @@ typedef struct conn_facts {
     bool connected;         /* they have a connection */
     bool mirror_flows;      /* mirroring flows S->T */
     bool asset_flows;       /* asset copying flows S->T */
+    bool workflow_flows;    /* workflows flow S->T (CONN-10) */
     bool source_sensitive;  /* S has sensitive data enabled */
 } conn_facts;
 
@@ -85,6 +90,9 @@ typedef struct conn_seat {
 int conn_decide_mirror(const conn_facts *f, const conn_seat *seat);
 /* CONN-07. */
 int conn_decide_asset(const conn_facts *f);
+/* CONN-12, with CONN-11 at read time (a sensitive source never writes,
+ * whatever the configuration says). */
+int conn_decide_workflow(const conn_facts *f);
 
 /* Etags: "\"c<version>\"" for a connection. */
 #define CONN_ETAG_MAX 24

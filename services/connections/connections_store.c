@@ -137,7 +137,7 @@ int store_sensitivity(pg_conn *c, const uint64_t *hubs, int n, bool *known, bool
 #define CONN_COLS                                                                                          \
     "connection_id::text, organization_id::text, account_a, account_b, mirroring, mirroring_source,"      \
     " asset_copying, asset_copying_source, version, (extract(epoch from create_time) * 1000000)::bigint," \
-    " (extract(epoch from update_time) * 1000000)::bigint"
+    " (extract(epoch from update_time) * 1000000)::bigint, workflows, workflows_source"
 
 static void read_row(const pg_res *r, int i, om_mem *m, void *out_) {
     (void)m;
@@ -154,6 +154,8 @@ static void read_row(const pg_res *r, int i, om_mem *m, void *out_) {
     out->version = pg_i64(r, i, 8);
     out->create_us = pg_i64(r, i, 9);
     out->update_us = pg_i64(r, i, 10);
+    out->cfg.workflows.dir = (int)pg_i64(r, i, 11);
+    out->cfg.workflows.source = pg_u64(r, i, 12);
 }
 
 int store_conns_of_org(pg_conn *c, const char *org_id, conn_row *out, int cap, int *n) {
@@ -181,9 +183,12 @@ int store_conn_insert(pg_conn *c, conn_row *row) {
     pg_p_i64(&p, (int64_t)row->cfg.mirroring.source);
     pg_p_i64(&p, row->cfg.asset_copying.dir);
     pg_p_i64(&p, (int64_t)row->cfg.asset_copying.source);
+    pg_p_i64(&p, row->cfg.workflows.dir ? row->cfg.workflows.dir : CONN_DIR_OFF);
+    pg_p_i64(&p, (int64_t)row->cfg.workflows.source);
     int rc = pg_row(c,
                     "INSERT INTO connections (organization_id, account_a, account_b, mirroring, mirroring_source,"
-                    " asset_copying, asset_copying_source) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)"
+                    " asset_copying, asset_copying_source, workflows, workflows_source)"
+                    " VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9)"
                     " RETURNING " CONN_COLS,
                     &p, read_row, NULL, row);
     return rc != 0 && strcmp(pg_sqlstate(c), "23505") == 0 ? OM_E_ALREADY_EXISTS : rc;
@@ -196,9 +201,12 @@ int store_conn_update(pg_conn *c, conn_row *row) {
     pg_p_i64(&p, (int64_t)row->cfg.mirroring.source);
     pg_p_i64(&p, row->cfg.asset_copying.dir);
     pg_p_i64(&p, (int64_t)row->cfg.asset_copying.source);
+    pg_p_i64(&p, row->cfg.workflows.dir ? row->cfg.workflows.dir : CONN_DIR_OFF);
+    pg_p_i64(&p, (int64_t)row->cfg.workflows.source);
     return pg_row(c,
                   "UPDATE connections SET mirroring = $2, mirroring_source = $3, asset_copying = $4,"
-                  " asset_copying_source = $5, version = version + 1, update_time = now()"
+                  " asset_copying_source = $5, workflows = $6, workflows_source = $7,"
+                  " version = version + 1, update_time = now()"
                   " WHERE connection_id = $1::uuid RETURNING " CONN_COLS,
                   &p, read_row, NULL, row);
 }
@@ -211,6 +219,21 @@ int store_conn_delete(pg_conn *c, const char *conn_id) {
 
 int store_notify_change(pg_conn *c) {
     return pg_exec(c, "SELECT pg_notify('" CONN_NOTIFY_CHANNEL "', '')", NULL, NULL);
+}
+
+int store_notify_applied(pg_conn *c) {
+    return pg_exec(c, "SELECT pg_notify('" CONN_APPLIED_CHANNEL "', '')", NULL, NULL);
+}
+
+int store_event_applied(pg_conn *c, const char *event_uuid, bool *applied) {
+    pg_params p = {0};
+    pg_p_str(&p, event_uuid);
+    pg_res *r = NULL;
+    int rc = pg_exec(c, "SELECT 1 FROM applied_events WHERE event_id = $1::uuid", &p, &r);
+    if (rc != 0) return rc;
+    *applied = pg_nrows(r) > 0;
+    pg_free(r);
+    return 0;
 }
 
 /* ---- the hot checks ---- */
@@ -230,7 +253,7 @@ int store_facts(pg_conn *c, uint64_t s, uint64_t t, conn_facts *out) {
                      "   JOIN orgs o USING (organization_id) WHERE ms.hub_id = $1 AND mt.hub_id = $2 AND NOT o.deleted),"
                      " c.mirroring, c.mirroring_source, c.asset_copying, c.asset_copying_source,"
                      " COALESCE((SELECT sensitive_data_enabled FROM account_copies WHERE hub_id = $1), false),"
-                     " c.connection_id IS NOT NULL"
+                     " c.connection_id IS NOT NULL, c.workflows, c.workflows_source"
                      " FROM (SELECT 1) x LEFT JOIN connections c ON c.account_a = $3 AND c.account_b = $4",
                      &p, &r);
     if (rc != 0) return rc;
@@ -242,6 +265,8 @@ int store_facts(pg_conn *c, uint64_t s, uint64_t t, conn_facts *out) {
         conn_feature as = {(int)pg_i64(r, 0, 3), pg_u64(r, 0, 4)};
         out->mirror_flows = conn_flows(&m, s, t);
         out->asset_flows = conn_flows(&as, s, t);
+        conn_feature w = {(int)pg_i64(r, 0, 7), pg_u64(r, 0, 8)};
+        out->workflow_flows = conn_flows(&w, s, t); /* CONN-10 */
     }
     out->source_sensitive = pg_bool(r, 0, 5);
     pg_free(r);

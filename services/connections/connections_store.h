@@ -62,6 +62,12 @@ int store_conn_delete(pg_conn *c, const char *conn_id);
  * delivered at commit, only if the transaction commits). */
 int store_notify_change(pg_conn *c);
 #define CONN_NOTIFY_CHANNEL "connections_cache"
+/* CONN-13: after commit, wakes the checks waiting for an event to be
+ * applied (at_least_as_fresh) without dropping the cache. */
+int store_notify_applied(pg_conn *c);
+#define CONN_APPLIED_CHANNEL "connections_applied"
+/* CONN-13: has this service applied the event `event_uuid` (applied_events)? */
+int store_event_applied(pg_conn *c, const char *event_uuid, bool *applied);
 
 /* ---- the hot checks' reads (outside transactions) ---- */
 

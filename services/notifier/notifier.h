@@ -112,6 +112,7 @@ typedef struct nt_outbound {
     const char *template_name;
     const char *subject;
     const char *body;
+    const char *body_html;  /* NOTE-04: the kind's own HTML part, or NULL (the layout, at send time) */
     uint64_t client_hub_id; /* access-request emails: the client (NOTE-03 cap) */
     const char *access_request_id; /* access-request emails; NULL otherwise */
 } nt_outbound;
@@ -132,6 +133,7 @@ typedef struct nt_job {
     int attempts;
     uint64_t recipient, client;
     char *event_id, *event_type, *email, *locale, *message_id, *subject, *body, *access_request_id;
+    char *body_html; /* NOTE-04: "" = the text in the layout */
     char *msg; /* the formatted message, until handed to SMTP */
     size_t len;
     bool done; /* nothing left to record (e.g. CANCELLED while preparing) */

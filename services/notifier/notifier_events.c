@@ -137,8 +137,12 @@ static int queue_one(pg_conn *tx, const evt_event *ev, const char *tpl, const AC
     /* the first variable is always the recipient's name */
     vars[0].key = "recipient_name";
     vars[0].value = u->display_name;
-    char *subject = NULL, *body = NULL;
+    char *subject = NULL, *body = NULL, *html = NULL;
     int rc = nt_render(nt_tpls, tpl, locale, vars, n_vars, &subject, &body);
+    if (rc == 0 && (rc = nt_render_html(nt_tpls, tpl, locale, vars, n_vars, &html)) != 0) { /* NOTE-04 */
+        free(subject);
+        free(body);
+    }
     if (rc != 0) {
         log_error("template %s/%s: %s", locale, tpl, om_err_name(rc));
         return rc;
@@ -152,12 +156,14 @@ static int queue_one(pg_conn *tx, const evt_event *ev, const char *tpl, const AC
         .template_name = tpl,
         .subject = subject,
         .body = body,
+        .body_html = html,
         .client_hub_id = client_hub_id,
         .access_request_id = access_request_id,
     };
     rc = nt_queue_insert(tx, &o);
     free(subject);
     free(body);
+    free(html);
     return rc;
 }
 
@@ -184,12 +190,15 @@ static void fmt_date(const Google__Protobuf__Timestamp *t, char *out, size_t cap
     strftime(out, cap, "%Y-%m-%d %H:%M UTC", &tm);
 }
 
-/* "DEPARTURE_REASON_DOWNGRADED" -> "DOWNGRADED" */
-static const char *enum_short(const ProtobufCEnumDescriptor *d, int v, const char *prefix) {
+/* NOTE-04: the phrase key of an enum value, e.g. DEPARTURE_REASON_DOWNGRADED
+ * -> "departure.DOWNGRADED" (templates/<locale>/phrases.ini): the email
+ * shows the recipient's words for it, never the code. */
+static void phrase_key(const ProtobufCEnumDescriptor *d, int v, const char *prefix, const char *group, char *out,
+                       size_t cap) {
     const ProtobufCEnumValue *e = protobuf_c_enum_descriptor_get_value(d, v);
-    if (e == NULL) return "UNSPECIFIED";
     size_t n = strlen(prefix);
-    return strncmp(e->name, prefix, n) == 0 ? e->name + n : e->name;
+    const char *name = e == NULL ? "UNSPECIFIED" : strncmp(e->name, prefix, n) == 0 ? e->name + n : e->name;
+    snprintf(out, cap, "%s.%s", group, name);
 }
 
 static int mail_admins_of(pg_conn *tx, const evt_event *ev, const char *tpl, const uint64_t *hubs, size_t n_hubs,
@@ -328,13 +337,15 @@ int nt_issue_tokens(nt_job **js, size_t n) {
  * and revocations: the partner manager who asked and the employee. */
 static int on_request_outcome(pg_conn *tx, const evt_event *ev, const char *tpl, uint64_t manager,
                               uint64_t employee, const char *employee_name, const char *partner_name,
-                              const char *client_name, const char *reason) {
+                              const char *client_name, const char *cause_key, const char *answer) {
     ids who = {0};
     int rc = ids_add(&who, manager);
     if (rc == 0) rc = ids_add(&who, employee);
+    /* NOTE-04: `reason` is a phrase key; `answer` is the client admin's own
+     * words (PART-05), shown as written */
     nt_var vars[] = {
         {"recipient_name", NULL},     {"employee_name", employee_name}, {"partner_name", partner_name},
-        {"client_name", client_name}, {"reason", reason},
+        {"client_name", client_name}, {"reason", cause_key, 1},         {"answer", answer},
     };
     if (rc == 0) rc = mail_users(tx, ev, tpl, &who, vars, sizeof vars / sizeof vars[0]);
     free(who.v);
@@ -391,39 +402,41 @@ int nt_on_partners_event(pg_conn *tx, const evt_event *ev, void *arg) {
         if (m == NULL || m->access_request == NULL) goto malformed;
         const PRT(AccessRequest) *a = m->access_request;
         rc = on_request_outcome(tx, ev, "access_approved", a->requested_by_user_id, a->employee_user_id,
-                                a->employee_display_name, a->partner_name, a->client_name, a->answer_reason);
+                                a->employee_display_name, a->partner_name, a->client_name, NULL, a->answer_reason);
         protobuf_c_message_free_unpacked(&m->base, NULL);
     } else if (strcmp(t, "orgmesh.partners.v1.AccessDeclined") == 0) {
         UNPACK(AccessDeclined, access_declined);
         if (m == NULL || m->access_request == NULL) goto malformed;
         const PRT(AccessRequest) *a = m->access_request;
         rc = on_request_outcome(tx, ev, "access_declined", a->requested_by_user_id, a->employee_user_id,
-                                a->employee_display_name, a->partner_name, a->client_name, a->answer_reason);
+                                a->employee_display_name, a->partner_name, a->client_name, NULL, a->answer_reason);
         protobuf_c_message_free_unpacked(&m->base, NULL);
     } else if (strcmp(t, "orgmesh.partners.v1.AccessRequestExpired") == 0) {
         UNPACK(AccessRequestExpired, access_request_expired);
         if (m == NULL || m->access_request == NULL) goto malformed;
         const PRT(AccessRequest) *a = m->access_request;
         rc = on_request_outcome(tx, ev, "access_expired", a->requested_by_user_id, a->employee_user_id,
-                                a->employee_display_name, a->partner_name, a->client_name, "");
+                                a->employee_display_name, a->partner_name, a->client_name, NULL, NULL);
         protobuf_c_message_free_unpacked(&m->base, NULL);
     } else if (strcmp(t, "orgmesh.partners.v1.AccessRequestCancelled") == 0) {
         UNPACK(AccessRequestCancelled, access_request_cancelled);
         if (m == NULL || m->access_request == NULL) goto malformed;
         const PRT(AccessRequest) *a = m->access_request;
-        const char *why = enum_short(&orgmesh__partners__v1__assignment_change_cause__descriptor, (int)m->cause,
-                                     "ASSIGNMENT_CHANGE_CAUSE_");
+        char why[64];
+        phrase_key(&orgmesh__partners__v1__assignment_change_cause__descriptor, (int)m->cause,
+                   "ASSIGNMENT_CHANGE_CAUSE_", "cause", why, sizeof why);
         rc = on_request_outcome(tx, ev, "access_cancelled", a->requested_by_user_id, a->employee_user_id,
-                                a->employee_display_name, a->partner_name, a->client_name, why);
+                                a->employee_display_name, a->partner_name, a->client_name, why, NULL);
         protobuf_c_message_free_unpacked(&m->base, NULL);
     } else if (strcmp(t, "orgmesh.partners.v1.AccessRevoked") == 0) {
         UNPACK(AccessRevoked, access_revoked);
         if (m == NULL || m->assignment == NULL) goto malformed;
         const PRT(Assignment) *a = m->assignment;
-        const char *why = enum_short(&orgmesh__partners__v1__assignment_change_cause__descriptor, (int)m->cause,
-                                     "ASSIGNMENT_CHANGE_CAUSE_");
+        char why[64];
+        phrase_key(&orgmesh__partners__v1__assignment_change_cause__descriptor, (int)m->cause,
+                   "ASSIGNMENT_CHANGE_CAUSE_", "cause", why, sizeof why);
         rc = on_request_outcome(tx, ev, "access_revoked", a->assigned_by_user_id, a->employee_user_id,
-                                a->employee_display_name, a->partner_name, a->client_name, why);
+                                a->employee_display_name, a->partner_name, a->client_name, why, NULL);
         protobuf_c_message_free_unpacked(&m->base, NULL);
     } else if (strcmp(t, "orgmesh.partners.v1.GrantEnding") == 0) { /* PART-16 */
         UNPACK(GrantEnding, grant_ending);
@@ -471,14 +484,16 @@ int nt_on_organizations_event(pg_conn *tx, const evt_event *ev, void *arg) {
         if (m == NULL || m->member == NULL) return 0;
         /* ORG-09: only the automatic departures are mailed */
         if (automatic(m->actor) || automatic(ev->actor)) {
-            const char *why = enum_short(&orgmesh__organizations__v1__departure_reason__descriptor, (int)m->reason,
-                                         "DEPARTURE_REASON_");
+            char why[64];
+            phrase_key(&orgmesh__organizations__v1__departure_reason__descriptor, (int)m->reason,
+                       "DEPARTURE_REASON_", "departure", why, sizeof why);
+            /* NOTE-04: the event's `detail` is an English note for the audit
+             * trail; the email says why in the recipient's words only */
             nt_var vars[] = {
                 {"recipient_name", NULL},
                 {"account_name", m->member->name},
                 {"organization_id", m->organization_id},
-                {"reason", why},
-                {"detail", m->detail},
+                {"reason", why, 1},
             };
             uint64_t hub = m->member->hub_id;
             rc = mail_admins_of(tx, ev, "org_member_removed", &hub, 1, vars, sizeof vars / sizeof vars[0]);
@@ -490,14 +505,14 @@ int nt_on_organizations_event(pg_conn *tx, const evt_event *ev, void *arg) {
         if (m == NULL) return 0;
         /* ORG-10: the automatic deletion is mailed to every former member */
         if (automatic(m->actor) || automatic(ev->actor)) {
-            const char *why = enum_short(&orgmesh__organizations__v1__deletion_reason__descriptor, (int)m->reason,
-                                         "DELETION_REASON_");
+            char why[64];
+            phrase_key(&orgmesh__organizations__v1__deletion_reason__descriptor, (int)m->reason, "DELETION_REASON_",
+                       "deletion", why, sizeof why);
             const char *org = m->organization ? m->organization->organization_id : "";
             nt_var vars[] = {
                 {"recipient_name", NULL},
                 {"organization_id", org},
-                {"reason", why},
-                {"detail", m->detail},
+                {"reason", why, 1},
             };
             rc = mail_admins_of(tx, ev, "org_deleted", m->former_member_hub_ids, m->n_former_member_hub_ids, vars,
                                 sizeof vars / sizeof vars[0]);

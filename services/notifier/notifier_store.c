@@ -32,13 +32,14 @@ int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
     pg_p_str(&p, o->body);
     pg_p_i64(&p, (int64_t)o->client_hub_id);
     pg_p_str(&p, o->access_request_id ? o->access_request_id : "");
+    pg_p_str(&p, o->body_html ? o->body_html : "");
     /* NOTE-03: once per (event, recipient), whatever the redeliveries. A new
      * row wakes the senders at commit (PostgreSQL folds the transaction's
      * identical notifications into one), in the same round trip. */
     return pg_exec(tx,
                    "WITH ins AS (INSERT INTO delivery (event_id, event_type, recipient_user_id, recipient_email,"
-                   " locale, template, message_id, subject, body, client_hub_id, access_request_id)"
-                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                   " locale, template, message_id, subject, body, client_hub_id, access_request_id, body_html)"
+                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                    " ON CONFLICT ON CONSTRAINT delivery_once DO NOTHING RETURNING 1)"
                    " SELECT pg_notify('" NT_QUEUE_CHANNEL "', '') FROM ins",
                    &p, NULL);
@@ -83,10 +84,14 @@ static char *fill_token(const char *text, const char *token) {
 /* PART-04: the link token is fetched from partners now, never stored. 0 with
  * the filled body in *body; 1 when the request is no longer pending (the row
  * is then CANCELLED); OM_E_UNAVAILABLE to retry later. */
-static int prepare_body(pg_conn *c, const due_row *d, char **body) {
-    *body = NULL;
+static int prepare_body(pg_conn *c, const due_row *d, char **body, char **html) {
+    *body = *html = NULL;
     if (d->access_request_id[0] == '\0' || strstr(d->body, NT_TOKEN_MARK) == NULL) {
         *body = strdup(d->body);
+        if (*body != NULL && d->body_html[0] != '\0' && (*html = strdup(d->body_html)) == NULL) {
+            free(*body);
+            *body = NULL;
+        }
         return *body ? 0 : OM_E_NOMEM;
     }
     char *token = NULL;
@@ -116,6 +121,11 @@ static int prepare_body(pg_conn *c, const due_row *d, char **body) {
     }
     if (rc != 0) return rc;
     *body = fill_token(d->body, token);
+    /* NOTE-04: a kind's own HTML part carries the same link */
+    if (*body != NULL && d->body_html[0] != '\0' && (*html = fill_token(d->body_html, token)) == NULL) {
+        free(*body);
+        *body = NULL;
+    }
     free(token);
     return *body ? 0 : OM_E_NOMEM;
 }
@@ -297,14 +307,14 @@ void nt_job_free(nt_job *j) {
 
 /* One allocation: the job and its strings. */
 static nt_job *job_from_row(const pg_res *r, int i, int64_t lease) {
-    static const int cols[] = {1, 2, 4, 5, 6, 7, 8, 11};
+    static const int cols[] = {1, 2, 4, 5, 6, 7, 8, 11, 12};
     size_t n = sizeof(nt_job);
     for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) n += strlen(pg_str(r, i, cols[k])) + 1;
     nt_job *j = calloc(1, n);
     if (j == NULL) return NULL;
     char *o = (char *)(j + 1);
-    char **dst[] = {&j->event_id, &j->event_type, &j->email, &j->locale, &j->message_id, &j->subject, &j->body,
-                    &j->access_request_id};
+    char **dst[] = {&j->event_id, &j->event_type, &j->email,   &j->locale,           &j->message_id,
+                    &j->subject,  &j->body,       &j->access_request_id, &j->body_html};
     for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
         const char *v = pg_str(r, i, cols[k]);
         size_t l = strlen(v) + 1;
@@ -331,7 +341,7 @@ int nt_claim(pg_conn *c, int want, nt_job **out) {
     pg_res *r = NULL;
     rc = pg_exec(c,
                  "SELECT id, event_id, event_type, recipient_user_id, recipient_email, locale, message_id,"
-                 " subject, body, client_hub_id, attempts, access_request_id FROM delivery"
+                 " subject, body, client_hub_id, attempts, access_request_id, body_html FROM delivery"
                  " WHERE state IN (" NT_SQL_DUE ") AND next_attempt_at <= now()"
                  " ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
                  &q, &r);
@@ -397,10 +407,10 @@ fail:
 }
 
 int nt_prepare(pg_conn *c, nt_job *j) {
-    char *body = NULL;
+    char *body = NULL, *html = NULL;
     j->rc = 0;
     j->err[0] = '\0';
-    int rc = prepare_body(c, j, &body);
+    int rc = prepare_body(c, j, &body, &html);
     if (rc == 1) { /* CANCELLED */
         j->done = true;
         return 0;
@@ -411,11 +421,18 @@ int nt_prepare(pg_conn *c, nt_job *j) {
         return 0;
     }
     if (rc != 0) return rc;
+    /* NOTE-04: the kind's own HTML part, else the text in the locale's layout */
+    if (html == NULL) rc = nt_html_from_text(nt_tpls, j->locale, j->subject, body, &html);
+    if (rc != 0) {
+        free(body);
+        return rc;
+    }
     nt_mail mail = {
         .from = nt_cfg.smtp.from,
         .to = j->email,
         .subject = j->subject,
         .body = body,
+        .html = html,
         .message_id = j->message_id,
         .locale = j->locale,
         .event_id = j->event_id,
@@ -423,6 +440,7 @@ int nt_prepare(pg_conn *c, nt_job *j) {
     };
     rc = nt_mail_format(&mail, &j->msg, &j->len);
     free(body);
+    free(html);
     if (rc != 0) {
         j->msg = NULL;
         j->rc = OM_E_FAILED_PRECONDITION;

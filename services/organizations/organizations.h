@@ -32,7 +32,21 @@ typedef struct org_snapshot {
     PbOrgMember *pmp[ORG_MAX_MEMBERS_READ];
     PbTimestamp join[ORG_MAX_MEMBERS_READ], create, update;
     char etag[ORG_ETAG_MAX];
+    /* ORG-13: a tombstone's fields (org_tombstone_pb) */
+    PbTimestamp deleted, purge;
+    uint64_t former[ORG_MAX_MEMBERS_READ];
 } org_snapshot;
+
+/* ORG-13: how long a tombstone is kept (ORGMESH_ORG_TOMBSTONE_RETENTION_S). */
+#define ORG_TOMBSTONE_RETENTION_DEFAULT_S (90 * 86400)
+extern int64_t org_tombstone_retention_s;
+/* ORG-13: how often the purge loop runs (ORGMESH_ORG_TOMBSTONE_PURGE_MS). */
+extern int org_tombstone_purge_ms;
+/* ORG-13: one purge round on `c` (the loop's worker); how many were purged. */
+int org_tombstones_purge_round(pg_conn *c);
+/* ORG-13: s becomes the tombstone t as an Organization (state DELETED, no
+ * members, the former ones listed). */
+void org_tombstone_pb(org_snapshot *s, const org_tombstone *t);
 
 /* Reads the members of s->o (already read) and builds s->pb. */
 int org_snapshot_load(pg_conn *c, org_snapshot *s);

@@ -51,6 +51,25 @@ void org_snapshot_build(org_snapshot *s) {
     om_pb_timestamp(&s->update, s->o.update_us);
     p->create_time = &s->create;
     p->update_time = &s->update;
+    p->state = ORGMESH__ORGANIZATIONS__V1__ORGANIZATION_STATE__ORGANIZATION_STATE_ACTIVE;
+}
+
+void org_tombstone_pb(org_snapshot *s, const org_tombstone *t) {
+    memset(s, 0, sizeof *s);
+    s->o = t->o;
+    s->n = 0;
+    org_snapshot_build(s);
+    PbOrganization *p = &s->pb;
+    p->etag = ""; /* nothing left to change */
+    p->state = ORGMESH__ORGANIZATIONS__V1__ORGANIZATION_STATE__ORGANIZATION_STATE_DELETED;
+    p->deletion_reason = (OPB(DeletionReason))t->deletion_reason;
+    om_pb_timestamp(&s->deleted, t->delete_us);
+    om_pb_timestamp(&s->purge, t->purge_us);
+    p->delete_time = &s->deleted;
+    p->purge_time = &s->purge;
+    memcpy(s->former, t->former, (size_t)t->n_former * sizeof t->former[0]);
+    p->former_member_hub_ids = s->former;
+    p->n_former_member_hub_ids = (size_t)t->n_former;
 }
 
 int org_snapshot_load(pg_conn *c, org_snapshot *s) {
@@ -176,6 +195,7 @@ int org_delete(pg_conn *tx, org_snapshot *s, int deletion_reason, const org_who 
     if (rc != 0) return rc;
     s->o.version++;
     org_snapshot_build(s);
+    s->pb.state = ORGMESH__ORGANIZATIONS__V1__ORGANIZATION_STATE__ORGANIZATION_STATE_DELETED;
     char actor[64];
     audit_actor_string(who->actor, who->rule, actor, sizeof actor);
     uint64_t former[ORG_MAX_MEMBERS_READ];
@@ -189,6 +209,11 @@ int org_delete(pg_conn *tx, org_snapshot *s, int deletion_reason, const org_who 
     ev.former_member_hub_ids = former;
     ev.detail = (char *)(detail ? detail : "");
     if ((rc = emit(tx, s, who, &ev.base)) != 0) return rc;
+    /* ORG-13: an automatic deletion leaves a tombstone, so that its former
+     * members' admins can still read why (GetOrganization, history) */
+    if (who->rule != NULL &&
+        (rc = store_tombstone_insert(tx, &s->o, deletion_reason, former, s->n, org_tombstone_retention_s)) != 0)
+        return rc;
 
     char resource[96], reason[1100];
     if (detail && detail[0])
@@ -285,4 +310,16 @@ static const copies_sink accounts_sink = {.account = on_account, .user = on_user
  * id with these effects (exactly once); versions keep older states out. */
 int org_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg) {
     return copies_apply_event(tx, ev, &accounts_sink, arg);
+}
+
+/* ---- ORG-13: the purge of tombstones past their retention ------------------------------ */
+
+int org_tombstones_purge_round(pg_conn *c) {
+    int total = 0, n = 0;
+    do {
+        if (store_tombstones_purge(c, 100, &n) != 0) break;
+        total += n;
+    } while (n == 100);
+    if (total > 0) log_info("ORG-13: purged %d organization tombstones", total);
+    return total;
 }

@@ -34,9 +34,15 @@
 #define NEED_MEMBERSHIPS 2u
 
 static int64_t mfa_window_s = ORG_MFA_WINDOW_DEFAULT_S;
+int64_t org_tombstone_retention_s = ORG_TOMBSTONE_RETENTION_DEFAULT_S;
+int org_tombstone_purge_ms = 60000;
 
 int organizations_init(void) {
     mfa_window_s = cfg_int("ORGMESH_MFA_WINDOW_S", ORG_MFA_WINDOW_DEFAULT_S, 1, 86400);
+    /* ORG-13 */
+    org_tombstone_retention_s = cfg_int("ORGMESH_ORG_TOMBSTONE_RETENTION_S", ORG_TOMBSTONE_RETENTION_DEFAULT_S, 1,
+                                        10LL * 366 * 86400);
+    org_tombstone_purge_ms = (int)cfg_int("ORGMESH_ORG_TOMBSTONE_PURGE_MS", 60000, 10, 3600000);
     if (app_peer("accounts") == NULL) log_warn("ORGMESH_ACCOUNTS_ADDR is not set: missing copies cannot be fetched");
     return 0;
 }
@@ -307,7 +313,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_snapshot *s, uint
                        acting_hub_id, s->o.id);
     if (!s->m[at].marketing_enterprise)
         return op_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
-                       "acting account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-07)", acting_hub_id);
+                       "acting account %" PRIu64 " has no Marketing Hub Enterprise subscription (ORG-07)", acting_hub_id);
     uint64_t hubs[ORG_MAX_MEMBERS_READ], lacking[ORG_MAX_MEMBERS_READ];
     unsigned roles[ORG_MAX_MEMBERS_READ];
     int nl = 0;
@@ -320,7 +326,7 @@ static int require_manager(op_call *cl, pg_conn *tx, const org_snapshot *s, uint
         char list[256];
         id_list(list, sizeof list, lacking, nl);
         return op_fail(cl, OM_E_NOT_SUPER_ADMIN,
-                       "managing an organization requires SUPER_ADMIN in every account of it; not in: %s (ORG-07)",
+                       "managing an organization requires super admin in every account of it; not in: %s (ORG-07)",
                        list);
     }
     return 0;
@@ -360,7 +366,7 @@ static int require_viewer(op_call *cl, pg_conn *tx, const org_snapshot *s, const
     for (int i = 0; i < s->n; i++)
         if (org_roles_view(roles[i])) return 0;
     return op_fail(cl, OM_E_PERMISSION_DENIED,
-                   "only SUPER_ADMIN or PARTNER_ADMIN members of an account of the organization may view it (ORG-08)");
+                   "only super admin or partner admin members of an account of the organization may view it (ORG-08)");
 }
 
 /* ORG-04: two-factor enabled (local copy of the user, fetched when
@@ -428,7 +434,7 @@ static int require_super_admin_in(op_call *cl, pg_conn *tx, const uint64_t *ids,
     if (nl == 0) return 0;
     char list[512];
     id_list(list, sizeof list, lacking, nl);
-    return op_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be SUPER_ADMIN in every account concerned; not in: %s (ORG-03)",
+    return op_fail(cl, OM_E_NOT_SUPER_ADMIN, "you must be super admin in every account concerned; not in: %s (ORG-03)",
                    list);
 }
 
@@ -547,7 +553,7 @@ static int h_list_eligible(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
             return rpc_fail(ctx, OM_E_NOT_FOUND, "no such account: %" PRIu64, req->enterprise_hub_id);
         if (!e->marketing_enterprise) /* ORG-01 */
             return rpc_fail(ctx, OM_E_NOT_ENTERPRISE_ACCOUNT,
-                            "account %" PRIu64 " has no MARKETING ENTERPRISE subscription (ORG-01)", e->hub_id);
+                            "account %" PRIu64 " has no Marketing Hub Enterprise subscription (ORG-01)", e->hub_id);
         location = e->hosting_location;
     } else {
         op_call cl = {.ctx = ctx, .actor = actor, .fetched = NEED_MEMBERSHIPS}; /* just fetched */
@@ -621,7 +627,7 @@ static int apply_create(op_call *cl, pg_conn *tx) {
     const org_account *ent = find_account(accts, n, req->enterprise_hub_id);
     if (!ent->marketing_enterprise) /* ORG-01 */
         return op_fail(cl, OM_E_NOT_ENTERPRISE_ACCOUNT,
-                       "account %" PRIu64 " has no MARKETING ENTERPRISE subscription: create the organization from an"
+                       "account %" PRIu64 " has no Marketing Hub Enterprise subscription: create the organization from an"
                        " Enterprise account (ORG-01)",
                        ent->hub_id);
     if ((rc = require_super_admin_in(cl, tx, ids, n)) != 0) return rc;        /* ORG-03 */
@@ -696,8 +702,38 @@ static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage
 typedef struct read_op {
     const char *org_id;
     uint64_t hub_id; /* GetOrganizationByAccount */
+    bool tombstone_ok; /* ORG-13: GetOrganization, ListOrganizationHistory */
     org_snapshot *s;
 } read_op;
+
+/* ORG-13: the tombstone of an organization ORG-10 deleted, for the admins
+ * (ORG-08's roles) of its former member accounts while it is kept. A plain
+ * member of one of them may know it existed: PERMISSION_DENIED; anyone else,
+ * and orgmesh services (which act on the events), NOT_FOUND as for an id
+ * that never existed (AIP-193). */
+static int read_tombstone(op_call *cl, pg_conn *tx, read_op *op, const char *org_id) {
+    if (auth_is_service(cl->actor, NULL)) return op_fail(cl, OM_E_NOT_FOUND, "no organization %s", org_id);
+    org_tombstone t;
+    int rc = store_tombstone_get(tx, org_id, &t);
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "no organization %s", org_id);
+    if (rc != 0) return rc;
+    unsigned roles[ORG_MAX_MEMBERS_READ];
+    bool member[ORG_MAX_MEMBERS_READ];
+    if ((rc = copies_roles(cl, tx, t.former, t.n_former, roles, member)) != 0) return rc;
+    bool seen = false, viewer = false;
+    for (int i = 0; i < t.n_former; i++) {
+        seen = seen || member[i];
+        viewer = viewer || (member[i] && org_roles_view(roles[i]));
+    }
+    if (!seen) return op_fail(cl, OM_E_NOT_FOUND, "no organization %s", org_id);
+    if (!viewer)
+        return op_fail(cl, OM_E_PERMISSION_DENIED,
+                       "only super admin or partner admin members of its former accounts may view a deleted "
+                       "organization (ORG-13)");
+    op->s = rpc_calloc(cl->ctx, 1, sizeof *op->s);
+    org_tombstone_pb(op->s, &t);
+    return 0;
+}
 
 static int apply_read(op_call *cl, pg_conn *tx) {
     read_op *op = cl->arg;
@@ -710,7 +746,11 @@ static int apply_read(op_call *cl, pg_conn *tx) {
         if (rc != 0) return rc;
         org_id = buf;
     }
-    int rc = load_org(cl, tx, org_id, false, &op->s);
+    op->s = rpc_calloc(cl->ctx, 1, sizeof *op->s);
+    int rc = store_org_get(tx, org_id, false, &op->s->o);
+    if (rc == OM_E_NOT_FOUND && op->tombstone_ok) return read_tombstone(cl, tx, op, org_id); /* ORG-13 */
+    if (rc == OM_E_NOT_FOUND) return op_fail(cl, rc, "no organization %s", org_id);
+    if (rc == 0) rc = org_snapshot_load(tx, op->s);
     if (rc != 0) return rc;
     const char *hidden = NULL;
     if (op->hub_id != 0) /* worded as for an account in no organization */
@@ -722,13 +762,13 @@ static const op_def read_def = {.apply = apply_read, .fetch = org_fetch, .unavai
 
 static int read_org(rpc_ctx *ctx, ProtobufCMessage *resp, read_op *op) { return op_run(ctx, &read_def, NULL, resp, op); }
 
-/* GetOrganization — ORG-08. */
+/* GetOrganization — ORG-08; ORG-13 the tombstone of an automatic deletion. */
 static int h_get(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(GetOrganizationRequest) *req = (const void *)req_;
     OPB(GetOrganizationResponse) *resp = (void *)resp_;
     check_org_id(ctx, req->organization_id);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    read_op op = {.org_id = req->organization_id};
+    read_op op = {.org_id = req->organization_id, .tombstone_ok = true};
     int rc = read_org(ctx, resp_, &op);
     if (rc == 0) resp->organization = &op.s->pb;
     return rc;
@@ -778,7 +818,8 @@ static int h_list_members(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCM
 }
 
 /* ListOrganizationHistory — ORG-08, ORG-12: the organization's entries and
- * those of its members ("organizations/<id>/..."). */
+ * those of its members ("organizations/<id>/..."); ORG-13: also while its
+ * tombstone is kept. */
 static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const OPB(ListOrganizationHistoryRequest) *req = (const void *)req_;
     OPB(ListOrganizationHistoryResponse) *resp = (void *)resp_;
@@ -789,7 +830,7 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     char *scope = rpc_sprintf(ctx, "organizations.ListOrganizationHistory|%s", req->organization_id);
     page_req pg; /* keyset: the id below which the next page starts */
     if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
-    read_op op = {.org_id = req->organization_id};
+    read_op op = {.org_id = req->organization_id, .tombstone_ok = true};
     int rc = read_org(ctx, resp_, &op);
     if (rc != 0) return rc;
     pg_conn *c = op_db(ctx);
@@ -912,7 +953,7 @@ static int apply_remove(op_call *cl, pg_conn *tx) {
         if (i != at && s->m[i].marketing_enterprise) other_enterprise = true;
     if (!other_enterprise) /* ORG-07 */
         return op_fail(cl, OM_E_LAST_ENTERPRISE_ACCOUNT,
-                       "account %" PRIu64 " is the last MARKETING ENTERPRISE account of the organization: delete the"
+                       "account %" PRIu64 " is the last Marketing Hub Enterprise account of the organization: delete the"
                        " organization instead (ORG-07)",
                        req->hub_id);
     org_who who = who_of(cl, req->request_id);

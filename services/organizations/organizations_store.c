@@ -271,3 +271,83 @@ int store_org_delete(pg_conn *c, const char *org_id) {
     pg_p_str(&p, org_id);
     return pg_exec(c, "DELETE FROM organizations WHERE organization_id = $1::uuid", &p, NULL);
 }
+
+/* ---- tombstones (ORG-13) --------------------------------------------------------- */
+
+int store_tombstone_insert(pg_conn *c, const org_row *o, int reason, const uint64_t *former, int n_former,
+                           int64_t retention_s) {
+    char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n_former)), former, (size_t)n_former);
+    if (arr == NULL) return OM_E_NOMEM;
+    pg_params p = {0};
+    pg_p_str(&p, o->id);
+    pg_p_u64(&p, o->founding_hub_id);
+    pg_p_str(&p, o->hosting_location);
+    pg_p_u64(&p, o->created_by);
+    pg_p_i64(&p, o->version);
+    pg_p_i64(&p, o->create_us);
+    pg_p_i64(&p, reason);
+    pg_p_str(&p, arr);
+    pg_p_i64(&p, retention_s);
+    /* a repeat (the same event applied again) keeps the first one */
+    int rc = pg_exec(c,
+                     "INSERT INTO org_tombstones (organization_id, founding_hub_id, hosting_location, created_by,"
+                     " version, create_time, deletion_reason, former_member_hub_ids, purge_time)"
+                     " VALUES ($1::uuid, $2, $3, $4, $5, to_timestamp($6::bigint / 1e6), $7, $8::bigint[],"
+                     " now() + make_interval(secs => $9::bigint))"
+                     " ON CONFLICT (organization_id) DO NOTHING",
+                     &p, NULL);
+    free(arr);
+    return rc;
+}
+
+int store_tombstone_get(pg_conn *c, const char *org_id, org_tombstone *out) {
+    pg_params p = {0};
+    pg_p_str(&p, org_id);
+    pg_res *r = NULL;
+    int rc = pg_exec(c,
+                     "SELECT organization_id::text, founding_hub_id, hosting_location, created_by, version,"
+                     " create_time, delete_time, deletion_reason, purge_time,"
+                     " array_to_string(former_member_hub_ids, ',')"
+                     " FROM org_tombstones WHERE organization_id = $1::uuid AND purge_time > now()",
+                     &p, &r);
+    if (rc != 0) return rc;
+    if (pg_nrows(r) == 0) {
+        pg_free(r);
+        return OM_E_NOT_FOUND;
+    }
+    memset(out, 0, sizeof *out);
+    copy_str(out->o.id, sizeof out->o.id, pg_str(r, 0, 0));
+    out->o.founding_hub_id = pg_u64(r, 0, 1);
+    copy_str(out->o.hosting_location, sizeof out->o.hosting_location, pg_str(r, 0, 2));
+    out->o.created_by = pg_u64(r, 0, 3);
+    out->o.version = pg_i64(r, 0, 4);
+    out->o.create_us = pg_time_us(r, 0, 5);
+    out->delete_us = out->o.update_us = pg_time_us(r, 0, 6);
+    out->deletion_reason = (int)pg_i64(r, 0, 7);
+    out->purge_us = pg_time_us(r, 0, 8);
+    for (const char *q = pg_str(r, 0, 9); *q && out->n_former < ORG_MAX_MEMBERS_READ;) {
+        char *end = NULL;
+        unsigned long long v = strtoull(q, &end, 10);
+        if (end == q) break;
+        out->former[out->n_former++] = (uint64_t)v;
+        q = *end == ',' ? end + 1 : end;
+    }
+    pg_free(r);
+    return 0;
+}
+
+int store_tombstones_purge(pg_conn *c, int max, int *n) {
+    *n = 0;
+    pg_params p = {0};
+    pg_p_i64(&p, max);
+    pg_res *r = NULL;
+    /* ORG-13: the database clock decides; SKIP LOCKED lets replicas share it */
+    int rc = pg_exec(c,
+                     "DELETE FROM org_tombstones WHERE organization_id IN (SELECT organization_id FROM org_tombstones"
+                     " WHERE purge_time <= now() ORDER BY purge_time LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                     &p, &r);
+    if (rc != 0) return rc;
+    *n = (int)pg_affected(r);
+    pg_free(r);
+    return 0;
+}

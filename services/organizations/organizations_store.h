@@ -71,4 +71,23 @@ int store_member_delete(pg_conn *c, const char *org_id, uint64_t hub_id);
 int store_org_set_version(pg_conn *c, const char *org_id, int64_t version, int64_t *update_us);
 int store_org_delete(pg_conn *c, const char *org_id);
 
+/* ---- tombstones (ORG-13) ------------------------------------------------------ */
+
+typedef struct org_tombstone {
+    org_row o; /* as it was when deleted; update_us = the deletion */
+    int deletion_reason;
+    int64_t delete_us, purge_us;
+    uint64_t former[ORG_MAX_MEMBERS_READ];
+    int n_former;
+} org_tombstone;
+
+/* Keeps what is left of o, deleted now for `reason`, until now() +
+ * retention_s by the database clock. */
+int store_tombstone_insert(pg_conn *c, const org_row *o, int reason, const uint64_t *former, int n_former,
+                           int64_t retention_s);
+/* The tombstone of org_id while it is kept (OM_E_NOT_FOUND otherwise). */
+int store_tombstone_get(pg_conn *c, const char *org_id, org_tombstone *out);
+/* Deletes up to `max` tombstones past their purge time; how many in *n. */
+int store_tombstones_purge(pg_conn *c, int max, int *n);
+
 #endif

@@ -11,8 +11,10 @@
 
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
+#include "ctoken.h"
 #include "log.h"
 #include "om_err.h"
+#include "pbfield.h"
 #include "page.h"
 
 /* ---- call memory and per-item errors ------------------------------------------------ */
@@ -132,7 +134,7 @@ int pa_require_manager(rpc_ctx *ctx, pg_conn *c, uint64_t partner, ps_account *a
     if ((rc = part_rule_partner_manager(acct->kind, member, roles)) != 0) {
         if (rc == OM_E_NOT_PARTNER_ACCOUNT)
             return rpc_fail(ctx, rc, "account %" PRIu64 " is not a PARTNER account", partner);
-        return rpc_fail(ctx, rc, "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the partner account may do this");
+        return rpc_fail(ctx, rc, "only super admin or account permissions members of the partner account may do this");
     }
     return 0;
 }
@@ -300,6 +302,19 @@ const op_def pa_mutation_def = {.apply = mu_apply,
                                     .after_store = mu_after_store,
                                     .failed = mu_failed,
                                     .committed = mu_committed};
+
+/* Issue 18 (CONN-13): the memberships an access change adds or removes are
+ * the accounts service's commits (the link sync after this service's
+ * commit), and those are what the connections checks read: the response's
+ * consistency_token names them (the link sync noted their tokens) rather
+ * than this service's own events. Unchanged when the sync wrote nothing. */
+void pa_sync_token(rpc_ctx *ctx, ProtobufCMessage *resp) {
+    char tok[CTOKEN_MAX_LEN];
+    ctoken_pending_take(tok);
+    if (tok[0] == '\0') return;
+    char *copy = rpc_strdup(ctx, tok);
+    if (copy != NULL) pb_set_field(resp, "consistency_token", PROTOBUF_C_TYPE_STRING, &copy, sizeof copy);
+}
 
 /* After commit: the accounts side of the assignments the call changed
  * (failures stay marked and the sync loop retries them). */

@@ -82,6 +82,8 @@ extern const op_def pa_mutation_def;
 int pa_mu_rate_limited(mutation *mu, const char *what);
 /* After commit: the accounts side of an assignment the call changed (failures stay marked for the sync loop). */
 void pa_sync_after(pg_conn *c, const char *id);
+/* Issue 18: after pa_sync_after, the accounts commits it made as resp's consistency_token. */
+void pa_sync_token(rpc_ctx *ctx, ProtobufCMessage *resp);
 int pa_reread(rpc_ctx *ctx, pg_conn *c, const char *id, ps_assignment *a);
 
 /* ---- access requests (PART-04, PART-05: partners_requests.c) ---- */

@@ -18,6 +18,7 @@
 
 #include "app.h"
 #include "copies.h"
+#include "ctoken.h"
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/events.pb-c.h"
@@ -227,6 +228,8 @@ static int link_sync_tx(pg_conn *tx, void *arg) {
         req.request_id = request_id;
         rc = pa_accounts_call(NULL, "AddPartnerLinkedMembership", &req.base,
                               &orgmesh__accounts__v1__add_partner_linked_membership_response__descriptor, &out, &st);
+        /* issue 18: the accounts commit, for the caller's consistency_token */
+        if (rc == 0) ctoken_note_token(((const ACC(AddPartnerLinkedMembershipResponse) *)out)->consistency_token);
         if (rc == 0 && a.cause == PART_CAUSE_ALREADY_MEMBER &&
             !((const ACC(AddPartnerLinkedMembershipResponse) *)out)->already_member) {
             /* PART-04/05: "already a member" no longer held (the client removed
@@ -259,7 +262,11 @@ static int link_sync_tx(pg_conn *tx, void *arg) {
         rc = pa_accounts_call(NULL, "RemovePartnerLinkedMembership", &req.base,
                               &orgmesh__accounts__v1__remove_partner_linked_membership_response__descriptor, &out,
                               &st);
-        if (rc == 0) removed = ((const ACC(RemovePartnerLinkedMembershipResponse) *)out)->membership_removed;
+        if (rc == 0) {
+            removed = ((const ACC(RemovePartnerLinkedMembershipResponse) *)out)->membership_removed;
+            /* issue 18: the accounts commit, for the caller's consistency_token */
+            ctoken_note_token(((const ACC(RemovePartnerLinkedMembershipResponse) *)out)->consistency_token);
+        }
     }
     if (out != NULL) protobuf_c_message_free_unpacked(out, NULL);
     if (rc != 0 && transient(rc)) return rc;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ctoken.h"
 #include "om_err.h"
 #include "page.h"
 #include "partners_call.h"
@@ -146,6 +147,19 @@ typedef struct answer_op {
     bool applied;
 } answer_op;
 
+/* API-01: what a request's state means, in words: a status message never
+ * shows an enum name. */
+static const char *state_words(int state) {
+    switch (state) {
+    case PART_ST_ACTIVE: return "was already approved";
+    case PART_ST_DECLINED: return "was already declined";
+    case PART_ST_EXPIRED: return "has expired";
+    case PART_ST_CANCELLED: return "was cancelled";
+    case PART_ST_REVOKED: return "was approved and the access has since been removed";
+    default: return "is no longer pending";
+    }
+}
+
 static int apply_answer(mutation *mu, pg_conn *tx) {
     answer_op *op = mu->op;
     ps_mem *m = &mu->mem;
@@ -157,13 +171,7 @@ static int apply_answer(mutation *mu, pg_conn *tx) {
     /* PART-05: PENDING -> ACTIVE | DECLINED | CANCELLED; a repeat returns it as
      * it stands, a conflicting answer is refused */
     if ((rc = part_rule_answer(a.state, a.cause, op->answer, &apply)) != 0)
-        return op_fail(mu->oc, rc, "the access request is %s",
-                       protobuf_c_enum_descriptor_get_value(&orgmesh__partners__v1__assignment_state__descriptor,
-                                                            a.state)
-                           ? protobuf_c_enum_descriptor_get_value(
-                                 &orgmesh__partners__v1__assignment_state__descriptor, a.state)
-                                 ->name
-                           : "not pending");
+        return op_fail(mu->oc, rc, "the access request %s", state_words(a.state));
     if (apply) {
         part_state st;
         part_cause cause;
@@ -244,7 +252,7 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         if (!seen && pa_caller_id(ctx) != 0)
             return rpc_fail(ctx, OM_E_NOT_FOUND, "access request %s does not exist", rid ? rid : "");
         return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
-                        "only SUPER_ADMIN or ACCOUNT_PERMISSIONS members of the client may answer (PART-05)");
+                        "only super admin or account permissions members of the client may answer (PART-05)");
     }
     if (answer == PART_ANSWER_APPROVE) {
         /* PART-18: exactly the approved roles, a subset of those requested, never SUPER_ADMIN */
@@ -265,7 +273,11 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
-    if (answer == PART_ANSWER_APPROVE && op.applied) pa_sync_after(c, op.id);
+    if (answer == PART_ANSWER_APPROVE && op.applied) {
+        ctoken_pending_reset();
+        pa_sync_after(c, op.id);
+        pa_sync_token(ctx, resp); /* issue 18 */
+    }
     return 0;
 }
 

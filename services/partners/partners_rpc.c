@@ -17,6 +17,7 @@
 #include "audit.h"
 #include "history.h"
 #include "config.h"
+#include "ctoken.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "op.h"
@@ -265,7 +266,9 @@ static int h_untag_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     mutation mu = {.ctx = ctx, .apply = apply_untag, .after_store = untag_remote, .op = &op,
                    .request_id = req->request_id};
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
+    ctoken_pending_reset();
     sync_employee(ctx, c, req->partner_hub_id, req->user_id, 0);
+    pa_sync_token(ctx, resp); /* issue 18 */
     return 0;
 }
 
@@ -652,11 +655,13 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
     mutation mu = {.ctx = ctx, .apply = apply_assign, .op = op, .request_id = request_id};
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
     if (!mu.replayed) {
+        ctoken_pending_reset();
         for (int i = 0; i < op->n; i++) {
             PB(AssignmentResult) *r = op->results[i];
             if (r->outcome == ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_ACTIVATED && r->assignment)
                 pa_sync_after(c, r->assignment->assignment_id); /* link the existing membership */
         }
+        pa_sync_token(ctx, resp); /* issue 18 */
     }
     return 0;
 }
@@ -733,7 +738,9 @@ static int h_remove_employee(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp_, &mu)) != 0) return rc;
     if (mu.replayed || resp->assignment == NULL) return 0;
     if (op.revoked) {
+        ctoken_pending_reset();
         pa_sync_after(c, op.id);
+        pa_sync_token(ctx, resp_); /* issue 18 */
         ps_assignment a;
         if (pa_reread(ctx, c, op.id, &a) == 0) {
             ps_mem m = pa_call_mem(ctx);

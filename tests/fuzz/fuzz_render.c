@@ -73,6 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         vars[n_vars].key = p;
         p += strlen(p) + 1;
         vars[n_vars].value = p < end ? p : NULL;
+        vars[n_vars].phrase = vars[n_vars].value != NULL && vars[n_vars].value[0] == '.'; /* NOTE-04 */
         if (p < end) p += strlen(p) + 1;
         n_vars++;
     }

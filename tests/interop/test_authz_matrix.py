@@ -331,6 +331,16 @@ REQUESTS = {
         source_hub_id=t.hub, target_hub_id=t.hub2),
     "ConnectionsService/ListConnectionHistory": lambda t: cpb.ListConnectionHistoryRequest(
         organization_id=t.org_id),
+    # issue 18: the batch checks answer per item (an item's refusal is its
+    # own status), so a user the single check refuses gets OK here
+    "ConnectionsService/BatchCheckMirrorAccess": lambda t: cpb.BatchCheckMirrorAccessRequest(
+        items=[cpb.MirrorAccessItem(user_id=t.member, source_hub_id=t.hub2, target_hub_id=t.hub)]),
+    "ConnectionsService/BatchCheckAssetCopy": lambda t: cpb.BatchCheckAssetCopyRequest(
+        items=[cpb.FlowItem(source_hub_id=t.hub, target_hub_id=t.hub2)]),
+    "ConnectionsService/CheckWorkflowWrite": lambda t: cpb.CheckWorkflowWriteRequest(
+        source_hub_id=t.hub, target_hub_id=t.hub2),
+    "ConnectionsService/BatchCheckWorkflowWrite": lambda t: cpb.BatchCheckWorkflowWriteRequest(
+        items=[cpb.FlowItem(source_hub_id=t.hub, target_hub_id=t.hub2)]),
     # assets
     "AssetsService/CreateAsset": lambda t: spb.CreateAssetRequest(asset=spb.Asset(
         hub_id=t.hub, type=spb.ASSET_TYPE_FORM, name="form " + fresh(), body_json="{}")),
@@ -539,7 +549,17 @@ class Caller:
         """(short code, reason) of one call."""
         self.calls += 1
         try:
-            self.stub(key)(request, metadata=metadata, timeout=10)
+            resp = self.stub(key)(request, metadata=metadata, timeout=10)
+            # issue 18 (CONN-14): a batch check authorizes each item as the
+            # single check does and reports a refusal as the item's status:
+            # the matrix holds the first item's answer
+            results = getattr(resp, "results", None)
+            st = results[0].DESCRIPTOR.fields_by_name.get("status") if results else None
+            if (st is not None and st.message_type is not None
+                    and st.message_type.full_name == "orgmesh.connections.v1.CheckItemStatus"
+                    and results[0].status.code != 0):
+                code = next(c for c in grpc.StatusCode if c.value[0] == results[0].status.code)
+                return SHORT.get(code, code.name), results[0].status.error_reason or None
             return "OK", None
         except grpc.RpcError as e:
             d = om.error_details(e)

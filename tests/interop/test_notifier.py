@@ -14,6 +14,7 @@ import email
 import email.policy
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -168,7 +169,8 @@ class World:
     def user(self, name, locale=""):
         tag = uuid.uuid4().hex[:10]
         u = self.acc.CreateUser(apb.CreateUserRequest(user=apb.User(
-            email=f"{name.lower().replace(' ', '.')}.{tag}@example.test", display_name=name, locale=locale)),
+            email=f"{re.sub(r'[^a-z0-9.]', '', name.lower().replace(' ', '.'))}.{tag}@example.test",
+            display_name=name, locale=locale)),
             metadata=SVC).user
         return u
 
@@ -234,8 +236,17 @@ def setup(w):
     return c
 
 
+def text_of(msg):
+    """The text/plain part of a multipart/alternative email (NOTE-04)."""
+    return msg.get_body(preferencelist=("plain",)).get_content()
+
+
+def html_of(msg):
+    return msg.get_body(preferencelist=("html",)).get_content()
+
+
 def link_of(msg):
-    body = msg.get_content()
+    body = text_of(msg)
     links = [tok for tok in body.split() if tok.startswith(LINK_BASE)]
     assert len(links) == 1, body
     q = parse_qs(urlparse(links[0]).query)
@@ -261,7 +272,7 @@ def test_note_01_access_request_emails_client_super_admins(w, setup, smtp):
         assert s.P.name in msg["Subject"] and s.C.name in msg["Subject"] and "Ada Lovelace" in msg["Subject"]
         assert msg["Content-Language"] == "en"
         assert msg["From"] == "orgmesh <no-reply@orgmesh.test>"
-        body = msg.get_content()
+        body = text_of(msg)
         assert f"Hello {admin.display_name}," in body and s.E.email in body
         link, request_id, token = link_of(msg)
         assert request_id == ar.access_request_id
@@ -379,7 +390,7 @@ def test_note_02_email_in_recipient_locale_with_fallback(w, setup, smtp):
         assert msg["Content-Language"] == lang, (loc, msg["Content-Language"])
         assert subj in msg["Subject"], (loc, msg["Subject"])
         assert clients[loc].name in msg["Subject"]
-        body = msg.get_content()
+        body = text_of(msg)
         assert greeting in body and admins[loc].display_name in body, (loc, body)
         assert LINK_BASE + "?request=" in body
         (d,) = w.deliveries(recipient_user_id=admins[loc].user_id)
@@ -562,8 +573,10 @@ def test_note_01_automatic_org_removal_and_deletion_are_mailed(w, smtp):
         remaining_hub_ids=[acc2.hub_id], detail="MARKETING PROFESSIONAL -> STARTER"), "rule:ORG-09")
     (msg,) = smtp.wait_for(A1.email)
     assert msg["Content-Language"] == "it" and acc1.name in msg["Subject"]
-    body = msg.get_content()
-    assert "DOWNGRADED" in body and "MARKETING PROFESSIONAL -> STARTER" in body
+    body = text_of(msg)
+    # NOTE-04: the reason in Italian words, neither the code nor the event's English detail
+    assert "nessun hub dell'account" in body, body
+    assert "DOWNGRADED" not in body and "MARKETING PROFESSIONAL -> STARTER" not in body
     assert [d.event_id for d in w.deliveries(recipient_user_id=A1.user_id)] == [ev]
     # a manager's removal is not an automatic change: no email
     publish("organizations", oev.OrgMemberRemoved(
@@ -576,7 +589,8 @@ def test_note_01_automatic_org_removal_and_deletion_are_mailed(w, smtp):
         former_member_hub_ids=[acc1.hub_id, acc2.hub_id])
     ev2 = publish("organizations", deleted, "rule:ORG-10")
     (m2,) = smtp.wait_for(A2.email)
-    assert m2["Content-Language"] == "nl" and "NO_ENTERPRISE_ACCOUNT" in m2.get_content()
+    assert m2["Content-Language"] == "nl" and "geen van haar accounts" in text_of(m2)
+    assert "NO_ENTERPRISE_ACCOUNT" not in text_of(m2) + html_of(m2)
     assert [d.event_id for d in w.deliveries(recipient_user_id=A2.user_id)] == [ev2]
     assert len(smtp.wait_for(A1.email, count=2)) == 2
     # the same event delivered again (at-least-once streams) mails nobody twice
@@ -598,9 +612,78 @@ def test_note_01_connection_restricted_is_mailed_to_both_accounts(w, smtp):
         reason=cev.RESTRICTION_REASON_SENSITIVE_DATA_ENABLED, actor="rule:CONN-05"), "rule:CONN-05")
     for admin, lang in ((A1, "es"), (A2, "pl")):
         (msg,) = smtp.wait_for(admin.email)
-        assert msg["Content-Language"] == lang and str(acc1.hub_id) in msg.get_content()
+        assert msg["Content-Language"] == lang and str(acc1.hub_id) in text_of(msg)
         (d,) = w.deliveries(recipient_user_id=admin.user_id)
         assert d.event_id == ev and d.template == "connection_restricted"
+
+
+# ---- NOTE-04: localized emails, text and HTML ---------------------------------------------
+
+ENUM_LIKE = re.compile(r"[A-Z][A-Z0-9_]{3,}")
+
+
+def test_note_04_localized_multipart_email_in_it_pl_ja(w, smtp):
+    """The issue's example: an Italian email read "Motivo: DEACTIVATED the
+    account was deactivated". Now each of it, pl, ja reads the reason in its
+    own words, as multipart/alternative with a text and an HTML part, and the
+    account's name is escaped in the HTML part only."""
+    from orgmesh.organizations.v1 import events_pb2 as oev, organizations_pb2 as opb
+    expect = {"it": "l'account è stato disattivato", "pl": "konto zostało dezaktywowane",
+              "ja": "アカウントが無効化されました"}
+    admins, accounts = {}, {}
+    for lang in expect:
+        admins[lang] = w.user(f"Admin {lang}", locale=lang)
+        accounts[lang] = w.account(admins[lang].user_id, 'Konto <b>&"')
+        publish("organizations", oev.OrgMemberRemoved(
+            organization_id=str(uuid.uuid4()),
+            member=opb.OrgMember(hub_id=accounts[lang].hub_id, name=accounts[lang].name),
+            reason=opb.DEPARTURE_REASON_DEACTIVATED, actor="rule:ORG-09",
+            detail="the account was deactivated"), "rule:ORG-09")
+    for lang, phrase in expect.items():
+        (msg,) = smtp.wait_for(admins[lang].email)
+        assert msg.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        assert all(p.get_content_charset() == "utf-8" for p in msg.iter_parts())
+        assert msg["Content-Language"] == lang
+        text, html = text_of(msg), html_of(msg)
+        assert phrase in text and phrase.replace("'", "&#39;") in html, (lang, text, html)
+        for part in (text, html, str(msg["Subject"])):
+            assert not ENUM_LIKE.search(part), (lang, ENUM_LIKE.search(part), part)
+            assert "the account was deactivated" not in part
+        assert accounts[lang].name in text and accounts[lang].name in str(msg["Subject"])
+        escaped = accounts[lang].name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") \
+            .replace('"', "&quot;")
+        assert escaped in html and accounts[lang].name not in html
+        assert f'lang="{lang}"' in html
+
+
+def test_note_04_kind_html_template_with_escaped_values_and_the_link(w, setup, smtp, suite, tmp_path):
+    """A kind with its own <kind>.html: rendered when the event is handled
+    (every value escaped), stored with the delivery, its link's token filled
+    in at send time like the text's."""
+    s = setup
+    tpl = tmp_path / "templates"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "services", "notifier", "templates"), tpl)
+    (tpl / "en" / "access_requested.html").write_text(
+        '<p>{{partner_name}} asks for <b>{{employee_name}}</b>: <a href="{{link}}">approve</a></p>\n')
+    E = w.employee(s.P, s.M, name='Ada <b>&"')
+    first = suite["notifier"]
+    replica = first.replica("notifier-html.log", start=False, env={"ORGMESH_NOTIFIER_TEMPLATES": str(tpl)})
+    assert first.stop() == []
+    try:
+        replica.start()
+        replica.wait_serving()
+        w.request(s.P, s.M, E, s.C)
+        (msg,) = smtp.wait_for(s.CA.email)
+        link, _, token = link_of(msg)
+        html = html_of(msg)
+        assert html.rstrip() == (f'<p>{s.P.name} asks for <b>Ada &lt;b&gt;&amp;&quot;</b>: '
+                                 f'<a href="{link.replace("&", "&amp;")}">approve</a></p>'), html
+        assert 'Ada <b>&"' in text_of(msg) and token
+    finally:
+        problems = replica.stop()
+        first.restart()
+    assert problems == []
 
 
 # ---- NOTE-03 / SPEC 9: crashes and replicas ----------------------------------------------

@@ -35,7 +35,8 @@ OM_SERVICES = ["accounts", "organizations"]
 # this file's automatic-rule tests wait for.
 pytestmark = pytest.mark.exclusive_stack
 # Quick retries of events left pending by a failed attempt.
-OM_SERVICE_ENV = {"organizations": {"ORGMESH_EVT_CLAIM_IDLE_MS": "1000"}}
+OM_SERVICE_ENV = {"organizations": {"ORGMESH_EVT_CLAIM_IDLE_MS": "1000",
+                                    "ORGMESH_ORG_TOMBSTONE_PURGE_MS": "200"}}  # ORG-13
 
 ADMIN = om.service_token("provisioning")
 MKT_ENT = [(apb.HUB_MARKETING, apb.TIER_ENTERPRISE)]
@@ -710,11 +711,8 @@ def test_org_10_organization_deleted_when_its_last_enterprise_account_is_downgra
     o = w.create(u, ent, [a])
     w.set_subs(ent, u, [(apb.HUB_MARKETING, apb.TIER_PROFESSIONAL)])   # still PROFESSIONAL: stays, but...
 
-    def gone():
-        with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
-            w.get(u, o.organization_id)
-        return True
-    om.eventually(gone, timeout=20)
+    # ORG-13: what remains is the tombstone, no longer NOT_FOUND
+    om.eventually(lambda: w.get(u, o.organization_id).state == opb.ORGANIZATION_STATE_DELETED, timeout=20)
     (env, ev), = org_events(oev.OrganizationDeleted, o.organization_id)
     assert ev.reason == opb.DELETION_REASON_NO_ENTERPRISE_ACCOUNT and ev.actor == "rule:ORG-10"
     assert env.actor == "rule:ORG-10"
@@ -734,6 +732,83 @@ def test_org_10_organization_deleted_when_its_only_enterprise_account_leaves(w):
     (_, deleted), = org_events(oev.OrganizationDeleted, o.organization_id)
     assert deleted.reason == opb.DELETION_REASON_NO_ENTERPRISE_ACCOUNT
     assert list(deleted.former_member_hub_ids) == [a]
+
+
+# ---- ORG-13: the tombstone of an automatic deletion ------------------------------------
+
+def org10_deleted(w):
+    """An organization (Enterprise account ent, a PRO account a, super admin
+    u) that ORG-10 deletes because ent drops below ENTERPRISE."""
+    u = w.user()
+    ent, a = w.account(u), w.account(u, PRO)
+    o = w.create(u, ent, [a])
+    w.set_subs(ent, u, [(apb.HUB_MARKETING, apb.TIER_PROFESSIONAL)])
+    om.eventually(lambda: w.not_in_any_org(u, ent) and w.not_in_any_org(u, a), timeout=20)
+    return u, ent, a, o
+
+
+def test_org_13_tombstone_and_history_after_org_10_for_former_members_admins(w):
+    u, ent, a, o = org10_deleted(w)
+    partner, marketer, stranger = w.user(), w.user(), w.user()
+    w.add_member(a, u, partner, [apb.ROLE_PARTNER_ADMIN])
+    w.add_member(a, u, marketer, [apb.ROLE_MARKETING_ACCESS])
+    t = w.get(u, o.organization_id)
+    assert t.state == opb.ORGANIZATION_STATE_DELETED
+    assert t.deletion_reason == opb.DELETION_REASON_NO_ENTERPRISE_ACCOUNT
+    assert sorted(t.former_member_hub_ids) == sorted([ent, a]) and list(t.members) == []
+    assert t.organization_id == o.organization_id and t.founding_hub_id == ent and t.create_time == o.create_time
+    retention = t.purge_time.seconds - t.delete_time.seconds
+    assert abs(retention - 90 * 86400) <= 2, retention  # the default retention
+    # its history, with the deletion and its reason, stays readable
+    entries = list(w.history(u, o.organization_id).entries)
+    delete = [e for e in entries if e.action == "org.delete"]
+    assert len(delete) == 1 and "NO_ENTERPRISE_ACCOUNT" in delete[0].reason, entries
+    assert delete[0].actor == "rule:ORG-10"
+    # a former member account's partner admin may read it too
+    assert w.get(partner, o.organization_id).state == opb.ORGANIZATION_STATE_DELETED
+    assert w.history(partner, o.organization_id).entries
+    # a plain member of a former account knows it existed; a stranger learns nothing (ORG-08's conventions)
+    for who, code in ((marketer, grpc.StatusCode.PERMISSION_DENIED), (stranger, grpc.StatusCode.NOT_FOUND)):
+        with om.raises_rpc(code):
+            w.get(who, o.organization_id)
+        with om.raises_rpc(code):
+            w.history(who, o.organization_id)
+    # services act on the events: for them it is gone; the accounts are free, members are not listed
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+        w.org.GetOrganization(opb.GetOrganizationRequest(organization_id=o.organization_id),
+                              metadata=om.bearer(om.service_token("connections")))
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+        w.org.ListOrgMembers(opb.ListOrgMembersRequest(organization_id=o.organization_id), metadata=om.as_user(u))
+
+
+def test_org_13_deleted_by_a_manager_leaves_no_tombstone(w):
+    u = w.user()
+    ent, a = w.account(u), w.account(u, PRO)
+    o = w.create(u, ent, [a])
+    assert w.get(u, o.organization_id).state == opb.ORGANIZATION_STATE_ACTIVE
+    w.delete(u, o.organization_id, ent, o.etag)
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+        w.get(u, o.organization_id)
+    with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+        w.history(u, o.organization_id)
+
+
+def test_org_13_tombstone_purged_after_its_retention_by_the_database_clock(w):
+    u, ent, a, o = org10_deleted(w)
+    assert w.get(u, o.organization_id).state == opb.ORGANIZATION_STATE_DELETED
+    # the retention ends (the purge loop compares with the database's now())
+    psql(f"UPDATE organizations.org_tombstones SET purge_time = now() - interval '1 second'"
+         f" WHERE organization_id = '{o.organization_id}'")
+
+    def purged():
+        with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+            w.get(u, o.organization_id)
+        with om.raises_rpc(grpc.StatusCode.NOT_FOUND):
+            w.history(u, o.organization_id)
+        return True
+    om.eventually(purged, timeout=10)
+    om.eventually(lambda: psql(f"SELECT count(*) FROM organizations.org_tombstones"
+                               f" WHERE organization_id = '{o.organization_id}'") == ["0"], timeout=10)
 
 
 # ---- ORG-11, ORG-12 --------------------------------------------------------------------

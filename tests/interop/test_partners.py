@@ -10,6 +10,7 @@ file's database must not reach this file's partners service."""
 import atexit
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -1048,3 +1049,60 @@ def test_part_05_expiry_timer_is_safe_with_several_replicas(w, pc, suite):
         proc.terminate()
         assert proc.wait(10) == 0
         log.close()
+
+
+# ---- API-01: errors in the caller's language (AIP-193) -------------------------------------
+
+ENUM_LIKE = re.compile(r"[A-Z][A-Z0-9_]{3,}")
+
+
+def test_api_01_error_carries_localized_message_in_the_callers_locale(w, pc):
+    """The same failing call (approving a request that is no longer pending)
+    answered in Polish for accept-language pl-PL, in Spanish for a token
+    claiming locale=es (the claim wins over the header), and in English with
+    neither; the plain message never shows an enum name (it used to read
+    "the access request is ASSIGNMENT_STATE_ACTIVE")."""
+    from google.rpc import error_details_pb2
+    ar = pending_request(w, pc).access_request
+    w.approve(pc.CA, request_id=ar.access_request_id)
+    decline = ppb.DeclineAccessRequestRequest(access_request_id=ar.access_request_id)
+
+    def fail(metadata):
+        with om.raises_rpc(grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_NOT_PENDING") as r:
+            w.p.DeclineAccessRequest(decline, metadata=metadata)
+        d = r.details
+        assert not ENUM_LIKE.search(d.message), d.message
+        loc = d.detail(error_details_pb2.LocalizedMessage)
+        assert loc is not None, d
+        assert d.details.index(d.error_info) < d.details.index(loc)  # beside the ErrorInfo
+        return loc.locale, loc.message
+
+    plain = om.as_user(pc.CA)
+    assert fail(plain + (("accept-language", "da, pl-PL;q=0.8, en;q=0.5"),)) == \
+        ("pl", "Na tę prośbę o dostęp już odpowiedziano lub została zakończona.")
+    es = om.bearer(om.user_token(pc.CA, extra_claims={"locale": "es"}))
+    assert fail(es + (("accept-language", "pl"),)) == \
+        ("es", "Esta solicitud de acceso ya se ha respondido o ha finalizado.")
+    assert fail(plain) == ("en", "This access request has already been answered or has ended.")
+    # before any token is checked, the header still chooses the words
+    with om.raises_rpc(grpc.StatusCode.UNAUTHENTICATED) as r:
+        w.p.DeclineAccessRequest(decline, metadata=(("accept-language", "ja"),))
+    loc = r.details.detail(error_details_pb2.LocalizedMessage)
+    assert (loc.locale, loc.message) == ("ja", "もう一度サインインしてください。")
+
+
+def test_api_01_part_06_item_error_in_the_callers_locale(w, pc):
+    """PART-06's per-item error carries its words in the caller's locale, as
+    the seeds translate them; the English message stays as it was."""
+    M2, P2 = second_partner(w, pc)
+    pending_request(w, pc)
+    req = ppb.AssignClientsToEmployeeRequest(partner_hub_id=P2, employee_user_id=pc.E, client_hub_ids=[pc.C])
+    for md, locale, text in (
+            (om.as_user(M2) + (("accept-language", "pl-PL, en;q=0.5"),), "pl",
+             "Ich adres e-mail jest już połączony z innym rekordem partnera dla tego klienta"),
+            (om.bearer(om.user_token(M2, extra_claims={"locale": "es"})), "es",
+             "Dirección de correo electrónico ya conectada con otro registro de partner para este cliente"),
+            (om.as_user(M2), "en", CONFLICT_MSG)):
+        e = w.p.AssignClientsToEmployee(req, metadata=md).results[0].error
+        assert (e.reason, e.message) == ("EMAIL_CONNECTED_TO_OTHER_PARTNER", CONFLICT_MSG)
+        assert (e.locale, e.localized_message) == (locale, text)

@@ -113,6 +113,42 @@ static void test_conn_07_asset_decision(void **state) {
     assert_int_equal(conn_decide_asset(&no), CONN_DENY_DIRECTION);
 }
 
+/* CONN-11: quick connect sets workflows as mirroring; a sensitive account
+ * is never a workflow source at write time. */
+static void test_conn_11_workflows_quick_connect_and_sensitive_source(void **state) {
+    (void)state;
+    conn_cfg c = conn_quick_connect(A, B, false, false);
+    assert_int_equal(c.workflows.dir, CONN_DIR_BOTH);
+    c = conn_quick_connect(A, B, false, true); /* into the sensitive one */
+    assert_int_equal(c.workflows.dir, CONN_DIR_ONE_WAY);
+    assert_int_equal(c.workflows.source, A);
+    c = conn_quick_connect(A, B, true, true);
+    assert_int_equal(c.workflows.dir, CONN_DIR_OFF);
+    /* mirroring off, workflows out of the sensitive account: refused */
+    conn_cfg w = {.a = A, .b = B, .mirroring = f(CONN_DIR_OFF, 0), .asset_copying = f(CONN_DIR_BOTH, 0),
+                  .workflows = f(CONN_DIR_ONE_WAY, B)};
+    assert_true(conn_sensitive_source(&w, false, true));
+    assert_false(conn_sensitive_source(&w, true, false));
+    w.workflows = f(CONN_DIR_BOTH, 0);
+    assert_true(conn_sensitive_source(&w, true, false));
+}
+
+/* CONN-12 with CONN-11 at read time; reasons in the enum's order. */
+static void test_conn_12_workflow_decision(void **state) {
+    (void)state;
+    conn_facts ok = {.same_org = true, .connected = true, .workflow_flows = true};
+    assert_int_equal(conn_decide_workflow(&ok), CONN_ALLOWED);
+    conn_facts sens = ok;
+    sens.source_sensitive = true;
+    assert_int_equal(conn_decide_workflow(&sens), CONN_DENY_SENSITIVE_SOURCE);
+    conn_facts dir = {.same_org = true, .connected = true, .mirror_flows = true, .asset_flows = true};
+    assert_int_equal(conn_decide_workflow(&dir), CONN_DENY_DIRECTION);
+    conn_facts nc = {.same_org = true};
+    assert_int_equal(conn_decide_workflow(&nc), CONN_DENY_NOT_CONNECTED);
+    conn_facts other = {0};
+    assert_int_equal(conn_decide_workflow(&other), CONN_DENY_NOT_SAME_ORGANIZATION);
+}
+
 static void test_conn_etag_round_trip(void **state) {
     (void)state;
     char e[CONN_ETAG_MAX];
@@ -169,6 +205,8 @@ int main(void) {
         cmocka_unit_test(test_conn_02_quick_connect_plan),
         cmocka_unit_test(test_conn_06_decision_order),
         cmocka_unit_test(test_conn_07_asset_decision),
+        cmocka_unit_test(test_conn_11_workflows_quick_connect_and_sensitive_source),
+        cmocka_unit_test(test_conn_12_workflow_decision),
         cmocka_unit_test(test_conn_etag_round_trip),
         cmocka_unit_test(test_conn_09_cache_generation_and_ttl),
     };

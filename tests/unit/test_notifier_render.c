@@ -192,8 +192,8 @@ static void test_note_02_message_is_rfc5322_with_utf8(void **state) {
     v = header_value(msg, "Date");
     assert_string_equal(v, "Thu, 01 Jan 1970 00:00:00 +0000");
     free(v);
-    v = header_value(msg, "Content-Type");
-    assert_string_equal(v, "text/plain; charset=utf-8");
+    v = header_value(msg, "Content-Type"); /* NOTE-04: text and HTML */
+    assert_string_equal(v, "multipart/alternative;\r\n boundary=\"=_om_0123456789abcdef0123456789abcdef_orgmesh\"");
     free(v);
     v = header_value(msg, "Content-Language");
     assert_string_equal(v, "ja");
@@ -222,10 +222,14 @@ static void test_note_02_message_is_rfc5322_with_utf8(void **state) {
     }
     assert_string_equal(decoded, subject);
     free(v);
-    /* the body */
-    const char *b64 = end + 4;
+    /* the body: its text/plain part */
+    const char *b64 = strstr(end, "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    assert_non_null(b64);
+    b64 = strstr(b64, "\r\n\r\n") + 4;
+    const char *b64_end = strstr(b64, "\r\n--=_om_");
+    assert_non_null(b64_end);
     char joined[1024] = "";
-    for (const char *p = b64; *p; p++)
+    for (const char *p = b64; p < b64_end; p++)
         if (*p != '\r' && *p != '\n') strncat(joined, p, 1);
     unsigned char body[1024];
     int n = EVP_DecodeBlock(body, (const unsigned char *)joined, (int)strlen(joined));
