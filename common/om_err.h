@@ -114,7 +114,18 @@
     XX(INVALID_CONSISTENCY_TOKEN, GRPC_STATUS_INVALID_ARGUMENT,                         \
        "not a consistency token of this cluster")                                      \
     XX(CONSISTENCY_NOT_REACHED, GRPC_STATUS_UNAVAILABLE,                                \
-       "the state the consistency token names was not reached in time; retry")
+       "the state the consistency token names was not reached in time; retry") \
+    /* issue 17: partner grants (PART-14, PART-18, PART-20, PART-17) */                \
+    XX(ROLE_NOT_GRANTABLE, GRPC_STATUS_INVALID_ARGUMENT,                                \
+       "SUPER_ADMIN is never granted through a partner assignment")                    \
+    XX(ROLES_NOT_REQUESTED, GRPC_STATUS_INVALID_ARGUMENT,                               \
+       "the approved roles must be among the requested roles")                         \
+    XX(DURATION_NOT_ALLOWED, GRPC_STATUS_FAILED_PRECONDITION,                           \
+       "grants without an end are not allowed here")                                   \
+    XX(PARTNER_ACCESS_BLOCKED, GRPC_STATUS_FAILED_PRECONDITION,                         \
+       "the client has revoked this partner's access")                                 \
+    XX(GRANT_NOT_ACTIVE, GRPC_STATUS_FAILED_PRECONDITION,                               \
+       "the grant is not active or has no end")
 
 typedef enum {
     OM_OK = 0,

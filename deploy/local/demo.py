@@ -482,6 +482,111 @@ def scene_partners():
           f" membership {'removed' if gone else 'still there'}")
 
 
+# ---- partner grants (issue 17: PART-14 ... PART-22) -------------------------------------------
+
+@scene("Partner grants: a time-bound, scoped grant, narrowed by the client, and its notices", "partners")
+def scene_grants():
+    from orgmesh.notifier.v1 import notifier_pb2 as npb, notifier_pb2_grpc as ngrpc
+    from orgmesh.partners.v1 import partners_pb2 as ppb, partners_pb2_grpc as pgrpc
+    p = stub("partners", pgrpc.PartnersServiceStub)
+    n = stub("notifier", ngrpc.NotifierServiceStub)
+    acc = stub("accounts", agrpc.AccountsServiceStub)
+    paula, lucia = as_user(PAULA), as_user(LUCIA)
+    S = ppb.AssignmentState
+
+    def roles(rs):
+        return "+".join(apb.Role.Name(x)[5:] for x in rs) or "-"
+
+    # A grant left open by an earlier run is removed first (the demo is re-runnable).
+    for a in p.ListEmployeeClients(ppb.ListEmployeeClientsRequest(
+            partner_hub_id=BRIGHT, employee_user_id=JAN, page_size=1000), metadata=paula, timeout=T).assignments:
+        if a.client_hub_id == GLOBEX and a.state in (S.Value("ASSIGNMENT_STATE_PENDING"),
+                                                     S.Value("ASSIGNMENT_STATE_ACTIVE")):
+            p.RemoveEmployeeFromClient(ppb.RemoveEmployeeFromClientRequest(
+                partner_hub_id=BRIGHT, employee_user_id=JAN, client_hub_id=GLOBEX, confirmation="REMOVE"),
+                metadata=paula, timeout=T)
+
+    def membership():
+        try:
+            return acc.GetMembership(apb.GetMembershipRequest(hub_id=GLOBEX, user_id=JAN), metadata=SVC,
+                                     timeout=T).membership
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+    # the partner-linked membership of a removed grant goes right after (PART-07)
+    wait_for(lambda: membership() is None or not membership().HasField("partner_link"), timeout=3)
+
+    # PART-14/PART-18: 30 days, asking for two roles
+    r = p.AssignClientsToEmployee(ppb.AssignClientsToEmployeeRequest(
+        partner_hub_id=BRIGHT, employee_user_id=JAN, client_hub_ids=[GLOBEX], duration_days=30,
+        roles=[apb.ROLE_MARKETING_ACCESS, apb.ROLE_ACCOUNT_PERMISSIONS]), metadata=paula, timeout=T).results[0]
+    if r.outcome != ppb.ASSIGNMENT_OUTCOME_ACCESS_REQUESTED:
+        raise Skip(f"assigning gave {enum_name(ppb.AssignmentOutcome, r.outcome, 'ASSIGNMENT_OUTCOME_')}"
+                   f" {r.error.reason}")
+    ar = r.access_request
+    print(f"  {USERS[PAULA]} asks {NAMES[GLOBEX]} for {USERS[JAN]}: {ar.duration_days} days,"
+          f" roles {roles(ar.requested_roles)}")
+    # PART-18: SUPER_ADMIN can never be asked for
+    try:
+        p.AssignClientsToEmployee(ppb.AssignClientsToEmployeeRequest(
+            partner_hub_id=BRIGHT, employee_user_id=JAN, client_hub_ids=[GLOBEX],
+            roles=[apb.ROLE_SUPER_ADMIN]), metadata=paula, timeout=T)
+    except grpc.RpcError as e:
+        print(f"  asking for SUPER_ADMIN instead: {why(e)}")
+    # PART-18: the client's admin narrows the scope when approving
+    got = p.ApproveAccessRequest(ppb.ApproveAccessRequestRequest(
+        access_request_id=ar.access_request_id, roles=[apb.ROLE_MARKETING_ACCESS]), metadata=lucia, timeout=T)
+    g = got.assignment
+    end = time.strftime("%Y-%m-%d", time.gmtime(g.grant_end_time.seconds))
+    print(f"  {USERS[LUCIA]} approves only {roles(g.granted_roles)}: the grant is"
+          f" {enum_name(S, g.state, 'ASSIGNMENT_STATE_')} until {end}")
+    m = wait_for(membership, timeout=5)
+    if m is not None:
+        print(f"  {USERS[JAN]}'s membership of {NAMES[GLOBEX]}: roles {roles(m.roles)}")
+    # PART-21: the client's view of every partner grant on its account
+    for x in p.ListClientGrants(ppb.ListClientGrantsRequest(client_hub_id=GLOBEX), metadata=lucia,
+                                timeout=T).grants:
+        print(f"  {NAMES[GLOBEX]}'s grants: {x.partner_name} / {x.employee_display_name}:"
+              f" {roles(x.granted_roles) if x.granted_roles else 'asks ' + roles(x.requested_roles)},"
+              f" {enum_name(S, x.state, 'ASSIGNMENT_STATE_')}")
+
+    # PART-16: a 30-day grant is within the 30-day notice at once: the partner's
+    # and the client's super admins are told, each in their language
+    def notices():
+        ds = n.ListDeliveries(npb.ListDeliveriesRequest(page_size=1000), metadata=SVC, timeout=T).deliveries
+        return [d for d in ds if d.template == "grant_ending" and d.create_time.seconds >= g.activate_time.seconds - 1]
+    ds = wait_for(lambda: notices() or None, timeout=8) or []
+    mail = os.path.join("build", "stack-local", "mail", "new")
+    subjects = {}
+    if ds and os.path.isdir(mail):  # the local SMTP sink (deploy/local/up) keeps every email
+        import email
+        import email.policy
+        wait_for(lambda: all(d.state == npb.DELIVERY_STATE_SENT for d in notices()), timeout=5)
+        for f in os.listdir(mail):
+            with open(os.path.join(mail, f), "rb") as fh:
+                msg = email.message_from_bytes(fh.read(), policy=email.policy.default)
+            subjects[str(msg["Message-ID"])] = str(msg["Subject"])
+    for d in ds:
+        subj = subjects.get(d.message_id)
+        print(f"  notice -> {d.recipient_email} [{d.locale}]"
+              f" {enum_name(npb.DeliveryState, d.state, 'DELIVERY_STATE_')}" + (f": \"{subj}\"" if subj else ""))
+    if not ds:
+        print("  (no end notice yet: the partners timer runs every ORGMESH_PARTNERS_TIMER_MS)")
+    elif subjects:
+        print(f"  (the emails are in {mail}, the local SMTP sink)")
+    # PART-17: the client extends it by 30 days
+    e = p.ExtendPartnerGrant(ppb.ExtendPartnerGrantRequest(assignment_id=g.assignment_id, extend_days=30),
+                             metadata=lucia, timeout=T).assignment
+    print(f"  {USERS[LUCIA]} extends it by 30 days: until"
+          f" {time.strftime('%Y-%m-%d', time.gmtime(e.grant_end_time.seconds))}")
+    # PART-20 (validate_only): what the client's kill switch would end now
+    k = p.RevokePartnerAccess(ppb.RevokePartnerAccessRequest(client_hub_id=GLOBEX, confirmation="REMOVE",
+                                                             validate_only=True), metadata=lucia, timeout=T)
+    print(f"  the kill switch for every partner would revoke {k.revoked_assignment_count} grant(s) and cancel"
+          f" {k.cancelled_request_count} request(s) (validate_only)")
+
+
 # ---- notifier (SPEC 7) ---------------------------------------------------------------------
 
 @scene("Notifier: the emails sent for the scenes above", "notifier")
@@ -533,6 +638,7 @@ def main():
     scene_connections(org)
     scene_assets(org)
     scene_partners()
+    scene_grants()
     scene_notifier(since)
     for ch in _channels.values():
         ch.close()

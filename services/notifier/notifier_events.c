@@ -201,6 +201,9 @@ static void phrase_key(const ProtobufCEnumDescriptor *d, int v, const char *pref
     snprintf(out, cap, "%s.%s", group, name);
 }
 
+static int mail_admins_of(pg_conn *tx, const evt_event *ev, const char *tpl, const uint64_t *hubs, size_t n_hubs,
+                          nt_var *vars, size_t n_vars);
+
 /* ---- partners: access requests (NOTE-01, PART-04, PART-05) ------------------------- */
 
 /* AccessRequested / AccessRequestResent: the client's super admins, each with
@@ -349,6 +352,36 @@ static int on_request_outcome(pg_conn *tx, const evt_event *ev, const char *tpl,
     return rc;
 }
 
+/* ISO date (yyyy-mm-dd, UTC): the only form of a date inside a localized
+ * email (issue 17: no English text in variables). */
+static void iso_date(const Google__Protobuf__Timestamp *t, char *out, size_t cap) {
+    out[0] = '\0';
+    if (t == NULL) return;
+    time_t s = (time_t)t->seconds;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    strftime(out, cap, "%Y-%m-%d", &tm);
+}
+
+/* Partner grants (PART-16, PART-19): the partner's managers and the
+ * client's admins (their SUPER_ADMIN members, as for the access_* emails).
+ * Variables: names, ISO dates and numbers only. */
+static int on_grant(pg_conn *tx, const evt_event *ev, const char *tpl, const PRT(Assignment) *a, int days_left,
+                    const Google__Protobuf__Timestamp *revoke_time) {
+    char end[16], revoke[16], days[16];
+    iso_date(a->grant_end_time ? a->grant_end_time : a->end_time, end, sizeof end);
+    iso_date(revoke_time, revoke, sizeof revoke);
+    snprintf(days, sizeof days, "%d", days_left);
+    nt_var vars[] = {
+        {"recipient_name", NULL},         {"employee_name", a->employee_display_name},
+        {"partner_name", a->partner_name}, {"client_name", a->client_name},
+        {"end_date", end},                {"days_left", days},
+        {"revoke_date", revoke},
+    };
+    uint64_t hubs[2] = {a->partner_hub_id, a->client_hub_id};
+    return mail_admins_of(tx, ev, tpl, hubs, 2, vars, sizeof vars / sizeof vars[0]);
+}
+
 int nt_on_partners_event(pg_conn *tx, const evt_event *ev, void *arg) {
     (void)arg;
     const char *t = ev->type;
@@ -404,6 +437,21 @@ int nt_on_partners_event(pg_conn *tx, const evt_event *ev, void *arg) {
                    "ASSIGNMENT_CHANGE_CAUSE_", "cause", why, sizeof why);
         rc = on_request_outcome(tx, ev, "access_revoked", a->assigned_by_user_id, a->employee_user_id,
                                 a->employee_display_name, a->partner_name, a->client_name, why, NULL);
+        protobuf_c_message_free_unpacked(&m->base, NULL);
+    } else if (strcmp(t, "orgmesh.partners.v1.GrantEnding") == 0) { /* PART-16 */
+        UNPACK(GrantEnding, grant_ending);
+        if (m == NULL || m->assignment == NULL) goto malformed;
+        rc = on_grant(tx, ev, "grant_ending", m->assignment, m->days_left, NULL);
+        protobuf_c_message_free_unpacked(&m->base, NULL);
+    } else if (strcmp(t, "orgmesh.partners.v1.GrantExpired") == 0) { /* PART-16 */
+        UNPACK(GrantExpired, grant_expired);
+        if (m == NULL || m->assignment == NULL) goto malformed;
+        rc = on_grant(tx, ev, "grant_expired", m->assignment, 0, NULL);
+        protobuf_c_message_free_unpacked(&m->base, NULL);
+    } else if (strcmp(t, "orgmesh.partners.v1.GrantDormant") == 0) { /* PART-19 */
+        UNPACK(GrantDormant, grant_dormant);
+        if (m == NULL || m->assignment == NULL) goto malformed;
+        rc = on_grant(tx, ev, "grant_dormant", m->assignment, 0, m->revoke_time);
         protobuf_c_message_free_unpacked(&m->base, NULL);
     }
 #undef UNPACK

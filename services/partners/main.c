@@ -1,8 +1,10 @@
 /* main.c — wiring of the partners service (SPEC 6; see
  * docs/services/partners.md): its two gRPC services, migrations, the
- * consumer of accounts events, and a timer on the process loop that expires
- * access requests (PART-05) and finishes the accounts side of assignment
- * changes (the link sync), one round at a time on a worker. Several
+ * consumer of accounts events (and of the notifier's EmailDeadLettered,
+ * PART-22), and a timer on the process loop that expires access requests
+ * (PART-05), runs the grant round (PART-15/16/19: notices, ends, dormant
+ * grants) and finishes the accounts side of assignment changes (the link
+ * sync), one round at a time on a worker. Several
  * replicas may run it: the rows are taken with FOR UPDATE SKIP LOCKED and
  * timed by the database clock. */
 #include <stdbool.h>
@@ -20,6 +22,7 @@ static const rpc_service *const services[] = {&partners_service, &partners_inter
 
 static const evt_subscription subs[] = {
     {"accounts", pa_on_accounts_event, NULL}, /* PART-05, PART-08, PART-09, local copies */
+    {"notifier", pa_on_notifier_event, NULL}, /* PART-22: emails given up */
 };
 
 static struct {
@@ -34,6 +37,8 @@ static int round_work(void *arg) {
     if (c == NULL) return 0;
     int n = pa_expire_round(c, 64); /* PART-05 */
     if (n > 0) log_info("expired %d access requests", n);
+    n = pa_grant_round(c, 64); /* PART-15, PART-16, PART-19 */
+    if (n > 0) log_info("partner grants: %d notices, ends or dormant revocations", n);
     pa_sync_round(c, 64);
     return 0;
 }
@@ -75,7 +80,7 @@ int main(int argc, char **argv) {
         .migrations = partners_migrations,
         .n_migrations = partners_n_migrations,
         .subs = subs,
-        .n_subs = 1,
+        .n_subs = 2,
         .init = init,
     };
     return app_main(&def, argc, argv);

@@ -29,6 +29,16 @@ typedef struct partners_config {
     int64_t requests_per_actor, requests_per_client; /* access requests created */
     int64_t resends_per_actor, resends_per_client;   /* ResendAccessRequest */
     int64_t tokens_per_actor, tokens_per_client;     /* emailed tokens presented */
+    /* Partner grants (issue 17, docs/services/partners.md "Partner grants"). */
+    int grant_default_days;      /* PART-14, ORGMESH_PARTNERS_GRANT_DEFAULT_DAYS */
+    int grant_max_days;          /* PART-14, ORGMESH_PARTNERS_GRANT_MAX_DAYS */
+    bool grant_allow_unlimited;  /* PART-14, ORGMESH_PARTNERS_GRANT_ALLOW_UNLIMITED */
+    int grant_extend_days;       /* PART-15, ORGMESH_PARTNERS_GRANT_EXTEND_DAYS */
+    int notice_days[PART_MAX_NOTICES]; /* PART-16, ORGMESH_PARTNERS_GRANT_NOTICE_DAYS */
+    int n_notice_days;
+    bool partner_extends;        /* PART-17, ORGMESH_PARTNERS_GRANT_PARTNER_EXTENDS */
+    int dormant_days;            /* PART-19, ORGMESH_PARTNERS_DORMANT_DAYS; 0 = off */
+    int dormant_grace_days;      /* PART-19, ORGMESH_PARTNERS_DORMANT_GRACE_DAYS */
 } partners_config;
 extern partners_config partners_cfg; /* partners_config.c */
 
@@ -77,6 +87,10 @@ int pa_accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *r
                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, rpc_status *st);
 void pa_membership_from_pb(const Orgmesh__Accounts__V1__Membership *p, ps_membership *out);
 
+/* The notifier event consumer (partners_grants.c): PART-22, an
+ * access-request email given up (EmailDeadLettered) allows a resend at once. */
+int pa_on_notifier_event(pg_conn *tx, const evt_event *ev, void *arg);
+
 /* The accounts event consumer (PART-05 direct add, PART-08, PART-09). */
 int pa_on_accounts_event(pg_conn *tx, const evt_event *ev, void *arg);
 
@@ -108,11 +122,31 @@ typedef enum {
     PA_EV_CANCELLED,
     PA_EV_REVOKED,
     PA_EV_ACTIVATED,
+    PA_EV_GRANT_ENDING,   /* PART-16 */
+    PA_EV_GRANT_EXPIRED,  /* PART-16 */
+    PA_EV_GRANT_EXTENDED, /* PART-15, PART-17 */
+    PA_EV_GRANT_DORMANT,  /* PART-19 */
 } pa_event_kind;
 /* Emits the event about assignment `a` (after the change) in tx, plus the
  * audit entry of the change. */
 int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
             bool membership_removed);
+
+/* pa_emit with GrantEnding's days_left and GrantDormant's revoke_time. */
+int pa_emit_grant(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
+                  bool membership_removed, int days_left, int64_t revoke_us);
+/* PART-20: PartnerAccessRevoked, audited in the history of each partner cut off. */
+int pa_emit_kill_switch(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner,
+                        const uint64_t *partners, int n_partners, int cancelled, int revoked, const char *reason);
+/* PART-20: the audit entry of RestorePartnerAccess. */
+int pa_audit_restore(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner);
+/* Role bits -> accounts.v1.Role values in m. */
+Orgmesh__Accounts__V1__Role *pa_roles_pb(ps_mem *m, unsigned bits, size_t *n);
+
+/* ---- partner grants (partners_grants.c) ---- */
+/* One round of PART-15/PART-16 (notices, expiry or auto-extension) and
+ * PART-19 (dormant notices and revocations). Returns how many rows changed. */
+int pa_grant_round(pg_conn *c, int limit);
 
 /* PART-09: ends every open assignment of an employee of a partner inside tx:
  * PENDING -> CANCELLED, ACTIVE -> REVOKED (the partner-linked membership is

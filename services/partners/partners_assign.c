@@ -96,6 +96,12 @@ PB(Assignment) *pa_assignment_pb(ps_mem *m, const ps_assignment *a) {
     p->activate_time = pa_ts(m, a->activate_us);
     p->end_time = pa_ts(m, a->end_us);
     p->update_time = pa_ts(m, a->update_us);
+    /* PART-14, PART-15, PART-18 */
+    p->duration_days = a->duration_days;
+    p->grant_end_time = pa_ts(m, a->grant_end_us);
+    p->auto_extend = a->auto_extend;
+    p->requested_roles = pa_roles_pb(m, a->requested_roles, &p->n_requested_roles);
+    p->granted_roles = pa_roles_pb(m, a->link_roles, &p->n_granted_roles);
     return p;
 }
 
@@ -126,7 +132,20 @@ PB(AccessRequest) *pa_request_pb(ps_mem *m, const ps_assignment *a) {
     p->version = a->version;
     p->etag = etag(m, a->version);
     p->create_time = pa_ts(m, a->create_us);
+    p->requested_roles = pa_roles_pb(m, a->requested_roles, &p->n_requested_roles);
+    p->duration_days = a->duration_days;
+    p->auto_extend = a->auto_extend;
+    p->last_send_failed = a->last_send_failed; /* PART-22 */
+    if (a->state == PART_ST_PENDING && a->last_send_failed) p->next_resend_time = pa_ts(m, a->now_us);
     return p;
+}
+
+Orgmesh__Accounts__V1__Role *pa_roles_pb(ps_mem *m, unsigned bits, size_t *n) {
+    Orgmesh__Accounts__V1__Role *r = m->alloc(m->ud, 4 * sizeof *r);
+    *n = 0;
+    for (int v = 1; v <= 4; v++)
+        if (bits & (1u << (v - 1))) r[(*n)++] = (Orgmesh__Accounts__V1__Role)v;
+    return r;
 }
 
 PB(PartnerEmployee) *pa_employee_pb(ps_mem *m, uint64_t partner, const ps_employee *e) {
@@ -160,11 +179,16 @@ PB(PartnerClient) *pa_client_pb(ps_mem *m, uint64_t partner, const ps_client *c)
 
 /* ---- events and audit ---------------------------------------------------------------- */
 
-static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
-                      const ProtobufCMessage *payload) {
+static int emit_event_id(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
+                         const ProtobufCMessage *payload, char *id_out) {
     evt_meta meta = {.subject = subject, .version = version, .actor = w->actor, .rule = w->rule,
                      .trace_id = w->trace_id};
-    return evt_emit(tx, &meta, payload, NULL);
+    return evt_emit(tx, &meta, payload, id_out);
+}
+
+static int emit_event(pg_conn *tx, const pa_who *w, const char *subject, int64_t version,
+                      const ProtobufCMessage *payload) {
+    return emit_event_id(tx, w, subject, version, payload, NULL);
 }
 
 static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *action,
@@ -186,6 +210,11 @@ static int audit(pg_conn *tx, const pa_who *w, uint64_t partner, const char *act
 
 int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
             bool membership_removed) {
+    return pa_emit_grant(tx, m, w, kind, a, membership_removed, 0, 0);
+}
+
+int pa_emit_grant(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const ps_assignment *a,
+                  bool membership_removed, int days_left, int64_t revoke_us) {
     static const struct {
         const ProtobufCMessageDescriptor *type;
         const char *action;
@@ -198,6 +227,10 @@ int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const p
         [PA_EV_CANCELLED] = {&orgmesh__partners__v1__access_request_cancelled__descriptor, "access_request.cancel"},
         [PA_EV_REVOKED] = {&orgmesh__partners__v1__access_revoked__descriptor, "assignment.revoke"},
         [PA_EV_ACTIVATED] = {&orgmesh__partners__v1__assignment_activated__descriptor, "assignment.activate"},
+        [PA_EV_GRANT_ENDING] = {&orgmesh__partners__v1__grant_ending__descriptor, "grant.notice_end"},
+        [PA_EV_GRANT_EXPIRED] = {&orgmesh__partners__v1__grant_expired__descriptor, "grant.expire"},
+        [PA_EV_GRANT_EXTENDED] = {&orgmesh__partners__v1__grant_extended__descriptor, "grant.extend"},
+        [PA_EV_GRANT_DORMANT] = {&orgmesh__partners__v1__grant_dormant__descriptor, "grant.notice_dormant"},
     };
     char subject[96];
     snprintf(subject, sizeof subject, "partners/%" PRIu64 "/assignments/%s", a->partner_hub_id, a->id);
@@ -215,7 +248,15 @@ int pa_emit(pg_conn *tx, ps_mem *m, const pa_who *w, pa_event_kind kind, const p
     pb_set_field(e, "cause", PROTOBUF_C_TYPE_ENUM, &cause, sizeof cause);
     pb_set_field(e, "actor", PROTOBUF_C_TYPE_STRING, &actor, sizeof actor);
     pb_set_field(e, "membership_removed", PROTOBUF_C_TYPE_BOOL, &removed, sizeof removed);
-    int rc = emit_event(tx, w, subject, a->version, e);
+    int32_t left = days_left;
+    PbTimestamp *revoke = pa_ts(m, revoke_us);
+    pb_set_field(e, "days_left", PROTOBUF_C_TYPE_INT32, &left, sizeof left);
+    pb_set_field(e, "revoke_time", PROTOBUF_C_TYPE_MESSAGE, &revoke, sizeof revoke);
+    char event_id[40] = "";
+    int rc = emit_event_id(tx, w, subject, a->version, e, event_id);
+    /* PART-22: which event carries the access-request email, so that its
+     * failure (the notifier's EmailDeadLettered) allows a resend at once */
+    if (rc == 0 && (kind == PA_EV_REQUESTED || kind == PA_EV_RESENT)) rc = ps_asg_sent(tx, a->id, event_id);
     if (rc != 0) return rc;
     return audit(tx, w, a->partner_hub_id, events[kind].action, &asg->base, a->answer_reason);
 }
@@ -351,5 +392,33 @@ int pa_activate_by_client(pg_conn *tx, ps_mem *m, const pa_who *w, ps_assignment
     /* each event carries a version of its own (SPEC 2) */
     if (rc == 0) rc = ps_asg_save(tx, a, m);
     if (rc == 0) rc = pa_emit(tx, m, w, PA_EV_ACTIVATED, a, false);
+    return rc;
+}
+
+int pa_audit_restore(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner) {
+    PB(RestorePartnerAccessRequest) what;
+    orgmesh__partners__v1__restore_partner_access_request__init(&what);
+    what.client_hub_id = client;
+    what.partner_hub_id = partner;
+    (void)m;
+    /* PART-20: the lift is in the partner's history (every partner's block: resource partners/0) */
+    return audit(tx, w, partner, "partner_access.restore", &what.base, NULL);
+}
+
+int pa_emit_kill_switch(pg_conn *tx, ps_mem *m, const pa_who *w, uint64_t client, uint64_t partner,
+                        const uint64_t *partners, int n_partners, int cancelled, int revoked, const char *reason) {
+    char subject[96];
+    snprintf(subject, sizeof subject, "partners/clients/%" PRIu64 "/partner-access/%" PRIu64, client, partner);
+    PB(PartnerAccessRevoked) e;
+    orgmesh__partners__v1__partner_access_revoked__init(&e);
+    e.client_hub_id = client;
+    e.partner_hub_id = partner;
+    e.cancelled_request_count = cancelled;
+    e.revoked_assignment_count = revoked;
+    e.actor = (char *)pa_who_string(w, m);
+    int rc = emit_event(tx, w, subject, 1, &e.base);
+    /* PART-20: in the history of every partner it cut off */
+    for (int i = 0; rc == 0 && i < n_partners; i++)
+        rc = audit(tx, w, partners[i], "partner_access.revoke", &e.base, reason);
     return rc;
 }

@@ -95,4 +95,12 @@ int pa_h_decline(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *re
 int pa_h_cancel(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
 int pa_h_resend(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
 
+/* ---- partner grants (PART-14 ... PART-21: partners_grants.c) ---- */
+
+int pa_h_extend(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
+int pa_h_revoke_partner_access(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
+int pa_h_restore_partner_access(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
+int pa_h_list_client_grants(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
+int pa_h_list_dormant(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp);
+
 #endif

@@ -189,6 +189,12 @@ static const char *cause_rule(int cause) {
         return "PART-09";
     case PART_CAUSE_REMOVED_BY_CLIENT:
         return "PART-08";
+    case PART_CAUSE_GRANT_ENDED:
+        return "PART-16";
+    case PART_CAUSE_DORMANT:
+        return "PART-19";
+    case PART_CAUSE_KILL_SWITCH:
+        return "PART-20";
     default:
         return "PART-05";
     }

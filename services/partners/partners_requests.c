@@ -225,13 +225,14 @@ static int apply_answer(mutation *mu, pg_conn *tx) {
 
 /* Approve and Decline share everything but the answer (PART-05). */
 static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, part_answer answer,
-                         const char *rid, const char *tok, const char *reason, unsigned roles, const char *request_id) {
+                         const char *rid, const char *tok, const char *reason, const int *roles, size_t n_roles,
+                         const char *request_id) {
     int rc;
     pa_check_text(ctx, "reason", reason, MAX_REASON_CHARS);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
-    answer_op op = {.answer = answer, .reason = reason ? reason : "", .roles = roles};
+    answer_op op = {.answer = answer, .reason = reason ? reason : ""};
     if ((rc = resolve_request(ctx, c, rid, tok, op.id, op.hash, &op.by_token)) != 0) return rc;
     ps_assignment a;
     rc = pa_reread(ctx, c, op.id, &a);
@@ -253,6 +254,23 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
         return rpc_fail(ctx, OM_E_PERMISSION_DENIED,
                         "only super admin or account permissions members of the client may answer (PART-05)");
     }
+    if (answer == PART_ANSWER_APPROVE) {
+        /* PART-18: exactly the approved roles, a subset of those requested, never SUPER_ADMIN */
+        rc = part_rule_approved_roles(a.requested_roles, roles, n_roles, &op.roles);
+        if (rc == OM_E_ROLE_NOT_GRANTABLE) {
+            rpc_violation(ctx, "roles", "SUPER_ADMIN is never granted through a partner assignment");
+            return rpc_fail(ctx, rc, "SUPER_ADMIN is never granted through a partner assignment (PART-18)");
+        }
+        if (rc == OM_E_ROLES_NOT_REQUESTED) {
+            rpc_violation(ctx, "roles", "must be among the requested roles");
+            return rpc_fail(ctx, rc, "the approved roles must be among the requested roles (PART-18); a wider scope "
+                                     "is a new request");
+        }
+        if (rc != 0) {
+            rpc_violation(ctx, "roles", "holds an unknown role");
+            return rpc_fail_invalid(ctx);
+        }
+    }
     mutation mu = {.ctx = ctx, .apply = apply_answer, .op = &op, .request_id = request_id};
     if ((rc = op_run(ctx, &pa_mutation_def, req_, resp, &mu)) != 0) return rc;
     if (answer == PART_ANSWER_APPROVE && op.applied) {
@@ -266,19 +284,12 @@ static int client_answer(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
 /* ApproveAccessRequest — PART-05: a client admin grants access by id or emailed token; the employee becomes a member with partner_link. */
 int pa_h_approve(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(ApproveAccessRequestRequest) *req = (const void *)req_;
-    unsigned roles = 0;
-    for (size_t i = 0; i < req->n_roles; i++) {
-        int v = (int)req->roles[i];
-        if (v < 1 || v > 4)
-            rpc_violation(ctx, "roles", "holds an unknown role");
-        else
-            roles |= 1u << (v - 1);
-    }
     const char *tok = req->key_case == ORGMESH__PARTNERS__V1__APPROVE_ACCESS_REQUEST_REQUEST__KEY_TOKEN ? req->token : NULL;
     const char *rid = req->key_case == ORGMESH__PARTNERS__V1__APPROVE_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
                           ? req->access_request_id
                           : NULL;
-    return client_answer(ctx, req_, resp, PART_ANSWER_APPROVE, rid, tok, "", roles, req->request_id);
+    return client_answer(ctx, req_, resp, PART_ANSWER_APPROVE, rid, tok, "", (const int *)req->roles, req->n_roles,
+                         req->request_id);
 }
 
 /* DeclineAccessRequest — PART-05: a client admin declines; repeats return it as it stands. */
@@ -288,7 +299,7 @@ int pa_h_decline(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *r
     const char *rid = req->key_case == ORGMESH__PARTNERS__V1__DECLINE_ACCESS_REQUEST_REQUEST__KEY_ACCESS_REQUEST_ID
                           ? req->access_request_id
                           : NULL;
-    return client_answer(ctx, req_, resp, PART_ANSWER_DECLINE, rid, tok, req->reason, 0, req->request_id);
+    return client_answer(ctx, req_, resp, PART_ANSWER_DECLINE, rid, tok, req->reason, NULL, 0, req->request_id);
 }
 
 /* The request of a partner-side call, with the caller checked as a manager of its partner. */
@@ -336,8 +347,10 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     if (rc != 0) return rc;
     if (a.state != PART_ST_PENDING) return op_fail(mu->oc, OM_E_REQUEST_NOT_PENDING, "the access request is not pending");
     int64_t next = 0;
-    /* PART-04: at most once per hour, timed by the database clock */
-    if (part_rule_resend(a.last_send_us, a.now_us, partners_cfg.resend_interval_s, &next) != 0)
+    /* PART-04: at most once per hour, timed by the database clock; PART-22:
+     * at once when an email of the last send failed or bounced */
+    if (part_rule_resend_after(a.last_send_us, a.last_send_failed, a.now_us, partners_cfg.resend_interval_s,
+                               &next) != 0)
         return op_fail(mu->oc, OM_E_RESEND_TOO_SOON, "it can be resent %" PRId64 " s from now",
                        (next - a.now_us + 999999) / 1000000);
     /* issue 13: resends per actor and per client (each one emails the client's admins) */
@@ -348,6 +361,7 @@ static int apply_resend(mutation *mu, pg_conn *tx) {
     a.last_send_us = -1; /* now() */
     if ((rc = ps_asg_save(tx, &a, &mu->mem)) != 0) return rc;
     if ((rc = pa_emit(tx, &mu->mem, &mu->who, PA_EV_RESENT, &a, false)) != 0) return rc;
+    a.last_send_failed = false; /* PART-22: a new send (pa_emit recorded its event) */
     ((PB(ResendAccessRequestResponse) *)mu->resp)->access_request = pa_request_pb(&mu->mem, &a);
     return 0;
 }

@@ -427,6 +427,9 @@ typedef struct asg_item {
 
 typedef struct assign_op {
     uint64_t partner;
+    int duration_days;        /* PART-14 */
+    bool auto_extend;         /* PART-15 */
+    unsigned requested_roles; /* PART-18 */
     asg_item *items;
     int n;
     PB(AssignmentResult) **results;
@@ -463,6 +466,17 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
                                    "user %" PRIu64 " is not a tagged partner employee", it->employee);
         return 0;
     }
+    /* PART-20: the client's kill-switch lock (shared) orders this against a
+     * concurrent RevokePartnerAccess; a blocked partner assigns nothing */
+    bool blocked = false;
+    if ((rc = ps_block_check(tx, it->client, partner, false, &blocked)) != 0) return rc;
+    if (blocked) {
+        *out = asg_result(mu, it, ORGMESH__PARTNERS__V1__ASSIGNMENT_OUTCOME__ASSIGNMENT_OUTCOME_FAILED, NULL);
+        (*out)->error = pa_item_error(m, OM_E_PARTNER_ACCESS_BLOCKED, it->field,
+                                      "client %" PRIu64 " has revoked this partner's access", it->client);
+        return 0;
+    }
+    const assign_op *op = mu->op;
     for (int attempt = 0; attempt < 2; attempt++) {
         rc = ps_asg_get_open(tx, it->client, it->employee, false, m, &a);
         if (rc == 0) {
@@ -482,6 +496,9 @@ static int assign_one(mutation *mu, pg_conn *tx, uint64_t partner, asg_item *it,
         a.employee_user_id = it->employee;
         a.client_hub_id = it->client;
         a.assigned_by = pa_caller_id(mu->ctx);
+        a.duration_days = op->duration_days;     /* PART-14 */
+        a.auto_extend = op->auto_extend;         /* PART-15 */
+        a.requested_roles = op->requested_roles; /* PART-18 */
         if (it->member) {
             /* PART-04: already a member: ACTIVE at once, no email; the
              * membership is linked but predates the link (PART-07 keeps it) */
@@ -582,18 +599,45 @@ static int assign_prepare(rpc_ctx *ctx, pg_conn *c, assign_op *op) {
 
 /* Both assign RPCs: `ids` (request field `field`) are the clients of employee
  * `fixed` or, with !ids_are_clients, the employees of client `fixed`. */
+/* The grant's terms of both assign RPCs (their fields 5..8). */
+typedef struct grant_terms {
+    int32_t duration_days;
+    bool until_removed, auto_extend;
+    const int *roles;
+    size_t n_roles;
+} grant_terms;
+
 static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp, uint64_t partner,
                       const char *fixed_field, uint64_t fixed, const char *field, const uint64_t *ids, size_t n,
-                      bool ids_are_clients, const char *request_id, PB(AssignmentResult) ***results,
-                      size_t *n_results) {
+                      bool ids_are_clients, const char *request_id, const grant_terms *terms,
+                      PB(AssignmentResult) ***results, size_t *n_results) {
     op_check_id(ctx, "partner_hub_id", partner);
+    /* PART-14: 1..max days, the default, or "until removed" where allowed */
+    int days = 0;
+    int drc = part_rule_duration(terms->duration_days, terms->until_removed, partners_cfg.grant_default_days,
+                                 partners_cfg.grant_max_days, partners_cfg.grant_allow_unlimited, &days);
+    if (drc == OM_E_DURATION_NOT_ALLOWED)
+        return rpc_fail(ctx, drc, "grants without an end are not allowed here; give duration_days (1..%d)",
+                        partners_cfg.grant_max_days);
+    if (drc != 0)
+        rpc_violation(ctx, "duration_days", "must be 1..%d (0 = the default, %d)", partners_cfg.grant_max_days,
+                      partners_cfg.grant_default_days);
+    /* PART-18: the roles asked for; never SUPER_ADMIN */
+    unsigned roles = 0;
+    int rrc = part_rule_requested_roles(terms->roles, terms->n_roles, &roles);
+    if (rrc == OM_E_ROLE_NOT_GRANTABLE) {
+        rpc_violation(ctx, "roles", "SUPER_ADMIN is never granted through a partner assignment");
+        return rpc_fail(ctx, rrc, "SUPER_ADMIN is never granted through a partner assignment (PART-18)");
+    }
+    if (rrc != 0) rpc_violation(ctx, "roles", "holds an unknown role");
     op_check_id(ctx, fixed_field, fixed);
     if (n > PART_MAX_BATCH)
         return rpc_fail(ctx, OM_E_BATCH_TOO_LARGE, "at most %d %s per call", PART_MAX_BATCH,
                         ids_are_clients ? "clients" : "employees");
     pa_check_batch(ctx, field, ids, n);
     if (rpc_has_violations(ctx)) return rpc_fail_invalid(ctx);
-    assign_op *op = &(assign_op){.partner = partner, .n = (int)n};
+    assign_op *op = &(assign_op){.partner = partner, .n = (int)n, .duration_days = days,
+                                 .auto_extend = terms->auto_extend, .requested_roles = roles};
     op->items = rpc_calloc(ctx, n + 1, sizeof *op->items);
     for (int i = 0; i < op->n; i++) {
         op->items[i].employee = ids_are_clients ? fixed : ids[i];
@@ -626,8 +670,10 @@ static int assign_run(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
 static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignClientsToEmployeeRequest) *req = (const void *)req_;
     PB(AssignClientsToEmployeeResponse) *resp = (void *)resp_;
+    grant_terms t = {req->duration_days, req->until_removed, req->auto_extend, (const int *)req->roles,
+                     req->n_roles};
     return assign_run(ctx, req_, resp_, req->partner_hub_id, "employee_user_id", req->employee_user_id,
-                      "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids, true, req->request_id,
+                      "client_hub_ids", req->client_hub_ids, req->n_client_hub_ids, true, req->request_id, &t,
                       &resp->results, &resp->n_results);
 }
 
@@ -635,9 +681,11 @@ static int h_assign_clients(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
 static int h_assign_employees(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_) {
     const PB(AssignEmployeesToClientRequest) *req = (const void *)req_;
     PB(AssignEmployeesToClientResponse) *resp = (void *)resp_;
+    grant_terms t = {req->duration_days, req->until_removed, req->auto_extend, (const int *)req->roles,
+                     req->n_roles};
     return assign_run(ctx, req_, resp_, req->partner_hub_id, "client_hub_id", req->client_hub_id,
                       "employee_user_ids", req->employee_user_ids, req->n_employee_user_ids, false, req->request_id,
-                      &resp->results, &resp->n_results);
+                      &t, &resp->results, &resp->n_results);
 }
 
 /* ---- PART-07: removal by the partner -------------------------------------------------------------- */
@@ -1058,6 +1106,11 @@ static const rpc_method public_methods[] = {
     {"ListClientEmployees", h_list_client_employees, 0, by_platform},
     {"GetManagedMrrReport", h_mrr_report, 0, by_platform},
     {"ListPartnerHistory", h_history, 0, by_platform},
+    {"ExtendPartnerGrant", pa_h_extend, 0, by_platform},                   /* PART-17 */
+    {"RevokePartnerAccess", pa_h_revoke_partner_access, 0, by_platform},   /* PART-20 */
+    {"RestorePartnerAccess", pa_h_restore_partner_access, 0, by_platform}, /* PART-20 */
+    {"ListClientGrants", pa_h_list_client_grants, 0, by_platform},         /* PART-21 */
+    {"ListDormantGrants", pa_h_list_dormant, 0, by_platform},              /* PART-19 */
     {NULL, NULL, 0},
 };
 

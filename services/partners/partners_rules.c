@@ -200,3 +200,85 @@ bool part_token_well_formed(const char *token) {
             return false;
     return true;
 }
+
+/* ---- partner grants (PART-14 ... PART-22) ---------------------------------- */
+
+int part_rule_duration(int days, bool until_removed, int default_days, int max_days, bool allow_unlimited,
+                       int *out_days) {
+    *out_days = 0;
+    if (until_removed) {
+        if (days != 0) return OM_E_INVALID_ARGUMENT; /* both asked: ambiguous */
+        return allow_unlimited ? 0 : OM_E_DURATION_NOT_ALLOWED;
+    }
+    if (max_days < 1 || max_days > PART_GRANT_MAX_DAYS) max_days = PART_GRANT_MAX_DAYS;
+    if (days == 0) days = default_days;
+    if (days < 1 || days > max_days) return OM_E_INVALID_ARGUMENT;
+    *out_days = days;
+    return 0;
+}
+
+static int role_bits(const int *roles, size_t n, unsigned *bits) {
+    *bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (roles[i] < 1 || roles[i] > 4) return OM_E_INVALID_ARGUMENT;
+        *bits |= 1u << (roles[i] - 1);
+    }
+    return (*bits & PART_ROLE_SUPER_ADMIN) ? OM_E_ROLE_NOT_GRANTABLE : 0;
+}
+
+int part_rule_requested_roles(const int *roles, size_t n, unsigned *bits) {
+    int rc = role_bits(roles, n, bits);
+    if (rc == 0 && n == 0) *bits = PART_ROLE_MARKETING_ACCESS;
+    return rc;
+}
+
+int part_rule_approved_roles(unsigned requested, const int *roles, size_t n, unsigned *bits) {
+    int rc = role_bits(roles, n, bits);
+    if (rc != 0) return rc;
+    if (n == 0) *bits = requested & ~PART_ROLE_SUPER_ADMIN;
+    return (*bits & ~requested) ? OM_E_ROLES_NOT_REQUESTED : 0;
+}
+
+bool part_rule_auto_extend(bool auto_extend, unsigned granted_roles) {
+    return auto_extend && (granted_roles & PART_ROLE_SUPER_ADMIN) == 0;
+}
+
+int part_rule_extend(int64_t current_end_us, int64_t new_end_us, int64_t now_us, int max_days) {
+    if (max_days < 1 || max_days > PART_GRANT_MAX_DAYS) max_days = PART_GRANT_MAX_DAYS;
+    if (new_end_us <= current_end_us || new_end_us <= now_us) return OM_E_INVALID_ARGUMENT;
+    if (new_end_us > now_us + (int64_t)max_days * 86400 * 1000000) return OM_E_INVALID_ARGUMENT;
+    return 0;
+}
+
+int part_parse_days(const char *s, int *out, int cap, int *n) {
+    *n = 0;
+    if (s == NULL) return 0;
+    const char *p = s;
+    while (*p != '\0') {
+        while (*p == ' ') p++;
+        if (*p == '\0') break;
+        int v = 0, digits = 0;
+        while (*p >= '0' && *p <= '9' && digits < 4) v = v * 10 + (*p++ - '0'), digits++;
+        while (*p == ' ') p++;
+        if (digits == 0 || v < 1 || v > PART_GRANT_MAX_DAYS || *n >= cap || (*p != ',' && *p != '\0')) return -1;
+        for (int i = 0; i < *n; i++)
+            if (out[i] == v) return -1;
+        out[(*n)++] = v;
+        if (*p == ',') p++;
+    }
+    return 0;
+}
+
+int part_rule_resend_after(int64_t last_send_us, bool last_send_failed, int64_t now_us, int64_t interval_s,
+                           int64_t *next_us) {
+    if (last_send_failed) { /* PART-22: the client never got it */
+        *next_us = now_us;
+        return 0;
+    }
+    return part_rule_resend(last_send_us, now_us, interval_s, next_us);
+}
+
+int part_rule_extender(bool client_admin, bool partner_manager, bool partner_extends) {
+    if (client_admin) return 0;
+    return partner_manager && partner_extends ? 0 : OM_E_PERMISSION_DENIED;
+}

@@ -34,6 +34,9 @@ typedef enum {
     PART_CAUSE_EMPLOYEE_UNTAGGED = 9,
     PART_CAUSE_EMPLOYEE_LEFT_PARTNER = 10,
     PART_CAUSE_CLIENT_ACCOUNT_DELETED = 11,
+    PART_CAUSE_GRANT_ENDED = 12,    /* PART-16 */
+    PART_CAUSE_DORMANT = 13,        /* PART-19 */
+    PART_CAUSE_KILL_SWITCH = 14,    /* PART-20 */
 } part_cause;
 
 /* Role bits: 1 << (accounts.v1.Role - 1). */
@@ -87,6 +90,10 @@ int part_rule_confirmation(const char *text);
  * it was last sent. 0, or OM_E_RESEND_TOO_SOON; *next_us is the earliest
  * time it is allowed. */
 int part_rule_resend(int64_t last_send_us, int64_t now_us, int64_t interval_s, int64_t *next_us);
+/* PART-22: as part_rule_resend, but at once when an email of the last send
+ * failed or bounced. */
+int part_rule_resend_after(int64_t last_send_us, bool last_send_failed, int64_t now_us, int64_t interval_s,
+                           int64_t *next_us);
 
 /* PART-03/PART-06: an open assignment of (employee, client) exists already,
  * held by `holder`. Same partner: ALREADY_ASSIGNED (0); another partner:
@@ -127,5 +134,44 @@ int part_token_make(const void *key, size_t key_len, const char *request_id, uin
 void part_token_hash(const char *token, uint8_t out[32]);
 /* A token has the right shape (43 base64url characters). */
 bool part_token_well_formed(const char *token);
+
+/* ---- partner grants (PART-14 ... PART-22) ---------------------------------- */
+
+#define PART_GRANT_MAX_DAYS 730 /* PART-14: 1 day .. 2 years */
+#define PART_MAX_NOTICES 8
+
+/* PART-14: the duration of a new grant. days 0 = default_days; 1..max_days
+ * as given; until_removed = 0 (no end), only when allow_unlimited (else
+ * OM_E_DURATION_NOT_ALLOWED). Out of range: OM_E_INVALID_ARGUMENT. */
+int part_rule_duration(int days, bool until_removed, int default_days, int max_days, bool allow_unlimited,
+                       int *out_days);
+
+/* PART-18: the roles a partner asks for (accounts.v1.Role numbers), as bits.
+ * Empty = MARKETING_ACCESS. OM_E_ROLE_NOT_GRANTABLE for SUPER_ADMIN,
+ * OM_E_INVALID_ARGUMENT for an unknown role. */
+int part_rule_requested_roles(const int *roles, size_t n, unsigned *bits);
+
+/* PART-18: the roles a client approves: none given = all requested;
+ * SUPER_ADMIN never (OM_E_ROLE_NOT_GRANTABLE); otherwise a subset of
+ * `requested` (else OM_E_ROLES_NOT_REQUESTED). OM_E_INVALID_ARGUMENT for an
+ * unknown role. */
+int part_rule_approved_roles(unsigned requested, const int *roles, size_t n, unsigned *bits);
+
+/* PART-15: auto-extend applies, never to a grant carrying SUPER_ADMIN
+ * (defense in depth: PART-18 never grants it). */
+bool part_rule_auto_extend(bool auto_extend, unsigned granted_roles);
+
+/* PART-17: a new end must be after the current one and at most
+ * now + max_days. 0 or OM_E_INVALID_ARGUMENT. */
+int part_rule_extend(int64_t current_end_us, int64_t new_end_us, int64_t now_us, int max_days);
+
+/* PART-17: who may extend a grant: its client's admin; a partner manager of
+ * its partner only when partner_extends (configuration). 0 or
+ * OM_E_PERMISSION_DENIED. */
+int part_rule_extender(bool client_admin, bool partner_manager, bool partner_extends);
+
+/* PART-16: "30,7,1" -> {30, 7, 1}: 1..PART_MAX_NOTICES distinct values in
+ * 1..730, any order; "" = none. *n is the count; -1 when malformed. */
+int part_parse_days(const char *s, int *out, int cap, int *n);
 
 #endif

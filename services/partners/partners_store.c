@@ -313,7 +313,8 @@ int ps_clients_all(pg_conn *c, uint64_t partner, ps_mem *m, ps_client **out, int
     " (SELECT max(x.at) FROM activity x WHERE x.assignment_id = a.id),"                                   \
     " (SELECT count(*) FROM activity x WHERE x.assignment_id = a.id AND x.at > now() - interval '30 days')," \
     " a.link_sync, a.link_gen, a.link_adopt, a.link_roles, a.link_actor, a.membership_removed, a.end_actor," \
-    " now()"
+    " now(), a.duration_days, a.grant_end_time, a.auto_extend, a.requested_roles, a.dormant_notice_time," \
+    " a.last_send_failed"
 #define ASG_FROM                                                                  \
     " FROM assignment a LEFT JOIN account_copies pa ON pa.hub_id = a.partner_hub_id" \
     " LEFT JOIN account_copies ca ON ca.hub_id = a.client_hub_id"                    \
@@ -355,6 +356,12 @@ static void read_asg(const pg_res *r, int i, ps_mem *m, void *out_) {
     a->membership_removed = pg_bool(r, i, 30);
     a->end_actor = om_strdup(m, pg_str(r, i, 31));
     a->now_us = pg_time_us(r, i, 32);
+    a->duration_days = (int)pg_i64(r, i, 33);
+    a->grant_end_us = pg_time_us(r, i, 34);
+    a->auto_extend = pg_bool(r, i, 35);
+    a->requested_roles = (unsigned)pg_i64(r, i, 36);
+    a->dormant_notice_us = pg_time_us(r, i, 37);
+    a->last_send_failed = pg_bool(r, i, 38);
 }
 
 static int asg_read_one(pg_conn *c, const char *where, const pg_params *p, ps_mem *m, ps_assignment *out) {
@@ -424,18 +431,24 @@ int ps_asg_insert(pg_conn *c, ps_assignment *a, bool with_request, int64_t ttl_s
     pg_p_bool(&p, a->link_sync);
     pg_p_bool(&p, a->link_adopt);
     pg_p_str(&p, a->link_actor ? a->link_actor : "");
+    pg_p_i64(&p, a->duration_days);
+    pg_p_bool(&p, a->auto_extend);
+    pg_p_i64(&p, a->requested_roles);
     /* ON CONFLICT on the PART-06 index waits for a concurrent insert of the
      * same (client, employee) and then does nothing: the loser sees the
      * winner's row instead of an error. */
     int rc = pg_exec(c,
                      "INSERT INTO assignment (id, request_id, partner_hub_id, employee_user_id, client_hub_id,"
                      " state, state_cause, assigned_by, activate_time, expire_time, send_count, last_send_time,"
-                     " link_sync, link_gen, link_adopt, link_actor, link_sync_after)"
+                     " link_sync, link_gen, link_adopt, link_actor, link_sync_after,"
+                     " duration_days, auto_extend, requested_roles, grant_end_time)"
                      " VALUES (gen_random_uuid(), CASE WHEN $7 THEN gen_random_uuid() END, $1, $2, $3, $4, $5, $6,"
                      " CASE WHEN $4 = " SQL_ACTIVE " THEN now() END,"
                      " CASE WHEN $7 THEN now() + make_interval(secs => $8) END,"
                      " CASE WHEN $7 THEN 1 ELSE 0 END, CASE WHEN $7 THEN now() END,"
-                     " $9, CASE WHEN $9 THEN 1 ELSE 0 END, $10, $11, now() + interval '1 second')"
+                     " $9, CASE WHEN $9 THEN 1 ELSE 0 END, $10, $11, now() + interval '1 second',"
+                     " $12, $13, $14,"
+                     " CASE WHEN $4 = " SQL_ACTIVE " AND $12 > 0 THEN now() + make_interval(days => $12::int) END)"
                      " ON CONFLICT (client_hub_id, employee_user_id) WHERE state IN (" SQL_OPEN ") DO NOTHING"
                      " RETURNING id::text",
                      &p, &r);
@@ -465,6 +478,10 @@ int ps_asg_save(pg_conn *c, ps_assignment *a, ps_mem *m) {
                      "UPDATE assignment SET version = version + 1, update_time = now(),"
                      " activate_time = CASE WHEN $2 = " SQL_ACTIVE " AND state <> " SQL_ACTIVE " THEN now()"
                      "   ELSE activate_time END,"
+                     /* PART-14: the grant runs from its activation */
+                     " grant_end_time = CASE WHEN $2 = " SQL_ACTIVE " AND state <> " SQL_ACTIVE
+                     "   AND duration_days > 0 THEN now() + make_interval(days => duration_days)"
+                     "   ELSE grant_end_time END,"
                      " end_time = CASE WHEN $2 IN (" SQL_ENDED ") AND state NOT IN (" SQL_ENDED ") THEN now()"
                      "   ELSE end_time END,"
                      " answer_time = CASE WHEN state = " SQL_PENDING " AND $2 <> " SQL_PENDING " THEN now()"
@@ -571,6 +588,245 @@ int ps_asg_expired_due(pg_conn *c, int limit, char (*ids)[40], int *n) {
                "SELECT id::text FROM assignment WHERE state = " SQL_PENDING " AND expire_time <= now()"
                " ORDER BY expire_time LIMIT $1 FOR UPDATE SKIP LOCKED",
                limit, ids, n);
+}
+
+/* ---- partner grants (PART-14 ... PART-21) -------------------------------------------- */
+
+int ps_grant_ended_due(pg_conn *c, int limit, char (*ids)[40], int *n) {
+    return due(c,
+               "SELECT id::text FROM assignment WHERE state = " SQL_ACTIVE " AND grant_end_time <= now()"
+               " ORDER BY grant_end_time LIMIT $1 FOR UPDATE SKIP LOCKED",
+               limit, ids, n);
+}
+
+static int claim(pg_conn *c, const char *sql, const pg_params *p, int limit, char (*ids)[40], int *n) {
+    pg_res *r = NULL;
+    int rc = pg_exec(c, sql, p, &r);
+    *n = 0;
+    for (int i = 0; rc == 0 && i < pg_nrows(r) && i < limit; i++) snprintf(ids[(*n)++], 40, "%s", pg_str(r, i, 0));
+    pg_free(r);
+    return rc;
+}
+
+int ps_grant_claim_notices(pg_conn *c, int days, const int *all, int n_all, int limit, char (*ids)[40], int *n) {
+    char arr[16 * 8 + 4] = "{";
+    for (int i = 0; i < n_all && i < 16; i++)
+        snprintf(arr + strlen(arr), sizeof arr - strlen(arr), "%s%d", i ? "," : "", all[i]);
+    snprintf(arr + strlen(arr), sizeof arr - strlen(arr), "}");
+    pg_params p = {0};
+    pg_p_i64(&p, days);
+    pg_p_str(&p, arr);
+    pg_p_i64(&p, limit);
+    /* PART-16: the WHERE is re-checked after a concurrent claim's row lock,
+     * so a notice is claimed once whatever the number of replicas */
+    return claim(c,
+                 "UPDATE assignment SET notices_sent = notices_sent"
+                 "   || ARRAY(SELECT x FROM unnest($2::int[]) x WHERE x >= $1::int)"
+                 " WHERE id IN (SELECT id FROM assignment WHERE state = " SQL_ACTIVE
+                 "   AND grant_end_time > now() AND grant_end_time <= now() + make_interval(days => $1::int)"
+                 "   AND NOT ($1::int = ANY (notices_sent)) ORDER BY grant_end_time LIMIT $3"
+                 "   FOR UPDATE SKIP LOCKED)"
+                 " AND NOT ($1::int = ANY (notices_sent)) RETURNING id::text",
+                 &p, limit, ids, n);
+}
+
+int ps_grant_extend(pg_conn *c, ps_assignment *a, int64_t new_end_us, int add_days, ps_mem *m) {
+    pg_params p = {0};
+    pg_p_str(&p, a->id);
+    pg_p_i64(&p, new_end_us);
+    pg_p_i64(&p, add_days);
+    int rc = pg_exec(c,
+                     "UPDATE assignment SET version = version + 1, update_time = now(), notices_sent = '{}',"
+                     " grant_end_time = CASE WHEN $2::bigint > 0 THEN to_timestamp($2::bigint / 1000000.0)"
+                     "   ELSE grant_end_time + make_interval(days => $3::int) END"
+                     " WHERE id = $1::uuid",
+                     &p, NULL);
+    if (rc != 0) return rc;
+    char id[40];
+    snprintf(id, sizeof id, "%s", a->id);
+    return ps_asg_get(c, id, false, m, a);
+}
+
+/* PART-19: the last activity attributed to the grant, or its activation. */
+#define SQL_LAST_SEEN "COALESCE((SELECT max(x.at) FROM activity x WHERE x.assignment_id = a.id), a.activate_time)"
+
+int ps_grant_claim_dormant(pg_conn *c, int days, int limit, char (*ids)[40], int *n) {
+    pg_params p = {0};
+    pg_p_i64(&p, days);
+    pg_p_i64(&p, limit);
+    return claim(c,
+                 "UPDATE assignment SET dormant_notice_time = now()"
+                 " WHERE id IN (SELECT a.id FROM assignment a WHERE a.state = " SQL_ACTIVE
+                 "   AND " SQL_LAST_SEEN " <= now() - make_interval(days => $1::int)"
+                 "   AND (a.dormant_notice_time IS NULL OR a.dormant_notice_time < " SQL_LAST_SEEN ")"
+                 "   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                 " RETURNING id::text",
+                 &p, limit, ids, n);
+}
+
+int ps_grant_dormant_due(pg_conn *c, int grace_days, int limit, char (*ids)[40], int *n) {
+    pg_params p = {0};
+    pg_p_i64(&p, grace_days);
+    pg_p_i64(&p, limit);
+    return claim(c,
+                 "SELECT a.id::text FROM assignment a WHERE a.state = " SQL_ACTIVE
+                 " AND a.dormant_notice_time <= now() - make_interval(days => $1::int)"
+                 " AND " SQL_LAST_SEEN " <= a.dormant_notice_time"
+                 " ORDER BY a.dormant_notice_time LIMIT $2 FOR UPDATE OF a SKIP LOCKED",
+                 &p, limit, ids, n);
+}
+
+typedef struct dormant_row {
+    ps_assignment a;
+    int64_t at;
+} dormant_row;
+
+static void read_dormant(const pg_res *r, int i, ps_mem *m, void *out) {
+    dormant_row *d = out;
+    read_asg(r, i, m, &d->a);
+    d->at = pg_time_us(r, i, 39);
+}
+
+int ps_grant_dormant_list(pg_conn *c, uint64_t partner, uint64_t client, int days, int within_days, int offset,
+                          int limit, ps_mem *m, ps_assignment *out, int64_t *dormant_us, int *n) {
+    pg_params p = {0};
+    pg_p_u64(&p, partner);
+    pg_p_u64(&p, client);
+    pg_p_i64(&p, days);
+    pg_p_i64(&p, within_days);
+    pg_p_i64(&p, offset);
+    pg_p_i64(&p, limit);
+    dormant_row *rows = m->alloc(m->ud, sizeof *rows * (size_t)(limit > 0 ? limit : 1));
+    int rc = pg_rows(c,
+                     "SELECT * FROM (SELECT " ASG_COLS ", " SQL_LAST_SEEN " + make_interval(days => $3::int) AS d"
+                     ASG_FROM " WHERE a.state = " SQL_ACTIVE " AND ($1::bigint = 0 OR a.partner_hub_id = $1)"
+                     " AND ($2::bigint = 0 OR a.client_hub_id = $2)) q"
+                     " WHERE q.d <= now() + make_interval(days => $4::int) ORDER BY q.d, 1 OFFSET $5 LIMIT $6",
+                     &p, read_dormant, m, rows, sizeof *rows, limit, n);
+    for (int i = 0; rc == 0 && i < *n; i++) {
+        out[i] = rows[i].a;
+        dormant_us[i] = rows[i].at;
+    }
+    return rc;
+}
+
+typedef struct keyed_row {
+    ps_assignment a;
+    uint64_t k1, k2;
+} keyed_row;
+
+static void read_keyed(const pg_res *r, int i, ps_mem *m, void *out) {
+    keyed_row *k = out;
+    read_asg(r, i, m, &k->a);
+    k->k1 = (uint64_t)pg_i64(r, i, 39);
+    k->k2 = (uint64_t)pg_i64(r, i, 40);
+}
+
+/* the keyset of the client view: create time (us) and the id's first 64 bits */
+#define SQL_K1 "floor(extract(epoch FROM a.create_time) * 1000000)::bigint"
+#define SQL_K2 "('x' || substr(replace(a.id::text, '-', ''), 1, 16))::bit(64)::bigint"
+
+int ps_grant_client_list(pg_conn *c, uint64_t client, bool more, uint64_t k1, uint64_t k2, int limit, ps_mem *m,
+                         ps_assignment *out, uint64_t *keys1, uint64_t *keys2, int *n) {
+    pg_params p = {0};
+    pg_p_u64(&p, client);
+    pg_p_bool(&p, more);
+    pg_p_i64(&p, (int64_t)k1);
+    pg_p_i64(&p, (int64_t)k2);
+    pg_p_i64(&p, limit);
+    keyed_row *rows = m->alloc(m->ud, sizeof *rows * (size_t)(limit > 0 ? limit : 1));
+    int rc = pg_rows(c,
+                     "SELECT " ASG_COLS ", " SQL_K1 ", " SQL_K2 ASG_FROM
+                     " WHERE a.client_hub_id = $1 AND a.state IN (" SQL_OPEN ")"
+                     " AND (NOT $2 OR (" SQL_K1 ", " SQL_K2 ") < ($3::bigint, $4::bigint))"
+                     " ORDER BY " SQL_K1 " DESC, " SQL_K2 " DESC LIMIT $5",
+                     &p, read_keyed, m, rows, sizeof *rows, limit, n);
+    for (int i = 0; rc == 0 && i < *n; i++) {
+        out[i] = rows[i].a;
+        keys1[i] = rows[i].k1;
+        keys2[i] = rows[i].k2;
+    }
+    return rc;
+}
+
+int ps_asg_sent(pg_conn *c, const char *id, const char *event_id) {
+    pg_params p = {0};
+    pg_p_str(&p, id);
+    pg_p_str(&p, event_id);
+    return pg_exec(c, "UPDATE assignment SET last_send_event_id = $2, last_send_failed = false WHERE id = $1::uuid",
+                   &p, NULL);
+}
+
+int ps_asg_send_failed(pg_conn *c, const char *event_id, bool *marked) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_str(&p, event_id);
+    int rc = pg_exec(c,
+                     "UPDATE assignment SET last_send_failed = true WHERE last_send_event_id = $1"
+                     " AND state = " SQL_PENDING,
+                     &p, &r);
+    *marked = rc == 0 && pg_affected(r) > 0;
+    pg_free(r);
+    return rc;
+}
+
+int ps_block_put(pg_conn *c, uint64_t client, uint64_t partner, uint64_t by, const char *reason) {
+    pg_params p = {0};
+    pg_p_u64(&p, client);
+    pg_p_i64(&p, (int64_t)partner);
+    pg_p_i64(&p, (int64_t)by);
+    pg_p_str(&p, reason ? reason : "");
+    return pg_exec(c,
+                   "INSERT INTO partner_block (client_hub_id, partner_hub_id, blocked_by, reason)"
+                   " VALUES ($1, $2, $3, $4) ON CONFLICT (client_hub_id, partner_hub_id) DO UPDATE"
+                   " SET block_time = now(), blocked_by = EXCLUDED.blocked_by, reason = EXCLUDED.reason",
+                   &p, NULL);
+}
+
+int ps_block_delete(pg_conn *c, uint64_t client, uint64_t partner, bool *deleted) {
+    pg_params p = {0};
+    pg_res *r = NULL;
+    pg_p_u64(&p, client);
+    pg_p_i64(&p, (int64_t)partner);
+    int rc = pg_exec(c, "DELETE FROM partner_block WHERE client_hub_id = $1 AND partner_hub_id = $2", &p, &r);
+    *deleted = rc == 0 && pg_affected(r) > 0;
+    pg_free(r);
+    return rc;
+}
+
+int ps_block_check(pg_conn *c, uint64_t client, uint64_t partner, bool exclusive, bool *blocked) {
+    pg_params p = {0};
+    pg_p_u64(&p, client);
+    pg_res *r = NULL;
+    /* PART-20: one transaction-scoped lock per client account; the kill
+     * switch takes it exclusive, every assignment shared, so an assignment
+     * either committed before the kill switch read the open ones, or reads
+     * the block after it */
+    int rc = pg_exec(c,
+                     exclusive ? "SELECT pg_advisory_xact_lock(hashtextextended('partners.client:' || $1::text, 0))"
+                               : "SELECT pg_advisory_xact_lock_shared(hashtextextended('partners.client:' || $1::text, 0))",
+                     &p, &r);
+    pg_free(r);
+    if (rc != 0) return rc;
+    pg_params q = {0};
+    pg_p_u64(&q, client);
+    pg_p_i64(&q, (int64_t)partner);
+    pg_p_i64(&q, 0); /* the block of every partner */
+    return pg_exists(c,
+                     "SELECT EXISTS (SELECT 1 FROM partner_block WHERE client_hub_id = $1"
+                     " AND partner_hub_id IN ($2, $3))",
+                     &q, blocked);
+}
+
+int ps_asg_open_ids_of_client_partner(pg_conn *c, uint64_t client, uint64_t partner, ps_mem *m, char (**ids)[40],
+                                      int *n) {
+    pg_params p = {0};
+    pg_p_u64(&p, client);
+    pg_p_i64(&p, (int64_t)partner);
+    return read_ids(c,
+                    "SELECT id::text FROM assignment WHERE client_hub_id = $1 AND ($2::bigint = 0 OR partner_hub_id = $2)"
+                    " AND state IN (" SQL_OPEN ") ORDER BY id",
+                    &p, m, ids, n);
 }
 
 /* ---- refusals, tokens --------------------------------------------------------------------- */

@@ -122,6 +122,13 @@ typedef struct ps_assignment {
     bool membership_removed;
     const char *end_actor;
     int64_t now_us; /* database clock when read */
+    /* partner grants (migration 004) */
+    int duration_days;        /* PART-14; 0 = until removed */
+    int64_t grant_end_us;     /* PART-14; 0 = no end (yet) */
+    bool auto_extend;         /* PART-15 */
+    unsigned requested_roles; /* PART-18, role bits */
+    int64_t dormant_notice_us; /* PART-19 */
+    bool last_send_failed;     /* PART-22 */
 } ps_assignment;
 
 /* Inserts a new assignment (id generated; a request too when
@@ -129,6 +136,9 @@ typedef struct ps_assignment {
  * assignment of this employee and client exists (PART-06 index; waits for a
  * concurrent insert to decide). Fills `a` back as stored. */
 int ps_asg_insert(pg_conn *c, ps_assignment *a, bool with_request, int64_t ttl_s, ps_mem *m);
+/* (ps_asg_insert also stores duration_days, auto_extend and requested_roles;
+ * an ACTIVE insert, like ps_asg_save's activation, sets grant_end_time =
+ * now() + duration_days, PART-14.) */
 /* Locks the row (FOR UPDATE) when lock, then reads it. */
 int ps_asg_get(pg_conn *c, const char *id, bool lock, ps_mem *m, ps_assignment *out);
 int ps_asg_get_by_request(pg_conn *c, const char *request_id, bool lock, ps_mem *m, ps_assignment *out);
@@ -166,6 +176,52 @@ int ps_asg_sync_due(pg_conn *c, int limit, char (*ids)[40], int *n);
 /* PART-05 expiry: up to `limit` PENDING requests with expire_time <= now()
  * (database clock), locked SKIP LOCKED. */
 int ps_asg_expired_due(pg_conn *c, int limit, char (*ids)[40], int *n);
+
+/* ---- partner grants (PART-14 ... PART-21) ---------------------------------------- */
+
+/* PART-16: up to `limit` ACTIVE grants whose end has come (database clock),
+ * locked SKIP LOCKED (several replicas share the work). */
+int ps_grant_ended_due(pg_conn *c, int limit, char (*ids)[40], int *n);
+/* PART-16: claims the notice of threshold `days` (and of every larger
+ * threshold in all[], which are then past) for up to `limit` ACTIVE grants
+ * ending within `days` days that have not had it: one UPDATE ... RETURNING,
+ * so each notice is claimed once over every replica, in the caller's
+ * transaction. */
+int ps_grant_claim_notices(pg_conn *c, int days, const int *all, int n_all, int limit, char (*ids)[40], int *n);
+/* PART-15/PART-17: a new end (new_end_us > 0) or the end + add_days; the
+ * notices start again. Version + 1; reads the row back. */
+int ps_grant_extend(pg_conn *c, ps_assignment *a, int64_t new_end_us, int add_days, ps_mem *m);
+/* PART-19: claims the dormant notice of up to `limit` ACTIVE grants without
+ * activity (or activation) for `days` days and no notice since. */
+int ps_grant_claim_dormant(pg_conn *c, int days, int limit, char (*ids)[40], int *n);
+/* PART-19: ACTIVE grants noticed `grace_days` ago with no activity since,
+ * locked SKIP LOCKED. */
+int ps_grant_dormant_due(pg_conn *c, int grace_days, int limit, char (*ids)[40], int *n);
+/* PART-19 report: ACTIVE grants of a partner or on a client (one of them
+ * non-zero) that become dormant before now + within_days, soonest first;
+ * dormant_us[i] is when. */
+int ps_grant_dormant_list(pg_conn *c, uint64_t partner, uint64_t client, int days, int within_days, int offset,
+                          int limit, ps_mem *m, ps_assignment *out, int64_t *dormant_us, int *n);
+/* PART-21: the open assignments on a client, newest first, keyset (k1 =
+ * create time in us, k2 = the id's first 64 bits) after (k1, k2) when more. */
+int ps_grant_client_list(pg_conn *c, uint64_t client, bool more, uint64_t k1, uint64_t k2, int limit, ps_mem *m,
+                         ps_assignment *out, uint64_t *keys1, uint64_t *keys2, int *n);
+/* PART-22: the event of the access-request email just emitted (a new send
+ * starts with no failure) ... */
+int ps_asg_sent(pg_conn *c, const char *id, const char *event_id);
+/* ... and the notifier gave one of its emails up: *marked when an
+ * assignment's last send was that event. */
+int ps_asg_send_failed(pg_conn *c, const char *event_id, bool *marked);
+/* PART-20: the kill switch's block (partner 0 = every partner). */
+int ps_block_put(pg_conn *c, uint64_t client, uint64_t partner, uint64_t by, const char *reason);
+int ps_block_delete(pg_conn *c, uint64_t client, uint64_t partner, bool *deleted);
+/* Takes the client's kill-switch lock: FOR UPDATE (the kill switch) or FOR
+ * SHARE (an assignment), then tells whether `partner` is blocked there.
+ * Orders every assignment against a concurrent kill switch (PART-20). */
+int ps_block_check(pg_conn *c, uint64_t client, uint64_t partner, bool exclusive, bool *blocked);
+/* Ids of the open assignments on a client of one partner (0 = any). */
+int ps_asg_open_ids_of_client_partner(pg_conn *c, uint64_t client, uint64_t partner, ps_mem *m, char (**ids)[40],
+                                      int *n);
 
 /* ---- PART-06 refusals, PART-04 tokens ---------------------------------------- */
 

@@ -6,7 +6,7 @@ expected answers are data in authz_matrix.tsv (see docs/security.md,
 The RPCs are enumerated from the generated descriptors, not from the table:
 an RPC without a row fails the test. The fixtures (two tenants, each with an
 organization of two accounts, a connection, an asset and a copy job; partner
-P with an employee approved as SUPER_ADMIN in the client; partner Q in the
+P with an employee approved in the client and made SUPER_ADMIN there by the client; partner Q in the
 other tenant) are built once for the module. Requests are minimal valid
 messages with the ids of one tenant; destructive calls carry a stale etag or
 validate_only, so that an allowed call answers ABORTED (or OK without effect)
@@ -207,8 +207,16 @@ class World:
         t.employee = t.staff["linked"]
         t.ar = {n: self.pending(t.partner, t.pm, t.staff[n], t.hub)
                 for n in ("linked", "approve", "decline", "cancel", "resend", "remove")}
-        self.p.ApproveAccessRequest(ppb.ApproveAccessRequestRequest(
-            access_request_id=t.ar["linked"], roles=[SUPER]), metadata=om.as_user(t.admin))
+        # PART-18: a grant never carries SUPER_ADMIN; the client makes the
+        # linked membership SUPER_ADMIN itself in accounts
+        t.linked_asg = self.p.ApproveAccessRequest(ppb.ApproveAccessRequestRequest(
+            access_request_id=t.ar["linked"]), metadata=om.as_user(t.admin)).assignment.assignment_id
+
+        def make_super():
+            return self.acc.UpdateMembership(apb.UpdateMembershipRequest(
+                membership=apb.Membership(hub_id=t.hub, user_id=t.employee, roles=[SUPER]),
+                update_mask=mask("roles")), metadata=om.as_user(t.admin)).membership
+        om.eventually(make_super, timeout=15)
         return t
 
     @staticmethod
@@ -220,7 +228,7 @@ class World:
         for k in ("admin", "sa_one", "member", "user", "pm", "employee"):
             setattr(g, k, GHOST_USER)
         g.staff = {k: GHOST_USER + i for i, k in enumerate(like.staff)}
-        for k in ("org_id", "conn_id", "asset_id", "job_id"):
+        for k in ("org_id", "conn_id", "asset_id", "job_id", "linked_asg"):
             setattr(g, k, GHOST_UUID)
         g.ar = {k: GHOST_UUID for k in like.ar}
         return g
@@ -384,6 +392,15 @@ REQUESTS = {
         partner_hub_id=t.partner, client_hub_id=t.hub),
     "PartnersService/GetManagedMrrReport": lambda t: ppb.GetManagedMrrReportRequest(partner_hub_id=t.partner),
     "PartnersService/ListPartnerHistory": lambda t: ppb.ListPartnerHistoryRequest(partner_hub_id=t.partner),
+    # PART-17 (one more day: harmless), PART-20 (validate_only: nothing changes; no block to lift), PART-21, PART-19
+    "PartnersService/ExtendPartnerGrant": lambda t: ppb.ExtendPartnerGrantRequest(
+        assignment_id=t.linked_asg, extend_days=1),
+    "PartnersService/RevokePartnerAccess": lambda t: ppb.RevokePartnerAccessRequest(
+        client_hub_id=t.hub, partner_hub_id=t.partner, confirmation="REMOVE", validate_only=True),
+    "PartnersService/RestorePartnerAccess": lambda t: ppb.RestorePartnerAccessRequest(
+        client_hub_id=t.hub, partner_hub_id=t.partner),
+    "PartnersService/ListClientGrants": lambda t: ppb.ListClientGrantsRequest(client_hub_id=t.hub),
+    "PartnersService/ListDormantGrants": lambda t: ppb.ListDormantGrantsRequest(partner_hub_id=t.partner),
     "PartnersInternalService/RecordActivities": lambda t: ppb.RecordActivitiesRequest(activities=[
         ppb.Activity(activity_id=fresh(), user_id=t.employee, hub_id=t.hub, kind="crm.contact.view",
                      time=now_ts())]),

@@ -486,6 +486,35 @@ def c_remove_employee_from_client(w):
         metadata=om.as_user(m))
 
 
+def _active_grant(w):
+    p, m, e, ca, c = w.partner_and_client()
+    w.member(c, e)                                       # already a member: ACTIVE at once
+    r = w.p.AssignClientsToEmployee(ppb.AssignClientsToEmployeeRequest(
+        partner_hub_id=p, employee_user_id=e, client_hub_ids=[c]), metadata=om.as_user(m)).results[0]
+    assert r.outcome == ppb.ASSIGNMENT_OUTCOME_ACTIVATED, r
+    return p, ca, c, r.assignment.assignment_id
+
+
+def c_extend_partner_grant(w):  # PART-17
+    p, ca, c, asg = _active_grant(w)
+    return lambda rid: w.p.ExtendPartnerGrant(ppb.ExtendPartnerGrantRequest(
+        assignment_id=asg, extend_days=5, request_id=rid), metadata=om.as_user(ca))
+
+
+def c_revoke_partner_access(w):  # PART-20
+    p, ca, c, asg = _active_grant(w)
+    return lambda rid: w.p.RevokePartnerAccess(ppb.RevokePartnerAccessRequest(
+        client_hub_id=c, partner_hub_id=p, confirmation="REMOVE", request_id=rid), metadata=om.as_user(ca))
+
+
+def c_restore_partner_access(w):  # PART-20
+    p, ca, c, asg = _active_grant(w)
+    w.p.RevokePartnerAccess(ppb.RevokePartnerAccessRequest(client_hub_id=c, partner_hub_id=p, confirmation="REMOVE"),
+                            metadata=om.as_user(ca))
+    return lambda rid: w.p.RestorePartnerAccess(ppb.RestorePartnerAccessRequest(
+        client_hub_id=c, partner_hub_id=p, request_id=rid), metadata=om.as_user(ca))
+
+
 def _link(w):
     p, m, e = w.partner()
     c = w.account(w.user())
@@ -545,6 +574,8 @@ CASES = {
     "AddPartnerLinkedMembership": c_add_partner_linked_membership,
     "RemovePartnerLinkedMembership": c_remove_partner_linked_membership,
     "ReplayDeadLetters": c_replay_dead_letters,
+    "ExtendPartnerGrant": c_extend_partner_grant, "RevokePartnerAccess": c_revoke_partner_access,
+    "RestorePartnerAccess": c_restore_partner_access,
 }
 
 # Mutating RPCs without a case yet (issue 14: to be written); a new RPC must

@@ -108,9 +108,9 @@ class World:
         return self.p.TagEmployees(ppb.TagEmployeesRequest(partner_hub_id=partner, user_ids=list(users)),
                                    metadata=om.as_user(manager)).results
 
-    def assign(self, partner, manager, employee, *clients):
+    def assign(self, partner, manager, employee, *clients, roles=()):
         return self.p.AssignClientsToEmployee(ppb.AssignClientsToEmployeeRequest(
-            partner_hub_id=partner, employee_user_id=employee, client_hub_ids=list(clients)),
+            partner_hub_id=partner, employee_user_id=employee, client_hub_ids=list(clients), roles=list(roles)),
             metadata=om.as_user(manager)).results
 
     def request(self, request_id, user):
@@ -163,9 +163,9 @@ def outbox_types(subject_like):
                               % subject_like.replace("'", "''"))]
 
 
-def pending_request(w, pc, client=None):
+def pending_request(w, pc, client=None, roles=()):
     client = client or pc.C
-    r = w.assign(pc.P, pc.M, pc.E, client)[0]
+    r = w.assign(pc.P, pc.M, pc.E, client, roles=roles)[0]
     assert r.outcome == O.Value("ASSIGNMENT_OUTCOME_ACCESS_REQUESTED"), r
     return r
 
@@ -598,7 +598,7 @@ def test_part_04_only_the_notifier_issues_access_request_tokens(w, pc):
 # ---- PART-08 ------------------------------------------------------------------------------
 
 def test_part_08_only_the_client_removes_users(w, pc):
-    ar = pending_request(w, pc).access_request
+    ar = pending_request(w, pc, roles=[apb.ROLE_ACCOUNT_PERMISSIONS]).access_request
     w.approve(pc.CA, request_id=ar.access_request_id, roles=[apb.ROLE_ACCOUNT_PERMISSIONS])
     # the partner employee is an admin of the client through the partner link: a partner actor
     with om.raises_rpc(grpc.StatusCode.PERMISSION_DENIED, "PARTNER_IDENTITY_FORBIDDEN"):
@@ -610,11 +610,14 @@ def test_part_08_only_the_client_removes_users(w, pc):
 
 
 def linked_super_admin(w, pc):
-    """assign -> the client admin approves with roles=[SUPER_ADMIN]: E is a
-    partner-linked SUPER_ADMIN of C (PART-05)."""
+    """assign -> the client admin approves (PART-18: never SUPER_ADMIN through
+    the grant), then makes the linked membership SUPER_ADMIN itself in
+    accounts: E is a partner-linked SUPER_ADMIN of C (PART-05, PART-08)."""
     ar = pending_request(w, pc).access_request
-    w.approve(pc.CA, request_id=ar.access_request_id, roles=[apb.ROLE_SUPER_ADMIN])
-    m = om.eventually(lambda: w.membership(pc.C, pc.E), timeout=5)
+    w.approve(pc.CA, request_id=ar.access_request_id)
+    om.eventually(lambda: w.membership(pc.C, pc.E), timeout=5)
+    update_roles(w, pc.C, pc.E, [apb.ROLE_SUPER_ADMIN], pc.CA)
+    m = w.membership(pc.C, pc.E)
     assert m.HasField("partner_link") and list(m.roles) == [apb.ROLE_SUPER_ADMIN]
     return m
 
@@ -967,7 +970,7 @@ def test_part_08_a_stray_link_is_removed_when_accounts_reports_it(w, pc):
         f" end_actor = 'user:{pc.M}' WHERE id = '{r.assignment.assignment_id}'")
     from google.protobuf import field_mask_pb2
     w.acc.UpdateMembership(apb.UpdateMembershipRequest(
-        membership=apb.Membership(hub_id=pc.C, user_id=pc.E, roles=[apb.ROLE_MARKETING_ACCESS]),
+        membership=apb.Membership(hub_id=pc.C, user_id=pc.E, roles=[]),  # a change (PART-18 granted MARKETING_ACCESS)
         update_mask=field_mask_pb2.FieldMask(paths=["roles"])), metadata=om.as_user(pc.CA))
     om.eventually(lambda: w.membership(pc.C, pc.E) is None, timeout=10)
 

@@ -178,6 +178,94 @@ static void test_part_04_tokens_are_bound_and_stable(void **state) {
     assert_memory_not_equal(h1, h2, 32);
 }
 
+/* ---- partner grants (PART-14 ... PART-20) ---- */
+
+static void test_part_14_duration(void **state) {
+    (void)state;
+    int d = -1;
+    assert_int_equal(part_rule_duration(0, false, 365, 730, false, &d), 0);
+    assert_int_equal(d, 365); /* default */
+    assert_int_equal(part_rule_duration(1, false, 365, 730, false, &d), 0);
+    assert_int_equal(d, 1);
+    assert_int_equal(part_rule_duration(730, false, 365, 730, false, &d), 0);
+    assert_int_equal(part_rule_duration(731, false, 365, 730, false, &d), OM_E_INVALID_ARGUMENT);
+    assert_int_equal(part_rule_duration(-1, false, 365, 730, false, &d), OM_E_INVALID_ARGUMENT);
+    assert_int_equal(part_rule_duration(91, false, 30, 90, false, &d), OM_E_INVALID_ARGUMENT); /* configured max */
+    assert_int_equal(part_rule_duration(0, true, 365, 730, false, &d), OM_E_DURATION_NOT_ALLOWED);
+    assert_int_equal(part_rule_duration(0, true, 365, 730, true, &d), 0);
+    assert_int_equal(d, 0);
+    assert_int_equal(part_rule_duration(5, true, 365, 730, true, &d), OM_E_INVALID_ARGUMENT);
+}
+
+static void test_part_18_scope(void **state) {
+    (void)state;
+    unsigned b = 0;
+    assert_int_equal(part_rule_requested_roles(NULL, 0, &b), 0);
+    assert_int_equal(b, PART_ROLE_MARKETING_ACCESS); /* the default */
+    int sa[] = {1}, two[] = {3, 4}, mk[] = {4}, bad[] = {9}, pa[] = {2};
+    assert_int_equal(part_rule_requested_roles(sa, 1, &b), OM_E_ROLE_NOT_GRANTABLE);
+    assert_int_equal(part_rule_requested_roles(bad, 1, &b), OM_E_INVALID_ARGUMENT);
+    assert_int_equal(part_rule_requested_roles(two, 2, &b), 0);
+    unsigned req = b, ok = 0;
+    assert_int_equal(part_rule_approved_roles(req, NULL, 0, &ok), 0);
+    assert_int_equal(ok, req); /* none given: all requested */
+    assert_int_equal(part_rule_approved_roles(req, mk, 1, &ok), 0);
+    assert_int_equal(ok, PART_ROLE_MARKETING_ACCESS); /* narrowed */
+    assert_int_equal(part_rule_approved_roles(req, pa, 1, &ok), OM_E_ROLES_NOT_REQUESTED);
+    assert_int_equal(part_rule_approved_roles(req, sa, 1, &ok), OM_E_ROLE_NOT_GRANTABLE);
+    /* even a stored request that somehow names SUPER_ADMIN never grants it */
+    assert_int_equal(part_rule_approved_roles(PART_ROLE_SUPER_ADMIN | PART_ROLE_MARKETING_ACCESS, NULL, 0, &ok), 0);
+    assert_int_equal(ok, PART_ROLE_MARKETING_ACCESS);
+}
+
+static void test_part_15_no_auto_extend_with_super_admin(void **state) {
+    (void)state;
+    assert_true(part_rule_auto_extend(true, PART_ROLE_MARKETING_ACCESS));
+    assert_false(part_rule_auto_extend(false, PART_ROLE_MARKETING_ACCESS));
+    assert_false(part_rule_auto_extend(true, PART_ROLE_SUPER_ADMIN | PART_ROLE_MARKETING_ACCESS));
+}
+
+static void test_part_17_extend_bounds(void **state) {
+    (void)state;
+    const int64_t day = 86400LL * 1000000, now = 1700000000LL * 1000000;
+    assert_int_equal(part_rule_extend(now + day, now + 2 * day, now, 730), 0);
+    assert_int_equal(part_rule_extend(now + day, now + day, now, 730), OM_E_INVALID_ARGUMENT); /* not later */
+    assert_int_equal(part_rule_extend(now + day, now + 730 * day, now, 730), 0);
+    assert_int_equal(part_rule_extend(now + day, now + 731 * day, now, 730), OM_E_INVALID_ARGUMENT);
+    assert_int_equal(part_rule_extend(now + day, now + 31 * day, now, 30), OM_E_INVALID_ARGUMENT);
+}
+
+static void test_part_22_resend_at_once_after_a_failure(void **state) {
+    (void)state;
+    int64_t sent = 1700000000LL * 1000000, next = 0;
+    assert_int_equal(part_rule_resend_after(sent, false, sent + 60LL * 1000000, 3600, &next), OM_E_RESEND_TOO_SOON);
+    assert_int_equal(part_rule_resend_after(sent, true, sent + 60LL * 1000000, 3600, &next), 0);
+    assert_int_equal(next, sent + 60LL * 1000000);
+}
+
+static void test_part_17_who_extends(void **state) {
+    (void)state;
+    assert_int_equal(part_rule_extender(true, false, false), 0);
+    assert_int_equal(part_rule_extender(false, true, false), OM_E_PERMISSION_DENIED); /* not configured */
+    assert_int_equal(part_rule_extender(false, true, true), 0);
+    assert_int_equal(part_rule_extender(false, false, true), OM_E_PERMISSION_DENIED);
+}
+
+static void test_part_16_notice_days(void **state) {
+    (void)state;
+    int d[PART_MAX_NOTICES], n = 0;
+    assert_int_equal(part_parse_days("30,7,1", d, PART_MAX_NOTICES, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(d[0], 30);
+    assert_int_equal(d[2], 1);
+    assert_int_equal(part_parse_days("", d, PART_MAX_NOTICES, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(part_parse_days("7, 7", d, PART_MAX_NOTICES, &n), -1);
+    assert_int_equal(part_parse_days("0", d, PART_MAX_NOTICES, &n), -1);
+    assert_int_equal(part_parse_days("7,x", d, PART_MAX_NOTICES, &n), -1);
+    assert_int_equal(part_parse_days("731", d, PART_MAX_NOTICES, &n), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_part_01_partner_manager_roles),
@@ -192,6 +280,13 @@ int main(void) {
         cmocka_unit_test(test_part_13_activity_checks),
         cmocka_unit_test(test_part_02_digits_query_is_a_hub_id),
         cmocka_unit_test(test_part_04_tokens_are_bound_and_stable),
+        cmocka_unit_test(test_part_14_duration),
+        cmocka_unit_test(test_part_18_scope),
+        cmocka_unit_test(test_part_15_no_auto_extend_with_super_admin),
+        cmocka_unit_test(test_part_17_extend_bounds),
+        cmocka_unit_test(test_part_16_notice_days),
+        cmocka_unit_test(test_part_17_who_extends),
+        cmocka_unit_test(test_part_22_resend_at_once_after_a_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
