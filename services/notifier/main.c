@@ -31,7 +31,7 @@ static int init(void) {
 static void fini(void) {
     nt_templates_free(nt_tpls);
     nt_tpls = NULL;
-    nt_smtp_global_cleanup();
+    smtp_global_cleanup();
 }
 
 int main(int argc, char **argv) {

@@ -412,7 +412,7 @@ int nt_prepare(pg_conn *c, nt_job *j) {
     }
     if (rc != 0) return rc;
     nt_mail mail = {
-        .from = nt_cfg.smtp.from,
+        .from = nt_cfg.from,
         .to = j->email,
         .subject = j->subject,
         .body = body,
