@@ -4,9 +4,7 @@
  * A PostgreSQL restart heals by itself: a lost connection is reopened on next use. */
 #include "pg.h"
 
-#include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -50,7 +48,6 @@ struct pg_conn {
     int n_stmts;
     unsigned stmt_seq;        /* statement names are never reused on a connection */
     unsigned server_stmts;    /* statements prepared on the server, cached or not */
-    char *channel;            /* LISTEN channel, or NULL */
     char sqlstate[6];
     char errmsg[256];
     char constraint[64];
@@ -292,12 +289,6 @@ static int pg_open(pg_conn *c) {
     c->lost = false;
     c->connect_failed = false;
     c->gen++;
-    if (c->channel != NULL) {
-        char sql[96];
-        snprintf(sql, sizeof sql, "LISTEN %s", c->channel);
-        int rc = pg_simple(c, sql);
-        if (rc != 0) return rc;
-    }
     return 0;
 }
 
@@ -348,7 +339,6 @@ void pg_close(pg_conn *c) {
     if (c == NULL) return;
     pg_disconnect(c);
     free(c->stmts);
-    free(c->channel);
     free(c);
 }
 
@@ -1152,48 +1142,3 @@ PGconn *pg_open_listen(void) {
     return conn;
 }
 
-int pg_listen(pg_conn *c, const char *channel) {
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    if (!pg_ident_ok(channel)) return OM_E_INVALID_ARGUMENT;
-    char *ch = strdup(channel);
-    if (ch == NULL) return OM_E_NOMEM;
-    free(c->channel);
-    c->channel = ch;
-    int rc = pg_ensure(c); /* a reconnect LISTENs by itself */
-    if (rc != 0) return rc;
-    char sql[96];
-    snprintf(sql, sizeof sql, "LISTEN %s", c->channel);
-    return pg_simple(c, sql);
-}
-
-static int pg_drain_notifies(pg_conn *c) {
-    int n = 0;
-    PGnotify *nf;
-    while ((nf = PQnotifies(c->conn)) != NULL) {
-        PQfreemem(nf);
-        n++;
-    }
-    return n;
-}
-
-int pg_wait_notify(pg_conn *c, int timeout_ms, int wake_fd) {
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    int rc = pg_ensure(c);
-    if (rc != 0) return rc;
-    int n = pg_drain_notifies(c); /* some may have arrived with query results */
-    if (n > 0) return n;
-    struct pollfd fds[2] = {{.fd = PQsocket(c->conn), .events = POLLIN},
-                            {.fd = wake_fd, .events = POLLIN}};
-    int pr = poll(fds, wake_fd >= 0 ? 2 : 1, timeout_ms);
-    if (pr < 0 && errno != EINTR) return 0;
-    if (pr > 0 && fds[0].revents != 0) {
-        if (!PQconsumeInput(c->conn)) {
-            pg_set_err(c, "08006", PQerrorMessage(c->conn));
-            log_warn("PostgreSQL connection lost: %s", c->errmsg);
-            c->lost = true;
-            return OM_E_UNAVAILABLE;
-        }
-        return pg_drain_notifies(c);
-    }
-    return 0;
-}

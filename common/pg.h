@@ -145,14 +145,6 @@ const char *pg_schema(void);
  * the next call starts clean. No round trip when all is well. */
 void pg_local_end_call(void);
 
-/* LISTEN on `channel` (an identifier), re-issued after every reconnect. */
-int pg_listen(pg_conn *c, const char *channel);
-/* Wait up to timeout_ms for a notification on c, or until wake_fd (-1:
- * none) is readable. Returns the number of notifications received (0 on
- * timeout or wake), or OM_E_UNAVAILABLE when the connection is down (a
- * reconnect is attempted at most every 500 ms). */
-int pg_wait_notify(pg_conn *c, int timeout_ms, int wake_fd);
-
 #ifdef LIBPQ_FE_H
 /* A plain libpq connection with the service's settings (application name,
  * keepalives, schema), for the loop's one LISTEN connection (common/loop.c):

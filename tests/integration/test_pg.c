@@ -488,30 +488,6 @@ static void test_pg_local_fails_fast_while_unreachable(void **state) {
     assert_true(h.second_ms < 100);
 }
 
-static void test_pg_wait_notify_wakes_on_notify_and_fd(void **state) {
-    pg_conn *c = conn();
-    pg_conn *d = conn();
-    assert_int_equal(pg_listen(c, "it_pg_chan"), 0);
-    int64_t t0 = it_ms();
-    assert_int_equal(pg_wait_notify(c, 100, -1), 0);
-    assert_true(it_ms() - t0 >= 90);
-    assert_int_equal(pg_exec(d, "NOTIFY it_pg_chan", NULL, NULL), 0);
-    t0 = it_ms();
-    assert_int_equal(pg_wait_notify(c, 2000, -1), 1);
-    assert_true(it_ms() - t0 < 1000);
-    int p[2];
-    assert_int_equal(pipe(p), 0);
-    assert_int_equal(write(p[1], "x", 1), 1);
-    t0 = it_ms();
-    assert_int_equal(pg_wait_notify(c, 2000, p[0]), 0);
-    assert_true(it_ms() - t0 < 1000);
-    close(p[0]);
-    close(p[1]);
-    assert_int_equal(pg_listen(c, "Not An Identifier"), OM_E_INVALID_ARGUMENT);
-    pg_close(d);
-    pg_close(c);
-}
-
 int main(void) {
     it_init(SCHEMA);
     const struct CMUnitTest tests[] = {
@@ -536,7 +512,6 @@ int main(void) {
         cmocka_unit_test(test_pg_local_is_per_thread_and_reused),
         cmocka_unit_test(test_pg_local_end_call_rolls_back_leftover_transaction),
         cmocka_unit_test(test_pg_local_fails_fast_while_unreachable),
-        cmocka_unit_test(test_pg_wait_notify_wakes_on_notify_and_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
