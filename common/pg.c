@@ -168,6 +168,18 @@ void pg_p_null(pg_params *p) {
     p->fmt[i] = 0;
 }
 
+void pg_args_list(pg_params *p, int n, const pg_arg *a) {
+    for (int i = 0; i < n; i++) switch (a[i].t) {
+        case PG_A_STR: pg_p_str(p, a[i].s); break;
+        case PG_A_STRN: pg_p_strn(p, a[i].s, a[i].n); break;
+        case PG_A_I64: pg_p_i64(p, a[i].i); break;
+        case PG_A_U64: pg_p_u64(p, a[i].u); break;
+        case PG_A_BOOL: pg_p_bool(p, a[i].u != 0); break;
+        case PG_A_BYTES: pg_p_bytes(p, a[i].s, a[i].n); break;
+        case PG_A_NULL: pg_p_null(p); break;
+        }
+}
+
 /* ---- setup and connections ----------------------------------------------- */
 
 int pg_setup(const char *conninfo, const char *schema, int statement_timeout_ms) {

@@ -162,11 +162,7 @@ static int finish_job(pg_conn *tx, job_row *j) {
     int copied = (int)pg_i64(r, 0, 0), skipped = (int)pg_i64(r, 0, 1), failed = (int)pg_i64(r, 0, 2);
     pg_free(r);
     pg_params f = {0};
-    pg_p_str(&f, j->id);
-    pg_p_i64(&f, asset_job_final_state(copied, skipped, failed));
-    pg_p_i64(&f, copied);
-    pg_p_i64(&f, skipped);
-    pg_p_i64(&f, failed);
+    pg_args(&f, j->id, asset_job_final_state(copied, skipped, failed), copied, skipped, failed);
     rc = pg_exec(tx, "UPDATE copy_jobs SET state = $2, done = total, copied = $3, skipped = $4, failed = $5,"
                      " end_time = now(), update_time = now(), version = version + 1, lease_owner = NULL,"
                      " lease_until = NULL WHERE job_id = $1::uuid", &f, NULL);
@@ -183,8 +179,7 @@ static int finish_job(pg_conn *tx, job_row *j) {
  * or holds items of a lower rank (their copies must exist first, ASSET-04). */
 static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
     pg_params p = {0};
-    pg_p_str(&p, id);
-    pg_p_i64(&p, E.batch);
+    pg_args(&p, id, E.batch);
     pg_res *r = NULL;
     /* act: the ranges leased to live workers; free: the first pending items
      * outside them; run: the free items of the first one's rank, up to the
@@ -223,12 +218,7 @@ static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
      * previous version, which leases whole jobs, leaves it alone), RUNNING,
      * and the counts of the batches finished since the last claim. */
     pg_params b = {0};
-    pg_p_str(&b, id);
-    pg_p_i64(&b, rank);
-    pg_p_i64(&b, lo);
-    pg_p_i64(&b, hi);
-    pg_p_str(&b, a->w->owner);
-    pg_p_i64(&b, E.lease_ms);
+    pg_args(&b, id, rank, lo, hi, a->w->owner, E.lease_ms);
     rc = pg_exec(tx, "WITH b AS (INSERT INTO copy_batches (job_id, batch_no, rank, seq_lo, seq_hi, owner, lease_until)"
                      "   SELECT $1::uuid, coalesce(max(batch_no), 0) + 1, $2, $3, $4, $5,"
                      "   now() + $6 * interval '1 millisecond' FROM copy_batches WHERE job_id = $1::uuid RETURNING batch_no),"
@@ -388,9 +378,7 @@ static int rename_clashes(pg_conn *tx, const batch_arg *b) {
     for (int k = 0; rc == 0 && k < pg_nrows(r); k++) {
         const char *base = pg_str(r, k, 1);
         pg_params q = {0};
-        pg_p_u64(&q, j->target);
-        pg_p_i64(&q, pg_i64(r, k, 2));
-        pg_p_str(&q, base);
+        pg_args(&q, j->target, pg_i64(r, k, 2), base);
         pg_res *t = NULL;
         rc = pg_exec(tx, "SELECT name FROM assets WHERE hub_id = $1 AND type = $2"
                          " AND left(lower(name), length($3) + 6) = lower($3) || ' (copy'", &q, &t);
@@ -408,9 +396,7 @@ static int rename_clashes(pg_conn *tx, const batch_arg *b) {
         free(taken);
         pg_free(t);
         pg_params u = {0};
-        pg_p_str(&u, j->id);
-        pg_p_i64(&u, pg_i64(r, k, 0));
-        pg_p_str(&u, name);
+        pg_args(&u, j->id, pg_i64(r, k, 0), name);
         rc = pg_exec(tx, "UPDATE copy_items SET new_name = $3 WHERE job_id = $1::uuid AND seq = $2", &u, NULL);
     }
     pg_free(r);
@@ -518,8 +504,7 @@ static int not_allowed_tx(pg_conn *tx, void *arg) {
 /* Gives a claimed batch back at once (not waiting out its lease). */
 static void release_batch(pg_conn *c, const claim_arg *a) {
     pg_params p = {0};
-    pg_p_str(&p, a->j.id);
-    pg_p_i64(&p, a->batch_no);
+    pg_args(&p, a->j.id, a->batch_no);
     (void)pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE job_id = $1::uuid AND batch_no = $2"
                      " AND finish_time IS NULL", &p, NULL);
 }
@@ -562,8 +547,7 @@ static int run_batch(pg_conn *c, claim_arg *a) {
  * does it once, before its first claim. */
 static int reclaim(pg_conn *c) {
     pg_params p = {0};
-    pg_p_str(&p, E.replica);
-    pg_p_str(&p, E.owner);
+    pg_args(&p, E.replica, E.owner);
     pg_res *r = NULL;
     int rc = pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE finish_time IS NULL"
                         " AND lease_until IS NOT NULL AND starts_with(owner, $1 || '/')"

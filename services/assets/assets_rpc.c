@@ -744,10 +744,7 @@ static int results_apply(op_call *cl, pg_conn *tx) {
     int rc = load_job(cl, tx, req->job_id, false, &j);
     if (rc != 0) return rc;
     pg_params p = {0};
-    pg_p_str(&p, j.id);
-    pg_p_i64(&p, (int64_t)req->outcome);
-    pg_p_i64(&p, s->after_seq);
-    pg_p_i64(&p, s->limit + 1);
+    pg_args(&p, j.id, (int64_t)req->outcome, s->after_seq, s->limit + 1);
     pg_res *r = NULL;
     rc = pg_exec(tx, "SELECT seq, source_asset_id::text, type, source_name, dependency, outcome,"
                      " coalesce(new_asset_id::text, ''), coalesce(new_name, ''), coalesce(error_reason, ''),"

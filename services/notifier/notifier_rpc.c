@@ -83,12 +83,8 @@ static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     pg_params p = {0};
-    pg_p_str(&p, req->event_id);
-    pg_p_i64(&p, (int64_t)req->recipient_user_id);
-    pg_p_str(&p, req->recipient_email);
-    pg_p_i64(&p, (int64_t)req->state);
-    pg_p_i64(&p, (int64_t)pg.k1);
-    pg_p_i64(&p, pg.limit);
+    pg_args(&p, req->event_id, (int64_t)req->recipient_user_id, req->recipient_email, (int64_t)req->state,
+            (int64_t)pg.k1, pg.limit);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "SELECT " DELIVERY_COLS " FROM delivery"
@@ -119,10 +115,7 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     pg_conn *c = db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     pg_params p = {0};
-    pg_p_str(&p, req->event_type);
-    pg_p_str(&p, req->event_id);
-    pg_p_i64(&p, (int64_t)pg.k1);
-    pg_p_i64(&p, pg.limit);
+    pg_args(&p, req->event_type, req->event_id, (int64_t)pg.k1, pg.limit);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "SELECT id, event_id, event_type, recipient_user_id, recipient_email, reason, attempts,"
