@@ -6,26 +6,10 @@
 #include "organizations.h"
 #include "organizations_rpc.h"
 
-/* Embedded from migrations/ by cmake (om_migrations). */
-extern const pg_migration organizations_migrations[];
-extern const size_t organizations_n_migrations;
-
 static const rpc_service *const services[] = {&organizations_service, NULL};
 
 static const evt_subscription subs[] = {
     {.source = "accounts", .fn = org_on_accounts_event, .arg = NULL},
 };
 
-int main(int argc, char **argv) {
-    const app_def def = {
-        .name = "organizations",
-        .default_port = 50052,
-        .services = services,
-        .migrations = organizations_migrations,
-        .n_migrations = organizations_n_migrations,
-        .subs = subs,
-        .n_subs = 1,
-        .init = organizations_init,
-    };
-    return app_main(&def, argc, argv);
-}
+APP_MAIN(organizations, 50052, .services = services, APP_SUBS(subs), .init = organizations_init)
