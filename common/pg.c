@@ -609,6 +609,10 @@ const char *pg_str(const pg_res *r, int row, int col) {
     return pg_cell_ok(r, row, col) ? PQgetvalue(r->r, row, col) : "";
 }
 
+void pg_str_to(const pg_res *r, int row, int col, char *dst, size_t cap) {
+    snprintf(dst, cap, "%s", pg_str(r, row, col));
+}
+
 int64_t pg_i64(const pg_res *r, int row, int col) {
     return pg_isnull(r, row, col) ? 0 : strtoll(PQgetvalue(r->r, row, col), NULL, 10);
 }

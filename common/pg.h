@@ -140,6 +140,8 @@ int pg_nrows(const pg_res *r);
 int64_t pg_affected(const pg_res *r);  /* rows touched by INSERT/UPDATE/DELETE */
 bool pg_isnull(const pg_res *r, int row, int col);
 const char *pg_str(const pg_res *r, int row, int col); /* "" for NULL */
+/* The column into a fixed buffer of cap bytes (cut to fit; "" for NULL). */
+void pg_str_to(const pg_res *r, int row, int col, char *dst, size_t cap);
 int64_t pg_i64(const pg_res *r, int row, int col);
 uint64_t pg_u64(const pg_res *r, int row, int col);
 bool pg_bool(const pg_res *r, int row, int col);

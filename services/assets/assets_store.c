@@ -12,7 +12,6 @@
 #include "om_err.h"
 #include "om_mem.h"
 
-static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
 void asset_row_clear(asset_row *r) {
     free(r->body);
@@ -28,14 +27,14 @@ void asset_row_clear(asset_row *r) {
 
 static int row_from(pg_res *r, int i, asset_row *a) {
     memset(a, 0, sizeof *a);
-    copy_str(a->id, sizeof a->id, pg_str(r, i, 0));
+    pg_str_to(r, i, 0, a->id, sizeof a->id);
     a->hub = pg_u64(r, i, 1);
     a->type = (int)pg_i64(r, i, 2);
-    copy_str(a->name, sizeof a->name, pg_str(r, i, 3));
+    pg_str_to(r, i, 3, a->name, sizeof a->name);
     a->body = strdup(pg_str(r, i, 4));
     a->src_hub = pg_u64(r, i, 5);
-    copy_str(a->src_id, sizeof a->src_id, pg_str(r, i, 6));
-    copy_str(a->job_id, sizeof a->job_id, pg_str(r, i, 7));
+    pg_str_to(r, i, 6, a->src_id, sizeof a->src_id);
+    pg_str_to(r, i, 7, a->job_id, sizeof a->job_id);
     a->version = pg_i64(r, i, 8);
     a->create_us = pg_time_us(r, i, 9);
     a->update_us = pg_time_us(r, i, 10);
@@ -71,7 +70,7 @@ static int load_refs(pg_conn *c, asset_row *rows, int n) {
                 break;
             }
             rows[i].refs = nrefs;
-            copy_str(nrefs[rows[i].n_refs].id, ASSET_ID_LEN, pg_str(r, k, 1));
+            pg_str_to(r, k, 1, nrefs[rows[i].n_refs].id, ASSET_ID_LEN);
             nrefs[rows[i].n_refs].type = (int)pg_i64(r, k, 2);
             rows[i].n_refs++;
             break;
@@ -122,7 +121,7 @@ int store_asset_insert(pg_conn *tx, asset_row *a) {
     if (rc != 0) return rc;
     if (pg_nrows(r) == 0) rc = OM_E_NAME_CONFLICT;
     else {
-        copy_str(a->id, sizeof a->id, pg_str(r, 0, 0));
+        pg_str_to(r, 0, 0, a->id, sizeof a->id);
         a->version = pg_i64(r, 0, 1);
         a->create_us = pg_time_us(r, 0, 2);
         a->update_us = pg_time_us(r, 0, 3);
@@ -239,7 +238,7 @@ static void job_from(const pg_res *r, int i, om_mem *m, void *out) {
     job_row *j = out;
     (void)m;
     memset(j, 0, sizeof *j);
-    copy_str(j->id, sizeof j->id, pg_str(r, i, 0));
+    pg_str_to(r, i, 0, j->id, sizeof j->id);
     j->source = pg_u64(r, i, 1);
     j->target = pg_u64(r, i, 2);
     j->include_deps = pg_bool(r, i, 3);
@@ -250,7 +249,7 @@ static void job_from(const pg_res *r, int i, om_mem *m, void *out) {
     j->copied = (int)pg_i64(r, i, 8);
     j->skipped = (int)pg_i64(r, i, 9);
     j->failed = (int)pg_i64(r, i, 10);
-    copy_str(j->failure_reason, sizeof j->failure_reason, pg_str(r, i, 11));
+    pg_str_to(r, i, 11, j->failure_reason, sizeof j->failure_reason);
     j->created_by = pg_u64(r, i, 12);
     j->version = pg_i64(r, i, 13);
     j->create_us = pg_time_us(r, i, 14);
@@ -292,7 +291,7 @@ int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing) {
                          " VALUES ($1, $2, $3, $4, 0, $5) RETURNING job_id::text", &jp, &r);
     if (rc != 0) return rc;
     char id[ASSET_ID_LEN];
-    copy_str(id, sizeof id, pg_str(r, 0, 0));
+    pg_str_to(r, 0, 0, id, sizeof id);
     pg_free(r);
     /* ASSET-04: the closure over references when asked (an asset reached
      * only through references is a dependency), and the copy order
