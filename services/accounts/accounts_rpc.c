@@ -324,30 +324,17 @@ static int take_on_behalf_of(mutation *mu, const char *s, bool allow_rule) {
     return 1;
 }
 
-static int emit(mutation *mu, pg_conn *tx, const char *subject, int64_t version, const ProtobufCMessage *payload) {
-    evt_meta meta = {
-        .subject = subject,
-        .version = version,
-        .actor = mu->actor,
-        .rule = mu->rule,
-        .trace_id = rpc_trace_id(mu->ctx),
-    };
-    return evt_emit(tx, &meta, payload, NULL);
-}
-
-static int audit(mutation *mu, pg_conn *tx, const char *action, const char *resource,
-                 const ProtobufCMessage *before, const ProtobufCMessage *after, const char *reason) {
-    audit_entry e = {
-        .actor = mu->actor,
-        .rule = mu->rule,
-        .action = action,
-        .resource = resource,
-        .before = before,
-        .after = after,
-        .reason = (reason && reason[0]) ? reason : NULL,
-        .request_id = (mu->request_id && mu->request_id[0]) ? mu->request_id : NULL,
-        .trace_id = rpc_trace_id(mu->ctx),
-    };
+/* A change's event (`payload`; NULL: none) and audit entry (`action`; NULL:
+ * none), in the mutation's transaction, as whoever acted. */
+static int record(mutation *mu, pg_conn *tx, const char *subject, int64_t version, const ProtobufCMessage *payload,
+                  const char *action, const ProtobufCMessage *before, const ProtobufCMessage *after,
+                  const char *reason) {
+    const char *trace = rpc_trace_id(mu->ctx);
+    evt_meta meta = {.subject = subject, .version = version, .actor = mu->actor, .rule = mu->rule, .trace_id = trace};
+    int rc = payload != NULL ? evt_emit(tx, &meta, payload, NULL) : 0;
+    if (rc != 0 || action == NULL) return rc;
+    audit_entry e = {.actor = mu->actor, .rule = mu->rule, .action = action, .resource = subject, .before = before,
+                     .after = after, .reason = reason, .request_id = mu->request_id, .trace_id = trace};
     return audit_record(tx, &e);
 }
 
@@ -433,6 +420,14 @@ static char **account_changed_fields(rpc_ctx *ctx, const acct_account *b, const 
     return out;
 }
 
+/* An empty payload of an account event type with its "account" set. */
+static ProtobufCMessage *account_event(rpc_ctx *ctx, const ProtobufCMessageDescriptor *type, PbAccount *acc) {
+    ProtobufCMessage *e = rpc_calloc(ctx, 1, type->sizeof_message);
+    protobuf_c_message_init(type, e);
+    pb_set_field(e, "account", PROTOBUF_C_TYPE_MESSAGE, &acc, sizeof acc);
+    return e;
+}
+
 /* The events of an account update (acct_update_events), each with a version
  * of its own; the account's version ends at the last one. Every payload has
  * the account after the change and whichever of the "previous" fields its
@@ -460,16 +455,14 @@ static int emit_account_update(mutation *mu, pg_conn *tx, const acct_account *be
         PbAccount *acc = account_pb(ctx, &snap);
         const ProtobufCMessageDescriptor *type =
             (unsigned)ev[i] < sizeof types / sizeof *types ? types[ev[i]] : types[ACCT_EV_SENSITIVE_DATA_DISABLED];
-        ProtobufCMessage *e = rpc_calloc(ctx, 1, type->sizeof_message);
-        protobuf_c_message_init(type, e);
-        pb_set_field(e, "account", PROTOBUF_C_TYPE_MESSAGE, &acc, sizeof acc);
+        ProtobufCMessage *e = account_event(ctx, type, acc);
         pb_set_field(e, "previous", PROTOBUF_C_TYPE_MESSAGE, &previous, sizeof previous);
         pb_set_repeated(e, "changed_fields", PROTOBUF_C_TYPE_STRING, fields, n_fields);
         pb_set_repeated(e, "previous_subscriptions", PROTOBUF_C_TYPE_MESSAGE, previous->subscriptions,
                         previous->n_subscriptions);
         pb_set_field(e, "previous_hosting_location", PROTOBUF_C_TYPE_STRING, &previous_location,
                      sizeof previous_location);
-        int rc = emit(mu, tx, subject, snap.version, e);
+        int rc = record(mu, tx, subject, snap.version, e, NULL, NULL, NULL, NULL);
         if (rc != 0) return rc;
     }
     return 0;
@@ -501,9 +494,7 @@ static int emit_membership_added(mutation *mu, pg_conn *tx, const acct_membershi
     e.user_email = (char *)f->user.email;
     e.user_display_name = (char *)f->user.display_name;
     store_membership_subject(mb->hub_id, mb->user_id, subject, sizeof subject);
-    int rc = emit(mu, tx, subject, mb->version, &e.base);
-    if (rc != 0) return rc;
-    return audit(mu, tx, "membership.create", subject, NULL, &e.membership->base, NULL);
+    return record(mu, tx, subject, mb->version, &e.base, "membership.create", NULL, &e.membership->base, NULL);
 }
 
 static int emit_membership_changed(mutation *mu, pg_conn *tx, const acct_membership *before,
@@ -527,9 +518,8 @@ static int emit_membership_changed(mutation *mu, pg_conn *tx, const acct_members
     e.user_email = (char *)f->user.email;
     e.user_display_name = (char *)f->user.display_name;
     store_membership_subject(after->hub_id, after->user_id, subject, sizeof subject);
-    int rc = emit(mu, tx, subject, after->version, &e.base);
-    if (rc != 0) return rc;
-    return audit(mu, tx, "membership.update", subject, &e.previous->base, &e.membership->base, reason);
+    return record(mu, tx, subject, after->version, &e.base, "membership.update", &e.previous->base,
+                  &e.membership->base, reason);
 }
 
 /* Deletes a membership and says so (MembershipRemoved carries whether it was
@@ -553,8 +543,7 @@ static int remove_membership(mutation *mu, pg_conn *tx, const acct_membership *m
     e.user_email = (char *)f->user.email;
     e.user_display_name = (char *)f->user.display_name;
     store_membership_subject(mb->hub_id, mb->user_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, last.version, &e.base)) != 0) return rc;
-    return audit(mu, tx, "membership.delete", subject, &e.membership->base, NULL, reason);
+    return record(mu, tx, subject, last.version, &e.base, "membership.delete", &e.membership->base, NULL, reason);
 }
 
 /* ---- AccountsService: accounts ----------------------------------------------------------- */
@@ -590,8 +579,8 @@ static int apply_create_account(mutation *mu, pg_conn *tx) {
     orgmesh__accounts__v1__account_created__init(&e);
     e.account = account_pb(ctx, &a);
     store_account_subject(a.hub_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, a.version, &e.base)) != 0) return rc;
-    if ((rc = audit(mu, tx, "account.create", subject, NULL, &e.account->base, NULL)) != 0) return rc;
+    rc = record(mu, tx, subject, a.version, &e.base, "account.create", NULL, &e.account->base, NULL);
+    if (rc != 0) return rc;
 
     if (!is_service(caller)) {
         acct_membership mb = {.hub_id = a.hub_id, .user_id = caller->user_id, .roles = ACCT_ROLE_SUPER_ADMIN,
@@ -724,8 +713,8 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
         if ((rc = store_account_update(tx, &after)) != 0) return rc;
         if ((rc = emit_account_update(mu, tx, &before, &after, ev, n)) != 0) return rc;
         store_account_subject(after.hub_id, subject, sizeof subject);
-        rc = audit(mu, tx, "account.update", subject, &account_pb(mu->ctx, &before)->base,
-                   &account_pb(mu->ctx, &after)->base, NULL);
+        rc = record(mu, tx, subject, 0, NULL, "account.update", &account_pb(mu->ctx, &before)->base,
+                    &account_pb(mu->ctx, &after)->base, NULL);
         if (rc != 0) return rc;
     }
     ((PB(UpdateAccountResponse) *)mu->resp)->account = account_pb(mu->ctx, &after);
@@ -785,22 +774,14 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
         if ((rc = store_account_update(tx, &a)) != 0) return rc;
         PbAccount *snap = account_pb(mu->ctx, &a);
         store_account_subject(a.hub_id, subject, sizeof subject);
-        if (op->to == ACCT_STATE_DEACTIVATED) { /* ORG-09 DEACTIVATED is decided from this */
-            PB(AccountDeactivated) e;
-            orgmesh__accounts__v1__account_deactivated__init(&e);
-            e.account = snap;
-            e.reason = (char *)op->reason;
-            rc = emit(mu, tx, subject, a.version, &e.base);
-        } else {
-            PB(AccountReactivated) e;
-            orgmesh__accounts__v1__account_reactivated__init(&e);
-            e.account = snap;
-            e.reason = (char *)op->reason;
-            rc = emit(mu, tx, subject, a.version, &e.base);
-        }
-        if (rc != 0) return rc;
-        rc = audit(mu, tx, op->to == ACCT_STATE_DEACTIVATED ? "account.deactivate" : "account.reactivate",
-                   subject, &account_pb(mu->ctx, &before)->base, &snap->base, op->reason);
+        /* AccountDeactivated / AccountReactivated: ORG-09 DEACTIVATED is decided from them */
+        bool off = op->to == ACCT_STATE_DEACTIVATED;
+        ProtobufCMessage *e = account_event(mu->ctx, off ? &orgmesh__accounts__v1__account_deactivated__descriptor
+                                                         : &orgmesh__accounts__v1__account_reactivated__descriptor,
+                                            snap);
+        pb_set_field(e, "reason", PROTOBUF_C_TYPE_STRING, &op->reason, sizeof op->reason);
+        rc = record(mu, tx, subject, a.version, e, off ? "account.deactivate" : "account.reactivate",
+                    &account_pb(mu->ctx, &before)->base, &snap->base, op->reason);
         if (rc != 0) return rc;
     }
     /* both replies have the account as field 1 */
@@ -873,8 +854,8 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     e.account = account_pb(mu->ctx, &last);
     e.reason = req->reason;
     store_account_subject(a.hub_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, last.version, &e.base)) != 0) return rc;
-    return audit(mu, tx, "account.delete", subject, &account_pb(mu->ctx, &a)->base, NULL, req->reason);
+    return record(mu, tx, subject, last.version, &e.base, "account.delete", &account_pb(mu->ctx, &a)->base, NULL,
+                  req->reason);
 }
 
 /* DeleteAccount: SUPER_ADMIN or a service; etag; every membership goes first, then the account. */
@@ -954,8 +935,8 @@ static int apply_create_user(mutation *mu, pg_conn *tx) {
     orgmesh__accounts__v1__user_created__init(&e);
     e.user = user_pb(mu->ctx, &u);
     store_user_subject(u.user_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, u.version, &e.base)) != 0) return rc;
-    if ((rc = audit(mu, tx, "user.create", subject, NULL, &e.user->base, NULL)) != 0) return rc;
+    if ((rc = record(mu, tx, subject, u.version, &e.base, "user.create", NULL, &e.user->base, NULL)) != 0)
+        return rc;
     ((PB(CreateUserResponse) *)mu->resp)->user = e.user;
     return 0;
 }
@@ -1112,8 +1093,8 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
         if (before.two_factor_enabled != after.two_factor_enabled)
             e.changed_fields[e.n_changed_fields++] = "two_factor_enabled";
         store_user_subject(after.user_id, subject, sizeof subject);
-        if ((rc = emit(mu, tx, subject, after.version, &e.base)) != 0) return rc;
-        if ((rc = audit(mu, tx, "user.update", subject, &e.previous->base, &e.user->base, NULL)) != 0) return rc;
+        rc = record(mu, tx, subject, after.version, &e.base, "user.update", &e.previous->base, &e.user->base, NULL);
+        if (rc != 0) return rc;
     }
     ((PB(UpdateUserResponse) *)mu->resp)->user = user_pb(mu->ctx, &after);
     return 0;
@@ -1175,8 +1156,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
     orgmesh__accounts__v1__user_deleted__init(&e);
     e.user = user_pb(mu->ctx, &last);
     store_user_subject(u.user_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, last.version, &e.base)) != 0) return rc;
-    return audit(mu, tx, "user.delete", subject, &user_pb(mu->ctx, &u)->base, NULL, NULL);
+    return record(mu, tx, subject, last.version, &e.base, "user.delete", &user_pb(mu->ctx, &u)->base, NULL, NULL);
 }
 
 /* DeleteUser: the user or a service; their memberships go first (MembershipRemoved each, PART-09). */

@@ -236,7 +236,6 @@ history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, s
 
 static void job_from(const pg_res *r, int i, om_mem *m, void *out) {
     job_row *j = out;
-    (void)m;
     memset(j, 0, sizeof *j);
     pg_str_to(r, i, 0, j->id, sizeof j->id);
     j->source = pg_u64(r, i, 1);

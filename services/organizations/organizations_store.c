@@ -39,7 +39,6 @@ int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
 
 static void read_account(const pg_res *r, int i, om_mem *m, void *out) {
     org_account *a = out;
-    (void)m;
     memset(a, 0, sizeof *a);
     a->hub_id = pg_u64(r, i, 0);
     pg_str_to(r, i, 1, a->name, sizeof a->name);
@@ -99,7 +98,6 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
 
 static void org_from(const pg_res *r, int i, om_mem *m, void *out) {
     org_row *o = out;
-    (void)m;
     memset(o, 0, sizeof *o);
     pg_str_to(r, i, 0, o->id, sizeof o->id);
     o->founding_hub_id = pg_u64(r, i, 1);
@@ -134,7 +132,6 @@ int store_org_of_account(pg_conn *c, uint64_t hub_id, char org_id[ORG_ID_LEN]) {
 
 static void read_member(const pg_res *r, int i, om_mem *mem, void *out) {
     org_member_row *m = out;
-    (void)mem;
     memset(m, 0, sizeof *m);
     m->hub_id = pg_u64(r, i, 0);
     pg_str_to(r, i, 1, m->name, sizeof m->name);
