@@ -289,12 +289,7 @@ typedef struct batch_arg {
 /* $1 job, $2..$3 seq range, $4 rank, $5 target, $6 batch_no */
 static void batch_params(pg_params *p, const batch_arg *b) {
     const claim_arg *c = b->c;
-    pg_p_str(p, c->j.id);
-    pg_p_i64(p, c->lo);
-    pg_p_i64(p, c->hi);
-    pg_p_i64(p, c->rank);
-    pg_p_u64(p, c->j.target);
-    pg_p_i64(p, c->batch_no);
+    pg_args(p, c->j.id, c->lo, c->hi, c->rank, c->j.target, c->batch_no);
 }
 
 /* The batch's pending items this transaction holds or can take now; items
