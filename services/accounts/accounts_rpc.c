@@ -72,12 +72,6 @@ static acct_violations ctx_violations(rpc_ctx *ctx) { return (acct_violations){v
 
 static bool is_service(const om_actor *a) { return auth_is_service(a, NULL); }
 
-/* A failed read: the store's code, logged when it is the database's fault. */
-static int fail_store(rpc_ctx *ctx, pg_conn *c, int rc) {
-    if (rc == OM_E_INTERNAL) log_error("accounts: SQL error %s: %s", pg_sqlstate(c), pg_errmsg(c));
-    return rpc_fail(ctx, rc, NULL);
-}
-
 static unsigned role_bit(int v) { return (v >= 1 && v <= 4) ? 1u << (v - 1) : 0; }
 static unsigned seat_bit(int v) { return (v >= 1 && v <= 2) ? 1u << (v - 1) : 0; }
 
@@ -632,9 +626,9 @@ static int h_get_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     if ((rc = acct_rule_view_account(rpc_actor(ctx), mine)) != 0) return rpc_fail(ctx, rc, NULL);
-    if ((rc = store_account_get(c, req->hub_id, false, &m, &a)) != 0) return fail_store(ctx, c, rc);
+    if ((rc = store_account_get(c, req->hub_id, false, &m, &a)) != 0) return op_fail_db(ctx, c, rc);
     resp->account = account_pb(ctx, &a);
     return 0;
 }
@@ -668,7 +662,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     acct_account *rows = rpc_calloc(ctx, (size_t)pg.limit + 1, sizeof *rows);
     int n = 0;
     rc = store_accounts_list(c, &f, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->next_page_token = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].hub_id, 0);
     resp->accounts = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->accounts);
     for (int i = 0; i < n; i++) resp->accounts[resp->n_accounts++] = account_pb(ctx, &rows[i]);
@@ -875,7 +869,7 @@ static int list_history(rpc_ctx *ctx, pg_conn *c, const char *resource, bool sub
     history_req q = {.page = pg, .scope = subtree ? HISTORY_TREE : HISTORY_RESOURCE, .resource = resource};
     history_out h;
     int rc = history_list(ctx, c, &q, &h);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     *out = h.entries;
     *n_out = h.n;
     *next = h.next_page_token;
@@ -899,7 +893,7 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     if ((rc = acct_rule_manage_account(rpc_actor(ctx), mine)) != 0)
         return rpc_fail(ctx, rc, "%s", hidden_or(rc, "the history needs SUPER_ADMIN or ACCOUNT_PERMISSIONS in the account"));
     store_account_subject(req->hub_id, resource, sizeof resource);
@@ -993,8 +987,8 @@ static int h_get_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = may_view_user(ctx, c, req->user_id);
-    if (rc != 0) return fail_store(ctx, c, rc);
-    if ((rc = store_user_get(c, req->user_id, false, &m, &u)) != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
+    if ((rc = store_user_get(c, req->user_id, false, &m, &u)) != 0) return op_fail_db(ctx, c, rc);
     resp->user = user_pb(ctx, &u);
     return 0;
 }
@@ -1013,7 +1007,7 @@ static int h_get_user_by_email(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     int rc = store_user_get_by_email(c, req->email, &m, &u);
     if (rc == 0) rc = may_view_user(ctx, c, u.user_id);
     if (rc == OM_E_PERMISSION_DENIED) rc = OM_E_NOT_FOUND;
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->user = user_pb(ctx, &u);
     return 0;
 }
@@ -1043,7 +1037,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     acct_user *rows = rpc_calloc(ctx, (size_t)pg.limit + 1, sizeof *rows);
     int n = 0;
     rc = store_users_list(c, &f, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->next_page_token = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].user_id, 0);
     resp->users = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->users);
     for (int i = 0; i < n; i++) resp->users[resp->n_users++] = user_pb(ctx, &rows[i]);
@@ -1185,7 +1179,7 @@ static int h_list_user_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = may_change_user(ctx, c, req->user_id);
     if (rc == OM_E_PERMISSION_DENIED) return rpc_fail(ctx, rc, "only the user themselves may read their history");
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     store_user_subject(req->user_id, resource, sizeof resource);
     return list_history(ctx, c, resource, false, &pg, &resp->entries, &resp->n_entries, &resp->next_page_token);
 }
@@ -1268,11 +1262,11 @@ static int h_get_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     if (actor->user_id != req->user_id && (rc = acct_rule_view_account(actor, mine)) != 0)
         return rpc_fail(ctx, rc, NULL);
     if ((rc = store_membership_get(c, req->hub_id, req->user_id, false, &m, &mb)) != 0)
-        return fail_store(ctx, c, rc);
+        return op_fail_db(ctx, c, rc);
     resp->membership = membership_pb(ctx, &mb);
     return 0;
 }
@@ -1300,7 +1294,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
         acct_membership mbuf;
         const acct_membership *mine;
         rc = reader_membership(ctx, c, hub_id, &mbuf, &mine);
-        if (rc != 0) return fail_store(ctx, c, rc);
+        if (rc != 0) return op_fail_db(ctx, c, rc);
         if ((rc = acct_rule_view_account(rpc_actor(ctx), mine)) != 0)
             return rpc_fail(ctx, rc, "%s", hidden_or(rc, "listing an account's members needs membership in it"));
     }
@@ -1310,7 +1304,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
     acct_membership *rows = rpc_calloc(ctx, (size_t)pg.limit + 1, sizeof *rows);
     int n = 0;
     rc = store_memberships_list(c, &f, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     *next = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].hub_id, rows[pg.limit - 1].user_id);
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     *n_out = 0;
@@ -1642,7 +1636,7 @@ static int h_batch_get_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_account *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_accounts_batch(c, ids, n_ids, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->accounts = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->accounts);
     resp->missing_hub_ids = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->missing_hub_ids);
     for (int i = 0; i < n_ids; i++) {
@@ -1672,7 +1666,7 @@ static int h_batch_get_users(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_user *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_users_batch(c, ids, n_ids, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->users = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->users);
     resp->missing_user_ids = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->missing_user_ids);
     for (int i = 0; i < n_ids; i++) {
