@@ -593,10 +593,7 @@ static int h_create_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     create_account_op op;
     acct_violations v = ctx_violations(ctx);
 
-    if (req->account == NULL) {
-        rpc_violation(ctx, "account", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->account == NULL) return op_fail_unset(ctx, "account");
     if (req->account->n_subscriptions > ACCT_MAX_SUBS_IN)
         rpc_violation(ctx, "account.subscriptions", "at most one subscription per hub");
     if (req->account->hub_id != 0 && !pg_id_valid(req->account->hub_id))
@@ -720,10 +717,7 @@ static int h_update_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     const PB(UpdateAccountRequest) *req = (const void *)req_;
     update_account_op op = {.req = req};
 
-    if (req->account == NULL) {
-        rpc_violation(ctx, "account", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->account == NULL) return op_fail_unset(ctx, "account");
     op_check_id(ctx, "account.hub_id", req->account->hub_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
@@ -941,10 +935,7 @@ static int h_create_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     user_op op;
     acct_violations v = ctx_violations(ctx);
 
-    if (req->user == NULL) {
-        rpc_violation(ctx, "user", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->user == NULL) return op_fail_unset(ctx, "user");
     if (req->user->user_id != 0 && !pg_id_valid(req->user->user_id))
         rpc_violation(ctx, "user.user_id", "is out of range");
     user_from_pb(req->user, &op.user);
@@ -1098,10 +1089,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
 static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(UpdateUserRequest) *req = (const void *)req_;
     update_user_op op = {.req = req};
-    if (req->user == NULL) {
-        rpc_violation(ctx, "user", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->user == NULL) return op_fail_unset(ctx, "user");
     op_check_id(ctx, "user.user_id", req->user->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
@@ -1228,10 +1216,7 @@ static int h_create_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     const PbMembership *in = req->membership;
     membership_op op = {0};
 
-    if (in == NULL) {
-        rpc_violation(ctx, "membership", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (in == NULL) return op_fail_unset(ctx, "membership");
     op_check_id(ctx, "membership.hub_id", in->hub_id);
     op_check_id(ctx, "membership.user_id", in->user_id);
     op.roles = roles_in(ctx, "membership.roles", in->roles, in->n_roles);
@@ -1369,10 +1354,7 @@ static int h_update_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     const PbMembership *in = req->membership;
     membership_op op = {0};
 
-    if (in == NULL) {
-        rpc_violation(ctx, "membership", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (in == NULL) return op_fail_unset(ctx, "membership");
     op_check_id(ctx, "membership.hub_id", in->hub_id);
     op_check_id(ctx, "membership.user_id", in->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)

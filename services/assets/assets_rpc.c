@@ -238,10 +238,7 @@ static const op_def create_def = {.apply = create_apply, .mutation = true, .fetc
 static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(CreateAssetRequest) *req = (const void *)req_;
     const APB(Asset) *in = req->asset;
-    if (in == NULL) {
-        rpc_violation(ctx, "asset", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (in == NULL) return op_fail_unset(ctx, "asset");
     check_hub(ctx, "asset.hub_id", in->hub_id);
     if (!asset_type_valid((int)in->type)) rpc_violation(ctx, "asset.type", "must be EMAIL_REGULAR, EMAIL_AUTOMATED, LIST or FORM");
     check_name(ctx, "asset.name", in->name);
