@@ -394,6 +394,26 @@ static int keep_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t
     return rc;
 }
 
+/* A SUPER_ADMIN (or a service) acting on a whole account: the PART-08
+ * gate, then the account row locked into *a and the etag checked; `what`
+ * words the refusal ("deleting an account"). */
+static int lock_as_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, acct_act_kind kind, const char *etag,
+                               const char *what, acct_account *a) {
+    store_mem m = call_mem(mu->ctx);
+    bool service = is_service(rpc_actor(mu->ctx));
+    acct_membership mbuf;
+    const acct_membership *mine;
+    int rc = reader_membership(mu->ctx, tx, hub_id, &mbuf, &mine);
+    if (rc != 0) return rc;
+    if (!service && mine == NULL) /* AIP-193 */
+        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", hub_id);
+    if (!service && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "%s needs SUPER_ADMIN in the account", what);
+    if ((rc = gate(mu, tx, &(acct_act){.kind = kind, .hub_id = hub_id}, true, mine)) != 0) return rc;
+    if ((rc = store_account_get(tx, hub_id, true, &m, a)) != 0) return rc;
+    return acct_etag_check(etag, a->version);
+}
+
 /* ---- events ------------------------------------------------------------------------------ */
 
 static const char *const account_field_names[] = {"name", "hosting_location", "subscriptions",
@@ -739,22 +759,12 @@ typedef struct state_op {
 
 static int apply_set_state(mutation *mu, pg_conn *tx) {
     state_op *op = mu->op;
-    store_mem m = call_mem(mu->ctx);
     acct_account a;
-    acct_membership mbuf;
-    const acct_membership *mine;
     char subject[64];
-
-    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
+    bool off = op->to == ACCT_STATE_DEACTIVATED;
+    int rc = lock_as_super_admin(mu, tx, op->hub_id, ACCT_ACT_SET_ACCOUNT_STATE, op->etag,
+                                 off ? "deactivating an account" : "reactivating an account", &a);
     if (rc != 0) return rc;
-    if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
-    if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "this needs SUPER_ADMIN in the account");
-    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = op->hub_id}, true, mine)) != 0)
-        return rc;
-    if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
-    if ((rc = acct_etag_check(op->etag, a.version)) != 0) return rc;
     if (a.state != op->to) {
         acct_account before = a;
         a.state = op->to;
@@ -763,7 +773,6 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
         PbAccount *snap = account_pb(mu->ctx, &a);
         store_account_subject(a.hub_id, subject, sizeof subject);
         /* AccountDeactivated / AccountReactivated: ORG-09 DEACTIVATED is decided from them */
-        bool off = op->to == ACCT_STATE_DEACTIVATED;
         ProtobufCMessage *e = account_event(mu->ctx, off ? &orgmesh__accounts__v1__account_deactivated__descriptor
                                                          : &orgmesh__accounts__v1__account_reactivated__descriptor,
                                             snap);
@@ -805,20 +814,9 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     const PB(DeleteAccountRequest) *req = mu->req;
     store_mem m = call_mem(mu->ctx);
     acct_account a;
-    acct_membership mbuf;
-    const acct_membership *mine;
     char subject[64];
-
-    int rc = reader_membership(mu->ctx, tx, req->hub_id, &mbuf, &mine);
+    int rc = lock_as_super_admin(mu, tx, req->hub_id, ACCT_ACT_DELETE_ACCOUNT, req->etag, "deleting an account", &a);
     if (rc != 0) return rc;
-    if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
-    if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "deleting an account needs SUPER_ADMIN in it");
-    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = req->hub_id}, true, mine)) != 0)
-        return rc;
-    if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
-    if ((rc = acct_etag_check(req->etag, a.version)) != 0) return rc;
 
     /* every membership goes first, each with its event (partners revoke, PART-09) */
     acct_membership *page = rpc_calloc(mu->ctx, CASCADE_PAGE, sizeof *page);
