@@ -245,12 +245,8 @@ unsigned copies_bits(const int *values, size_t n) {
 
 int copies_membership_put(pg_conn *tx, const CopiesMembership *m, bool deleted, int64_t version) {
     pg_params p = {0};
-    pg_p_u64(&p, m->hub_id);
-    pg_p_u64(&p, m->user_id);
-    pg_p_i64(&p, deleted ? 0 : (int64_t)copies_bits((const int *)m->roles, m->n_roles));
-    pg_p_i64(&p, deleted ? 0 : (int64_t)copies_bits((const int *)m->seats, m->n_seats));
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
+    pg_args(&p, m->hub_id, m->user_id, deleted ? 0 : (int64_t)copies_bits((const int *)m->roles, m->n_roles),
+            deleted ? 0 : (int64_t)copies_bits((const int *)m->seats, m->n_seats), deleted, version);
     /* SPEC 2: never an older version over a newer one. */
     return pg_exec(tx,
                    "INSERT INTO membership_copies AS x (hub_id, user_id, roles, seats, deleted, version)"
@@ -268,8 +264,7 @@ int copies_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, i
         if (seats) seats[i] = 0;
         if (member) member[i] = false;
         pg_params p = {0};
-        pg_p_u64(&p, hubs[i]);
-        pg_p_u64(&p, user_id);
+        pg_args(&p, hubs[i], user_id);
         pg_res *r = NULL;
         int rc = pg_exec(c, "SELECT roles, seats, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
                          &p, &r);
