@@ -29,6 +29,20 @@ typedef struct app_def {
 /* Runs the service until SIGTERM/SIGINT; returns the process exit code. */
 int app_main(const app_def *def, int argc, char **argv);
 
+/* A service's main(): its name (the schema, and the migrations cmake embeds
+ * as <name>_migrations), its default port, then the other app_def fields:
+ *   APP_MAIN(assets, 50054, .services = services, APP_SUBS(subs), .init = assets_init)
+ * (no semicolon after it). APP_SUBS(a) gives .subs and .n_subs of an array. */
+#define APP_SUBS(a) .subs = (a), .n_subs = (int)(sizeof(a) / sizeof(a)[0])
+#define APP_MAIN(svc, port, ...)                                                                     \
+    extern const pg_migration svc##_migrations[];                                                    \
+    extern const size_t svc##_n_migrations;                                                          \
+    int main(int argc, char **argv) {                                                                \
+        const app_def def = {.name = #svc, .default_port = (port), .migrations = svc##_migrations, \
+                             .n_migrations = svc##_n_migrations, __VA_ARGS__};                      \
+        return app_main(&def, argc, argv);                                                           \
+    }
+
 /* Process-wide handles, valid once app_main has called def->init. */
 auth_ctx *app_auth(void);
 const char *app_name(void);

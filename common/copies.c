@@ -10,6 +10,7 @@
 #include "log.h"
 #include "om_err.h"
 #include "orgmesh/accounts/v1/accounts.pb-c.h"
+#include "pbfield.h"
 
 #define APB(x) Orgmesh__Accounts__V1__##x
 
@@ -161,7 +162,8 @@ int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(c
 }
 
 typedef struct memb_page {
-    const APB(ListMembershipsResponse) *r;
+    size_t n;
+    CopiesMembership **ms;
     int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg);
     int (*done)(pg_conn *tx, void *arg);
     void *arg;
@@ -169,8 +171,8 @@ typedef struct memb_page {
 
 static int memb_page_tx(pg_conn *tx, void *arg) {
     const memb_page *p = arg;
-    for (size_t i = 0; i < p->r->n_memberships; i++) {
-        const CopiesMembership *m = p->r->memberships[i];
+    for (size_t i = 0; i < p->n; i++) {
+        const CopiesMembership *m = p->ms[i];
         if (m == NULL || !pg_id_valid(m->hub_id) || !pg_id_valid(m->user_id)) continue;
         int rc = p->put(tx, m, p->arg);
         if (rc != 0) return rc;
@@ -178,33 +180,60 @@ static int memb_page_tx(pg_conn *tx, void *arg) {
     return p->done ? p->done(tx, p->arg) : 0;
 }
 
-int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
+/* ListMemberships or ListMembershipsInternal: the same request and page
+ * fields by name (user_id, page_size, page_token; memberships,
+ * next_page_token), each pages stored as copies_fetch_memberships says. */
+static int fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, bool internal,
                              int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
                              int (*done)(pg_conn *tx, void *arg), void *arg) {
+    const char *method = internal ? "/orgmesh.accounts.v1.AccountsInternalService/ListMembershipsInternal"
+                                  : "/orgmesh.accounts.v1.AccountsService/ListMemberships";
+    APB(ListMembershipsInternalRequest) ireq = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_INTERNAL_REQUEST__INIT;
+    APB(ListMembershipsRequest) preq = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
+    ProtobufCMessage *req = internal ? &ireq.base : &preq.base;
+    const ProtobufCMessageDescriptor *resp_desc =
+        internal ? &orgmesh__accounts__v1__list_memberships_internal_response__descriptor
+                 : &orgmesh__accounts__v1__list_memberships_response__descriptor;
+    int32_t page_size = 1000;
+    if (!pb_set_field(req, "user_id", PROTOBUF_C_TYPE_UINT64, &user_id, sizeof user_id) ||
+        !pb_set_field(req, "page_size", PROTOBUF_C_TYPE_INT32, &page_size, sizeof page_size))
+        return OM_E_INTERNAL;
     char *token = NULL;
     int rc = 0;
     for (int page = 0; page < COPIES_MEMBERSHIP_PAGES; page++) {
-        APB(ListMembershipsRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_REQUEST__INIT;
-        req.user_id = user_id;
-        req.page_size = 1000;
-        req.page_token = token ? token : (char *)"";
-        APB(ListMembershipsResponse) *r = NULL;
-        rc = copies_call(ctx, "/orgmesh.accounts.v1.AccountsService/ListMemberships", &req.base,
-                         &orgmesh__accounts__v1__list_memberships_response__descriptor, (ProtobufCMessage **)&r, NULL);
+        const char *t = token ? token : "";
+        pb_set_field(req, "page_token", PROTOBUF_C_TYPE_STRING, &t, sizeof t);
+        ProtobufCMessage *r = NULL;
+        rc = copies_call(ctx, method, req, resp_desc, &r, NULL);
         free(token);
         token = NULL;
         if (rc != 0) return fetch_failed(rc);
-        memb_page p = {.r = r, .put = put, .done = done, .arg = arg};
+        memb_page p = {.put = put, .done = done, .arg = arg};
+        const char *next = NULL;
+        pb_get_repeated(r, "memberships", (void **)&p.ms, &p.n);
+        pb_get_field(r, "next_page_token", &next, sizeof next);
         rc = pg_tx(c, memb_page_tx, &p);
-        if (rc == 0 && r->next_page_token != NULL && r->next_page_token[0] != '\0') {
-            token = strdup(r->next_page_token);
+        if (rc == 0 && next != NULL && next[0] != '\0') {
+            token = strdup(next);
             if (token == NULL) rc = OM_E_NOMEM;
         }
-        protobuf_c_message_free_unpacked(&r->base, NULL);
+        protobuf_c_message_free_unpacked(r, NULL);
         if (rc != 0 || token == NULL) break;
     }
     free(token);
     return rc;
+}
+
+int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
+                             int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
+                             int (*done)(pg_conn *tx, void *arg), void *arg) {
+    return fetch_memberships(ctx, c, user_id, false, put, done, arg);
+}
+
+int copies_fetch_memberships_internal(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
+                                      int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
+                                      int (*done)(pg_conn *tx, void *arg), void *arg) {
+    return fetch_memberships(ctx, c, user_id, true, put, done, arg);
 }
 
 unsigned copies_bits(const int *values, size_t n) {
@@ -216,12 +245,8 @@ unsigned copies_bits(const int *values, size_t n) {
 
 int copies_membership_put(pg_conn *tx, const CopiesMembership *m, bool deleted, int64_t version) {
     pg_params p = {0};
-    pg_p_u64(&p, m->hub_id);
-    pg_p_u64(&p, m->user_id);
-    pg_p_i64(&p, deleted ? 0 : (int64_t)copies_bits((const int *)m->roles, m->n_roles));
-    pg_p_i64(&p, deleted ? 0 : (int64_t)copies_bits((const int *)m->seats, m->n_seats));
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
+    pg_args(&p, m->hub_id, m->user_id, deleted ? 0 : (int64_t)copies_bits((const int *)m->roles, m->n_roles),
+            deleted ? 0 : (int64_t)copies_bits((const int *)m->seats, m->n_seats), deleted, version);
     /* SPEC 2: never an older version over a newer one. */
     return pg_exec(tx,
                    "INSERT INTO membership_copies AS x (hub_id, user_id, roles, seats, deleted, version)"
@@ -239,8 +264,7 @@ int copies_memberships_get(pg_conn *c, uint64_t user_id, const uint64_t *hubs, i
         if (seats) seats[i] = 0;
         if (member) member[i] = false;
         pg_params p = {0};
-        pg_p_u64(&p, hubs[i]);
-        pg_p_u64(&p, user_id);
+        pg_args(&p, hubs[i], user_id);
         pg_res *r = NULL;
         int rc = pg_exec(c, "SELECT roles, seats, deleted FROM membership_copies WHERE hub_id = $1 AND user_id = $2",
                          &p, &r);

@@ -77,6 +77,11 @@ int copies_fetch_users(rpc_ctx *ctx, const uint64_t *ids, size_t n, int (*put)(c
 int copies_fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
                              int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
                              int (*done)(pg_conn *tx, void *arg), void *arg);
+/* The same through AccountsInternalService.ListMembershipsInternal, for a
+ * service the accounts service lets call that one (organizations). */
+int copies_fetch_memberships_internal(rpc_ctx *ctx, pg_conn *c, uint64_t user_id,
+                                      int (*put)(pg_conn *tx, const CopiesMembership *m, void *arg),
+                                      int (*done)(pg_conn *tx, void *arg), void *arg);
 
 /* SPEC 2: the membership copy of organizations, connections and assets,
  * one table shape everywhere: membership_copies (hub_id, user_id, roles,

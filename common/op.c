@@ -48,6 +48,16 @@ pg_conn *op_db(rpc_ctx *ctx) {
     return c;
 }
 
+int op_fail_unset(rpc_ctx *ctx, const char *field) {
+    rpc_violation(ctx, field, "must be set");
+    return rpc_fail_invalid(ctx);
+}
+
+int op_fail_db(rpc_ctx *ctx, pg_conn *c, int rc) {
+    if (rc == OM_E_INTERNAL) log_error("%s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
+    return rpc_fail(ctx, rc, NULL);
+}
+
 void op_check_id(rpc_ctx *ctx, const char *field, uint64_t id) {
     if (id == 0)
         rpc_violation(ctx, field, "must be set");

@@ -141,6 +141,12 @@ void op_need_id(op_call *op, uint64_t id);
 /* The worker's connection, or NULL with the call failed UNAVAILABLE ("the
  * <service> database is unreachable"). */
 pg_conn *op_db(rpc_ctx *ctx);
+/* The call failed INVALID_ARGUMENT: the message field `field` must be set
+ * (for a request whose other checks need it). Returns the code. */
+int op_fail_unset(rpc_ctx *ctx, const char *field);
+/* A failed read outside op_run: the store's OM_E_* as the call's status
+ * (INTERNAL logged with c's SQL error); returns rc. */
+int op_fail_db(rpc_ctx *ctx, pg_conn *c, int rc);
 /* A required id (hub, user ...): "must be set" when 0, "is out of range"
  * when it cannot be a PostgreSQL bigint (rpc_violation on `field`). */
 void op_check_id(rpc_ctx *ctx, const char *field, uint64_t id);

@@ -35,4 +35,22 @@ static inline bool pb_set_repeated(ProtobufCMessage *m, const char *name, Protob
     return true;
 }
 
+/* Reading them back: *value (size bytes) of a singular field, the array and
+ * count of a repeated one; false (nothing written) when the message has no
+ * such field. */
+static inline bool pb_get_field(const ProtobufCMessage *m, const char *name, void *value, size_t size) {
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+    if (f == NULL || f->label != PROTOBUF_C_LABEL_NONE) return false;
+    memcpy(value, (const char *)m + f->offset, size);
+    return true;
+}
+
+static inline bool pb_get_repeated(const ProtobufCMessage *m, const char *name, void **array, size_t *n) {
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+    if (f == NULL || f->label != PROTOBUF_C_LABEL_REPEATED) return false;
+    memcpy(n, (const char *)m + f->quantifier_offset, sizeof *n);
+    memcpy(array, (const char *)m + f->offset, sizeof *array);
+    return true;
+}
+
 #endif

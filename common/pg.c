@@ -4,9 +4,7 @@
  * A PostgreSQL restart heals by itself: a lost connection is reopened on next use. */
 #include "pg.h"
 
-#include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -50,7 +48,6 @@ struct pg_conn {
     int n_stmts;
     unsigned stmt_seq;        /* statement names are never reused on a connection */
     unsigned server_stmts;    /* statements prepared on the server, cached or not */
-    char *channel;            /* LISTEN channel, or NULL */
     char sqlstate[6];
     char errmsg[256];
     char constraint[64];
@@ -169,6 +166,18 @@ void pg_p_null(pg_params *p) {
     p->val[i] = NULL;
     p->len[i] = 0;
     p->fmt[i] = 0;
+}
+
+void pg_args_list(pg_params *p, int n, const pg_arg *a) {
+    for (int i = 0; i < n; i++) switch (a[i].t) {
+        case PG_A_STR: pg_p_str(p, a[i].s); break;
+        case PG_A_STRN: pg_p_strn(p, a[i].s, a[i].n); break;
+        case PG_A_I64: pg_p_i64(p, a[i].i); break;
+        case PG_A_U64: pg_p_u64(p, a[i].u); break;
+        case PG_A_BOOL: pg_p_bool(p, a[i].u != 0); break;
+        case PG_A_BYTES: pg_p_bytes(p, a[i].s, a[i].n); break;
+        case PG_A_NULL: pg_p_null(p); break;
+        }
 }
 
 /* ---- setup and connections ----------------------------------------------- */
@@ -292,12 +301,6 @@ static int pg_open(pg_conn *c) {
     c->lost = false;
     c->connect_failed = false;
     c->gen++;
-    if (c->channel != NULL) {
-        char sql[96];
-        snprintf(sql, sizeof sql, "LISTEN %s", c->channel);
-        int rc = pg_simple(c, sql);
-        if (rc != 0) return rc;
-    }
     return 0;
 }
 
@@ -348,7 +351,6 @@ void pg_close(pg_conn *c) {
     if (c == NULL) return;
     pg_disconnect(c);
     free(c->stmts);
-    free(c->channel);
     free(c);
 }
 
@@ -605,6 +607,10 @@ bool pg_isnull(const pg_res *r, int row, int col) {
 
 const char *pg_str(const pg_res *r, int row, int col) {
     return pg_cell_ok(r, row, col) ? PQgetvalue(r->r, row, col) : "";
+}
+
+void pg_str_to(const pg_res *r, int row, int col, char *dst, size_t cap) {
+    snprintf(dst, cap, "%s", pg_str(r, row, col));
 }
 
 int64_t pg_i64(const pg_res *r, int row, int col) {
@@ -1152,48 +1158,3 @@ PGconn *pg_open_listen(void) {
     return conn;
 }
 
-int pg_listen(pg_conn *c, const char *channel) {
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    if (!pg_ident_ok(channel)) return OM_E_INVALID_ARGUMENT;
-    char *ch = strdup(channel);
-    if (ch == NULL) return OM_E_NOMEM;
-    free(c->channel);
-    c->channel = ch;
-    int rc = pg_ensure(c); /* a reconnect LISTENs by itself */
-    if (rc != 0) return rc;
-    char sql[96];
-    snprintf(sql, sizeof sql, "LISTEN %s", c->channel);
-    return pg_simple(c, sql);
-}
-
-static int pg_drain_notifies(pg_conn *c) {
-    int n = 0;
-    PGnotify *nf;
-    while ((nf = PQnotifies(c->conn)) != NULL) {
-        PQfreemem(nf);
-        n++;
-    }
-    return n;
-}
-
-int pg_wait_notify(pg_conn *c, int timeout_ms, int wake_fd) {
-    if (c == NULL) return OM_E_UNAVAILABLE;
-    int rc = pg_ensure(c);
-    if (rc != 0) return rc;
-    int n = pg_drain_notifies(c); /* some may have arrived with query results */
-    if (n > 0) return n;
-    struct pollfd fds[2] = {{.fd = PQsocket(c->conn), .events = POLLIN},
-                            {.fd = wake_fd, .events = POLLIN}};
-    int pr = poll(fds, wake_fd >= 0 ? 2 : 1, timeout_ms);
-    if (pr < 0 && errno != EINTR) return 0;
-    if (pr > 0 && fds[0].revents != 0) {
-        if (!PQconsumeInput(c->conn)) {
-            pg_set_err(c, "08006", PQerrorMessage(c->conn));
-            log_warn("PostgreSQL connection lost: %s", c->errmsg);
-            c->lost = true;
-            return OM_E_UNAVAILABLE;
-        }
-        return pg_drain_notifies(c);
-    }
-    return 0;
-}

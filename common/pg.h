@@ -43,6 +43,71 @@ void pg_p_bool(pg_params *p, bool v);
 void pg_p_bytes(pg_params *p, const void *data, size_t n); /* bytea, binary */
 void pg_p_null(pg_params *p);
 
+/* All the parameters of a query in one call, each bound by its C type:
+ *   pg_params p = {0};
+ *   pg_args(&p, hub_id, name, deleted);   -- $1 bigint, $2 text, $3 boolean
+ * char * / const char * -> pg_p_str; bool -> pg_p_bool; a signed integer
+ * (or enum of negative values) -> pg_p_i64; an unsigned one (and an enum)
+ * -> pg_p_u64 (same text below 2^63; above it the query fails, as
+ * pg_p_u64's). Other kinds go as pg_arg values: pg_a_strn(s, n),
+ * pg_a_bytes(d, n), pg_a_null(). Another type does not compile. At most 24 a
+ * call (append with another call). Trap: in C `true`, `a == b` and `!x` are
+ * ints (bound as 1/0): write (bool)(a == b) for a boolean. */
+typedef struct pg_arg {
+    enum { PG_A_STR, PG_A_STRN, PG_A_I64, PG_A_U64, PG_A_BOOL, PG_A_BYTES, PG_A_NULL } t;
+    const void *s;
+    size_t n;
+    int64_t i;
+    uint64_t u;
+} pg_arg;
+
+static inline pg_arg pg_a_str(const char *s) { return (pg_arg){.t = PG_A_STR, .s = s}; }
+static inline pg_arg pg_a_i64(int64_t v) { return (pg_arg){.t = PG_A_I64, .i = v}; }
+static inline pg_arg pg_a_u64(uint64_t v) { return (pg_arg){.t = PG_A_U64, .u = v}; }
+static inline pg_arg pg_a_bool(bool v) { return (pg_arg){.t = PG_A_BOOL, .u = v}; }
+static inline pg_arg pg_a_arg(pg_arg a) { return a; }
+static inline pg_arg pg_a_strn(const char *s, size_t n) { return (pg_arg){.t = PG_A_STRN, .s = s, .n = n}; }
+static inline pg_arg pg_a_bytes(const void *d, size_t n) { return (pg_arg){.t = PG_A_BYTES, .s = d, .n = n}; }
+static inline pg_arg pg_a_null(void) { return (pg_arg){.t = PG_A_NULL}; }
+
+#define PG_ARG(x)                                                                                   \
+    _Generic((x), char *: pg_a_str, const char *: pg_a_str, bool: pg_a_bool, signed char: pg_a_i64, \
+        short: pg_a_i64, int: pg_a_i64, long: pg_a_i64, long long: pg_a_i64, unsigned char: pg_a_u64, \
+        unsigned short: pg_a_u64, unsigned: pg_a_u64, unsigned long: pg_a_u64,                       \
+        unsigned long long: pg_a_u64, pg_arg: pg_a_arg)(x)
+#define PG_NARGS(...) PG_NARGS_(__VA_ARGS__, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
+#define PG_NARGS_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, _17, _18, _19, _20, _21, _22, _23, _24, n, ...) n
+#define PG_MAP(f, ...) PG_MAP_N(PG_NARGS(__VA_ARGS__))(f, __VA_ARGS__)
+#define PG_MAP_N(n) PG_MAP_N_(n)
+#define PG_MAP_N_(n) PG_MAP_##n
+#define PG_MAP_1(f, x) f(x)
+#define PG_MAP_2(f, x, ...) f(x), PG_MAP_1(f, __VA_ARGS__)
+#define PG_MAP_3(f, x, ...) f(x), PG_MAP_2(f, __VA_ARGS__)
+#define PG_MAP_4(f, x, ...) f(x), PG_MAP_3(f, __VA_ARGS__)
+#define PG_MAP_5(f, x, ...) f(x), PG_MAP_4(f, __VA_ARGS__)
+#define PG_MAP_6(f, x, ...) f(x), PG_MAP_5(f, __VA_ARGS__)
+#define PG_MAP_7(f, x, ...) f(x), PG_MAP_6(f, __VA_ARGS__)
+#define PG_MAP_8(f, x, ...) f(x), PG_MAP_7(f, __VA_ARGS__)
+#define PG_MAP_9(f, x, ...) f(x), PG_MAP_8(f, __VA_ARGS__)
+#define PG_MAP_10(f, x, ...) f(x), PG_MAP_9(f, __VA_ARGS__)
+#define PG_MAP_11(f, x, ...) f(x), PG_MAP_10(f, __VA_ARGS__)
+#define PG_MAP_12(f, x, ...) f(x), PG_MAP_11(f, __VA_ARGS__)
+#define PG_MAP_13(f, x, ...) f(x), PG_MAP_12(f, __VA_ARGS__)
+#define PG_MAP_14(f, x, ...) f(x), PG_MAP_13(f, __VA_ARGS__)
+#define PG_MAP_15(f, x, ...) f(x), PG_MAP_14(f, __VA_ARGS__)
+#define PG_MAP_16(f, x, ...) f(x), PG_MAP_15(f, __VA_ARGS__)
+#define PG_MAP_17(f, x, ...) f(x), PG_MAP_16(f, __VA_ARGS__)
+#define PG_MAP_18(f, x, ...) f(x), PG_MAP_17(f, __VA_ARGS__)
+#define PG_MAP_19(f, x, ...) f(x), PG_MAP_18(f, __VA_ARGS__)
+#define PG_MAP_20(f, x, ...) f(x), PG_MAP_19(f, __VA_ARGS__)
+#define PG_MAP_21(f, x, ...) f(x), PG_MAP_20(f, __VA_ARGS__)
+#define PG_MAP_22(f, x, ...) f(x), PG_MAP_21(f, __VA_ARGS__)
+#define PG_MAP_23(f, x, ...) f(x), PG_MAP_22(f, __VA_ARGS__)
+#define PG_MAP_24(f, x, ...) f(x), PG_MAP_23(f, __VA_ARGS__)
+
+void pg_args_list(pg_params *p, int n, const pg_arg *a);
+#define pg_args(p, ...) pg_args_list((p), PG_NARGS(__VA_ARGS__), (const pg_arg[]){PG_MAP(PG_ARG, __VA_ARGS__)})
+
 /* Process-wide settings: connection string (ORGMESH_PG_URL), the schema
  * this service owns (its search_path) and statement timeout. */
 int pg_setup(const char *conninfo, const char *schema, int statement_timeout_ms);
@@ -75,6 +140,8 @@ int pg_nrows(const pg_res *r);
 int64_t pg_affected(const pg_res *r);  /* rows touched by INSERT/UPDATE/DELETE */
 bool pg_isnull(const pg_res *r, int row, int col);
 const char *pg_str(const pg_res *r, int row, int col); /* "" for NULL */
+/* The column into a fixed buffer of cap bytes (cut to fit; "" for NULL). */
+void pg_str_to(const pg_res *r, int row, int col, char *dst, size_t cap);
 int64_t pg_i64(const pg_res *r, int row, int col);
 uint64_t pg_u64(const pg_res *r, int row, int col);
 bool pg_bool(const pg_res *r, int row, int col);
@@ -144,14 +211,6 @@ const char *pg_schema(void);
  * left open (a bug; logged) and forgets one lost with its connection, so
  * the next call starts clean. No round trip when all is well. */
 void pg_local_end_call(void);
-
-/* LISTEN on `channel` (an identifier), re-issued after every reconnect. */
-int pg_listen(pg_conn *c, const char *channel);
-/* Wait up to timeout_ms for a notification on c, or until wake_fd (-1:
- * none) is readable. Returns the number of notifications received (0 on
- * timeout or wake), or OM_E_UNAVAILABLE when the connection is down (a
- * reconnect is attempted at most every 500 ms). */
-int pg_wait_notify(pg_conn *c, int timeout_ms, int wake_fd);
 
 #ifdef LIBPQ_FE_H
 /* A plain libpq connection with the service's settings (application name,

@@ -72,12 +72,6 @@ static acct_violations ctx_violations(rpc_ctx *ctx) { return (acct_violations){v
 
 static bool is_service(const om_actor *a) { return auth_is_service(a, NULL); }
 
-/* A failed read: the store's code, logged when it is the database's fault. */
-static int fail_store(rpc_ctx *ctx, pg_conn *c, int rc) {
-    if (rc == OM_E_INTERNAL) log_error("accounts: SQL error %s: %s", pg_sqlstate(c), pg_errmsg(c));
-    return rpc_fail(ctx, rc, NULL);
-}
-
 static unsigned role_bit(int v) { return (v >= 1 && v <= 4) ? 1u << (v - 1) : 0; }
 static unsigned seat_bit(int v) { return (v >= 1 && v <= 2) ? 1u << (v - 1) : 0; }
 
@@ -324,30 +318,17 @@ static int take_on_behalf_of(mutation *mu, const char *s, bool allow_rule) {
     return 1;
 }
 
-static int emit(mutation *mu, pg_conn *tx, const char *subject, int64_t version, const ProtobufCMessage *payload) {
-    evt_meta meta = {
-        .subject = subject,
-        .version = version,
-        .actor = mu->actor,
-        .rule = mu->rule,
-        .trace_id = rpc_trace_id(mu->ctx),
-    };
-    return evt_emit(tx, &meta, payload, NULL);
-}
-
-static int audit(mutation *mu, pg_conn *tx, const char *action, const char *resource,
-                 const ProtobufCMessage *before, const ProtobufCMessage *after, const char *reason) {
-    audit_entry e = {
-        .actor = mu->actor,
-        .rule = mu->rule,
-        .action = action,
-        .resource = resource,
-        .before = before,
-        .after = after,
-        .reason = (reason && reason[0]) ? reason : NULL,
-        .request_id = (mu->request_id && mu->request_id[0]) ? mu->request_id : NULL,
-        .trace_id = rpc_trace_id(mu->ctx),
-    };
+/* A change's event (`payload`; NULL: none) and audit entry (`action`; NULL:
+ * none), in the mutation's transaction, as whoever acted. */
+static int record(mutation *mu, pg_conn *tx, const char *subject, int64_t version, const ProtobufCMessage *payload,
+                  const char *action, const ProtobufCMessage *before, const ProtobufCMessage *after,
+                  const char *reason) {
+    const char *trace = rpc_trace_id(mu->ctx);
+    evt_meta meta = {.subject = subject, .version = version, .actor = mu->actor, .rule = mu->rule, .trace_id = trace};
+    int rc = payload != NULL ? evt_emit(tx, &meta, payload, NULL) : 0;
+    if (rc != 0 || action == NULL) return rc;
+    audit_entry e = {.actor = mu->actor, .rule = mu->rule, .action = action, .resource = subject, .before = before,
+                     .after = after, .reason = reason, .request_id = mu->request_id, .trace_id = trace};
     return audit_record(tx, &e);
 }
 
@@ -413,6 +394,26 @@ static int keep_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, uint64_t
     return rc;
 }
 
+/* A SUPER_ADMIN (or a service) acting on a whole account: the PART-08
+ * gate, then the account row locked into *a and the etag checked; `what`
+ * words the refusal ("deleting an account"). */
+static int lock_as_super_admin(mutation *mu, pg_conn *tx, uint64_t hub_id, acct_act_kind kind, const char *etag,
+                               const char *what, acct_account *a) {
+    store_mem m = call_mem(mu->ctx);
+    bool service = is_service(rpc_actor(mu->ctx));
+    acct_membership mbuf;
+    const acct_membership *mine;
+    int rc = reader_membership(mu->ctx, tx, hub_id, &mbuf, &mine);
+    if (rc != 0) return rc;
+    if (!service && mine == NULL) /* AIP-193 */
+        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", hub_id);
+    if (!service && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
+        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "%s needs super admin in the account", what);
+    if ((rc = gate(mu, tx, &(acct_act){.kind = kind, .hub_id = hub_id}, true, mine)) != 0) return rc;
+    if ((rc = store_account_get(tx, hub_id, true, &m, a)) != 0) return rc;
+    return acct_etag_check(etag, a->version);
+}
+
 /* ---- events ------------------------------------------------------------------------------ */
 
 static const char *const account_field_names[] = {"name", "hosting_location", "subscriptions",
@@ -431,6 +432,14 @@ static char **account_changed_fields(rpc_ctx *ctx, const acct_account *b, const 
     for (int i = 0; i < 5; i++)
         if (changed[i]) out[(*n)++] = (char *)account_field_names[i];
     return out;
+}
+
+/* An empty payload of an account event type with its "account" set. */
+static ProtobufCMessage *account_event(rpc_ctx *ctx, const ProtobufCMessageDescriptor *type, PbAccount *acc) {
+    ProtobufCMessage *e = rpc_calloc(ctx, 1, type->sizeof_message);
+    protobuf_c_message_init(type, e);
+    pb_set_field(e, "account", PROTOBUF_C_TYPE_MESSAGE, &acc, sizeof acc);
+    return e;
 }
 
 /* The events of an account update (acct_update_events), each with a version
@@ -460,16 +469,14 @@ static int emit_account_update(mutation *mu, pg_conn *tx, const acct_account *be
         PbAccount *acc = account_pb(ctx, &snap);
         const ProtobufCMessageDescriptor *type =
             (unsigned)ev[i] < sizeof types / sizeof *types ? types[ev[i]] : types[ACCT_EV_SENSITIVE_DATA_DISABLED];
-        ProtobufCMessage *e = rpc_calloc(ctx, 1, type->sizeof_message);
-        protobuf_c_message_init(type, e);
-        pb_set_field(e, "account", PROTOBUF_C_TYPE_MESSAGE, &acc, sizeof acc);
+        ProtobufCMessage *e = account_event(ctx, type, acc);
         pb_set_field(e, "previous", PROTOBUF_C_TYPE_MESSAGE, &previous, sizeof previous);
         pb_set_repeated(e, "changed_fields", PROTOBUF_C_TYPE_STRING, fields, n_fields);
         pb_set_repeated(e, "previous_subscriptions", PROTOBUF_C_TYPE_MESSAGE, previous->subscriptions,
                         previous->n_subscriptions);
         pb_set_field(e, "previous_hosting_location", PROTOBUF_C_TYPE_STRING, &previous_location,
                      sizeof previous_location);
-        int rc = emit(mu, tx, subject, snap.version, e);
+        int rc = record(mu, tx, subject, snap.version, e, NULL, NULL, NULL, NULL);
         if (rc != 0) return rc;
     }
     return 0;
@@ -501,9 +508,7 @@ static int emit_membership_added(mutation *mu, pg_conn *tx, const acct_membershi
     e.user_email = (char *)f->user.email;
     e.user_display_name = (char *)f->user.display_name;
     store_membership_subject(mb->hub_id, mb->user_id, subject, sizeof subject);
-    int rc = emit(mu, tx, subject, mb->version, &e.base);
-    if (rc != 0) return rc;
-    return audit(mu, tx, "membership.create", subject, NULL, &e.membership->base, NULL);
+    return record(mu, tx, subject, mb->version, &e.base, "membership.create", NULL, &e.membership->base, NULL);
 }
 
 static int emit_membership_changed(mutation *mu, pg_conn *tx, const acct_membership *before,
@@ -527,9 +532,8 @@ static int emit_membership_changed(mutation *mu, pg_conn *tx, const acct_members
     e.user_email = (char *)f->user.email;
     e.user_display_name = (char *)f->user.display_name;
     store_membership_subject(after->hub_id, after->user_id, subject, sizeof subject);
-    int rc = emit(mu, tx, subject, after->version, &e.base);
-    if (rc != 0) return rc;
-    return audit(mu, tx, "membership.update", subject, &e.previous->base, &e.membership->base, reason);
+    return record(mu, tx, subject, after->version, &e.base, "membership.update", &e.previous->base,
+                  &e.membership->base, reason);
 }
 
 /* Deletes a membership and says so (MembershipRemoved carries whether it was
@@ -553,8 +557,7 @@ static int remove_membership(mutation *mu, pg_conn *tx, const acct_membership *m
     e.user_email = (char *)f->user.email;
     e.user_display_name = (char *)f->user.display_name;
     store_membership_subject(mb->hub_id, mb->user_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, last.version, &e.base)) != 0) return rc;
-    return audit(mu, tx, "membership.delete", subject, &e.membership->base, NULL, reason);
+    return record(mu, tx, subject, last.version, &e.base, "membership.delete", &e.membership->base, NULL, reason);
 }
 
 /* ---- AccountsService: accounts ----------------------------------------------------------- */
@@ -590,8 +593,8 @@ static int apply_create_account(mutation *mu, pg_conn *tx) {
     orgmesh__accounts__v1__account_created__init(&e);
     e.account = account_pb(ctx, &a);
     store_account_subject(a.hub_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, a.version, &e.base)) != 0) return rc;
-    if ((rc = audit(mu, tx, "account.create", subject, NULL, &e.account->base, NULL)) != 0) return rc;
+    rc = record(mu, tx, subject, a.version, &e.base, "account.create", NULL, &e.account->base, NULL);
+    if (rc != 0) return rc;
 
     if (!is_service(caller)) {
         acct_membership mb = {.hub_id = a.hub_id, .user_id = caller->user_id, .roles = ACCT_ROLE_SUPER_ADMIN,
@@ -610,10 +613,7 @@ static int h_create_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     create_account_op op;
     acct_violations v = ctx_violations(ctx);
 
-    if (req->account == NULL) {
-        rpc_violation(ctx, "account", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->account == NULL) return op_fail_unset(ctx, "account");
     if (req->account->n_subscriptions > ACCT_MAX_SUBS_IN)
         rpc_violation(ctx, "account.subscriptions", "at most one subscription per hub");
     if (req->account->hub_id != 0 && !pg_id_valid(req->account->hub_id))
@@ -643,9 +643,9 @@ static int h_get_account(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     if ((rc = acct_rule_view_account(rpc_actor(ctx), mine)) != 0) return rpc_fail(ctx, rc, NULL);
-    if ((rc = store_account_get(c, req->hub_id, false, &m, &a)) != 0) return fail_store(ctx, c, rc);
+    if ((rc = store_account_get(c, req->hub_id, false, &m, &a)) != 0) return op_fail_db(ctx, c, rc);
     resp->account = account_pb(ctx, &a);
     return 0;
 }
@@ -679,7 +679,7 @@ static int h_list_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufC
     acct_account *rows = rpc_calloc(ctx, (size_t)pg.limit + 1, sizeof *rows);
     int n = 0;
     rc = store_accounts_list(c, &f, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->next_page_token = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].hub_id, 0);
     resp->accounts = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->accounts);
     for (int i = 0; i < n; i++) resp->accounts[resp->n_accounts++] = account_pb(ctx, &rows[i]);
@@ -724,8 +724,8 @@ static int apply_update_account(mutation *mu, pg_conn *tx) {
         if ((rc = store_account_update(tx, &after)) != 0) return rc;
         if ((rc = emit_account_update(mu, tx, &before, &after, ev, n)) != 0) return rc;
         store_account_subject(after.hub_id, subject, sizeof subject);
-        rc = audit(mu, tx, "account.update", subject, &account_pb(mu->ctx, &before)->base,
-                   &account_pb(mu->ctx, &after)->base, NULL);
+        rc = record(mu, tx, subject, 0, NULL, "account.update", &account_pb(mu->ctx, &before)->base,
+                    &account_pb(mu->ctx, &after)->base, NULL);
         if (rc != 0) return rc;
     }
     ((PB(UpdateAccountResponse) *)mu->resp)->account = account_pb(mu->ctx, &after);
@@ -737,10 +737,7 @@ static int h_update_account(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     const PB(UpdateAccountRequest) *req = (const void *)req_;
     update_account_op op = {.req = req};
 
-    if (req->account == NULL) {
-        rpc_violation(ctx, "account", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->account == NULL) return op_fail_unset(ctx, "account");
     op_check_id(ctx, "account.hub_id", req->account->hub_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
@@ -762,22 +759,12 @@ typedef struct state_op {
 
 static int apply_set_state(mutation *mu, pg_conn *tx) {
     state_op *op = mu->op;
-    store_mem m = call_mem(mu->ctx);
     acct_account a;
-    acct_membership mbuf;
-    const acct_membership *mine;
     char subject[64];
-
-    int rc = reader_membership(mu->ctx, tx, op->hub_id, &mbuf, &mine);
+    bool off = op->to == ACCT_STATE_DEACTIVATED;
+    int rc = lock_as_super_admin(mu, tx, op->hub_id, ACCT_ACT_SET_ACCOUNT_STATE, op->etag,
+                                 off ? "deactivating an account" : "reactivating an account", &a);
     if (rc != 0) return rc;
-    if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", op->hub_id);
-    if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "this needs super admin in the account");
-    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_SET_ACCOUNT_STATE, .hub_id = op->hub_id}, true, mine)) != 0)
-        return rc;
-    if ((rc = store_account_get(tx, op->hub_id, true, &m, &a)) != 0) return rc;
-    if ((rc = acct_etag_check(op->etag, a.version)) != 0) return rc;
     if (a.state != op->to) {
         acct_account before = a;
         a.state = op->to;
@@ -785,22 +772,13 @@ static int apply_set_state(mutation *mu, pg_conn *tx) {
         if ((rc = store_account_update(tx, &a)) != 0) return rc;
         PbAccount *snap = account_pb(mu->ctx, &a);
         store_account_subject(a.hub_id, subject, sizeof subject);
-        if (op->to == ACCT_STATE_DEACTIVATED) { /* ORG-09 DEACTIVATED is decided from this */
-            PB(AccountDeactivated) e;
-            orgmesh__accounts__v1__account_deactivated__init(&e);
-            e.account = snap;
-            e.reason = (char *)op->reason;
-            rc = emit(mu, tx, subject, a.version, &e.base);
-        } else {
-            PB(AccountReactivated) e;
-            orgmesh__accounts__v1__account_reactivated__init(&e);
-            e.account = snap;
-            e.reason = (char *)op->reason;
-            rc = emit(mu, tx, subject, a.version, &e.base);
-        }
-        if (rc != 0) return rc;
-        rc = audit(mu, tx, op->to == ACCT_STATE_DEACTIVATED ? "account.deactivate" : "account.reactivate",
-                   subject, &account_pb(mu->ctx, &before)->base, &snap->base, op->reason);
+        /* AccountDeactivated / AccountReactivated: ORG-09 DEACTIVATED is decided from them */
+        ProtobufCMessage *e = account_event(mu->ctx, off ? &orgmesh__accounts__v1__account_deactivated__descriptor
+                                                         : &orgmesh__accounts__v1__account_reactivated__descriptor,
+                                            snap);
+        pb_set_field(e, "reason", PROTOBUF_C_TYPE_STRING, &op->reason, sizeof op->reason);
+        rc = record(mu, tx, subject, a.version, e, off ? "account.deactivate" : "account.reactivate",
+                    &account_pb(mu->ctx, &before)->base, &snap->base, op->reason);
         if (rc != 0) return rc;
     }
     /* both replies have the account as field 1 */
@@ -836,20 +814,9 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     const PB(DeleteAccountRequest) *req = mu->req;
     store_mem m = call_mem(mu->ctx);
     acct_account a;
-    acct_membership mbuf;
-    const acct_membership *mine;
     char subject[64];
-
-    int rc = reader_membership(mu->ctx, tx, req->hub_id, &mbuf, &mine);
+    int rc = lock_as_super_admin(mu, tx, req->hub_id, ACCT_ACT_DELETE_ACCOUNT, req->etag, "deleting an account", &a);
     if (rc != 0) return rc;
-    if (!is_service(rpc_actor(mu->ctx)) && mine == NULL) /* AIP-193 */
-        return op_fail(mu->oc, OM_E_NOT_FOUND, "account %" PRIu64 " does not exist", req->hub_id);
-    if (!is_service(rpc_actor(mu->ctx)) && !(mine->roles & ACCT_ROLE_SUPER_ADMIN))
-        return op_fail(mu->oc, OM_E_PERMISSION_DENIED, "deleting an account needs super admin in it");
-    if ((rc = gate(mu, tx, &(acct_act){.kind = ACCT_ACT_DELETE_ACCOUNT, .hub_id = req->hub_id}, true, mine)) != 0)
-        return rc;
-    if ((rc = store_account_get(tx, req->hub_id, true, &m, &a)) != 0) return rc;
-    if ((rc = acct_etag_check(req->etag, a.version)) != 0) return rc;
 
     /* every membership goes first, each with its event (partners revoke, PART-09) */
     acct_membership *page = rpc_calloc(mu->ctx, CASCADE_PAGE, sizeof *page);
@@ -873,8 +840,8 @@ static int apply_delete_account(mutation *mu, pg_conn *tx) {
     e.account = account_pb(mu->ctx, &last);
     e.reason = req->reason;
     store_account_subject(a.hub_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, last.version, &e.base)) != 0) return rc;
-    return audit(mu, tx, "account.delete", subject, &account_pb(mu->ctx, &a)->base, NULL, req->reason);
+    return record(mu, tx, subject, last.version, &e.base, "account.delete", &account_pb(mu->ctx, &a)->base, NULL,
+                  req->reason);
 }
 
 /* DeleteAccount: SUPER_ADMIN or a service; etag; every membership goes first, then the account. */
@@ -894,7 +861,7 @@ static int list_history(rpc_ctx *ctx, pg_conn *c, const char *resource, bool sub
     history_req q = {.page = pg, .scope = subtree ? HISTORY_TREE : HISTORY_RESOURCE, .resource = resource};
     history_out h;
     int rc = history_list(ctx, c, &q, &h);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     *out = h.entries;
     *n_out = h.n;
     *next = h.next_page_token;
@@ -918,7 +885,7 @@ static int h_list_account_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Pr
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     if ((rc = acct_rule_manage_account(rpc_actor(ctx), mine)) != 0)
         return rpc_fail(ctx, rc, "%s", hidden_or(rc, "the history needs super admin or account permissions in the account"));
     store_account_subject(req->hub_id, resource, sizeof resource);
@@ -954,8 +921,8 @@ static int apply_create_user(mutation *mu, pg_conn *tx) {
     orgmesh__accounts__v1__user_created__init(&e);
     e.user = user_pb(mu->ctx, &u);
     store_user_subject(u.user_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, u.version, &e.base)) != 0) return rc;
-    if ((rc = audit(mu, tx, "user.create", subject, NULL, &e.user->base, NULL)) != 0) return rc;
+    if ((rc = record(mu, tx, subject, u.version, &e.base, "user.create", NULL, &e.user->base, NULL)) != 0)
+        return rc;
     ((PB(CreateUserResponse) *)mu->resp)->user = e.user;
     return 0;
 }
@@ -966,10 +933,7 @@ static int h_create_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMe
     user_op op;
     acct_violations v = ctx_violations(ctx);
 
-    if (req->user == NULL) {
-        rpc_violation(ctx, "user", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->user == NULL) return op_fail_unset(ctx, "user");
     if (req->user->user_id != 0 && !pg_id_valid(req->user->user_id))
         rpc_violation(ctx, "user.user_id", "is out of range");
     user_from_pb(req->user, &op.user);
@@ -1012,8 +976,8 @@ static int h_get_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessa
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = may_view_user(ctx, c, req->user_id);
-    if (rc != 0) return fail_store(ctx, c, rc);
-    if ((rc = store_user_get(c, req->user_id, false, &m, &u)) != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
+    if ((rc = store_user_get(c, req->user_id, false, &m, &u)) != 0) return op_fail_db(ctx, c, rc);
     resp->user = user_pb(ctx, &u);
     return 0;
 }
@@ -1032,7 +996,7 @@ static int h_get_user_by_email(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     int rc = store_user_get_by_email(c, req->email, &m, &u);
     if (rc == 0) rc = may_view_user(ctx, c, u.user_id);
     if (rc == OM_E_PERMISSION_DENIED) rc = OM_E_NOT_FOUND;
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->user = user_pb(ctx, &u);
     return 0;
 }
@@ -1062,7 +1026,7 @@ static int h_list_users(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMes
     acct_user *rows = rpc_calloc(ctx, (size_t)pg.limit + 1, sizeof *rows);
     int n = 0;
     rc = store_users_list(c, &f, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->next_page_token = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].user_id, 0);
     resp->users = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->users);
     for (int i = 0; i < n; i++) resp->users[resp->n_users++] = user_pb(ctx, &rows[i]);
@@ -1112,8 +1076,8 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
         if (before.two_factor_enabled != after.two_factor_enabled)
             e.changed_fields[e.n_changed_fields++] = "two_factor_enabled";
         store_user_subject(after.user_id, subject, sizeof subject);
-        if ((rc = emit(mu, tx, subject, after.version, &e.base)) != 0) return rc;
-        if ((rc = audit(mu, tx, "user.update", subject, &e.previous->base, &e.user->base, NULL)) != 0) return rc;
+        rc = record(mu, tx, subject, after.version, &e.base, "user.update", &e.previous->base, &e.user->base, NULL);
+        if (rc != 0) return rc;
     }
     ((PB(UpdateUserResponse) *)mu->resp)->user = user_pb(mu->ctx, &after);
     return 0;
@@ -1123,10 +1087,7 @@ static int apply_update_user(mutation *mu, pg_conn *tx) {
 static int h_update_user(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const PB(UpdateUserRequest) *req = (const void *)req_;
     update_user_op op = {.req = req};
-    if (req->user == NULL) {
-        rpc_violation(ctx, "user", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (req->user == NULL) return op_fail_unset(ctx, "user");
     op_check_id(ctx, "user.user_id", req->user->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
         rpc_violation(ctx, "update_mask", "must name the fields to change");
@@ -1175,8 +1136,7 @@ static int apply_delete_user(mutation *mu, pg_conn *tx) {
     orgmesh__accounts__v1__user_deleted__init(&e);
     e.user = user_pb(mu->ctx, &last);
     store_user_subject(u.user_id, subject, sizeof subject);
-    if ((rc = emit(mu, tx, subject, last.version, &e.base)) != 0) return rc;
-    return audit(mu, tx, "user.delete", subject, &user_pb(mu->ctx, &u)->base, NULL, NULL);
+    return record(mu, tx, subject, last.version, &e.base, "user.delete", &user_pb(mu->ctx, &u)->base, NULL, NULL);
 }
 
 /* DeleteUser: the user or a service; their memberships go first (MembershipRemoved each, PART-09). */
@@ -1205,7 +1165,7 @@ static int h_list_user_history(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     if (c == NULL) return OM_E_UNAVAILABLE;
     rc = may_change_user(ctx, c, req->user_id);
     if (rc == OM_E_PERMISSION_DENIED) return rpc_fail(ctx, rc, "only the user themselves may read their history");
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     store_user_subject(req->user_id, resource, sizeof resource);
     return list_history(ctx, c, resource, false, &pg, &resp->entries, &resp->n_entries, &resp->next_page_token);
 }
@@ -1254,10 +1214,7 @@ static int h_create_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     const PbMembership *in = req->membership;
     membership_op op = {0};
 
-    if (in == NULL) {
-        rpc_violation(ctx, "membership", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (in == NULL) return op_fail_unset(ctx, "membership");
     op_check_id(ctx, "membership.hub_id", in->hub_id);
     op_check_id(ctx, "membership.user_id", in->user_id);
     op.roles = roles_in(ctx, "membership.roles", in->roles, in->n_roles);
@@ -1288,11 +1245,11 @@ static int h_get_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobuf
     pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     int rc = reader_membership(ctx, c, req->hub_id, &mbuf, &mine);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     if (actor->user_id != req->user_id && (rc = acct_rule_view_account(actor, mine)) != 0)
         return rpc_fail(ctx, rc, NULL);
     if ((rc = store_membership_get(c, req->hub_id, req->user_id, false, &m, &mb)) != 0)
-        return fail_store(ctx, c, rc);
+        return op_fail_db(ctx, c, rc);
     resp->membership = membership_pb(ctx, &mb);
     return 0;
 }
@@ -1320,7 +1277,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
         acct_membership mbuf;
         const acct_membership *mine;
         rc = reader_membership(ctx, c, hub_id, &mbuf, &mine);
-        if (rc != 0) return fail_store(ctx, c, rc);
+        if (rc != 0) return op_fail_db(ctx, c, rc);
         if ((rc = acct_rule_view_account(rpc_actor(ctx), mine)) != 0)
             return rpc_fail(ctx, rc, "%s", hidden_or(rc, "listing an account's members needs membership in it"));
     }
@@ -1330,7 +1287,7 @@ static int list_memberships(rpc_ctx *ctx, uint64_t hub_id, uint64_t user_id, con
     acct_membership *rows = rpc_calloc(ctx, (size_t)pg.limit + 1, sizeof *rows);
     int n = 0;
     rc = store_memberships_list(c, &f, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     *next = page_next(ctx, &pg, page_trim(&pg, &n), rows[pg.limit - 1].hub_id, rows[pg.limit - 1].user_id);
     *out = rpc_calloc(ctx, (size_t)n + 1, sizeof **out);
     *n_out = 0;
@@ -1395,10 +1352,7 @@ static int h_update_membership(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     const PbMembership *in = req->membership;
     membership_op op = {0};
 
-    if (in == NULL) {
-        rpc_violation(ctx, "membership", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (in == NULL) return op_fail_unset(ctx, "membership");
     op_check_id(ctx, "membership.hub_id", in->hub_id);
     op_check_id(ctx, "membership.user_id", in->user_id);
     if (req->update_mask == NULL || req->update_mask->n_paths == 0)
@@ -1662,7 +1616,7 @@ static int h_batch_get_accounts(rpc_ctx *ctx, const ProtobufCMessage *req_, Prot
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_account *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_accounts_batch(c, ids, n_ids, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->accounts = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->accounts);
     resp->missing_hub_ids = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->missing_hub_ids);
     for (int i = 0; i < n_ids; i++) {
@@ -1692,7 +1646,7 @@ static int h_batch_get_users(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
     if (c == NULL) return OM_E_UNAVAILABLE;
     acct_user *rows = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *rows);
     rc = store_users_batch(c, ids, n_ids, &m, rows, &n);
-    if (rc != 0) return fail_store(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->users = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->users);
     resp->missing_user_ids = rpc_calloc(ctx, (size_t)n_ids + 1, sizeof *resp->missing_user_ids);
     for (int i = 0; i < n_ids; i++) {

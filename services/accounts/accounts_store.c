@@ -44,8 +44,7 @@ static int delete_tombstoned(pg_conn *c, const char *aggregate, int64_t version,
                              const pg_params *p) {
     pg_params t = {0};
     pg_res *r = NULL;
-    pg_p_str(&t, aggregate);
-    pg_p_i64(&t, version);
+    pg_args(&t, aggregate, version);
     int rc = pg_exec(c,
                      "INSERT INTO tombstones (aggregate, version) VALUES ($1, $2) "
                      "ON CONFLICT (aggregate) DO UPDATE SET version = EXCLUDED.version, delete_time = now()",
@@ -139,9 +138,7 @@ static int write_subs(pg_conn *c, const acct_account *a, bool replace) {
     if (a->n_subs == 0) return 0;
     subs_literals(a, hubs, tiers, sizeof hubs);
     memset(&p, 0, sizeof p);
-    pg_p_u64(&p, a->hub_id);
-    pg_p_str(&p, hubs);
-    pg_p_str(&p, tiers);
+    pg_args(&p, a->hub_id, hubs, tiers);
     return pg_exec(c,
                    "INSERT INTO subscriptions (hub_id, hub, tier) "
                    "SELECT $1, h, t FROM unnest($2::text[], $3::text[]) AS x(h, t)",
@@ -175,15 +172,8 @@ int store_account_insert(pg_conn *c, acct_account *a) {
 
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, a->hub_id);
-    pg_p_str(&p, a->name);
-    pg_p_str(&p, acct_kind_name(a->kind));
-    pg_p_str(&p, a->hosting_location);
-    pg_p_bool(&p, a->sensitive_data_enabled);
-    pg_p_str(&p, acct_state_name(a->state));
-    pg_p_i64(&p, a->mrr_amount_minor);
-    pg_p_str(&p, a->mrr_currency);
-    pg_p_i64(&p, a->version);
+    pg_args(&p, a->hub_id, a->name, acct_kind_name(a->kind), a->hosting_location, a->sensitive_data_enabled,
+            acct_state_name(a->state), a->mrr_amount_minor, a->mrr_currency, a->version);
     rc = pg_exec(c,
                  "INSERT INTO accounts (hub_id, name, kind, hosting_location, sensitive_data_enabled, "
                  "state, mrr_amount_minor, mrr_currency, version) "
@@ -203,14 +193,8 @@ int store_account_insert(pg_conn *c, acct_account *a) {
 int store_account_update(pg_conn *c, acct_account *a) {
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, a->hub_id);
-    pg_p_str(&p, a->name);
-    pg_p_str(&p, a->hosting_location);
-    pg_p_bool(&p, a->sensitive_data_enabled);
-    pg_p_str(&p, acct_state_name(a->state));
-    pg_p_i64(&p, a->mrr_amount_minor);
-    pg_p_str(&p, a->mrr_currency);
-    pg_p_i64(&p, a->version);
+    pg_args(&p, a->hub_id, a->name, a->hosting_location, a->sensitive_data_enabled, acct_state_name(a->state),
+            a->mrr_amount_minor, a->mrr_currency, a->version);
     int rc = pg_exec(c,
                      "UPDATE accounts SET name = $2, hosting_location = $3, sensitive_data_enabled = $4, "
                      "state = $5, mrr_amount_minor = $6, mrr_currency = $7, version = $8, "
@@ -234,12 +218,8 @@ int store_account_delete(pg_conn *c, uint64_t hub_id, int64_t last_version) {
 int store_accounts_list(pg_conn *c, const store_account_filter *f, store_mem *m, acct_account *out,
                         int *n) {
     pg_params p = {0};
-    pg_p_u64(&p, f->member_user_id);
-    pg_p_str(&p, f->kind ? acct_kind_name(f->kind) : "");
-    pg_p_str(&p, f->state ? acct_state_name(f->state) : "");
-    pg_p_str(&p, f->name_prefix ? f->name_prefix : "");
-    pg_p_u64(&p, f->after_hub_id);
-    pg_p_i64(&p, f->limit);
+    pg_args(&p, f->member_user_id, f->kind ? acct_kind_name(f->kind) : "", f->state ? acct_state_name(f->state) : "",
+            f->name_prefix ? f->name_prefix : "", f->after_hub_id, f->limit);
     return pg_rows(c,
                    "SELECT " ACCOUNT_COLS " FROM accounts a "
                    "WHERE ($1::bigint = 0 OR EXISTS (SELECT 1 FROM memberships m "
@@ -298,8 +278,7 @@ int store_user_get_by_email(pg_conn *c, const char *email, store_mem *m, acct_us
 
 static int email_in_use(pg_conn *c, const char *email, uint64_t except_user, bool *out) {
     pg_params p = {0};
-    pg_p_str(&p, email);
-    pg_p_u64(&p, except_user);
+    pg_args(&p, email, except_user);
     return pg_exists(c,
                      "SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1::text) "
                      "AND user_id <> $2::bigint)",
@@ -320,12 +299,7 @@ int store_user_insert(pg_conn *c, acct_user *u) {
 
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, u->user_id);
-    pg_p_str(&p, u->email);
-    pg_p_str(&p, u->display_name);
-    pg_p_str(&p, u->locale);
-    pg_p_bool(&p, u->two_factor_enabled);
-    pg_p_i64(&p, u->version);
+    pg_args(&p, u->user_id, u->email, u->display_name, u->locale, u->two_factor_enabled, u->version);
     /* DO NOTHING waits for a concurrent insert of the same email and then
      * skips, so the transaction stays usable to tell the two keys apart */
     rc = pg_exec(c,
@@ -352,12 +326,7 @@ int store_user_update(pg_conn *c, acct_user *u) {
     if (taken) return OM_E_EMAIL_TAKEN;
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, u->user_id);
-    pg_p_str(&p, u->email);
-    pg_p_str(&p, u->display_name);
-    pg_p_str(&p, u->locale);
-    pg_p_bool(&p, u->two_factor_enabled);
-    pg_p_i64(&p, u->version);
+    pg_args(&p, u->user_id, u->email, u->display_name, u->locale, u->two_factor_enabled, u->version);
     rc = pg_exec(c,
                  "UPDATE users SET email = $2, display_name = $3, locale = $4, two_factor_enabled = $5, "
                  "version = $6, update_time = now() WHERE user_id = $1 RETURNING update_time",
@@ -379,11 +348,8 @@ int store_user_delete(pg_conn *c, uint64_t user_id, int64_t last_version) {
 
 int store_users_list(pg_conn *c, const store_user_filter *f, store_mem *m, acct_user *out, int *n) {
     pg_params p = {0};
-    pg_p_u64(&p, f->visible_to);
-    pg_p_str(&p, f->email ? f->email : "");
-    pg_p_str(&p, f->query_prefix ? f->query_prefix : "");
-    pg_p_u64(&p, f->after_user_id);
-    pg_p_i64(&p, f->limit);
+    pg_args(&p, f->visible_to, f->email ? f->email : "", f->query_prefix ? f->query_prefix : "", f->after_user_id,
+            f->limit);
     return pg_rows(c,
                    "SELECT " USER_COLS " FROM users u "
                    "WHERE ($1::bigint = 0 OR u.user_id = $1::bigint OR EXISTS ("
@@ -407,8 +373,7 @@ int store_users_batch(pg_conn *c, const uint64_t *ids, int n_ids, store_mem *m, 
 
 int store_users_share_account(pg_conn *c, uint64_t a, uint64_t b, bool *out) {
     pg_params p = {0};
-    pg_p_u64(&p, a);
-    pg_p_u64(&p, b);
+    pg_args(&p, a, b);
     return pg_exists(c,
                      "SELECT EXISTS (SELECT 1 FROM memberships x JOIN memberships y USING (hub_id) "
                      "WHERE x.user_id = $1 AND y.user_id = $2)",
@@ -453,8 +418,7 @@ static void read_membership(const pg_res *r, int row, store_mem *mem, void *out)
 int store_membership_get(pg_conn *c, uint64_t hub_id, uint64_t user_id, bool for_update, store_mem *m,
                          acct_membership *out) {
     pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, user_id);
+    pg_args(&p, hub_id, user_id);
     return pg_row(c,
                   for_update ? "SELECT " MEMBERSHIP_COLS " FROM memberships m "
                                "WHERE m.hub_id = $1 AND m.user_id = $2 FOR UPDATE"
@@ -473,16 +437,8 @@ int store_membership_insert(pg_conn *c, acct_membership *mb) {
 
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, mb->hub_id);
-    pg_p_u64(&p, mb->user_id);
-    pg_p_str(&p, roles);
-    pg_p_str(&p, seats);
-    pg_p_bool(&p, mb->partner_employee);
-    pg_p_u64(&p, mb->partner_hub_id);
-    pg_p_str(&p, mb->assignment_id ? mb->assignment_id : "");
-    pg_p_bool(&p, mb->link_owns_membership);
-    pg_p_i64(&p, mb->version);
-    pg_p_u64(&p, mb->created_by_user_id);
+    pg_args(&p, mb->hub_id, mb->user_id, roles, seats, mb->partner_employee, mb->partner_hub_id,
+            mb->assignment_id ? mb->assignment_id : "", mb->link_owns_membership, mb->version, mb->created_by_user_id);
     rc = pg_exec(c,
                  "INSERT INTO memberships (hub_id, user_id, roles, seats, partner_employee, "
                  "partner_hub_id, assignment_id, link_owns_membership, link_time, version, created_by_user_id) "
@@ -507,15 +463,8 @@ int store_membership_update(pg_conn *c, acct_membership *mb) {
     acct_seats_literal(mb->seats, seats, sizeof seats);
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, mb->hub_id);
-    pg_p_u64(&p, mb->user_id);
-    pg_p_str(&p, roles);
-    pg_p_str(&p, seats);
-    pg_p_bool(&p, mb->partner_employee);
-    pg_p_u64(&p, mb->partner_hub_id);
-    pg_p_str(&p, mb->assignment_id ? mb->assignment_id : "");
-    pg_p_bool(&p, mb->link_owns_membership);
-    pg_p_i64(&p, mb->version);
+    pg_args(&p, mb->hub_id, mb->user_id, roles, seats, mb->partner_employee, mb->partner_hub_id,
+            mb->assignment_id ? mb->assignment_id : "", mb->link_owns_membership, mb->version);
     /* link_time stays while the same link stays, and is set anew with a new one */
     int rc = pg_exec(c,
                      "UPDATE memberships SET roles = $3::text[], seats = $4::text[], partner_employee = $5, "
@@ -540,8 +489,7 @@ int store_membership_delete(pg_conn *c, uint64_t hub_id, uint64_t user_id, int64
     char agg[96];
     store_membership_subject(hub_id, user_id, agg, sizeof agg);
     pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, user_id);
+    pg_args(&p, hub_id, user_id);
     return delete_tombstoned(c, agg, last_version, "DELETE FROM memberships WHERE hub_id = $1 AND user_id = $2", &p);
 }
 
@@ -550,13 +498,7 @@ int store_memberships_list(pg_conn *c, const store_membership_filter *f, store_m
     char roles[128];
     pg_params p = {0};
     acct_roles_literal(f->any_roles, roles, sizeof roles);
-    pg_p_u64(&p, f->hub_id);
-    pg_p_u64(&p, f->user_id);
-    pg_p_str(&p, roles);
-    pg_p_u64(&p, f->visible_to);
-    pg_p_u64(&p, f->after_hub_id);
-    pg_p_u64(&p, f->after_user_id);
-    pg_p_i64(&p, f->limit);
+    pg_args(&p, f->hub_id, f->user_id, roles, f->visible_to, f->after_hub_id, f->after_user_id, f->limit);
     return pg_rows(c,
                    "SELECT " MEMBERSHIP_COLS " FROM memberships m "
                    "WHERE ($1::bigint = 0 OR m.hub_id = $1::bigint) "
@@ -572,8 +514,7 @@ int store_memberships_list(pg_conn *c, const store_membership_filter *f, store_m
 int store_count_super_admins(pg_conn *c, uint64_t hub_id, uint64_t except_user, long *out) {
     pg_params p = {0};
     pg_res *r = NULL;
-    pg_p_u64(&p, hub_id);
-    pg_p_u64(&p, except_user);
+    pg_args(&p, hub_id, except_user);
     int rc = pg_exec(c,
                      "SELECT count(*) FROM memberships WHERE hub_id = $1 AND user_id <> $2 "
                      "AND 'SUPER_ADMIN' = ANY(roles)",

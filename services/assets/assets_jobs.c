@@ -162,11 +162,7 @@ static int finish_job(pg_conn *tx, job_row *j) {
     int copied = (int)pg_i64(r, 0, 0), skipped = (int)pg_i64(r, 0, 1), failed = (int)pg_i64(r, 0, 2);
     pg_free(r);
     pg_params f = {0};
-    pg_p_str(&f, j->id);
-    pg_p_i64(&f, asset_job_final_state(copied, skipped, failed));
-    pg_p_i64(&f, copied);
-    pg_p_i64(&f, skipped);
-    pg_p_i64(&f, failed);
+    pg_args(&f, j->id, asset_job_final_state(copied, skipped, failed), copied, skipped, failed);
     rc = pg_exec(tx, "UPDATE copy_jobs SET state = $2, done = total, copied = $3, skipped = $4, failed = $5,"
                      " end_time = now(), update_time = now(), version = version + 1, lease_owner = NULL,"
                      " lease_until = NULL WHERE job_id = $1::uuid", &f, NULL);
@@ -183,8 +179,7 @@ static int finish_job(pg_conn *tx, job_row *j) {
  * or holds items of a lower rank (their copies must exist first, ASSET-04). */
 static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
     pg_params p = {0};
-    pg_p_str(&p, id);
-    pg_p_i64(&p, E.batch);
+    pg_args(&p, id, E.batch);
     pg_res *r = NULL;
     /* act: the ranges leased to live workers; free: the first pending items
      * outside them; run: the free items of the first one's rank, up to the
@@ -223,12 +218,7 @@ static int claim_in_job(pg_conn *tx, claim_arg *a, const char *id, int state) {
      * previous version, which leases whole jobs, leaves it alone), RUNNING,
      * and the counts of the batches finished since the last claim. */
     pg_params b = {0};
-    pg_p_str(&b, id);
-    pg_p_i64(&b, rank);
-    pg_p_i64(&b, lo);
-    pg_p_i64(&b, hi);
-    pg_p_str(&b, a->w->owner);
-    pg_p_i64(&b, E.lease_ms);
+    pg_args(&b, id, rank, lo, hi, a->w->owner, E.lease_ms);
     rc = pg_exec(tx, "WITH b AS (INSERT INTO copy_batches (job_id, batch_no, rank, seq_lo, seq_hi, owner, lease_until)"
                      "   SELECT $1::uuid, coalesce(max(batch_no), 0) + 1, $2, $3, $4, $5,"
                      "   now() + $6 * interval '1 millisecond' FROM copy_batches WHERE job_id = $1::uuid RETURNING batch_no),"
@@ -296,15 +286,12 @@ typedef struct batch_arg {
     int taken;         /* items its first run locked */
 } batch_arg;
 
-/* $1 job, $2..$3 seq range, $4 rank, $5 target, $6 batch_no */
-static void batch_params(pg_params *p, const batch_arg *b) {
+/* One statement of the batch: $1 job, $2..$3 seq range, $4 rank, $5 target, $6 batch_no. */
+static int exec_batch(pg_conn *tx, const batch_arg *b, const char *sql, pg_res **out) {
     const claim_arg *c = b->c;
-    pg_p_str(p, c->j.id);
-    pg_p_i64(p, c->lo);
-    pg_p_i64(p, c->hi);
-    pg_p_i64(p, c->rank);
-    pg_p_u64(p, c->j.target);
-    pg_p_i64(p, c->batch_no);
+    pg_params p = {0};
+    pg_args(&p, c->j.id, c->lo, c->hi, c->rank, c->j.target, c->batch_no);
+    return pg_exec(tx, sql, &p, out);
 }
 
 /* The batch's pending items this transaction holds or can take now; items
@@ -327,38 +314,36 @@ static void batch_params(pg_params *p, const batch_arg *b) {
  * target, or the job already copied it; the rest of the rank's rules run
  * only for what is left (settle_rest). */
 static int copy_main(pg_conn *tx, batch_arg *b) {
-    pg_params p = {0};
-    batch_params(&p, b);
     pg_res *r = NULL;
     /* Every join goes from a CTE to a table through an index, so a plan
      * made while the job's items are not analyzed yet (estimated at one
      * row) stays linear in the batch. */
-    int rc = pg_exec(tx,
-                     "WITH it AS (SELECT i.seq, i.source_asset_id, coalesce(i.new_name, i.source_name) AS name"
-                     "   FROM copy_items i WHERE i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3 AND i.rank = $4"
-                     "   AND i.outcome = " OM_SQL(ASSET_SQL_PENDING)
-                     " AND EXISTS (SELECT 1 FROM copy_jobs j WHERE j.job_id = $1::uuid"
-                     "   AND j.state = " OM_SQL(ASSET_SQL_RUNNING) ")"
-                     "   FOR UPDATE OF i SKIP LOCKED),"
-                     " ins AS (INSERT INTO assets (hub_id, type, name, body, source_hub_id, source_asset_id, job_id)"
-                     "   SELECT $5, a.type, it.name, a.body, a.hub_id, a.asset_id, $1::uuid FROM it"
-                     "   JOIN assets a ON a.asset_id = it.source_asset_id"
-                     "   WHERE NOT EXISTS (SELECT 1 FROM asset_refs r LEFT JOIN copy_items d ON d.job_id = $1::uuid"
-                     "     AND d.source_asset_id = r.ref_id WHERE r.asset_id = a.asset_id AND d.new_asset_id IS NULL)"
-                     "   ORDER BY it.seq ON CONFLICT DO NOTHING RETURNING asset_id, source_asset_id, name),"
-                     " refs AS (INSERT INTO asset_refs (asset_id, pos, ref_id, ref_type)"
-                     "   SELECT ins.asset_id, r.pos, d.new_asset_id, r.ref_type FROM ins"
-                     "   JOIN asset_refs r ON r.asset_id = ins.source_asset_id"
-                     "   JOIN copy_items d ON d.job_id = $1::uuid AND d.source_asset_id = r.ref_id),"
-                     " upd AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_COPIED)
-                     ", new_asset_id = ins.asset_id, new_name = ins.name,"
-                     "   finish_time = now(), batch_no = $6 FROM ins"
-                     "   WHERE i.job_id = $1::uuid AND i.source_asset_id = ins.source_asset_id RETURNING 1),"
-                     " bat AS (UPDATE copy_batches SET copied = copied + (SELECT count(*) FROM upd), finish_time = now(),"
-                     "   lease_until = NULL WHERE job_id = $1::uuid AND batch_no = $6 RETURNING 1)"
-                     " SELECT (SELECT count(*) FROM it), (SELECT count(*) FROM upd), (SELECT count(*) FROM bat),"
-                     "  pg_notify('" NOTIFY_CHANNEL "', '')",
-                     &p, &r);
+    int rc = exec_batch(tx, b,
+                        "WITH it AS (SELECT i.seq, i.source_asset_id, coalesce(i.new_name, i.source_name) AS name"
+                        "   FROM copy_items i WHERE i.job_id = $1::uuid AND i.seq BETWEEN $2 AND $3 AND i.rank = $4"
+                        "   AND i.outcome = " OM_SQL(ASSET_SQL_PENDING)
+                        " AND EXISTS (SELECT 1 FROM copy_jobs j WHERE j.job_id = $1::uuid"
+                        "   AND j.state = " OM_SQL(ASSET_SQL_RUNNING) ")"
+                        "   FOR UPDATE OF i SKIP LOCKED),"
+                        " ins AS (INSERT INTO assets (hub_id, type, name, body, source_hub_id, source_asset_id, job_id)"
+                        "   SELECT $5, a.type, it.name, a.body, a.hub_id, a.asset_id, $1::uuid FROM it"
+                        "   JOIN assets a ON a.asset_id = it.source_asset_id"
+                        "   WHERE NOT EXISTS (SELECT 1 FROM asset_refs r LEFT JOIN copy_items d ON d.job_id = $1::uuid"
+                        "     AND d.source_asset_id = r.ref_id WHERE r.asset_id = a.asset_id AND d.new_asset_id IS NULL)"
+                        "   ORDER BY it.seq ON CONFLICT DO NOTHING RETURNING asset_id, source_asset_id, name),"
+                        " refs AS (INSERT INTO asset_refs (asset_id, pos, ref_id, ref_type)"
+                        "   SELECT ins.asset_id, r.pos, d.new_asset_id, r.ref_type FROM ins"
+                        "   JOIN asset_refs r ON r.asset_id = ins.source_asset_id"
+                        "   JOIN copy_items d ON d.job_id = $1::uuid AND d.source_asset_id = r.ref_id),"
+                        " upd AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_COPIED)
+                        ", new_asset_id = ins.asset_id, new_name = ins.name,"
+                        "   finish_time = now(), batch_no = $6 FROM ins"
+                        "   WHERE i.job_id = $1::uuid AND i.source_asset_id = ins.source_asset_id RETURNING 1),"
+                        " bat AS (UPDATE copy_batches SET copied = copied + (SELECT count(*) FROM upd), finish_time = now(),"
+                        "   lease_until = NULL WHERE job_id = $1::uuid AND batch_no = $6 RETURNING 1)"
+                        " SELECT (SELECT count(*) FROM it), (SELECT count(*) FROM upd), (SELECT count(*) FROM bat),"
+                        "  pg_notify('" NOTIFY_CHANNEL "', '')",
+                        &r);
     if (rc != 0) return rc;
     b->items = (int)pg_i64(r, 0, 0);
     b->copied = (int)pg_i64(r, 0, 1);
@@ -366,31 +351,21 @@ static int copy_main(pg_conn *tx, batch_arg *b) {
     return 0;
 }
 
-static int exec_batch(pg_conn *tx, const batch_arg *b, const char *sql) {
-    pg_params p = {0};
-    batch_params(&p, b);
-    return pg_exec(tx, sql, &p, NULL);
-}
-
 /* ASSET-04 RENAME: gives each clashing item of the batch the first free
  * " (copy)", " (copy 2)", ... name in the target. Only items left by the
  * main statement get here. */
 static int rename_clashes(pg_conn *tx, const batch_arg *b) {
-    pg_params p = {0};
-    batch_params(&p, b);
     pg_res *r = NULL;
-    int rc = pg_exec(tx, MINE "SELECT i.seq, i.source_name, i.type FROM copy_items i WHERE" OF_MINE
-                              "AND $5::bigint > 0 AND $6::int > 0 AND EXISTS (SELECT 1 FROM assets t WHERE t.hub_id = $5"
-                              " AND t.type = i.type AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)))"
-                              " ORDER BY i.seq", &p, &r);
+    int rc = exec_batch(tx, b, MINE "SELECT i.seq, i.source_name, i.type FROM copy_items i WHERE" OF_MINE
+                                    "AND $5::bigint > 0 AND $6::int > 0 AND EXISTS (SELECT 1 FROM assets t WHERE t.hub_id = $5"
+                                    " AND t.type = i.type AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)))"
+                                    " ORDER BY i.seq", &r);
     if (rc != 0) return rc;
     const job_row *j = &b->c->j;
     for (int k = 0; rc == 0 && k < pg_nrows(r); k++) {
         const char *base = pg_str(r, k, 1);
         pg_params q = {0};
-        pg_p_u64(&q, j->target);
-        pg_p_i64(&q, pg_i64(r, k, 2));
-        pg_p_str(&q, base);
+        pg_args(&q, j->target, pg_i64(r, k, 2), base);
         pg_res *t = NULL;
         rc = pg_exec(tx, "SELECT name FROM assets WHERE hub_id = $1 AND type = $2"
                          " AND left(lower(name), length($3) + 6) = lower($3) || ' (copy'", &q, &t);
@@ -408,9 +383,7 @@ static int rename_clashes(pg_conn *tx, const batch_arg *b) {
         free(taken);
         pg_free(t);
         pg_params u = {0};
-        pg_p_str(&u, j->id);
-        pg_p_i64(&u, pg_i64(r, k, 0));
-        pg_p_str(&u, name);
+        pg_args(&u, j->id, pg_i64(r, k, 0), name);
         rc = pg_exec(tx, "UPDATE copy_items SET new_name = $3 WHERE job_id = $1::uuid AND seq = $2", &u, NULL);
     }
     pg_free(r);
@@ -428,7 +401,7 @@ static int settle_rest(pg_conn *tx, batch_arg *b) {
                                " error_message = 'the source asset no longer exists', finish_time = now(), batch_no = $6"
                                " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 AND NOT EXISTS"
                                " (SELECT 1 FROM assets a WHERE a.asset_id = i.source_asset_id) RETURNING 1)"
-                               COUNT_INTO("failed"));
+                               COUNT_INTO("failed"), NULL);
     if (rc == 0)
         rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
                                ", error_reason = 'MISSING_DEPENDENCY',"
@@ -436,13 +409,13 @@ static int settle_rest(pg_conn *tx, batch_arg *b) {
                                " WHERE" OF_MINE "AND $5::bigint > 0 AND EXISTS (SELECT 1 FROM asset_refs r"
                                " LEFT JOIN copy_items d ON d.job_id = i.job_id AND d.source_asset_id = r.ref_id"
                                " WHERE r.asset_id = i.source_asset_id AND d.new_asset_id IS NULL) RETURNING 1)"
-                               COUNT_INTO("failed"));
+                               COUNT_INTO("failed"), NULL);
     if (rc == 0)
         rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_COPIED)
                                ", new_asset_id = a.asset_id,"
                                " new_name = a.name, finish_time = now(), batch_no = $6 FROM assets a WHERE" OF_MINE
                                "AND $5::bigint > 0 AND a.job_id = $1::uuid AND a.source_asset_id = i.source_asset_id"
-                               " RETURNING 1)" COUNT_INTO("copied"));
+                               " RETURNING 1)" COUNT_INTO("copied"), NULL);
     const int policy = b->c->j.policy;
     for (int round = 0; rc == 0 && round < 4; round++) {
         if (policy == POLICY_SKIP)
@@ -451,7 +424,7 @@ static int settle_rest(pg_conn *tx, batch_arg *b) {
                                    " new_name = t.name, finish_time = now(), batch_no = $6 FROM assets t WHERE" OF_MINE
                                    "AND t.hub_id = $5 AND t.type = i.type"
                                    " AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)) RETURNING 1)"
-                                   COUNT_INTO("skipped"));
+                                   COUNT_INTO("skipped"), NULL);
         else if (policy == POLICY_FAIL)
             rc = exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
                                    ", error_reason = 'NAME_CONFLICT',"
@@ -459,7 +432,7 @@ static int settle_rest(pg_conn *tx, batch_arg *b) {
                                    " finish_time = now(), batch_no = $6 FROM assets t WHERE" OF_MINE
                                    "AND t.hub_id = $5 AND t.type = i.type"
                                    " AND lower(t.name) = lower(coalesce(i.new_name, i.source_name)) RETURNING 1)"
-                                   COUNT_INTO("failed"));
+                                   COUNT_INTO("failed"), NULL);
         else
             rc = rename_clashes(tx, b);
         if (rc == 0) rc = copy_main(tx, b);
@@ -469,7 +442,7 @@ static int settle_rest(pg_conn *tx, batch_arg *b) {
     return exec_batch(tx, b, MINE ", u AS (UPDATE copy_items i SET outcome = " OM_SQL(ASSET_SQL_FAILED)
                              ", error_reason = 'NAME_CONFLICT',"
                              " error_message = 'no free name was found', finish_time = now(), batch_no = $6"
-                             " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 RETURNING 1)" COUNT_INTO("failed"));
+                             " WHERE" OF_MINE "AND $5::bigint > 0 AND $4::int >= 0 RETURNING 1)" COUNT_INTO("failed"), NULL);
 }
 
 static int batch_tx(pg_conn *tx, void *arg) {
@@ -518,8 +491,7 @@ static int not_allowed_tx(pg_conn *tx, void *arg) {
 /* Gives a claimed batch back at once (not waiting out its lease). */
 static void release_batch(pg_conn *c, const claim_arg *a) {
     pg_params p = {0};
-    pg_p_str(&p, a->j.id);
-    pg_p_i64(&p, a->batch_no);
+    pg_args(&p, a->j.id, a->batch_no);
     (void)pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE job_id = $1::uuid AND batch_no = $2"
                      " AND finish_time IS NULL", &p, NULL);
 }
@@ -562,8 +534,7 @@ static int run_batch(pg_conn *c, claim_arg *a) {
  * does it once, before its first claim. */
 static int reclaim(pg_conn *c) {
     pg_params p = {0};
-    pg_p_str(&p, E.replica);
-    pg_p_str(&p, E.owner);
+    pg_args(&p, E.replica, E.owner);
     pg_res *r = NULL;
     int rc = pg_exec(c, "UPDATE copy_batches SET lease_until = NULL WHERE finish_time IS NULL"
                         " AND lease_until IS NOT NULL AND starts_with(owner, $1 || '/')"

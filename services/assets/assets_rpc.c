@@ -238,10 +238,7 @@ static const op_def create_def = {.apply = create_apply, .mutation = true, .fetc
 static int h_create(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp) {
     const APB(CreateAssetRequest) *req = (const void *)req_;
     const APB(Asset) *in = req->asset;
-    if (in == NULL) {
-        rpc_violation(ctx, "asset", "must be set");
-        return rpc_fail_invalid(ctx);
-    }
+    if (in == NULL) return op_fail_unset(ctx, "asset");
     check_hub(ctx, "asset.hub_id", in->hub_id);
     if (!asset_type_valid((int)in->type)) rpc_violation(ctx, "asset.type", "must be EMAIL_REGULAR, EMAIL_AUTOMATED, LIST or FORM");
     check_name(ctx, "asset.name", in->name);
@@ -744,10 +741,7 @@ static int results_apply(op_call *cl, pg_conn *tx) {
     int rc = load_job(cl, tx, req->job_id, false, &j);
     if (rc != 0) return rc;
     pg_params p = {0};
-    pg_p_str(&p, j.id);
-    pg_p_i64(&p, (int64_t)req->outcome);
-    pg_p_i64(&p, s->after_seq);
-    pg_p_i64(&p, s->limit + 1);
+    pg_args(&p, j.id, (int64_t)req->outcome, s->after_seq, s->limit + 1);
     pg_res *r = NULL;
     rc = pg_exec(tx, "SELECT seq, source_asset_id::text, type, source_name, dependency, outcome,"
                      " coalesce(new_asset_id::text, ''), coalesce(new_name, ''), coalesce(error_reason, ''),"

@@ -12,7 +12,6 @@
 #include "om_err.h"
 #include "om_mem.h"
 
-static void copy_str(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
 
 void asset_row_clear(asset_row *r) {
     free(r->body);
@@ -28,14 +27,14 @@ void asset_row_clear(asset_row *r) {
 
 static int row_from(pg_res *r, int i, asset_row *a) {
     memset(a, 0, sizeof *a);
-    copy_str(a->id, sizeof a->id, pg_str(r, i, 0));
+    pg_str_to(r, i, 0, a->id, sizeof a->id);
     a->hub = pg_u64(r, i, 1);
     a->type = (int)pg_i64(r, i, 2);
-    copy_str(a->name, sizeof a->name, pg_str(r, i, 3));
+    pg_str_to(r, i, 3, a->name, sizeof a->name);
     a->body = strdup(pg_str(r, i, 4));
     a->src_hub = pg_u64(r, i, 5);
-    copy_str(a->src_id, sizeof a->src_id, pg_str(r, i, 6));
-    copy_str(a->job_id, sizeof a->job_id, pg_str(r, i, 7));
+    pg_str_to(r, i, 6, a->src_id, sizeof a->src_id);
+    pg_str_to(r, i, 7, a->job_id, sizeof a->job_id);
     a->version = pg_i64(r, i, 8);
     a->create_us = pg_time_us(r, i, 9);
     a->update_us = pg_time_us(r, i, 10);
@@ -71,7 +70,7 @@ static int load_refs(pg_conn *c, asset_row *rows, int n) {
                 break;
             }
             rows[i].refs = nrefs;
-            copy_str(nrefs[rows[i].n_refs].id, ASSET_ID_LEN, pg_str(r, k, 1));
+            pg_str_to(r, k, 1, nrefs[rows[i].n_refs].id, ASSET_ID_LEN);
             nrefs[rows[i].n_refs].type = (int)pg_i64(r, k, 2);
             rows[i].n_refs++;
             break;
@@ -99,10 +98,7 @@ int store_asset_get(pg_conn *c, const char *id, bool for_update, asset_row *out)
 static int write_refs(pg_conn *tx, const asset_row *a) {
     for (int i = 0; i < a->n_refs; i++) {
         pg_params p = {0};
-        pg_p_str(&p, a->id);
-        pg_p_i64(&p, i);
-        pg_p_str(&p, a->refs[i].id);
-        pg_p_i64(&p, a->refs[i].type);
+        pg_args(&p, a->id, i, a->refs[i].id, a->refs[i].type);
         int rc = pg_exec(tx, "INSERT INTO asset_refs (asset_id, pos, ref_id, ref_type) VALUES ($1::uuid, $2, $3::uuid, $4)",
                          &p, NULL);
         if (rc != 0) return rc;
@@ -117,10 +113,7 @@ static int name_conflict(pg_conn *tx, int rc) {
 
 int store_asset_insert(pg_conn *tx, asset_row *a) {
     pg_params p = {0};
-    pg_p_u64(&p, a->hub);
-    pg_p_i64(&p, a->type);
-    pg_p_str(&p, a->name);
-    pg_p_str(&p, a->body);
+    pg_args(&p, a->hub, a->type, a->name, a->body);
     pg_res *r = NULL;
     /* ON CONFLICT DO NOTHING keeps the transaction usable on a name clash. */
     int rc = pg_exec(tx, "INSERT INTO assets (hub_id, type, name, body) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
@@ -128,7 +121,7 @@ int store_asset_insert(pg_conn *tx, asset_row *a) {
     if (rc != 0) return rc;
     if (pg_nrows(r) == 0) rc = OM_E_NAME_CONFLICT;
     else {
-        copy_str(a->id, sizeof a->id, pg_str(r, 0, 0));
+        pg_str_to(r, 0, 0, a->id, sizeof a->id);
         a->version = pg_i64(r, 0, 1);
         a->create_us = pg_time_us(r, 0, 2);
         a->update_us = pg_time_us(r, 0, 3);
@@ -140,9 +133,7 @@ int store_asset_insert(pg_conn *tx, asset_row *a) {
 
 int store_asset_update(pg_conn *tx, asset_row *a, bool refs_changed) {
     pg_params p = {0};
-    pg_p_str(&p, a->id);
-    pg_p_str(&p, a->name);
-    pg_p_str(&p, a->body);
+    pg_args(&p, a->id, a->name, a->body);
     pg_res *r = NULL;
     int rc = pg_exec(tx, "UPDATE assets SET name = $2, body = $3, version = version + 1, update_time = now()"
                          " WHERE asset_id = $1::uuid RETURNING version, update_time", &p, &r);
@@ -196,12 +187,7 @@ int store_refs_check(pg_conn *tx, uint64_t hub, const asset_ref *refs, int n, in
 int store_asset_list(pg_conn *c, uint64_t hub, int type, const char *contains, int cursor_type,
                      const char *cursor_name, int limit, asset_row **rows, int *n) {
     pg_params p = {0};
-    pg_p_u64(&p, hub);
-    pg_p_i64(&p, type);
-    pg_p_str(&p, contains ? contains : "");
-    pg_p_i64(&p, cursor_type);
-    pg_p_str(&p, cursor_name ? cursor_name : "");
-    pg_p_i64(&p, limit);
+    pg_args(&p, hub, type, contains ? contains : "", cursor_type, cursor_name ? cursor_name : "", limit);
     pg_res *r = NULL;
     int rc = pg_exec(c, "SELECT " ASSET_COLS " FROM assets WHERE hub_id = $1 AND ($2 = 0 OR type = $2)"
                         " AND ($3 = '' OR strpos(lower(name), lower($3)) > 0)"
@@ -250,9 +236,8 @@ history_scope store_history_key(uint64_t hub, const char *asset_id, char *key, s
 
 static void job_from(const pg_res *r, int i, om_mem *m, void *out) {
     job_row *j = out;
-    (void)m;
     memset(j, 0, sizeof *j);
-    copy_str(j->id, sizeof j->id, pg_str(r, i, 0));
+    pg_str_to(r, i, 0, j->id, sizeof j->id);
     j->source = pg_u64(r, i, 1);
     j->target = pg_u64(r, i, 2);
     j->include_deps = pg_bool(r, i, 3);
@@ -263,7 +248,7 @@ static void job_from(const pg_res *r, int i, om_mem *m, void *out) {
     j->copied = (int)pg_i64(r, i, 8);
     j->skipped = (int)pg_i64(r, i, 9);
     j->failed = (int)pg_i64(r, i, 10);
-    copy_str(j->failure_reason, sizeof j->failure_reason, pg_str(r, i, 11));
+    pg_str_to(r, i, 11, j->failure_reason, sizeof j->failure_reason);
     j->created_by = pg_u64(r, i, 12);
     j->version = pg_i64(r, i, 13);
     j->create_us = pg_time_us(r, i, 14);
@@ -285,8 +270,7 @@ int store_job_get(pg_conn *c, const char *id, bool for_update, job_row *out) {
  * into *missing. */
 static int job_missing(pg_conn *tx, uint64_t source, const char *ids, char **missing) {
     pg_params p = {0};
-    pg_p_str(&p, ids);
-    pg_p_u64(&p, source);
+    pg_args(&p, ids, source);
     pg_res *r = NULL;
     int rc = pg_exec(tx, "SELECT string_agg(x::text, ',') FROM unnest($1::uuid[]) AS x"
                          " WHERE NOT EXISTS (SELECT 1 FROM assets a WHERE a.asset_id = x AND a.hub_id = $2)",
@@ -300,27 +284,20 @@ static int job_missing(pg_conn *tx, uint64_t source, const char *ids, char **mis
 int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing) {
     *missing = NULL;
     pg_params jp = {0};
-    pg_p_u64(&jp, j->source);
-    pg_p_u64(&jp, j->target);
-    pg_p_bool(&jp, j->include_deps);
-    pg_p_i64(&jp, j->policy);
-    pg_p_u64(&jp, j->created_by);
+    pg_args(&jp, j->source, j->target, j->include_deps, j->policy, j->created_by);
     pg_res *r = NULL;
     int rc = pg_exec(tx, "INSERT INTO copy_jobs (source_hub_id, target_hub_id, include_dependencies, policy, total, created_by)"
                          " VALUES ($1, $2, $3, $4, 0, $5) RETURNING job_id::text", &jp, &r);
     if (rc != 0) return rc;
     char id[ASSET_ID_LEN];
-    copy_str(id, sizeof id, pg_str(r, 0, 0));
+    pg_str_to(r, 0, 0, id, sizeof id);
     pg_free(r);
     /* ASSET-04: the closure over references when asked (an asset reached
      * only through references is a dependency), and the copy order
      * (dependencies first), in one set-based statement that also says how
      * many of the asked ids it found in the source account. */
     pg_params ip = {0};
-    pg_p_str(&ip, id);
-    pg_p_str(&ip, ids);
-    pg_p_bool(&ip, j->include_deps);
-    pg_p_u64(&ip, j->source);
+    pg_args(&ip, id, ids, j->include_deps, j->source);
     rc = pg_exec(tx, "WITH RECURSIVE sel(asset_id, dep) AS ("
                      "   SELECT DISTINCT x, false FROM unnest($2::uuid[]) AS x"
                      "   UNION SELECT r.ref_id, true FROM sel JOIN asset_refs r ON r.asset_id = sel.asset_id WHERE $3),"
@@ -342,8 +319,7 @@ int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing) {
     }
     if (total > ASSET_JOB_MAX) return OM_E_BATCH_TOO_LARGE; /* ASSET-02: the caller rolls back */
     pg_params tp = {0};
-    pg_p_str(&tp, id);
-    pg_p_i64(&tp, total);
+    pg_args(&tp, id, total);
     if ((rc = pg_exec(tx, "UPDATE copy_jobs SET total = $2 WHERE job_id = $1::uuid", &tp, NULL)) != 0) return rc;
     return store_job_get(tx, id, false, j);
 }
@@ -351,11 +327,8 @@ int store_job_create(pg_conn *tx, job_row *j, const char *ids, char **missing) {
 int store_job_list(pg_conn *c, uint64_t hub, int state, int64_t before_us, const char *before_id, int limit,
                    job_row **rows, int *n) {
     pg_params p = {0};
-    pg_p_u64(&p, hub);
-    pg_p_i64(&p, state);
-    pg_p_i64(&p, before_us);
-    pg_p_str(&p, before_id && before_id[0] ? before_id : "ffffffff-ffff-ffff-ffff-ffffffffffff");
-    pg_p_i64(&p, limit);
+    pg_args(&p, hub, state, before_us, before_id && before_id[0] ? before_id : "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            limit);
     pg_res *r = NULL;
     int rc = pg_exec(c, JOB_SELECT " WHERE (j.source_hub_id = $1 OR j.target_hub_id = $1)"
                         " AND ($2 = 0 OR j.state = $2)"
@@ -373,9 +346,7 @@ int store_job_list(pg_conn *c, uint64_t hub, int state, int64_t before_us, const
 
 int store_job_stop(pg_conn *tx, job_row *j, int state, const char *reason, const char *message) {
     pg_params p = {0};
-    pg_p_str(&p, j->id);
-    pg_p_str(&p, reason);
-    pg_p_str(&p, message);
+    pg_args(&p, j->id, reason, message);
     int rc = pg_exec(tx,
                      "UPDATE copy_items SET outcome = " OM_SQL(ASSET_SQL_CANCELLED) ", error_reason = $2,"
                      " error_message = $3, finish_time = now()"
@@ -383,9 +354,7 @@ int store_job_stop(pg_conn *tx, job_row *j, int state, const char *reason, const
                      &p, NULL);
     if (rc != 0) return rc;
     pg_params q = {0};
-    pg_p_str(&q, j->id);
-    pg_p_i64(&q, state);
-    pg_p_str(&q, state == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_CANCELLED ? "" : reason);
+    pg_args(&q, j->id, state, state == ORGMESH__ASSETS__V1__COPY_JOB_STATE__COPY_JOB_STATE_CANCELLED ? "" : reason);
     /* The counters recounted from the items (the batches' counts included). */
     rc = pg_exec(tx, "UPDATE copy_jobs j SET state = $2, failure_reason = $3, done = total, copied = c.copied,"
                      " skipped = c.skipped, failed = c.failed, end_time = now(), update_time = now(),"

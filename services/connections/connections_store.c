@@ -242,10 +242,7 @@ int store_facts(pg_conn *c, uint64_t s, uint64_t t, conn_facts *out) {
     uint64_t a, b;
     conn_pair(s, t, &a, &b);
     pg_params p = {0};
-    pg_p_u64(&p, s);
-    pg_p_u64(&p, t);
-    pg_p_u64(&p, a);
-    pg_p_u64(&p, b);
+    pg_args(&p, s, t, a, b);
     pg_res *r = NULL;
     /* One statement, so one snapshot. */
     int rc = pg_exec(c,

@@ -5,10 +5,6 @@
 #include "app.h"
 #include "notifier.h"
 
-/* Embedded from migrations/ by cmake (om_migrations). */
-extern const pg_migration notifier_migrations[];
-extern const size_t notifier_n_migrations;
-
 static const rpc_service *const services[] = {&notifier_service, NULL};
 
 /* Each event costs peer calls (accounts, partners) before its transaction
@@ -31,20 +27,7 @@ static int init(void) {
 static void fini(void) {
     nt_templates_free(nt_tpls);
     nt_tpls = NULL;
-    nt_smtp_global_cleanup();
+    smtp_global_cleanup();
 }
 
-int main(int argc, char **argv) {
-    const app_def def = {
-        .name = "notifier",
-        .default_port = 50056,
-        .services = services,
-        .migrations = notifier_migrations,
-        .n_migrations = notifier_n_migrations,
-        .subs = subs,
-        .n_subs = (int)(sizeof subs / sizeof subs[0]),
-        .init = init,
-        .fini = fini,
-    };
-    return app_main(&def, argc, argv);
-}
+APP_MAIN(notifier, 50056, .services = services, APP_SUBS(subs), .init = init, .fini = fini)

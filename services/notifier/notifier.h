@@ -15,6 +15,7 @@
 #include "notifier_render.h"
 #include "pg.h"
 #include "rpc.h"
+#include "smtp.h"
 
 /* Delivery states, as DeliveryState in notifier.proto. */
 enum {
@@ -43,21 +44,10 @@ _Static_assert(NT_SQL_PENDING == NT_ST_PENDING && NT_SQL_SENT == NT_ST_SENT && N
 /* Where an access-request email's token goes; filled in when sending. */
 #define NT_TOKEN_MARK "{{token}}"
 
-typedef struct nt_smtp_config {
-    const char *url;      /* ORGMESH_SMTP_URL: smtp://host:port or smtps://... */
-    bool starttls;        /* ORGMESH_SMTP_STARTTLS: require STARTTLS */
-    const char *user;     /* ORGMESH_SMTP_USER, NULL: no AUTH */
-    const char *password; /* ORGMESH_SMTP_PASSWORD */
-    const char *from;     /* ORGMESH_SMTP_FROM */
-    int timeout_ms;       /* ORGMESH_SMTP_TIMEOUT_MS */
-    const char *ca_file;  /* ORGMESH_SMTP_CA_FILE: CA bundle for a private CA; NULL = system */
-    int max_connections;       /* ORGMESH_SMTP_MAX_CONNECTIONS: sessions in flight to the server */
-    int max_total_connections; /* ORGMESH_SMTP_MAX_TOTAL_CONNECTIONS: all hosts, busy + cached */
-    int threads;               /* ORGMESH_SMTP_THREADS: engines (a loop, thread and multi handle each) */
-} nt_smtp_config;
-
 typedef struct nt_config {
-    nt_smtp_config smtp;
+    smtp_config smtp;          /* ORGMESH_SMTP_* (common/smtp.h) */
+    const char *from;          /* ORGMESH_SMTP_FROM: the From header */
+    char mail_from[320];       /* its address: the envelope sender */
     const char *templates_dir; /* ORGMESH_NOTIFIER_TEMPLATES */
     const char *link_base;     /* ORGMESH_NOTIFIER_LINK_BASE */
     int max_attempts;          /* ORGMESH_NOTIFIER_MAX_ATTEMPTS */
@@ -75,31 +65,6 @@ extern nt_templates *nt_tpls;
 
 /* Reads the configuration and the templates (non-zero: do not start). */
 int nt_config_load(void);
-
-/* ---- SMTP (notifier_smtp.c): libcurl multi on the loop ---------------------- */
-
-int nt_smtp_global_init(void);
-void nt_smtp_global_cleanup(void);
-/* Prepares the SMTP engines (each starts on demand, from nt_smtp_send): libcurl multi on libuv loops and threads of their
- * own (libcurl's SMTP waits for the reply to a message's body inside
- * curl_multi_socket_action); outcomes come back on `loop`, the caller's.
- * cfg must outlive it. */
-int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg);
-/* The outcome of one message: 0 sent; OM_E_UNAVAILABLE for a failure worth
- * retrying (an exchange aborted by nt_smtp_stop too); OM_E_FAILED_PRECONDITION
- * for a permanent one (5xx); OM_E_CANCELLED when it never left (stopped
- * while it waited for a connection). err holds the reason. Runs on the loop thread, never from inside nt_smtp_send. */
-typedef void (*nt_smtp_done_fn)(void *arg, int rc, const char *err);
-/* Queues `msg` (malloc'd; taken in every case) to `rcpt`; done runs once
- * when it is sent or has failed. Non-zero (done is then not called): the
- * engine is stopped. Loop thread. */
-int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, void *arg);
-/* Messages queued or in flight. */
-int nt_smtp_in_flight(void);
-/* Shuts every SMTP socket down (no QUIT), aborts every transfer and joins
- * the engine's thread; every done still due runs before it returns (the
- * aborted ones with OM_E_UNAVAILABLE). Loop thread. */
-void nt_smtp_stop(void);
 
 /* ---- the queue (notifier_store.c) ----------------------------------------- */
 

@@ -21,22 +21,12 @@
 
 /* ---- helpers ---------------------------------------------------------------------- */
 
-static pg_conn *db(rpc_ctx *ctx) {
-    (void)ctx;
-    return pg_local();
-}
-
 static Google__Protobuf__Timestamp *ts(rpc_ctx *ctx, const pg_res *r, int row, int col) {
     if (pg_isnull(r, row, col)) return NULL;
     int64_t us = pg_time_us(r, row, col);
     Google__Protobuf__Timestamp *t = rpc_alloc(ctx, sizeof *t);
     om_pb_timestamp(t, us);
     return t;
-}
-
-static int fail_db(rpc_ctx *ctx, pg_conn *c, int rc) {
-    if (rc == OM_E_INTERNAL) log_error("notifier %s: SQL %s: %s", rpc_method_name(ctx), pg_sqlstate(c), pg_errmsg(c));
-    return rpc_fail(ctx, rc, NULL);
 }
 
 #define DELIVERY_COLS                                                                                              \
@@ -80,15 +70,11 @@ static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
                                     req->recipient_user_id, req->recipient_email, (int)req->state);
     page_req pg; /* keyset: the last id returned */
     if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     pg_params p = {0};
-    pg_p_str(&p, req->event_id);
-    pg_p_i64(&p, (int64_t)req->recipient_user_id);
-    pg_p_str(&p, req->recipient_email);
-    pg_p_i64(&p, (int64_t)req->state);
-    pg_p_i64(&p, (int64_t)pg.k1);
-    pg_p_i64(&p, pg.limit);
+    pg_args(&p, req->event_id, (int64_t)req->recipient_user_id, req->recipient_email, (int64_t)req->state,
+            (int64_t)pg.k1, pg.limit);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "SELECT " DELIVERY_COLS " FROM delivery"
@@ -96,7 +82,7 @@ static int h_list_deliveries(rpc_ctx *ctx, const ProtobufCMessage *req_, Protobu
                      " AND ($3::text = '' OR lower(recipient_email) = lower($3)) AND ($4::int = 0 OR state = $4)"
                      " AND ($5::bigint = 0 OR id < $5) ORDER BY id DESC LIMIT $6::bigint",
                      &p, &r);
-    if (rc != 0) return fail_db(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     int n = pg_nrows(r);
     resp->deliveries = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->deliveries);
     for (int i = 0; i < n; i++) resp->deliveries[i] = delivery_pb(ctx, r, i);
@@ -116,13 +102,10 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
     const char *scope = rpc_sprintf(ctx, "notifier.ListDeadLetters|%s|%s", req->event_type, req->event_id);
     page_req pg; /* keyset: the last id returned */
     if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     pg_params p = {0};
-    pg_p_str(&p, req->event_type);
-    pg_p_str(&p, req->event_id);
-    pg_p_i64(&p, (int64_t)pg.k1);
-    pg_p_i64(&p, pg.limit);
+    pg_args(&p, req->event_type, req->event_id, (int64_t)pg.k1, pg.limit);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "SELECT id, event_id, event_type, recipient_user_id, recipient_email, reason, attempts,"
@@ -130,7 +113,7 @@ static int h_list_dead_letters(rpc_ctx *ctx, const ProtobufCMessage *req_, Proto
                      " WHERE ($1::text = '' OR event_type = $1) AND ($2::text = '' OR event_id = $2)"
                      " AND ($3::bigint = 0 OR id < $3) ORDER BY id DESC LIMIT $4::bigint",
                      &p, &r);
-    if (rc != 0) return fail_db(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     int n = pg_nrows(r);
     resp->dead_letters = rpc_calloc(ctx, (size_t)n + 1, sizeof *resp->dead_letters);
     for (int i = 0; i < n; i++) {
@@ -272,12 +255,12 @@ static int h_history(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessag
     const char *scope = "notifier.ListDeadLetterHistory";
     page_req pg; /* keyset: the last id returned */
     if (page_open(ctx, req->page_size, req->page_token, scope, 1, &pg) != 0) return -1;
-    pg_conn *c = db(ctx);
+    pg_conn *c = op_db(ctx);
     if (c == NULL) return OM_E_UNAVAILABLE;
     history_req q = {.page = &pg, .scope = HISTORY_ALL};
     history_out h;
     int rc = history_list(ctx, c, &q, &h);
-    if (rc != 0) return fail_db(ctx, c, rc);
+    if (rc != 0) return op_fail_db(ctx, c, rc);
     resp->entries = h.entries;
     resp->n_entries = h.n;
     resp->next_page_token = h.next_page_token;

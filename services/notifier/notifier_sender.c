@@ -1,7 +1,7 @@
 /* notifier_sender.c — the notifier's configuration and its sender, on the
  * process loop (common/loop.h, issue 15): claims of due rows and their
  * outcomes are PostgreSQL work on the worker pool (loop_work), the SMTP
- * exchanges run on the loop (notifier_smtp.c), and the wake-ups are the
+ * exchanges run on the loop (common/smtp.c), and the wake-ups are the
  * queue's notifications (loop_listen) plus a timer. Several replicas share
  * the queue through row leases only (notifier_store.c). */
 #include <inttypes.h>
@@ -45,7 +45,9 @@ int nt_config_load(void) {
     nt_cfg.smtp.starttls = cfg_bool("ORGMESH_SMTP_STARTTLS", false);
     nt_cfg.smtp.user = cfg_str("ORGMESH_SMTP_USER", NULL);
     nt_cfg.smtp.password = cfg_str("ORGMESH_SMTP_PASSWORD", NULL);
-    nt_cfg.smtp.from = cfg_str("ORGMESH_SMTP_FROM", "orgmesh <no-reply@orgmesh.local>");
+    nt_cfg.from = cfg_str("ORGMESH_SMTP_FROM", "orgmesh <no-reply@orgmesh.local>");
+    nt_mail_address(nt_cfg.from, nt_cfg.mail_from, sizeof nt_cfg.mail_from);
+    nt_cfg.smtp.mail_from = nt_cfg.mail_from;
     nt_cfg.smtp.timeout_ms = (int)cfg_int("ORGMESH_SMTP_TIMEOUT_MS", 10000, 100, 600000);
     nt_cfg.smtp.ca_file = cfg_str("ORGMESH_SMTP_CA_FILE", NULL);
     nt_cfg.smtp.max_connections = (int)cfg_int("ORGMESH_SMTP_MAX_CONNECTIONS", 16, 1, 512);
@@ -89,7 +91,7 @@ int nt_config_load(void) {
     log_info("%zu email templates loaded from %s; SMTP %s", nt_templates_count(nt_tpls), nt_cfg.templates_dir,
              nt_cfg.smtp.url);
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
-    return nt_smtp_global_init();
+    return smtp_global_init();
 }
 
 /* The sender, on the loop thread only. A claim takes up to
@@ -216,7 +218,7 @@ static void prepare_done(void *arg, int rc) {
     }
     char *msg = j->msg;
     j->msg = NULL;
-    if (nt_smtp_send(j->email, msg, j->len, smtp_done, j) != 0) {
+    if (smtp_send(j->email, msg, j->len, smtp_done, j) != 0) {
         j->rc = OM_E_CANCELLED;
         snprintf(j->err, sizeof j->err, "stopping: not sent (the SMTP engine is stopped)");
         queue_outcome(j);
@@ -313,7 +315,7 @@ static void sender_stop(void *arg) {
     uv_close((uv_handle_t *)&snd.tick, NULL);
     /* transfers under way are aborted and count as a temporary failure
      * (SPEC 9: exit within 5 s even with a hung SMTP server) */
-    nt_smtp_stop();
+    smtp_stop();
     log_info("sender stopped: %" PRId64 " sent, %" PRId64 " failed attempts", snd.sent, snd.failed);
 }
 
@@ -321,10 +323,10 @@ int nt_senders_start(void) {
     uv_loop_t *loop = loop_get();
     if (loop == NULL) return OM_E_INTERNAL;
     memset(&snd, 0, sizeof snd);
-    int rc = nt_smtp_start(loop, &nt_cfg.smtp);
+    int rc = smtp_start(loop, &nt_cfg.smtp);
     if (rc != 0) return rc;
     if (uv_timer_init(loop, &snd.tick) != 0) {
-        nt_smtp_stop();
+        smtp_stop();
         return OM_E_INTERNAL;
     }
     snd.started = true;

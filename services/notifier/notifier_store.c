@@ -21,18 +21,9 @@ int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
     char mid[64];
     nt_message_id(o->event_id, o->recipient_user_id, mid, sizeof mid);
     pg_params p = {0};
-    pg_p_str(&p, o->event_id);
-    pg_p_str(&p, o->event_type);
-    pg_p_u64(&p, o->recipient_user_id);
-    pg_p_str(&p, o->recipient_email);
-    pg_p_str(&p, o->locale);
-    pg_p_str(&p, o->template_name);
-    pg_p_str(&p, mid);
-    pg_p_str(&p, o->subject);
-    pg_p_str(&p, o->body);
-    pg_p_i64(&p, (int64_t)o->client_hub_id);
-    pg_p_str(&p, o->access_request_id ? o->access_request_id : "");
-    pg_p_str(&p, o->body_html ? o->body_html : "");
+    pg_args(&p, o->event_id, o->event_type, o->recipient_user_id, o->recipient_email, o->locale, o->template_name, mid,
+            o->subject, o->body, (int64_t)o->client_hub_id, o->access_request_id ? o->access_request_id : "",
+            o->body_html ? o->body_html : "");
     /* NOTE-03: once per (event, recipient), whatever the redeliveries. A new
      * row wakes the senders at commit (PostgreSQL folds the transaction's
      * identical notifications into one), in the same round trip. */
@@ -106,8 +97,7 @@ static int prepare_body(pg_conn *c, const due_row *d, char **body, char **html) 
     }
     if (rc == 1) {
         pg_params p = {0};
-        pg_p_i64(&p, d->id);
-        pg_p_i64(&p, d->lease);
+        pg_args(&p, d->id, d->lease);
         rc = pg_exec(c,
                      "UPDATE delivery SET state = " OM_SQL(NT_SQL_CANCELLED) ", lease_token = 0,"
                      " last_error = 'no link for this recipient:"
@@ -143,8 +133,7 @@ static int cap_check(pg_conn *c, const due_row *d) {
     int rc = pg_exec(c, "SELECT pg_advisory_xact_lock(1853, ($1::bigint % 2147483647)::int)", &p, NULL);
     if (rc != 0) return rc;
     pg_params q = {0};
-    pg_p_u64(&q, d->client);
-    pg_p_i64(&q, nt_cfg.cap_window_s);
+    pg_args(&q, d->client, nt_cfg.cap_window_s);
     pg_res *r = NULL;
     rc = pg_exec(c,
                  "SELECT (SELECT count(*) FROM delivery WHERE client_hub_id = $1 AND state = " OM_SQL(NT_SQL_SENT)
@@ -157,9 +146,7 @@ static int cap_check(pg_conn *c, const due_row *d) {
     pg_free(r);
     if (sent < nt_cfg.client_hourly_cap) return 0; /* sent or in flight */
     pg_params u = {0};
-    pg_p_i64(&u, d->id);
-    pg_p_u64(&u, d->client);
-    pg_p_i64(&u, nt_cfg.cap_window_s);
+    pg_args(&u, d->id, d->client, nt_cfg.cap_window_s);
     rc = pg_exec(c,
                  "UPDATE delivery SET state = " OM_SQL(NT_SQL_DEFERRED) ", lease_token = 0,"
                  " last_error = 'client hourly cap reached',"
@@ -187,8 +174,7 @@ static int lease_lost(const due_row *d) {
 
 static int dead_letter(pg_conn *c, const due_row *d, const char *reason) {
     pg_params p = {0};
-    pg_p_i64(&p, d->id);
-    pg_p_str(&p, reason);
+    pg_args(&p, d->id, reason);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "INSERT INTO dead_letter (delivery_id, event_id, event_type, recipient_user_id,"
@@ -227,8 +213,7 @@ static int dead_letter(pg_conn *c, const due_row *d, const char *reason) {
  * sender's transaction. */
 static int delivered(pg_conn *c, const due_row *d) {
     pg_params p = {0};
-    pg_p_i64(&p, d->id);
-    pg_p_i64(&p, d->lease);
+    pg_args(&p, d->id, d->lease);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "UPDATE delivery SET state = " OM_SQL(NT_SQL_SENT) ", attempts = attempts + 1, send_time = now(),"
@@ -264,15 +249,12 @@ static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
     if (send_rc == 0) return delivered(c, d);
     if (send_rc == OM_E_CANCELLED) { /* never handed to SMTP (stopping): due again now, no attempt spent */
         pg_params r = {0};
-        pg_p_i64(&r, d->id);
-        pg_p_i64(&r, d->lease);
+        pg_args(&r, d->id, d->lease);
         return pg_exec(c, "UPDATE delivery SET lease_token = 0, next_attempt_at = now() WHERE id = $1 AND lease_token = $2",
                        &r, NULL);
     }
     pg_params p = {0};
-    pg_p_i64(&p, d->id);
-    pg_p_str(&p, err);
-    pg_p_i64(&p, d->lease);
+    pg_args(&p, d->id, err, d->lease);
     bool last = send_rc == OM_E_FAILED_PRECONDITION || d->attempts + 1 >= nt_cfg.max_attempts;
     pg_res *r = NULL;
     int rc;
@@ -364,9 +346,7 @@ int nt_claim(pg_conn *c, int want, nt_job **out) {
             continue;
         }
         pg_params u = {0};
-        pg_p_i64(&u, j->id);
-        pg_p_i64(&u, lease);
-        pg_p_i64(&u, nt_cfg.lease_ms);
+        pg_args(&u, j->id, lease, nt_cfg.lease_ms);
         rc = pg_exec(c,
                      "UPDATE delivery SET lease_token = $2,"
                      " next_attempt_at = now() + make_interval(secs => $3::bigint / 1000.0) WHERE id = $1",
@@ -428,7 +408,7 @@ int nt_prepare(pg_conn *c, nt_job *j) {
         return rc;
     }
     nt_mail mail = {
-        .from = nt_cfg.smtp.from,
+        .from = nt_cfg.from,
         .to = j->email,
         .subject = j->subject,
         .body = body,

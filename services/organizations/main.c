@@ -9,10 +9,6 @@
 #include "organizations.h"
 #include "organizations_rpc.h"
 
-/* Embedded from migrations/ by cmake (om_migrations). */
-extern const pg_migration organizations_migrations[];
-extern const size_t organizations_n_migrations;
-
 static const rpc_service *const services[] = {&organizations_service, NULL};
 
 static const evt_subscription subs[] = {
@@ -63,16 +59,4 @@ static int init(void) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    const app_def def = {
-        .name = "organizations",
-        .default_port = 50052,
-        .services = services,
-        .migrations = organizations_migrations,
-        .n_migrations = organizations_n_migrations,
-        .subs = subs,
-        .n_subs = 1,
-        .init = init,
-    };
-    return app_main(&def, argc, argv);
-}
+APP_MAIN(organizations, 50052, .services = services, APP_SUBS(subs), .init = init)

@@ -132,11 +132,6 @@ static int require_user(rpc_ctx *ctx) {
 
 /* ---- the accounts service (SPEC 2: fill missing copies) ------------------------------- */
 
-static int accounts_call(rpc_ctx *ctx, const char *method, const ProtobufCMessage *req,
-                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp) {
-    return copies_call(ctx, method, req, desc, resp, NULL) == 0 ? 0 : OM_E_UNAVAILABLE;
-}
-
 static int put_account(const CopiesAccount *pa, void *arg) {
     org_account a;
     org_account_from_pb(pa, &a);
@@ -156,58 +151,49 @@ static int fetch_user(rpc_ctx *ctx, pg_conn *c, uint64_t user_id) {
     return copies_fetch_users(ctx, &user_id, 1, put_user, c);
 }
 
+/* What fetch_memberships collects: the user's hubs and roles, by hub_id. */
+typedef struct memb_list {
+    rpc_ctx *ctx;
+    uint64_t user_id;
+    bool want;
+    uint64_t *hubs;
+    unsigned *roles;
+    int n, cap;
+} memb_list;
+
+static int put_membership(pg_conn *tx, const CopiesMembership *m, void *arg) {
+    memb_list *l = arg;
+    if (m->user_id != l->user_id) return 0;
+    int rc = copies_membership_put(tx, m, false, m->version);
+    if (rc != 0 || !l->want) return rc;
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 64;
+        uint64_t *h = rpc_calloc(l->ctx, (size_t)cap, sizeof *h);
+        unsigned *r = rpc_calloc(l->ctx, (size_t)cap, sizeof *r);
+        if (l->n) {
+            memcpy(h, l->hubs, (size_t)l->n * sizeof *h);
+            memcpy(r, l->roles, (size_t)l->n * sizeof *r);
+        }
+        l->hubs = h;
+        l->roles = r;
+        l->cap = cap;
+    }
+    l->hubs[l->n] = m->hub_id;
+    l->roles[l->n++] = copies_bits((const int *)m->roles, m->n_roles);
+    return 0;
+}
+
 /* Every membership of the user (ListMembershipsInternal), stored as copies;
  * with hubs/roles non-NULL also returned (call memory), ordered by hub_id. */
 static int fetch_memberships(rpc_ctx *ctx, pg_conn *c, uint64_t user_id, uint64_t **hubs, unsigned **roles, int *n) {
-    int cap = 0, cnt = 0;
-    uint64_t *h = NULL;
-    unsigned *r = NULL;
-    char *token = NULL;
-    int rc = 0;
-    for (int page = 0; page < 1000; page++) {
-        APB(ListMembershipsInternalRequest) req = ORGMESH__ACCOUNTS__V1__LIST_MEMBERSHIPS_INTERNAL_REQUEST__INIT;
-        req.user_id = user_id;
-        req.page_size = 1000;
-        req.page_token = token ? token : (char *)"";
-        APB(ListMembershipsInternalResponse) *resp = NULL;
-        rc = accounts_call(ctx, "/orgmesh.accounts.v1.AccountsInternalService/ListMembershipsInternal", &req.base,
-                           &orgmesh__accounts__v1__list_memberships_internal_response__descriptor,
-                           (ProtobufCMessage **)&resp);
-        if (rc != 0) break;
-        for (size_t i = 0; rc == 0 && i < resp->n_memberships; i++) {
-            const APB(Membership) *m = resp->memberships[i];
-            if (m == NULL || !pg_id_valid(m->hub_id) || m->user_id != user_id) continue;
-            unsigned bits = copies_bits((const int *)m->roles, m->n_roles);
-            rc = copies_membership_put(c, m, false, m->version);
-            if (hubs != NULL) {
-                if (cnt == cap) {
-                    int ncap = cap ? cap * 2 : 64;
-                    uint64_t *nh = rpc_calloc(ctx, (size_t)ncap, sizeof *nh);
-                    unsigned *nr = rpc_calloc(ctx, (size_t)ncap, sizeof *nr);
-                    if (cnt) {
-                        memcpy(nh, h, (size_t)cnt * sizeof *h);
-                        memcpy(nr, r, (size_t)cnt * sizeof *r);
-                    }
-                    h = nh;
-                    r = nr;
-                    cap = ncap;
-                }
-                h[cnt] = m->hub_id;
-                r[cnt] = bits;
-                cnt++;
-            }
-        }
-        token = (resp->next_page_token && resp->next_page_token[0]) ? rpc_strdup(ctx, resp->next_page_token)
-                                                                    : NULL;
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-        if (rc != 0 || token == NULL) break;
+    memb_list l = {.ctx = ctx, .user_id = user_id, .want = hubs != NULL};
+    int rc = copies_fetch_memberships_internal(ctx, c, user_id, put_membership, NULL, &l);
+    if (rc == 0 && hubs != NULL) {
+        *hubs = l.hubs;
+        *roles = l.roles;
+        *n = l.n;
     }
-    if (hubs != NULL) {
-        *hubs = h;
-        *roles = r;
-        *n = cnt;
-    }
-    return rc;
+    return rc == OM_E_NOT_FOUND ? OM_E_UNAVAILABLE : rc; /* as the call itself: UNAVAILABLE */
 }
 
 /* ---- reading the copies inside a transaction ------------------------------------------ */

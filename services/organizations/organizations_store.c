@@ -12,21 +12,13 @@
 #include "om_ids.h"
 #include "om_mem.h"
 
-static void copy_str(char *dst, size_t cap, const char *src) { snprintf(dst, cap, "%s", src ? src : ""); }
 
 /* ---- local copies --------------------------------------------------------- */
 
 int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
     pg_params p = {0};
-    pg_p_u64(&p, a->hub_id);
-    pg_p_str(&p, a->name);
-    pg_p_i64(&p, a->kind);
-    pg_p_str(&p, a->hosting_location);
-    pg_p_i64(&p, a->state);
-    pg_p_bool(&p, a->has_professional);
-    pg_p_bool(&p, a->marketing_enterprise);
-    pg_p_bool(&p, a->deleted);
-    pg_p_i64(&p, a->version);
+    pg_args(&p, a->hub_id, a->name, a->kind, a->hosting_location, a->state, a->has_professional,
+            a->marketing_enterprise, a->deleted, a->version);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "INSERT INTO account_copies AS x (hub_id, name, kind, hosting_location, state,"
@@ -47,12 +39,11 @@ int store_account_upsert(pg_conn *c, const org_account *a, bool *applied) {
 
 static void read_account(const pg_res *r, int i, om_mem *m, void *out) {
     org_account *a = out;
-    (void)m;
     memset(a, 0, sizeof *a);
     a->hub_id = pg_u64(r, i, 0);
-    copy_str(a->name, sizeof a->name, pg_str(r, i, 1));
+    pg_str_to(r, i, 1, a->name, sizeof a->name);
     a->kind = (int)pg_i64(r, i, 2);
-    copy_str(a->hosting_location, sizeof a->hosting_location, pg_str(r, i, 3));
+    pg_str_to(r, i, 3, a->hosting_location, sizeof a->hosting_location);
     a->state = (int)pg_i64(r, i, 4);
     a->has_professional = pg_bool(r, i, 5);
     a->marketing_enterprise = pg_bool(r, i, 6);
@@ -79,10 +70,7 @@ int store_accounts_get(pg_conn *c, const uint64_t *ids, int n, bool lock, org_ac
 
 int store_user_upsert(pg_conn *c, uint64_t user_id, bool two_factor, bool deleted, int64_t version) {
     pg_params p = {0};
-    pg_p_u64(&p, user_id);
-    pg_p_bool(&p, two_factor);
-    pg_p_bool(&p, deleted);
-    pg_p_i64(&p, version);
+    pg_args(&p, user_id, two_factor, deleted, version);
     return pg_exec(c,
                    "INSERT INTO user_copies AS x (user_id, two_factor_enabled, deleted, version)"
                    " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET"
@@ -110,11 +98,10 @@ int store_user_get(pg_conn *c, uint64_t user_id, bool *two_factor, bool *deleted
 
 static void org_from(const pg_res *r, int i, om_mem *m, void *out) {
     org_row *o = out;
-    (void)m;
     memset(o, 0, sizeof *o);
-    copy_str(o->id, sizeof o->id, pg_str(r, i, 0));
+    pg_str_to(r, i, 0, o->id, sizeof o->id);
     o->founding_hub_id = pg_u64(r, i, 1);
-    copy_str(o->hosting_location, sizeof o->hosting_location, pg_str(r, i, 2));
+    pg_str_to(r, i, 2, o->hosting_location, sizeof o->hosting_location);
     o->created_by = pg_u64(r, i, 3);
     o->version = pg_i64(r, i, 4);
     o->create_us = pg_time_us(r, i, 5);
@@ -138,22 +125,21 @@ int store_org_of_account(pg_conn *c, uint64_t hub_id, char org_id[ORG_ID_LEN]) {
     int rc = pg_exec(c, "SELECT organization_id::text FROM org_members WHERE hub_id = $1", &p, &r);
     if (rc != 0) return rc;
     if (pg_nrows(r) == 0) rc = OM_E_NOT_FOUND;
-    else copy_str(org_id, ORG_ID_LEN, pg_str(r, 0, 0));
+    else pg_str_to(r, 0, 0, org_id, ORG_ID_LEN);
     pg_free(r);
     return rc;
 }
 
 static void read_member(const pg_res *r, int i, om_mem *mem, void *out) {
     org_member_row *m = out;
-    (void)mem;
     memset(m, 0, sizeof *m);
     m->hub_id = pg_u64(r, i, 0);
-    copy_str(m->name, sizeof m->name, pg_str(r, i, 1));
+    pg_str_to(r, i, 1, m->name, sizeof m->name);
     m->marketing_enterprise = pg_bool(r, i, 2);
     m->founding = pg_bool(r, i, 3);
     m->join_us = pg_time_us(r, i, 4);
     m->joined_by = pg_u64(r, i, 5);
-    copy_str(m->ack_id, sizeof m->ack_id, pg_str(r, i, 6));
+    pg_str_to(r, i, 6, m->ack_id, sizeof m->ack_id);
 }
 
 int store_org_members(pg_conn *c, const char *org_id, org_member_row *out, int cap, int *n) {
@@ -190,9 +176,7 @@ int store_accounts_in_orgs(pg_conn *c, const uint64_t *ids, int n, bool *in_org)
 int store_org_insert(pg_conn *c, uint64_t founding_hub_id, const char *location, uint64_t created_by,
                      org_row *out) {
     pg_params p = {0};
-    pg_p_u64(&p, founding_hub_id);
-    pg_p_str(&p, location);
-    pg_p_u64(&p, created_by);
+    pg_args(&p, founding_hub_id, location, created_by);
     return pg_row(c,
                   "INSERT INTO organizations (founding_hub_id, hosting_location, created_by)"
                   " VALUES ($1, $2, $3) RETURNING organization_id::text, founding_hub_id,"
@@ -205,11 +189,7 @@ int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const cha
     char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n)), hubs, (size_t)n);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
-    pg_p_str(&p, org_id);
-    pg_p_u64(&p, user_id);
-    pg_p_str(&p, text_version);
-    pg_p_str(&p, arr);
-    pg_p_str(&p, action);
+    pg_args(&p, org_id, user_id, text_version, arr, action);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "INSERT INTO acknowledgements (organization_id, user_id, text_version, hub_ids, action)"
@@ -217,7 +197,7 @@ int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const cha
                      &p, &r);
     free(arr);
     if (rc != 0) return rc;
-    copy_str(id_out, ORG_ID_LEN, pg_str(r, 0, 0));
+    pg_str_to(r, 0, 0, id_out, ORG_ID_LEN);
     pg_free(r);
     return 0;
 }
@@ -225,11 +205,7 @@ int store_ack_insert(pg_conn *c, const char *org_id, uint64_t user_id, const cha
 int store_member_insert(pg_conn *c, const char *org_id, uint64_t hub_id, bool founding, uint64_t by,
                         const char *ack_id) {
     pg_params p = {0};
-    pg_p_u64(&p, hub_id);
-    pg_p_str(&p, org_id);
-    pg_p_bool(&p, founding);
-    pg_p_u64(&p, by);
-    pg_p_str(&p, ack_id);
+    pg_args(&p, hub_id, org_id, founding, by, ack_id);
     int rc = pg_exec(c,
                      "INSERT INTO org_members (hub_id, organization_id, founding, joined_by, acknowledgement_id)"
                      " VALUES ($1, $2::uuid, $3, $4, $5::uuid)",
@@ -240,8 +216,7 @@ int store_member_insert(pg_conn *c, const char *org_id, uint64_t hub_id, bool fo
 
 int store_member_delete(pg_conn *c, const char *org_id, uint64_t hub_id) {
     pg_params p = {0};
-    pg_p_str(&p, org_id);
-    pg_p_u64(&p, hub_id);
+    pg_args(&p, org_id, hub_id);
     pg_res *r = NULL;
     int rc = pg_exec(c, "DELETE FROM org_members WHERE organization_id = $1::uuid AND hub_id = $2", &p, &r);
     if (rc != 0) return rc;
@@ -252,8 +227,7 @@ int store_member_delete(pg_conn *c, const char *org_id, uint64_t hub_id) {
 
 int store_org_set_version(pg_conn *c, const char *org_id, int64_t version, int64_t *update_us) {
     pg_params p = {0};
-    pg_p_str(&p, org_id);
-    pg_p_i64(&p, version);
+    pg_args(&p, org_id, version);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "UPDATE organizations SET version = $2, update_time = now()"
@@ -316,9 +290,9 @@ int store_tombstone_get(pg_conn *c, const char *org_id, org_tombstone *out) {
         return OM_E_NOT_FOUND;
     }
     memset(out, 0, sizeof *out);
-    copy_str(out->o.id, sizeof out->o.id, pg_str(r, 0, 0));
+    pg_str_to(r, 0, 0, out->o.id, sizeof out->o.id);
     out->o.founding_hub_id = pg_u64(r, 0, 1);
-    copy_str(out->o.hosting_location, sizeof out->o.hosting_location, pg_str(r, 0, 2));
+    pg_str_to(r, 0, 2, out->o.hosting_location, sizeof out->o.hosting_location);
     out->o.created_by = pg_u64(r, 0, 3);
     out->o.version = pg_i64(r, 0, 4);
     out->o.create_us = pg_time_us(r, 0, 5);

@@ -14,10 +14,6 @@
 #include "loop.h"
 #include "partners.h"
 
-/* Embedded from migrations/ by cmake (om_migrations). */
-extern const pg_migration partners_migrations[];
-extern const size_t partners_n_migrations;
-
 static const rpc_service *const services[] = {&partners_service, &partners_internal_service, NULL};
 
 static const evt_subscription subs[] = {
@@ -72,16 +68,4 @@ static int init(void) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    const app_def def = {
-        .name = "partners",
-        .default_port = 50055,
-        .services = services,
-        .migrations = partners_migrations,
-        .n_migrations = partners_n_migrations,
-        .subs = subs,
-        .n_subs = 2,
-        .init = init,
-    };
-    return app_main(&def, argc, argv);
-}
+APP_MAIN(partners, 50055, .services = services, APP_SUBS(subs), .init = init)

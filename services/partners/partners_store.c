@@ -965,9 +965,7 @@ int ps_asg_sync_later(pg_conn *c, const char *id, int seconds) {
 
 int ps_rate_take(pg_conn *c, const char *bucket, int64_t window_s, int64_t n, int64_t *hits, int64_t *retry_ms) {
     pg_params p = {0};
-    pg_p_str(&p, bucket);
-    pg_p_i64(&p, window_s);
-    pg_p_i64(&p, n);
+    pg_args(&p, bucket, window_s, n);
     pg_res *r = NULL;
     int rc = pg_exec(c,
                      "WITH w AS (SELECT to_timestamp(floor(extract(epoch FROM now()) / $2::bigint) * $2::bigint) AS ws),"

@@ -1,4 +1,4 @@
-/* test_notifier_smtp.c — the notifier's SMTP engine (libcurl multi on a
+/* test_notifier_smtp.c — the SMTP engine the notifier sends with (common/smtp.c: libcurl multi on a
  * libuv loop, issue 15) against a small SMTP server on the same loop: many
  * messages in flight over a bounded number of reused connections, the
  * NOTE-03 classification of failures, and a stop that aborts a hung
@@ -14,7 +14,7 @@
 #include <cmocka.h>
 #include <uv.h>
 
-#include "notifier.h"
+#include "smtp.h"
 #include "om_err.h"
 
 /* ---- a small SMTP server --------------------------------------------------- */
@@ -154,21 +154,21 @@ static void on_done(void *arg, int rc, const char *err) {
 }
 
 static char url[64];
-static nt_smtp_config cfg;
+static smtp_config cfg;
 
 static void engine_start(int max_connections, int threads) {
     snprintf(url, sizeof url, "smtp://127.0.0.1:%d", srv.port);
-    cfg = (nt_smtp_config){.url = url, .from = "orgmesh <no-reply@orgmesh.local>", .timeout_ms = 2000,
+    cfg = (smtp_config){.url = url, .mail_from = "no-reply@orgmesh.local", .timeout_ms = 2000,
                            .max_connections = max_connections, .max_total_connections = max_connections,
                            .threads = threads};
-    assert_int_equal(nt_smtp_start(&loop, &cfg), 0);
+    assert_int_equal(smtp_start(&loop, &cfg), 0);
 }
 
 static int send_to(const char *rcpt, outcome *o) {
     static const char body[] = "Subject: hi\r\n\r\nhello\r\n";
     char *m = strdup(body);
     assert_non_null(m);
-    return nt_smtp_send(rcpt, m, strlen(body), on_done, o);
+    return smtp_send(rcpt, m, strlen(body), on_done, o);
 }
 
 /* Runs the loop until *flag reaches want, at most 10 s (a 5 ms timer keeps
@@ -187,7 +187,7 @@ static bool run_until(const int *flag, int want) {
 
 /* The engine stopped, the server closed: nothing is left on the loop. */
 static void finish_loop(void) {
-    nt_smtp_stop();
+    smtp_stop();
     uv_walk(&loop, close_any, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&loop), 0);
@@ -212,7 +212,7 @@ static void test_many_messages_in_flight_over_reused_connections(void **state) {
         snprintf(rcpt, sizeof rcpt, "user%d@example.org", i);
         assert_int_equal(send_to(rcpt, &o[i]), 0);
     }
-    assert_int_equal(nt_smtp_in_flight(), N);
+    assert_int_equal(smtp_in_flight(), N);
     uv_timer_t t;
     uv_timer_init(&loop, &t);
     uv_timer_start(&t, tick_cb, 5, 5);
@@ -229,7 +229,7 @@ static void test_many_messages_in_flight_over_reused_connections(void **state) {
         assert_int_equal(o[i].rc, 0);
     }
     assert_int_equal(srv.messages, N);
-    assert_int_equal(nt_smtp_in_flight(), 0);
+    assert_int_equal(smtp_in_flight(), 0);
     /* side by side, but never more sessions than allowed, each reused */
     assert_true(srv.max_open >= 2);
     assert_true(srv.accepted <= 4);
@@ -252,13 +252,13 @@ static void test_note_03_5xx_is_permanent_4xx_and_no_server_temporary(void **sta
     assert_non_null(strstr(later.err, "451"));
     assert_int_equal(ok.rc, 0);
     assert_int_equal(srv.messages, 1);
-    nt_smtp_stop();
+    smtp_stop();
     /* nobody listening: temporary */
     int port = srv.port;
     uv_close((uv_handle_t *)&srv.listener, NULL);
     uv_run(&loop, UV_RUN_NOWAIT);
     snprintf(url, sizeof url, "smtp://127.0.0.1:%d", port);
-    assert_int_equal(nt_smtp_start(&loop, &cfg), 0);
+    assert_int_equal(smtp_start(&loop, &cfg), 0);
     outcome down = {0};
     assert_int_equal(send_to("fine@example.org", &down), 0);
     assert_true(run_until(&down.done, 1));
@@ -276,7 +276,7 @@ static void test_stop_aborts_a_hung_exchange_at_once(void **state) {
     assert_true(run_until(&srv.rcpt_seen, 2));
     assert_int_equal(hung.done + queued.done + queued2.done, 0);
     uint64_t t0 = uv_hrtime();
-    nt_smtp_stop();
+    smtp_stop();
     assert_true(uv_hrtime() - t0 < 1000000000ull); /* no QUIT awaited */
     assert_int_equal(hung.done, 1);
     assert_int_equal(hung.rc, OM_E_UNAVAILABLE);
@@ -286,7 +286,7 @@ static void test_stop_aborts_a_hung_exchange_at_once(void **state) {
     assert_int_equal(srv.messages, 0);
     outcome late = {0};
     char *m = strdup("x");
-    assert_int_not_equal(nt_smtp_send("x@example.org", m, 1, on_done, &late), 0);
+    assert_int_not_equal(smtp_send("x@example.org", m, 1, on_done, &late), 0);
     assert_int_equal(late.done, 0);
     finish_loop();
 }
@@ -297,8 +297,8 @@ int main(void) {
         cmocka_unit_test_setup(test_note_03_5xx_is_permanent_4xx_and_no_server_temporary, setup),
         cmocka_unit_test_setup(test_stop_aborts_a_hung_exchange_at_once, setup),
     };
-    if (nt_smtp_global_init() != 0) return 1;
+    if (smtp_global_init() != 0) return 1;
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    nt_smtp_global_cleanup();
+    smtp_global_cleanup();
     return rc;
 }

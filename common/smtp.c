@@ -1,15 +1,15 @@
-/* notifier_smtp.c — SMTP with libcurl's multi interface on libuv (NOTE-01,
- * issue 15): curl_multi_socket_action driven by one uv_poll per socket and
+/* smtp.c — SMTP with libcurl's multi interface on libuv (docs/common/smtp.md;
+ * the notifier's NOTE-01, issue 15): curl_multi_socket_action driven by one uv_poll per socket and
  * one uv_timer, so many sessions are in flight without a thread each. One
  * multi handle holds the connection cache: an idle SMTP session to the
  * server is reused by the next message (a new MAIL FROM; no new connection,
  * EHLO, STARTTLS or AUTH). libcurl's SMTP sends one message at a time per
  * connection (no pipelining), so the sessions in flight are bounded by
- * ORGMESH_SMTP_MAX_CONNECTIONS (CURLMOPT_MAX_HOST_CONNECTIONS); messages
+ * max_connections (CURLMOPT_MAX_HOST_CONNECTIONS); messages
  * beyond it wait here, in order, and their timeouts start only when they are
  * handed to libcurl.
  *
- * The engines run on loops and threads of their own (ORGMESH_SMTP_THREADS,
+ * The engines run on loops and threads of their own (smtp_config.threads,
  * each with its share of the connections), not on the process loop:
  * libcurl 7.88's SMTP is not wholly non-blocking. After the message body it
  * sends the final "." and then waits for the server's reply inside
@@ -17,14 +17,14 @@
  * CURLOPT_SERVER_RESPONSE_TIMEOUT. On the process loop that wait would stall
  * every timer, notification and the SIGTERM drain behind a slow SMTP server;
  * here it stalls only the other SMTP sessions of that engine, for one round
- * trip per message — hence several engines (docs/services/notifier.md).
- * They start on demand (engine_more): none while the notifier is idle, the
+ * trip per message — hence several engines (docs/common/smtp.md).
+ * They start on demand (engine_more): none while the caller is idle, the
  * next one when those running have their share of connections in hand.
  *
  * smtp:// or smtps:// URL, optional STARTTLS, credentials and timeouts from
- * configuration. Failures are classified: a 5xx reply is permanent,
- * everything else (no connection, timeouts, 4xx) is worth retrying
- * (NOTE-03). */
+ * the caller's smtp_config. Failures are classified: a 5xx reply is
+ * permanent, everything else (no connection, timeouts, 4xx) is worth
+ * retrying (the notifier's NOTE-03). Nothing here knows of the notifier. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -37,15 +37,15 @@
 #include <uv.h>
 
 #include "log.h"
-#include "notifier.h"
 #include "om_err.h"
+#include "smtp.h"
 
 /* A connection idle for longer is not reused (servers drop idle clients;
  * RFC 5321 4.5.3.2 lets them after 5 minutes). */
-#define NT_SMTP_REUSE_MAX_S 30L
+#define SMTP_REUSE_MAX_S 30L
 /* Sockets libcurl may hold open at once (connections in flight + cached). */
-#define NT_SMTP_MAX_SOCKETS 1024
-#define NT_SMTP_MAX_THREADS 16
+#define SMTP_MAX_SOCKETS 1024
+#define SMTP_MAX_THREADS 16
 
 typedef struct job {
     struct job *next;
@@ -54,7 +54,7 @@ typedef struct job {
     char *msg;
     size_t len, off;
     char rcpt[330];
-    nt_smtp_done_fn done;
+    smtp_done_fn done;
     void *arg;
     struct engine *eng; /* where it went (the caller's count) */
     int rc;
@@ -96,40 +96,40 @@ typedef struct engine {
     uv_async_t wake; /* inbox or stop */
     uv_timer_t timer;
     CURLM *multi;
-    jlist inbox;   /* from nt_smtp_send, under sm.mu */
+    jlist inbox;   /* from smtp_send, under sm.mu */
     jlist waiting; /* not yet handed to libcurl */
     job *active;   /* handed to libcurl */
     int n_active;
-    int max_active; /* its share of ORGMESH_SMTP_MAX_CONNECTIONS */
+    int max_active; /* its share of max_connections */
     int assigned;   /* caller's side: sent to it and not yet done */
     sock_ctx *socks; /* uv_poll handles not yet closing */
 } engine;
 
 static struct {
-    const nt_smtp_config *cfg;
+    const smtp_config *cfg;
     bool started;
     char mail_from[330];
     /* the caller's side (its loop thread) */
     uv_async_t back; /* outcomes ready */
     int in_flight;   /* sent and not yet done */
     unsigned next;   /* round robin over the engines */
-    engine eng[NT_SMTP_MAX_THREADS];
+    engine eng[SMTP_MAX_THREADS];
     int n_eng; /* engines started (their threads run) */
-    int n_max; /* ORGMESH_SMTP_THREADS, at most max_connections */
+    int n_max; /* smtp_config.threads, at most max_connections */
     /* shared, under mu */
     pthread_mutex_t mu;
     jlist outbox; /* finished, for the caller's loop */
     bool stop;
-    curl_socket_t open_fds[NT_SMTP_MAX_SOCKETS]; /* every socket libcurl has open */
+    curl_socket_t open_fds[SMTP_MAX_SOCKETS]; /* every socket libcurl has open */
     int n_open;
 } sm = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The engine whose thread this is (engine threads only). */
 static __thread engine *E;
 
-int nt_smtp_global_init(void) { return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : OM_E_INTERNAL; }
+int smtp_global_init(void) { return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : OM_E_INTERNAL; }
 
-void nt_smtp_global_cleanup(void) { curl_global_cleanup(); }
+void smtp_global_cleanup(void) { curl_global_cleanup(); }
 
 /* ---- sockets: libcurl opens and closes them, the engine watches them ------- */
 
@@ -137,7 +137,7 @@ static curl_socket_t open_cb(void *arg, curlsocktype purpose, struct curl_sockad
     (void)arg, (void)purpose;
     curl_socket_t fd = CURL_SOCKET_BAD;
     pthread_mutex_lock(&sm.mu);
-    if (!sm.stop && sm.n_open < NT_SMTP_MAX_SOCKETS) {
+    if (!sm.stop && sm.n_open < SMTP_MAX_SOCKETS) {
         fd = socket(a->family, a->socktype, a->protocol);
         if (fd != CURL_SOCKET_BAD) sm.open_fds[sm.n_open++] = fd;
     }
@@ -145,7 +145,7 @@ static curl_socket_t open_cb(void *arg, curlsocktype purpose, struct curl_sockad
     return fd;
 }
 
-/* Under mu, so that nt_smtp_stop never shuts down a number reused since. */
+/* Under mu, so that smtp_stop never shuts down a number reused since. */
 static int close_cb(void *arg, curl_socket_t fd) {
     (void)arg;
     pthread_mutex_lock(&sm.mu);
@@ -275,7 +275,7 @@ static void start_waiting(void) {
             job_finish(j, OM_E_UNAVAILABLE, "curl_easy_init failed");
             continue;
         }
-        const nt_smtp_config *cfg = sm.cfg;
+        const smtp_config *cfg = sm.cfg;
         curl_easy_setopt(h, CURLOPT_URL, cfg->url);
         curl_easy_setopt(h, CURLOPT_MAIL_FROM, sm.mail_from);
         curl_easy_setopt(h, CURLOPT_MAIL_RCPT, j->rcpts);
@@ -291,7 +291,7 @@ static void start_waiting(void) {
         /* each reply, the final one after the body too (the blocking wait) */
         curl_easy_setopt(h, CURLOPT_SERVER_RESPONSE_TIMEOUT,
                          cfg->timeout_ms >= 2000 ? (long)cfg->timeout_ms / 1000 : 1L);
-        curl_easy_setopt(h, CURLOPT_MAXAGE_CONN, NT_SMTP_REUSE_MAX_S);
+        curl_easy_setopt(h, CURLOPT_MAXAGE_CONN, SMTP_REUSE_MAX_S);
         curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_cb);
         curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
         if (cfg->starttls) curl_easy_setopt(h, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
@@ -447,7 +447,7 @@ static void engines_join(void) {
     sm.n_eng = 0;
 }
 
-int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg) {
+int smtp_start(uv_loop_t *loop, const smtp_config *cfg) {
     if (sm.started) return OM_E_FAILED_PRECONDITION;
     sm.cfg = cfg;
     sm.stop = false;
@@ -455,11 +455,9 @@ int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg) {
     sm.n_open = 0;
     sm.next = 0;
     sm.outbox = (jlist){0};
-    char from[320];
-    nt_mail_address(cfg->from, from, sizeof from);
-    snprintf(sm.mail_from, sizeof sm.mail_from, "<%s>", from);
+    snprintf(sm.mail_from, sizeof sm.mail_from, "<%s>", cfg->mail_from);
     if (uv_async_init(loop, &sm.back, back_cb) != 0) return OM_E_INTERNAL;
-    int n = cfg->threads < 1 ? 1 : cfg->threads > NT_SMTP_MAX_THREADS ? NT_SMTP_MAX_THREADS : cfg->threads;
+    int n = cfg->threads < 1 ? 1 : cfg->threads > SMTP_MAX_THREADS ? SMTP_MAX_THREADS : cfg->threads;
     if (n > cfg->max_connections) n = cfg->max_connections;
     sm.n_max = n;
     sm.n_eng = 0; /* engines start on demand (engine_more): none at rest */
@@ -468,8 +466,8 @@ int nt_smtp_start(uv_loop_t *loop, const nt_smtp_config *cfg) {
 }
 
 /* Starts the next engine when every running one has its share of the
- * connections in hand (or none runs yet): an idle notifier has no engine
- * thread, a light load one, a backlog all of ORGMESH_SMTP_THREADS. Started
+ * connections in hand (or none runs yet): an idle caller has no engine
+ * thread, a light load one, a backlog all of smtp_config.threads. Started
  * engines stay until the stop. False when none could be started. */
 static bool engine_more(void) {
     for (int i = 0; i < sm.n_eng; i++)
@@ -488,7 +486,7 @@ static bool engine_more(void) {
     return sm.n_eng > 0;
 }
 
-int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, void *arg) {
+int smtp_send(const char *rcpt, char *msg, size_t len, smtp_done_fn done, void *arg) {
     if (!sm.started) {
         free(msg);
         return OM_E_UNAVAILABLE;
@@ -521,9 +519,9 @@ int nt_smtp_send(const char *rcpt, char *msg, size_t len, nt_smtp_done_fn done, 
     return 0;
 }
 
-int nt_smtp_in_flight(void) { return sm.in_flight; }
+int smtp_in_flight(void) { return sm.in_flight; }
 
-void nt_smtp_stop(void) {
+void smtp_stop(void) {
     if (!sm.started) return;
     sm.started = false;
     engines_join();
