@@ -32,6 +32,7 @@
 #include "work.h"
 #include "metrics.h"
 #include "redis_uv.h"
+#include "trace.h"
 #include "om_err.h"
 #include "om_time.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
@@ -147,6 +148,23 @@ int evt_envelope_pack(const char *source, const evt_meta *meta, const ProtobufCM
     env.aggregate_version = meta->version;
     env.payload = &any;
     env.trace_id = (char *)(meta->trace_id != NULL ? meta->trace_id : "");
+    /* Issue 19: a PRODUCER span, child of the thread's context (the call or
+     * the event that caused this one); the envelope carries its context so
+     * that the consumers continue the trace with a child span. */
+    char stream[160], span_name[176], traceparent[TRACE_PARENT_LEN];
+    snprintf(stream, sizeof stream, "orgmesh:events:%s", source);
+    snprintf(span_name, sizeof span_name, "%s publish", stream);
+    trace_ctx pc;
+    trace_span *ps = trace_start(trace_current(), TRACE_PRODUCER, span_name, &pc);
+    trace_attr_str(ps, "messaging.system", "redis");
+    trace_attr_str(ps, "messaging.operation", "publish");
+    trace_attr_str(ps, "messaging.destination.name", stream);
+    trace_attr_str(ps, "messaging.message.id", id);
+    trace_attr_str(ps, "orgmesh.event.type", type);
+    trace_end(ps, false, NULL);
+    trace_format(&pc, traceparent);
+    env.traceparent = traceparent;
+    env.tracestate = (char *)trace_current_state();
 
     size_t n = orgmesh__events__v1__envelope__get_packed_size(&env);
     uint8_t *buf = malloc(n + 1);
@@ -1337,7 +1355,20 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
     evt_event ev;
     event_of(env, sid, &ev);
     apply_ctx a = {.k = k, .ev = &ev, .seq = seq};
-    log_set_trace(env->trace_id);
+    /* Issue 19: continue the producer's trace with a CONSUMER span (a new
+     * root for an envelope without a valid traceparent). */
+    trace_ctx parent, cc;
+    bool have = env->traceparent != NULL && trace_parse(env->traceparent, strlen(env->traceparent), &parent);
+    char span_name[224];
+    snprintf(span_name, sizeof span_name, "%s process", k->stream);
+    trace_span *cs = trace_start(have ? &parent : NULL, TRACE_CONSUMER, span_name, &cc);
+    trace_attr_str(cs, "messaging.system", "redis");
+    trace_attr_str(cs, "messaging.operation", "process");
+    trace_attr_str(cs, "messaging.destination.name", k->stream);
+    trace_attr_str(cs, "messaging.message.id", ev.id);
+    trace_attr_str(cs, "orgmesh.event.type", ev.type);
+    trace_set_current(&cc, have ? env->tracestate : NULL);
+    if (!have && env->trace_id != NULL && env->trace_id[0]) log_set_trace(env->trace_id); /* an older producer */
     int ret = pg_tx(pg, consumer_apply, &a);
     if (ret == 0) {
         consumer_ack(k, rc, sid);
@@ -1346,7 +1377,8 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
         log_warn("event %s (%s, entry %s) not applied: %s %s", ev.id, ev.type, sid,
                  om_err_name(ret), pg != NULL ? pg_errmsg(pg) : "");
     }
-    log_set_trace(NULL);
+    trace_end(cs, ret != 0, ret != 0 ? om_err_name(ret) : NULL);
+    trace_set_current(NULL, NULL);
     return ret == OM_E_UNAVAILABLE ? OM_E_UNAVAILABLE : (ret == 0 ? 0 : 1);
 }
 

@@ -15,6 +15,7 @@
 #include "notifier_render.h"
 #include "pg.h"
 #include "rpc.h"
+#include "trace.h"
 
 /* Delivery states, as DeliveryState in notifier.proto. */
 enum {
@@ -132,6 +133,8 @@ typedef struct nt_job {
     int attempts;
     uint64_t recipient, client;
     char *event_id, *event_type, *email, *locale, *message_id, *subject, *body, *access_request_id;
+    char *traceparent;        /* issue 19: the queuing event's trace context, "" if none */
+    trace_span *span;         /* the SMTP exchange's CLIENT span, or NULL */
     char *msg; /* the formatted message, until handed to SMTP */
     size_t len;
     bool done; /* nothing left to record (e.g. CANCELLED while preparing) */
@@ -160,6 +163,9 @@ int nt_prepare(pg_conn *c, nt_job *j);
  * (IssueAccessRequestTokensBatch, issue 15). Each job's outcome is in the
  * job, as nt_prepare's (a database failure: j->rc OM_E_UNAVAILABLE);
  * returns 0. */
+/* The calling thread continues the trace of the event that queued `j`
+ * (NULL: none). */
+void nt_job_trace(const nt_job *j);
 int nt_prepare_batch(pg_conn *c, nt_job *jobs);
 /* Records the outcomes of `jobs` (SENT / RETRYING / DEAD_LETTERED, with
  * their events) in one transaction; a row whose lease was lost meanwhile

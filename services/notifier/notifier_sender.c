@@ -14,6 +14,7 @@
 #include "config.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "notifier.h"
 #include "om_err.h"
 
@@ -186,12 +187,19 @@ static void record_pump(void) {
     }
 }
 
+/* Email delivery outcomes (issue 19), per SMTP exchange. */
+static metrics_counter *m_sent, *m_failed, *m_cancelled;
+
 static void smtp_done(void *arg, int rc, const char *err) {
     nt_job *j = arg;
     j->rc = rc;
     snprintf(j->err, sizeof j->err, "%s", err);
     if (rc == 0) snd.sent++;
     else if (rc != OM_E_CANCELLED) snd.failed++;
+    metrics_counter_add(rc == 0 ? m_sent : rc == OM_E_CANCELLED ? m_cancelled : m_failed, 1);
+    trace_attr_str(j->span, "orgmesh.smtp.outcome", rc == 0 ? "sent" : om_err_name(rc));
+    trace_end(j->span, rc != 0, rc != 0 ? err : NULL);
+    j->span = NULL;
     queue_outcome(j);
 }
 
@@ -216,6 +224,14 @@ static void prepare_done(void *arg, int rc) {
     }
     char *msg = j->msg;
     j->msg = NULL;
+    /* Issue 19: the SMTP exchange is a CLIENT span in the trace of the
+     * event that queued the email. */
+    trace_ctx parent, sc;
+    bool have = trace_parse(j->traceparent, strlen(j->traceparent), &parent);
+    j->span = trace_start(have ? &parent : NULL, TRACE_CLIENT, "smtp send", &sc);
+    trace_attr_str(j->span, "server.address", nt_cfg.smtp.url);
+    trace_attr_str(j->span, "orgmesh.email.message_id", j->message_id);
+    trace_attr_str(j->span, "orgmesh.event.type", j->event_type);
     if (nt_smtp_send(j->email, msg, j->len, smtp_done, j) != 0) {
         j->rc = OM_E_CANCELLED;
         snprintf(j->err, sizeof j->err, "stopping: not sent (the SMTP engine is stopped)");
@@ -321,6 +337,11 @@ int nt_senders_start(void) {
     uv_loop_t *loop = loop_get();
     if (loop == NULL) return OM_E_INTERNAL;
     memset(&snd, 0, sizeof snd);
+    m_sent = metrics_counter_register("orgmesh_notifier_emails_sent_total", "Emails the SMTP server accepted.");
+    m_failed = metrics_counter_register("orgmesh_notifier_emails_failed_total",
+                                        "SMTP attempts that failed (retried with backoff, then dead-lettered).");
+    m_cancelled = metrics_counter_register("orgmesh_notifier_emails_cancelled_total",
+                                           "SMTP exchanges aborted by a shutdown (sent again later).");
     int rc = nt_smtp_start(loop, &nt_cfg.smtp);
     if (rc != 0) return rc;
     if (uv_timer_init(loop, &snd.tick) != 0) {
