@@ -1359,12 +1359,13 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
      * root for an envelope without a valid traceparent). */
     trace_ctx parent, cc;
     bool have = env->traceparent != NULL && trace_parse(env->traceparent, strlen(env->traceparent), &parent);
-    char span_name[224];
-    snprintf(span_name, sizeof span_name, "%s process", k->stream);
+    char dest[160], span_name[176];
+    snprintf(dest, sizeof dest, "orgmesh:events:%s", k->source); /* as the producer names it */
+    snprintf(span_name, sizeof span_name, "%s process", dest);
     trace_span *cs = trace_start(have ? &parent : NULL, TRACE_CONSUMER, span_name, &cc);
     trace_attr_str(cs, "messaging.system", "redis");
     trace_attr_str(cs, "messaging.operation", "process");
-    trace_attr_str(cs, "messaging.destination.name", k->stream);
+    trace_attr_str(cs, "messaging.destination.name", dest);
     trace_attr_str(cs, "messaging.message.id", ev.id);
     trace_attr_str(cs, "orgmesh.event.type", ev.type);
     trace_set_current(&cc, have ? env->tracestate : NULL);

@@ -666,6 +666,7 @@ static int run_handler(rpc_ctx *ctx) {
     }
     if (rc == RPC_DEFER) rc = rpc_fail(ctx, OM_E_INTERNAL, "the handler deferred on a worker");
     build_reply(ctx, rc);
+    log_debug("rpc %s: %d", ctx->method->path, (int)ctx->status); /* with the call's trace and span ids */
     trace_set_current(NULL, NULL);
     return rc;
 }

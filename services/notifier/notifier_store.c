@@ -491,6 +491,7 @@ int nt_record(pg_conn *c, nt_job *jobs) {
     if (rc == 0) {
         for (nt_job *j = jobs; j; j = j->next) {
             if (j->done) continue;
+            nt_job_trace(j); /* the outcome's line carries the email's trace */
             if (j->rc == OM_E_CANCELLED)
                 log_info("delivery %" PRId64 " released: %s", j->id, j->err);
             else if (j->rc == 0)
@@ -499,6 +500,7 @@ int nt_record(pg_conn *c, nt_job *jobs) {
             else
                 log_warn("delivery %" PRId64 " attempt %d failed: %s", j->id, j->attempts + 1, j->err);
         }
+        nt_job_trace(NULL);
         return 0;
     }
     log_error("sender: record: %s %s", om_err_name(rc), pg_errmsg(c));
