@@ -247,6 +247,7 @@ static struct {
     char progress_key[192];
     relay_group groups[RELAY_GROUPS_MAX];
     int ngroups;
+    metrics_counter *m_backlog_age; /* issue 19: orgmesh_evt_outbox_oldest_seconds */
     metrics_counter *m_backlog, *m_rerelayed, *m_gaps, *m_losses, *m_lag_max, *m_dropped;
     char trimmed_to[48];  /* the last MINID trim */
 } relay;
@@ -763,8 +764,13 @@ static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
     metrics_gauge_set(relay.m_lag_max, lag_max);
     relay_trim(pg, rconn);
     r = NULL;
-    if (pg_exec(pg, "SELECT count(*) FROM outbox WHERE relayed_at IS NULL", NULL, &r) == 0)
+    if (pg_exec(pg,
+                "SELECT count(*), COALESCE(floor(extract(epoch FROM now() - min(created_at))), 0)::bigint"
+                " FROM outbox WHERE relayed_at IS NULL",
+                NULL, &r) == 0) {
         metrics_gauge_set(relay.m_backlog, pg_i64(r, 0, 0));
+        metrics_gauge_set(relay.m_backlog_age, pg_i64(r, 0, 1));
+    }
     pg_free(r);
 }
 
@@ -989,6 +995,8 @@ int evt_relay_start(const char *service) {
     if (relay.m_backlog == NULL) {
         relay.m_backlog = metrics_counter_register(
             "orgmesh_evt_outbox_backlog", "outbox rows not (or not again) relayed to Redis");
+        relay.m_backlog_age = metrics_counter_register(
+            "orgmesh_evt_outbox_oldest_seconds", "age of the oldest outbox row not (or not again) relayed (0: none)");
         relay.m_rerelayed = metrics_counter_register(
             "orgmesh_evt_rerelayed_total", "outbox events relayed again after Redis lost them");
         relay.m_gaps = metrics_counter_register(
@@ -1134,6 +1142,7 @@ static struct {
     char deadletter[192];
     int claim_idle_ms;
     int max_deliveries;
+    metrics_counter *m_deadletters; /* issue 19: orgmesh_evt_dead_letters_total */
 } cons;
 
 #define CONSUMER_MAX_ARGS (6 + CONSUMER_BATCH)
@@ -1227,6 +1236,7 @@ static void consumer_deadletter(consumer *k, cache_conn *rc, const char *id,
     freeReplyObject(range);
     if (!ok) return; /* not parked: leave it pending rather than lose it */
     log_error("event %s of %s dead-lettered to %s: %s", id, k->stream, cons.deadletter, reason);
+    metrics_counter_add(cons.m_deadletters, 1);
     consumer_ack(k, rc, id);
 }
 
@@ -2346,6 +2356,8 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     /* 0: each subscription's own choice (evt_subscription.lanes, 0 = 1). */
     int lanes_all = (int)cfg_int("ORGMESH_EVT_LANES", 0, 0, EVT_LANES_MAX);
     snprintf(cons.group, sizeof cons.group, "%s", service);
+    cons.m_deadletters = metrics_counter_register(
+        "orgmesh_evt_dead_letters_total", "events this consumer group parked in its dead letters (issue 19)");
     snprintf(cons.deadletter, sizeof cons.deadletter, "%s%s%s", cache_namespace(),
              EVT_DEADLETTER_PREFIX, service);
     /* Unique per process, readable in XINFO: host (pod) name, pid, random. */
