@@ -786,7 +786,7 @@ static void trace_begin(rpc_ctx *ctx, grpc_slice tp, grpc_slice ts) {
     bool have = trace_parse((const char *)GRPC_SLICE_START_PTR(tp), GRPC_SLICE_LENGTH(tp), &parent);
     bool spans = !ctx->method->stream && ctx->method->fn != health_check;
     if (spans) ctx->span = trace_rpc_start(have ? &parent : NULL, TRACE_SERVER, ctx->method->path, &ctx->tctx);
-    else trace_start(have ? &parent : NULL, TRACE_SERVER, NULL, &ctx->tctx);
+    else trace_child(have ? &parent : NULL, &ctx->tctx);
     size_t n = GRPC_SLICE_LENGTH(ts);
     if (have && n > 0 && n <= TRACE_STATE_MAX) {
         ctx->tracestate = strndup((const char *)GRPC_SLICE_START_PTR(ts), n);

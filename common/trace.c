@@ -246,18 +246,23 @@ static bool sample(const trace_ctx *parent, const uint8_t trace_id[16]) {
     }
 }
 
-trace_span *trace_start(const trace_ctx *parent, int kind, const char *name, trace_ctx *out) {
+void trace_child(const trace_ctx *parent, trace_ctx *out) {
     if (parent != NULL && !parent->valid) parent = NULL;
     trace_ctx c;
     if (parent != NULL) memcpy(c.trace_id, parent->trace_id, 16);
     else new_id(c.trace_id, 16);
     new_id(c.span_id, 8);
     c.valid = true;
-    bool enabled = trace_enabled();
-    if (enabled) c.flags = sample(parent, c.trace_id) ? 1 : 0;
+    if (trace_enabled()) c.flags = sample(parent, c.trace_id) ? 1 : 0;
     else c.flags = parent != NULL ? parent->flags : 0; /* passed along untouched */
     *out = c;
-    if (!enabled || !(c.flags & 1) || suppressed) return NULL;
+}
+
+trace_span *trace_start(const trace_ctx *parent, int kind, const char *name, trace_ctx *out) {
+    if (parent != NULL && !parent->valid) parent = NULL;
+    trace_child(parent, out);
+    trace_ctx c = *out;
+    if (!trace_enabled() || !(c.flags & 1) || suppressed) return NULL;
     trace_span *s = calloc(1, sizeof *s);
     if (s == NULL) return NULL;
     s->name = strdup(name ? name : "");
@@ -340,7 +345,10 @@ void trace_end(trace_span *s, bool error, const char *message) {
 }
 
 trace_span *trace_rpc_start(const trace_ctx *parent, int kind, const char *path, trace_ctx *out) {
-    if (!trace_enabled()) return trace_start(parent, kind, NULL, out);
+    if (!trace_enabled()) {
+        trace_child(parent, out);
+        return NULL;
+    }
     const char *name = path && path[0] == '/' ? path + 1 : (path ? path : "");
     trace_span *s = trace_start(parent, kind, name, out);
     if (s == NULL) return NULL;

@@ -52,6 +52,8 @@ void trace_hex_span_id(const trace_ctx *c, char out[17]);
  * context either way (ids for propagation and logs cost nothing); returns the
  * recording span, or NULL when not sampled or not exporting. `name` is copied. */
 trace_span *trace_start(const trace_ctx *parent, int kind, const char *name, trace_ctx *out);
+/* The context of a child (or a new root) without recording anything. */
+void trace_child(const trace_ctx *parent, trace_ctx *out);
 /* Attributes; `key` must be a string literal. NULL span: nothing. */
 void trace_attr_str(trace_span *s, const char *key, const char *value);
 void trace_attr_int(trace_span *s, const char *key, int64_t value);
