@@ -58,6 +58,7 @@ enum { SAMPLE_ON, SAMPLE_OFF, SAMPLE_RATIO };
 
 static struct {
     atomic_bool enabled;
+    bool db; /* ORGMESH_TRACE_DB: statements as db spans inside sampled traces */
     bool started; /* the exporter thread runs */
     int sampler;
     bool parent_based;
@@ -218,6 +219,10 @@ const char *trace_current_state(void) {
 
 bool trace_suppressed(void) {
     return suppressed;
+}
+
+bool trace_db_enabled(void) {
+    return tr.db;
 }
 
 bool trace_enabled(void) {
@@ -669,6 +674,7 @@ static void parse_sampler(void) {
 int trace_init(const char *service) {
     if (tr.started) return 0;
     parse_sampler();
+    tr.db = cfg_bool("ORGMESH_TRACE_DB", true);
     const char *ep = cfg_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", cfg_str("OTEL_EXPORTER_OTLP_ENDPOINT", NULL));
     if (ep == NULL) return 0; /* off: no span is ever allocated */
     if (strncmp(ep, "https://", 8) == 0) {

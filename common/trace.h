@@ -40,6 +40,8 @@ int trace_init(const char *service);
 void trace_shutdown(void);
 /* Spans are being recorded (an endpoint is set). */
 bool trace_enabled(void);
+/* SQL statements become db spans inside sampled traces (ORGMESH_TRACE_DB, default on). */
+bool trace_db_enabled(void);
 
 /* W3C traceparent: version 00 (or a later version's first 55 characters),
  * lowercase hex, ids not all zero. false for anything else (→ a new root). */

@@ -172,7 +172,7 @@ def test_trace_one_trace_across_the_access_request_flow(suite, sink):
     assert root.status.code == tpb.Status.STATUS_CODE_UNSET
 
     # every gRPC CLIENT span has the peer's SERVER span as its child, same name
-    clients = [(svc, sp) for svc, sp in spans if sp.kind == K.SPAN_KIND_CLIENT and sp.name != "smtp send"]
+    clients = [(svc, sp) for svc, sp in spans if sp.kind == K.SPAN_KIND_CLIENT and attrs(sp).get("rpc.system")]
     assert clients
     for svc, c in clients:
         a = attrs(c)
@@ -205,6 +205,18 @@ def test_trace_one_trace_across_the_access_request_flow(suite, sink):
     smtp = one(spans, service="notifier", name="smtp send")
     assert smtp.kind == K.SPAN_KIND_CLIENT and smtp.parent_span_id == cons[0].span_id
     assert smtp.status.code == tpb.Status.STATUS_CODE_UNSET and attrs(smtp)["orgmesh.smtp.outcome"] == "sent"
+
+    # SQL statements: db CLIENT spans (db.system=postgresql) under the spans that ran them
+    db = [(svc, sp) for svc, sp in spans if attrs(sp).get("db.system") == "postgresql"]
+    assert {svc for svc, _ in db} >= {"partners", "accounts", "notifier"}
+    for svc, sp in db:
+        a = attrs(sp)
+        assert sp.kind == K.SPAN_KIND_CLIENT and a["db.namespace"] == svc, (svc, sp.name, a)
+        assert sp.name == f"{a['db.operation.name']} {svc}" and a["db.query.text"], (sp.name, a)
+        assert by_id[sp.parent_span_id][0] == svc  # a span of the same process
+    assert any(sp.parent_span_id == root.span_id and attrs(sp)["db.operation.name"] in ("INSERT", "WITH", "UPDATE")
+               for _, sp in db), "the assignment's writes"
+    assert any(sp.parent_span_id == cons[0].span_id for _, sp in db), "the consumer's statements"
 
     # the trace id (and span ids) in every service's log lines
     hexid = trace_id.hex()
