@@ -792,6 +792,7 @@ static void trace_begin(rpc_ctx *ctx, grpc_slice tp, grpc_slice ts) {
         ctx->tracestate = strndup((const char *)GRPC_SLICE_START_PTR(ts), n);
         for (char *c = ctx->tracestate; c && *c; c++)
             if (*c < 0x20 || *c > 0x7e) *c = '_';
+        trace_set_state(ctx->span, ctx->tracestate);
     }
     if (ctx->trace_id == NULL) {
         ctx->trace_id = malloc(33);

@@ -308,6 +308,11 @@ void trace_attr_int(trace_span *s, const char *key, int64_t value) {
     s->attrs[s->n_attrs++] = (tattr){.key = key, .is_int = true, .i = value};
 }
 
+void trace_set_state(trace_span *s, const char *state) {
+    if (s == NULL || state == NULL || state[0] == '\0' || s->state != NULL) return;
+    s->state = strdup(state);
+}
+
 void trace_link(trace_span *s, const trace_ctx *other) {
     if (s == NULL || other == NULL || !other->valid || s->n_links == TRACE_MAX_LINKS) return;
     s->links[s->n_links++] = *other;
@@ -332,7 +337,7 @@ void trace_end(trace_span *s, bool error, const char *message) {
     s->end_ns = now_ns();
     s->error = error;
     if (error && message != NULL && message[0]) s->status_msg = strdup(message);
-    if (cur.valid && cur_state[0] && memcmp(cur.trace_id, s->ctx.trace_id, 16) == 0)
+    if (s->state == NULL && cur.valid && cur_state[0] && memcmp(cur.trace_id, s->ctx.trace_id, 16) == 0)
         s->state = strdup(cur_state);
     pthread_mutex_lock(&tr.mu);
     bool queued = false;

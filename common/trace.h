@@ -59,6 +59,9 @@ void trace_child(const trace_ctx *parent, trace_ctx *out);
 /* Attributes; `key` must be a string literal. NULL span: nothing. */
 void trace_attr_str(trace_span *s, const char *key, const char *value);
 void trace_attr_int(trace_span *s, const char *key, int64_t value);
+/* The W3C tracestate recorded with the span (default: the thread's current
+ * one when the span ends within the same trace). */
+void trace_set_state(trace_span *s, const char *tracestate);
 /* A link to another span (consumers of a batch). */
 void trace_link(trace_span *s, const trace_ctx *other);
 /* Finish: `error` sets status ERROR with `message` (may be NULL), else UNSET.

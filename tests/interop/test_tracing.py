@@ -170,6 +170,7 @@ def test_trace_one_trace_across_the_access_request_flow(suite, sink):
     assert attrs(root) == {"rpc.system": "grpc", "rpc.service": PARTNERS,
                            "rpc.method": "AssignClientsToEmployee", "rpc.grpc.status_code": 0}
     assert root.status.code == tpb.Status.STATUS_CODE_UNSET
+    assert root.trace_state == "test=1"  # the caller's tracestate, kept and passed on
 
     # every gRPC CLIENT span has the peer's SERVER span as its child, same name
     clients = [(svc, sp) for svc, sp in spans if sp.kind == K.SPAN_KIND_CLIENT and attrs(sp).get("rpc.system")]
@@ -188,7 +189,7 @@ def test_trace_one_trace_across_the_access_request_flow(suite, sink):
             and attrs(sp).get("orgmesh.event.type") == "orgmesh.partners.v1.AccessRequested"]
     assert len(prod) == 1
     prod = prod[0]
-    assert prod.name == "orgmesh:events:partners publish"
+    assert prod.name == "orgmesh:events:partners publish" and prod.trace_state == "test=1"
     up = prod
     while up.parent_span_id != parent:  # up to the root through partners' own spans
         up = by_id[up.parent_span_id][1]
@@ -198,6 +199,7 @@ def test_trace_one_trace_across_the_access_request_flow(suite, sink):
     assert len(cons) == 1 and cons[0].name == "orgmesh:events:partners process"
     assert attrs(cons[0])["orgmesh.event.type"] == "orgmesh.partners.v1.AccessRequested"
     assert cons[0].status.code == tpb.Status.STATUS_CODE_UNSET
+    assert cons[0].trace_state == "test=1"  # carried by the envelope
     # the email's token call and its SMTP exchange continue the consumer's span
     tok = [sp for svc, sp in spans if svc == "notifier" and sp.kind == K.SPAN_KIND_CLIENT
            and sp.name.startswith("orgmesh.partners.v1.PartnersInternalService/Issue")]
