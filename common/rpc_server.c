@@ -775,12 +775,12 @@ static bool service_allowed(const rpc_server *srv, const srv_method *m, const ch
     return false;
 }
 
+static int health_check(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_);
+
 /* Issue 19: the call's trace context from W3C traceparent (invalid or
  * absent: a new root, never an error) and its SERVER span (not for health
  * checks and streams); rpc_trace_id is x-trace-id when the caller sent one
  * (as before), else the W3C trace id. */
-static int health_check(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_);
-
 static void trace_begin(rpc_ctx *ctx, grpc_slice tp, grpc_slice ts) {
     trace_ctx parent;
     bool have = trace_parse((const char *)GRPC_SLICE_START_PTR(tp), GRPC_SLICE_LENGTH(tp), &parent);
