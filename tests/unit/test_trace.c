@@ -9,9 +9,14 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <grpc/grpc.h>
 
@@ -83,11 +88,22 @@ static int64_t mono_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* A collector that never answers (a port nobody listens on): spans beyond
- * the queue are dropped and counted, and ending a span never waits. */
+/* A collector that never answers: a socket that listens (the kernel completes
+ * the handshake) but is never accepted, so every Export waits for its
+ * deadline. Spans beyond the queue are dropped and counted, ending a span
+ * never waits, and the shutdown is bounded. */
 static void test_trace_full_queue_drops_and_never_blocks(void **state) {
     (void)state;
-    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1", 1);
+    int hole = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(hole >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(hole, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(hole, 16), 0);
+    assert_int_equal(getsockname(hole, (struct sockaddr *)&sa, &sl), 0);
+    char ep[64];
+    snprintf(ep, sizeof ep, "http://127.0.0.1:%d", ntohs(sa.sin_port));
+    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ep, 1);
     setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8", 1);
     setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4", 1);
     setenv("OTEL_BSP_SCHEDULE_DELAY", "60000", 1);
@@ -107,7 +123,10 @@ static void test_trace_full_queue_drops_and_never_blocks(void **state) {
     int64_t took = mono_ms() - t0;
     assert_true(took < 200); /* the export call (300 ms deadline) is not ours to wait for */
     assert_true(trace_dropped() - d0 >= 100); /* the queue holds 8, the exporter takes 4 at a time */
+    int64_t t1 = mono_ms();
     trace_shutdown();
+    assert_true(mono_ms() - t1 < 3000); /* what is left: a few batches of at most 300 ms each */
+    close(hole);
     assert_false(trace_enabled());
     /* none was exported: every span is counted once as dropped */
     assert_int_equal(trace_dropped() - d0, 200);
