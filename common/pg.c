@@ -4,7 +4,6 @@
  * A PostgreSQL restart heals by itself: a lost connection is reopened on next use. */
 #include "pg.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -556,8 +555,8 @@ static trace_span *pg_span_start(const char *sql) {
     char op[16];
     size_t n = 0;
     while (*sql == ' ' || *sql == '\n' || *sql == '(') sql++;
-    while (n < sizeof op - 1 && isalpha((unsigned char)sql[n]))
-        op[n] = (char)toupper((unsigned char)sql[n]), n++;
+    for (char ch; n < sizeof op - 1 && (ch = (char)(sql[n] | 32)) >= 'a' && ch <= 'z'; n++)
+        op[n] = (char)(ch - 32); /* the first word, upper case */
     op[n] = '\0';
     char name[96];
     snprintf(name, sizeof name, "%s %s", n ? op : "SQL", cfg.schema ? cfg.schema : "");

@@ -181,6 +181,9 @@ struct rpc_ctx {
     int close_cancelled;
     bool sent_initial; /* streams send initial metadata first */
     int64_t start_us;
+    trace_ctx tctx;    /* issue 19: this call's server span context */
+    trace_span *span;  /* recording span, or NULL */
+    char *tracestate;  /* the caller's W3C tracestate, or NULL */
 
     rpc_arena *arena;
     bool oom;
@@ -190,9 +193,6 @@ struct rpc_ctx {
     bool have_actor;
     char *token;
     char *trace_id;
-    trace_ctx tctx;    /* issue 19: this call's server span context */
-    trace_span *span;  /* recording span, or NULL */
-    char *tracestate;  /* the caller's W3C tracestate, or NULL */
 
     /* failure being built */
     int err_code;
@@ -477,6 +477,8 @@ static void live_remove(rpc_ctx *ctx) {
 
 static void ctx_free(rpc_ctx *ctx) {
     if (ctx->live) live_remove(ctx);
+    trace_discard(ctx->span); /* issue 19: a span that never reached send_reply */
+    free(ctx->tracestate);
     if (ctx->call != NULL) grpc_call_unref(ctx->call);
     if (ctx->payload != NULL) grpc_byte_buffer_destroy(ctx->payload);
     if (ctx->reply != NULL) grpc_byte_buffer_destroy(ctx->reply);
@@ -489,8 +491,6 @@ static void ctx_free(rpc_ctx *ctx) {
     if (ctx->method == NULL) grpc_call_details_destroy(&ctx->details);
     free(ctx->token);
     free(ctx->trace_id);
-    trace_discard(ctx->span);
-    free(ctx->tracestate);
     rpc_arena_free(ctx->arena);
     free(ctx);
 }

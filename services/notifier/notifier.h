@@ -15,7 +15,6 @@
 #include "notifier_render.h"
 #include "pg.h"
 #include "rpc.h"
-#include "trace.h"
 
 /* Delivery states, as DeliveryState in notifier.proto. */
 enum {
@@ -133,8 +132,6 @@ typedef struct nt_job {
     int attempts;
     uint64_t recipient, client;
     char *event_id, *event_type, *email, *locale, *message_id, *subject, *body, *access_request_id;
-    char *traceparent;        /* issue 19: the queuing event's trace context, "" if none */
-    trace_span *span;         /* the SMTP exchange's CLIENT span, or NULL */
     char *msg; /* the formatted message, until handed to SMTP */
     size_t len;
     bool done; /* nothing left to record (e.g. CANCELLED while preparing) */
@@ -145,6 +142,8 @@ typedef struct nt_job {
     char *token;
     int rc;    /* the attempt's outcome (0 sent, OM_E_*; OM_E_CANCELLED: never sent, no attempt) */
     char err[512];
+    char *traceparent;        /* issue 19: the queuing event's trace context, "" if none */
+    struct trace_span *span;  /* the SMTP exchange's CLIENT span, or NULL (common/trace.h) */
 } nt_job;
 
 /* Claims up to `want` due emails (FOR UPDATE SKIP LOCKED, then a lease of

@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "notifier.h"
 #include "om_err.h"
+#include "trace.h"
 
 /* Where images install the templates (deploy/containers/Containerfile). */
 #define NT_TEMPLATES_INSTALLED "/usr/local/share/orgmesh/notifier/templates"
@@ -190,6 +191,25 @@ static void record_pump(void) {
 /* Email delivery outcomes (issue 19), per SMTP exchange. */
 static metrics_counter *m_sent, *m_failed, *m_cancelled;
 
+static void outcome_metrics_register(void) {
+    m_sent = metrics_counter_register("orgmesh_notifier_emails_sent_total", "Emails the SMTP server accepted.");
+    m_failed = metrics_counter_register("orgmesh_notifier_emails_failed_total",
+                                        "SMTP attempts that failed (retried with backoff, then dead-lettered).");
+    m_cancelled = metrics_counter_register("orgmesh_notifier_emails_cancelled_total",
+                                           "SMTP exchanges aborted by a shutdown (sent again later).");
+}
+
+/* Issue 19: the SMTP exchange is a CLIENT span in the trace of the event
+ * that queued the email (delivery.traceparent). */
+static void smtp_span_start(nt_job *j) {
+    trace_ctx parent, sc;
+    bool have = trace_parse(j->traceparent, strlen(j->traceparent), &parent);
+    j->span = trace_start(have ? &parent : NULL, TRACE_CLIENT, "smtp send", &sc);
+    trace_attr_str(j->span, "server.address", nt_cfg.smtp.url);
+    trace_attr_str(j->span, "orgmesh.email.message_id", j->message_id);
+    trace_attr_str(j->span, "orgmesh.event.type", j->event_type);
+}
+
 static void smtp_done(void *arg, int rc, const char *err) {
     nt_job *j = arg;
     j->rc = rc;
@@ -222,16 +242,9 @@ static void prepare_done(void *arg, int rc) {
         queue_outcome(j);
         return;
     }
+    smtp_span_start(j);
     char *msg = j->msg;
     j->msg = NULL;
-    /* Issue 19: the SMTP exchange is a CLIENT span in the trace of the
-     * event that queued the email. */
-    trace_ctx parent, sc;
-    bool have = trace_parse(j->traceparent, strlen(j->traceparent), &parent);
-    j->span = trace_start(have ? &parent : NULL, TRACE_CLIENT, "smtp send", &sc);
-    trace_attr_str(j->span, "server.address", nt_cfg.smtp.url);
-    trace_attr_str(j->span, "orgmesh.email.message_id", j->message_id);
-    trace_attr_str(j->span, "orgmesh.event.type", j->event_type);
     if (nt_smtp_send(j->email, msg, j->len, smtp_done, j) != 0) {
         j->rc = OM_E_CANCELLED;
         snprintf(j->err, sizeof j->err, "stopping: not sent (the SMTP engine is stopped)");
@@ -334,14 +347,10 @@ static void sender_stop(void *arg) {
 }
 
 int nt_senders_start(void) {
+    outcome_metrics_register();
     uv_loop_t *loop = loop_get();
     if (loop == NULL) return OM_E_INTERNAL;
     memset(&snd, 0, sizeof snd);
-    m_sent = metrics_counter_register("orgmesh_notifier_emails_sent_total", "Emails the SMTP server accepted.");
-    m_failed = metrics_counter_register("orgmesh_notifier_emails_failed_total",
-                                        "SMTP attempts that failed (retried with backoff, then dead-lettered).");
-    m_cancelled = metrics_counter_register("orgmesh_notifier_emails_cancelled_total",
-                                           "SMTP exchanges aborted by a shutdown (sent again later).");
     int rc = nt_smtp_start(loop, &nt_cfg.smtp);
     if (rc != 0) return rc;
     if (uv_timer_init(loop, &snd.tick) != 0) {

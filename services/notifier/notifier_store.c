@@ -33,13 +33,14 @@ int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
     pg_p_str(&p, o->body);
     pg_p_i64(&p, (int64_t)o->client_hub_id);
     pg_p_str(&p, o->access_request_id ? o->access_request_id : "");
-    /* issue 19: the consumer's trace context travels with the row */
-    char traceparent[TRACE_PARENT_LEN] = "";
-    if (trace_current() != NULL) trace_format(trace_current(), traceparent);
-    pg_p_str(&p, traceparent);
     /* NOTE-03: once per (event, recipient), whatever the redeliveries. A new
      * row wakes the senders at commit (PostgreSQL folds the transaction's
      * identical notifications into one), in the same round trip. */
+
+    /* issue 19: the consumer's trace context travels with the row ($12) */
+    char traceparent[TRACE_PARENT_LEN] = "";
+    if (trace_current() != NULL) trace_format(trace_current(), traceparent);
+    pg_p_str(&p, traceparent);
     return pg_exec(tx,
                    "WITH ins AS (INSERT INTO delivery (event_id, event_type, recipient_user_id, recipient_email,"
                    " locale, template, message_id, subject, body, client_hub_id, access_request_id, traceparent)"
