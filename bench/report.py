@@ -474,6 +474,42 @@ def main(work, outbase):
         e["status"], e["reason"] = sk["status"], sk["reason"]
     scen.append(e)
 
+    # 2t. the same with tracing on (issue 19): alternated rounds, same run
+    s2t = agg_lg([load_json(p) for p in rounds(work, "s2t_r*.json")])
+    s2o = agg_lg([load_json(p) for p in rounds(work, "s2o_r*.json")])
+    if s2t and s2o:
+        info = kv(work / "s2t_sink.tsv")
+        e = {"id": "2t", "name": "Hot checks with tracing on (1 % sampled, OTLP/gRPC export to a local sink)",
+             "target": ">= 95% of scenario 2 (same run, rounds alternated)", "status": "measured",
+             "figure": lg_figure(s2t),
+             "reference": {"name": "scenario 2, tracing off (rounds alternated with these)",
+                           "calls_per_s": s2o["calls_per_s"], "rounds": s2o.get("rounds_calls_per_s")},
+             "ratio": round(s2t["calls_per_s"] / s2o["calls_per_s"], 3),
+             "spans_received": info.get("spans")}
+        # each traced round against the untraced round just before it: robust
+        # to a machine whose load drifts during the run
+        off, on = s2o.get("rounds_calls_per_s") or [], s2t.get("rounds_calls_per_s") or []
+        pairs = [round(b / a, 3) for a, b in zip(off, on) if a]
+        e["pair_ratios"] = pairs
+        e["pair_ratio_median"] = sorted(pairs)[len(pairs) // 2] if pairs else None
+        # server CPU per call (µs): calls/s x (warm-up + measurement) calls
+        def cpu_us(prefix, rs):
+            out = []
+            for i, cps in enumerate(rs, 1):
+                c = kv(work / f"{prefix}_cpu_r{i}.tsv")
+                if c.get("ticks") and c.get("hz") and c.get("seconds") and cps:
+                    out.append(round(int(c["ticks"]) / int(c["hz"]) * 1e6 / (cps * int(c["seconds"])), 2))
+            return out
+        e["cpu_us_per_call_off"], e["cpu_us_per_call_on"] = cpu_us("s2o", off), cpu_us("s2t", on)
+        if e["cpu_us_per_call_off"] and e["cpu_us_per_call_on"]:
+            mo = sum(e["cpu_us_per_call_off"]) / len(e["cpu_us_per_call_off"])
+            mn = sum(e["cpu_us_per_call_on"]) / len(e["cpu_us_per_call_on"])
+            e["cpu_ratio"] = round(mo / mn, 3)  # throughput a CPU-bound server keeps
+        e["met"] = e["ratio"] >= 0.95 and not s2t["errors"]
+        if not e["met"]:
+            missed.append(f"2t: tracing at 1 % keeps {e['ratio']:.0%} of scenario 2 (target 95%)")
+        scen.append(e)
+
     # 3. writes
     e = {"id": 3, "name": "Writes: CreateAccount (accounts) vs pgbench running the same transaction",
          "target": f">= {WRITE_TARGET:.0%} of pgbench"}
@@ -617,6 +653,12 @@ def main(work, outbase):
             fig += " (rounds: " + ", ".join(f"{x:,.0f}" for x in f["rounds_calls_per_s"]) + ")"
         if ref.get("rounds") and len(ref["rounds"]) > 1:
             rs += " (rounds: " + ", ".join(f"{x:,.0f}" for x in ref["rounds"]) + ")"
+        if e.get("pair_ratios"):
+            rt += " (each round vs the one before: " + ", ".join(f"{x:.2f}" for x in e["pair_ratios"]) + \
+                f"; median {e['pair_ratio_median']:.2f}; {e.get('spans_received') or '?'} spans exported)"
+            if e.get("cpu_ratio"):
+                rt += (f"; server CPU per call {sum(e['cpu_us_per_call_off']) / len(e['cpu_us_per_call_off']):.1f} µs off, "
+                       f"{sum(e['cpu_us_per_call_on']) / len(e['cpu_us_per_call_on']):.1f} µs on → {e['cpu_ratio']:.3f}")
         met = e.get("met")
         verdict = "—" if met is None else ("met" if met else "**MISSED**")
         L.append(f"| {e['id']} | {e['name']} ({e.get('service') or ''}) | {fig} | {rs} | {rt} | {e['target']} | "

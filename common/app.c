@@ -20,6 +20,7 @@
 #include "om_time.h"
 #include "page.h"
 #include "rpc_internal.h"
+#include "trace.h"
 
 #define APP_MAX_PEERS 8
 
@@ -132,6 +133,7 @@ static void *drain_main(void *arg) {
     rpc_server_stop(app.server, app.grace_ms);
     if (app.def->n_subs > 0) evt_consumers_stop();
     evt_relay_stop();
+    trace_flush(); /* the spans of the last calls and events */
     work_pool_stop(app.pool);
     loop_finish();
     return NULL;
@@ -313,6 +315,8 @@ int app_main(const app_def *def, int argc, char **argv) {
                 (int)cfg_int("ORGMESH_REDIS_TIMEOUT_MS", 200, 1, 60000));
 
     grpc_init();
+    /* Issue 19: OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set. */
+    if (trace_init(def->name) != 0) log_error("tracing: cannot start the exporter; spans are not exported");
     /* The worker pool and the loop exist before def->init, which may start
      * background work on them (issue 15, docs/common/loop.md). */
     int workers = (int)cfg_int("ORGMESH_WORKERS", 8, 1, 256);
@@ -410,6 +414,7 @@ out_early:
     for (int i = 0; i < app.n_peers; i++) rpc_client_free(app.peers[i].client);
     app.n_peers = 0;
     metrics_stop();
+    trace_shutdown();
     rpc_thread_cleanup();
     pg_local_close();
     cache_local_close();

@@ -33,6 +33,7 @@
 #include "work.h"
 #include "metrics.h"
 #include "redis_uv.h"
+#include "trace.h"
 #include "om_err.h"
 #include "om_time.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
@@ -148,6 +149,23 @@ int evt_envelope_pack(const char *source, const evt_meta *meta, const ProtobufCM
     env.aggregate_version = meta->version;
     env.payload = &any;
     env.trace_id = (char *)(meta->trace_id != NULL ? meta->trace_id : "");
+    /* Issue 19: a PRODUCER span, child of the thread's context (the call or
+     * the event that caused this one); the envelope carries its context so
+     * that the consumers continue the trace with a child span. */
+    char stream[160], span_name[176], traceparent[TRACE_PARENT_LEN];
+    snprintf(stream, sizeof stream, "orgmesh:events:%s", source);
+    snprintf(span_name, sizeof span_name, "%s publish", stream);
+    trace_ctx pc;
+    trace_span *ps = trace_start(trace_current(), TRACE_PRODUCER, span_name, &pc);
+    trace_attr_str(ps, "messaging.system", "redis");
+    trace_attr_str(ps, "messaging.operation", "publish");
+    trace_attr_str(ps, "messaging.destination.name", stream);
+    trace_attr_str(ps, "messaging.message.id", id);
+    trace_attr_str(ps, "orgmesh.event.type", type);
+    trace_end(ps, false, NULL);
+    trace_format(&pc, traceparent);
+    env.traceparent = traceparent;
+    env.tracestate = (char *)trace_current_state();
 
     size_t n = orgmesh__events__v1__envelope__get_packed_size(&env);
     uint8_t *buf = malloc(n + 1);
@@ -231,6 +249,7 @@ static struct {
     char progress_key[192];
     relay_group groups[RELAY_GROUPS_MAX];
     int ngroups;
+    metrics_counter *m_backlog_age; /* issue 19: orgmesh_evt_outbox_oldest_seconds */
     metrics_counter *m_backlog, *m_rerelayed, *m_gaps, *m_losses, *m_lag_max, *m_dropped;
     char trimmed_to[48];  /* the last MINID trim */
 } relay;
@@ -747,8 +766,13 @@ static void relay_reconcile(pg_conn *pg, cache_conn *rconn) {
     metrics_gauge_set(relay.m_lag_max, lag_max);
     relay_trim(pg, rconn);
     r = NULL;
-    if (pg_exec(pg, "SELECT count(*) FROM outbox WHERE relayed_at IS NULL", NULL, &r) == 0)
+    if (pg_exec(pg,
+                "SELECT count(*), COALESCE(floor(extract(epoch FROM now() - min(created_at))), 0)::bigint"
+                " FROM outbox WHERE relayed_at IS NULL",
+                NULL, &r) == 0) {
         metrics_gauge_set(relay.m_backlog, pg_i64(r, 0, 0));
+        metrics_gauge_set(relay.m_backlog_age, pg_i64(r, 0, 1));
+    }
     pg_free(r);
 }
 
@@ -973,6 +997,8 @@ int evt_relay_start(const char *service) {
     if (relay.m_backlog == NULL) {
         relay.m_backlog = metrics_counter_register(
             "orgmesh_evt_outbox_backlog", "outbox rows not (or not again) relayed to Redis");
+        relay.m_backlog_age = metrics_counter_register(
+            "orgmesh_evt_outbox_oldest_seconds", "age of the oldest outbox row not (or not again) relayed (0: none)");
         relay.m_rerelayed = metrics_counter_register(
             "orgmesh_evt_rerelayed_total", "outbox events relayed again after Redis lost them");
         relay.m_gaps = metrics_counter_register(
@@ -1118,6 +1144,7 @@ static struct {
     char deadletter[192];
     int claim_idle_ms;
     int max_deliveries;
+    metrics_counter *m_deadletters; /* issue 19: orgmesh_evt_dead_letters_total */
 } cons;
 
 #define CONSUMER_MAX_ARGS (6 + CONSUMER_BATCH)
@@ -1211,6 +1238,7 @@ static void consumer_deadletter(consumer *k, cache_conn *rc, const char *id,
     freeReplyObject(range);
     if (!ok) return; /* not parked: leave it pending rather than lose it */
     log_error("event %s of %s dead-lettered to %s: %s", id, k->stream, cons.deadletter, reason);
+    metrics_counter_add(cons.m_deadletters, 1);
     consumer_ack(k, rc, id);
 }
 
@@ -1339,7 +1367,21 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
     evt_event ev;
     event_of(env, sid, &ev);
     apply_ctx a = {.k = k, .ev = &ev, .seq = seq};
-    log_set_trace(env->trace_id);
+    /* Issue 19: continue the producer's trace with a CONSUMER span (a new
+     * root for an envelope without a valid traceparent). */
+    trace_ctx parent, cc;
+    bool have = env->traceparent != NULL && trace_parse(env->traceparent, strlen(env->traceparent), &parent);
+    char dest[160], span_name[176];
+    snprintf(dest, sizeof dest, "orgmesh:events:%s", k->source); /* as the producer names it */
+    snprintf(span_name, sizeof span_name, "%s process", dest);
+    trace_span *cs = trace_start(have ? &parent : NULL, TRACE_CONSUMER, span_name, &cc);
+    trace_attr_str(cs, "messaging.system", "redis");
+    trace_attr_str(cs, "messaging.operation", "process");
+    trace_attr_str(cs, "messaging.destination.name", dest);
+    trace_attr_str(cs, "messaging.message.id", ev.id);
+    trace_attr_str(cs, "orgmesh.event.type", ev.type);
+    trace_set_current(&cc, have ? env->tracestate : NULL);
+    if (!have && env->trace_id != NULL && env->trace_id[0]) log_set_trace(env->trace_id); /* an older producer */
     int ret = pg_tx(pg, consumer_apply, &a);
     if (ret == 0) {
         consumer_ack(k, rc, sid);
@@ -1348,7 +1390,8 @@ static int consumer_apply_env(consumer *k, pg_conn *pg, cache_conn *rc,
         log_warn("event %s (%s, entry %s) not applied: %s %s", ev.id, ev.type, sid,
                  om_err_name(ret), pg != NULL ? pg_errmsg(pg) : "");
     }
-    log_set_trace(NULL);
+    trace_end(cs, ret != 0, ret != 0 ? om_err_name(ret) : NULL);
+    trace_set_current(NULL, NULL);
     return ret == OM_E_UNAVAILABLE ? OM_E_UNAVAILABLE : (ret == 0 ? 0 : 1);
 }
 
@@ -2315,6 +2358,8 @@ int evt_consumers_start(const char *service, const evt_subscription *subs, int n
     /* 0: each subscription's own choice (evt_subscription.lanes, 0 = 1). */
     int lanes_all = (int)cfg_int("ORGMESH_EVT_LANES", 0, 0, EVT_LANES_MAX);
     snprintf(cons.group, sizeof cons.group, "%s", service);
+    cons.m_deadletters = metrics_counter_register(
+        "orgmesh_evt_dead_letters_total", "events this consumer group parked in its dead letters (issue 19)");
     snprintf(cons.deadletter, sizeof cons.deadletter, "%s%s%s", cache_namespace(),
              EVT_DEADLETTER_PREFIX, service);
     /* Unique per process, readable in XINFO: host (pod) name, pid, random. */

@@ -31,6 +31,7 @@ static char log_service[LOG_MAX_SERVICE + 1];
 static atomic_int log_min_level = LOG_INFO;
 
 static _Thread_local char log_trace[LOG_MAX_TRACE + 1];
+static _Thread_local char log_span[17]; /* issue 19: the current span, 16 hex digits */
 
 void log_init(const char *service, int min_level) {
     size_t n = service ? strlen(service) : 0;
@@ -47,6 +48,14 @@ void log_set_trace(const char *trace_id) {
     if (n > LOG_MAX_TRACE) n = LOG_MAX_TRACE;
     if (n) memcpy(log_trace, trace_id, n);
     log_trace[n] = '\0';
+    log_span[0] = '\0';
+}
+
+void log_set_span(const char *span_id) {
+    size_t n = span_id ? strlen(span_id) : 0;
+    if (n > sizeof log_span - 1) n = sizeof log_span - 1;
+    if (n) memcpy(log_span, span_id, n);
+    log_span[n] = '\0';
 }
 
 int log_level_parse(const char *name) {
@@ -239,6 +248,10 @@ void log_msg(int level, const char *fmt, ...) {
     if (log_trace[0] != '\0') {
         lb_str(&lb, "\",\"trace_id\":\"");
         lb_json(&lb, log_trace, strlen(log_trace));
+        if (log_span[0] != '\0') {
+            lb_str(&lb, "\",\"span_id\":\"");
+            lb_json(&lb, log_span, strlen(log_span));
+        }
     }
     lb_str(&lb, "\",\"msg\":\"");
     lb_json(&lb, msg, (size_t)mlen);

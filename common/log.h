@@ -8,6 +8,8 @@ enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 void log_init(const char *service, int min_level);
 /* The trace id logged by this thread until changed ("" or NULL: none). */
 void log_set_trace(const char *trace_id);
+/* The span id logged with it (issue 19); log_set_trace clears it. */
+void log_set_span(const char *span_id);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* LOG_* for "debug", "info", "warn" (or "warning"), "error", any case;
  * -1 for anything else (so ORGMESH_LOG_LEVEL=verbose is refused, not ignored). */

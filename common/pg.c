@@ -17,6 +17,7 @@
 #include "log.h"
 #include "om_err.h"
 #include "om_mem.h"
+#include "trace.h"
 
 #define PG_RECONNECT_MS 500   /* at most one failed connect per 500 ms per connection */
 
@@ -547,10 +548,34 @@ static int pg_prepare_call(pg_conn *c, const char *sql, const pg_params *p) {
     return pg_ensure(c);
 }
 
+/* Issue 19: a db CLIENT span per statement, only inside a sampled trace that
+ * is being exported (docs/common/trace.md): named "<OPERATION> <schema>",
+ * db.system=postgresql, the statement's text (placeholders, never values). */
+static trace_span *pg_span_start(const char *sql) {
+    const trace_ctx *cur = trace_current();
+    if (cur == NULL || !(cur->flags & 1) || !trace_db_enabled()) return NULL;
+    char op[16];
+    size_t n = 0;
+    while (*sql == ' ' || *sql == '\n' || *sql == '(') sql++;
+    for (char ch; n < sizeof op - 1 && (ch = (char)(sql[n] | 32)) >= 'a' && ch <= 'z'; n++)
+        op[n] = (char)(ch - 32); /* the first word, upper case */
+    op[n] = '\0';
+    char name[96];
+    snprintf(name, sizeof name, "%s %s", n ? op : "SQL", cfg.schema ? cfg.schema : "");
+    trace_ctx dc;
+    trace_span *s = trace_start(cur, TRACE_CLIENT, name, &dc);
+    trace_attr_str(s, "db.system", "postgresql");
+    trace_attr_str(s, "db.namespace", cfg.schema ? cfg.schema : "");
+    trace_attr_str(s, "db.operation.name", op);
+    trace_attr_str(s, "db.query.text", sql);
+    return s;
+}
+
 int pg_exec(pg_conn *c, const char *sql, const pg_params *p, pg_res **out) {
     if (out != NULL) *out = NULL;
     int rc = pg_prepare_call(c, sql, p);
     if (rc != 0) return rc;
+    trace_span *span = trace_enabled() ? pg_span_start(sql) : NULL;
     PGresult *r = pg_run(c, sql, p);
     rc = pg_result_rc(c, r);
     if (rc != 0 && pg_plan_stale(c)) {
@@ -561,6 +586,10 @@ int pg_exec(pg_conn *c, const char *sql, const pg_params *p, pg_res **out) {
             r = pg_run(c, sql, p);
             rc = pg_result_rc(c, r);
         }
+    }
+    if (span != NULL) {
+        if (rc != 0) trace_attr_str(span, "db.response.status_code", c->sqlstate);
+        trace_end(span, rc != 0, rc != 0 ? c->errmsg : NULL);
     }
     if (rc != 0 || out == NULL) {
         PQclear(r);

@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "rpc_internal.h"
+#include "trace.h"
 
 #define CLIENT_ATTEMPTS 4
 
@@ -65,15 +66,15 @@ static void new_trace_id(char buf[17]) {
 /* One attempt. Returns 0 or an OM_E_* code with *st filled. */
 static int call_once(rpc_client *c, const char *method, grpc_byte_buffer *req_bb,
                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-                     const rpc_call_opts *o, const char *trace_id, gpr_timespec deadline,
-                     rpc_status *st) {
+                     const rpc_call_opts *o, const char *trace_id, const char *traceparent,
+                     gpr_timespec deadline, rpc_status *st) {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     grpc_slice path = grpc_slice_from_copied_string(method);
     grpc_call *call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq, path,
                                                NULL, deadline, NULL);
     grpc_slice_unref(path);
 
-    grpc_metadata md[2];
+    grpc_metadata md[4];
     size_t n_md = 0;
     char *auth = NULL;
     memset(md, 0, sizeof md);
@@ -90,6 +91,17 @@ static int call_once(rpc_client *c, const char *method, grpc_byte_buffer *req_bb
     md[n_md].key = grpc_slice_from_static_string("x-trace-id");
     md[n_md].value = grpc_slice_from_copied_string(trace_id);
     n_md++;
+    if (traceparent != NULL) { /* issue 19: W3C trace context on every call */
+        md[n_md].key = grpc_slice_from_static_string("traceparent");
+        md[n_md].value = grpc_slice_from_copied_string(traceparent);
+        n_md++;
+        const char *state = trace_current_state();
+        if (state[0]) {
+            md[n_md].key = grpc_slice_from_static_string("tracestate");
+            md[n_md].value = grpc_slice_from_copied_string(state);
+            n_md++;
+        }
+    }
 
     grpc_metadata_array initial, trailing;
     grpc_metadata_array_init(&initial);
@@ -187,20 +199,33 @@ int rpc_client_call(rpc_client *c, const char *method, const ProtobufCMessage *r
     rpc_call_opts o = {0};
     if (opts) o = *opts;
     if (o.deadline_ms <= 0) o.deadline_ms = 5000;
-    char trace[17];
+    /* Issue 19: a CLIENT span, child of the thread's current context (a new
+     * root without one); recorded only when sampled and exporting. */
+    bool traced = !trace_suppressed();
+    trace_ctx cc;
+    trace_span *span = traced ? trace_rpc_start(trace_current(), TRACE_CLIENT, method, &cc) : NULL;
+    char traceparent[TRACE_PARENT_LEN];
+    char trace[33];
+    if (traced) trace_format(&cc, traceparent);
     if (o.trace_id == NULL || o.trace_id[0] == '\0') {
-        new_trace_id(trace);
+        if (traced) trace_hex_trace_id(&cc, trace);
+        else new_trace_id(trace);
         o.trace_id = trace;
     }
+    trace_attr_str(span, "server.address", c->target);
     *resp = NULL;
     grpc_byte_buffer *bb = rpc_bb_pack(req);
-    if (bb == NULL) return OM_E_NOMEM;
+    if (bb == NULL) {
+        trace_discard(span);
+        return OM_E_NOMEM;
+    }
     gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                          gpr_time_from_millis(o.deadline_ms, GPR_TIMESPAN));
     int rc = 0;
     int backoff_ms = 25;
     for (int attempt = 0; attempt < CLIENT_ATTEMPTS; attempt++) {
-        rc = call_once(c, method, bb, resp_desc, resp, &o, o.trace_id, deadline, st);
+        rc = call_once(c, method, bb, resp_desc, resp, &o, o.trace_id, traced ? traceparent : NULL, deadline,
+                       st);
         if (rc != OM_E_UNAVAILABLE || !o.idempotent) break;
         gpr_timespec left = gpr_time_sub(deadline, gpr_now(GPR_CLOCK_MONOTONIC));
         int64_t left_ms = (int64_t)left.tv_sec * 1000 + left.tv_nsec / 1000000;
@@ -210,6 +235,7 @@ int rpc_client_call(rpc_client *c, const char *method, const ProtobufCMessage *r
         backoff_ms *= 2;
     }
     grpc_byte_buffer_destroy(bb);
+    trace_rpc_end(span, (int)st->code, st->message);
     if (rc != 0)
         log_debug("rpc client %s -> %s: %s %s", c->target, method, st->reason, st->message);
     return rc;

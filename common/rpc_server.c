@@ -29,6 +29,7 @@
 #include "om_time.h"
 #include "pbcheck.h"
 #include "rpc_internal.h"
+#include "trace.h"
 #include "work.h"
 
 #define RPC_REQUESTS_PER_METHOD 8   /* calls posted per method and poller */
@@ -183,6 +184,9 @@ struct rpc_ctx {
     int close_cancelled;
     bool sent_initial; /* streams send initial metadata first */
     int64_t start_us;
+    trace_ctx tctx;    /* issue 19: this call's server span context */
+    trace_span *span;  /* recording span, or NULL */
+    char *tracestate;  /* the caller's W3C tracestate, or NULL */
 
     rpc_arena *arena;
     bool oom;
@@ -477,6 +481,8 @@ static void live_remove(rpc_ctx *ctx) {
 
 static void ctx_free(rpc_ctx *ctx) {
     if (ctx->live) live_remove(ctx);
+    trace_discard(ctx->span); /* issue 19: a span that never reached send_reply */
+    free(ctx->tracestate);
     if (ctx->call != NULL) grpc_call_unref(ctx->call);
     if (ctx->payload != NULL) grpc_byte_buffer_destroy(ctx->payload);
     if (ctx->reply != NULL) grpc_byte_buffer_destroy(ctx->reply);
@@ -664,6 +670,8 @@ static void send_reply(rpc_ctx *ctx, bool with_close) {
     }
     if (ctx->method != NULL && ctx->method->metrics != NULL)
         metrics_observe(ctx->method->metrics, (int)ctx->status, now_us() - ctx->start_us);
+    trace_rpc_end(ctx->span, (int)ctx->status, ctx->err_msg);
+    ctx->span = NULL;
     grpc_call_error e = grpc_call_start_batch(ctx->call, ops, n, &ctx->sent_tag, NULL);
     grpc_slice_unref(details);
     if (e != GRPC_CALL_OK) {
@@ -682,10 +690,24 @@ static void reply_error(rpc_ctx *ctx, int code, const char *msg, bool with_close
 /* ------------------------------------------------------------------------ */
 /* running handlers                                                           */
 
+/* The handler's thread context: logs, outgoing calls and events follow it. */
+static void trace_enter(rpc_ctx *ctx) {
+    trace_set_current(&ctx->tctx, ctx->tracestate);
+    char hex[33];
+    trace_hex_trace_id(&ctx->tctx, hex);
+    if (ctx->trace_id != NULL && strcmp(ctx->trace_id, hex) != 0) {
+        /* an x-trace-id of the caller's own: logged as before */
+        char span[17];
+        trace_hex_span_id(&ctx->tctx, span);
+        log_set_trace(ctx->trace_id);
+        log_set_span(span);
+    }
+}
+
 /* Runs the handler and builds the reply; returns RPC_DEFER (and builds
  * nothing) when an inline handler asks to be run again on a worker. */
 static int run_handler(rpc_ctx *ctx) {
-    log_set_trace(ctx->trace_id);
+    trace_enter(ctx);
     int rc;
     if (rpc_cancelled(ctx)) {
         rc = rpc_fail(ctx, atomic_load(&ctx->cancelled) ? OM_E_CANCELLED : OM_E_DEADLINE_EXCEEDED,
@@ -707,12 +729,13 @@ static int run_handler(rpc_ctx *ctx) {
         ctx->err_msg = NULL;
         ctx->n_violations = ctx->n_meta = ctx->n_extra = 0;
         ctx->resp = NULL;
-        log_set_trace(NULL);
+        trace_set_current(NULL, NULL);
         return RPC_DEFER;
     }
     if (rc == RPC_DEFER) rc = rpc_fail(ctx, OM_E_INTERNAL, "the handler deferred on a worker");
     build_reply(ctx, rc);
-    log_set_trace(NULL);
+    log_debug("rpc %s: %d", ctx->method->path, (int)ctx->status); /* with the call's trace and span ids */
+    trace_set_current(NULL, NULL);
     return rc;
 }
 
@@ -820,10 +843,36 @@ static bool service_allowed(const rpc_server *srv, const srv_method *m, const ch
     return false;
 }
 
+static int health_check(rpc_ctx *ctx, const ProtobufCMessage *req_, ProtobufCMessage *resp_);
+
+/* Issue 19: the call's trace context from W3C traceparent (invalid or
+ * absent: a new root, never an error) and its SERVER span (not for health
+ * checks and streams); rpc_trace_id is x-trace-id when the caller sent one
+ * (as before), else the W3C trace id. */
+static void trace_begin(rpc_ctx *ctx, grpc_slice tp, grpc_slice ts) {
+    trace_ctx parent;
+    bool have = trace_parse((const char *)GRPC_SLICE_START_PTR(tp), GRPC_SLICE_LENGTH(tp), &parent);
+    bool spans = !ctx->method->stream && ctx->method->fn != health_check;
+    if (spans) ctx->span = trace_rpc_start(have ? &parent : NULL, TRACE_SERVER, ctx->method->path, &ctx->tctx);
+    else trace_child(have ? &parent : NULL, &ctx->tctx);
+    size_t n = GRPC_SLICE_LENGTH(ts);
+    if (have && n > 0 && n <= TRACE_STATE_MAX) {
+        ctx->tracestate = strndup((const char *)GRPC_SLICE_START_PTR(ts), n);
+        for (char *c = ctx->tracestate; c && *c; c++)
+            if (*c < 0x20 || *c > 0x7e) *c = '_';
+        trace_set_state(ctx->span, ctx->tracestate);
+    }
+    if (ctx->trace_id == NULL) {
+        ctx->trace_id = malloc(33);
+        if (ctx->trace_id) trace_hex_trace_id(&ctx->tctx, ctx->trace_id);
+    }
+}
+
 /* Read what the call's metadata says: token and trace id. */
 static int read_metadata(rpc_ctx *ctx) {
     const char *tok = NULL;
     size_t tok_len = 0;
+    grpc_slice tp = grpc_empty_slice(), ts = grpc_empty_slice();
     for (size_t i = 0; i < ctx->md.count; i++) {
         grpc_metadata *m = &ctx->md.metadata[i];
         if (slice_eq(m->key, "authorization")) {
@@ -847,17 +896,13 @@ static int read_metadata(rpc_ctx *ctx) {
                 for (char *c = ctx->trace_id; c && *c; c++)
                     if (*c < 0x21 || *c > 0x7e || *c == '"' || *c == '\\') *c = '_';
             }
+        } else if (slice_eq(m->key, "traceparent")) {
+            tp = m->value;
+        } else if (slice_eq(m->key, "tracestate")) {
+            ts = m->value;
         }
     }
-    if (ctx->trace_id == NULL) {
-        unsigned char r[8];
-        uint64_t x = fnv1a((const char *)&ctx, sizeof ctx) ^ (uint64_t)now_us();
-        memcpy(r, &x, sizeof r);
-        ctx->trace_id = malloc(17);
-        if (ctx->trace_id)
-            snprintf(ctx->trace_id, 17, "%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3],
-                     r[4], r[5], r[6], r[7]);
-    }
+    trace_begin(ctx, tp, ts);
     if (ctx->method->flags & RPC_NOAUTH) return 0;
     if (tok == NULL) return OM_E_UNAUTHENTICATED;
     ctx->token = strndup(tok, tok_len);

@@ -34,6 +34,7 @@
 #include "audit.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "loop.h"
 #include "om_err.h"
 #include "orgmesh/connections/v1/connections.pb-c.h"
@@ -147,6 +148,9 @@ typedef struct claim_arg {
     int64_t lo, hi;
 } claim_arg;
 
+/* Copy job progress (issue 19): items settled and copied by batches, jobs finished. */
+static metrics_counter *m_items, *m_copied, *m_finished;
+
 /* ASSET-03: the end of a job whose items are all settled: the counters
  * recounted from the items (the results are the truth), the final state,
  * CopyJobFinished. Under the job row's lock. */
@@ -168,6 +172,7 @@ static int finish_job(pg_conn *tx, job_row *j) {
                      " lease_until = NULL WHERE job_id = $1::uuid", &f, NULL);
     if (rc == 0) rc = store_job_get(tx, j->id, false, j);
     if (rc == 0) rc = assets_emit_job(tx, j, true, NULL);
+    if (rc == 0) metrics_counter_add(m_finished, 1); /* counted at the statement; rare rollbacks count too */
     if (rc == 0)
         log_info("copy job %s finished: state %d, %d copied, %d skipped, %d failed", j->id, j->state, j->copied,
                  j->skipped, j->failed);
@@ -521,6 +526,8 @@ static int run_batch(pg_conn *c, claim_arg *a) {
         release_batch(c, a);
         return rc;
     }
+    metrics_counter_add(m_items, b.taken);
+    metrics_counter_add(m_copied, b.copied);
     log_debug("copy job %s: batch %d (seq %" PRId64 "..%" PRId64 ", rank %d): %d item(s)", a->j.id, a->batch_no, a->lo,
               a->hi, a->rank, b.taken);
     /* Nothing to take: the job ended, or another transaction holds these
@@ -634,6 +641,10 @@ static void jobs_stop_hook(void *arg) {
 }
 
 int assets_jobs_start(void) {
+    m_items = metrics_counter_register("orgmesh_assets_copy_items_processed_total",
+                                       "copy job items settled by batches (copied, skipped or failed)");
+    m_copied = metrics_counter_register("orgmesh_assets_copy_items_copied_total", "copy job items copied");
+    m_finished = metrics_counter_register("orgmesh_assets_copy_jobs_finished_total", "copy jobs that ended");
     E.workers = (int)cfg_int("ORGMESH_ASSETS_WORKERS", 2, 0, MAX_WORKERS);
     E.batch = (int)cfg_int("ORGMESH_ASSETS_BATCH", 1000, 1, ASSET_JOB_MAX);
     E.delay_ms = (int)cfg_int("ORGMESH_ASSETS_BATCH_DELAY_MS", 0, 0, 60000);

@@ -109,6 +109,8 @@ typedef struct nt_job {
     char *token;
     int rc;    /* the attempt's outcome (0 sent, OM_E_*; OM_E_CANCELLED: never sent, no attempt) */
     char err[512];
+    char *traceparent;        /* issue 19: the queuing event's trace context, "" if none */
+    struct trace_span *span;  /* the SMTP exchange's CLIENT span, or NULL (common/trace.h) */
 } nt_job;
 
 /* Claims up to `want` due emails (FOR UPDATE SKIP LOCKED, then a lease of
@@ -127,6 +129,9 @@ int nt_prepare(pg_conn *c, nt_job *j);
  * (IssueAccessRequestTokensBatch, issue 15). Each job's outcome is in the
  * job, as nt_prepare's (a database failure: j->rc OM_E_UNAVAILABLE);
  * returns 0. */
+/* The calling thread continues the trace of the event that queued `j`
+ * (NULL: none). */
+void nt_job_trace(const nt_job *j);
 int nt_prepare_batch(pg_conn *c, nt_job *jobs);
 /* Records the outcomes of `jobs` (SENT / RETRYING / DEAD_LETTERED, with
  * their events) in one transaction; a row whose lease was lost meanwhile

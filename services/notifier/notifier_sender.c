@@ -14,8 +14,10 @@
 #include "config.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "notifier.h"
 #include "om_err.h"
+#include "trace.h"
 
 /* Where images install the templates (deploy/containers/Containerfile). */
 #define NT_TEMPLATES_INSTALLED "/usr/local/share/orgmesh/notifier/templates"
@@ -188,12 +190,38 @@ static void record_pump(void) {
     }
 }
 
+/* Email delivery outcomes (issue 19), per SMTP exchange. */
+static metrics_counter *m_sent, *m_failed, *m_cancelled;
+
+static void outcome_metrics_register(void) {
+    m_sent = metrics_counter_register("orgmesh_notifier_emails_sent_total", "Emails the SMTP server accepted.");
+    m_failed = metrics_counter_register("orgmesh_notifier_emails_failed_total",
+                                        "SMTP attempts that failed (retried with backoff, then dead-lettered).");
+    m_cancelled = metrics_counter_register("orgmesh_notifier_emails_cancelled_total",
+                                           "SMTP exchanges aborted by a shutdown (sent again later).");
+}
+
+/* Issue 19: the SMTP exchange is a CLIENT span in the trace of the event
+ * that queued the email (delivery.traceparent). */
+static void smtp_span_start(nt_job *j) {
+    trace_ctx parent, sc;
+    bool have = trace_parse(j->traceparent, strlen(j->traceparent), &parent);
+    j->span = trace_start(have ? &parent : NULL, TRACE_CLIENT, "smtp send", &sc);
+    trace_attr_str(j->span, "server.address", nt_cfg.smtp.url);
+    trace_attr_str(j->span, "orgmesh.email.message_id", j->message_id);
+    trace_attr_str(j->span, "orgmesh.event.type", j->event_type);
+}
+
 static void smtp_done(void *arg, int rc, const char *err) {
     nt_job *j = arg;
     j->rc = rc;
     snprintf(j->err, sizeof j->err, "%s", err);
     if (rc == 0) snd.sent++;
     else if (rc != OM_E_CANCELLED) snd.failed++;
+    metrics_counter_add(rc == 0 ? m_sent : rc == OM_E_CANCELLED ? m_cancelled : m_failed, 1);
+    trace_attr_str(j->span, "orgmesh.smtp.outcome", rc == 0 ? "sent" : om_err_name(rc));
+    trace_end(j->span, rc != 0, rc != 0 ? err : NULL);
+    j->span = NULL;
     queue_outcome(j);
 }
 
@@ -216,6 +244,7 @@ static void prepare_done(void *arg, int rc) {
         queue_outcome(j);
         return;
     }
+    smtp_span_start(j);
     char *msg = j->msg;
     j->msg = NULL;
     if (smtp_send(j->email, msg, j->len, smtp_done, j) != 0) {
@@ -320,6 +349,7 @@ static void sender_stop(void *arg) {
 }
 
 int nt_senders_start(void) {
+    outcome_metrics_register();
     uv_loop_t *loop = loop_get();
     if (loop == NULL) return OM_E_INTERNAL;
     memset(&snd, 0, sizeof snd);

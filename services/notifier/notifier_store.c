@@ -15,6 +15,7 @@
 #include "log.h"
 #include "notifier.h"
 #include "om_err.h"
+#include "trace.h"
 #include "orgmesh/notifier/v1/events.pb-c.h"
 
 int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
@@ -27,10 +28,16 @@ int nt_queue_insert(pg_conn *tx, const nt_outbound *o) {
     /* NOTE-03: once per (event, recipient), whatever the redeliveries. A new
      * row wakes the senders at commit (PostgreSQL folds the transaction's
      * identical notifications into one), in the same round trip. */
+
+    /* issue 19: the consumer's trace context travels with the row ($13) */
+    char traceparent[TRACE_PARENT_LEN] = "";
+    if (trace_current() != NULL) trace_format(trace_current(), traceparent);
+    pg_p_str(&p, traceparent);
     return pg_exec(tx,
                    "WITH ins AS (INSERT INTO delivery (event_id, event_type, recipient_user_id, recipient_email,"
-                   " locale, template, message_id, subject, body, client_hub_id, access_request_id, body_html)"
-                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                   " locale, template, message_id, subject, body, client_hub_id, access_request_id, body_html,"
+                   " traceparent)"
+                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                    " ON CONFLICT ON CONSTRAINT delivery_once DO NOTHING RETURNING 1)"
                    " SELECT pg_notify('" NT_QUEUE_CHANNEL "', '') FROM ins",
                    &p, NULL);
@@ -282,6 +289,7 @@ static int record(pg_conn *c, const due_row *d, int send_rc, const char *err) {
 
 void nt_job_free(nt_job *j) {
     if (j == NULL) return;
+    trace_discard(j->span);
     free(j->msg);
     free(j->token);
     free(j);
@@ -289,14 +297,14 @@ void nt_job_free(nt_job *j) {
 
 /* One allocation: the job and its strings. */
 static nt_job *job_from_row(const pg_res *r, int i, int64_t lease) {
-    static const int cols[] = {1, 2, 4, 5, 6, 7, 8, 11, 12};
+    static const int cols[] = {1, 2, 4, 5, 6, 7, 8, 11, 12, 13};
     size_t n = sizeof(nt_job);
     for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) n += strlen(pg_str(r, i, cols[k])) + 1;
     nt_job *j = calloc(1, n);
     if (j == NULL) return NULL;
     char *o = (char *)(j + 1);
     char **dst[] = {&j->event_id, &j->event_type, &j->email,   &j->locale,           &j->message_id,
-                    &j->subject,  &j->body,       &j->access_request_id, &j->body_html};
+                    &j->subject,  &j->body,       &j->access_request_id, &j->body_html, &j->traceparent};
     for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
         const char *v = pg_str(r, i, cols[k]);
         size_t l = strlen(v) + 1;
@@ -323,7 +331,8 @@ int nt_claim(pg_conn *c, int want, nt_job **out) {
     pg_res *r = NULL;
     rc = pg_exec(c,
                  "SELECT id, event_id, event_type, recipient_user_id, recipient_email, locale, message_id,"
-                 " subject, body, client_hub_id, attempts, access_request_id, body_html FROM delivery"
+                 " subject, body, client_hub_id, attempts, access_request_id, body_html, traceparent"
+                 " FROM delivery"
                  " WHERE state IN (" NT_SQL_DUE ") AND next_attempt_at <= now()"
                  " ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
                  &q, &r);
@@ -434,6 +443,14 @@ static bool needs_token(const nt_job *j) {
     return j->access_request_id[0] != '\0' && strstr(j->body, NT_TOKEN_MARK) != NULL;
 }
 
+/* Issue 19: this thread continues the trace of the event that queued `j`
+ * (its token call and log lines); NULL clears it. */
+void nt_job_trace(const nt_job *j) {
+    trace_ctx t;
+    if (j != NULL && trace_parse(j->traceparent, strlen(j->traceparent), &t)) trace_set_current(&t, NULL);
+    else trace_set_current(NULL, NULL);
+}
+
 int nt_prepare_batch(pg_conn *c, nt_job *jobs) {
     /* one partners call for the tokens of the batch (100 at most a call) */
     nt_job *ask[100];
@@ -442,18 +459,24 @@ int nt_prepare_batch(pg_conn *c, nt_job *jobs) {
         if (!needs_token(j)) continue;
         ask[n++] = j;
         if (n == sizeof ask / sizeof ask[0]) {
+            nt_job_trace(ask[0]); /* one call for many emails: it continues the first one's trace */
             (void)nt_issue_tokens(ask, n); /* what it could not set is asked one by one */
             n = 0;
         }
     }
-    if (n > 0) (void)nt_issue_tokens(ask, n);
+    if (n > 0) {
+        nt_job_trace(ask[0]);
+        (void)nt_issue_tokens(ask, n);
+    }
     for (nt_job *j = jobs; j; j = j->next) {
+        nt_job_trace(j);
         int rc = nt_prepare(c, j);
         if (rc != 0 && !j->done && j->rc == 0) { /* the database failed: this one is retried later */
             j->rc = OM_E_UNAVAILABLE;
             snprintf(j->err, sizeof j->err, "cannot prepare the email: %s", om_err_name(rc));
         }
     }
+    nt_job_trace(NULL);
     return 0;
 }
 
@@ -469,6 +492,7 @@ int nt_record(pg_conn *c, nt_job *jobs) {
     if (rc == 0) {
         for (nt_job *j = jobs; j; j = j->next) {
             if (j->done) continue;
+            nt_job_trace(j); /* the outcome's line carries the email's trace */
             if (j->rc == OM_E_CANCELLED)
                 log_info("delivery %" PRId64 " released: %s", j->id, j->err);
             else if (j->rc == 0)
@@ -477,6 +501,7 @@ int nt_record(pg_conn *c, nt_job *jobs) {
             else
                 log_warn("delivery %" PRId64 " attempt %d failed: %s", j->id, j->attempts + 1, j->err);
         }
+        nt_job_trace(NULL);
         return 0;
     }
     log_error("sender: record: %s %s", om_err_name(rc), pg_errmsg(c));

@@ -54,6 +54,7 @@ PY
 fi
 say "using $("$helm" version --short), node $(node --version)"
 export NODE_PATH=$tools/node_modules
+export REPO=$repo
 validate() { node "$repo/tests/deploy/validate.mjs" "$@"; }
 
 # Secrets values-nondefault.yaml names but does not create (existingSecret).
@@ -81,6 +82,16 @@ if "$helm" template prod "$chart" --namespace orgmesh-prod -f "$nondefault" >"$w
     else fail "non-default render validates"; fi
 else cat "$work/err"; fail "helm template (values-nondefault.yaml)"; fi
 
+# Issue 19: dashboards, alerts and tracing on (all off by default).
+obs=(--set dashboards.enabled=true --set alerts.enabled=true
+     --set tracing.endpoint=http://otel-collector.observability:4317)
+if "$helm" lint --strict "$chart" "${obs[@]}" >"$work/lint3" 2>&1; then pass "helm lint --strict (dashboards, alerts, tracing on)"
+else cat "$work/lint3"; fail "helm lint --strict (dashboards, alerts, tracing on)"; fi
+if "$helm" template orgmesh "$chart" --namespace orgmesh "${obs[@]}" >"$work/obs.yaml" 2>"$work/err"; then
+    if validate "$work/obs.yaml"; then pass "render with dashboards, alerts and tracing validates"
+    else fail "render with dashboards, alerts and tracing validates"; fi
+else cat "$work/err"; fail "helm template (dashboards, alerts, tracing on)"; fi
+
 # The validator itself must reject a broken object and a dangling reference.
 sed 's/^  revisionHistoryLimit: 5$/  revisionHistoryLimit: five/' "$work/default.yaml" >"$work/broken.yaml"
 if validate "$work/broken.yaml" >/dev/null 2>&1; then fail "validator rejects a schema violation"
@@ -102,6 +113,9 @@ for k in Deployment Service ServiceAccount ConfigMap NetworkPolicy PodDisruption
     expect_count "$work/default.yaml" "$k" 6 default
 done
 expect_count "$work/default.yaml" ServiceMonitor 0 default
+expect_count "$work/default.yaml" PrometheusRule 0 default
+expect_count "$work/obs.yaml" PrometheusRule 1 observability
+expect_count "$work/obs.yaml" ConfigMap 7 observability # 6 services + the dashboard
 expect_count "$work/default.yaml" Secret 9 default # shared, jwt keys, 6 signing, migrations hook
 expect_count "$work/nondefault.yaml" ServiceMonitor 6 non-default
 expect_count "$work/nondefault.yaml" HorizontalPodAutoscaler 5 non-default # not notifier
@@ -110,14 +124,14 @@ expect_count "$work/nondefault.yaml" Job 5 non-default                     # not
 expect_count "$work/nondefault.yaml" Secret 0 non-default                  # all existing
 
 # Spot checks on the rendered values (node reads the YAML properly).
-node --input-type=module - "$work/default.yaml" "$work/nondefault.yaml" >"$work/spot" 2>&1 <<'JS' || { cat "$work/spot"; fail "spot checks"; }
+node --input-type=module - "$work/default.yaml" "$work/nondefault.yaml" "$work/obs.yaml" >"$work/spot" 2>&1 <<'JS' || { cat "$work/spot"; fail "spot checks"; }
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 const y = await import(pathToFileURL(path.join(process.env.NODE_PATH, "yaml/dist/index.js")).href);
 const YAML = y.default ?? y;
 const load = (f) => YAML.parseAllDocuments(readFileSync(f, "utf8")).map((d) => d.toJS()).filter(Boolean);
-const [def, nd] = process.argv.slice(2).map(load);
+const [def, nd, obs] = process.argv.slice(2).map(load);
 const get = (objs, kind, name) => objs.find((o) => o.kind === kind && o.metadata.name === name);
 const problems = [];
 const want = (cond, what) => { if (!cond) problems.push(what); };
@@ -180,6 +194,30 @@ for (const [svc, want_] of Object.entries(callers)) {
     const p = get(def, "NetworkPolicy", `orgmesh-${svc}`);
     const from = p.spec.ingress[0].from.map((f) => f.podSelector?.matchLabels?.["app.kubernetes.io/component"]).filter(Boolean).sort();
     want(from.join(",") === want_, `ingress of ${svc}: got ${from.join(",")}, want ${want_}`);
+}
+// Issue 19: the dashboard, the alerts (each with a runbook line in docs/runbook.md) and tracing.
+want(!("OTEL_EXPORTER_OTLP_ENDPOINT" in cm), "tracing off by default");
+const ocm = get(obs, "ConfigMap", "orgmesh-notifier").data;
+want(ocm.OTEL_EXPORTER_OTLP_ENDPOINT === "http://otel-collector.observability:4317", "OTLP endpoint");
+want(ocm.OTEL_SERVICE_NAME === "notifier" && ocm.OTEL_TRACES_SAMPLER === "parentbased_traceidratio" &&
+     ocm.OTEL_TRACES_SAMPLER_ARG === "0.01", "service name and sampler");
+const dash = get(obs, "ConfigMap", "orgmesh-dashboard");
+want(dash?.metadata.labels.grafana_dashboard === "1", "dashboard label grafana_dashboard: \"1\"");
+let board = null;
+try { board = JSON.parse(dash.data["orgmesh.json"]); } catch (e) { problems.push(`dashboard JSON: ${e.message}`); }
+want(board?.panels?.length >= 10, "dashboard panels");
+const rule = obs.find((o) => o.kind === "PrometheusRule");
+const alerts = rule ? rule.spec.groups.flatMap((g) => g.rules) : [];
+const runbook = readFileSync(path.join(process.env.REPO, "docs/runbook.md"), "utf8");
+for (const name of ["OrgmeshHighErrorRate", "OrgmeshHighLatencyP99", "OrgmeshOutboxBacklogOld",
+                    "OrgmeshConsumerLag", "OrgmeshDeadLetters"]) {
+    const r = alerts.find((x) => x.alert === name);
+    want(r, `alert ${name}`);
+    if (!r) continue;
+    const anchor = r.annotations.runbook_url.split("#")[1];
+    want(anchor === name.toLowerCase(), `${name} runbook anchor`);
+    want(new RegExp(`^## ${name}$`, "m").test(runbook), `docs/runbook.md has a section ${name}`);
+    want(r.expr.includes('namespace="orgmesh"'), `${name} selects the release namespace`);
 }
 if (problems.length) { console.log(problems.join("\n")); process.exit(1); }
 JS

@@ -25,8 +25,10 @@
 #include "evt.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "it_util.h"
+#include "metrics.h"
 #include "om_err.h"
 #include "orgmesh/events/v1/envelope.pb-c.h"
+#include "trace.h"
 
 #define SCHEMA "it_evt"
 
@@ -232,6 +234,9 @@ static void test_evt_outbox_event_reaches_stream(void **state) {
     assert_int_equal(env->aggregate_version, 3);
     assert_string_equal(env->actor, "rule:TEST-01");
     assert_string_equal(env->trace_id, "trace-1");
+    /* issue 19: the producer span's W3C context travels with the event */
+    trace_ctx tc;
+    assert_true(env->traceparent != NULL && trace_parse(env->traceparent, strlen(env->traceparent), &tc));
     assert_string_equal(env->payload->type_url, "type.googleapis.com/google.protobuf.Duration");
     assert_int_equal(e[i].seconds, 42);
     assert_non_null(env->time);
@@ -398,6 +403,18 @@ static void test_evt_dead_consumer_messages_claimed(void **state) {
     redisFree(r);
 }
 
+/* The value of a counter or gauge without labels in the exposition (0: absent). */
+static long long metric_value(const char *name) {
+    char *text = metrics_render();
+    assert_non_null(text);
+    long long v = 0;
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && p[n] == ' ') v = strtoll(p + n + 1, NULL, 10);
+    free(text);
+    return v;
+}
+
 static void test_evt_failing_handler_dead_lettered(void **state) {
     char src[64], key[96], dl[128], sid[48], id[37];
     snprintf(src, sizeof src, "%s", it_unique("itfail"));
@@ -413,6 +430,7 @@ static void test_evt_failing_handler_dead_lettered(void **state) {
     setenv("ORGMESH_EVT_MAX_DELIVERIES", "3", 1);
     sink s = {.fail = true};
     evt_subscription sub = {.source = src, .fn = sink_handler, .arg = &s};
+    long long dead0 = metric_value("orgmesh_evt_dead_letters_total");
     assert_int_equal(evt_consumers_start(group, &sub, 1), 0);
     unsetenv("ORGMESH_EVT_CLAIM_IDLE_MS");
     unsetenv("ORGMESH_EVT_MAX_DELIVERIES");
@@ -421,6 +439,7 @@ static void test_evt_failing_handler_dead_lettered(void **state) {
     assert_true(wait_pending_zero(key, group, 3000));
     evt_consumers_stop();
     assert_int_equal(atomic_load(&s.calls), 3);
+    assert_int_equal(metric_value("orgmesh_evt_dead_letters_total") - dead0, 1); /* issue 19 */
     assert_int_equal(effects_of(id), 0); /* every attempt rolled back */
 
     redisContext *r = it_redis();

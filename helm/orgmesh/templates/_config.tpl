@@ -38,6 +38,14 @@ Deployment hashes it into checksum/config so a change rolls the pods.
 {{- $_ := set $data "ORGMESH_SMTP_FROM" $v.smtp.from }}
 {{- if $v.smtp.user }}{{ $_ := set $data "ORGMESH_SMTP_USER" $v.smtp.user }}{{ end }}
 {{- end }}
+{{- /* Issue 19: OTLP trace export, only when an endpoint is given. */}}
+{{- if $v.tracing.endpoint }}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" $v.tracing.endpoint }}
+{{- $_ := set $data "OTEL_SERVICE_NAME" .name }}
+{{- $_ := set $data "OTEL_TRACES_SAMPLER" $v.tracing.sampler }}
+{{- $_ := set $data "OTEL_TRACES_SAMPLER_ARG" (toString $v.tracing.samplerArg) }}
+{{- $_ := set $data "OTEL_RESOURCE_ATTRIBUTES" (printf "service.namespace=%s,deployment.environment=%s" $root.Release.Namespace $v.tracing.environment) }}
+{{- end }}
 {{- range $k, $val := $v.config.env }}{{ $_ := set $data $k (toString $val) }}{{ end }}
 {{- range $k, $val := $svc.env }}{{ $_ := set $data $k (toString $val) }}{{ end }}
 {{- toYaml $data }}
