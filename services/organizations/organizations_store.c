@@ -253,15 +253,8 @@ int store_tombstone_insert(pg_conn *c, const org_row *o, int reason, const uint6
     char *arr = om_id_array(malloc(OM_ID_ARRAY_CAP(n_former)), former, (size_t)n_former);
     if (arr == NULL) return OM_E_NOMEM;
     pg_params p = {0};
-    pg_p_str(&p, o->id);
-    pg_p_u64(&p, o->founding_hub_id);
-    pg_p_str(&p, o->hosting_location);
-    pg_p_u64(&p, o->created_by);
-    pg_p_i64(&p, o->version);
-    pg_p_i64(&p, o->create_us);
-    pg_p_i64(&p, reason);
-    pg_p_str(&p, arr);
-    pg_p_i64(&p, retention_s);
+    pg_args(&p, o->id, o->founding_hub_id, o->hosting_location, o->created_by, o->version, o->create_us, reason, arr,
+            retention_s);
     /* a repeat (the same event applied again) keeps the first one */
     int rc = pg_exec(c,
                      "INSERT INTO org_tombstones (organization_id, founding_hub_id, hosting_location, created_by,"
